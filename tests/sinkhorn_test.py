@@ -1,0 +1,333 @@
+"""Tests for dp_sinkhorn_tf.sinkhorn: closed forms, POT agreement, gradients, tracing."""
+
+import math
+
+import numpy as np
+import ot
+import pytest
+import tensorflow as tf
+
+from dp_sinkhorn_tf import costs, sinkhorn
+
+L2 = costs.SquaredEuclidean()
+L1L2 = costs.SquaredEuclideanPlusL1(l1_weight=3.0)
+TIGHT = sinkhorn.SinkhornConfig(epsilon=0.1, threshold=1e-9, max_iterations=20000)
+
+
+def tight(epsilon: float, **kw) -> sinkhorn.SinkhornConfig:
+  return sinkhorn.SinkhornConfig(epsilon=epsilon, threshold=1e-9, max_iterations=20000, **kw)
+
+
+def pot_entropic_value(x, y, metric_l1_weight, lam, a=None, b=None):
+  """⟨P, M⟩ + λ KL(P ‖ a⊗b) with P from POT's log-domain Sinkhorn (our eq. 1)."""
+  m = ot.dist(x, y, metric="sqeuclidean")
+  if metric_l1_weight:
+    m = m + metric_l1_weight * ot.dist(x, y, metric="cityblock")
+  a = np.full(len(x), 1 / len(x)) if a is None else a
+  b = np.full(len(y), 1 / len(y)) if b is None else b
+  plan = ot.sinkhorn(a, b, m, lam, method="sinkhorn_log", stopThr=1e-13, numItermax=200000)
+  mask = plan > 0
+  kl = np.sum(plan[mask] * np.log(plan[mask] / np.outer(a, b)[mask]))
+  return float(np.sum(plan * m) + lam * kl)
+
+
+@pytest.mark.parametrize("lam", [1e-3, 0.1, 10.0])
+def test_dirac_to_dirac_is_the_cost(lam):
+  # One point each: the only plan is δ_(x,y), KL(P‖a⊗b) = 0, so W_λ = c(x, y) for every λ.
+  # c = ‖(1,2)−(4,−2)‖² = 9 + 16 = 25.
+  x = tf.constant([[1.0, 2.0]], tf.float64)
+  y = tf.constant([[4.0, -2.0]], tf.float64)
+  value, _ = sinkhorn.ot_cost(x, y, L2, tight(lam))
+  assert value.numpy() == pytest.approx(25.0, rel=1e-9)
+
+
+@pytest.mark.parametrize("stabilized", [True, False])
+@pytest.mark.parametrize("seed,l1", [(0, 0.0), (1, 0.0), (2, 3.0), (3, 3.0)])
+def test_matches_pot(seed, l1, stabilized):
+  rng = np.random.default_rng(seed)
+  x, y = rng.normal(size=(9, 4)), rng.normal(size=(7, 4))
+  lam = 0.5
+  cost = costs.make_cost("l1l2", l1_weight=l1) if l1 else L2
+  value, info = sinkhorn.ot_cost(tf.constant(x), tf.constant(y), cost,
+                                 tight(lam, stabilized_kernel=stabilized))
+  expected = pot_entropic_value(x, y, l1, lam)
+  assert value.numpy() == pytest.approx(expected, rel=1e-4)
+  assert info.marginal_error.numpy() <= 1e-9
+
+
+def test_matches_pot_with_weights():
+  rng = np.random.default_rng(5)
+  x, y = rng.normal(size=(6, 3)), rng.normal(size=(5, 3))
+  a, b = rng.uniform(0.5, 2, 6), rng.uniform(0.5, 2, 5)
+  value, _ = sinkhorn.ot_cost(tf.constant(x), tf.constant(y), L2, tight(0.3),
+                              tf.constant(a), tf.constant(b))
+  expected = pot_entropic_value(x, y, 0.0, 0.3, a / a.sum(), b / b.sum())
+  assert value.numpy() == pytest.approx(expected, rel=1e-4)
+
+
+def test_zero_weight_points_are_ignored():
+  rng = np.random.default_rng(6)
+  x, y = rng.normal(size=(5, 3)), rng.normal(size=(4, 3))
+  padded = np.concatenate([y, rng.normal(size=(3, 3)) * 100], axis=0)
+  weights = np.array([1, 1, 1, 1, 0, 0, 0], np.float64)
+  plain, _ = sinkhorn.ot_cost(tf.constant(x), tf.constant(y), L2, tight(0.5))
+  masked, _ = sinkhorn.ot_cost(tf.constant(x), tf.constant(padded), L2, tight(0.5), None,
+                               tf.constant(weights))
+  assert masked.numpy() == pytest.approx(plain.numpy(), rel=1e-10)
+
+
+@pytest.mark.parametrize("lam", [0.05, 1.0, 20.0])
+def test_divergence_of_translate_is_squared_shift(lam):
+  # c(x, y + t) = ‖x − y‖² − 2⟨x, t⟩ + 2⟨y, t⟩ + ‖t‖²: the middle terms are separable, so
+  # under the marginal constraints they add −2⟨mean x, t⟩ + 2⟨mean x, t⟩ = 0, and
+  # W(α, α + t) = W(α, α) + ‖t‖² while W(α + t, α + t) = W(α, α). Hence S = ‖t‖² = 0.25+1+4.
+  rng = np.random.default_rng(0)
+  x = rng.normal(size=(8, 3))
+  t = np.array([0.5, -1.0, 2.0])
+  value, _ = sinkhorn.sinkhorn_divergence(tf.constant(x), tf.constant(x + t), L2, tight(lam))
+  assert value.numpy() == pytest.approx(5.25, rel=1e-6)
+
+
+def test_divergence_to_itself_is_zero_and_nonnegative_otherwise():
+  rng = np.random.default_rng(1)
+  x = tf.constant(rng.normal(size=(10, 4)))
+  same, _ = sinkhorn.sinkhorn_divergence(x, x, L1L2, tight(0.2))
+  assert same.numpy() == 0.0
+  for seed in range(5):
+    y = tf.constant(np.random.default_rng(10 + seed).normal(size=(7, 4)))
+    value, _ = sinkhorn.sinkhorn_divergence(x, y, L2, tight(0.2))
+    assert value.numpy() >= 0.0
+
+
+def test_permutation_invariance():
+  rng = np.random.default_rng(2)
+  x, y = rng.normal(size=(8, 3)), rng.normal(size=(6, 3))
+  px, py = rng.permutation(8), rng.permutation(6)
+  v1, _ = sinkhorn.ot_cost(tf.constant(x), tf.constant(y), L1L2, tight(0.3))
+  v2, _ = sinkhorn.ot_cost(tf.constant(x[px]), tf.constant(y[py]), L1L2, tight(0.3))
+  assert v2.numpy() == pytest.approx(v1.numpy(), rel=1e-10)
+
+
+def test_one_dimensional_small_lambda_approaches_sorted_matching():
+  # In 1-D with equal uniform weights the optimal plan matches sorted points, so
+  # OT = mean_i (x_(i) − y_(i))². With the KL(P‖a⊗b) convention,
+  # OT ≤ W_λ ≤ OT + λ·log n (the sorted permutation has KL = log n).
+  rng = np.random.default_rng(3)
+  n, lam = 12, 1e-3
+  x, y = rng.normal(size=(n, 1)), rng.normal(size=(n, 1)) + 0.5
+  exact = np.mean((np.sort(x[:, 0]) - np.sort(y[:, 0])) ** 2)
+  value, _ = sinkhorn.ot_cost(tf.constant(x), tf.constant(y), L2,
+                              sinkhorn.SinkhornConfig(epsilon=lam, scaling=0.7,
+                                                      threshold=1e-7, max_iterations=50000))
+  assert exact - 1e-6 <= value.numpy() <= exact + lam * math.log(n) + 1e-6
+
+
+@pytest.mark.parametrize("cost", [L2, L1L2], ids=["l2", "l1l2"])
+def test_gradient_matches_central_differences(cost):
+  rng = np.random.default_rng(4)
+  x, y = rng.normal(size=(5, 3)), rng.normal(size=(4, 3))
+  config = tight(0.5)
+
+  def value(xv):
+    return sinkhorn.ot_cost(tf.constant(xv), tf.constant(y), cost, config)[0].numpy()
+
+  xt = tf.constant(x)
+  with tf.GradientTape() as tape:
+    tape.watch(xt)
+    v, _ = sinkhorn.ot_cost(xt, tf.constant(y), cost, config)
+  grad = tape.gradient(v, xt).numpy()
+  h = 1e-5
+  numeric = np.zeros_like(x)
+  for idx in np.ndindex(*x.shape):
+    up, down = x.copy(), x.copy()
+    up[idx] += h
+    down[idx] -= h
+    numeric[idx] = (value(up) - value(down)) / (2 * h)
+  np.testing.assert_allclose(grad, numeric, rtol=1e-4, atol=1e-6)
+
+
+def test_semi_debiased_loss_gradient_matches_central_differences():
+  rng = np.random.default_rng(7)
+  n = 5
+  fake = rng.normal(size=(n + sinkhorn.num_extra(n, 0.4), 3))
+  real = rng.normal(size=(6, 3))
+  config = tight(0.5)
+
+  def value(f):
+    return sinkhorn.semi_debiased_loss(tf.constant(f), tf.constant(real), n, L2, config)[0]
+
+  ft = tf.constant(fake)
+  with tf.GradientTape() as tape:
+    tape.watch(ft)
+    v = value(ft)
+  grad = tape.gradient(v, ft).numpy()
+  h = 1e-5
+  numeric = np.zeros_like(fake)
+  for idx in np.ndindex(*fake.shape):
+    up, down = fake.copy(), fake.copy()
+    up[idx] += h
+    down[idx] -= h
+    numeric[idx] = (value(up).numpy() - value(down).numpy()) / (2 * h)
+  np.testing.assert_allclose(grad, numeric, rtol=1e-4, atol=1e-6)
+
+
+def test_float32_small_lambda_large_costs_is_finite():
+  # Costs of order 1e4 (points spread over ±60 in 2-D) at λ = 1e-3 in float32: exp(−C/λ)
+  # would underflow in the kernel domain; the log domain must stay finite.
+  rng = np.random.default_rng(8)
+  fake = tf.constant(rng.uniform(-60, 60, size=(14, 2)), tf.float32)
+  real = tf.constant(rng.uniform(-60, 60, size=(9, 2)), tf.float32)
+  config = sinkhorn.SinkhornConfig(epsilon=1e-3, max_iterations=200)
+  with tf.GradientTape() as tape:
+    tape.watch(fake)
+    loss, info = sinkhorn.semi_debiased_loss(fake, real, 10, L1L2, config)
+  grad = tape.gradient(loss, fake)
+  assert np.isfinite(loss.numpy())
+  assert np.all(np.isfinite(grad.numpy()))
+  assert np.max(costs.squared_euclidean(fake, real).numpy()) > 5e3
+
+
+def test_semi_debiased_loss_matches_its_formula():
+  # L = 2·W(X[0:n], Y) − W(X[0:n], X[n′:n+n′]) with n = 5, p = 0.4 → n′ = 2.
+  rng = np.random.default_rng(9)
+  fake, real = tf.constant(rng.normal(size=(7, 3))), tf.constant(rng.normal(size=(4, 3)))
+  config = tight(0.3)
+  loss, _ = sinkhorn.semi_debiased_loss(fake, real, 5, L2, config)
+  cross, _ = sinkhorn.ot_cost(fake[:5], real, L2, config)
+  self_term, _ = sinkhorn.ot_cost(fake[:5], fake[2:7], L2, config)
+  assert loss.numpy() == pytest.approx(2 * cross.numpy() - self_term.numpy(), rel=1e-10)
+
+
+def test_p_zero_compares_primary_with_itself():
+  rng = np.random.default_rng(10)
+  fake, real = tf.constant(rng.normal(size=(5, 3))), tf.constant(rng.normal(size=(4, 3)))
+  config = tight(0.3)
+  loss, _ = sinkhorn.semi_debiased_loss(fake, real, 5, L2, config)
+  cross, _ = sinkhorn.ot_cost(fake, real, L2, config)
+  self_term, _ = sinkhorn.ot_cost(fake, fake, L2, config)
+  assert loss.numpy() == pytest.approx(2 * cross.numpy() - self_term.numpy(), rel=1e-10)
+
+
+@pytest.mark.parametrize("n,p,expected", [(50, 0.4, 20), (5, 0.4, 2), (7, 0.0, 0), (7, 1.0, 7),
+                                          (10, 0.3, 3)])
+def test_num_extra(n, p, expected):
+  assert sinkhorn.num_extra(n, p) == expected
+
+
+def test_public_rows_do_not_depend_on_private_data():
+  # Rows X[n:] appear only in W(X[0:n], X[n′:n+n′]); their gradient must not change with Y.
+  rng = np.random.default_rng(11)
+  fake = tf.constant(rng.normal(size=(7, 3)))
+  grads = []
+  for seed in (0, 1):
+    real = tf.constant(np.random.default_rng(seed).normal(size=(4 + seed, 3)))
+    with tf.GradientTape() as tape:
+      tape.watch(fake)
+      loss, _ = sinkhorn.semi_debiased_loss(fake, real, 5, L2, tight(0.3))
+    grads.append(tape.gradient(loss, fake).numpy())
+  np.testing.assert_array_equal(grads[0][5:], grads[1][5:])
+  assert np.abs(grads[0][:5] - grads[1][:5]).max() > 1e-3
+
+
+@pytest.mark.parametrize("weights", [None, "zeros"])
+def test_empty_real_batch_gives_self_term_only(weights):
+  rng = np.random.default_rng(12)
+  fake = tf.constant(rng.normal(size=(7, 3)))
+  if weights is None:
+    real, w = tf.zeros([0, 3], tf.float64), None
+  else:
+    real, w = tf.constant(rng.normal(size=(4, 3))), tf.zeros([4], tf.float64)
+  with tf.GradientTape() as tape:
+    tape.watch(fake)
+    loss, _ = sinkhorn.semi_debiased_loss(fake, real, 5, L2, tight(0.3), w)
+  grad = tape.gradient(loss, fake).numpy()
+  self_term, _ = sinkhorn.ot_cost(fake[:5], fake[2:7], L2, tight(0.3))
+  assert loss.numpy() == pytest.approx(-self_term.numpy(), rel=1e-10)
+  assert np.all(np.isfinite(grad))
+
+
+def test_padding_with_zero_weights_changes_nothing():
+  rng = np.random.default_rng(13)
+  fake, real = tf.constant(rng.normal(size=(7, 3))), rng.normal(size=(4, 3))
+  padded = np.concatenate([real, np.zeros((4, 3))])
+  weights = tf.constant([1.0, 1, 1, 1, 0, 0, 0, 0], tf.float64)
+  v1, _ = sinkhorn.semi_debiased_loss(fake, tf.constant(real), 5, L2, tight(0.3))
+  v2, _ = sinkhorn.semi_debiased_loss(fake, tf.constant(padded), 5, L2, tight(0.3), weights)
+  assert v2.numpy() == pytest.approx(v1.numpy(), rel=1e-10)
+
+
+def test_stabilized_kernel_agrees_with_log_domain():
+  rng = np.random.default_rng(14)
+  x, y = tf.constant(rng.uniform(-1, 1, (30, 5))), tf.constant(rng.uniform(-1, 1, (20, 5)))
+  for lam in (0.01, 0.1, 1.0):
+    v1, _ = sinkhorn.ot_cost(x, y, L1L2, tight(lam, stabilized_kernel=True))
+    v2, _ = sinkhorn.ot_cost(x, y, L1L2, tight(lam, stabilized_kernel=False))
+    assert v1.numpy() == pytest.approx(v2.numpy(), rel=1e-7)
+
+
+def test_info_reports_iterations_and_error():
+  rng = np.random.default_rng(15)
+  x, y = tf.constant(rng.normal(size=(8, 2))), tf.constant(rng.normal(size=(8, 2)))
+  _, capped = sinkhorn.ot_cost(x, y, L2, sinkhorn.SinkhornConfig(epsilon=0.01, threshold=0,
+                                                                max_iterations=3))
+  _, done = sinkhorn.ot_cost(x, y, L2, tight(1.0))
+  # threshold 0 can never be met: annealing stages + exactly 3 updates at λ.
+  assert capped.marginal_error.numpy() > 0
+  assert done.marginal_error.numpy() <= 1e-9
+  assert done.iterations.numpy() > 3
+
+
+def test_eager_and_tf_function_agree():
+  rng = np.random.default_rng(16)
+  fake = tf.constant(rng.normal(size=(7, 6)), tf.float32)
+  real = tf.constant(rng.normal(size=(5, 6)), tf.float32)
+  config = sinkhorn.SinkhornConfig(epsilon=0.1)
+  with tf.GradientTape() as tape:
+    tape.watch(fake)
+    eager, _ = sinkhorn.semi_debiased_loss(fake, real, 5, L1L2, config)
+  eager_grad = tape.gradient(eager, fake)
+  fn = sinkhorn.loss_and_gradient_fn(L1L2, config, num_primary=5, dim=6)
+  graph, graph_grad, _ = fn(fake, real, tf.ones([5]))
+  np.testing.assert_allclose(graph.numpy(), eager.numpy(), rtol=1e-5)
+  np.testing.assert_allclose(graph_grad.numpy(), eager_grad.numpy(), rtol=1e-4, atol=1e-5)
+
+
+def test_no_retracing_for_varying_real_batch_sizes():
+  rng = np.random.default_rng(17)
+  fn = sinkhorn.loss_and_gradient_fn(L2, sinkhorn.SinkhornConfig(epsilon=0.5), num_primary=5,
+                                     dim=4)
+  fake = tf.constant(rng.normal(size=(7, 4)), tf.float32)
+  for m in range(20):  # 0 … 19 real points, including the empty batch
+    real = tf.constant(rng.normal(size=(m, 4)), tf.float32)
+    loss, grad, _ = fn(fake, real, tf.ones([m]))
+    assert np.isfinite(loss.numpy()) and np.all(np.isfinite(grad.numpy()))
+  assert fn.experimental_get_tracing_count() == 1
+
+
+def test_xla_compiles_with_padded_batches():
+  rng = np.random.default_rng(18)
+  fn = sinkhorn.loss_and_gradient_fn(L1L2, sinkhorn.SinkhornConfig(epsilon=0.5),
+                                     num_primary=5, dim=4, jit_compile=True)
+  plain = sinkhorn.loss_and_gradient_fn(L1L2, sinkhorn.SinkhornConfig(epsilon=0.5),
+                                        num_primary=5, dim=4)
+  fake = tf.constant(rng.normal(size=(7, 4)), tf.float32)
+  real = tf.constant(rng.normal(size=(8, 4)), tf.float32)
+  weights = tf.constant([1, 1, 1, 0, 0, 0, 0, 0], tf.float32)
+  jit_loss, jit_grad, _ = fn(fake, real, weights)
+  loss, grad, _ = plain(fake, real, weights)
+  np.testing.assert_allclose(jit_loss.numpy(), loss.numpy(), rtol=1e-4)
+  np.testing.assert_allclose(jit_grad.numpy(), grad.numpy(), rtol=1e-3, atol=1e-4)
+
+
+@pytest.mark.parametrize("kwargs", [dict(epsilon=0), dict(scaling=1.0), dict(scaling=0),
+                                    dict(max_iterations=0), dict(threshold=-1),
+                                    dict(absorb_threshold=100)])
+def test_config_rejects_bad_values(kwargs):
+  name = next(iter(kwargs))
+  with pytest.raises(ValueError, match=name.split("_")[0]):
+    sinkhorn.SinkhornConfig(**kwargs)
+
+
+def test_rank_check_names_the_argument():
+  with pytest.raises(ValueError, match="fake"):
+    sinkhorn.semi_debiased_loss(tf.zeros([3, 2, 2]), tf.zeros([2, 4]), 2, L2, TIGHT)
