@@ -1,0 +1,145 @@
+"""Benchmarks, one JSON line per configuration.
+
+  python -m dp_sinkhorn_tf.bench sinkhorn [--only NAME[,NAME]] [--jit] [--repeats 5]
+
+Each configuration runs in a fresh subprocess so that `peak_mb` (the child's peak resident
+set size, TensorFlow's own ~0.5 GB included) belongs to that configuration alone. `ms` is the
+median of the timed runs after one warm-up call, each run computing the semi-debiased loss
+and its gradient w.r.t. the generated points.
+
+Data (reproducible): rng = numpy.random.default_rng(0); X = rng.uniform(−1, 1, (n+n′, d)),
+Y = rng.uniform(−1, 1, (n, d)) as float32; then the last 10 columns of X and of Y are
+replaced by 15·one_hot(rng.integers(0, 10, size)) (X first, then Y); p = 0.4.
+"""
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+SINKHORN_CONFIGS = {
+    # name: (n, d, cost, λ)
+    "mnist_l1l2_n50": (50, 794, "l1l2", 0.05),
+    "celeba_l2_n200": (200, 3082, "l2", 50.0),
+    "cifar_l2_n1000": (1000, 3082, "l2", 50.0),
+    "cifar_l2_n2000": (2000, 3082, "l2", 50.0),
+    "cifar_l1l2_n2000": (2000, 3082, "l1l2", 0.05),
+}
+SINKHORN_TARGETS = {
+    "mnist_l1l2_n50": "ms <= 40",
+    "celeba_l2_n200": "ms <= 21",
+    "cifar_l2_n1000": "ms <= 300",
+    "cifar_l2_n2000": "ms <= 1000",
+    "cifar_l1l2_n2000": "peak_mb <= 1536",
+}
+P_EXTRA = 0.4
+NUM_CLASSES = 10
+ALPHA_C = 15.0
+
+
+def benchmark_data(n: int, d: int, p: float = P_EXTRA):
+  """The issue's reproducible problem: (X [n+n′, d], Y [n, d]) float32."""
+  import numpy as np
+
+  from dp_sinkhorn_tf import sinkhorn
+
+  rng = np.random.default_rng(0)
+  n_fake = n + sinkhorn.num_extra(n, p)
+  x = rng.uniform(-1, 1, (n_fake, d)).astype(np.float32)
+  y = rng.uniform(-1, 1, (n, d)).astype(np.float32)
+  for arr in (x, y):
+    labels = rng.integers(0, NUM_CLASSES, arr.shape[0])
+    arr[:, -NUM_CLASSES:] = ALPHA_C * np.eye(NUM_CLASSES, dtype=np.float32)[labels]
+  return x, y
+
+
+def run_sinkhorn_config(name: str, repeats: int, jit: bool) -> dict:
+  """Times loss + gradient for one configuration in this process."""
+  import numpy as np
+  import tensorflow as tf
+
+  from dp_sinkhorn_tf import costs, sinkhorn
+
+  n, d, cost_name, lam = SINKHORN_CONFIGS[name]
+  x, y = benchmark_data(n, d)
+  config = sinkhorn.SinkhornConfig(epsilon=lam)
+  fn = sinkhorn.loss_and_gradient_fn(costs.make_cost(cost_name, l1_weight=3.0), config,
+                                     num_primary=n, dim=d, jit_compile=jit)
+  x, y, w = tf.constant(x), tf.constant(y), tf.ones([n], tf.float32)
+  loss, grad, info = fn(x, y, w)  # warm-up: tracing (and XLA compilation)
+  times = []
+  for _ in range(repeats):
+    start = time.perf_counter()
+    loss, grad, info = fn(x, y, w)
+    _ = grad.numpy()
+    times.append(1000 * (time.perf_counter() - start))
+  peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+  return {
+      "config": name, "ms": round(statistics.median(times), 2), "peak_mb": round(peak_mb, 1),
+      "loss": float(loss), "iterations": int(info.iterations),
+      "marginal_error": float(info.marginal_error), "grad_finite": bool(np.isfinite(grad).all()),
+      "jit": jit, "repeats": repeats, "target": SINKHORN_TARGETS[name],
+  }
+
+
+def _child(argv) -> int:
+  kind, name, repeats, jit = argv[0], argv[1], int(argv[2]), argv[3] == "1"
+  if kind == "sinkhorn":
+    result = run_sinkhorn_config(name, repeats, jit)
+  else:
+    from dp_sinkhorn_tf import bench_train
+    result = bench_train.run(name, repeats)
+  print("RESULT " + json.dumps(result), flush=True)
+  return 0
+
+
+def _run_in_child(kind: str, name: str, repeats: int, jit: bool) -> dict:
+  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+  proc = subprocess.run(
+      [sys.executable, "-m", "dp_sinkhorn_tf.bench", "_child", kind, name, str(repeats),
+       "1" if jit else "0"], capture_output=True, text=True, env=env)
+  for line in proc.stdout.splitlines():
+    if line.startswith("RESULT "):
+      return json.loads(line[len("RESULT "):])
+  tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+  return {"config": name, "error": f"exit {proc.returncode}: {tail}"}
+
+
+def main(argv=None) -> int:
+  argv = sys.argv[1:] if argv is None else argv
+  if argv and argv[0] == "_child":
+    return _child(argv[1:])
+  parser = argparse.ArgumentParser(prog="python -m dp_sinkhorn_tf.bench")
+  parser.add_argument("suite", choices=["sinkhorn", "train", "all"])
+  parser.add_argument("--only", default="", help="comma-separated config names")
+  parser.add_argument("--repeats", type=int, default=5)
+  parser.add_argument("--jit", action="store_true", help="compile the Sinkhorn loss with XLA")
+  args = parser.parse_args(argv)
+  if args.repeats < 1:
+    parser.error("--repeats must be ≥ 1")
+  jobs = []
+  if args.suite in ("sinkhorn", "all"):
+    jobs += [("sinkhorn", name) for name in SINKHORN_CONFIGS]
+  if args.suite in ("train", "all"):
+    from dp_sinkhorn_tf import bench_train
+    jobs += [("train", name) for name in bench_train.CONFIGS]
+  only = {s for s in args.only.split(",") if s}
+  unknown = only - {name for _, name in jobs}
+  if unknown:
+    parser.error(f"--only: unknown config(s) {sorted(unknown)}")
+  failed = False
+  for kind, name in jobs:
+    if only and name not in only:
+      continue
+    result = _run_in_child(kind, name, args.repeats, args.jit)
+    failed |= "error" in result
+    print(json.dumps(result), flush=True)
+  return 1 if failed else 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())
