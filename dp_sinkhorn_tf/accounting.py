@@ -1,0 +1,211 @@
+"""Privacy accounting for T Poisson-subsampled Gaussian steps, and the privacy ledger.
+
+Each DP-Sinkhorn step is a Gaussian mechanism with noise multiplier σ (std 2σC over
+sensitivity 2C, see `privacy`) applied to a Poisson sample with rate q. The run is the
+T-fold composition of PoissonSampledDpEvent(q, GaussianDpEvent(σ)); dp_accounting (the
+library TF Privacy 0.9.0 itself calls) turns it into ε for a given δ with
+
+  * "rdp": Rényi-DP of the subsampled Gaussian (Mironov et al. 2019), converted to (ε, δ);
+  * "pld": privacy loss distributions (tighter; slower for very long runs).
+
+Planning inverts ε(T) or ε(σ) by bisection; both are monotone (ε grows with T, falls with
+σ). The ledger records what a run spent; it is written atomically (temp file, fsync,
+rename) so a crash leaves the previous ledger, never a torn one.
+"""
+
+import dataclasses
+import json
+import math
+import os
+import warnings
+from typing import Optional
+
+import dp_accounting
+
+ACCOUNTANTS = ("rdp", "pld")
+# PLD discretisation of the privacy loss: finer is tighter and slower; 1e-3 follows the
+# library's own examples and keeps 1e6-step compositions to seconds.
+PLD_DISCRETIZATION = 1e-3
+
+
+def _validate(q: float, noise_multiplier: float, delta: float, accountant: str) -> None:
+  if not 0 < q <= 1:
+    raise ValueError(f"sample rate q must be in (0, 1], got {q}")
+  if not noise_multiplier >= 0:
+    raise ValueError(f"noise_multiplier σ must be ≥ 0, got {noise_multiplier}")
+  if not 0 < delta < 1:
+    raise ValueError(f"delta must be in (0, 1), got {delta}")
+  if accountant not in ACCOUNTANTS:
+    raise ValueError(f"accountant must be one of {ACCOUNTANTS}, got {accountant!r}")
+
+
+def dp_event(q: float, noise_multiplier: float, steps: int) -> dp_accounting.DpEvent:
+  """T-fold self-composition of the Poisson-subsampled Gaussian with multiplier σ."""
+  step = dp_accounting.PoissonSampledDpEvent(q, dp_accounting.GaussianDpEvent(noise_multiplier))
+  return dp_accounting.SelfComposedDpEvent(step, steps)
+
+
+def compute_epsilon(q: float, noise_multiplier: float, steps: int, delta: float,
+                    accountant: str = "rdp") -> float:
+  """ε such that T steps of the subsampled Gaussian (q, σ) are (ε, δ)-DP."""
+  _validate(q, noise_multiplier, delta, accountant)
+  if steps < 0:
+    raise ValueError(f"steps must be ≥ 0, got {steps}")
+  if steps == 0:
+    return 0.0
+  if noise_multiplier == 0:
+    return math.inf
+  if accountant == "rdp":
+    acc = dp_accounting.rdp.RdpAccountant()
+  else:
+    acc = dp_accounting.pld.PLDAccountant(value_discretization_interval=PLD_DISCRETIZATION)
+  acc.compose(dp_event(q, noise_multiplier, steps))
+  return float(acc.get_epsilon(delta))
+
+
+def max_steps(target_epsilon: float, delta: float, q: float, noise_multiplier: float,
+              accountant: str = "rdp", limit: int = 10**9) -> int:
+  """The largest T with ε(T) ≤ target_epsilon (0 if even one step exceeds it)."""
+  if not target_epsilon > 0:
+    raise ValueError(f"target_epsilon must be > 0, got {target_epsilon}")
+  _validate(q, noise_multiplier, delta, accountant)
+
+  def ok(t: int) -> bool:
+    return compute_epsilon(q, noise_multiplier, t, delta, accountant) <= target_epsilon
+
+  if not ok(1):
+    return 0
+  lo, hi = 1, 2
+  while ok(hi):
+    lo, hi = hi, hi * 2
+    if hi > limit:
+      return limit
+  while hi - lo > 1:  # invariant: ok(lo), not ok(hi)
+    mid = (lo + hi) // 2
+    lo, hi = (mid, hi) if ok(mid) else (lo, mid)
+  return lo
+
+
+def min_noise_multiplier(target_epsilon: float, delta: float, q: float, steps: int,
+                         accountant: str = "rdp", tolerance: float = 1e-3) -> float:
+  """The smallest σ (to within `tolerance`, rounded up) with ε(σ) ≤ target_epsilon."""
+  if not target_epsilon > 0:
+    raise ValueError(f"target_epsilon must be > 0, got {target_epsilon}")
+  if steps < 1:
+    raise ValueError(f"steps must be ≥ 1, got {steps}")
+  _validate(q, 1.0, delta, accountant)
+
+  def ok(sigma: float) -> bool:
+    return compute_epsilon(q, sigma, steps, delta, accountant) <= target_epsilon
+
+  lo, hi = 0.0, 1.0
+  while not ok(hi):
+    lo, hi = hi, hi * 2
+    if hi > 1e6:
+      raise ValueError(f"no noise multiplier reaches ε={target_epsilon} for {steps} steps")
+  while hi - lo > tolerance:  # invariant: ε(hi) ≤ target < ε(lo) (or lo = 0)
+    mid = 0.5 * (lo + hi)
+    lo, hi = (lo, mid) if ok(mid) else (mid, hi)
+  return hi
+
+
+def check_delta(delta: float, dataset_size: int) -> Optional[str]:
+  """A warning text when δ ≥ 1/N (then "release one record in the clear" satisfies the
+  guarantee: δ should be well below 1/N), else None. Also emitted as a warning."""
+  if dataset_size > 0 and delta >= 1.0 / dataset_size:
+    text = (f"delta={delta:g} ≥ 1/N = {1.0 / dataset_size:.3g}: such a δ permits leaking a "
+            "whole record; choose δ ≪ 1/N")
+    warnings.warn(text)
+    return text
+  return None
+
+
+@dataclasses.dataclass(frozen=True)
+class PrivacyLedger:
+  """What a run has spent. steps_taken only grows; it counts every step that may have run."""
+
+  sample_rate: float
+  noise_multiplier: float
+  l2_norm_clip: float
+  delta: float
+  target_epsilon: float
+  planned_steps: int
+  accountant: str
+  steps_taken: int
+  dataset_size: int
+
+  def __post_init__(self):
+    if self.steps_taken < 0 or self.planned_steps < 0:
+      raise ValueError("ledger step counts must be ≥ 0")
+
+  def epsilon(self, accountant: Optional[str] = None) -> float:
+    return compute_epsilon(self.sample_rate, self.noise_multiplier, self.steps_taken,
+                           self.delta, accountant or self.accountant)
+
+  @property
+  def is_exhausted(self) -> bool:
+    return self.steps_taken >= self.planned_steps
+
+  def advanced(self, steps: int) -> "PrivacyLedger":
+    if steps < 0:
+      raise ValueError(f"a ledger only advances, got {steps} steps")
+    return dataclasses.replace(self, steps_taken=self.steps_taken + steps)
+
+  def to_json(self) -> str:
+    return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)
+
+  @classmethod
+  def from_json(cls, text: str) -> "PrivacyLedger":
+    fields = {f.name for f in dataclasses.fields(cls)}
+    data = json.loads(text)
+    missing = fields - set(data)
+    if missing:
+      raise ValueError(f"privacy ledger lacks fields {sorted(missing)}")
+    return cls(**{k: data[k] for k in fields})
+
+  def save(self, path: str) -> None:
+    """Atomic write: a reader sees the old ledger or the new one, never a partial file."""
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "w") as fh:
+      fh.write(self.to_json())
+      fh.flush()
+      os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+  @classmethod
+  def load(cls, path: str) -> "PrivacyLedger":
+    try:
+      with open(path) as fh:
+        return cls.from_json(fh.read())
+    except (json.JSONDecodeError, TypeError) as e:
+      raise ValueError(f"{path}: not a privacy ledger ({e})") from None
+
+
+_PLAN_FIELDS = ("sample_rate", "noise_multiplier", "l2_norm_clip", "delta", "target_epsilon",
+                "planned_steps", "accountant", "dataset_size")
+
+
+def check_compatible(stored: PrivacyLedger, requested: PrivacyLedger) -> None:
+  """Raises ValueError naming every plan field where a resumed run would differ."""
+  diffs = [f"{name}: {getattr(stored, name)!r} in the workdir vs {getattr(requested, name)!r} "
+           "now" for name in _PLAN_FIELDS
+           if not _same(getattr(stored, name), getattr(requested, name))]
+  if diffs:
+    raise ValueError("the workdir holds a run with a different privacy plan (" +
+                     "; ".join(diffs) + "); use a new --workdir or the same flags")
+
+
+def _same(a, b) -> bool:
+  if isinstance(a, float) or isinstance(b, float):
+    return math.isclose(float(a), float(b), rel_tol=1e-9, abs_tol=0.0)
+  return a == b
+
+
+def report(ledger: PrivacyLedger) -> dict:
+  """privacy.json content: the ledger and ε under both accountants."""
+  out = dataclasses.asdict(ledger)
+  out["epsilon"] = {acc: ledger.epsilon(acc) for acc in ACCOUNTANTS}
+  out["epsilon_planned"] = compute_epsilon(ledger.sample_rate, ledger.noise_multiplier,
+                                           ledger.planned_steps, ledger.delta,
+                                           ledger.accountant)
+  return out
