@@ -1,0 +1,159 @@
+"""Frozen run configuration. `main.py` turns flags into these once; nothing mutates them.
+
+Each dataclass validates its own fields in `__post_init__` and names the flag that set the
+bad value, so a bad command line fails with one line before any work starts.
+"""
+
+import dataclasses
+from typing import Optional
+
+from dp_sinkhorn_tf import sinkhorn
+
+ARCHITECTURES = ("dcgan", "biggan")
+MECHANISMS = ("image_grad", "param_grad")
+OPTIMIZERS = ("adam", "adamw")
+ACCOUNTANTS = ("rdp", "pld")
+COSTS = ("l2", "l1l2")
+
+
+def _require(condition: bool, flag: str, expected: str, value) -> None:
+  if not condition:
+    raise ValueError(f"--{flag}={value!r}: expected {expected}")
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+  dataset: str = "digits"
+  data_dir: Optional[str] = None
+  idx_dir: Optional[str] = None
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+  architecture: str = "dcgan"
+  latent_dim: int = 16
+  embed_dim: int = 8
+  hidden: int = 64
+  depth: int = 1
+
+  def __post_init__(self):
+    _require(self.architecture in ARCHITECTURES, "architecture", f"one of {ARCHITECTURES}",
+             self.architecture)
+    for name in ("latent_dim", "embed_dim", "hidden", "depth"):
+      _require(getattr(self, name) >= 1, name, "an integer ≥ 1", getattr(self, name))
+
+
+@dataclasses.dataclass(frozen=True)
+class LossConfig:
+  """The semi-debiased Sinkhorn loss (paper eq. 8) and its feature space."""
+
+  cost: str = "l1l2"
+  l1_weight: float = 3.0  # the paper's m in ‖x−y‖² + m·‖x−y‖₁
+  debias_fraction: float = 0.4  # p: n′ = ⌊p·n⌋ extra generated points
+  alpha_c: float = 15.0  # weight of the one-hot label block
+  solver: sinkhorn.SinkhornConfig = sinkhorn.SinkhornConfig()
+
+  def __post_init__(self):
+    _require(self.cost in COSTS, "cost", f"one of {COSTS}", self.cost)
+    _require(self.l1_weight >= 0, "l1_weight", "a number ≥ 0", self.l1_weight)
+    _require(0 <= self.debias_fraction <= 1, "debias_fraction", "a number in [0, 1]",
+             self.debias_fraction)
+    _require(self.alpha_c >= 0, "alpha_c", "a number ≥ 0", self.alpha_c)
+
+
+@dataclasses.dataclass(frozen=True)
+class PrivacyConfig:
+  """What the accountant needs, plus the mechanism's knobs.
+
+  noise_multiplier σ is the noise std divided by the sensitivity 2C. Give it, or leave it
+  None and give `steps` in TrainConfig: the planner then finds the smallest σ for the
+  target ε.
+  """
+
+  dp: bool = True
+  mechanism: str = "image_grad"
+  l2_norm_clip: float = 0.5
+  noise_multiplier: Optional[float] = None
+  target_epsilon: float = 10.0
+  delta: float = 1e-5
+  accountant: str = "rdp"
+
+  def __post_init__(self):
+    _require(self.mechanism in MECHANISMS, "mechanism", f"one of {MECHANISMS}", self.mechanism)
+    _require(self.accountant in ACCOUNTANTS, "accountant", f"one of {ACCOUNTANTS}",
+             self.accountant)
+    if not self.dp:
+      return
+    _require(self.l2_norm_clip > 0 and self.l2_norm_clip != float("inf"), "l2_norm_clip",
+             "a finite number > 0 with --dp", self.l2_norm_clip)
+    _require(self.noise_multiplier is None or self.noise_multiplier > 0, "noise_multiplier",
+             "a number > 0 with --dp", self.noise_multiplier)
+    _require(self.target_epsilon > 0, "target_epsilon", "a number > 0", self.target_epsilon)
+    _require(0 < self.delta < 1, "delta", "a number in (0, 1)", self.delta)
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimConfig:
+  optimizer: str = "adam"
+  learning_rate: float = 1e-3
+  beta_1: float = 0.5
+  beta_2: float = 0.999
+  weight_decay: float = 0.0
+
+  def __post_init__(self):
+    _require(self.optimizer in OPTIMIZERS, "optimizer", f"one of {OPTIMIZERS}", self.optimizer)
+    _require(self.learning_rate > 0, "learning_rate", "a number > 0", self.learning_rate)
+    _require(0 <= self.beta_1 < 1, "beta_1", "a number in [0, 1)", self.beta_1)
+    _require(0 <= self.beta_2 < 1, "beta_2", "a number in [0, 1)", self.beta_2)
+    _require(self.weight_decay >= 0, "weight_decay", "a number ≥ 0", self.weight_decay)
+    _require(self.weight_decay == 0 or self.optimizer == "adamw", "weight_decay",
+             "0 unless --optimizer=adamw", self.weight_decay)
+
+
+@dataclasses.dataclass(frozen=True)
+class RunConfig:
+  workdir: str = "runs/default"
+  seed: int = 0
+  log_every: int = 10
+  sample_every: int = 500
+  checkpoint_every: int = 200
+  keep_checkpoints: int = 3
+  export: bool = True
+  model_name: str = "generator"
+
+  def __post_init__(self):
+    _require(bool(self.workdir), "workdir", "a directory path", self.workdir)
+    for name in ("log_every", "sample_every", "checkpoint_every", "keep_checkpoints"):
+      _require(getattr(self, name) >= 1, name, "an integer ≥ 1", getattr(self, name))
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+  """A whole run. batch_size is the expected Poisson batch B (q = B/N) and the number n
+  of generated points per step; steps=None lets the privacy budget decide."""
+
+  batch_size: int = 50
+  steps: Optional[int] = None
+  data: DataConfig = DataConfig()
+  model: ModelConfig = ModelConfig()
+  loss: LossConfig = LossConfig()
+  privacy: PrivacyConfig = PrivacyConfig()
+  optim: OptimConfig = OptimConfig()
+  run: RunConfig = RunConfig()
+
+  def __post_init__(self):
+    _require(self.batch_size >= 1, "batch_size", "an integer ≥ 1", self.batch_size)
+    _require(self.steps is None or self.steps >= 1, "steps", "an integer ≥ 1 (or unset)",
+             self.steps)
+    if not self.privacy.dp:
+      _require(self.steps is not None, "steps", "a step count when --dp=false (no budget "
+               "decides it)", self.steps)
+    if self.privacy.mechanism == "param_grad":
+      _require(self.optim.optimizer == "adam", "optimizer",
+               "adam with --mechanism=param_grad (TF Privacy's DPKerasAdamOptimizer)",
+               self.optim.optimizer)
+
+  @property
+  def num_generated(self) -> int:
+    """n + n′ generated points per step."""
+    return self.batch_size + sinkhorn.num_extra(self.batch_size, self.loss.debias_fraction)

@@ -1,0 +1,207 @@
+r"""Trains a DP-Sinkhorn generator.
+
+  python -m dp_sinkhorn_tf.main --flagfile=launch/digits.flags --workdir=runs/digits
+
+Flags become a frozen `config.TrainConfig` at once; the privacy plan (q, σ, steps, ε) is
+fixed and printed before the first step; the run directory then holds checkpoints, the
+privacy ledger, privacy.json, flags.txt, TensorBoard summaries, sample grids and (with
+--export) a SavedModel in TF Serving's layout. Re-running the same command resumes.
+"""
+
+import os
+import sys
+
+from absl import app, flags
+
+from dp_sinkhorn_tf import config as config_lib
+from dp_sinkhorn_tf import sinkhorn
+
+FLAGS = flags.FLAGS
+
+# Data.
+flags.DEFINE_enum("dataset", "digits",
+                  ["digits", "mnist", "fashion_mnist", "cifar10", "celeb_a"],
+                  "Private training set. digits ships with scikit-learn; the others come from "
+                  "TFDS under --data_dir or, for (fashion_)mnist, from IDX files in --idx_dir.")
+flags.DEFINE_string("data_dir", None, "TFDS data directory holding the prepared dataset.")
+flags.DEFINE_string("idx_dir", None, "Folder with the original MNIST / Fashion-MNIST IDX files "
+                    "(gz or raw); overrides TFDS for those datasets.")
+# Model.
+flags.DEFINE_enum("architecture", "dcgan", list(config_lib.ARCHITECTURES), "Generator family.")
+flags.DEFINE_integer("latent_dim", 16, "Dimension of z ~ U(0,1).")
+flags.DEFINE_integer("embed_dim", 8, "Label embedding size.")
+flags.DEFINE_integer("hidden", 64, "Generator width (channels of the last block).")
+flags.DEFINE_integer("depth", 1, "Convolution blocks per resolution.")
+# Loss.
+flags.DEFINE_enum("cost", "l1l2", list(config_lib.COSTS),
+                  "Ground cost: l2 = ‖x−y‖², l1l2 = ‖x−y‖² + l1_weight·‖x−y‖₁.")
+flags.DEFINE_float("l1_weight", 3.0, "The paper's m, weight of the L1 term in l1l2.")
+flags.DEFINE_float("debias_fraction", 0.4, "p: n′ = ⌊p·n⌋ extra generated points "
+                   "(0 biased, 1 fully debiased).")
+flags.DEFINE_float("alpha_c", 15.0, "Weight α_c of the one-hot label block of the features.")
+flags.DEFINE_float("sinkhorn_epsilon", 0.05, "Entropic regularisation λ.")
+flags.DEFINE_float("sinkhorn_scaling", 0.5, "ε-scaling schedule: ratio between successive "
+                   "annealing temperatures, from the cost's scale down to λ (closer to 1 = "
+                   "slower, more accurate annealing; use ≈0.9 for λ far below the costs).")
+flags.DEFINE_float("sinkhorn_threshold", 1e-3, "Stop once the L1 marginal error is below this.")
+flags.DEFINE_integer("sinkhorn_max_iterations", 100, "Most Sinkhorn updates at λ.")
+# Privacy.
+flags.DEFINE_bool("dp", True, "Train privately. --nodp trains the same model without clipping "
+                  "or noise (ablations, upper bounds): no privacy guarantee.")
+flags.DEFINE_enum("mechanism", "image_grad", list(config_lib.MECHANISMS),
+                  "image_grad: clip + noise the gradient w.r.t. generated images (DP-Sinkhorn); "
+                  "param_grad: TF Privacy DP-Adam on the parameter gradient (ablation).")
+flags.DEFINE_float("l2_norm_clip", 0.5, "C: clip norm of the image gradient (sensitivity 2C).")
+flags.DEFINE_float("noise_multiplier", None, "σ: noise std / sensitivity. Unset with --steps "
+                   "set: the smallest σ within --target_epsilon.")
+flags.DEFINE_float("target_epsilon", 10.0, "ε of the (ε, δ) guarantee.")
+flags.DEFINE_float("delta", 1e-5, "δ of the (ε, δ) guarantee; keep it below 1/N.")
+flags.DEFINE_enum("accountant", "rdp", list(config_lib.ACCOUNTANTS),
+                  "Accountant that plans the budget (privacy.json reports both).")
+# Optimisation.
+flags.DEFINE_enum("optimizer", "adam", list(config_lib.OPTIMIZERS), "Generator optimiser.")
+flags.DEFINE_float("learning_rate", 1e-3, "Learning rate.")
+flags.DEFINE_float("beta_1", 0.5, "Adam β₁.")
+flags.DEFINE_float("beta_2", 0.999, "Adam β₂.")
+flags.DEFINE_float("weight_decay", 0.0, "Decoupled weight decay (adamw only).")
+flags.DEFINE_integer("batch_size", 50, "B: expected Poisson batch (q = B/N) and generated n.")
+flags.DEFINE_integer("steps", None, "Training steps. Unset: as many as the budget allows.")
+# Run.
+flags.DEFINE_string("workdir", "runs/default", "Run directory (resumed if it holds a run).")
+flags.DEFINE_integer("seed", 0, "Seed of sampling, latents and initialisation.")
+flags.DEFINE_integer("log_every", 10, "Steps between progress / TensorBoard scalars.")
+flags.DEFINE_integer("sample_every", 500, "Steps between sample grids.")
+flags.DEFINE_integer("checkpoint_every", 200, "Steps between checkpoints (and ledger writes).")
+flags.DEFINE_integer("keep_checkpoints", 3, "Checkpoints kept.")
+flags.DEFINE_bool("export", True, "Export a SavedModel for TF Serving at the end.")
+flags.DEFINE_string("model_name", "generator", "Model name in the export layout.")
+flags.DEFINE_enum("if_finished", "fail", ["fail", "skip"],
+                  "When --workdir's budget is already spent: fail (exit 1) or skip training "
+                  "and only report the artefacts.")
+
+
+def config_from_flags(f) -> config_lib.TrainConfig:
+  """Builds the frozen run config; raises ValueError naming the bad flag."""
+  try:
+    solver = sinkhorn.SinkhornConfig(epsilon=f.sinkhorn_epsilon, scaling=f.sinkhorn_scaling,
+                                     threshold=f.sinkhorn_threshold,
+                                     max_iterations=f.sinkhorn_max_iterations)
+  except ValueError as e:
+    raise ValueError(f"--sinkhorn_*: {e}") from None
+  return config_lib.TrainConfig(
+      batch_size=f.batch_size, steps=f.steps,
+      data=config_lib.DataConfig(f.dataset, f.data_dir, f.idx_dir),
+      model=config_lib.ModelConfig(f.architecture, f.latent_dim, f.embed_dim, f.hidden, f.depth),
+      loss=config_lib.LossConfig(f.cost, f.l1_weight, f.debias_fraction, f.alpha_c, solver),
+      privacy=config_lib.PrivacyConfig(f.dp, f.mechanism, f.l2_norm_clip, f.noise_multiplier,
+                                       f.target_epsilon, f.delta, f.accountant),
+      optim=config_lib.OptimConfig(f.optimizer, f.learning_rate, f.beta_1, f.beta_2,
+                                   f.weight_decay),
+      run=config_lib.RunConfig(f.workdir, f.seed, f.log_every, f.sample_every,
+                               f.checkpoint_every, f.keep_checkpoints, f.export, f.model_name))
+
+
+def _fail(message: str, code: int = 2) -> None:
+  print(f"error: {message}", file=sys.stderr)
+  sys.exit(code)
+
+
+def _progress_printer():
+  import tensorflow as tf
+  bar = {}
+
+  def on_log(spent: int, total: int, logs: dict) -> None:
+    if "bar" not in bar:
+      bar["bar"] = tf.keras.utils.Progbar(total, stateful_metrics=list(logs),
+                                          unit_name="step")
+      bar["bar"].update(spent - 1 if spent > 1 else 0)
+    shown = [(k, logs[k]) for k in ("loss", "epsilon", "noised_grad_norm", "sinkhorn_iterations",
+                                    "real_batch_size") if k in logs]
+    bar["bar"].update(spent, values=shown)
+
+  return on_log
+
+
+def run(cfg: config_lib.TrainConfig, flags_text: str) -> int:
+  """Plans, trains and exports; returns the process exit code."""
+  from dp_sinkhorn_tf import data, trainer
+
+  try:
+    dataset = data.load_dataset(cfg.data.dataset, cfg.data.data_dir, cfg.data.idx_dir)
+    plan = trainer.plan_privacy(cfg, len(dataset.images))
+    if cfg.privacy.dp:
+      ledger = trainer.load_or_create_ledger(cfg, plan, len(dataset.images))
+  except (ValueError, FileNotFoundError) as e:
+    _fail(str(e))
+  print(f"dataset {cfg.data.dataset}: {len(dataset.images)} private records, image shape "
+        f"{tuple(dataset.image_shape)}, {dataset.num_classes} classes")
+  if cfg.privacy.dp:
+    print(f"privacy plan: q={plan.sample_rate:.4g} σ={plan.noise_multiplier:.4g} "
+          f"C={cfg.privacy.l2_norm_clip:g} steps={plan.steps} → ε={plan.epsilon:.3f} "
+          f"({plan.accountant}), δ={plan.delta:g}")
+    if plan.warning:
+      print(f"warning: {plan.warning}")
+    if ledger.is_exhausted:
+      message = (f"{cfg.run.workdir}: the privacy budget is spent ({ledger.steps_taken}/"
+                 f"{ledger.planned_steps} steps, ε={ledger.epsilon():.3f}); refusing to train "
+                 "further. Use a new --workdir.")
+      if FLAGS.if_finished == "skip":
+        print(message)
+        _print_artefacts(cfg.run.workdir)
+        return 0
+      _fail(message, code=1)
+    if ledger.steps_taken:
+      print(f"resuming: {ledger.steps_taken}/{ledger.planned_steps} steps already spent")
+  else:
+    print(f"NON-PRIVATE run (--nodp): {plan.steps} steps, no privacy guarantee")
+
+  os.makedirs(cfg.run.workdir, exist_ok=True)
+  trainer.write_text_atomic(os.path.join(cfg.run.workdir, "flags.txt"), flags_text)
+  result = trainer.train(cfg, dataset.images, dataset.labels, dataset.num_classes, plan,
+                         on_log=_progress_printer())
+  if cfg.run.export:
+    from dp_sinkhorn_tf import export
+    metadata = export_metadata(cfg, plan, result, dataset, flags_text)
+    path = export.export_generator(result.model.generator,
+                                   os.path.join(cfg.run.workdir, "export"), cfg.run.model_name,
+                                   None, metadata)
+    print(f"exported SavedModel: {path}")
+  _print_artefacts(cfg.run.workdir)
+  return 0
+
+
+def export_metadata(cfg, plan, result, dataset, flags_text: str) -> dict:
+  ledger = result.ledger
+  return {
+      "epsilon": ledger.epsilon() if ledger is not None else None,
+      "delta": plan.delta if cfg.privacy.dp else None,
+      "accountant": plan.accountant if cfg.privacy.dp else None,
+      "dp": cfg.privacy.dp, "mechanism": cfg.privacy.mechanism,
+      "noise_multiplier": plan.noise_multiplier, "l2_norm_clip": cfg.privacy.l2_norm_clip,
+      "sample_rate": plan.sample_rate,
+      "steps": ledger.steps_taken if ledger is not None else plan.steps,
+      "dataset": cfg.data.dataset, "image_shape": list(dataset.image_shape),
+      "label_names": list(dataset.label_names), "training_flags": flags_text,
+  }
+
+
+def _print_artefacts(workdir: str) -> None:
+  print("artefacts:")
+  for name in ("samples/final.png", "privacy.json", "flags.txt", "tensorboard", "export"):
+    path = os.path.join(workdir, name)
+    if os.path.exists(path):
+      print(f"  {path}")
+
+
+def main(argv) -> int:
+  if len(argv) > 1:
+    _fail(f"unexpected arguments {argv[1:]}: all options are --flags")
+  try:
+    cfg = config_from_flags(FLAGS)
+  except ValueError as e:
+    _fail(str(e))
+  return run(cfg, FLAGS.flags_into_string())
+
+
+if __name__ == "__main__":
+  app.run(main)

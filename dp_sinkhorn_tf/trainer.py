@@ -1,0 +1,406 @@
+"""DP-Sinkhorn training: the Keras model with the private train_step, and the run loop.
+
+One step (paper Alg. 1), all inside one tf.function:
+
+  1. Poisson-sample the private set: each record in with probability q, keyed by
+     (seed, step) so a step always sees the same batch (`sampling`).
+  2. Generate n + n′ images from z ~ U(0,1) and uniformly drawn labels (data-independent).
+  3. L = 2·W_λ(X[0:n], Y) − W_λ(X[0:n], X[n′:n+n′]) on features [image, α_c·one_hot].
+  4. G = ∂L/∂X, the only quantity that touches private data. The mechanism clips G[0:n] to
+     norm C and adds N(0, (2σC)²); G[n:] is clipped only (`privacy`).
+  5. Back-propagate the released G into the generator:
+     tape.gradient(X, θ, output_gradients=G̃), then Adam / AdamW.
+
+Everything after step 4 is post-processing of the Gaussian mechanism's output, so the run
+is (ε, δ)-DP for the accountant's ε over the number of steps taken. With
+mechanism="param_grad" (the paper's ablation) step 4–5 become TF Privacy's
+DPKerasAdamOptimizer on the whole batch loss as one microbatch; see `build_optimizer`.
+
+Privacy bookkeeping in `train`: before a chunk of steps runs, the ledger is advanced by the
+chunk and written to disk (write-ahead), so a crash can only over-count, never under-count,
+what was spent; a resume continues from the ledger, not from the checkpoint's step.
+"""
+
+import dataclasses
+import json
+import math
+import os
+from typing import Callable, Optional
+
+import numpy as np
+import tensorflow as tf
+
+from dp_sinkhorn_tf import accounting, costs, features, models, privacy, sampling, sinkhorn
+from dp_sinkhorn_tf import config as config_lib
+
+LEDGER_FILE = "privacy_ledger.json"
+REPORT_FILE = "privacy.json"
+
+
+@dataclasses.dataclass(frozen=True)
+class PrivacyPlan:
+  """The budget decided before training: q, σ, T and the ε they give."""
+
+  sample_rate: float
+  noise_multiplier: float
+  steps: int
+  epsilon: float
+  delta: float
+  accountant: str
+  warning: Optional[str] = None
+
+
+def plan_privacy(cfg: config_lib.TrainConfig, dataset_size: int) -> PrivacyPlan:
+  """Fixes (q, σ, T) from the config before any training step.
+
+  q = B / N. With --noise_multiplier alone, T is the most steps within the target ε; with
+  --steps alone, σ is the smallest multiplier within it; with both, the pair is checked.
+  """
+  p = cfg.privacy
+  if cfg.batch_size > dataset_size:
+    raise ValueError(f"--batch_size={cfg.batch_size}: expected at most the dataset size "
+                     f"{dataset_size}")
+  q = cfg.batch_size / dataset_size
+  if not p.dp:
+    return PrivacyPlan(q, 0.0, cfg.steps, math.inf, p.delta, p.accountant)
+  warning = accounting.check_delta(p.delta, dataset_size)
+  if p.noise_multiplier is None and cfg.steps is None:
+    raise ValueError("--noise_multiplier / --steps: expected at least one of them with --dp "
+                     "(the other follows from --target_epsilon)")
+  if p.noise_multiplier is None:
+    sigma = accounting.min_noise_multiplier(p.target_epsilon, p.delta, q, cfg.steps,
+                                            p.accountant)
+    steps = cfg.steps
+  else:
+    sigma = p.noise_multiplier
+    budget = accounting.max_steps(p.target_epsilon, p.delta, q, sigma, p.accountant)
+    steps = budget if cfg.steps is None else cfg.steps
+    if steps > budget:
+      raise ValueError(f"--steps={cfg.steps}: expected at most {budget}, the steps that "
+                       f"--target_epsilon={p.target_epsilon} allows at σ={sigma}, q={q:.3g}")
+    if steps < 1:
+      raise ValueError(f"--noise_multiplier={sigma}: the budget --target_epsilon="
+                       f"{p.target_epsilon} allows no step at q={q:.3g}; raise σ")
+  eps = accounting.compute_epsilon(q, sigma, steps, p.delta, p.accountant)
+  return PrivacyPlan(q, sigma, steps, eps, p.delta, p.accountant, warning)
+
+
+def build_optimizer(cfg: config_lib.TrainConfig, noise_multiplier: float):
+  """Adam / AdamW for image_grad; TF Privacy's DPKerasAdamOptimizer for param_grad.
+
+  param_grad clips the whole parameter gradient of the batch loss (one microbatch) to C and
+  adds N(0, (C·z)²) with z the optimizer's noise multiplier. Add/remove of one record moves
+  the clipped gradient by up to 2C, so z = 2σ makes the noise std 2σC: the same Gaussian
+  mechanism with multiplier σ that the accountant charges.
+  """
+  o = cfg.optim
+  if cfg.privacy.mechanism == "param_grad":
+    from tensorflow_privacy.privacy.optimizers import dp_optimizer_keras
+    clip = cfg.privacy.l2_norm_clip if cfg.privacy.dp else 1e12
+    return dp_optimizer_keras.DPKerasAdamOptimizer(
+        l2_norm_clip=clip, noise_multiplier=2.0 * noise_multiplier, num_microbatches=1,
+        learning_rate=o.learning_rate, beta_1=o.beta_1, beta_2=o.beta_2)
+  if o.optimizer == "adamw":
+    return tf.keras.optimizers.AdamW(learning_rate=o.learning_rate, beta_1=o.beta_1,
+                                     beta_2=o.beta_2, weight_decay=o.weight_decay)
+  return tf.keras.optimizers.Adam(learning_rate=o.learning_rate, beta_1=o.beta_1,
+                                  beta_2=o.beta_2)
+
+
+class DPSinkhornModel(tf.keras.Model):
+  """Wraps a generator; `train_step(step)` is one private DP-Sinkhorn update.
+
+  The private images live in this object as constants and are reached only through the
+  Poisson sample inside `train_step`; they are not variables, so checkpoints and exports
+  never contain them.
+  """
+
+  def __init__(self, generator: tf.keras.Model, images: np.ndarray, labels: np.ndarray,
+               num_classes: int, cfg: config_lib.TrainConfig, noise_multiplier: float,
+               sample_rate: float):
+    super().__init__()
+    self.generator = generator
+    self.cfg = cfg
+    self.num_classes = num_classes
+    self._images = tf.constant(images, tf.float32)
+    self._labels = tf.constant(labels, tf.int32)
+    self._dataset_size = int(images.shape[0])
+    self._sample_rate = float(sample_rate)
+    self._n = cfg.batch_size
+    self._n_total = cfg.num_generated
+    self._cost = costs.make_cost(cfg.loss.cost, l1_weight=cfg.loss.l1_weight)
+    if cfg.privacy.dp:
+      self.mechanism = privacy.ImageGradientMechanism(cfg.privacy.l2_norm_clip, noise_multiplier)
+    else:
+      self.mechanism = privacy.ImageGradientMechanism(math.inf, 0.0)
+    self._seed = cfg.run.seed
+
+  def call(self, inputs, training=False):
+    return self.generator(inputs, training=training)
+
+  def _step_seed(self, step: tf.Tensor, stream: int) -> tf.Tensor:
+    return tf.stack([tf.cast(self._seed, tf.int64) * 7919 + stream, step])
+
+  def private_batch(self, step: tf.Tensor):
+    """The Poisson sample of step `step`: (images [m,H,W,C], labels [m]); m ~ Bin(N, q)."""
+    idx = sampling.poisson_sample_indices(self._step_seed(step, 1), self._dataset_size,
+                                          self._sample_rate)
+    return tf.gather(self._images, idx), tf.gather(self._labels, idx)
+
+  def latent_batch(self, step: tf.Tensor):
+    """z ~ U(0,1) [n+n′, latent] and labels uniform over classes [n+n′], data-independent."""
+    z = tf.random.stateless_uniform([self._n_total, self.generator.latent_dim],
+                                    self._step_seed(step, 2))
+    labels = tf.random.stateless_uniform([self._n_total], self._step_seed(step, 3), 0,
+                                         self.num_classes, dtype=tf.int32)
+    return z, labels
+
+  def sinkhorn_loss(self, fake, fake_labels, real, real_labels):
+    """The semi-debiased loss on [image, α_c·one_hot] features."""
+    k, alpha = self.num_classes, self.cfg.loss.alpha_c
+    fake_f = features.to_features(fake, fake_labels, k, alpha)
+    real_f = features.to_features(real, real_labels, k, alpha)
+    return sinkhorn.semi_debiased_loss(fake_f, real_f, self._n, self._cost,
+                                       self.cfg.loss.solver)
+
+  def image_grad_gradients(self, step: tf.Tensor):
+    """Parameter gradients from the privatised image gradient, and the step's metrics."""
+    real, real_labels = self.private_batch(step)
+    z, fake_labels = self.latent_batch(step)
+    variables = self.generator.trainable_variables
+    with tf.GradientTape() as gen_tape:
+      fake = self.generator([z, fake_labels], training=True)
+    with tf.GradientTape() as loss_tape:
+      loss_tape.watch(fake)
+      loss, info = self.sinkhorn_loss(fake, fake_labels, real, real_labels)
+    image_grad = loss_tape.gradient(loss, fake)
+    released, p_info = self.mechanism.privatize(image_grad, self._n)
+    grads = gen_tape.gradient(fake, variables, output_gradients=released)
+    logs = {"loss": loss, "clean_grad_norm": p_info.clean_norm,
+            "noised_grad_norm": p_info.noised_norm,
+            "sinkhorn_iterations": tf.cast(info.iterations, tf.float32),
+            "marginal_error": info.marginal_error,
+            "real_batch_size": tf.cast(tf.shape(real)[0], tf.float32)}
+    return grads, logs
+
+  def _param_grad_step(self, step: tf.Tensor):
+    real, real_labels = self.private_batch(step)
+    z, fake_labels = self.latent_batch(step)
+    variables = self.generator.trainable_variables
+    with tf.GradientTape() as tape:
+      fake = self.generator([z, fake_labels], training=True)
+      loss, info = self.sinkhorn_loss(fake, fake_labels, real, real_labels)
+    grads_and_vars = self.optimizer._compute_gradients(  # pylint: disable=protected-access
+        tf.reshape(loss, [1]), variables, tape=tape)
+    self.optimizer.apply_gradients(grads_and_vars)
+    return {"loss": loss, "sinkhorn_iterations": tf.cast(info.iterations, tf.float32),
+            "marginal_error": info.marginal_error,
+            "real_batch_size": tf.cast(tf.shape(real)[0], tf.float32)}
+
+  def train_step(self, data):
+    """One DP-Sinkhorn step; `data` is the step index (int64 scalar or [1])."""
+    step = tf.cast(tf.reshape(data, []), tf.int64)
+    if self.cfg.privacy.mechanism == "param_grad":
+      return self._param_grad_step(step)
+    grads, logs = self.image_grad_gradients(step)
+    self.optimizer.apply_gradients(zip(grads, self.generator.trainable_variables))
+    return logs
+
+
+def make_generator(cfg: config_lib.TrainConfig, image_shape, num_classes: int):
+  m = cfg.model
+  return models.make_generator(m.architecture, tuple(image_shape), num_classes,
+                               latent_dim=m.latent_dim, embed_dim=m.embed_dim, hidden=m.hidden,
+                               depth=m.depth)
+
+
+def balanced_grid_labels(num_classes: int, per_class: int) -> np.ndarray:
+  """[K·per_class] labels 0,0,…,1,1,… for per-class sample grids."""
+  return np.repeat(np.arange(num_classes, dtype=np.int32), per_class)
+
+
+def write_text_atomic(path: str, text: str) -> None:
+  """Writes a temp file beside `path`, fsyncs it and renames it over `path`."""
+  tmp = f"{path}.tmp-{os.getpid()}"
+  with open(tmp, "w") as fh:
+    fh.write(text)
+    fh.flush()
+    os.fsync(fh.fileno())
+  os.replace(tmp, path)
+
+
+def _write_json_atomic(path: str, payload: dict) -> None:
+  write_text_atomic(path, json.dumps(payload, indent=2, sort_keys=True))
+
+
+@dataclasses.dataclass
+class TrainResult:
+  model: DPSinkhornModel
+  ledger: Optional["accounting.PrivacyLedger"]
+  steps_run: int
+  final_logs: dict
+  sample_grid: Optional[str]
+
+
+def _new_ledger(cfg: config_lib.TrainConfig, plan: PrivacyPlan, dataset_size: int):
+  p = cfg.privacy
+  return accounting.PrivacyLedger(
+      sample_rate=plan.sample_rate, noise_multiplier=plan.noise_multiplier,
+      l2_norm_clip=p.l2_norm_clip, delta=p.delta, target_epsilon=p.target_epsilon,
+      planned_steps=plan.steps, accountant=p.accountant, steps_taken=0,
+      dataset_size=dataset_size)
+
+
+def load_or_create_ledger(cfg: config_lib.TrainConfig, plan: PrivacyPlan, dataset_size: int):
+  """The workdir's ledger (checked against this run's plan) or a fresh one."""
+  path = os.path.join(cfg.run.workdir, LEDGER_FILE)
+  fresh = _new_ledger(cfg, plan, dataset_size)
+  if not os.path.exists(path):
+    return fresh
+  stored = accounting.PrivacyLedger.load(path)
+  accounting.check_compatible(stored, fresh)
+  return stored
+
+
+class BudgetExhaustedError(RuntimeError):
+  """The workdir's ledger already holds every planned step: no further training."""
+
+
+def tile_images(images: np.ndarray, rows: int) -> np.ndarray:
+  """[rows·cols, H, W, C] in [−1, 1] → one [rows·H, cols·W, C] uint8 image (row = class)."""
+  images = np.asarray(images)
+  k, h, w, c = images.shape
+  cols = k // rows
+  grid = images[:rows * cols].reshape(rows, cols, h, w, c).transpose(0, 2, 1, 3, 4)
+  grid = grid.reshape(rows * h, cols * w, c)
+  return np.clip(np.round((grid + 1.0) * 127.5), 0, 255).astype(np.uint8)
+
+
+def generate_grid(generator: tf.keras.Model, num_classes: int, per_class: int,
+                  seed: int = 1234) -> np.ndarray:
+  """Fixed-noise per-class samples [K·per_class, H, W, C] in inference mode."""
+  labels = balanced_grid_labels(num_classes, per_class)
+  z = tf.random.stateless_uniform([len(labels), generator.latent_dim], [seed, 0])
+  return generator([z, tf.constant(labels)], training=False).numpy()
+
+
+def save_grid_png(images: np.ndarray, num_classes: int, path: str,
+                  title: Optional[str] = None) -> str:
+  """Writes a per-class grid PNG atomically (matplotlib, Agg)."""
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+
+  grid = tile_images(images, num_classes)
+  fig, ax = plt.subplots(figsize=(grid.shape[1] / 40 + 1, grid.shape[0] / 40 + 1), dpi=100)
+  ax.imshow(grid[..., 0] if grid.shape[-1] == 1 else grid, cmap="gray", vmin=0, vmax=255,
+            interpolation="nearest")
+  ax.set_axis_off()
+  if title:
+    ax.set_title(title, fontsize=8)
+  tmp = f"{path}.tmp-{os.getpid()}.png"
+  fig.savefig(tmp, bbox_inches="tight")
+  plt.close(fig)
+  os.replace(tmp, path)
+  return path
+
+
+def privacy_report(cfg: config_lib.TrainConfig, plan: PrivacyPlan, ledger,
+                   finished: bool) -> dict:
+  """The human-readable privacy.json: plan, steps spent, ε under RDP and PLD."""
+  report = {"dp": cfg.privacy.dp, "mechanism": cfg.privacy.mechanism,
+            "dataset": cfg.data.dataset, "finished": finished,
+            "plan": dataclasses.asdict(plan)}
+  if ledger is not None:
+    report["ledger"] = accounting.report(ledger)
+  return report
+
+
+def train(cfg: config_lib.TrainConfig, images: np.ndarray, labels: np.ndarray,
+          num_classes: int, plan: PrivacyPlan,
+          on_log: Optional[Callable[[int, int, dict], None]] = None) -> TrainResult:
+  """Trains (or resumes) the run in cfg.run.workdir until the plan's steps are spent.
+
+  Args:
+    cfg: the run.
+    images: [N, H, W, C] float32 in [−1, 1], the private training split.
+    labels: [N] int.
+    num_classes: K.
+    plan: from `plan_privacy`.
+    on_log: called as on_log(steps_spent, planned_steps, logs) every cfg.run.log_every
+      steps; logs hold the step's metrics and "epsilon" spent so far.
+
+  Raises:
+    BudgetExhaustedError: the workdir's ledger has no step left.
+    ValueError: the workdir holds a run whose privacy plan differs from this one.
+  """
+  run = cfg.run
+  os.makedirs(run.workdir, exist_ok=True)
+  ledger_path = os.path.join(run.workdir, LEDGER_FILE)
+  ledger = load_or_create_ledger(cfg, plan, len(images)) if cfg.privacy.dp else None
+  if ledger is not None and ledger.is_exhausted:
+    raise BudgetExhaustedError(
+        f"{ledger_path}: all {ledger.planned_steps} planned steps are spent "
+        f"(ε={ledger.epsilon():.3f}, δ={ledger.delta:g}); refusing to train further")
+
+  generator = make_generator(cfg, images.shape[1:], num_classes)
+  model = DPSinkhornModel(generator, images, labels, num_classes, cfg, plan.noise_multiplier,
+                          plan.sample_rate)
+  model.compile(optimizer=build_optimizer(cfg, plan.noise_multiplier))
+  step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
+  ckpt = tf.train.Checkpoint(generator=generator, optimizer=model.optimizer, step=step)
+  manager = tf.train.CheckpointManager(ckpt, os.path.join(run.workdir, "checkpoints"),
+                                       max_to_keep=run.keep_checkpoints)
+  if manager.latest_checkpoint:
+    ckpt.restore(manager.latest_checkpoint).expect_partial()
+  train_fn = tf.function(model.train_step, input_signature=[tf.TensorSpec([], tf.int64)])
+  writer = tf.summary.create_file_writer(os.path.join(run.workdir, "tensorboard"))
+  os.makedirs(os.path.join(run.workdir, "samples"), exist_ok=True)
+
+  spent = ledger.steps_taken if ledger is not None else int(step.numpy())
+  steps_run, logs = 0, {}
+  while spent < plan.steps:
+    chunk = min(run.checkpoint_every - spent % run.checkpoint_every, plan.steps - spent)
+    if ledger is not None:  # write-ahead: the chunk counts as spent before it runs
+      ledger = ledger.advanced(chunk)
+      ledger.save(ledger_path)
+    for _ in range(chunk):
+      logs = {k: float(v) for k, v in train_fn(step.read_value()).items()}
+      step.assign_add(1)
+      spent += 1
+      steps_run += 1
+      if spent % run.log_every == 0 or spent == plan.steps:
+        logs["epsilon"] = (accounting.compute_epsilon(plan.sample_rate, plan.noise_multiplier,
+                                                      spent, plan.delta, plan.accountant)
+                           if ledger is not None else math.inf)
+        _write_scalars(writer, spent, logs)
+        if on_log is not None:
+          on_log(spent, plan.steps, logs)
+      if spent % run.sample_every == 0:
+        _write_samples(writer, generator, num_classes, run.workdir, spent)
+    manager.save(checkpoint_number=int(step.numpy()))
+    _write_json_atomic(os.path.join(run.workdir, REPORT_FILE),
+                       privacy_report(cfg, plan, ledger, finished=spent >= plan.steps))
+  grid = _write_samples(writer, generator, num_classes, run.workdir, spent, final=True)
+  _write_json_atomic(os.path.join(run.workdir, REPORT_FILE),
+                     privacy_report(cfg, plan, ledger, finished=True))
+  writer.flush()
+  return TrainResult(model, ledger, steps_run, logs, grid)
+
+
+def _write_scalars(writer, step: int, logs: dict) -> None:
+  with writer.as_default(step=step):
+    for name, value in logs.items():
+      if math.isfinite(value):
+        tf.summary.scalar(name, value)
+
+
+def _write_samples(writer, generator, num_classes: int, workdir: str, step: int,
+                   final: bool = False) -> str:
+  """Generated (never private) images: a TensorBoard grid and a PNG."""
+  images = generate_grid(generator, num_classes, per_class=10)
+  with writer.as_default(step=step):
+    tf.summary.image("samples", tile_images(images, num_classes)[np.newaxis], max_outputs=1)
+  name = "final.png" if final else f"step_{step:07d}.png"
+  return save_grid_png(images, num_classes, os.path.join(workdir, "samples", name),
+                       title=f"step {step}")
