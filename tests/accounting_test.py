@@ -1,0 +1,158 @@
+"""Tests for dp_sinkhorn_tf.accounting."""
+
+import json
+import math
+import os
+
+import dp_accounting
+import pytest
+
+from dp_sinkhorn_tf import accounting
+
+# (q, σ, T, δ) → ε under RDP, pinned when written (dp_accounting 0.4.3) and re-derived
+# below by calling dp_accounting directly.
+PINNED_RDP = [
+    ((1 / 1200, 0.9, 100_000, 1e-5), 1.793577455163493),   # paper-scale q, σ of the release
+    ((0.01, 1.1, 5_000, 1e-5), 3.8470589159552704),
+    ((0.02225, 1.0, 3_879, 1e-5), 9.989989961949707),      # the digits demo's plan
+    ((1 / 1200, 0.55, 160_000, 1e-5), 10.061660483783939),
+]
+PINNED_PLD = [((1 / 1200, 0.9, 100_000, 1e-5), 1.726905165102633),
+              ((0.01, 1.1, 5_000, 1e-5), 3.529576763309274)]
+
+
+def _direct_rdp(q, sigma, steps, delta):
+  acc = dp_accounting.rdp.RdpAccountant()
+  acc.compose(dp_accounting.PoissonSampledDpEvent(q, dp_accounting.GaussianDpEvent(sigma)),
+              steps)
+  return acc.get_epsilon(delta)
+
+
+@pytest.mark.parametrize("args,expected", PINNED_RDP)
+def test_rdp_epsilon_is_pinned_and_matches_dp_accounting(args, expected):
+  eps = accounting.compute_epsilon(*args, accountant="rdp")
+  assert eps == pytest.approx(expected, rel=1e-9)
+  assert eps == pytest.approx(_direct_rdp(*args), rel=1e-12)
+
+
+@pytest.mark.parametrize("args,expected", PINNED_PLD)
+def test_pld_epsilon_is_pinned_and_tighter_than_rdp(args, expected):
+  eps = accounting.compute_epsilon(*args, accountant="pld")
+  assert eps == pytest.approx(expected, rel=1e-6)
+  assert eps < accounting.compute_epsilon(*args, accountant="rdp")
+
+
+def test_epsilon_grows_with_steps_and_falls_with_sigma():
+  q, d = 1 / 1200, 1e-5
+  by_steps = [accounting.compute_epsilon(q, 0.8, t, d) for t in (1_000, 10_000, 100_000)]
+  by_sigma = [accounting.compute_epsilon(q, s, 50_000, d) for s in (0.6, 0.9, 1.5)]
+  assert by_steps == sorted(by_steps) and len(set(by_steps)) == 3
+  assert by_sigma == sorted(by_sigma, reverse=True) and len(set(by_sigma)) == 3
+
+
+def test_degenerate_cases():
+  assert accounting.compute_epsilon(0.01, 1.0, 0, 1e-5) == 0.0
+  assert accounting.compute_epsilon(0.01, 0.0, 10, 1e-5) == math.inf
+
+
+@pytest.mark.parametrize("sigma", [0.6, 1.0])
+def test_max_steps_round_trip_at_paper_scale(sigma):
+  q, d = 1 / 1200, 1e-5
+  steps = accounting.max_steps(10.0, d, q, sigma)
+  assert accounting.compute_epsilon(q, sigma, steps, d) <= 10.0
+  assert accounting.compute_epsilon(q, sigma, steps + 1, d) > 10.0
+
+
+def test_min_noise_multiplier_round_trip():
+  q, d, steps = 0.01, 1e-5, 2_000
+  sigma = accounting.min_noise_multiplier(5.0, d, q, steps, tolerance=1e-4)
+  assert accounting.compute_epsilon(q, sigma, steps, d) <= 5.0
+  assert accounting.compute_epsilon(q, sigma - 2e-4, steps, d) > 5.0
+  # … and back: those steps are (about) the most σ allows.
+  assert accounting.max_steps(5.0, d, q, sigma) >= steps
+
+
+def test_max_steps_zero_when_one_step_is_too_much():
+  assert accounting.max_steps(0.01, 1e-5, 1.0, 0.5) == 0
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(q=0.0), "sample rate"), (dict(q=1.5), "sample rate"),
+    (dict(noise_multiplier=-1.0), "noise_multiplier"), (dict(delta=1.0), "delta"),
+    (dict(accountant="moments"), "accountant")])
+def test_invalid_arguments(kwargs, match):
+  args = dict(q=0.01, noise_multiplier=1.0, steps=10, delta=1e-5, accountant="rdp")
+  args.update(kwargs)
+  with pytest.raises(ValueError, match=match):
+    accounting.compute_epsilon(**args)
+  with pytest.raises(ValueError, match="target_epsilon"):
+    accounting.max_steps(0.0, 1e-5, 0.01, 1.0)
+
+
+def test_delta_above_one_over_n_warns():
+  with pytest.warns(UserWarning, match="1/N"):
+    assert accounting.check_delta(1e-3, 2000) is not None
+  assert accounting.check_delta(1e-5, 2000) is None
+
+
+def _ledger(**kw):
+  base = dict(sample_rate=0.01, noise_multiplier=1.0, l2_norm_clip=0.5, delta=1e-5,
+              target_epsilon=10.0, planned_steps=100, accountant="rdp", steps_taken=0,
+              dataset_size=5000)
+  base.update(kw)
+  return accounting.PrivacyLedger(**base)
+
+
+def test_ledger_round_trip_and_advance(tmp_path):
+  path = str(tmp_path / "ledger.json")
+  ledger = _ledger().advanced(40)
+  ledger.save(path)
+  loaded = accounting.PrivacyLedger.load(path)
+  assert loaded == ledger and loaded.steps_taken == 40
+  assert loaded.epsilon() == pytest.approx(accounting.compute_epsilon(0.01, 1.0, 40, 1e-5))
+  with pytest.raises(ValueError):
+    ledger.advanced(-1)
+
+
+def test_crash_during_save_keeps_previous_ledger(tmp_path, monkeypatch):
+  path = str(tmp_path / "ledger.json")
+  _ledger(steps_taken=30).save(path)
+
+  def crash(*_):
+    raise OSError("simulated crash before rename")
+
+  monkeypatch.setattr(os, "replace", crash)
+  with pytest.raises(OSError):
+    _ledger(steps_taken=60).save(path)
+  monkeypatch.undo()
+  # The reader sees the old, complete ledger: 30 steps, never a torn or reset file.
+  assert accounting.PrivacyLedger.load(path).steps_taken == 30
+
+
+def test_resume_continues_and_exhaustion_is_detected(tmp_path):
+  path = str(tmp_path / "ledger.json")
+  _ledger().advanced(60).save(path)
+  resumed = accounting.PrivacyLedger.load(path)
+  accounting.check_compatible(resumed, _ledger())
+  final = resumed.advanced(40)
+  assert final.steps_taken == 100 and final.is_exhausted
+  assert final.epsilon() > resumed.epsilon() > 0
+
+
+def test_incompatible_plan_names_every_difference():
+  with pytest.raises(ValueError, match="noise_multiplier.*delta"):
+    accounting.check_compatible(_ledger(), _ledger(noise_multiplier=2.0, delta=1e-6))
+
+
+def test_corrupt_ledger_is_an_error(tmp_path):
+  path = tmp_path / "ledger.json"
+  path.write_text("{not json")
+  with pytest.raises(ValueError, match="not a privacy ledger"):
+    accounting.PrivacyLedger.load(str(path))
+
+
+def test_report_gives_both_accountants():
+  rep = accounting.report(_ledger(steps_taken=50))
+  assert set(rep["epsilon"]) == {"rdp", "pld"}
+  assert rep["epsilon"]["pld"] <= rep["epsilon"]["rdp"]
+  json.dumps(rep)

@@ -1,0 +1,151 @@
+"""Tests for dp_sinkhorn_tf.privacy: one per guarantee and per edge-case row."""
+
+import math
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from scipy import stats
+
+from dp_sinkhorn_tf import costs, privacy, sinkhorn
+
+
+def test_clip_hand_values():
+  # ‖[-6, 8]‖ = 10 → scaled by 5/10 → [-3, 4]; ‖[3, 4]‖ = 5 ≤ 5 stays.
+  clipped, norm = privacy.clip_to_norm(tf.constant([-6.0, 8.0]), 5.0)
+  np.testing.assert_allclose(clipped.numpy(), [-3.0, 4.0], rtol=1e-6)
+  assert norm.numpy() == pytest.approx(10.0)
+  same, _ = privacy.clip_to_norm(tf.constant([3.0, 4.0]), 5.0)
+  np.testing.assert_array_equal(same.numpy(), [3.0, 4.0])
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.lists(st.floats(-1e3, 1e3), min_size=1, max_size=30), st.floats(1e-3, 1e3))
+def test_clip_never_exceeds_the_bound(values, clip):
+  clipped, _ = privacy.clip_to_norm(tf.constant(values, tf.float64), clip)
+  assert np.linalg.norm(clipped.numpy()) <= clip * (1 + 1e-12)
+
+
+def test_whole_tensor_is_one_record():
+  # Rows [3, 0] and [0, 4]: total norm 5, so clipping to 1 scales both by 1/5 (a per-row
+  # clip would give [1, 0] and [0, 1]).
+  m = privacy.ImageGradientMechanism(l2_norm_clip=1.0, noise_multiplier=0.0)
+  released, info = m.privatize(tf.constant([[3.0, 0.0], [0.0, 4.0]]), num_private=2)
+  np.testing.assert_allclose(released.numpy(), [[0.6, 0.0], [0.0, 0.8]], rtol=1e-6)
+  assert info.clean_norm.numpy() == pytest.approx(5.0)
+
+
+def _private_noise(std_multiplier: float, n: int = 20000, seed: int = 0):
+  tf.random.set_seed(seed)
+  m = privacy.ImageGradientMechanism(l2_norm_clip=0.5, noise_multiplier=1.3)
+  released, _ = m.privatize(tf.zeros([n, 1]), num_private=n)
+  return released.numpy().ravel(), m.noise_stddev * std_multiplier
+
+
+def test_noise_std_is_two_sigma_c_by_ks_test():
+  # Zero gradient → released = noise. 2σC = 2·1.3·0.5 = 1.3. With 20,000 draws the KS test
+  # accepts N(0, 1.3²) (p > 1e-3) and rejects the stds 1.3·2/3 and 1.3·3/2 (p < 1e-6).
+  samples, true_std = _private_noise(1.0)
+  assert true_std == pytest.approx(1.3)
+  assert stats.kstest(samples, "norm", args=(0, true_std)).pvalue > 1e-3
+  for factor in (2 / 3, 3 / 2):
+    assert stats.kstest(samples, "norm", args=(0, true_std * factor)).pvalue < 1e-6
+
+
+def test_public_rows_never_get_noise_private_rows_always_do():
+  m = privacy.ImageGradientMechanism(l2_norm_clip=1.0, noise_multiplier=5.0)
+  grad = tf.constant([[0.1, 0.0], [0.0, 0.1], [0.3, 0.4], [0.0, 0.0]])
+  released, _ = m.privatize(grad, num_private=2)
+  # Public block [[0.3, 0.4], [0, 0]] has norm 0.5 ≤ 1: released exactly.
+  np.testing.assert_array_equal(released.numpy()[2:], grad.numpy()[2:])
+  assert np.all(released.numpy()[:2] != grad.numpy()[:2])
+
+
+def test_empty_batch_still_releases_pure_noise():
+  # An empty Poisson sample makes the private rows' gradient exactly zero; the step must
+  # still release N(0, (2σC)²) there (never skipped, never silent).
+  m = privacy.ImageGradientMechanism(l2_norm_clip=0.5, noise_multiplier=1.0)
+  released, info = m.privatize(tf.zeros([500, 4]), num_private=400)
+  private = released.numpy()[:400]
+  assert info.clean_norm.numpy() == 0.0
+  assert np.std(private) == pytest.approx(1.0, rel=0.05)  # 2σC = 1
+  np.testing.assert_array_equal(released.numpy()[400:], 0.0)
+
+
+def test_clip_zero_releases_zeros():
+  m = privacy.ImageGradientMechanism(l2_norm_clip=0.0, noise_multiplier=2.0)
+  released, _ = m.privatize(tf.ones([4, 3]), num_private=2)
+  np.testing.assert_array_equal(released.numpy(), 0.0)
+  assert m.noise_stddev == 0.0
+
+
+def test_non_private_mode_passes_gradient_unchanged():
+  m = privacy.ImageGradientMechanism(l2_norm_clip=math.inf, noise_multiplier=0.0)
+  grad = tf.constant(np.random.default_rng(0).normal(size=(5, 3)) * 100, tf.float32)
+  released, _ = m.privatize(grad, num_private=3)
+  np.testing.assert_array_equal(released.numpy(), grad.numpy())
+  assert not m.is_private
+
+
+@pytest.mark.parametrize("clip,sigma,match", [(math.inf, 1.0, "infinite noise"),
+                                              (-1.0, 1.0, "l2_norm_clip"),
+                                              (1.0, -0.5, "noise_multiplier")])
+def test_invalid_parameters_are_rejected(clip, sigma, match):
+  with pytest.raises(ValueError, match=match):
+    privacy.ImageGradientMechanism(clip, sigma)
+
+
+def test_non_finite_entries_are_zeroed_before_clipping():
+  # [nan, 3, inf, 4] → [0, 3, 0, 4] (norm 5) → clip to 1 → [0, 0.6, 0, 0.8].
+  m = privacy.ImageGradientMechanism(l2_norm_clip=1.0, noise_multiplier=0.0)
+  grad = tf.constant([[np.nan, 3.0], [np.inf, 4.0]])
+  released, _ = m.privatize(grad, num_private=2)
+  np.testing.assert_allclose(released.numpy(), [[0.0, 0.6], [0.0, 0.8]], rtol=1e-6)
+
+
+def test_no_private_rows_means_no_noise():
+  m = privacy.ImageGradientMechanism(l2_norm_clip=10.0, noise_multiplier=3.0)
+  grad = tf.constant([[1.0, 2.0]])
+  released, _ = m.privatize(grad, num_private=0)
+  np.testing.assert_array_equal(released.numpy(), grad.numpy())
+
+
+def test_tf_function_without_retracing_for_varying_num_private():
+  m = privacy.ImageGradientMechanism(l2_norm_clip=1.0, noise_multiplier=1.0)
+  fn = tf.function(m.privatize, input_signature=[tf.TensorSpec([None, 3]),
+                                                 tf.TensorSpec([], tf.int32)])
+  for n in range(1, 8):
+    released, _ = fn(tf.zeros([8, 3]), tf.constant(n))
+    assert released.shape == (8, 3)
+    np.testing.assert_array_equal(released.numpy()[n:], 0.0)  # public rows: 0 stays 0
+  assert fn.experimental_get_tracing_count() == 1
+
+
+# One compiled (loss, gradient) function with relaxed shapes: no retrace per example.
+_LOSS_AND_GRAD = sinkhorn.loss_and_gradient_fn(
+    costs.SquaredEuclidean(), sinkhorn.SinkhornConfig(epsilon=0.5, max_iterations=50),
+    num_primary=5, dim=3, dtype=tf.float64)
+
+
+def _clipped_private_gradient(fake, real, n, clip):
+  _, grad, _ = _LOSS_AND_GRAD(tf.constant(fake), tf.constant(real), tf.ones([len(real)],
+                                                                            tf.float64))
+  clipped, _ = privacy.clip_to_norm(grad[:n], clip)
+  return clipped.numpy()
+
+
+@settings(max_examples=15, deadline=None)
+@given(st.integers(0, 10**6), st.integers(0, 6), st.floats(0.01, 10.0))
+def test_sensitivity_of_add_remove_is_at_most_two_c(seed, m, clip):
+  # Neighbouring private sets Y and Y ∪ {y′} (Y may be empty): the clipped private blocks
+  # both have norm ≤ C, so they differ by ≤ 2C — the sensitivity the noise is scaled to.
+  rng = np.random.default_rng(seed)
+  n = 5
+  fake = rng.normal(size=(n + sinkhorn.num_extra(n, 0.4), 3)) * 3
+  real = rng.normal(size=(m, 3)) * 3 if m else np.zeros((0, 3))
+  neighbour = np.concatenate([real, rng.normal(size=(1, 3)) * 3])
+  a = _clipped_private_gradient(fake, real, n, clip)
+  b = _clipped_private_gradient(fake, neighbour, n, clip)
+  assert np.linalg.norm(a - b) <= 2 * clip * (1 + 1e-9)
