@@ -292,7 +292,8 @@ def save_grid_png(images: np.ndarray, num_classes: int, path: str,
   import matplotlib.pyplot as plt
 
   grid = tile_images(images, num_classes)
-  fig, ax = plt.subplots(figsize=(grid.shape[1] / 40 + 1, grid.shape[0] / 40 + 1), dpi=100)
+  width = 6.0  # inches; a cell of an 8×8 grid is then ~60 px, of a 28×28 grid ~20 px per row
+  fig, ax = plt.subplots(figsize=(width, width * grid.shape[0] / grid.shape[1] + 0.3), dpi=100)
   ax.imshow(grid[..., 0] if grid.shape[-1] == 1 else grid, cmap="gray", vmin=0, vmax=255,
             interpolation="nearest")
   ax.set_axis_off()
