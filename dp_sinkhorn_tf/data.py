@@ -6,7 +6,7 @@ the private set the accountant's N refers to; `load_test_split` returns the held
 for evaluation, which training never reads.
 
 * "digits": scikit-learn's 1,797 8×8 digits (values 0..16). The split is fixed: a
-  permutation with seed 0, the last 20 % (360 images) held out as test; 1,437 train.
+  permutation with seed 0, the last 20 % (359 images) held out as test; 1,438 train.
 * IDX (--idx_dir): the original MNIST / Fashion-MNIST files train-images-idx3-ubyte,
   train-labels-idx1-ubyte, t10k-images-idx3-ubyte, t10k-labels-idx1-ubyte, gzipped
   (.gz) or raw. Parsed here (magic 0x00000803 / 0x00000801, big-endian dims); TFDS's
