@@ -1,0 +1,186 @@
+"""Tests for dp_sinkhorn_tf.trainer: private steps, no-leak, resume, planning."""
+
+import dataclasses
+import json
+import math
+import os
+
+import numpy as np
+import pytest
+import tensorflow as tf
+import tensorflow_datasets as tfds
+
+from dp_sinkhorn_tf import accounting, data, privacy, sinkhorn, trainer
+from dp_sinkhorn_tf import config as config_lib
+
+DIGITS = data.load_dataset("digits")
+
+
+def tiny_config(workdir="unused", **overrides) -> config_lib.TrainConfig:
+  cfg = config_lib.TrainConfig(
+      batch_size=16, steps=None,
+      model=config_lib.ModelConfig("dcgan", latent_dim=4, embed_dim=2, hidden=4),
+      loss=config_lib.LossConfig(cost="l1l2", solver=sinkhorn.SinkhornConfig(
+          epsilon=0.5, max_iterations=20)),
+      privacy=config_lib.PrivacyConfig(noise_multiplier=1.0, target_epsilon=2.0),
+      run=config_lib.RunConfig(workdir=str(workdir), log_every=1, sample_every=10**6,
+                               checkpoint_every=3))
+  return dataclasses.replace(cfg, **overrides)
+
+
+def build_model(cfg, dataset=DIGITS, sigma=1.0):
+  gen = trainer.make_generator(cfg, dataset.image_shape, dataset.num_classes)
+  model = trainer.DPSinkhornModel(gen, dataset.images, dataset.labels, dataset.num_classes,
+                                  cfg, sigma, cfg.batch_size / len(dataset.images))
+  model.compile(optimizer=trainer.build_optimizer(cfg, sigma))
+  return model
+
+
+def test_plan_from_sigma_uses_the_whole_budget():
+  cfg = tiny_config()
+  plan = trainer.plan_privacy(cfg, 1438)
+  q = 16 / 1438
+  assert plan.sample_rate == pytest.approx(q)
+  assert plan.steps == accounting.max_steps(2.0, 1e-5, q, 1.0)
+  assert plan.epsilon <= 2.0 < accounting.compute_epsilon(q, 1.0, plan.steps + 1, 1e-5)
+
+
+def test_plan_from_steps_finds_sigma():
+  cfg = tiny_config(steps=50, privacy=config_lib.PrivacyConfig(target_epsilon=2.0))
+  plan = trainer.plan_privacy(cfg, 1438)
+  assert plan.steps == 50 and plan.epsilon <= 2.0
+  assert accounting.compute_epsilon(plan.sample_rate, plan.noise_multiplier - 0.01, 50,
+                                    1e-5) > 2.0
+
+
+@pytest.mark.parametrize("overrides,match", [
+    (dict(steps=10**7), "--steps"), (dict(batch_size=5000), "--batch_size"),
+    (dict(privacy=config_lib.PrivacyConfig(noise_multiplier=None)), "--noise_multiplier")])
+def test_impossible_plans_are_refused(overrides, match):
+  with pytest.raises(ValueError, match=match):
+    trainer.plan_privacy(tiny_config(**overrides), 1438)
+
+
+def test_private_steps_on_digits_are_finite_and_noised():
+  model = build_model(tiny_config())
+  step = tf.function(model.train_step)
+  for s in range(3):
+    logs = {k: float(v) for k, v in step(tf.constant(s, tf.int64)).items()}
+    assert math.isfinite(logs["loss"])
+  # noise std 2σC = 1 on 16 × 64 private entries: norm ≈ 32, far above C = 0.5.
+  assert logs["noised_grad_norm"] > 10
+
+
+def test_steps_on_tfds_mock_mnist():
+  with tfds.testing.mock_data(num_examples=40):
+    ds = data.load_dataset("mnist", data_dir="/nonexistent")
+  cfg = tiny_config(batch_size=8)
+  model = build_model(cfg, ds)
+  logs = tf.function(model.train_step)(tf.constant(0, tf.int64))
+  assert np.isfinite(float(logs["loss"]))
+
+
+class _ZeroMechanism:
+  """Releases zeros: if anything else reached the weights, it would be a leak."""
+
+  def privatize(self, grad, num_private):
+    zero = tf.zeros([])
+    return tf.zeros_like(grad), privacy.MechanismInfo(zero, zero, zero)
+
+
+def test_no_leak_zero_release_leaves_weights_unmoved():
+  model = build_model(tiny_config())
+  model.mechanism = _ZeroMechanism()
+  before = [v.numpy().copy() for v in model.generator.trainable_variables]
+  step = tf.function(model.train_step)
+  for s in range(3):
+    step(tf.constant(s, tf.int64))
+  after = [v.numpy() for v in model.generator.trainable_variables]
+  for b, a in zip(before, after):
+    np.testing.assert_array_equal(a, b)
+
+
+def test_non_private_mode_applies_plain_autodiff_gradients():
+  cfg = tiny_config(privacy=config_lib.PrivacyConfig(dp=False), steps=5)
+  model = build_model(cfg, sigma=0.0)
+  step = tf.constant(2, tf.int64)
+  grads, _ = model.image_grad_gradients(step)
+  real, real_labels = model.private_batch(step)
+  z, fake_labels = model.latent_batch(step)
+  with tf.GradientTape() as tape:
+    fake = model.generator([z, fake_labels], training=True)
+    loss, _ = model.sinkhorn_loss(fake, fake_labels, real, real_labels)
+  direct = tape.gradient(loss, model.generator.trainable_variables)
+  for g, d in zip(grads, direct):
+    np.testing.assert_allclose(tf.convert_to_tensor(g).numpy(), tf.convert_to_tensor(d).numpy(),
+                               rtol=1e-4, atol=1e-6)
+
+
+def test_param_grad_optimizer_noise_is_two_sigma_c():
+  cfg = tiny_config(privacy=config_lib.PrivacyConfig(mechanism="param_grad",
+                                                     noise_multiplier=0.7, l2_norm_clip=0.5,
+                                                     target_epsilon=2.0))
+  opt = trainer.build_optimizer(cfg, 0.7)
+  state = opt._dp_sum_query.initial_global_state()  # pylint: disable=protected-access
+  # sensitivity 2C → multiplier 2σ on clip C: std = 0.5 · 1.4 = 0.7 = 2σC.
+  assert float(state.l2_norm_clip) == pytest.approx(0.5)
+  assert float(state.stddev) == pytest.approx(2 * 0.7 * 0.5)
+  model = build_model(cfg, sigma=0.7)
+  before = [v.numpy().copy() for v in model.generator.trainable_variables]
+  logs = tf.function(model.train_step)(tf.constant(0, tf.int64))
+  assert np.isfinite(float(logs["loss"]))
+  assert any(np.abs(v.numpy() - b).max() > 0
+             for v, b in zip(model.generator.trainable_variables, before))
+
+
+class _Crash(Exception):
+  pass
+
+
+def test_resume_after_crash_continues_the_count_and_never_resets(tmp_path):
+  cfg = tiny_config(tmp_path, steps=10, privacy=config_lib.PrivacyConfig(
+      noise_multiplier=1.0, target_epsilon=10.0))
+  plan = trainer.plan_privacy(cfg, len(DIGITS.images))
+  ledger_path = os.path.join(tmp_path, trainer.LEDGER_FILE)
+
+  def crash_at_four(spent, total, logs):
+    assert "epsilon" in logs and logs["epsilon"] > 0
+    if spent == 4:
+      raise _Crash()
+
+  with pytest.raises(_Crash):
+    trainer.train(cfg, DIGITS.images, DIGITS.labels, 10, plan, on_log=crash_at_four)
+  # Write-ahead: the chunk [3, 6) was charged before it ran; the checkpoint holds step 3.
+  assert accounting.PrivacyLedger.load(ledger_path).steps_taken == 6
+  seen = []
+  result = trainer.train(cfg, DIGITS.images, DIGITS.labels, 10, plan,
+                         on_log=lambda s, t, logs: seen.append(s))
+  assert seen[0] == 7 and seen[-1] == 10  # continues from the ledger, not from zero
+  ledger = accounting.PrivacyLedger.load(ledger_path)
+  assert ledger.steps_taken == 10 and ledger.is_exhausted
+  assert ledger.epsilon() == pytest.approx(accounting.compute_epsilon(
+      plan.sample_rate, 1.0, 10, 1e-5))
+  report = json.load(open(os.path.join(tmp_path, trainer.REPORT_FILE)))
+  assert report["finished"] and report["ledger"]["steps_taken"] == 10
+  assert os.path.exists(result.sample_grid)
+  with pytest.raises(trainer.BudgetExhaustedError, match="refusing to train further"):
+    trainer.train(cfg, DIGITS.images, DIGITS.labels, 10, plan)
+
+
+def test_resume_with_a_different_plan_is_refused(tmp_path):
+  cfg = tiny_config(tmp_path, steps=3, privacy=config_lib.PrivacyConfig(
+      noise_multiplier=1.0, target_epsilon=10.0))
+  plan = trainer.plan_privacy(cfg, len(DIGITS.images))
+  trainer.train(cfg, DIGITS.images, DIGITS.labels, 10, plan)
+  other = dataclasses.replace(cfg, privacy=dataclasses.replace(cfg.privacy,
+                                                               l2_norm_clip=1.0))
+  with pytest.raises(ValueError, match="l2_norm_clip"):
+    trainer.train(other, DIGITS.images, DIGITS.labels, 10, trainer.plan_privacy(other, 1438))
+
+
+def test_tile_images_puts_one_class_per_row():
+  images = np.stack([np.full((2, 2, 1), v, np.float32) for v in (-1, -1, 1, 1)])
+  grid = trainer.tile_images(images, rows=2)
+  # Row 0 holds the two −1 images (→ 0), row 1 the two +1 images (→ 255).
+  np.testing.assert_array_equal(grid[:2, :, 0], 0)
+  np.testing.assert_array_equal(grid[2:, :, 0], 255)
