@@ -1,0 +1,63 @@
+"""Every launch flagfile parses against main's flags and gives a valid frozen config."""
+
+import glob
+import os
+
+import pytest
+from absl import flags
+
+from dp_sinkhorn_tf import config as config_lib
+from dp_sinkhorn_tf import main
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+FLAGFILES = sorted(glob.glob(os.path.join(ROOT, "launch", "*.flags")))
+
+
+@pytest.fixture
+def parse(monkeypatch):
+  monkeypatch.chdir(ROOT)  # flagfiles include launch/common.flags relative to the root
+
+  def _parse(*argv) -> config_lib.TrainConfig:
+    flags.FLAGS.unparse_flags()
+    flags.FLAGS(["main", *argv])
+    try:
+      return main.config_from_flags(flags.FLAGS)
+    finally:
+      flags.FLAGS.unparse_flags()
+
+  return _parse
+
+
+def test_the_expected_flagfiles_exist():
+  names = {os.path.basename(p) for p in FLAGFILES}
+  assert {"common.flags", "digits.flags", "mnist.flags", "fashion_mnist.flags", "cifar.flags",
+          "celeba.flags"} <= names
+
+
+@pytest.mark.parametrize("path", FLAGFILES, ids=os.path.basename)
+def test_flagfile_parses(parse, path):
+  cfg = parse(f"--flagfile={path}")
+  assert cfg.privacy.dp and cfg.privacy.target_epsilon == 10.0 and cfg.privacy.delta == 1e-5
+
+
+@pytest.mark.parametrize("path", [p for p in FLAGFILES if not p.endswith("common.flags")],
+                         ids=os.path.basename)
+def test_dataset_flagfiles_open_with_their_command(path):
+  with open(path) as fh:
+    head = fh.read(1500)
+  assert "python -m dp_sinkhorn_tf.main --flagfile=launch/" in head
+  assert "runtime" in head.lower() and "ε" in head
+
+
+def test_paper_settings_for_fashion_mnist(parse):
+  cfg = parse(f"--flagfile={os.path.join(ROOT, 'launch', 'fashion_mnist.flags')}")
+  # Cao et al. 2021: B=50, C=0.5, m=3, p=0.4, λ=0.05, α_c=15.
+  assert (cfg.batch_size, cfg.privacy.l2_norm_clip, cfg.loss.l1_weight,
+          cfg.loss.debias_fraction, cfg.loss.solver.epsilon, cfg.loss.alpha_c) == (
+              50, 0.5, 3.0, 0.4, 0.05, 15.0)
+  assert cfg.loss.cost == "l1l2" and cfg.data.dataset == "fashion_mnist"
+
+
+def test_celeba_uses_the_l2_cost(parse):
+  cfg = parse(f"--flagfile={os.path.join(ROOT, 'launch', 'celeba.flags')}")
+  assert cfg.loss.cost == "l2" and cfg.data.dataset == "celeb_a"
