@@ -1,200 +1,264 @@
 """Class-conditional Keras generators g(z, y) → image in [−1, 1].
 
-Both families take z ~ U(0, 1) [B, latent_dim] (as the paper does) and integer labels [B],
-and output [B, H, W, C] through tanh. The output shape comes from `image_shape` alone:
-the number of ×2 upsamplings is chosen from the resolution (8×8 → 1, 28×28 → 2,
-32×32 → 3), the seed grid is ⌈H / 2^k⌉ × ⌈W / 2^k⌉, and an overshoot is centre-cropped.
+Interface (both families): `gen([z, labels], training=bool)` with
+  z:      [B, latent_dim] float32, z ~ U(0, 1) as in the paper (see `sample_latent`),
+  labels: [B] int32 in [0, num_classes),
+  →       [B, H, W, C] float32 in [−1, 1] (tanh).
+Attributes: `latent_dim`, `num_classes`, `image_shape` = (H, W, C).
 
-* `DCGANGenerator` (paper §5, MNIST/Fashion-MNIST: latent 12–16, embedding 4–8, hidden 64):
-  [z, embed(y)] → dense → seed × 2^k·hidden → k × (ConvTranspose stride 2, BatchNorm,
-  LeakyReLU(0.2), then depth−1 × (Conv 3×3, BN, LeakyReLU)) → Conv 3×3 → tanh.
-* `BigGANGenerator` (CelebA / CIFAR-10 scale): dense → seed × 2^k·hidden → k residual
-  up-blocks with class-conditional BatchNorm (γ, β from [z, embed(y)]) → BN, ReLU,
-  Conv 3×3 → tanh.
+The condition is h = [z, embed(y)] with embed = Embedding(num_classes, embed_dim). The output
+shape comes from `image_shape` alone (no dataset names): k = `num_upsamplings(image_shape)`
+×2 upsamplings (8×8 → 1, 28×28 → 2, 32×32 → 3, 64×64 → 4) from a seed grid of
+⌈H / 2^k⌉ × ⌈W / 2^k⌉; an overshoot (e.g. 5·2² = 20 for H = 18) is centre-cropped.
 
-BatchNorm. Training calls the generator with training=True: statistics of the generated
-batch, which holds no private data. Inference (training=False, also every export) uses the
-moving averages accumulated during training, so a sample does not depend on the other
-samples in its batch.
+* `DCGANGenerator` (paper §5, MNIST / Fashion-MNIST: latent 12–16, embedding 4–8, hidden 64):
+  h → Dense → BN → LeakyReLU(0.2) → seed × 2^k·hidden channels → k up-blocks
+  [ConvTranspose 4×4 stride 2 → BN → LeakyReLU, then (depth − 1) × (Conv 3×3 → BN → LeakyReLU)],
+  channels halving to `hidden` → Conv 3×3 to C → crop → tanh.
+* `BigGANGenerator` (CelebA / CIFAR-10 scale): h → Dense → seed × 2^k·hidden → k residual
+  up-blocks, each followed by (depth − 1) residual blocks at the same resolution, all with
+  class-conditional BatchNorm BN(x)·(1 + γ(h)) + β(h) (BigGAN's shared embedding
+  concatenated with z; no spectral norm) → BN → ReLU → Conv 3×3 to C → crop → tanh.
+
+BatchNorm. The trainer calls the generator with training=True: BN normalises with the
+statistics of the generated batch and updates its moving averages. That batch holds generated
+samples only (z and labels are data-independent), so BN touches no private data and needs no
+privacy accounting. With training=False (sampling, evaluation, export) BN uses the moving
+averages, so a sample does not depend on the other samples in its batch.
 """
 
 import math
-from typing import Sequence, Tuple
+import numbers
+from typing import List, Sequence, Tuple, Union
 
 import tensorflow as tf
 
 ARCHITECTURES = ("dcgan", "biggan")
+LEAKY_SLOPE = 0.2
+Seed = Union[int, Sequence[int], tf.Tensor, tf.random.Generator]
 
 
 def num_upsamplings(image_shape: Sequence[int]) -> int:
-  """k = max(1, ⌊log₂ min(H, W)⌋ − 2): 8 → 1, 28 → 2, 32 → 3, 64 → 4."""
+  """k = max(1, ⌊log₂ min(H, W)⌋ − 2): 8 → 1, 28 → 2, 32 → 3, 64 → 4 (seed side 4–7)."""
   return max(1, int(math.floor(math.log2(min(image_shape[0], image_shape[1])))) - 2)
 
 
 def seed_shape(image_shape: Sequence[int]) -> Tuple[int, int]:
+  """(⌈H / 2^k⌉, ⌈W / 2^k⌉): the smallest grid whose k doublings cover H × W."""
   k = num_upsamplings(image_shape)
   return math.ceil(image_shape[0] / 2**k), math.ceil(image_shape[1] / 2**k)
 
 
-def _center_crop(x: tf.Tensor, height: int, width: int) -> tf.Tensor:
+def center_crop(x: tf.Tensor, height: int, width: int) -> tf.Tensor:
+  """x: [B, h, w, C] with h ≥ height, w ≥ width → the central [B, height, width, C]."""
   top = (x.shape[1] - height) // 2
   left = (x.shape[2] - width) // 2
   return x[:, top:top + height, left:left + width, :]
 
 
 class _ConditionalGenerator(tf.keras.Model):
-  """Shared input handling: z [B, latent] float, labels [B] int → h = [z, embed(labels)]."""
+  """Shared input handling and output head: [z, labels] → h; x → crop → tanh."""
 
-  def __init__(self, image_shape, num_classes, latent_dim, embed_dim, hidden, depth, **kw):
-    super().__init__(**kw)
+  def __init__(self, image_shape: Sequence[int], num_classes: int, latent_dim: int,
+               embed_dim: int, hidden: int, depth: int, **kwargs):
+    super().__init__(**kwargs)
     self.image_shape = tuple(int(s) for s in image_shape)
     self.num_classes = int(num_classes)
     self.latent_dim = int(latent_dim)
     self.embed_dim = int(embed_dim)
     self.hidden = int(hidden)
     self.depth = int(depth)
-    self.embedding = tf.keras.layers.Embedding(num_classes, embed_dim, name="label_embedding")
     self.num_up = num_upsamplings(self.image_shape)
     self.seed_hw = seed_shape(self.image_shape)
+    self.embedding = tf.keras.layers.Embedding(self.num_classes, self.embed_dim,
+                                               name="label_embedding")
 
-  def _inputs(self, inputs):
+  def condition(self, inputs) -> tf.Tensor:
+    """[z [B, latent_dim], labels [B]] → h = [z, embed(labels)]: [B, latent_dim + embed_dim]."""
     z, labels = inputs
-    z = tf.convert_to_tensor(z, tf.float32)
+    z = tf.cast(z, tf.float32)
+    if z.shape.rank is not None and z.shape.rank != 2:
+      raise ValueError(f"z must be [B, latent_dim={self.latent_dim}], got shape {z.shape}")
     labels = tf.cast(tf.reshape(labels, [-1]), tf.int32)
     return tf.concat([z, self.embedding(labels)], axis=1)
 
-  def _finish(self, x):
-    h, w, _ = self.image_shape
-    if x.shape[1] != h or x.shape[2] != w:
-      x = _center_crop(x, h, w)
+  def to_output(self, x: tf.Tensor) -> tf.Tensor:
+    """[B, h, w, C] pre-activations → [B, H, W, C] in [−1, 1]."""
+    height, width, _ = self.image_shape
+    if x.shape[1] != height or x.shape[2] != width:
+      x = center_crop(x, height, width)
     return tf.tanh(x)
 
-  def get_config(self):
+  def get_config(self) -> dict:
     return {"image_shape": self.image_shape, "num_classes": self.num_classes,
             "latent_dim": self.latent_dim, "embed_dim": self.embed_dim, "hidden": self.hidden,
             "depth": self.depth}
 
 
-class DCGANGenerator(_ConditionalGenerator):
-  """DCGAN-style conditional generator (see module docstring)."""
+# ---- DCGAN --------------------------------------------------------------------------------
 
-  def __init__(self, image_shape, num_classes, latent_dim=16, embed_dim=8, hidden=64, depth=1,
-               **kw):
-    super().__init__(image_shape, num_classes, latent_dim, embed_dim, hidden, depth, **kw)
+class DCGANUpBlock(tf.keras.layers.Layer):
+  """ConvT 4×4 stride 2 → BN → LeakyReLU, then (depth − 1) × (Conv 3×3 → BN → LeakyReLU)."""
+
+  def __init__(self, channels: int, depth: int, **kwargs):
+    super().__init__(**kwargs)
     L = tf.keras.layers
-    seed_channels = hidden * 2**self.num_up
+    self.convs = [L.Conv2DTranspose(channels, 4, strides=2, padding="same", use_bias=False)]
+    self.convs += [L.Conv2D(channels, 3, padding="same", use_bias=False)
+                   for _ in range(depth - 1)]
+    self.norms = [L.BatchNormalization() for _ in self.convs]
+
+  def call(self, x: tf.Tensor, training: bool = False) -> tf.Tensor:
+    for conv, norm in zip(self.convs, self.norms):
+      x = tf.nn.leaky_relu(norm(conv(x), training=training), LEAKY_SLOPE)
+    return x
+
+
+class DCGANGenerator(_ConditionalGenerator):
+  """DCGAN-style conditional generator (see the module docstring)."""
+
+  def __init__(self, image_shape: Sequence[int], num_classes: int, latent_dim: int = 16,
+               embed_dim: int = 8, hidden: int = 64, depth: int = 1, **kwargs):
+    super().__init__(image_shape, num_classes, latent_dim, embed_dim, hidden, depth, **kwargs)
+    L = tf.keras.layers
+    seed_channels = self.hidden * 2**self.num_up
     self.project = L.Dense(self.seed_hw[0] * self.seed_hw[1] * seed_channels, use_bias=False)
-    self.project_bn = L.BatchNormalization()
-    self.reshape = L.Reshape((self.seed_hw[0], self.seed_hw[1], seed_channels))
-    self.stages = []
-    for k in range(self.num_up):
-      channels = hidden * 2**(self.num_up - 1 - k)
-      layers = [L.Conv2DTranspose(channels, 4, strides=2, padding="same", use_bias=False),
-                L.BatchNormalization(), L.LeakyReLU(0.2)]
-      for _ in range(depth - 1):
-        layers += [L.Conv2D(channels, 3, padding="same", use_bias=False),
-                   L.BatchNormalization(), L.LeakyReLU(0.2)]
-      self.stages.append(layers)
+    self.project_norm = L.BatchNormalization()
+    self.reshape = L.Reshape((*self.seed_hw, seed_channels))
+    self.blocks = [DCGANUpBlock(self.hidden * 2**(self.num_up - 1 - k), self.depth)
+                   for k in range(self.num_up)]
     self.to_image = L.Conv2D(self.image_shape[2], 3, padding="same")
 
-  def call(self, inputs, training=False):
-    x = self.project(self._inputs(inputs))
-    x = tf.nn.leaky_relu(self.project_bn(x, training=training), 0.2)
-    x = self.reshape(x)
-    for layers in self.stages:
-      for layer in layers:
-        is_bn = isinstance(layer, tf.keras.layers.BatchNormalization)
-        x = layer(x, training=training) if is_bn else layer(x)
-    return self._finish(self.to_image(x))
+  def call(self, inputs, training: bool = False) -> tf.Tensor:
+    x = self.project_norm(self.project(self.condition(inputs)), training=training)
+    x = self.reshape(tf.nn.leaky_relu(x, LEAKY_SLOPE))
+    for block in self.blocks:
+      x = block(x, training=training)
+    return self.to_output(self.to_image(x))
 
+
+# ---- BigGAN -------------------------------------------------------------------------------
 
 class ConditionalBatchNorm(tf.keras.layers.Layer):
-  """BN(x)·(1 + γ(h)) + β(h): per-channel scale and shift predicted from the condition h."""
+  """BN(x)·(1 + γ(h)) + β(h), γ, β: [B, channels] linear in the condition h (zero-initialised,
+  so training starts from plain BN)."""
 
-  def __init__(self, channels: int, **kw):
-    super().__init__(**kw)
-    self.bn = tf.keras.layers.BatchNormalization(center=False, scale=False)
-    self.gamma = tf.keras.layers.Dense(channels, kernel_initializer="zeros")
-    self.beta = tf.keras.layers.Dense(channels, kernel_initializer="zeros")
+  def __init__(self, channels: int, **kwargs):
+    super().__init__(**kwargs)
+    L = tf.keras.layers
+    self.norm = L.BatchNormalization(center=False, scale=False)
+    self.gamma = L.Dense(channels, kernel_initializer="zeros")
+    self.beta = L.Dense(channels, kernel_initializer="zeros")
 
-  def call(self, x, condition, training=False):
-    x = self.bn(x, training=training)
+  def call(self, x: tf.Tensor, condition: tf.Tensor, training: bool = False) -> tf.Tensor:
+    x = self.norm(x, training=training)
     gamma = self.gamma(condition)[:, tf.newaxis, tf.newaxis, :]
     beta = self.beta(condition)[:, tf.newaxis, tf.newaxis, :]
     return x * (1.0 + gamma) + beta
 
 
-class ResBlockUp(tf.keras.layers.Layer):
-  """CBN → ReLU → ×2 nearest → Conv3 → CBN → ReLU → Conv3, plus ×2 → Conv1 skip."""
+class ResBlock(tf.keras.layers.Layer):
+  """y = Conv3(ReLU(CBN(Conv3(up(ReLU(CBN(x))))))) + skip(up(x)), up = ×2 nearest or identity;
+  skip is a 1×1 conv when the block upsamples or changes channels, else the identity."""
 
-  def __init__(self, in_channels: int, out_channels: int, **kw):
-    super().__init__(**kw)
+  def __init__(self, in_channels: int, out_channels: int, upsample: bool, **kwargs):
+    super().__init__(**kwargs)
     L = tf.keras.layers
     self.cbn1 = ConditionalBatchNorm(in_channels)
     self.conv1 = L.Conv2D(out_channels, 3, padding="same")
     self.cbn2 = ConditionalBatchNorm(out_channels)
     self.conv2 = L.Conv2D(out_channels, 3, padding="same")
-    self.skip = L.Conv2D(out_channels, 1)
-    self.up = L.UpSampling2D(2)
+    self.up = L.UpSampling2D(2) if upsample else None
+    needs_projection = upsample or in_channels != out_channels
+    self.skip = L.Conv2D(out_channels, 1) if needs_projection else None
 
-  def call(self, x, condition, training=False):
+  def call(self, x: tf.Tensor, condition: tf.Tensor, training: bool = False) -> tf.Tensor:
     h = tf.nn.relu(self.cbn1(x, condition, training=training))
-    h = self.conv1(self.up(h))
-    h = tf.nn.relu(self.cbn2(h, condition, training=training))
-    h = self.conv2(h)
-    return h + self.skip(self.up(x))
+    if self.up is not None:
+      h, x = self.up(h), self.up(x)
+    h = self.conv1(h)
+    h = self.conv2(tf.nn.relu(self.cbn2(h, condition, training=training)))
+    return h + (self.skip(x) if self.skip is not None else x)
 
 
 class BigGANGenerator(_ConditionalGenerator):
-  """BigGAN-style conditional generator with class-conditional BatchNorm."""
+  """BigGAN-style conditional generator with class-conditional BatchNorm (module docstring)."""
 
-  def __init__(self, image_shape, num_classes, latent_dim=32, embed_dim=16, hidden=64,
-               depth=1, **kw):
-    super().__init__(image_shape, num_classes, latent_dim, embed_dim, hidden, depth, **kw)
+  def __init__(self, image_shape: Sequence[int], num_classes: int, latent_dim: int = 32,
+               embed_dim: int = 16, hidden: int = 64, depth: int = 1, **kwargs):
+    super().__init__(image_shape, num_classes, latent_dim, embed_dim, hidden, depth, **kwargs)
     L = tf.keras.layers
-    top = hidden * 2**self.num_up
+    top = self.hidden * 2**self.num_up
     self.project = L.Dense(self.seed_hw[0] * self.seed_hw[1] * top)
-    self.reshape = L.Reshape((self.seed_hw[0], self.seed_hw[1], top))
-    self.blocks = []
+    self.reshape = L.Reshape((*self.seed_hw, top))
+    self.blocks: List[ResBlock] = []
     channels = top
     for k in range(self.num_up):
-      out = hidden * 2**(self.num_up - 1 - k)
-      self.blocks.append(ResBlockUp(channels, out))
+      out = self.hidden * 2**(self.num_up - 1 - k)
+      self.blocks.append(ResBlock(channels, out, upsample=True))
+      self.blocks += [ResBlock(out, out, upsample=False) for _ in range(self.depth - 1)]
       channels = out
-      for _ in range(depth - 1):
-        self.blocks.append(ResBlockUp(channels, channels, ))
-    self.blocks = [b for b in self.blocks]
-    self.final_bn = L.BatchNormalization()
+    self.final_norm = L.BatchNormalization()
     self.to_image = L.Conv2D(self.image_shape[2], 3, padding="same")
 
-  def call(self, inputs, training=False):
-    condition = self._inputs(inputs)
+  def call(self, inputs, training: bool = False) -> tf.Tensor:
+    condition = self.condition(inputs)
     x = self.reshape(self.project(condition))
     for block in self.blocks:
       x = block(x, condition, training=training)
-    x = tf.nn.relu(self.final_bn(x, training=training))
-    return self._finish(self.to_image(x))
+    x = tf.nn.relu(self.final_norm(x, training=training))
+    return self.to_output(self.to_image(x))
+
+
+# ---- factory and noise --------------------------------------------------------------------
+
+def _check_positive_int(name: str, value, minimum: int = 1) -> None:
+  if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
+    raise ValueError(f"{name} must be an integer ≥ {minimum}, got {value!r}")
+
+
+def _check_image_shape(image_shape) -> None:
+  shape = tuple(image_shape) if isinstance(image_shape, (tuple, list)) else None
+  ok = shape is not None and len(shape) == 3 and all(
+      isinstance(s, numbers.Integral) and not isinstance(s, bool) for s in shape)
+  if not ok or min(shape[:2]) < 4 or shape[2] < 1:
+    raise ValueError(f"image_shape must be (H, W, C) integers with H, W ≥ 4 and C ≥ 1, "
+                     f"got {image_shape!r}")
 
 
 def make_generator(architecture: str, image_shape: Sequence[int], num_classes: int,
                    latent_dim: int = 16, embed_dim: int = 8, hidden: int = 64,
                    depth: int = 1) -> _ConditionalGenerator:
-  """Builds (and calls once, so variables exist) a generator for `image_shape` (H, W, C)."""
+  """A built generator (variables exist) for `image_shape` = (H, W, C).
+
+  architecture: "dcgan" | "biggan"; hidden: channels at the finest resolution (doubling per
+  coarser level); depth ≥ 1: conv (DCGAN) or residual (BigGAN) blocks per resolution.
+  Raises ValueError naming the bad argument.
+  """
   if architecture not in ARCHITECTURES:
     raise ValueError(f"architecture must be one of {ARCHITECTURES}, got {architecture!r}")
-  if len(image_shape) != 3 or min(image_shape) < 1 or min(image_shape[:2]) < 4:
-    raise ValueError(f"image_shape must be (H, W, C) with H, W ≥ 4, got {tuple(image_shape)}")
+  _check_image_shape(image_shape)
   for name, value in (("num_classes", num_classes), ("latent_dim", latent_dim),
                       ("embed_dim", embed_dim), ("hidden", hidden), ("depth", depth)):
-    if int(value) < 1:
-      raise ValueError(f"{name} must be ≥ 1, got {value}")
+    _check_positive_int(name, value)
   cls = DCGANGenerator if architecture == "dcgan" else BigGANGenerator
-  gen = cls(image_shape, num_classes, latent_dim=latent_dim, embed_dim=embed_dim,
+  gen = cls(tuple(image_shape), num_classes, latent_dim=latent_dim, embed_dim=embed_dim,
             hidden=hidden, depth=depth, name=f"{architecture}_generator")
   gen([tf.zeros([1, latent_dim]), tf.zeros([1], tf.int32)], training=False)
   return gen
 
 
-def sample_latent(batch: int, latent_dim: int, seed) -> tf.Tensor:
-  """z ~ U(0, 1) [batch, latent_dim] from a stateless [2] seed."""
-  return tf.random.stateless_uniform([batch, latent_dim], seed)
+def sample_latent(batch: int, latent_dim: int, seed: Seed) -> tf.Tensor:
+  """z ~ U(0, 1): [batch, latent_dim] float32.
+
+  seed: a tf.random.Generator (stateful: advances it), a stateless [2] int seed, or an int s
+  (same as the stateless seed [s, 0]). Stateless seeds give the same z on every call.
+  """
+  if not tf.is_tensor(batch):
+    _check_positive_int("batch", batch, minimum=0)
+  _check_positive_int("latent_dim", latent_dim)
+  if isinstance(seed, tf.random.Generator):
+    return seed.uniform([batch, latent_dim], dtype=tf.float32)
+  if isinstance(seed, numbers.Integral):
+    seed = [int(seed), 0]
+  return tf.random.stateless_uniform([batch, latent_dim], seed, dtype=tf.float32)

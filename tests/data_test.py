@@ -10,104 +10,202 @@ import tensorflow_datasets as tfds
 
 from dp_sinkhorn_tf import data
 
-FASHION_DIR = "/usr/share/datasets/fashion-mnist"
+FASHION_DIR = "/usr/share/datasets/fashion-mnist"  # Debian package dataset-fashion-mnist
 
 
-def _write_idx(path, array, compress):
-  header = struct.pack(">BBBB", 0, 0, 0x08, array.ndim) + struct.pack(
-      f">{array.ndim}I", *array.shape)
-  payload = header + array.astype(np.uint8).tobytes()
-  with open(path, "wb") as fh:
-    fh.write(gzip.compress(payload) if compress else payload)
+def _idx_bytes(array: np.ndarray) -> bytes:
+  # Magic 00 00 08 <rank>, then rank big-endian uint32 dims, then the bytes row-major.
+  header = struct.pack(">BBBB", 0, 0, 0x08, array.ndim)
+  return header + struct.pack(f">{array.ndim}I", *array.shape) + array.astype(np.uint8).tobytes()
 
 
 def _write_split(folder, split, images, labels, compress):
-  image_stem, label_stem = data.IDX_FILES[split]
-  suffix = ".gz" if compress else ""
-  _write_idx(os.path.join(folder, image_stem + suffix), images, compress)
-  _write_idx(os.path.join(folder, label_stem + suffix), labels, compress)
+  for stem, array in zip(data.IDX_FILES[split], (images, labels)):
+    payload = _idx_bytes(array)
+    path = os.path.join(folder, stem + (".gz" if compress else ""))
+    with open(path, "wb") as fh:
+      fh.write(gzip.compress(payload) if compress else payload)
 
 
-def test_scaling_maps_endpoints_exactly():
-  np.testing.assert_array_equal(data.scale_to_unit_interval(np.array([0, 255]), 255.0),
+# ---- scaling and the Dataset record -------------------------------------------------------
+
+def test_scaling_maps_endpoints_and_midpoint_exactly():
+  # (x − m) / m with m = max/2: 0 → −1, m → 0, max → 1, all exactly representable.
+  np.testing.assert_array_equal(data.scale_to_unit_interval(np.array([0, 255], np.uint8), 255.0),
                                 [-1.0, 1.0])
   np.testing.assert_array_equal(data.scale_to_unit_interval(np.array([0, 8, 16]), 16.0),
                                 [-1.0, 0.0, 1.0])
+  assert data.scale_to_unit_interval(np.arange(256, dtype=np.uint8), 255.0).dtype == np.float32
 
 
-def test_digits_split_is_fixed_and_disjoint():
+def test_dataset_record_checks_its_fields():
+  images, labels = np.zeros((2, 4, 4, 1), np.float32), np.zeros(2, np.int32)
+  ds = data.Dataset("x", images, labels, 2, (4, 4, 1), ("a", "b"))
+  assert ds.image_shape == (4, 4, 1)
+  with pytest.raises(ValueError, match="image_shape"):
+    data.Dataset("x", images, labels, 2, (4, 4, 3), ("a", "b"))
+  with pytest.raises(ValueError, match="labels"):
+    data.Dataset("x", images, labels[:1], 2, (4, 4, 1), ("a", "b"))
+  with pytest.raises(ValueError, match="label_names"):
+    data.Dataset("x", images, labels, 3, (4, 4, 1), ("a", "b"))
+
+
+# ---- digits -------------------------------------------------------------------------------
+
+def test_digits_split_is_fixed_disjoint_and_scaled():
   train, test = data.load_dataset("digits"), data.load_test_split("digits")
-  # 1,797 digits; 20 % → 359 held out, 1,438 private training records.
+  # 1,797 digits; round(0.2 · 1797) = 359 held out, 1,438 private training records.
   assert train.images.shape == (1438, 8, 8, 1) and test.images.shape == (359, 8, 8, 1)
-  assert train.images.min() == -1.0 and train.images.max() == 1.0
+  assert train.images.dtype == np.float32 and train.labels.dtype == np.int32
+  assert train.images.min() == -1.0 and train.images.max() == 1.0  # raw values 0 and 16
+  # Pixel values 0..16 map to k/8 − 1: every value is on that grid.
+  np.testing.assert_array_equal((train.images + 1) * 8, np.round((train.images + 1) * 8))
   assert set(np.unique(train.labels)) == set(range(10)) and train.num_classes == 10
-  flat_train = {row.tobytes() for row in train.images.reshape(len(train.images), -1)}
-  overlap = sum(row.tobytes() in flat_train for row in test.images.reshape(len(test.images), -1))
-  assert overlap < 5  # only genuine duplicates of the source data could coincide
-  np.testing.assert_array_equal(data.load_dataset("digits").labels, train.labels)
+  assert train.image_shape == (8, 8, 1) and train.label_names[3] == "3"
+  from sklearn.datasets import load_digits
+  order = np.random.default_rng(0).permutation(1797)
+  np.testing.assert_array_equal(test.labels, load_digits().target[order[-359:]])
+  np.testing.assert_array_equal(data.load_dataset("digits").images, train.images)
+
+
+# ---- IDX ----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("compress", [True, False])
+@pytest.mark.parametrize("split,loader", [("train", data.load_dataset),
+                                          ("test", data.load_test_split)])
+def test_idx_round_trip(tmp_path, compress, split, loader):
+  rng = np.random.default_rng(0)
+  images = rng.integers(0, 256, (6, 28, 28), dtype=np.uint8)
+  images[0, 0, 0], images[0, 0, 1] = 0, 255
+  labels = np.array([0, 1, 2, 3, 4, 9], np.uint8)
+  _write_split(str(tmp_path), split, images, labels, compress)
+  ds = loader("fashion_mnist", idx_dir=str(tmp_path))
+  np.testing.assert_array_equal(ds.labels, labels)
+  # Exact inverse of (x − 127.5) / 127.5 in float32 recovers the bytes.
+  np.testing.assert_array_equal(np.round(ds.images[..., 0] * 127.5 + 127.5), images)
+  assert ds.images[0, 0, 0, 0] == -1.0 and ds.images[0, 0, 1, 0] == 1.0
+  assert ds.image_shape == (28, 28, 1) and ds.label_names[9] == "Ankle boot"
+  np.testing.assert_array_equal(data.read_idx(str(tmp_path / (data.IDX_FILES[split][0] + (
+      ".gz" if compress else "")))), images)
+
+
+def test_mnist_idx_gets_digit_label_names(tmp_path):
+  _write_split(str(tmp_path), "train", np.zeros((2, 3, 5), np.uint8), np.array([7, 2]), True)
+  ds = data.load_dataset("mnist", idx_dir=str(tmp_path))
+  assert ds.name == "mnist" and ds.label_names[7] == "7" and ds.image_shape == (3, 5, 1)
 
 
 @pytest.mark.parametrize("compress", [True, False])
-def test_idx_round_trip(tmp_path, compress):
-  rng = np.random.default_rng(0)
-  images = rng.integers(0, 256, (6, 28, 28), dtype=np.uint8)
-  labels = np.array([0, 1, 2, 3, 4, 9], np.uint8)
-  _write_split(str(tmp_path), "train", images, labels, compress)
-  ds = data.load_dataset("fashion_mnist", idx_dir=str(tmp_path))
-  np.testing.assert_array_equal(ds.labels, labels)
-  np.testing.assert_allclose(ds.images[..., 0], images / 127.5 - 1.0, atol=1e-6)
-  assert ds.image_shape == (28, 28, 1) and ds.label_names[9] == "Ankle boot"
-
-
-def test_bad_magic_names_the_file(tmp_path):
+def test_bad_magic_names_the_file(tmp_path, compress):
+  payload = b"\x12\x34\x08\x03" + b"\x00" * 12
   path = tmp_path / "train-images-idx3-ubyte"
-  path.write_bytes(b"\x12\x34\x08\x03" + b"\x00" * 12)
-  with pytest.raises(ValueError, match="train-images-idx3-ubyte.*magic"):
+  path.write_bytes(gzip.compress(payload) if compress else payload)
+  with pytest.raises(ValueError, match="train-images-idx3-ubyte: bad IDX magic number 0x12340803"):
     data.read_idx(str(path))
 
 
-def test_truncated_body_names_the_file(tmp_path):
+def test_non_byte_idx_type_is_rejected(tmp_path):
+  path = tmp_path / "floats.idx"
+  path.write_bytes(struct.pack(">BBBBI", 0, 0, 0x0D, 1, 1) + b"\x00" * 4)
+  with pytest.raises(ValueError, match="floats.idx: bad IDX magic number 0x00000d01"):
+    data.read_idx(str(path))
+
+
+def test_size_mismatch_names_the_file(tmp_path):
   path = tmp_path / "t.idx"
+  # Header says 10 bytes; only 3 follow.
   path.write_bytes(struct.pack(">BBBBI", 0, 0, 8, 1, 10) + b"\x00" * 3)
-  with pytest.raises(ValueError, match="t.idx.*3 bytes"):
+  with pytest.raises(ValueError, match=r"t.idx: IDX body has 3 bytes, header dims \(10,\) need 10"):
     data.read_idx(str(path))
 
 
-def test_missing_idx_file_names_the_flag(tmp_path):
-  with pytest.raises(FileNotFoundError, match="--idx_dir=.*train-images"):
+def test_truncated_header_and_corrupt_gzip_name_the_file(tmp_path):
+  short = tmp_path / "short.idx"
+  short.write_bytes(struct.pack(">BBBBI", 0, 0, 8, 3, 10))
+  with pytest.raises(ValueError, match="short.idx: truncated IDX header"):
+    data.read_idx(str(short))
+  broken = tmp_path / "broken.gz"
+  broken.write_bytes(gzip.compress(b"\x00\x00\x08\x01" * 10)[:-6])
+  with pytest.raises(ValueError, match="broken.gz: corrupt gzip"):
+    data.read_idx(str(broken))
+
+
+def test_images_and_labels_must_agree(tmp_path):
+  _write_split(str(tmp_path), "train", np.zeros((3, 4, 4), np.uint8), np.zeros(2), False)
+  with pytest.raises(ValueError, match="train-labels-idx1-ubyte: expected \\[3\\] labels"):
     data.load_dataset("mnist", idx_dir=str(tmp_path))
+  _write_split(str(tmp_path), "train", np.zeros((2, 4, 4), np.uint8), np.array([0, 10]), False)
+  with pytest.raises(ValueError, match="label 10 outside 0..9"):
+    data.load_dataset("mnist", idx_dir=str(tmp_path))
+
+
+def test_missing_idx_file_names_the_flag_and_the_file(tmp_path):
+  _write_split(str(tmp_path), "train", np.zeros((2, 4, 4), np.uint8), np.zeros(2), True)
+  with pytest.raises(data.DataNotFoundError, match="--idx_dir=.*t10k-images-idx3-ubyte"):
+    data.load_test_split("mnist", idx_dir=str(tmp_path))
+  with pytest.raises(FileNotFoundError, match="not a directory"):
+    data.load_dataset("mnist", idx_dir=str(tmp_path / "absent"))
+  with pytest.raises(ValueError, match="absent.gz: no such IDX file"):
+    data.read_idx(str(tmp_path / "absent.gz"))
 
 
 @pytest.mark.skipif(not os.path.isdir(FASHION_DIR), reason="dataset-fashion-mnist not installed")
 def test_real_fashion_mnist_idx_files():
   train = data.load_dataset("fashion_mnist", idx_dir=FASHION_DIR)
   assert train.images.shape == (60000, 28, 28, 1)
-  assert np.bincount(train.labels).tolist() == [6000] * 10
+  assert train.images.min() == -1.0 and train.images.max() == 1.0
+  assert np.bincount(train.labels).tolist() == [6000] * 10  # Fashion-MNIST is balanced
+  test = data.load_test_split("fashion_mnist", idx_dir=FASHION_DIR)
+  assert np.bincount(test.labels).tolist() == [1000] * 10
+
+
+# ---- TFDS ---------------------------------------------------------------------------------
+
+def _raw_mock_examples(name, split, n):
+  ds = tfds.load(name, split=split, data_dir="/nonexistent", download=False)
+  return list(tfds.as_numpy(ds.take(n)))
 
 
 @pytest.mark.parametrize("name,shape", [("mnist", (28, 28, 1)), ("cifar10", (32, 32, 3))])
-def test_tfds_path_with_mock_data(name, shape):
+@pytest.mark.parametrize("split,loader", [("train", data.load_dataset),
+                                          ("test", data.load_test_split)])
+def test_tfds_path_with_mock_data(name, shape, split, loader):
   with tfds.testing.mock_data(num_examples=12):
-    ds = data.load_dataset(name, data_dir="/nonexistent")
-  assert ds.images.shape == (12,) + shape
-  assert ds.images.dtype == np.float32 and -1.0 <= ds.images.min() <= ds.images.max() <= 1.0
-  assert ds.num_classes == 10
+    ds = loader(name, data_dir="/nonexistent")
+    raw = _raw_mock_examples(name, split, 12)  # mock data is seeded: the same examples
+  assert ds.images.shape == (12,) + shape and ds.image_shape == shape
+  assert ds.images.dtype == np.float32 and ds.labels.dtype == np.int32
+  expected = np.stack([ex["image"] for ex in raw]).astype(np.float32)
+  np.testing.assert_array_equal(ds.images, (expected - np.float32(127.5)) / np.float32(127.5))
+  np.testing.assert_array_equal(ds.labels, [ex["label"] for ex in raw])
+  assert ds.num_classes == 10 and ds.label_names == data.LABEL_NAMES[name]
 
 
-def test_celeba_uses_the_male_attribute_at_32x32():
-  with tfds.testing.mock_data(num_examples=5):
+def test_celeba_is_32x32_with_the_male_attribute_as_label():
+  with tfds.testing.mock_data(num_examples=6):
     ds = data.load_dataset("celeb_a", data_dir="/nonexistent")
-  assert ds.images.shape == (5, 32, 32, 3)
-  assert set(np.unique(ds.labels)) <= {0, 1} and ds.label_names == ("female", "male")
+    raw = _raw_mock_examples("celeb_a", "train", 6)
+  assert raw[0]["image"].shape == (218, 178, 3)  # the mock uses the real feature shape
+  assert ds.images.shape == (6, 32, 32, 3) and ds.num_classes == 2
+  np.testing.assert_array_equal(ds.labels, [int(ex["attributes"]["Male"]) for ex in raw])
+  assert ds.label_names == ("female", "male")
+  assert -1.0 <= ds.images.min() and ds.images.max() <= 1.0
 
 
 def test_missing_tfds_data_names_data_dir(tmp_path):
-  with pytest.raises(FileNotFoundError, match=f"--data_dir={tmp_path}"):
+  with pytest.raises(FileNotFoundError, match=f"'cifar10' .* not found under --data_dir={tmp_path}"):
     data.load_dataset("cifar10", data_dir=str(tmp_path))
+  with pytest.raises(ValueError, match="tfds build"):
+    data.load_test_split("mnist", data_dir=str(tmp_path))
+  assert os.listdir(tmp_path) == []  # nothing written into the data dir
 
 
 def test_unknown_dataset_and_misused_idx_dir():
-  with pytest.raises(ValueError, match="--dataset='svhn'"):
+  with pytest.raises(ValueError, match="dataset='svhn'"):
     data.load_dataset("svhn")
+  with pytest.raises(ValueError, match="dataset='svhn'"):
+    data.load_test_split("svhn")
   with pytest.raises(ValueError, match="--idx_dir"):
     data.load_dataset("cifar10", idx_dir="/tmp")
+  with pytest.raises(ValueError, match="--idx_dir"):
+    data.load_dataset("digits", idx_dir="/tmp")
