@@ -1,0 +1,38 @@
+# Two commands matter: `make demo` and `make test`. Both create .venv on first use.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip
+# Upper bounds that keep pip from ever resolving TF >= 2.16 (Keras 3 breaks TF Privacy 0.9.0).
+CONSTRAINTS := constraints.txt
+WORKDIR ?= runs/digits_demo
+
+.PHONY: install dev test bench demo lint clean
+
+install: $(VENV)/.installed
+$(VENV)/.installed: setup.cfg pyproject.toml $(CONSTRAINTS)
+	@$(PYTHON) -c 'import sys; v = sys.version_info; sys.exit(0 if (3, 11) <= v[:2] < (3, 12) else "dp_sinkhorn_tf needs Python 3.11 (TF Privacy 0.9.0 / TF 2.15); found %d.%d: set PYTHON=python3.11" % v[:2])'
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install --quiet --upgrade "pip>=23.2"
+	$(PIP) install --quiet -c $(CONSTRAINTS) -e .
+	touch $@
+
+dev: $(VENV)/.dev-installed
+$(VENV)/.dev-installed: $(VENV)/.installed
+	$(PIP) install --quiet -c $(CONSTRAINTS) -e ".[dev]"
+	touch $@
+
+test: dev
+	$(PY) -m pytest -q
+
+bench: install
+	$(PY) -m dp_sinkhorn_tf.bench all
+
+demo: install
+	$(PY) -m dp_sinkhorn_tf.main --flagfile=launch/digits.flags --workdir=$(WORKDIR)
+
+lint: dev
+	$(VENV)/bin/ruff check dp_sinkhorn_tf tests
+
+clean:
+	rm -rf $(VENV) .pytest_cache .hypothesis *.egg-info
