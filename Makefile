@@ -29,7 +29,7 @@ bench: install
 	$(PY) -m dp_sinkhorn_tf.bench all
 
 demo: install
-	$(PY) -m dp_sinkhorn_tf.main --flagfile=launch/digits.flags --workdir=$(WORKDIR)
+	$(PY) -m dp_sinkhorn_tf.main --flagfile=launch/digits.flags --workdir=$(WORKDIR) --if_finished=skip
 
 lint: dev
 	$(VENV)/bin/ruff check dp_sinkhorn_tf tests

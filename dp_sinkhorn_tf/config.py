@@ -99,6 +99,7 @@ class OptimConfig:
   beta_1: float = 0.5
   beta_2: float = 0.999
   weight_decay: float = 0.0
+  ema_decay: float = 0.0  # 0: off; else sample / export an EMA of the generator's weights
 
   def __post_init__(self):
     _require(self.optimizer in OPTIMIZERS, "optimizer", f"one of {OPTIMIZERS}", self.optimizer)
@@ -108,6 +109,7 @@ class OptimConfig:
     _require(self.weight_decay >= 0, "weight_decay", "a number ≥ 0", self.weight_decay)
     _require(self.weight_decay == 0 or self.optimizer == "adamw", "weight_decay",
              "0 unless --optimizer=adamw", self.weight_decay)
+    _require(0 <= self.ema_decay < 1, "ema_decay", "a number in [0, 1)", self.ema_decay)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -129,8 +131,14 @@ class RunConfig:
 
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
-  """A whole run. batch_size is the expected Poisson batch B (q = B/N) and the number n
-  of generated points per step; steps=None lets the privacy budget decide."""
+  """A whole run. batch_size is the expected Poisson batch B (q = B/N); fake_batch_size
+  the number n of generated points per step in W(X[0:n], Y) (None: n = B, as in the
+  paper); steps=None lets the privacy budget decide.
+
+  Why n may differ from B: the noise is added to the n × d image gradient while the signal
+  is clipped to C in total, so the signal-to-noise ratio per step scales as 1/√(n·d). A
+  smaller n gives a cleaner (if more stochastic) released gradient at the same ε.
+  """
 
   batch_size: int = 50
   steps: Optional[int] = None
@@ -140,9 +148,12 @@ class TrainConfig:
   privacy: PrivacyConfig = PrivacyConfig()
   optim: OptimConfig = OptimConfig()
   run: RunConfig = RunConfig()
+  fake_batch_size: Optional[int] = None
 
   def __post_init__(self):
     _require(self.batch_size >= 1, "batch_size", "an integer ≥ 1", self.batch_size)
+    _require(self.fake_batch_size is None or self.fake_batch_size >= 1, "fake_batch_size",
+             "an integer ≥ 1 (or unset: the same as --batch_size)", self.fake_batch_size)
     _require(self.steps is None or self.steps >= 1, "steps", "an integer ≥ 1 (or unset)",
              self.steps)
     if not self.privacy.dp:
@@ -154,6 +165,11 @@ class TrainConfig:
                self.optim.optimizer)
 
   @property
+  def num_primary(self) -> int:
+    """n: the generated points that meet the private batch."""
+    return self.fake_batch_size if self.fake_batch_size is not None else self.batch_size
+
+  @property
   def num_generated(self) -> int:
-    """n + n′ generated points per step."""
-    return self.batch_size + sinkhorn.num_extra(self.batch_size, self.loss.debias_fraction)
+    """n + n′ generated points per step, n′ = ⌊p·n⌋."""
+    return self.num_primary + sinkhorn.num_extra(self.num_primary, self.loss.debias_fraction)

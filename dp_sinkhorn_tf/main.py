@@ -64,7 +64,13 @@ flags.DEFINE_float("learning_rate", 1e-3, "Learning rate.")
 flags.DEFINE_float("beta_1", 0.5, "Adam β₁.")
 flags.DEFINE_float("beta_2", 0.999, "Adam β₂.")
 flags.DEFINE_float("weight_decay", 0.0, "Decoupled weight decay (adamw only).")
-flags.DEFINE_integer("batch_size", 50, "B: expected Poisson batch (q = B/N) and generated n.")
+flags.DEFINE_float("ema_decay", 0.0, "Decay of an exponential moving average of the generator's "
+                   "weights, used for samples and the export (0 = off). Post-processing of "
+                   "the released gradients: no privacy cost.")
+flags.DEFINE_integer("batch_size", 50, "B: expected Poisson batch (q = B/N); also n unless --fake_batch_size.")
+flags.DEFINE_integer("fake_batch_size", None, "n: generated images that meet the private batch "
+                     "each step (unset: n = --batch_size, as in the paper). Noise is added to "
+                     "an n×d gradient, so a smaller n raises the signal-to-noise ratio.")
 flags.DEFINE_integer("steps", None, "Training steps. Unset: as many as the budget allows.")
 # Run.
 flags.DEFINE_string("workdir", "runs/default", "Run directory (resumed if it holds a run).")
@@ -96,9 +102,10 @@ def config_from_flags(f) -> config_lib.TrainConfig:
       privacy=config_lib.PrivacyConfig(f.dp, f.mechanism, f.l2_norm_clip, f.noise_multiplier,
                                        f.target_epsilon, f.delta, f.accountant),
       optim=config_lib.OptimConfig(f.optimizer, f.learning_rate, f.beta_1, f.beta_2,
-                                   f.weight_decay),
+                                   f.weight_decay, f.ema_decay),
       run=config_lib.RunConfig(f.workdir, f.seed, f.log_every, f.sample_every,
-                               f.checkpoint_every, f.keep_checkpoints, f.export, f.model_name))
+                               f.checkpoint_every, f.keep_checkpoints, f.export, f.model_name),
+      fake_batch_size=f.fake_batch_size)
 
 
 def _fail(message: str, code: int = 2) -> None:
@@ -162,7 +169,7 @@ def run(cfg: config_lib.TrainConfig, flags_text: str) -> int:
   if cfg.run.export:
     from dp_sinkhorn_tf import export
     metadata = export_metadata(cfg, plan, result, dataset, flags_text)
-    path = export.export_generator(result.model.generator,
+    path = export.export_generator(result.model.sampling_generator,
                                    os.path.join(cfg.run.workdir, "export"), cfg.run.model_name,
                                    None, metadata)
     print(f"exported SavedModel: {path}")

@@ -117,16 +117,17 @@ class DPSinkhornModel(tf.keras.Model):
 
   def __init__(self, generator: tf.keras.Model, images: np.ndarray, labels: np.ndarray,
                num_classes: int, cfg: config_lib.TrainConfig, noise_multiplier: float,
-               sample_rate: float):
+               sample_rate: float, ema_generator: Optional[tf.keras.Model] = None):
     super().__init__()
     self.generator = generator
+    self.ema_generator = ema_generator
     self.cfg = cfg
     self.num_classes = num_classes
     self._images = tf.constant(images, tf.float32)
     self._labels = tf.constant(labels, tf.int32)
     self._dataset_size = int(images.shape[0])
     self._sample_rate = float(sample_rate)
-    self._n = cfg.batch_size
+    self._n = cfg.num_primary
     self._n_total = cfg.num_generated
     self._cost = costs.make_cost(cfg.loss.cost, l1_weight=cfg.loss.l1_weight)
     if cfg.privacy.dp:
@@ -137,6 +138,25 @@ class DPSinkhornModel(tf.keras.Model):
 
   def call(self, inputs, training=False):
     return self.generator(inputs, training=training)
+
+  @property
+  def sampling_generator(self) -> tf.keras.Model:
+    """What samples, evaluation and the export use: the EMA copy if there is one."""
+    return self.ema_generator if self.ema_generator is not None else self.generator
+
+  def update_ema(self, step: tf.Tensor) -> None:
+    """ema ← d_t·ema + (1 − d_t)·w for every generator variable (BN statistics included).
+
+    d_t = min(d, (1 + t) / (10 + t)) warms up so early weights are forgotten quickly. The
+    average is a function of released (privatised) updates only: post-processing, no
+    privacy cost.
+    """
+    if self.ema_generator is None:
+      return
+    t = tf.cast(step, tf.float32)
+    decay = tf.minimum(self.cfg.optim.ema_decay, (1.0 + t) / (10.0 + t))
+    for ema_var, var in zip(self.ema_generator.variables, self.generator.variables):
+      ema_var.assign(decay * ema_var + (1.0 - decay) * var)
 
   def _step_seed(self, step: tf.Tensor, stream: int) -> tf.Tensor:
     return tf.stack([tf.cast(self._seed, tf.int64) * 7919 + stream, step])
@@ -201,17 +221,32 @@ class DPSinkhornModel(tf.keras.Model):
     """One DP-Sinkhorn step; `data` is the step index (int64 scalar or [1])."""
     step = tf.cast(tf.reshape(data, []), tf.int64)
     if self.cfg.privacy.mechanism == "param_grad":
-      return self._param_grad_step(step)
-    grads, logs = self.image_grad_gradients(step)
-    self.optimizer.apply_gradients(zip(grads, self.generator.trainable_variables))
+      logs = self._param_grad_step(step)
+    else:
+      grads, logs = self.image_grad_gradients(step)
+      self.optimizer.apply_gradients(zip(grads, self.generator.trainable_variables))
+    self.update_ema(step)
     return logs
 
 
-def make_generator(cfg: config_lib.TrainConfig, image_shape, num_classes: int):
+def make_generator(cfg: config_lib.TrainConfig, image_shape, num_classes: int,
+                   build: bool = False):
+  """The configured generator; build=True creates its variables with one inference call."""
   m = cfg.model
-  return models.make_generator(m.architecture, tuple(image_shape), num_classes,
-                               latent_dim=m.latent_dim, embed_dim=m.embed_dim, hidden=m.hidden,
-                               depth=m.depth)
+  generator = models.make_generator(m.architecture, tuple(image_shape), num_classes,
+                                    latent_dim=m.latent_dim, embed_dim=m.embed_dim,
+                                    hidden=m.hidden, depth=m.depth)
+  if build:
+    generator([tf.zeros([1, m.latent_dim]), tf.zeros([1], tf.int32)], training=False)
+  return generator
+
+
+def make_ema_generator(cfg: config_lib.TrainConfig, generator: tf.keras.Model):
+  """A second generator of the same architecture starting from `generator`'s weights."""
+  ema = make_generator(cfg, generator.image_shape, generator.num_classes, build=True)
+  for ema_var, var in zip(ema.variables, generator.variables):
+    ema_var.assign(var)
+  return ema
 
 
 def balanced_grid_labels(num_classes: int, per_class: int) -> np.ndarray:
@@ -344,12 +379,15 @@ def train(cfg: config_lib.TrainConfig, images: np.ndarray, labels: np.ndarray,
         f"{ledger_path}: all {ledger.planned_steps} planned steps are spent "
         f"(ε={ledger.epsilon():.3f}, δ={ledger.delta:g}); refusing to train further")
 
-  generator = make_generator(cfg, images.shape[1:], num_classes)
+  generator = make_generator(cfg, images.shape[1:], num_classes, build=True)
+  ema_generator = make_ema_generator(cfg, generator) if cfg.optim.ema_decay > 0 else None
   model = DPSinkhornModel(generator, images, labels, num_classes, cfg, plan.noise_multiplier,
-                          plan.sample_rate)
+                          plan.sample_rate, ema_generator)
   model.compile(optimizer=build_optimizer(cfg, plan.noise_multiplier))
   step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
-  ckpt = tf.train.Checkpoint(generator=generator, optimizer=model.optimizer, step=step)
+  tracked = {"ema_generator": ema_generator} if ema_generator is not None else {}
+  ckpt = tf.train.Checkpoint(generator=generator, optimizer=model.optimizer, step=step,
+                             **tracked)
   manager = tf.train.CheckpointManager(ckpt, os.path.join(run.workdir, "checkpoints"),
                                        max_to_keep=run.keep_checkpoints)
   if manager.latest_checkpoint:
@@ -378,11 +416,12 @@ def train(cfg: config_lib.TrainConfig, images: np.ndarray, labels: np.ndarray,
         if on_log is not None:
           on_log(spent, plan.steps, logs)
       if spent % run.sample_every == 0:
-        _write_samples(writer, generator, num_classes, run.workdir, spent)
+        _write_samples(writer, model.sampling_generator, num_classes, run.workdir, spent)
     manager.save(checkpoint_number=int(step.numpy()))
     _write_json_atomic(os.path.join(run.workdir, REPORT_FILE),
                        privacy_report(cfg, plan, ledger, finished=spent >= plan.steps))
-  grid = _write_samples(writer, generator, num_classes, run.workdir, spent, final=True)
+  grid = _write_samples(writer, model.sampling_generator, num_classes, run.workdir, spent,
+                        final=True)
   _write_json_atomic(os.path.join(run.workdir, REPORT_FILE),
                      privacy_report(cfg, plan, ledger, finished=True))
   writer.flush()

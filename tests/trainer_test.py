@@ -184,3 +184,40 @@ def test_tile_images_puts_one_class_per_row():
   # Row 0 holds the two −1 images (→ 0), row 1 the two +1 images (→ 255).
   np.testing.assert_array_equal(grid[:2, :, 0], 0)
   np.testing.assert_array_equal(grid[2:, :, 0], 255)
+
+
+def test_ema_update_matches_the_hand_derived_average():
+  cfg = tiny_config(optim=config_lib.OptimConfig(ema_decay=0.999))
+  gen = trainer.make_generator(cfg, DIGITS.image_shape, 10, build=True)
+  ema = trainer.make_ema_generator(cfg, gen)
+  model = trainer.DPSinkhornModel(gen, DIGITS.images, DIGITS.labels, 10, cfg, 1.0,
+                                  16 / len(DIGITS.images), ema)
+  model.compile(optimizer=trainer.build_optimizer(cfg, 1.0))
+  assert model.sampling_generator is ema
+  w0 = [v.numpy().copy() for v in gen.variables]
+  step = tf.function(model.train_step)
+  step(tf.constant(0, tf.int64))
+  w1 = [v.numpy().copy() for v in gen.variables]
+  # t = 0: d_0 = min(0.999, (1 + 0) / (10 + 0)) = 0.1, so ema = 0.1·w0 + 0.9·w1.
+  for e, a, b in zip(ema.variables, w0, w1):
+    np.testing.assert_allclose(e.numpy(), 0.1 * a + 0.9 * b, rtol=1e-5, atol=1e-6)
+  assert any(np.abs(a - b).max() > 0 for a, b in zip(w0, w1))
+  step(tf.constant(1, tf.int64))
+  w2 = [v.numpy() for v in gen.variables]
+  # t = 1: d_1 = 2/11, so ema = (2/11)·(0.1·w0 + 0.9·w1) + (9/11)·w2.
+  for e, a, b, c in zip(ema.variables, w0, w1, w2):
+    np.testing.assert_allclose(e.numpy(), 2 / 11 * (0.1 * a + 0.9 * b) + 9 / 11 * c,
+                               rtol=1e-5, atol=1e-6)
+
+
+def test_fake_batch_size_decouples_n_from_the_poisson_batch():
+  cfg = tiny_config(fake_batch_size=4)
+  assert cfg.num_primary == 4 and cfg.num_generated == 4 + 1  # n′ = ⌊0.4·4⌋ = 1
+  model = build_model(cfg)
+  z, labels = model.latent_batch(tf.constant(0, tf.int64))
+  assert z.shape[0] == 5 and labels.shape[0] == 5
+  # q still follows B = 16, not n.
+  assert trainer.plan_privacy(cfg, 1438).sample_rate == pytest.approx(16 / 1438)
+  logs = tf.function(model.train_step)(tf.constant(0, tf.int64))
+  # noise std 2σC = 1 on the 4 × 64 private rows only: norm ≈ √256 = 16.
+  assert 10 < float(logs["noised_grad_norm"]) < 22
