@@ -1,0 +1,115 @@
+"""Train-step benchmark: the whole private step beside its two expensive parts.
+
+  python -m dp_sinkhorn_tf.bench train     (one JSON line per configuration)
+
+For a launch flagfile's model, on synthetic data of the flagfile's image shape and dataset
+size (so q and the Poisson batch match the real run), this times, each as the median of
+`repeats` calls after a warm-up:
+
+  * step_ms       — `DPSinkhornModel.train_step` under tf.function: Poisson sample, generator
+                    forward, Sinkhorn loss + image gradient, clip + noise, generator backward,
+                    Adam update;
+  * generator_ms  — generator forward + backward on the n + n′ latents alone (backward with a
+                    fixed output gradient, as the private step does);
+  * sinkhorn_ms   — the semi-debiased loss and its gradient w.r.t. the generated features on
+                    the same shapes (n + n′ generated points, a B-point real batch);
+  * overhead_ms   — step_ms − generator_ms − sinkhorn_ms (sampling, mechanism, optimiser,
+                    Python / tf.function dispatch).
+"""
+
+import os
+import resource
+import statistics
+import time
+
+# name: (flagfile relative to the repository root, synthetic dataset size N)
+CONFIGS = {
+    "fashion_mnist_step": ("launch/fashion_mnist.flags", 60000),
+    "digits_demo_step": ("launch/digits.flags", 1438),
+}
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+IMAGE_SHAPES = {"fashion_mnist": (28, 28, 1), "mnist": (28, 28, 1), "digits": (8, 8, 1),
+                "cifar10": (32, 32, 3), "celeb_a": (32, 32, 3)}
+
+
+def config_from_flagfile(flagfile: str):
+  """The TrainConfig a launch flagfile resolves to (main's flags, parsed in a fresh copy)."""
+  import copy
+
+  from dp_sinkhorn_tf import main
+  fv = copy.deepcopy(main.FLAGS)
+  fv.unparse_flags()
+  fv(["bench", f"--flagfile={os.path.join(ROOT, flagfile)}", "--workdir=/nonexistent"])
+  return main.config_from_flags(fv)
+
+
+def _median_ms(fn, repeats: int) -> float:
+  fn()  # warm-up: tracing
+  times = []
+  for _ in range(repeats):
+    start = time.perf_counter()
+    fn()
+    times.append(1000 * (time.perf_counter() - start))
+  return round(statistics.median(times), 2)
+
+
+def run(name: str, repeats: int) -> dict:
+  import numpy as np
+  import tensorflow as tf
+
+  from dp_sinkhorn_tf import trainer
+
+  flagfile, size = CONFIGS[name]
+  cfg = config_from_flagfile(flagfile)
+  shape = IMAGE_SHAPES[cfg.data.dataset]
+  num_classes = 10
+  rng = np.random.default_rng(0)
+  images = rng.uniform(-1, 1, (size,) + shape).astype(np.float32)
+  labels = rng.integers(0, num_classes, size).astype(np.int32)
+  sigma = cfg.privacy.noise_multiplier or 1.0
+  q = cfg.batch_size / size
+
+  gen = trainer.make_generator(cfg, shape, num_classes, build=True)
+  model = trainer.DPSinkhornModel(gen, images, labels, num_classes, cfg, sigma, q)
+  model.compile(optimizer=trainer.build_optimizer(cfg, sigma))
+  step_fn = tf.function(model.train_step, input_signature=[tf.TensorSpec([], tf.int64)])
+  counter = {"step": 0}
+
+  def full_step():
+    counter["step"] += 1
+    logs = step_fn(tf.constant(counter["step"], tf.int64))
+    return float(logs["loss"])
+
+  z, fake_labels = model.latent_batch(tf.constant(0, tf.int64))
+  out_grad = tf.random.stateless_normal([cfg.num_generated, *shape], [1, 2])
+
+  @tf.function
+  def gen_fwd_bwd():
+    with tf.GradientTape() as tape:
+      fake = gen([z, fake_labels], training=True)
+    return tape.gradient(fake, gen.trainable_variables, output_gradients=out_grad)
+
+  fake = gen([z, fake_labels], training=False)
+  real, real_labels = tf.constant(images[:cfg.batch_size]), tf.constant(labels[:cfg.batch_size])
+
+  @tf.function
+  def sinkhorn_loss_grad():
+    with tf.GradientTape() as tape:
+      tape.watch(fake)
+      loss, _ = model.sinkhorn_loss(fake, fake_labels, real, real_labels)
+    return loss, tape.gradient(loss, fake)
+
+  step_ms = _median_ms(full_step, repeats)
+  generator_ms = _median_ms(
+      lambda: [tf.convert_to_tensor(g).numpy() for g in gen_fwd_bwd()], repeats)
+  sinkhorn_ms = _median_ms(lambda: sinkhorn_loss_grad()[1].numpy(), repeats)
+  return {
+      "config": name, "flagfile": flagfile, "step_ms": step_ms, "generator_ms": generator_ms,
+      "sinkhorn_ms": sinkhorn_ms,
+      "overhead_ms": round(step_ms - generator_ms - sinkhorn_ms, 2),
+      "batch_size": cfg.batch_size, "num_generated": cfg.num_generated,
+      "feature_dim": int(np.prod(shape)) + num_classes, "hidden": cfg.model.hidden,
+      "params": int(sum(np.prod(v.shape) for v in gen.trainable_variables)),
+      "peak_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+      "repeats": repeats,
+  }
