@@ -23,9 +23,10 @@ from typing import Optional
 import dp_accounting
 
 ACCOUNTANTS = ("rdp", "pld")
-# PLD discretisation of the privacy loss: finer is tighter and slower; 1e-3 follows the
-# library's own examples and keeps 1e6-step compositions to seconds.
-PLD_DISCRETIZATION = 1e-3
+# PLD discretisation of the privacy loss: finer is tighter and slower. The error is
+# pessimistic and grows with T: at q=1/1200, σ=1, T=2,978,558, δ=1e-5 an interval of 1e-3
+# reports ε=10.20 (worse than RDP's 10.00) where 1e-4 reports 9.32, in ~2 s per evaluation.
+PLD_DISCRETIZATION = 1e-4
 
 
 def _validate(q: float, noise_multiplier: float, delta: float, accountant: str) -> None:

@@ -17,8 +17,9 @@ PINNED_RDP = [
     ((0.02225, 1.0, 3_879, 1e-5), 9.989989961949707),      # the digits demo's plan
     ((1 / 1200, 0.55, 160_000, 1e-5), 10.061660483783939),
 ]
-PINNED_PLD = [((1 / 1200, 0.9, 100_000, 1e-5), 1.726905165102633),
-              ((0.01, 1.1, 5_000, 1e-5), 3.529576763309274)]
+# PLD at value_discretization_interval = 1e-4, pinned the same way.
+PINNED_PLD = [((1 / 1200, 0.9, 100_000, 1e-5), 1.6318756135643715),
+              ((0.01, 1.1, 5_000, 1e-5), 3.527251300415949)]
 
 
 def _direct_rdp(q, sigma, steps, delta):
@@ -39,6 +40,11 @@ def test_rdp_epsilon_is_pinned_and_matches_dp_accounting(args, expected):
 def test_pld_epsilon_is_pinned_and_tighter_than_rdp(args, expected):
   eps = accounting.compute_epsilon(*args, accountant="pld")
   assert eps == pytest.approx(expected, rel=1e-6)
+  q, sigma, steps, delta = args
+  acc = dp_accounting.pld.PLDAccountant(value_discretization_interval=1e-4)
+  acc.compose(dp_accounting.PoissonSampledDpEvent(q, dp_accounting.GaussianDpEvent(sigma)),
+              steps)
+  assert eps == pytest.approx(acc.get_epsilon(delta), rel=1e-9)
   assert eps < accounting.compute_epsilon(*args, accountant="rdp")
 
 
