@@ -11,7 +11,7 @@ from dp_sinkhorn_tf import sinkhorn
 
 ARCHITECTURES = ("dcgan", "biggan")
 MECHANISMS = ("image_grad", "param_grad")
-OPTIMIZERS = ("adam", "adamw")
+OPTIMIZERS = ("adam", "adamw", "sgd")
 ACCOUNTANTS = ("rdp", "pld")
 COSTS = ("l2", "l1l2")
 

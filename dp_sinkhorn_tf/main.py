@@ -61,7 +61,7 @@ flags.DEFINE_enum("accountant", "rdp", list(config_lib.ACCOUNTANTS),
 # Optimisation.
 flags.DEFINE_enum("optimizer", "adam", list(config_lib.OPTIMIZERS), "Generator optimiser.")
 flags.DEFINE_float("learning_rate", 1e-3, "Learning rate.")
-flags.DEFINE_float("beta_1", 0.5, "Adam β₁.")
+flags.DEFINE_float("beta_1", 0.5, "Adam β₁ (momentum with --optimizer=sgd).")
 flags.DEFINE_float("beta_2", 0.999, "Adam β₂.")
 flags.DEFINE_float("weight_decay", 0.0, "Decoupled weight decay (adamw only).")
 flags.DEFINE_float("ema_decay", 0.0, "Decay of an exponential moving average of the generator's "

@@ -100,6 +100,11 @@ def build_optimizer(cfg: config_lib.TrainConfig, noise_multiplier: float):
     return dp_optimizer_keras.DPKerasAdamOptimizer(
         l2_norm_clip=clip, noise_multiplier=2.0 * noise_multiplier, num_microbatches=1,
         learning_rate=o.learning_rate, beta_1=o.beta_1, beta_2=o.beta_2)
+  if o.optimizer == "sgd":
+    # Heavy-ball momentum β₁. Unlike Adam, SGD does not rescale a parameter's update by its
+    # gradient's running RMS; under noise-dominated gradients Adam keeps moving parameters
+    # whose signal has vanished (e.g. behind a saturated tanh) at full speed.
+    return tf.keras.optimizers.SGD(learning_rate=o.learning_rate, momentum=o.beta_1)
   if o.optimizer == "adamw":
     return tf.keras.optimizers.AdamW(learning_rate=o.learning_rate, beta_1=o.beta_1,
                                      beta_2=o.beta_2, weight_decay=o.weight_decay)

@@ -61,3 +61,25 @@ def test_paper_settings_for_fashion_mnist(parse):
 def test_celeba_uses_the_l2_cost(parse):
   cfg = parse(f"--flagfile={os.path.join(ROOT, 'launch', 'celeba.flags')}")
   assert cfg.loss.cost == "l2" and cfg.data.dataset == "celeb_a"
+
+
+DATASET_SIZES = {"digits": 1438, "mnist": 60000, "fashion_mnist": 60000, "cifar10": 50000,
+                 "celeb_a": 162770}
+
+
+@pytest.mark.parametrize("path", [p for p in FLAGFILES if not p.endswith("common.flags")],
+                         ids=os.path.basename)
+def test_header_step_count_is_what_the_accountant_allows(parse, path):
+  """A header that says "N steps" (or "→ N steps") quotes the planner's own number."""
+  import re
+
+  from dp_sinkhorn_tf import accounting
+  head = "".join(line for line in open(path) if line.startswith("#")).replace("\n#", " ")
+  match = re.search(r"(\d[\d,]{3,}) steps", head)
+  if match is None:
+    pytest.skip("header quotes no exact step count")
+  cfg = parse(f"--flagfile={path}")
+  q = cfg.batch_size / DATASET_SIZES[cfg.data.dataset]
+  steps = accounting.max_steps(cfg.privacy.target_epsilon, cfg.privacy.delta, q,
+                               cfg.privacy.noise_multiplier, cfg.privacy.accountant)
+  assert int(match.group(1).replace(",", "")) == steps
