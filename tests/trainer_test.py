@@ -221,3 +221,12 @@ def test_fake_batch_size_decouples_n_from_the_poisson_batch():
   logs = tf.function(model.train_step)(tf.constant(0, tf.int64))
   # noise std 2σC = 1 on the 4 × 64 private rows only: norm ≈ √256 = 16.
   assert 10 < float(logs["noised_grad_norm"]) < 22
+
+
+def test_sgd_uses_beta_1_as_momentum():
+  cfg = tiny_config(optim=config_lib.OptimConfig(optimizer="sgd", learning_rate=1e-4,
+                                                 beta_1=0.9))
+  opt = trainer.build_optimizer(cfg, 1.0)
+  assert isinstance(opt, tf.keras.optimizers.SGD)
+  assert opt.get_config()["momentum"] == pytest.approx(0.9)
+  assert float(opt.learning_rate) == pytest.approx(1e-4)
