@@ -1,0 +1,195 @@
+r"""Draws class-conditional samples from an exported generator (no server needed).
+
+  python -m dp_sinkhorn_tf.sample --model=runs/digits_demo/export/generator \
+      --labels=0,1,2 --num_per_label=8 --seed=0 --out=grid.png
+
+--model is an export version directory (holding saved_model.pb) or the model directory
+holding numeric versions, of which the highest is used (as TF Serving does). The images come
+from the export's `sample` signature: label = each of --labels repeated --num_per_label times
+(label-major), z = tf.random.stateless_uniform([B, latent_dim], seed=[--seed, 0]), inference
+mode; the same flags give the same images.
+
+--out by suffix:
+  .png  a grid, one row per entry of --labels, --num_per_label columns (matplotlib, Agg);
+  .npz  images (float32 [B, H, W, C] in [−1, 1]), images_uint8 (uint8, the same images as
+        clip(round((x + 1)·127.5), 0, 255)), labels (int32 [B]), z (float32 [B, latent_dim])
+        and seed (int64).
+The file is written beside its destination and renamed into place, so it is either whole or
+absent. Flags are checked against the export's assets.extra/metadata.json (labels in
+[0, num_classes)) before TensorFlow is loaded; a bad flag exits with status 2 and one
+`error:` line naming it, writing nothing.
+"""
+
+import argparse
+import json
+import os
+import sys
+from typing import List, Optional, Sequence, Tuple
+
+import numpy as np
+
+METADATA_PATH = os.path.join("assets.extra", "metadata.json")  # = export.METADATA_DIR/FILE
+SUFFIXES = (".png", ".npz")
+INT64_MIN, INT64_MAX = -2**63, 2**63 - 1
+
+
+class FlagError(ValueError):
+  """A bad flag; the message is one line starting with --flag=value."""
+
+
+def resolve_version_dir(model: str) -> Tuple[str, Optional[int]]:
+  """(version directory, version) for an export version or model directory (highest).
+
+  The version is None when `model` is itself a SavedModel directory whose name is not a
+  number.
+  """
+  if not os.path.isdir(model):
+    raise FlagError(f"--model={model}: no such directory")
+  if os.path.isfile(os.path.join(model, "saved_model.pb")):
+    name = os.path.basename(os.path.normpath(model))
+    return model, int(name) if name.isascii() and name.isdigit() else None
+  versions = [(int(name), name) for name in os.listdir(model)
+              if name.isascii() and name.isdigit() and
+              os.path.isfile(os.path.join(model, name, "saved_model.pb"))]
+  if not versions:
+    raise FlagError(f"--model={model}: neither a SavedModel directory (no saved_model.pb) "
+                    "nor a model directory with numeric version subdirectories")
+  version, name = max(versions)
+  return os.path.join(model, name), version
+
+
+def read_metadata(version_dir: str, model_flag: str) -> dict:
+  path = os.path.join(version_dir, METADATA_PATH)
+  try:
+    with open(path) as fh:
+      metadata = json.load(fh)
+  except FileNotFoundError:
+    raise FlagError(f"--model={model_flag}: no {METADATA_PATH} in {version_dir} (not "
+                    "exported by dp_sinkhorn_tf.export)") from None
+  except json.JSONDecodeError as e:
+    raise FlagError(f"--model={model_flag}: {path} is not valid JSON ({e})") from None
+  if not isinstance(metadata, dict) or not isinstance(metadata.get("num_classes"), int):
+    raise FlagError(f"--model={model_flag}: {path} has no integer num_classes")
+  return metadata
+
+
+def parse_labels(text: Optional[str], num_classes: int) -> List[int]:
+  """"0,1,2" → [0, 1, 2], each in [0, num_classes); None → all classes."""
+  if text is None:
+    return list(range(num_classes))
+  items = [item.strip() for item in text.split(",")]
+  try:
+    labels = [int(item) for item in items]
+  except ValueError:
+    raise FlagError(f"--labels={text}: expected comma-separated integers") from None
+  bad = [label for label in labels if not 0 <= label < num_classes]
+  if bad:
+    raise FlagError(f"--labels={text}: {bad} outside [0, num_classes={num_classes})")
+  return labels
+
+
+def check_out(out: str) -> str:
+  """--out must end in .png / .npz and go into an existing directory; returns the suffix."""
+  suffix = os.path.splitext(out)[1].lower()
+  if suffix not in SUFFIXES:
+    raise FlagError(f"--out={out}: expected a file name ending in {' or '.join(SUFFIXES)}")
+  if os.path.isdir(out):
+    raise FlagError(f"--out={out}: is a directory")
+  parent = os.path.dirname(os.path.abspath(out))
+  if not os.path.isdir(parent):
+    raise FlagError(f"--out={out}: directory {parent} does not exist")
+  return suffix
+
+
+def _title(metadata: dict, version: Optional[int], seed: int) -> str:
+  name = metadata.get("model_name", "generator")
+  head = f"{name} v{version}" if version is not None else name
+  eps, delta = metadata.get("epsilon"), metadata.get("delta")
+  if metadata.get("dp") is False:
+    privacy = "non-private"
+  elif isinstance(eps, (int, float)) and isinstance(delta, (int, float)):
+    privacy = f"(ε={eps:.3g}, δ={delta:g})-DP"
+  else:
+    privacy = None
+  return ", ".join(part for part in (head, f"seed {seed}", privacy) if part)
+
+
+def write_npz_atomic(path: str, arrays: dict) -> None:
+  """np.savez into a temp file beside `path`, then rename over it."""
+  tmp = os.path.join(os.path.dirname(os.path.abspath(path)),
+                     f".{os.path.basename(path)}.tmp-{os.getpid()}")
+  try:
+    with open(tmp, "wb") as fh:
+      np.savez(fh, **arrays)
+      fh.flush()
+      os.fsync(fh.fileno())
+    os.replace(tmp, path)
+  except BaseException:
+    if os.path.exists(tmp):
+      os.remove(tmp)
+    raise
+
+
+def draw(version_dir: str, labels: Sequence[int], num_per_label: int, seed: int) -> dict:
+  """The `sample` signature on labels repeated num_per_label times (label-major)."""
+  import tensorflow as tf
+
+  repeated = np.repeat(np.asarray(labels, np.int32), num_per_label)
+  loaded = tf.saved_model.load(version_dir)
+  out = loaded.signatures["sample"](label=tf.constant(repeated, tf.int32),
+                                    seed=tf.constant(seed, tf.int64))
+  return {"images": out["images"].numpy(), "images_uint8": out["images_uint8"].numpy(),
+          "labels": repeated, "z": out["z"].numpy(), "seed": np.int64(seed)}
+
+
+class _Parser(argparse.ArgumentParser):
+  def error(self, message):
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+  parser = _Parser(prog="python -m dp_sinkhorn_tf.sample", allow_abbrev=False,
+                   description="Sample a grid or an .npz from an exported generator.")
+  parser.add_argument("--model", required=True, help="Export version directory, or the "
+                      "model directory holding numeric versions (highest used).")
+  parser.add_argument("--labels", help="Comma-separated classes, one grid row each "
+                      "(default: all classes).")
+  parser.add_argument("--num_per_label", default="8", help="Samples per label (≥ 1).")
+  parser.add_argument("--seed", default="0", help="Seed of the latents (int64).")
+  parser.add_argument("--out", required=True, help="Output .png (grid) or .npz (arrays).")
+  args = parser.parse_args(argv)
+  try:
+    try:
+      num_per_label = int(args.num_per_label)
+    except ValueError:
+      num_per_label = 0
+    if num_per_label < 1:
+      raise FlagError(f"--num_per_label={args.num_per_label}: expected an integer ≥ 1")
+    try:
+      seed = int(args.seed)
+    except ValueError:
+      seed = None
+    if seed is None or not INT64_MIN <= seed <= INT64_MAX:
+      raise FlagError(f"--seed={args.seed}: expected an int64 integer")
+    suffix = check_out(args.out)
+    version_dir, version = resolve_version_dir(args.model)
+    metadata = read_metadata(version_dir, args.model)
+    labels = parse_labels(args.labels, metadata["num_classes"])
+  except FlagError as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 2
+
+  arrays = draw(version_dir, labels, num_per_label, seed)
+  if suffix == ".npz":
+    write_npz_atomic(args.out, arrays)
+  else:
+    from dp_sinkhorn_tf import trainer
+    trainer.save_grid_png(arrays["images"], len(labels), args.out,
+                          title=_title(metadata, version, seed))
+  print(f"{args.out}: {len(arrays['labels'])} samples of labels {labels} from {version_dir}")
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

@@ -1,0 +1,121 @@
+"""Tests for the dp_sinkhorn_tf.sample command line: PNG / NPZ output, flag errors."""
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from dp_sinkhorn_tf import export, models, sample
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+LATENT = 5
+
+
+def _generator(seed):
+  tf.keras.utils.set_random_seed(seed)
+  return models.make_generator("dcgan", (8, 8, 1), 10, latent_dim=LATENT, embed_dim=3,
+                               hidden=8)
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+  """A model directory with versions 1 and 2 (different weights); returns (dir, gens)."""
+  base = tmp_path_factory.mktemp("export")
+  gens = {1: _generator(1), 2: _generator(2)}
+  for version, gen in gens.items():
+    export.export_generator(gen, str(base), "generator", version,
+                            {"epsilon": 1.5, "delta": 1e-5, "dp": True})
+  return str(base / "generator"), gens
+
+
+def run_sample(*args):
+  return subprocess.run([sys.executable, "-m", "dp_sinkhorn_tf.sample", *args], cwd=ROOT,
+                        capture_output=True, text=True, timeout=120, env=ENV)
+
+
+def test_png_grid_from_the_command_line(model, tmp_path):
+  model_dir, _ = model
+  wide, tall = tmp_path / "wide.png", tmp_path / "tall.png"
+  proc = run_sample(f"--model={model_dir}", "--labels=0,1,2", "--num_per_label=8",
+                    "--seed=0", f"--out={wide}")
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  assert sample.main([f"--model={model_dir}/1", "--labels=0,1,2,3,4,5,6,7",
+                      "--num_per_label=2", f"--out={tall}"]) == 0
+  import matplotlib.image
+  for path in (wide, tall):
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+  # 3 rows × 8 columns of 8×8 images is wide; 8 rows × 2 columns is tall.
+  h, w = matplotlib.image.imread(wide).shape[:2]
+  assert w > 2 * h
+  h, w = matplotlib.image.imread(tall).shape[:2]
+  assert h > 2 * w
+  assert sorted(os.listdir(tmp_path)) == ["tall.png", "wide.png"]  # no temp files left
+
+
+def test_npz_holds_the_highest_versions_samples(model, tmp_path):
+  model_dir, gens = model
+  out = tmp_path / "s.npz"
+  assert sample.main([f"--model={model_dir}", "--labels=3,7", "--num_per_label=4",
+                      "--seed=9", f"--out={out}"]) == 0
+  data = np.load(out)
+  assert set(data.files) == {"images", "images_uint8", "labels", "z", "seed"}
+  assert data["images"].shape == data["images_uint8"].shape == (8, 8, 8, 1)
+  assert data["images"].dtype == np.float32 and data["images_uint8"].dtype == np.uint8
+  np.testing.assert_array_equal(data["labels"], [3, 3, 3, 3, 7, 7, 7, 7])
+  assert data["labels"].dtype == np.int32 and int(data["seed"]) == 9
+  np.testing.assert_array_equal(data["z"], models.sample_latent(8, LATENT, 9).numpy())
+  expected = gens[2]([data["z"], data["labels"]], training=False).numpy()  # version 2
+  np.testing.assert_allclose(data["images"], expected, atol=1e-5)
+  rule = np.clip(np.round((data["images"] + 1) * 127.5), 0, 255).astype(np.uint8)
+  np.testing.assert_array_equal(data["images_uint8"], rule)
+  # Same flags → same file content; another seed → other images.
+  again, other = tmp_path / "again.npz", tmp_path / "other.npz"
+  sample.main([f"--model={model_dir}", "--labels=3,7", "--num_per_label=4", "--seed=9",
+               f"--out={again}"])
+  sample.main([f"--model={model_dir}", "--labels=3,7", "--num_per_label=4", "--seed=10",
+               f"--out={other}"])
+  np.testing.assert_array_equal(np.load(again)["images"], data["images"])
+  assert np.abs(np.load(other)["images"] - data["images"]).max() > 1e-3
+
+
+def test_failed_write_leaves_no_file(model, tmp_path, monkeypatch):
+  model_dir, _ = model
+
+  def boom(*args, **kwargs):
+    raise OSError("disk full")
+
+  monkeypatch.setattr(sample.np, "savez", boom)
+  with pytest.raises(OSError, match="disk full"):
+    sample.main([f"--model={model_dir}", "--labels=1", "--num_per_label=1",
+                 f"--out={tmp_path / 'x.npz'}"])
+  assert os.listdir(tmp_path) == []
+
+
+def test_metadata_path_matches_the_exporter():
+  assert sample.METADATA_PATH == os.path.join(export.METADATA_DIR, export.METADATA_FILE)
+
+
+@pytest.mark.parametrize("args,flag", [
+    (["--labels=0,10"], "--labels=0,10"),
+    (["--labels=-1"], "--labels=-1"),
+    (["--labels=a,b"], "--labels=a,b"),
+    (["--num_per_label=0"], "--num_per_label=0"),
+    (["--num_per_label=two"], "--num_per_label=two"),
+    (["--seed=1.5"], "--seed=1.5"),
+    (["--out={tmp}/grid.jpg"], "--out="),
+    (["--out={tmp}/missing/grid.png"], "--out="),
+    (["--model={tmp}"], "--model="),
+    (["--model={tmp}/nope"], "--model="),
+])
+def test_bad_flags_fail_in_one_line_and_write_nothing(model, tmp_path, args, flag):
+  model_dir, _ = model
+  argv = [f"--model={model_dir}", f"--out={tmp_path}/grid.png"]
+  argv += [a.format(tmp=tmp_path) for a in args]
+  proc = run_sample(*argv)
+  errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+  assert proc.returncode == 2 and len(errors) == 1 and flag in errors[0], proc.stderr
+  assert os.listdir(tmp_path) == []
