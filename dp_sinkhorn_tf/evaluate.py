@@ -1,0 +1,337 @@
+r"""Evaluates an exported DP-Sinkhorn generator the way the paper does.
+
+  python -m dp_sinkhorn_tf.evaluate --model=runs/digits/export/generator \
+      --workdir=runs/digits --dataset=digits --out=runs/digits/eval
+
+1. Draws --num_samples generated images with balanced labels from the SavedModel's `sample`
+   signature (--model: a version directory or a model directory; the highest numeric
+   version is used).
+2. Trains each of --classifiers (logreg, mlp, cnn) on them, early-stopping on a held-out
+   part of the GENERATED set, and reports its accuracy on the real test split, which
+   training never sees.
+3. Optionally the Fréchet distance to the real test split (--fid=inception: the standard
+   FID, an optional extra; --fid=pixels: pixel features, NOT comparable with published
+   FIDs) on the first --fid_num_samples generated images.
+4. Writes to --out: eval.json, samples.png (one row per class), labels.png (label
+   histogram) and, with --workdir holding a privacy ledger, epsilon.png (ε against step).
+
+--model=real is the non-private baseline: the classifiers train on (at most --num_samples
+records of) the real training split instead. Errors print one line `error: ...` naming the
+flag and exit non-zero; --out is only written once everything has been computed (every file
+via a temp file and rename, eval.json last).
+"""
+
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+
+import numpy as np
+from absl import flags
+
+from dp_sinkhorn_tf import data, evaluation
+from dp_sinkhorn_tf import fid as fid_lib
+
+REAL = "real"
+LEDGER_FILE = "privacy_ledger.json"  # trainer.LEDGER_FILE
+PRIVACY_FILE = "privacy.json"  # trainer.REPORT_FILE
+EVAL_FILE = "eval.json"
+GRID_FILE = "samples.png"
+HISTOGRAM_FILE = "labels.png"
+EPSILON_FILE = "epsilon.png"
+OUTPUT_FILES = (EVAL_FILE, GRID_FILE, HISTOGRAM_FILE, EPSILON_FILE)
+
+FLAGS = flags.FlagValues()  # private registry: importable next to main.py's flags
+flags.DEFINE_string("model", None, "SavedModel export (version dir or model dir with numeric "
+                    "versions), or 'real' for the real-training-data baseline.", flag_values=FLAGS)
+flags.DEFINE_string("workdir", None, "Training workdir: privacy_ledger.json for the ε plot and "
+                    "privacy.json for eval.json.", flag_values=FLAGS)
+flags.DEFINE_string("dataset", "digits", f"Real data: one of {', '.join(data.DATASETS)}.",
+                    flag_values=FLAGS)
+flags.DEFINE_string("data_dir", None, "TFDS data directory.", flag_values=FLAGS)
+flags.DEFINE_string("idx_dir", None, "Folder with MNIST / Fashion-MNIST IDX files.",
+                    flag_values=FLAGS)
+flags.DEFINE_integer("num_samples", 60000, "Generated training images (balanced labels).",
+                     flag_values=FLAGS)
+flags.DEFINE_integer("seed", 0, "Seed of generation, validation split and classifiers.",
+                     flag_values=FLAGS)
+flags.DEFINE_string("classifiers", ",".join(evaluation.CLASSIFIERS),
+                    f"Comma-separated subset of {','.join(evaluation.CLASSIFIERS)}.",
+                    flag_values=FLAGS)
+flags.DEFINE_string("fid", "none", f"One of {'|'.join(fid_lib.FID_BACKENDS)}: inception is the "
+                    "standard FID (needs the fid extra); pixels is NOT comparable with papers.",
+                    flag_values=FLAGS)
+flags.DEFINE_integer("fid_num_samples", 10000, "Generated images used for the FID (CPU "
+                     "Inception runs at a few images per second).", flag_values=FLAGS)
+flags.DEFINE_string("fid_cache", None, "Optional .npz caching the real test split's feature "
+                    "statistics.", flag_values=FLAGS)
+flags.DEFINE_float("val_fraction", 0.1, "Held-out fraction of the training images for early "
+                   "stopping.", flag_values=FLAGS)
+flags.DEFINE_integer("max_epochs", 30, "Most classifier epochs.", flag_values=FLAGS)
+flags.DEFINE_integer("patience", 5, "Epochs without a lower validation loss before stopping.",
+                     flag_values=FLAGS)
+flags.DEFINE_integer("batch_size", 128, "Classifier batch size.", flag_values=FLAGS)
+flags.DEFINE_float("learning_rate", 1e-3, "Classifier Adam learning rate.", flag_values=FLAGS)
+flags.DEFINE_integer("epsilon_points", 50, "Steps at which epsilon.png evaluates ε (each "
+                     "costs one accountant call).", flag_values=FLAGS)
+flags.DEFINE_bool("show_epochs", True, "Print one line per classifier epoch.",
+                  flag_values=FLAGS)
+flags.DEFINE_string("out", None, "Output directory (created).", flag_values=FLAGS)
+
+
+class FlagError(ValueError):
+  """A bad flag value; the message starts with the flag."""
+
+
+def _parse_classifiers(text: str):
+  kinds = [k.strip() for k in text.split(",") if k.strip()]
+  if not kinds:
+    raise FlagError(f"--classifiers={text!r}: expected a comma-separated subset of "
+                    f"{','.join(evaluation.CLASSIFIERS)}")
+  for kind in kinds:
+    if kind not in evaluation.CLASSIFIERS:
+      raise FlagError(f"--classifiers: unknown classifier {kind!r} (expected a subset of "
+                      f"{','.join(evaluation.CLASSIFIERS)})")
+  if len(set(kinds)) != len(kinds):
+    raise FlagError(f"--classifiers={text}: a classifier is listed twice")
+  return kinds
+
+
+def check_flags(f) -> dict:
+  """Validates the flags without touching the disk beyond reads; returns the parsed ones."""
+  if not f.model:
+    raise FlagError("--model: required (an export directory, or 'real')")
+  if not f.out:
+    raise FlagError("--out: required (the output directory)")
+  if os.path.exists(f.out) and not os.path.isdir(f.out):
+    raise FlagError(f"--out={f.out}: exists and is not a directory")
+  if f.dataset not in data.DATASETS:
+    raise FlagError(f"--dataset={f.dataset}: expected one of {', '.join(data.DATASETS)}")
+  if f.idx_dir is not None and f.dataset not in data.IDX_DATASETS:
+    raise FlagError(f"--idx_dir is for {' / '.join(data.IDX_DATASETS)}, not "
+                    f"--dataset={f.dataset}")
+  if f.num_samples < 2:
+    raise FlagError(f"--num_samples={f.num_samples}: expected at least 2")
+  if f.fid not in fid_lib.FID_BACKENDS:
+    raise FlagError(f"--fid={f.fid}: expected one of {'|'.join(fid_lib.FID_BACKENDS)}")
+  if f.fid != "none" and f.fid_num_samples < 2:
+    raise FlagError(f"--fid_num_samples={f.fid_num_samples}: expected at least 2")
+  if not 0 < f.val_fraction < 1:
+    raise FlagError(f"--val_fraction={f.val_fraction}: expected a fraction in (0, 1)")
+  if not f.learning_rate > 0:
+    raise FlagError(f"--learning_rate={f.learning_rate}: expected a positive number")
+  for name in ("max_epochs", "patience", "batch_size", "epsilon_points"):
+    if getattr(f, name) < 1:
+      raise FlagError(f"--{name}={getattr(f, name)}: expected at least 1")
+  if f.seed < 0:
+    raise FlagError(f"--seed={f.seed}: expected a non-negative integer")
+  if f.model != REAL and not os.path.exists(f.model):
+    raise FlagError(f"--model={f.model}: no such export directory")
+  if f.workdir is not None and not os.path.isdir(f.workdir):
+    raise FlagError(f"--workdir={f.workdir}: not a directory")
+  if f.fid_cache is not None and os.path.isdir(f.fid_cache):
+    raise FlagError(f"--fid_cache={f.fid_cache}: is a directory; expected an .npz file path")
+  kinds = _parse_classifiers(f.classifiers)
+  val_size = max(1, round(f.val_fraction * f.num_samples))
+  if f.num_samples - val_size < 1:
+    raise FlagError(f"--num_samples={f.num_samples}: leaves no training image after the "
+                    f"--val_fraction={f.val_fraction} validation split")
+  return {"classifiers": kinds}
+
+
+def _load_workdir(workdir):
+  """(ledger or None, privacy.json dict or None) from a training workdir."""
+  from dp_sinkhorn_tf import accounting
+
+  if workdir is None:
+    return None, None
+  ledger = privacy_json = None
+  ledger_path = os.path.join(workdir, LEDGER_FILE)
+  if os.path.exists(ledger_path):
+    try:
+      ledger = accounting.PrivacyLedger.load(ledger_path)
+    except ValueError as e:
+      raise FlagError(f"--workdir={workdir}: {e}") from None
+  report_path = os.path.join(workdir, PRIVACY_FILE)
+  if os.path.exists(report_path):
+    try:
+      with open(report_path) as fh:
+        privacy_json = json.load(fh)
+    except json.JSONDecodeError as e:
+      raise FlagError(f"--workdir={workdir}: {report_path} is not valid JSON ({e})") from None
+  return ledger, privacy_json
+
+
+def _check_compatible(sampler, test: data.Dataset, dataset: str) -> None:
+  meta = sampler.metadata
+  if meta.get("dataset") not in (None, dataset):
+    raise FlagError(f"--dataset={dataset}: the model was trained on {meta['dataset']!r} "
+                    f"({sampler.path})")
+  if sampler.image_shape != tuple(test.image_shape):
+    raise FlagError(f"--dataset={dataset}: test images are {tuple(test.image_shape)}, the "
+                    f"model generates {sampler.image_shape} ({sampler.path})")
+  if sampler.num_classes != test.num_classes:
+    raise FlagError(f"--dataset={dataset}: {test.num_classes} classes, the model has "
+                    f"{sampler.num_classes} ({sampler.path})")
+
+
+def _load_split(loader, f) -> data.Dataset:
+  """loader(--dataset, --data_dir, --idx_dir); its errors re-raised naming a flag."""
+  try:
+    return loader(f.dataset, f.data_dir, f.idx_dir)
+  except (ValueError, FileNotFoundError) as e:
+    raise FlagError(str(e) if str(e).startswith("--") else f"--dataset={f.dataset}: {e}") \
+        from None
+
+
+def _log(message: str) -> None:
+  print(message, flush=True)
+
+
+def _stage_and_publish(out: str, writers) -> None:
+  """Runs each writer(staging_dir) → file name, then moves the files into `out` (eval.json
+  last, each by os.replace; a previous run's outputs this run lacks are removed just before
+  eval.json). A failure while writing leaves `out` as it was."""
+  parent = os.path.dirname(os.path.abspath(out))
+  os.makedirs(parent, exist_ok=True)
+  staging = tempfile.mkdtemp(prefix=f".{os.path.basename(os.path.abspath(out))}.tmp-",
+                             dir=parent)
+  try:
+    names = [writer(staging) for writer in writers]
+    os.makedirs(out, exist_ok=True)
+    for name in sorted(names, key=lambda n: n == EVAL_FILE):
+      if name == EVAL_FILE:  # a previous run's outputs that this run did not produce go
+        for stale in set(OUTPUT_FILES) - set(names):
+          if os.path.isfile(os.path.join(out, stale)):
+            os.remove(os.path.join(out, stale))
+      os.replace(os.path.join(staging, name), os.path.join(out, name))
+  finally:
+    shutil.rmtree(staging, ignore_errors=True)
+
+
+def run(f) -> int:
+  """The evaluation for parsed flags `f`; raises FlagError / ValueError / FileNotFoundError."""
+  parsed = check_flags(f)
+  kinds = parsed["classifiers"]
+  started = time.time()
+  extractor = None
+  if f.fid != "none":
+    try:
+      extractor = fid_lib.make_extractor(f.fid)
+    except ImportError as e:
+      raise FlagError(f"--fid={f.fid}: {e}") from None
+  ledger, privacy_json = _load_workdir(f.workdir)
+
+  test = _load_split(data.load_test_split, f)
+  _log(f"test split of {f.dataset}: {len(test.images)} images {tuple(test.image_shape)}, "
+       f"{test.num_classes} classes")
+
+  if f.model == REAL:
+    train = _load_split(data.load_dataset, f)
+    n = min(f.num_samples, len(train.images))
+    chosen = np.random.default_rng(f.seed).permutation(len(train.images))[:n]
+    images, labels = train.images[chosen], train.labels[chosen]
+    metadata = None
+    privacy = {"dp": False, "note": "classifiers trained on the real private training split: "
+               "a non-private baseline"}
+    label_names = train.label_names
+    _log(f"baseline: {n} real training images (of {len(train.images)})")
+  else:
+    try:
+      sampler = evaluation.sampler_from_saved_model(f.model)
+    except (ValueError, FileNotFoundError) as e:
+      raise FlagError(f"--model={f.model}: {e}") from None
+    _check_compatible(sampler, test, f.dataset)
+    metadata, label_names = sampler.metadata, sampler.label_names
+    privacy = evaluation.privacy_summary(metadata, privacy_json)
+    _log(f"generating {f.num_samples} images from {sampler.path}")
+    images, labels = evaluation.generate_dataset(sampler, sampler.num_classes, f.num_samples,
+                                                 f.seed)
+    n = f.num_samples
+  if f.model == REAL and privacy_json is not None:
+    privacy["privacy_json"] = privacy_json
+
+  def on_trained(result):
+    _log(f"  {result.kind}: best epoch {result.best_epoch + 1}/{len(result.history['loss'])}"
+         f", validation accuracy {result.val_accuracy:.4f}")
+
+  _log(f"training {', '.join(kinds)} on {n} images (validation fraction {f.val_fraction})")
+  accuracies = evaluation.evaluate_downstream(
+      images, labels, test.images, test.labels, test.num_classes, kinds, f.seed,
+      on_trained=on_trained, val_fraction=f.val_fraction, max_epochs=f.max_epochs,
+      patience=f.patience, batch_size=f.batch_size, learning_rate=f.learning_rate,
+      verbose=2 if f.show_epochs else 0)
+  for kind, acc in accuracies.items():
+    _log(f"test accuracy {kind}: {acc:.4f}")
+
+  fid_value, fid_reason = None, None
+  if extractor is None:
+    fid_reason = "not requested (--fid=none)"
+  else:
+    fake = images[:min(f.fid_num_samples, len(images))]
+    _log(f"FID ({f.fid}) of {len(fake)} images against {len(test.images)} test images")
+    fid_value = fid_lib.compute_fid(test.images, fake, extractor, f.fid_cache)
+    _log(f"FID ({f.fid}): {fid_value:.4f}" +
+         ("" if f.fid == "inception" else " (pixel features: NOT the standard FID)"))
+
+  extra = {"classifier_settings": {"val_fraction": f.val_fraction, "max_epochs": f.max_epochs,
+                                   "patience": f.patience, "batch_size": f.batch_size,
+                                   "learning_rate": f.learning_rate},
+           "fid_num_samples": None if extractor is None else min(f.fid_num_samples, n),
+           "label_names": list(label_names), "seconds": round(time.time() - started, 1)}
+  if metadata is not None:
+    extra["export_path"] = os.path.abspath(sampler.path)
+  report = evaluation.eval_report(
+      model=f.model, dataset=f.dataset, accuracies=accuracies, num_samples=n, seed=f.seed,
+      test_size=len(test.images), privacy=privacy, fid=fid_value,
+      fid_backend=None if extractor is None else extractor.name,
+      fid_is_standard=f.fid == "inception", fid_reason=fid_reason, extra=extra)
+  if f.workdir is not None and ledger is None:
+    report["epsilon_plot"] = f"none: {os.path.join(f.workdir, LEDGER_FILE)} not found"
+  elif ledger is not None and ledger.steps_taken < 1:
+    report["epsilon_plot"] = "none: the ledger records no step"
+    ledger = None
+
+  what = "real training data" if f.model == REAL else f"generated ({f.model})"
+  writers = [
+      lambda d: os.path.basename(evaluation.save_class_grid_png(
+          images, labels, label_names, os.path.join(d, GRID_FILE), title=what)),
+      lambda d: os.path.basename(evaluation.save_label_histogram_png(
+          labels, label_names, os.path.join(d, HISTOGRAM_FILE), reference_labels=test.labels,
+          title=f"labels: {what}")),
+  ]
+  if ledger is not None:
+    writers.append(lambda d: os.path.basename(
+        evaluation.save_epsilon_plot_png(ledger, os.path.join(d, EPSILON_FILE),
+                                         f.epsilon_points)))
+  writers.append(lambda d: os.path.basename(
+      evaluation.write_json_atomic(os.path.join(d, EVAL_FILE), report)))
+  _stage_and_publish(f.out, writers)
+  _log(f"wrote {os.path.join(f.out, EVAL_FILE)} ({time.time() - started:.0f} s)")
+  return 0
+
+
+def main(argv=None) -> int:
+  """Parses argv (sys.argv when None); returns the exit code, printing `error: ...` on
+  failure."""
+  argv = list(sys.argv if argv is None else argv)
+  try:
+    try:
+      rest = FLAGS(argv)
+    except flags.Error as e:
+      print(f"error: {str(e).splitlines()[0]}", file=sys.stderr)
+      return 2
+    if len(rest) > 1:
+      raise FlagError(f"unexpected arguments {rest[1:]}: all options are --flags")
+    return run(FLAGS)
+  except (ValueError, FileNotFoundError) as e:
+    print(f"error: {str(e).splitlines()[0] if str(e) else type(e).__name__}", file=sys.stderr)
+    return 2
+  finally:
+    FLAGS.unparse_flags()
+
+
+if __name__ == "__main__":
+  sys.exit(main())

