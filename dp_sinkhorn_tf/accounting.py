@@ -202,10 +202,26 @@ def _same(a, b) -> bool:
   return a == b
 
 
-def report(ledger: PrivacyLedger) -> dict:
-  """privacy.json content: the ledger and ε under both accountants."""
+# Below this σ the PLD of the subsampled Gaussian spans so many discretisation steps that
+# one evaluation takes minutes and gigabytes (σ=0.01: > 3.5 GB); such runs are not private
+# in any useful sense, so the report gives RDP alone there.
+PLD_MIN_NOISE_MULTIPLIER = 0.3
+
+
+def report(ledger: PrivacyLedger, all_accountants: bool = True) -> dict:
+  """privacy.json content: the ledger and ε under the run's accountant and, with
+  all_accountants, under the other one too (PLD skipped, with a note, below σ=0.3)."""
   out = dataclasses.asdict(ledger)
-  out["epsilon"] = {acc: ledger.epsilon(acc) for acc in ACCOUNTANTS}
+  names = ACCOUNTANTS if all_accountants else (ledger.accountant,)
+  out["epsilon"] = {}
+  for acc in names:
+    if (acc == "pld" and acc != ledger.accountant
+        and ledger.noise_multiplier < PLD_MIN_NOISE_MULTIPLIER):
+      out["epsilon"][acc] = None
+      out["epsilon_note"] = (f"pld not computed for σ={ledger.noise_multiplier:g} < "
+                             f"{PLD_MIN_NOISE_MULTIPLIER} (too costly; RDP is an upper bound)")
+      continue
+    out["epsilon"][acc] = ledger.epsilon(acc)
   out["epsilon_planned"] = compute_epsilon(ledger.sample_rate, ledger.noise_multiplier,
                                            ledger.planned_steps, ledger.delta,
                                            ledger.accountant)

@@ -162,3 +162,19 @@ def test_report_gives_both_accountants():
   assert set(rep["epsilon"]) == {"rdp", "pld"}
   assert rep["epsilon"]["pld"] <= rep["epsilon"]["rdp"]
   json.dumps(rep)
+
+
+def test_report_skips_pld_for_tiny_sigma_and_can_give_the_run_accountant_alone():
+  tiny = accounting.PrivacyLedger(sample_rate=0.01, noise_multiplier=0.01, l2_norm_clip=0.5,
+                                  delta=1e-5, target_epsilon=1e9, planned_steps=10,
+                                  accountant="rdp", steps_taken=10, dataset_size=1000)
+  rep = accounting.report(tiny)
+  assert rep["epsilon"]["pld"] is None and "pld not computed" in rep["epsilon_note"]
+  assert rep["epsilon"]["rdp"] == pytest.approx(accounting.compute_epsilon(0.01, 0.01, 10, 1e-5))
+  normal = accounting.PrivacyLedger(sample_rate=0.01, noise_multiplier=1.1, l2_norm_clip=0.5,
+                                    delta=1e-5, target_epsilon=10, planned_steps=5000,
+                                    accountant="rdp", steps_taken=5000, dataset_size=1000)
+  assert set(accounting.report(normal, all_accountants=False)["epsilon"]) == {"rdp"}
+  # q=0.01, σ=1.1, T=5000 is pinned above: PLD 3.5273 < RDP 3.8471.
+  both = accounting.report(normal)["epsilon"]
+  assert both["pld"] == pytest.approx(3.527251300415949, rel=1e-6)
