@@ -52,6 +52,10 @@ class LossConfig:
   debias_fraction: float = 0.4  # p: n′ = ⌊p·n⌋ extra generated points
   alpha_c: float = 15.0  # weight of the one-hot label block
   solver: sinkhorn.SinkhornConfig = sinkhorn.SinkhornConfig()
+  # Compile the loss + image gradient with XLA, the real batch padded to a power-of-two
+  # bucket with zero weights (one program per bucket). 3–15× faster for n ≤ 50 on CPU;
+  # slower for n ≳ 1000, where the matrix products dominate.
+  jit_compile: bool = True
 
   def __post_init__(self):
     _require(self.cost in COSTS, "cost", f"one of {COSTS}", self.cost)

@@ -45,6 +45,9 @@ flags.DEFINE_float("sinkhorn_scaling", 0.5, "ε-scaling schedule: ratio between 
                    "slower, more accurate annealing; use ≈0.9 for λ far below the costs).")
 flags.DEFINE_float("sinkhorn_threshold", 1e-3, "Stop once the L1 marginal error is below this.")
 flags.DEFINE_integer("sinkhorn_max_iterations", 100, "Most Sinkhorn updates at λ.")
+flags.DEFINE_bool("sinkhorn_jit", True, "Compile the Sinkhorn loss and its image gradient with "
+                  "XLA (real batch padded to power-of-two buckets): 3–15× faster for batches "
+                  "up to ~50 on CPU, slower for batches of ~1000.")
 # Privacy.
 flags.DEFINE_bool("dp", True, "Train privately. --nodp trains the same model without clipping "
                   "or noise (ablations, upper bounds): no privacy guarantee.")
@@ -98,7 +101,8 @@ def config_from_flags(f) -> config_lib.TrainConfig:
       batch_size=f.batch_size, steps=f.steps,
       data=config_lib.DataConfig(f.dataset, f.data_dir, f.idx_dir),
       model=config_lib.ModelConfig(f.architecture, f.latent_dim, f.embed_dim, f.hidden, f.depth),
-      loss=config_lib.LossConfig(f.cost, f.l1_weight, f.debias_fraction, f.alpha_c, solver),
+      loss=config_lib.LossConfig(f.cost, f.l1_weight, f.debias_fraction, f.alpha_c, solver,
+                                 f.sinkhorn_jit),
       privacy=config_lib.PrivacyConfig(f.dp, f.mechanism, f.l2_norm_clip, f.noise_multiplier,
                                        f.target_epsilon, f.delta, f.accountant),
       optim=config_lib.OptimConfig(f.optimizer, f.learning_rate, f.beta_1, f.beta_2,

@@ -140,6 +140,12 @@ class DPSinkhornModel(tf.keras.Model):
     else:
       self.mechanism = privacy.ImageGradientMechanism(math.inf, 0.0)
     self._seed = cfg.run.seed
+    self._image_dim = int(np.prod(images.shape[1:]))
+    self._loss_and_grad = None
+    if cfg.loss.jit_compile:
+      self._loss_and_grad = sinkhorn.loss_and_gradient_fn(
+          self._cost, cfg.loss.solver, self._n, dim=self._image_dim + num_classes,
+          jit_compile=True)
 
   def call(self, inputs, training=False):
     return self.generator(inputs, training=training)
@@ -188,6 +194,27 @@ class DPSinkhornModel(tf.keras.Model):
     return sinkhorn.semi_debiased_loss(fake_f, real_f, self._n, self._cost,
                                        self.cfg.loss.solver)
 
+  def _compiled_loss_and_image_grad(self, fake, fake_labels, real, real_labels):
+    """The XLA path: (loss, ∂loss/∂fake, info) with the real batch padded to a bucket.
+
+    The batch of m records is padded with zero rows of weight 0 to the smallest power of
+    two ≥ max(m, 8), so XLA compiles one program per bucket; zero-weight rows carry no
+    mass, so the loss and gradient equal the unpadded ones. ∂loss/∂image is the image
+    block of ∂loss/∂features (the label block does not depend on the image).
+    """
+    k, alpha = self.num_classes, self.cfg.loss.alpha_c
+    fake_f = features.to_features(fake, fake_labels, k, alpha)
+    real_f = features.to_features(real, real_labels, k, alpha)
+    m = tf.shape(real_f)[0]
+    log2 = tf.math.log(tf.cast(tf.maximum(m, 1), tf.float32)) / math.log(2.0)
+    size = tf.maximum(8, tf.cast(tf.round(2.0 ** tf.math.ceil(log2 - 1e-4)), tf.int32))
+    size = tf.maximum(size, m)  # never drop a record, whatever the float rounding
+    real_f = tf.pad(real_f, [[0, size - m], [0, 0]])
+    weights = tf.pad(tf.ones(tf.stack([m]), tf.float32), [[0, size - m]])
+    loss, grad_f, info = self._loss_and_grad(fake_f, real_f, weights)
+    image_grad = tf.reshape(grad_f[:, :self._image_dim], tf.shape(fake))
+    return loss, image_grad, info
+
   def image_grad_gradients(self, step: tf.Tensor):
     """Parameter gradients from the privatised image gradient, and the step's metrics."""
     real, real_labels = self.private_batch(step)
@@ -195,10 +222,14 @@ class DPSinkhornModel(tf.keras.Model):
     variables = self.generator.trainable_variables
     with tf.GradientTape() as gen_tape:
       fake = self.generator([z, fake_labels], training=True)
-    with tf.GradientTape() as loss_tape:
-      loss_tape.watch(fake)
-      loss, info = self.sinkhorn_loss(fake, fake_labels, real, real_labels)
-    image_grad = loss_tape.gradient(loss, fake)
+    if self._loss_and_grad is not None:
+      loss, image_grad, info = self._compiled_loss_and_image_grad(fake, fake_labels, real,
+                                                                  real_labels)
+    else:
+      with tf.GradientTape() as loss_tape:
+        loss_tape.watch(fake)
+        loss, info = self.sinkhorn_loss(fake, fake_labels, real, real_labels)
+      image_grad = loss_tape.gradient(loss, fake)
     released, p_info = self.mechanism.privatize(image_grad, self._n)
     grads = gen_tape.gradient(fake, variables, output_gradients=released)
     logs = {"loss": loss, "clean_grad_norm": p_info.clean_norm,
