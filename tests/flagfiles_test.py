@@ -80,6 +80,11 @@ def test_header_step_count_is_what_the_accountant_allows(parse, path):
     pytest.skip("header quotes no exact step count")
   cfg = parse(f"--flagfile={path}")
   q = cfg.batch_size / DATASET_SIZES[cfg.data.dataset]
-  steps = accounting.max_steps(cfg.privacy.target_epsilon, cfg.privacy.delta, q,
-                               cfg.privacy.noise_multiplier, cfg.privacy.accountant)
-  assert int(match.group(1).replace(",", "")) == steps
+  quoted = int(match.group(1).replace(",", ""))
+  if cfg.steps is not None:  # --steps given: σ follows; the header's σ must be the planner's
+    sigma = accounting.min_noise_multiplier(cfg.privacy.target_epsilon, cfg.privacy.delta, q,
+                                            cfg.steps, cfg.privacy.accountant)
+    assert quoted == cfg.steps and f"σ = {sigma:.3f}" in head
+  else:
+    assert quoted == accounting.max_steps(cfg.privacy.target_epsilon, cfg.privacy.delta, q,
+                                          cfg.privacy.noise_multiplier, cfg.privacy.accountant)
