@@ -29,7 +29,7 @@ bench: install
 	$(PY) -m dp_sinkhorn_tf.bench all
 
 demo: install
-	$(PY) -m dp_sinkhorn_tf.main --flagfile=launch/digits.flags --workdir=$(WORKDIR) --if_finished=skip
+	TF_CPP_MIN_LOG_LEVEL=2 $(PY) -m dp_sinkhorn_tf.main --verbosity=-1 --flagfile=launch/digits.flags --workdir=$(WORKDIR) --if_finished=skip
 
 lint: dev
 	$(VENV)/bin/ruff check dp_sinkhorn_tf tests

@@ -416,6 +416,9 @@ def train(cfg: config_lib.TrainConfig, images: np.ndarray, labels: np.ndarray,
         f"{ledger_path}: all {ledger.planned_steps} planned steps are spent "
         f"(ε={ledger.epsilon():.3f}, δ={ledger.delta:g}); refusing to train further")
 
+  # Weight initialisation from --seed too, so a run is reproducible end to end (Poisson
+  # samples and latents are already keyed by (seed, step)). A resume restores the weights.
+  tf.keras.utils.set_random_seed(run.seed)
   generator = make_generator(cfg, images.shape[1:], num_classes, build=True)
   ema_generator = make_ema_generator(cfg, generator) if cfg.optim.ema_decay > 0 else None
   model = DPSinkhornModel(generator, images, labels, num_classes, cfg, plan.noise_multiplier,

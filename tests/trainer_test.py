@@ -271,3 +271,15 @@ def test_xla_path_handles_an_empty_poisson_batch():
   assert np.isfinite(float(loss)) and np.isfinite(grad.numpy()).all()
   # The private rows' gradient comes from the self-term alone here.
   assert grad.shape == fake.shape
+
+
+def test_same_seed_same_initial_weights_and_samples(tmp_path):
+  runs = []
+  for name in ("a", "b"):
+    cfg = tiny_config(tmp_path / name, steps=2, privacy=config_lib.PrivacyConfig(
+        noise_multiplier=1.0, target_epsilon=10.0))
+    result = trainer.train(cfg, DIGITS.images, DIGITS.labels, 10,
+                           trainer.plan_privacy(cfg, len(DIGITS.images)))
+    runs.append([v.numpy() for v in result.model.generator.variables])
+  for a, b in zip(*runs):
+    np.testing.assert_array_equal(a, b)
