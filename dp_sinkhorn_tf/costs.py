@@ -65,7 +65,8 @@ def _map_row_blocks(fn, x: tf.Tensor, rows: tf.Tensor, width: tf.Tensor) -> tf.T
     block = x[start:tf.minimum(start + rows, n)]
     return i + 1, out.write(i, fn(block))
 
-  _, out = tf.while_loop(lambda i, _: i < num_blocks, body, (0, out))
+  # parallel_iterations=1: concurrent iterations would each hold a block's temporaries.
+  _, out = tf.while_loop(lambda i, _: i < num_blocks, body, (0, out), parallel_iterations=1)
   return tf.reshape(out.concat(), tf.stack([n, width]))
 
 
@@ -113,7 +114,8 @@ def pairwise_l1(x: tf.Tensor, y: tf.Tensor,
         return i + 1, gx_blocks, gy - tf.einsum("km,kmd->md", g_block, sign)
 
       _, gx_blocks, gy = tf.while_loop(
-          lambda i, *_: i < num_blocks, body, (0, gx_blocks, tf.zeros_like(y)))
+          lambda i, *_: i < num_blocks, body, (0, gx_blocks, tf.zeros_like(y)),
+          parallel_iterations=1)
       return tf.reshape(gx_blocks.concat(), tf.shape(x)), gy
 
     return value, grad
