@@ -31,19 +31,6 @@ CONFIGS = {
     "digits_demo_step": ("launch/digits.flags", 1438),
 }
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-IMAGE_SHAPES = {"fashion_mnist": (28, 28, 1), "mnist": (28, 28, 1), "digits": (8, 8, 1),
-                "cifar10": (32, 32, 3), "celeb_a": (32, 32, 3)}
-
-
-def config_from_flagfile(flagfile: str):
-  """The TrainConfig a launch flagfile resolves to (main's flags, parsed in a fresh copy)."""
-  import copy
-
-  from dp_sinkhorn_tf import main
-  fv = copy.deepcopy(main.FLAGS)
-  fv.unparse_flags()
-  fv(["bench", f"--flagfile={os.path.join(ROOT, flagfile)}", "--workdir=/nonexistent"])
-  return main.config_from_flags(fv)
 
 
 def _median_ms(fn, repeats: int) -> float:
@@ -60,11 +47,11 @@ def run(name: str, repeats: int) -> dict:
   import numpy as np
   import tensorflow as tf
 
-  from dp_sinkhorn_tf import trainer
+  from dp_sinkhorn_tf import export, trainer
 
   flagfile, size = CONFIGS[name]
-  cfg = config_from_flagfile(flagfile)
-  shape = IMAGE_SHAPES[cfg.data.dataset]
+  cfg, _ = export.parse_flags_file(os.path.join(ROOT, flagfile))
+  shape = export.DATASET_IMAGE_SHAPES[cfg.data.dataset]
   num_classes = 10
   rng = np.random.default_rng(0)
   images = rng.uniform(-1, 1, (size,) + shape).astype(np.float32)

@@ -31,6 +31,8 @@ from typing import Callable, Dict, Iterable, Optional, Sequence, Tuple
 
 import numpy as np
 
+from dp_sinkhorn_tf import serving
+
 Sampler = Callable[[np.ndarray, int], np.ndarray]
 CLASSIFIERS = ("logreg", "mlp", "cnn")
 DEFAULT_CHUNK = 1000
@@ -127,17 +129,8 @@ def sampler_from_keras(generator) -> Sampler:
 
 def resolve_version_dir(path: str) -> str:
   """`path` itself when it holds saved_model.pb, else its highest numeric version subdir
-  (TF Serving's layout model/<version>/saved_model.pb)."""
-  if os.path.isfile(os.path.join(path, "saved_model.pb")):
-    return path
-  if not os.path.isdir(path):
-    raise FileNotFoundError(f"{path}: no such SavedModel directory")
-  versions = [int(d) for d in os.listdir(path)
-              if d.isdigit() and os.path.isfile(os.path.join(path, d, "saved_model.pb"))]
-  if not versions:
-    raise FileNotFoundError(f"{path}: neither a SavedModel (saved_model.pb) nor a model "
-                            "directory with numeric version subdirectories")
-  return os.path.join(path, str(max(versions)))
+  (TF Serving's layout model/<version>/saved_model.pb); see `serving.find_version_dir`."""
+  return serving.find_version_dir(path)[0]
 
 
 def read_metadata(version_dir: str) -> dict:

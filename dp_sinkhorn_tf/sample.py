@@ -28,6 +28,8 @@ from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from dp_sinkhorn_tf import serving
+
 METADATA_PATH = os.path.join("assets.extra", "metadata.json")  # = export.METADATA_DIR/FILE
 SUFFIXES = (".png", ".npz")
 INT64_MIN, INT64_MAX = -2**63, 2**63 - 1
@@ -38,24 +40,11 @@ class FlagError(ValueError):
 
 
 def resolve_version_dir(model: str) -> Tuple[str, Optional[int]]:
-  """(version directory, version) for an export version or model directory (highest).
-
-  The version is None when `model` is itself a SavedModel directory whose name is not a
-  number.
-  """
-  if not os.path.isdir(model):
-    raise FlagError(f"--model={model}: no such directory")
-  if os.path.isfile(os.path.join(model, "saved_model.pb")):
-    name = os.path.basename(os.path.normpath(model))
-    return model, int(name) if name.isascii() and name.isdigit() else None
-  versions = [(int(name), name) for name in os.listdir(model)
-              if name.isascii() and name.isdigit() and
-              os.path.isfile(os.path.join(model, name, "saved_model.pb"))]
-  if not versions:
-    raise FlagError(f"--model={model}: neither a SavedModel directory (no saved_model.pb) "
-                    "nor a model directory with numeric version subdirectories")
-  version, name = max(versions)
-  return os.path.join(model, name), version
+  """`serving.find_version_dir` with its error as a --model flag error."""
+  try:
+    return serving.find_version_dir(model)
+  except FileNotFoundError as e:
+    raise FlagError(f"--model={e}") from None
 
 
 def read_metadata(version_dir: str, model_flag: str) -> dict:

@@ -35,6 +35,7 @@ mirror TF Serving's own JSON ↔ tensor mapping, for tests and debugging without
 
 import json
 import numbers
+import os
 from typing import Any, Dict, Mapping, Optional, Tuple, Union
 
 import numpy as np
@@ -69,6 +70,32 @@ def predict_url(model_name: str, host: str = "localhost", port: int = 8501,
   path = f"/v1/models/{model_name}" + (f"/versions/{int(version)}" if version is not None
                                        else "")
   return f"http://{host}:{port}{path}:predict"
+
+
+# ---- the export layout ---------------------------------------------------------------------
+
+def find_version_dir(path: str) -> Tuple[str, Optional[int]]:
+  """(version directory, version) of an export: `path` itself when it holds saved_model.pb,
+  else its highest numeric version subdirectory holding one (TF Serving's
+  <model>/<version>/ layout). The version is None for a SavedModel directory whose name is
+  not a number.
+
+  Raises:
+    FileNotFoundError: "<path>: ..." when `path` is neither.
+  """
+  if not os.path.isdir(path):
+    raise FileNotFoundError(f"{path}: no such directory")
+  if os.path.isfile(os.path.join(path, "saved_model.pb")):
+    name = os.path.basename(os.path.normpath(path))
+    return path, int(name) if name.isascii() and name.isdigit() else None
+  versions = [(int(name), name) for name in os.listdir(path)
+              if name.isascii() and name.isdigit() and
+              os.path.isfile(os.path.join(path, name, "saved_model.pb"))]
+  if not versions:
+    raise FileNotFoundError(f"{path}: neither a SavedModel directory (no saved_model.pb) nor "
+                            "a model directory with numeric version subdirectories")
+  version, name = max(versions)
+  return os.path.join(path, name), version
 
 
 # ---- inputs ---------------------------------------------------------------------------------
