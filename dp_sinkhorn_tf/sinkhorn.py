@@ -314,7 +314,8 @@ def sinkhorn_divergence(x: tf.Tensor, y: tf.Tensor, cost: costs_lib.Cost,
 
 
 def semi_debiased_loss(fake: tf.Tensor, real: tf.Tensor, num_primary, cost: costs_lib.Cost,
-                       config: SinkhornConfig, real_weights=None):
+                       config: SinkhornConfig, real_weights=None, fake_weights=None,
+                       self_weights=None):
   """The DP-Sinkhorn training loss (paper eq. 8, semi-debiased Sinkhorn).
 
   With X = fake holding n + n′ generated points (n = num_primary, n′ = ⌊p·n⌋) and Y the
@@ -338,6 +339,13 @@ def semi_debiased_loss(fake: tf.Tensor, real: tf.Tensor, num_primary, cost: cost
     cost: the ground cost.
     config: solver settings.
     real_weights: [m] non-negative weights, zeros on padded rows; None = uniform.
+    fake_weights: [n] weights of X[0:n] in the cross term (None = uniform); e.g. the
+      class-matched weights of `features.class_matched_weights`. If they or the real
+      weights are all zero the cross term is 0, as for an empty batch.
+    self_weights: a pair ([n] for X[0:n], [n] for X[n′:n+n′]) for the self term, or None
+      for uniform; if either is all zero the self term falls back to uniform weights. They
+      must not depend on the private batch: rows X[n:] see only this term and are not
+      noised.
 
   Returns:
     (loss scalar, SinkhornInfo over both solves).
@@ -354,32 +362,58 @@ def semi_debiased_loss(fake: tf.Tensor, real: tf.Tensor, num_primary, cost: cost
   weights = (tf.ones(tf.stack([num_real]), fake.dtype) if real_weights is None
              else tf.cast(real_weights, fake.dtype))
   has_data = tf.reduce_sum(weights) > 0
+  uniform = tf.ones(tf.stack([n]), fake.dtype)
+  if fake_weights is not None:
+    fake_weights = tf.cast(fake_weights, fake.dtype)
+    has_data = tf.logical_and(has_data, tf.reduce_sum(fake_weights) > 0)
   padded_real = tf.pad(real, [[0, 1], [0, 0]])
   dummy = tf.one_hot(num_real, num_real + 1, dtype=fake.dtype)
   safe_weights = tf.where(has_data, tf.pad(weights, [[0, 1]]), dummy)
-  cross, cross_info = ot_cost(primary, padded_real, cost, config, None, safe_weights)
+  safe_fake = None if fake_weights is None else tf.where(has_data, fake_weights, uniform)
+  cross, cross_info = ot_cost(primary, padded_real, cost, config, safe_fake, safe_weights)
   cross = tf.where(has_data, cross, tf.zeros_like(cross))
-  self_term, self_info = ot_cost(primary, shifted, cost, config)
+  if self_weights is None:
+    self_term, self_info = ot_cost(primary, shifted, cost, config)
+  else:
+    w_primary, w_shifted = (tf.cast(w, fake.dtype) for w in self_weights)
+    usable = tf.logical_and(tf.reduce_sum(w_primary) > 0, tf.reduce_sum(w_shifted) > 0)
+    self_term, self_info = ot_cost(primary, shifted, cost, config,
+                                   tf.where(usable, w_primary, uniform),
+                                   tf.where(usable, w_shifted, uniform))
   info = _combine(cross_info, self_info)
   return 2.0 * cross - self_term, info
 
 
 def loss_and_gradient_fn(cost: costs_lib.Cost, config: SinkhornConfig, num_primary: int,
                          dim: int, dtype: tf.DType = tf.float32, jit_compile: bool = False):
-  """A compiled (loss, ∂loss/∂fake, info) function of (fake, real, real_weights).
+  """A compiled (loss, ∂loss/∂fake, info) function of the points and their weights.
+
+  Arguments: (fake [n+n′, dim], real [m, dim], real_weights [m], fake_weights [n],
+  self_primary [n], self_shifted [n]); the last three default to ones, i.e. uniform (see
+  `semi_debiased_loss`).
 
   Its input signature leaves the number of real points open ([None, dim]), so a Poisson
   batch whose size changes every step does not retrace. With jit_compile=True, XLA compiles
   one program per distinct real-batch size: pad the batch to a bucket with zero weights.
   """
   spec = [tf.TensorSpec([None, dim], dtype), tf.TensorSpec([None, dim], dtype),
-          tf.TensorSpec([None], dtype)]
+          tf.TensorSpec([None], dtype), tf.TensorSpec([num_primary], dtype),
+          tf.TensorSpec([num_primary], dtype), tf.TensorSpec([num_primary], dtype)]
 
   @tf.function(input_signature=spec, jit_compile=jit_compile)
-  def fn(fake, real, real_weights):
+  def fn(fake, real, real_weights, fake_weights, self_primary, self_shifted):
     with tf.GradientTape() as tape:
       tape.watch(fake)
-      loss, info = semi_debiased_loss(fake, real, num_primary, cost, config, real_weights)
+      loss, info = semi_debiased_loss(fake, real, num_primary, cost, config, real_weights,
+                                      fake_weights, (self_primary, self_shifted))
     return loss, tape.gradient(loss, fake), info
 
-  return fn
+  ones = tf.ones([num_primary], dtype)
+
+  def call(fake, real, real_weights, fake_weights=None, self_primary=None, self_shifted=None):
+    pick = lambda w: ones if w is None else w  # pylint: disable=unnecessary-lambda-assignment
+    return fn(fake, real, real_weights, pick(fake_weights), pick(self_primary),
+              pick(self_shifted))
+
+  call.experimental_get_tracing_count = fn.experimental_get_tracing_count
+  return call

@@ -39,3 +39,25 @@ def test_bad_arguments(kwargs, match):
   args.update(kwargs)
   with pytest.raises(ValueError, match=match):
     features.to_features(**args)
+
+
+def test_class_matched_weights_hand_derived():
+  # x labels [0,0,1,2] → F = (2,1,1,0); y labels [0,1,1,3] → R = (1,2,0,1).
+  # Shared classes {0,1}: π = (2/3, 1/3); a = π_c/F_c = 1/3 on classes 0,1, 0 on class 2;
+  # b = π_c/R_c: 2/3 for the class-0 point, 1/6 for each class-1 point, 0 for class 3.
+  a, b = features.class_matched_weights([0, 0, 1, 2], [0, 1, 1, 3], 4)
+  np.testing.assert_allclose(a.numpy(), [1 / 3, 1 / 3, 1 / 3, 0], rtol=1e-6)
+  np.testing.assert_allclose(b.numpy(), [2 / 3, 1 / 6, 1 / 6, 0], rtol=1e-6)
+  # Per class both sides hold the same mass, so a class-preserving plan exists.
+  for c in range(4):
+    assert a.numpy()[np.array([0, 0, 1, 2]) == c].sum() == pytest.approx(
+        b.numpy()[np.array([0, 1, 1, 3]) == c].sum(), abs=1e-7)
+
+
+def test_class_matched_weights_respect_padding_and_disjoint_classes():
+  # A zero-weight (padded) row is dropped, and its class then counts as absent.
+  a, b = features.class_matched_weights([0, 1], [0, 1, 1], 2, y_weights=[1.0, 0.0, 0.0])
+  np.testing.assert_allclose(a.numpy(), [1, 0])
+  np.testing.assert_allclose(b.numpy(), [1, 0, 0])
+  a, b = features.class_matched_weights([0, 0], [1, 2], 3)
+  assert a.numpy().sum() == 0 and b.numpy().sum() == 0

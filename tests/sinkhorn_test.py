@@ -331,3 +331,60 @@ def test_config_rejects_bad_values(kwargs):
 def test_rank_check_names_the_argument():
   with pytest.raises(ValueError, match="fake"):
     sinkhorn.semi_debiased_loss(tf.zeros([3, 2, 2]), tf.zeros([2, 4]), 2, L2, TIGHT)
+
+
+def test_class_matched_cost_splits_by_class():
+  # Eq. (4) of features.class_matched_weights: with a label block of weight α the cross-class
+  # cost is ≥ 2α² = 800 ≫ λ = 0.5, so W_λ(a, b) = Σ_c π_c W_λ(X_c, Y_c) + λ·H(π).
+  from dp_sinkhorn_tf import features
+  rng = np.random.default_rng(21)
+  x_labels, y_labels = np.array([0, 0, 1, 1, 1, 2]), np.array([0, 1, 1, 2, 2, 2, 3])
+  x_img, y_img = rng.normal(size=(6, 3)), rng.normal(size=(7, 3))
+  x = features.to_features(tf.constant(x_img), x_labels, 4, 20.0)
+  y = features.to_features(tf.constant(y_img), y_labels, 4, 20.0)
+  a, b = features.class_matched_weights(x_labels, y_labels, 4)
+  lam = 0.5
+  value, _ = sinkhorn.ot_cost(x, y, L2, tight(lam), a, b)
+  pi = np.array([2, 3, 1]) / 6  # generated counts of the shared classes 0, 1, 2
+  expected = lam * -np.sum(pi * np.log(pi))
+  for c, p in zip(range(3), pi):
+    w_c, _ = sinkhorn.ot_cost(tf.constant(x_img[x_labels == c]),
+                              tf.constant(y_img[y_labels == c]), L2, tight(lam))
+    expected += p * float(w_c)
+  assert float(value) == pytest.approx(expected, rel=1e-6)
+
+
+def test_class_matched_loss_keeps_public_rows_free_of_private_data():
+  # Cross-term weights depend on the private labels, self-term weights only on generated
+  # ones: the rows X[n:] (seen by the self term alone) must not change with the batch.
+  from dp_sinkhorn_tf import features
+  rng = np.random.default_rng(22)
+  fake_labels = np.array([0, 1, 1, 2, 0, 2, 1])
+  fake = tf.constant(rng.normal(size=(7, 3)))
+  fake_f = features.to_features(fake, fake_labels, 3, 10.0)
+  self_w = features.class_matched_weights(fake_labels[:5], fake_labels[2:7], 3)
+  grads = []
+  for seed, real_labels in ((0, [0, 1, 1]), (1, [2, 2, 0, 1])):
+    real = features.to_features(
+        tf.constant(np.random.default_rng(seed).normal(size=(len(real_labels), 3))),
+        real_labels, 3, 10.0)
+    fake_w, real_w = features.class_matched_weights(fake_labels[:5], real_labels, 3)
+    with tf.GradientTape() as tape:
+      tape.watch(fake_f)
+      loss, _ = sinkhorn.semi_debiased_loss(fake_f, real, 5, L2, tight(0.3), real_w, fake_w,
+                                            self_w)
+    grads.append(tape.gradient(loss, fake_f).numpy())
+  assert np.all(np.isfinite(grads[0])) and np.all(np.isfinite(grads[1]))
+  np.testing.assert_array_equal(grads[0][5:], grads[1][5:])
+  assert np.abs(grads[0][:5] - grads[1][:5]).max() > 1e-3
+
+
+def test_no_shared_class_makes_the_cross_term_zero():
+  from dp_sinkhorn_tf import features
+  rng = np.random.default_rng(23)
+  fake = tf.constant(rng.normal(size=(7, 3)))
+  real = tf.constant(rng.normal(size=(3, 3)))
+  fake_w, real_w = features.class_matched_weights([0, 0, 0, 0, 0], [1, 1, 2], 3)
+  loss, _ = sinkhorn.semi_debiased_loss(fake, real, 5, L2, tight(0.3), real_w, fake_w)
+  self_term, _ = sinkhorn.ot_cost(fake[:5], fake[2:7], L2, tight(0.3))
+  assert float(loss) == pytest.approx(-float(self_term), rel=1e-10)
