@@ -3,8 +3,15 @@
 Interface (both families): `gen([z, labels], training=bool)` with
   z:      [B, latent_dim] float32, z ~ U(0, 1) as in the paper (see `sample_latent`),
   labels: [B] int32 in [0, num_classes),
-  →       [B, H, W, C] float32 in [−1, 1] (tanh).
+  →       [B, H, W, C] float32 in [−1, 1] (tanh, or a clip; see `OUTPUTS`).
 Attributes: `latent_dim`, `num_classes`, `image_shape` = (H, W, C).
+
+Output head. "tanh" (the paper) or "clip": x ↦ min(1, max(−1, x)) in the forward pass with
+the identity as its derivative (a straight-through clip). Under DP the released image
+gradient is mostly noise, and tanh turns that noise into a one-way street: the noise walks a
+pre-activation out to where tanh′ ≈ 0, after which no signal can bring it back, and the
+images freeze into black-and-white patterns. The straight-through clip passes every
+gradient, so the signal can undo what the noise did.
 
 The condition is h = [z, embed(y)] with embed = Embedding(num_classes, embed_dim). The output
 shape comes from `image_shape` alone (no dataset names): k = `num_upsamplings(image_shape)`
@@ -34,6 +41,7 @@ from typing import List, Sequence, Tuple, Union
 import tensorflow as tf
 
 ARCHITECTURES = ("dcgan", "biggan")
+OUTPUTS = ("tanh", "clip")
 LEAKY_SLOPE = 0.2
 Seed = Union[int, Sequence[int], tf.Tensor, tf.random.Generator]
 
@@ -57,11 +65,14 @@ def center_crop(x: tf.Tensor, height: int, width: int) -> tf.Tensor:
 
 
 class _ConditionalGenerator(tf.keras.Model):
-  """Shared input handling and output head: [z, labels] → h; x → crop → tanh."""
+  """Shared input handling and output head: [z, labels] → h; x → crop → tanh or clip."""
 
   def __init__(self, image_shape: Sequence[int], num_classes: int, latent_dim: int,
-               embed_dim: int, hidden: int, depth: int, **kwargs):
+               embed_dim: int, hidden: int, depth: int, output: str = "tanh", **kwargs):
     super().__init__(**kwargs)
+    if output not in OUTPUTS:
+      raise ValueError(f"output must be one of {OUTPUTS}, got {output!r}")
+    self.output_head = output
     self.image_shape = tuple(int(s) for s in image_shape)
     self.num_classes = int(num_classes)
     self.latent_dim = int(latent_dim)
@@ -87,12 +98,20 @@ class _ConditionalGenerator(tf.keras.Model):
     height, width, _ = self.image_shape
     if x.shape[1] != height or x.shape[2] != width:
       x = center_crop(x, height, width)
+    if self.output_head == "clip":
+      return straight_through_clip(x)
     return tf.tanh(x)
 
   def get_config(self) -> dict:
     return {"image_shape": self.image_shape, "num_classes": self.num_classes,
             "latent_dim": self.latent_dim, "embed_dim": self.embed_dim, "hidden": self.hidden,
-            "depth": self.depth}
+            "depth": self.depth, "output": self.output_head}
+
+
+@tf.custom_gradient
+def straight_through_clip(x: tf.Tensor):
+  """y = min(1, max(−1, x)) with ∂y/∂x := 1 everywhere (straight-through estimator)."""
+  return tf.clip_by_value(x, -1.0, 1.0), lambda dy: dy
 
 
 # ---- DCGAN --------------------------------------------------------------------------------
@@ -118,8 +137,10 @@ class DCGANGenerator(_ConditionalGenerator):
   """DCGAN-style conditional generator (see the module docstring)."""
 
   def __init__(self, image_shape: Sequence[int], num_classes: int, latent_dim: int = 16,
-               embed_dim: int = 8, hidden: int = 64, depth: int = 1, **kwargs):
-    super().__init__(image_shape, num_classes, latent_dim, embed_dim, hidden, depth, **kwargs)
+               embed_dim: int = 8, hidden: int = 64, depth: int = 1, output: str = "tanh",
+               **kwargs):
+    super().__init__(image_shape, num_classes, latent_dim, embed_dim, hidden, depth, output,
+                     **kwargs)
     L = tf.keras.layers
     seed_channels = self.hidden * 2**self.num_up
     self.project = L.Dense(self.seed_hw[0] * self.seed_hw[1] * seed_channels, use_bias=False)
@@ -185,8 +206,10 @@ class BigGANGenerator(_ConditionalGenerator):
   """BigGAN-style conditional generator with class-conditional BatchNorm (module docstring)."""
 
   def __init__(self, image_shape: Sequence[int], num_classes: int, latent_dim: int = 32,
-               embed_dim: int = 16, hidden: int = 64, depth: int = 1, **kwargs):
-    super().__init__(image_shape, num_classes, latent_dim, embed_dim, hidden, depth, **kwargs)
+               embed_dim: int = 16, hidden: int = 64, depth: int = 1, output: str = "tanh",
+               **kwargs):
+    super().__init__(image_shape, num_classes, latent_dim, embed_dim, hidden, depth, output,
+                     **kwargs)
     L = tf.keras.layers
     top = self.hidden * 2**self.num_up
     self.project = L.Dense(self.seed_hw[0] * self.seed_hw[1] * top)
@@ -228,11 +251,12 @@ def _check_image_shape(image_shape) -> None:
 
 def make_generator(architecture: str, image_shape: Sequence[int], num_classes: int,
                    latent_dim: int = 16, embed_dim: int = 8, hidden: int = 64,
-                   depth: int = 1) -> _ConditionalGenerator:
+                   depth: int = 1, output: str = "tanh") -> _ConditionalGenerator:
   """A built generator (variables exist) for `image_shape` = (H, W, C).
 
   architecture: "dcgan" | "biggan"; hidden: channels at the finest resolution (doubling per
-  coarser level); depth ≥ 1: conv (DCGAN) or residual (BigGAN) blocks per resolution.
+  coarser level); depth ≥ 1: conv (DCGAN) or residual (BigGAN) blocks per resolution;
+  output: "tanh" | "clip" (see the module docstring).
   Raises ValueError naming the bad argument.
   """
   if architecture not in ARCHITECTURES:
@@ -241,9 +265,11 @@ def make_generator(architecture: str, image_shape: Sequence[int], num_classes: i
   for name, value in (("num_classes", num_classes), ("latent_dim", latent_dim),
                       ("embed_dim", embed_dim), ("hidden", hidden), ("depth", depth)):
     _check_positive_int(name, value)
+  if output not in OUTPUTS:
+    raise ValueError(f"output must be one of {OUTPUTS}, got {output!r}")
   cls = DCGANGenerator if architecture == "dcgan" else BigGANGenerator
   gen = cls(tuple(image_shape), num_classes, latent_dim=latent_dim, embed_dim=embed_dim,
-            hidden=hidden, depth=depth, name=f"{architecture}_generator")
+            hidden=hidden, depth=depth, output=output, name=f"{architecture}_generator")
   gen([tf.zeros([1, latent_dim]), tf.zeros([1], tf.int32)], training=False)
   return gen
 

@@ -136,7 +136,8 @@ def test_sample_latent_is_uniform_and_reproducible():
     (dict(latent_dim=2.5), "latent_dim"),
     (dict(embed_dim=0), "embed_dim"),
     (dict(hidden=0), "hidden"),
-    (dict(depth=0), "depth")])
+    (dict(depth=0), "depth"),
+    (dict(output="sigmoid"), "output")])
 def test_bad_arguments_raise_value_error_naming_them(kwargs, match):
   args = dict(architecture="dcgan", image_shape=(8, 8, 1), num_classes=10)
   args.update(kwargs)
@@ -149,3 +150,21 @@ def test_sample_latent_bad_arguments():
     models.sample_latent(2, 0, 0)
   with pytest.raises(ValueError, match="batch"):
     models.sample_latent(-1, 2, 0)
+
+
+@pytest.mark.parametrize("arch", models.ARCHITECTURES)
+def test_clip_head_is_in_range_and_passes_gradients_where_tanh_saturates(arch):
+  gen = _tiny(arch, output="clip")
+  assert gen.get_config()["output"] == "clip"
+  # Straight-through clip: forward min(1, max(−1, x)), derivative 1 everywhere.
+  x = tf.constant([[-3.0, -0.5, 0.25, 2.0]])
+  with tf.GradientTape(persistent=True) as tape:
+    tape.watch(x)
+    clipped = models.straight_through_clip(x)
+    saturated = tf.tanh(x)
+  np.testing.assert_allclose(clipped.numpy(), [[-1.0, -0.5, 0.25, 1.0]])
+  np.testing.assert_allclose(tape.gradient(clipped, x).numpy(), [[1.0, 1.0, 1.0, 1.0]])
+  # tanh′(±3) = 1 − tanh²(3) ≈ 0.0099: the noise-driven dead end the clip head avoids.
+  assert tape.gradient(saturated, x).numpy()[0, 0] == pytest.approx(0.009866, rel=1e-3)
+  out = gen([tf.random.uniform([5, 4]) * 50, tf.range(5)], training=False).numpy()
+  assert out.min() >= -1.0 and out.max() <= 1.0
