@@ -139,3 +139,48 @@ class ImageGradientMechanism:
     released = tf.concat([released_private, released_public], axis=0)
     noised_norm = tf.norm(tf.reshape(released_private, [-1]))
     return released, MechanismInfo(private_clean_norm, noised_norm, public_norm)
+
+
+def gaussian_kernel_1d(sigma: float) -> tf.Tensor:
+  """k_i ∝ exp(−i²/(2s²)) for |i| ≤ ⌈3s⌉, normalised to Σ k_i = 1 (float32, odd length)."""
+  if not sigma > 0:
+    raise ValueError(f"blur sigma must be > 0, got {sigma}")
+  radius = max(1, int(math.ceil(3 * sigma)))
+  offsets = tf.range(-radius, radius + 1, dtype=tf.float32)
+  kernel = tf.exp(-offsets**2 / (2.0 * sigma**2))
+  return kernel / tf.reduce_sum(kernel)
+
+
+def blur_release(released: tf.Tensor, sigma: float) -> tf.Tensor:
+  """Smooths a released image gradient with a Gaussian of `sigma` pixels (post-processing).
+
+  B(G̃) = k ⊛ G̃ per image and channel, with the separable kernel k = k₁ ⊗ k₁ of
+  `gaussian_kernel_1d` and symmetric (mirror) padding, so a constant image is unchanged.
+
+  Privacy: B is fixed and looks at nothing but its input, so B(M(G)) is post-processing of
+  the Gaussian mechanism and costs nothing. Why it helps: the mechanism's noise is white,
+  and B scales the std of white noise by ‖k‖₂ = ‖k₁‖₂² (≈ 1/(2√π·s) for s ≳ 1: 0.28 at
+  s = 1), while a smooth image-space signal passes almost unchanged. It also removes the
+  fine detail of the signal; s ≈ 0.5–1 pixel suits 8×8 to 32×32 images.
+
+  Args:
+    released: [b, H, W, C] float, the mechanism's output reshaped to images.
+    sigma: blur std in pixels; 0 returns `released` unchanged.
+  """
+  if sigma == 0:
+    return released
+  kernel = tf.cast(gaussian_kernel_1d(sigma), released.dtype)
+  radius = (int(kernel.shape[0]) - 1) // 2
+  channels = int(released.shape[-1])
+  x = released
+  for axis in (1, 2):
+    size = int(x.shape[axis])
+    pad = [[0, 0]] * 4
+    pad[axis] = [radius, radius]
+    # Mirror padding needs radius ≤ size; wider kernels fall back to zero padding.
+    x = tf.pad(x, pad, mode="SYMMETRIC" if radius <= size else "CONSTANT")
+    shape = [1, 1, channels, 1]
+    shape[axis - 1] = int(kernel.shape[0])
+    depthwise = tf.tile(tf.reshape(kernel, shape[:2] + [1, 1]), [1, 1, channels, 1])
+    x = tf.nn.depthwise_conv2d(x, depthwise, strides=[1, 1, 1, 1], padding="VALID")
+  return x

@@ -149,3 +149,36 @@ def test_sensitivity_of_add_remove_is_at_most_two_c(seed, m, clip):
   a = _clipped_private_gradient(fake, real, n, clip)
   b = _clipped_private_gradient(fake, neighbour, n, clip)
   assert np.linalg.norm(a - b) <= 2 * clip * (1 + 1e-9)
+
+
+def test_blur_kernel_matches_its_formula():
+  # s = 1: radius 3, k_i ∝ exp(−i²/2) for i = −3…3.
+  k = privacy.gaussian_kernel_1d(1.0).numpy()
+  raw = np.exp(-np.arange(-3, 4) ** 2 / 2.0)
+  np.testing.assert_allclose(k, raw / raw.sum(), rtol=1e-6)
+  with pytest.raises(ValueError, match="sigma"):
+    privacy.gaussian_kernel_1d(0.0)
+
+
+def test_blur_keeps_constants_and_scales_white_noise_by_the_kernel_norm():
+  const = tf.fill([2, 8, 8, 3], 0.7)
+  np.testing.assert_allclose(privacy.blur_release(const, 1.0).numpy(), 0.7, rtol=1e-6)
+  assert privacy.blur_release(const, 0.0) is const
+  # White noise of std 1 comes out with std ‖k‖₂ = Σ k_i² (= 0.2823 for s = 1), away from
+  # the mirrored borders; 4·240²·3 samples give a relative error ≈ 0.2%.
+  noise = tf.random.stateless_normal([4, 256, 256, 3], seed=[3, 4])
+  blurred = privacy.blur_release(noise, 1.0).numpy()[:, 8:-8, 8:-8]
+  k = privacy.gaussian_kernel_1d(1.0).numpy()
+  assert blurred.std() == pytest.approx(np.sum(k**2), rel=0.02)
+
+
+def test_blur_matches_a_direct_two_dimensional_convolution():
+  from scipy import ndimage
+  rng = np.random.default_rng(5)
+  x = rng.normal(size=(2, 8, 8, 2)).astype(np.float32)
+  k = privacy.gaussian_kernel_1d(0.7).numpy()
+  kernel2d = np.outer(k, k)
+  expected = np.stack([np.stack([ndimage.convolve(x[b, :, :, c], kernel2d, mode="reflect")
+                                 for c in range(2)], -1) for b in range(2)])
+  np.testing.assert_allclose(privacy.blur_release(tf.constant(x), 0.7).numpy(), expected,
+                             rtol=1e-5, atol=1e-6)
