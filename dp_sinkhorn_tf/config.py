@@ -10,6 +10,7 @@ from typing import Optional
 from dp_sinkhorn_tf import sinkhorn
 
 ARCHITECTURES = ("dcgan", "biggan")
+OUTPUTS = ("tanh", "clip")
 MECHANISMS = ("image_grad", "param_grad")
 OPTIMIZERS = ("adam", "adamw", "sgd")
 ACCOUNTANTS = ("rdp", "pld")
@@ -35,10 +36,12 @@ class ModelConfig:
   embed_dim: int = 8
   hidden: int = 64
   depth: int = 1
+  output: str = "tanh"  # output head: "tanh" (paper) or "clip" (straight-through clip)
 
   def __post_init__(self):
     _require(self.architecture in ARCHITECTURES, "architecture", f"one of {ARCHITECTURES}",
              self.architecture)
+    _require(self.output in OUTPUTS, "output", f"one of {OUTPUTS}", self.output)
     for name in ("latent_dim", "embed_dim", "hidden", "depth"):
       _require(getattr(self, name) >= 1, name, "an integer ≥ 1", getattr(self, name))
 
@@ -56,6 +59,9 @@ class LossConfig:
   # bucket with zero weights (one program per bucket). 3–15× faster for n ≤ 50 on CPU;
   # slower for n ≳ 1000, where the matrix products dominate.
   jit_compile: bool = True
+  # Weight points so that the plan stays within classes (features.class_matched_weights);
+  # False is the paper's uniform weights.
+  class_matching: bool = False
 
   def __post_init__(self):
     _require(self.cost in COSTS, "cost", f"one of {COSTS}", self.cost)
@@ -81,9 +87,16 @@ class PrivacyConfig:
   target_epsilon: float = 10.0
   delta: float = 1e-5
   accountant: str = "rdp"
+  # Gaussian blur (pixels) of the released image gradient: post-processing, no privacy cost.
+  release_blur: float = 0.0
 
   def __post_init__(self):
     _require(self.mechanism in MECHANISMS, "mechanism", f"one of {MECHANISMS}", self.mechanism)
+    _require(0 <= self.release_blur <= 10, "release_blur", "a number of pixels in [0, 10]",
+             self.release_blur)
+    _require(self.release_blur == 0 or self.mechanism == "image_grad", "release_blur",
+             "0 with --mechanism=param_grad (it smooths the released image gradient)",
+             self.release_blur)
     _require(self.accountant in ACCOUNTANTS, "accountant", f"one of {ACCOUNTANTS}",
              self.accountant)
     if not self.dp:

@@ -8,7 +8,8 @@ One step (paper Alg. 1), all inside one tf.function:
   3. L = 2·W_λ(X[0:n], Y) − W_λ(X[0:n], X[n′:n+n′]) on features [image, α_c·one_hot].
   4. G = ∂L/∂X, the only quantity that touches private data. The mechanism clips G[0:n] to
      norm C and adds N(0, (2σC)²); G[n:] is clipped only (`privacy`).
-  5. Back-propagate the released G into the generator:
+  5. Optionally blur the released G̃ (`privacy.blur_release`, post-processing), then
+     back-propagate it into the generator:
      tape.gradient(X, θ, output_gradients=G̃), then Adam / AdamW.
 
 Everything after step 4 is post-processing of the Gaussian mechanism's output, so the run
@@ -186,13 +187,33 @@ class DPSinkhornModel(tf.keras.Model):
                                          self.num_classes, dtype=tf.int32)
     return z, labels
 
+  def loss_weights(self, fake_labels, real_labels, real_weights=None):
+    """(real, fake, self-primary, self-shifted) weights of the loss; None = uniform.
+
+    With --class_matching, the cross term pairs X[0:n] with the batch under
+    `features.class_matched_weights` (classes present on both sides, mass ∝ generated
+    counts), and the self term pairs X[0:n] with X[n′:n+n′] the same way from generated
+    labels alone, so the rows X[n:] still see no private data.
+    """
+    if not self.cfg.loss.class_matching:
+      return real_weights, None, None, None
+    k, n = self.num_classes, self._n
+    extra = self._n_total - n
+    fake_w, real_w = features.class_matched_weights(fake_labels[:n], real_labels, k,
+                                                    real_weights)
+    self_p, self_s = features.class_matched_weights(fake_labels[:n],
+                                                    fake_labels[extra:extra + n], k)
+    return real_w, fake_w, self_p, self_s
+
   def sinkhorn_loss(self, fake, fake_labels, real, real_labels):
     """The semi-debiased loss on [image, α_c·one_hot] features."""
     k, alpha = self.num_classes, self.cfg.loss.alpha_c
     fake_f = features.to_features(fake, fake_labels, k, alpha)
     real_f = features.to_features(real, real_labels, k, alpha)
-    return sinkhorn.semi_debiased_loss(fake_f, real_f, self._n, self._cost,
-                                       self.cfg.loss.solver)
+    real_w, fake_w, self_p, self_s = self.loss_weights(fake_labels, real_labels)
+    return sinkhorn.semi_debiased_loss(
+        fake_f, real_f, self._n, self._cost, self.cfg.loss.solver, real_w, fake_w,
+        None if self_p is None else (self_p, self_s))
 
   def _compiled_loss_and_image_grad(self, fake, fake_labels, real, real_labels):
     """The XLA path: (loss, ∂loss/∂fake, info) with the real batch padded to a bucket.
@@ -211,7 +232,9 @@ class DPSinkhornModel(tf.keras.Model):
     size = tf.maximum(size, m)  # never drop a record, whatever the float rounding
     real_f = tf.pad(real_f, [[0, size - m], [0, 0]])
     weights = tf.pad(tf.ones(tf.stack([m]), tf.float32), [[0, size - m]])
-    loss, grad_f, info = self._loss_and_grad(fake_f, real_f, weights)
+    padded_labels = tf.pad(real_labels, [[0, size - m]])
+    weights, fake_w, self_p, self_s = self.loss_weights(fake_labels, padded_labels, weights)
+    loss, grad_f, info = self._loss_and_grad(fake_f, real_f, weights, fake_w, self_p, self_s)
     image_grad = tf.reshape(grad_f[:, :self._image_dim], tf.shape(fake))
     return loss, image_grad, info
 
@@ -231,6 +254,7 @@ class DPSinkhornModel(tf.keras.Model):
         loss, info = self.sinkhorn_loss(fake, fake_labels, real, real_labels)
       image_grad = loss_tape.gradient(loss, fake)
     released, p_info = self.mechanism.privatize(image_grad, self._n)
+    released = privacy.blur_release(released, self.cfg.privacy.release_blur)
     grads = gen_tape.gradient(fake, variables, output_gradients=released)
     logs = {"loss": loss, "clean_grad_norm": p_info.clean_norm,
             "noised_grad_norm": p_info.noised_norm,
@@ -271,7 +295,7 @@ def make_generator(cfg: config_lib.TrainConfig, image_shape, num_classes: int,
   m = cfg.model
   generator = models.make_generator(m.architecture, tuple(image_shape), num_classes,
                                     latent_dim=m.latent_dim, embed_dim=m.embed_dim,
-                                    hidden=m.hidden, depth=m.depth)
+                                    hidden=m.hidden, depth=m.depth, output=m.output)
   if build:
     generator([tf.zeros([1, m.latent_dim]), tf.zeros([1], tf.int32)], training=False)
   return generator

@@ -32,6 +32,8 @@ def _error_lines(stderr: str):
     (["--l2_norm_clip=0"], "--l2_norm_clip"),
     (["--weight_decay=0.1"], "--weight_decay"),
     (["--sinkhorn_epsilon=0"], "--sinkhorn_"),
+    (["--release_blur=-1"], "--release_blur"),
+    (["--release_blur=1", "--mechanism=param_grad"], "--release_blur"),
     (["--steps=999999999", "--noise_multiplier=1"], "--steps"),
 ])
 def test_bad_flag_values_give_one_line_naming_the_flag(tmp_path, args, flag):

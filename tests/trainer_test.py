@@ -234,9 +234,12 @@ def test_sgd_uses_beta_1_as_momentum():
   assert float(opt.learning_rate) == pytest.approx(1e-4)
 
 
-@pytest.mark.parametrize("step", [0, 5])
-def test_xla_path_with_padded_bucket_matches_the_plain_loss_and_image_gradient(step):
+@pytest.mark.parametrize("step,class_matching", [(0, False), (5, False), (5, True)])
+def test_xla_path_with_padded_bucket_matches_the_plain_loss_and_image_gradient(
+    step, class_matching):
   base = tiny_config(privacy=config_lib.PrivacyConfig(dp=False), steps=5)
+  base = dataclasses.replace(base, loss=dataclasses.replace(base.loss,
+                                                            class_matching=class_matching))
   plain_cfg = dataclasses.replace(base, loss=dataclasses.replace(base.loss, jit_compile=False))
   jit_cfg = dataclasses.replace(base, loss=dataclasses.replace(base.loss, jit_compile=True))
   plain, jit = build_model(plain_cfg, sigma=0.0), build_model(jit_cfg, sigma=0.0)
@@ -283,3 +286,26 @@ def test_same_seed_same_initial_weights_and_samples(tmp_path):
     runs.append([v.numpy() for v in result.model.generator.variables])
   for a, b in zip(*runs):
     np.testing.assert_array_equal(a, b)
+
+
+def test_class_matching_changes_the_loss_and_leaves_public_rows_data_free():
+  base = tiny_config(privacy=config_lib.PrivacyConfig(dp=False), steps=5)
+  cfg = dataclasses.replace(base, loss=dataclasses.replace(base.loss, class_matching=True))
+  model, uniform = build_model(cfg, sigma=0.0), build_model(base, sigma=0.0)
+  uniform.generator.set_weights(model.generator.get_weights())
+  z, fake_labels = model.latent_batch(tf.constant(3, tf.int64))
+  fake = model.generator([z, fake_labels], training=False)
+  grads, losses = [], []
+  for step in (3, 4):  # two different Poisson batches
+    real, real_labels = model.private_batch(tf.constant(step, tf.int64))
+    with tf.GradientTape() as tape:
+      tape.watch(fake)
+      loss, _ = model.sinkhorn_loss(fake, fake_labels, real, real_labels)
+    grads.append(tape.gradient(loss, fake).numpy())
+    losses.append(float(loss))
+  n = cfg.num_primary
+  np.testing.assert_array_equal(grads[0][n:], grads[1][n:])
+  assert np.abs(grads[0][:n] - grads[1][:n]).max() > 0
+  real, real_labels = model.private_batch(tf.constant(4, tf.int64))
+  plain, _ = uniform.sinkhorn_loss(fake, fake_labels, real, real_labels)
+  assert abs(float(plain) - losses[1]) > 1e-3
