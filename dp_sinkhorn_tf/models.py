@@ -265,8 +265,6 @@ def make_generator(architecture: str, image_shape: Sequence[int], num_classes: i
   for name, value in (("num_classes", num_classes), ("latent_dim", latent_dim),
                       ("embed_dim", embed_dim), ("hidden", hidden), ("depth", depth)):
     _check_positive_int(name, value)
-  if output not in OUTPUTS:
-    raise ValueError(f"output must be one of {OUTPUTS}, got {output!r}")
   cls = DCGANGenerator if architecture == "dcgan" else BigGANGenerator
   gen = cls(tuple(image_shape), num_classes, latent_dim=latent_dim, embed_dim=embed_dim,
             hidden=hidden, depth=depth, output=output, name=f"{architecture}_generator")

@@ -170,17 +170,16 @@ def blur_release(released: tf.Tensor, sigma: float) -> tf.Tensor:
   if sigma == 0:
     return released
   kernel = tf.cast(gaussian_kernel_1d(sigma), released.dtype)
-  radius = (int(kernel.shape[0]) - 1) // 2
+  taps = int(kernel.shape[0])
+  radius = (taps - 1) // 2
   channels = int(released.shape[-1])
   x = released
-  for axis in (1, 2):
-    size = int(x.shape[axis])
+  # One pass along the height (a taps×1 filter), one along the width (1×taps).
+  for axis, filter_hw in ((1, [taps, 1]), (2, [1, taps])):
     pad = [[0, 0]] * 4
     pad[axis] = [radius, radius]
     # Mirror padding needs radius ≤ size; wider kernels fall back to zero padding.
-    x = tf.pad(x, pad, mode="SYMMETRIC" if radius <= size else "CONSTANT")
-    shape = [1, 1, channels, 1]
-    shape[axis - 1] = int(kernel.shape[0])
-    depthwise = tf.tile(tf.reshape(kernel, shape[:2] + [1, 1]), [1, 1, channels, 1])
+    x = tf.pad(x, pad, mode="SYMMETRIC" if radius <= int(x.shape[axis]) else "CONSTANT")
+    depthwise = tf.tile(tf.reshape(kernel, filter_hw + [1, 1]), [1, 1, channels, 1])
     x = tf.nn.depthwise_conv2d(x, depthwise, strides=[1, 1, 1, 1], padding="VALID")
   return x
