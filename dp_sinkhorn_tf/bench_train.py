@@ -61,7 +61,7 @@ def run(name: str, repeats: int) -> dict:
 
   gen = trainer.make_generator(cfg, shape, num_classes, build=True)
   model = trainer.DPSinkhornModel(gen, images, labels, num_classes, cfg, sigma, q)
-  model.compile(optimizer=trainer.build_optimizer(cfg, sigma))
+  model.compile(optimizer=trainer.build_optimizer(cfg, sigma, cfg.steps or 10**6))
   step_fn = tf.function(model.train_step, input_signature=[tf.TensorSpec([], tf.int64)])
   counter = {"step": 0}
 

@@ -13,6 +13,7 @@ ARCHITECTURES = ("dcgan", "biggan")
 OUTPUTS = ("tanh", "clip")
 MECHANISMS = ("image_grad", "param_grad")
 OPTIMIZERS = ("adam", "adamw", "sgd")
+LR_SCHEDULES = ("constant", "cosine")
 ACCOUNTANTS = ("rdp", "pld")
 COSTS = ("l2", "l1l2")
 
@@ -117,6 +118,8 @@ class OptimConfig:
   beta_2: float = 0.999
   weight_decay: float = 0.0
   ema_decay: float = 0.0  # 0: off; else sample / export an EMA of the generator's weights
+  # "cosine": lr·½(1 + cos(π·t/T)) over the run's T planned steps (trainer.learning_rate_fn).
+  lr_schedule: str = "constant"
 
   def __post_init__(self):
     _require(self.optimizer in OPTIMIZERS, "optimizer", f"one of {OPTIMIZERS}", self.optimizer)
@@ -127,6 +130,8 @@ class OptimConfig:
     _require(self.weight_decay == 0 or self.optimizer == "adamw", "weight_decay",
              "0 unless --optimizer=adamw", self.weight_decay)
     _require(0 <= self.ema_decay < 1, "ema_decay", "a number in [0, 1)", self.ema_decay)
+    _require(self.lr_schedule in LR_SCHEDULES, "lr_schedule", f"one of {LR_SCHEDULES}",
+             self.lr_schedule)
 
 
 @dataclasses.dataclass(frozen=True)

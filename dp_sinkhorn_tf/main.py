@@ -78,6 +78,9 @@ flags.DEFINE_float("learning_rate", 1e-3, "Learning rate.")
 flags.DEFINE_float("beta_1", 0.5, "Adam β₁ (momentum with --optimizer=sgd).")
 flags.DEFINE_float("beta_2", 0.999, "Adam β₂.")
 flags.DEFINE_float("weight_decay", 0.0, "Decoupled weight decay (adamw only).")
+flags.DEFINE_enum("lr_schedule", "constant", list(config_lib.LR_SCHEDULES),
+                  "constant, or cosine: decay the learning rate as ½(1 + cos(π·t/T)) to 0 "
+                  "over the run's T planned steps, so late noisy updates shrink.")
 flags.DEFINE_float("ema_decay", 0.0, "Decay of an exponential moving average of the generator's "
                    "weights, used for samples and the export (0 = off). Post-processing of "
                    "the released gradients: no privacy cost.")
@@ -119,7 +122,7 @@ def config_from_flags(f) -> config_lib.TrainConfig:
                                        f.target_epsilon, f.delta, f.accountant,
                                        f.release_blur),
       optim=config_lib.OptimConfig(f.optimizer, f.learning_rate, f.beta_1, f.beta_2,
-                                   f.weight_decay, f.ema_decay),
+                                   f.weight_decay, f.ema_decay, f.lr_schedule),
       run=config_lib.RunConfig(f.workdir, f.seed, f.log_every, f.sample_every,
                                f.checkpoint_every, f.keep_checkpoints, f.export, f.model_name),
       fake_batch_size=f.fake_batch_size)
@@ -227,5 +230,13 @@ def main(argv) -> int:
   return run(cfg, FLAGS.flags_into_string())
 
 
+def parse_flags(argv):
+  """absl's parser, with its errors (unknown flag, value outside an enum) as one line."""
+  try:
+    return FLAGS(argv)
+  except flags.Error as e:
+    _fail(str(e).splitlines()[0] if str(e) else type(e).__name__)
+
+
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=parse_flags)

@@ -86,31 +86,51 @@ def plan_privacy(cfg: config_lib.TrainConfig, dataset_size: int) -> PrivacyPlan:
   return PrivacyPlan(q, sigma, steps, eps, p.delta, p.accountant, warning)
 
 
-def build_optimizer(cfg: config_lib.TrainConfig, noise_multiplier: float):
+def learning_rate_fn(cfg: config_lib.TrainConfig, total_steps: Optional[int] = None):
+  """The learning rate: a float, or a schedule of the optimizer's step t.
+
+  "cosine" is η_t = η·½(1 + cos(π·min(t, T)/T)) for T = total_steps: η at t = 0, η/2 at
+  T/2, 0 from T on. Under DP the late updates are mostly noise; shrinking them lets the
+  weights settle instead of random-walking at full step size to the end. The optimizer's
+  step counter is checkpointed, so a resumed run continues the same curve.
+  """
+  o = cfg.optim
+  if o.lr_schedule == "constant":
+    return o.learning_rate
+  if total_steps is None or total_steps < 1:
+    raise ValueError(f"--lr_schedule={o.lr_schedule} needs the run's planned steps, got "
+                     f"{total_steps!r}")
+  return tf.keras.optimizers.schedules.CosineDecay(o.learning_rate, int(total_steps))
+
+
+def build_optimizer(cfg: config_lib.TrainConfig, noise_multiplier: float,
+                    total_steps: Optional[int] = None):
   """Adam / AdamW for image_grad; TF Privacy's DPKerasAdamOptimizer for param_grad.
 
   param_grad clips the whole parameter gradient of the batch loss (one microbatch) to C and
   adds N(0, (C·z)²) with z the optimizer's noise multiplier. Add/remove of one record moves
   the clipped gradient by up to 2C, so z = 2σ makes the noise std 2σC: the same Gaussian
   mechanism with multiplier σ that the accountant charges.
+
+  total_steps: the run's planned steps T, needed by --lr_schedule=cosine.
   """
   o = cfg.optim
+  lr = learning_rate_fn(cfg, total_steps)
   if cfg.privacy.mechanism == "param_grad":
     from tensorflow_privacy.privacy.optimizers import dp_optimizer_keras
     clip = cfg.privacy.l2_norm_clip if cfg.privacy.dp else 1e12
     return dp_optimizer_keras.DPKerasAdamOptimizer(
         l2_norm_clip=clip, noise_multiplier=2.0 * noise_multiplier, num_microbatches=1,
-        learning_rate=o.learning_rate, beta_1=o.beta_1, beta_2=o.beta_2)
+        learning_rate=lr, beta_1=o.beta_1, beta_2=o.beta_2)
   if o.optimizer == "sgd":
     # Heavy-ball momentum β₁. Unlike Adam, SGD does not rescale a parameter's update by its
     # gradient's running RMS; under noise-dominated gradients Adam keeps moving parameters
     # whose signal has vanished (e.g. behind a saturated tanh) at full speed.
-    return tf.keras.optimizers.SGD(learning_rate=o.learning_rate, momentum=o.beta_1)
+    return tf.keras.optimizers.SGD(learning_rate=lr, momentum=o.beta_1)
   if o.optimizer == "adamw":
-    return tf.keras.optimizers.AdamW(learning_rate=o.learning_rate, beta_1=o.beta_1,
-                                     beta_2=o.beta_2, weight_decay=o.weight_decay)
-  return tf.keras.optimizers.Adam(learning_rate=o.learning_rate, beta_1=o.beta_1,
-                                  beta_2=o.beta_2)
+    return tf.keras.optimizers.AdamW(learning_rate=lr, beta_1=o.beta_1, beta_2=o.beta_2,
+                                     weight_decay=o.weight_decay)
+  return tf.keras.optimizers.Adam(learning_rate=lr, beta_1=o.beta_1, beta_2=o.beta_2)
 
 
 class DPSinkhornModel(tf.keras.Model):
@@ -447,7 +467,7 @@ def train(cfg: config_lib.TrainConfig, images: np.ndarray, labels: np.ndarray,
   ema_generator = make_ema_generator(cfg, generator) if cfg.optim.ema_decay > 0 else None
   model = DPSinkhornModel(generator, images, labels, num_classes, cfg, plan.noise_multiplier,
                           plan.sample_rate, ema_generator)
-  model.compile(optimizer=build_optimizer(cfg, plan.noise_multiplier))
+  model.compile(optimizer=build_optimizer(cfg, plan.noise_multiplier, plan.steps))
   step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
   tracked = {"ema_generator": ema_generator} if ema_generator is not None else {}
   ckpt = tf.train.Checkpoint(generator=generator, optimizer=model.optimizer, step=step,

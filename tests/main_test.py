@@ -27,6 +27,8 @@ def _error_lines(stderr: str):
     (["--batch_size=0"], "--batch_size"),
     (["--fake_batch_size=0"], "--fake_batch_size"),
     (["--ema_decay=1"], "--ema_decay"),
+    (["--lr_schedule=linear"], "--lr_schedule"),
+    (["--no_such_flag=1"], "no_such_flag"),
     (["--learning_rate=-1"], "--learning_rate"),
     (["--debias_fraction=1.5"], "--debias_fraction"),
     (["--l2_norm_clip=0"], "--l2_norm_clip"),

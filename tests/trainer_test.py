@@ -135,6 +135,35 @@ def test_param_grad_optimizer_noise_is_two_sigma_c():
              for v, b in zip(model.generator.trainable_variables, before))
 
 
+def test_cosine_schedule_matches_its_closed_form():
+  cfg = tiny_config(optim=config_lib.OptimConfig(learning_rate=2e-3, lr_schedule="cosine"))
+  schedule = trainer.learning_rate_fn(cfg, total_steps=100)
+  # η_t = η·½(1 + cos(π t/T)), T = 100: η, η·½(1 + cos(π/4)) = 0.8536η, η/2, 0, and 0 after T.
+  for t, factor in [(0, 1.0), (25, 0.5 * (1 + math.cos(math.pi / 4))), (50, 0.5), (100, 0.0),
+                    (150, 0.0)]:
+    assert float(schedule(t)) == pytest.approx(2e-3 * factor, abs=1e-9)
+
+
+def test_optimizer_applies_the_scheduled_rate_at_its_step():
+  # Plain SGD (momentum β₁ = 0) moves a variable by exactly η_t·g.
+  cfg = tiny_config(optim=config_lib.OptimConfig(optimizer="sgd", learning_rate=2e-3,
+                                                 beta_1=0.0, lr_schedule="cosine"))
+  opt = trainer.build_optimizer(cfg, 1.0, total_steps=100)
+  var = tf.Variable(1.0)
+  opt.apply_gradients([(tf.constant(1.0), var)])  # t = 0: η = 2e-3
+  assert float(var) == pytest.approx(1.0 - 2e-3, abs=1e-7)
+  opt.iterations.assign(50)
+  opt.apply_gradients([(tf.constant(1.0), var)])  # t = 50: η/2 = 1e-3
+  assert float(var) == pytest.approx(1.0 - 3e-3, abs=1e-7)
+
+
+def test_constant_schedule_is_a_float_and_cosine_needs_the_steps():
+  assert trainer.learning_rate_fn(tiny_config()) == pytest.approx(1e-3)
+  cfg = tiny_config(optim=config_lib.OptimConfig(lr_schedule="cosine"))
+  with pytest.raises(ValueError, match="--lr_schedule"):
+    trainer.build_optimizer(cfg, 1.0)
+
+
 class _Crash(Exception):
   pass
 
