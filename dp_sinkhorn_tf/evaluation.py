@@ -36,7 +36,6 @@ from dp_sinkhorn_tf import serving
 Sampler = Callable[[np.ndarray, int], np.ndarray]
 CLASSIFIERS = ("logreg", "mlp", "cnn")
 DEFAULT_CHUNK = 1000
-METADATA_FILE = os.path.join("assets.extra", "metadata.json")
 SIGNATURE = "sample"
 # Privacy fields copied from the export metadata into eval.json, when present.
 PRIVACY_KEYS = ("dp", "epsilon", "delta", "accountant", "mechanism", "noise_multiplier",
@@ -133,34 +132,6 @@ def resolve_version_dir(path: str) -> str:
   return serving.find_version_dir(path)[0]
 
 
-def read_metadata(version_dir: str) -> dict:
-  """assets.extra/metadata.json of an export, with num_classes (len(label_names) when the
-  file omits it) and image_shape checked."""
-  path = os.path.join(version_dir, METADATA_FILE)
-  try:
-    with open(path) as fh:
-      meta = json.load(fh)
-  except FileNotFoundError:
-    raise FileNotFoundError(f"{path}: missing export metadata") from None
-  except json.JSONDecodeError as e:
-    raise ValueError(f"{path}: not valid JSON ({e})") from None
-  if not isinstance(meta, dict):
-    raise ValueError(f"{path}: expected a JSON object")
-  if "num_classes" not in meta and "label_names" in meta:
-    meta["num_classes"] = len(meta["label_names"])
-  for key in ("num_classes", "image_shape"):
-    if key not in meta:
-      raise ValueError(f"{path}: lacks {key!r}")
-  if "label_names" not in meta:
-    meta["label_names"] = [str(k) for k in range(meta["num_classes"])]
-  if len(meta["label_names"]) != meta["num_classes"]:
-    raise ValueError(f"{path}: {len(meta['label_names'])} label_names for num_classes="
-                     f"{meta['num_classes']}")
-  if len(meta["image_shape"]) != 3:
-    raise ValueError(f"{path}: image_shape must be [H, W, C], got {meta['image_shape']}")
-  return meta
-
-
 class SavedModelSampler:
   """A sample_fn backed by an exported SavedModel's `sample` signature.
 
@@ -173,7 +144,7 @@ class SavedModelSampler:
     import tensorflow as tf
 
     self.path = resolve_version_dir(path)
-    self.metadata = read_metadata(self.path)
+    self.metadata = serving.read_metadata(self.path)
     self._loaded = tf.saved_model.load(self.path)  # keeps the signature's variables alive
     signatures = dict(self._loaded.signatures)
     if SIGNATURE not in signatures:

@@ -62,8 +62,6 @@ import tensorflow as tf
 
 from dp_sinkhorn_tf import __version__, models, serving
 
-METADATA_DIR = "assets.extra"
-METADATA_FILE = "metadata.json"
 TMP_PREFIX = ".tmp-"
 FLAGS_FILE = "flags.txt"
 LEDGER_FILE = "privacy_ledger.json"
@@ -229,8 +227,9 @@ def build_metadata(module: GeneratorServingModule, model_name: str, version: int
 
 
 def _write_metadata(saved_model_dir: str, payload: dict) -> None:
-  os.makedirs(os.path.join(saved_model_dir, METADATA_DIR), exist_ok=True)
-  with open(os.path.join(saved_model_dir, METADATA_DIR, METADATA_FILE), "w") as fh:
+  metadata_path = os.path.join(saved_model_dir, serving.METADATA_PATH)
+  os.makedirs(os.path.dirname(metadata_path), exist_ok=True)
+  with open(metadata_path, "w") as fh:
     json.dump(payload, fh, indent=2, sort_keys=True, allow_nan=False)
     fh.write("\n")
 
@@ -325,12 +324,6 @@ def export_generator(generator: tf.keras.Model, base_dir: str, model_name: str =
         break
     raise
   return final
-
-
-def read_metadata(version_dir: str) -> dict:
-  """assets.extra/metadata.json of an export version directory."""
-  with open(os.path.join(version_dir, METADATA_DIR, METADATA_FILE)) as fh:
-    return json.load(fh)
 
 
 # ---- from a run directory -----------------------------------------------------------------

@@ -30,7 +30,6 @@ import numpy as np
 
 from dp_sinkhorn_tf import serving
 
-METADATA_PATH = os.path.join("assets.extra", "metadata.json")  # = export.METADATA_DIR/FILE
 SUFFIXES = (".png", ".npz")
 INT64_MIN, INT64_MAX = -2**63, 2**63 - 1
 
@@ -48,18 +47,11 @@ def resolve_version_dir(model: str) -> Tuple[str, Optional[int]]:
 
 
 def read_metadata(version_dir: str, model_flag: str) -> dict:
-  path = os.path.join(version_dir, METADATA_PATH)
+  """serving.read_metadata, its errors named after --model."""
   try:
-    with open(path) as fh:
-      metadata = json.load(fh)
-  except FileNotFoundError:
-    raise FlagError(f"--model={model_flag}: no {METADATA_PATH} in {version_dir} (not "
-                    "exported by dp_sinkhorn_tf.export)") from None
-  except json.JSONDecodeError as e:
-    raise FlagError(f"--model={model_flag}: {path} is not valid JSON ({e})") from None
-  if not isinstance(metadata, dict) or not isinstance(metadata.get("num_classes"), int):
-    raise FlagError(f"--model={model_flag}: {path} has no integer num_classes")
-  return metadata
+    return serving.read_metadata(version_dir)
+  except (FileNotFoundError, ValueError) as e:
+    raise FlagError(f"--model={model_flag}: {e}") from None
 
 
 def parse_labels(text: Optional[str], num_classes: int) -> List[int]:

@@ -58,6 +58,9 @@ OUTPUTS = {
 
 JsonBody = Dict[str, Any]
 
+# Written by `export` beside saved_model.pb; read by `evaluation`, `sample` and clients.
+METADATA_PATH = os.path.join("assets.extra", "metadata.json")
+
 
 class ServingError(RuntimeError):
   """TF Serving answered {"error": message}, or the answer is not a predict response."""
@@ -115,6 +118,43 @@ def _as_typed_array(name: str, value, dtype: str) -> np.ndarray:
   elif array.size and not np.all(np.isfinite(array)):
     raise ValueError(f"input {name!r}: expected finite numbers")
   return array.astype(target)
+
+
+def read_metadata(version_dir: str) -> dict:
+  """METADATA_PATH of an export version directory, checked: an integer num_classes
+  (len(label_names) when the file omits it), label_names (default "0".."K−1") and a
+  3-entry image_shape.
+
+  Raises:
+    FileNotFoundError: no metadata file (not exported by dp_sinkhorn_tf.export).
+    ValueError: the file is not JSON or lacks / contradicts one of the fields above.
+  """
+  path = os.path.join(version_dir, METADATA_PATH)
+  try:
+    with open(path) as fh:
+      meta = json.load(fh)
+  except FileNotFoundError:
+    raise FileNotFoundError(f"{path}: missing export metadata (not exported by "
+                            "dp_sinkhorn_tf.export)") from None
+  except json.JSONDecodeError as e:
+    raise ValueError(f"{path}: not valid JSON ({e})") from None
+  if not isinstance(meta, dict):
+    raise ValueError(f"{path}: expected a JSON object")
+  if "num_classes" not in meta and "label_names" in meta:
+    meta["num_classes"] = len(meta["label_names"])
+  for key in ("num_classes", "image_shape"):
+    if key not in meta:
+      raise ValueError(f"{path}: lacks {key!r}")
+  if not isinstance(meta["num_classes"], int) or meta["num_classes"] < 1:
+    raise ValueError(f"{path}: num_classes must be an integer ≥ 1, got {meta['num_classes']!r}")
+  if "label_names" not in meta:
+    meta["label_names"] = [str(k) for k in range(meta["num_classes"])]
+  if len(meta["label_names"]) != meta["num_classes"]:
+    raise ValueError(f"{path}: {len(meta['label_names'])} label_names for num_classes="
+                     f"{meta['num_classes']}")
+  if len(meta["image_shape"]) != 3:
+    raise ValueError(f"{path}: image_shape must be [H, W, C], got {meta['image_shape']}")
+  return meta
 
 
 def check_inputs(signature_name: str, inputs: Mapping[str, Any],

@@ -31,7 +31,8 @@ from typing import Callable, Optional
 import numpy as np
 import tensorflow as tf
 
-from dp_sinkhorn_tf import accounting, costs, features, models, privacy, sampling, sinkhorn
+from dp_sinkhorn_tf import accounting, costs, evaluation, features, models, privacy, sampling
+from dp_sinkhorn_tf import sinkhorn
 from dp_sinkhorn_tf import config as config_lib
 
 LEDGER_FILE = "privacy_ledger.json"
@@ -381,16 +382,6 @@ class BudgetExhaustedError(RuntimeError):
   """The workdir's ledger already holds every planned step: no further training."""
 
 
-def tile_images(images: np.ndarray, rows: int) -> np.ndarray:
-  """[rows·cols, H, W, C] in [−1, 1] → one [rows·H, cols·W, C] uint8 image (row = class)."""
-  images = np.asarray(images)
-  k, h, w, c = images.shape
-  cols = k // rows
-  grid = images[:rows * cols].reshape(rows, cols, h, w, c).transpose(0, 2, 1, 3, 4)
-  grid = grid.reshape(rows * h, cols * w, c)
-  return np.clip(np.round((grid + 1.0) * 127.5), 0, 255).astype(np.uint8)
-
-
 def generate_grid(generator: tf.keras.Model, num_classes: int, per_class: int,
                   seed: int = 1234) -> np.ndarray:
   """Fixed-noise per-class samples [K·per_class, H, W, C] in inference mode."""
@@ -406,7 +397,7 @@ def save_grid_png(images: np.ndarray, num_classes: int, path: str,
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
 
-  grid = tile_images(images, num_classes)
+  grid = evaluation.tile_rows(np.asarray(images), num_classes)
   width = 6.0  # inches; a cell of an 8×8 grid is then ~60 px, of a 28×28 grid ~20 px per row
   fig, ax = plt.subplots(figsize=(width, width * grid.shape[0] / grid.shape[1] + 0.3), dpi=100)
   ax.imshow(grid[..., 0] if grid.shape[-1] == 1 else grid, cmap="gray", vmin=0, vmax=255,
@@ -525,7 +516,8 @@ def _write_samples(writer, generator, num_classes: int, workdir: str, step: int,
   """Generated (never private) images: a TensorBoard grid and a PNG."""
   images = generate_grid(generator, num_classes, per_class=10)
   with writer.as_default(step=step):
-    tf.summary.image("samples", tile_images(images, num_classes)[np.newaxis], max_outputs=1)
+    grid = evaluation.tile_rows(np.asarray(images), num_classes)
+    tf.summary.image("samples", grid[np.newaxis], max_outputs=1)
   name = "final.png" if final else f"step_{step:07d}.png"
   return save_grid_png(images, num_classes, os.path.join(workdir, "samples", name),
                        title=f"step {step}")

@@ -156,13 +156,6 @@ def test_saved_model_errors_name_the_path(tmp_path, export_dir):
     evaluation.sampler_from_saved_model(str(broken))
 
 
-def test_metadata_without_num_classes_uses_the_label_names(tmp_path):
-  os.makedirs(tmp_path / "assets.extra")
-  with open(tmp_path / "assets.extra" / "metadata.json", "w") as fh:
-    json.dump({"image_shape": [8, 8, 1], "label_names": ["a", "b"]}, fh)
-  assert evaluation.read_metadata(str(tmp_path))["num_classes"] == 2
-
-
 # ---- classifiers --------------------------------------------------------------------------
 
 @pytest.mark.parametrize("kind", evaluation.CLASSIFIERS)

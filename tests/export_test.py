@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from dp_sinkhorn_tf import __version__, export, models
+from dp_sinkhorn_tf import __version__, export, models, serving
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
@@ -177,7 +177,7 @@ def test_fresh_process_matches_keras_generator(exported, generator, tmp_path):
 
 
 def test_metadata_holds_training_facts_and_export_fields(exported):
-  meta = export.read_metadata(exported)
+  meta = serving.read_metadata(exported)
   for key, value in METADATA.items():
     assert meta[key] == value, key
   assert meta["latent_dim"] == LATENT and meta["num_classes"] == CLASSES
@@ -315,7 +315,7 @@ def test_cli_exports_a_run_like_training_does(run_dir):
   np.testing.assert_allclose(_images(path, z, labels), expected, atol=1e-5)
   np.testing.assert_allclose(_images(os.path.join(model_dir, "1"), z, labels), expected,
                              atol=1e-5)
-  meta, by_main = export.read_metadata(path), export.read_metadata(os.path.join(model_dir, "1"))
+  meta, by_main = serving.read_metadata(path), serving.read_metadata(os.path.join(model_dir, "1"))
   ledger = json.load(open(os.path.join(run_dir, "privacy_ledger.json")))
   assert meta["steps"] == ledger["steps_taken"] == 2 and meta["checkpoint_step"] == 2
   assert meta["weights"] == "generator" and meta["latent_dim"] == 4
@@ -374,7 +374,7 @@ def test_checkpoint_with_ema_exports_the_ema_weights(run_dir, tmp_path):
   got = _images(path, z, labels)
   np.testing.assert_allclose(got, ema([z, labels], training=False).numpy(), atol=1e-5)
   assert np.abs(got - raw([z, labels], training=False).numpy()).max() > 1e-3
-  meta = export.read_metadata(path)
+  meta = serving.read_metadata(path)
   assert meta["weights"] == "ema_generator" and meta["checkpoint_step"] == 5
 
 

@@ -95,10 +95,6 @@ def test_failed_write_leaves_no_file(model, tmp_path, monkeypatch):
   assert os.listdir(tmp_path) == []
 
 
-def test_metadata_path_matches_the_exporter():
-  assert sample.METADATA_PATH == os.path.join(export.METADATA_DIR, export.METADATA_FILE)
-
-
 @pytest.mark.parametrize("args,flag", [
     (["--labels=0,10"], "--labels=0,10"),
     (["--labels=-1"], "--labels=-1"),

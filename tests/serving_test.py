@@ -170,3 +170,43 @@ def test_parse_predict_response(loaded):
   parsed = serving.parse_predict_response(response)
   np.testing.assert_array_equal(parsed["images_uint8"], outputs["images_uint8"].numpy())
   assert parsed["images_uint8"].dtype == np.uint8
+
+
+# ---- export metadata ----------------------------------------------------------------------
+
+def _write_metadata(version_dir, payload):
+  path = version_dir / serving.METADATA_PATH
+  path.parent.mkdir(parents=True)
+  path.write_text(payload if isinstance(payload, str) else json.dumps(payload))
+
+
+def test_metadata_without_num_classes_uses_the_label_names(tmp_path):
+  _write_metadata(tmp_path, {"image_shape": [8, 8, 1], "label_names": ["a", "b"]})
+  meta = serving.read_metadata(str(tmp_path))
+  assert meta["num_classes"] == 2 and meta["label_names"] == ["a", "b"]
+
+
+def test_metadata_defaults_label_names_to_the_class_indices(tmp_path):
+  _write_metadata(tmp_path, {"image_shape": [8, 8, 1], "num_classes": 3})
+  assert serving.read_metadata(str(tmp_path))["label_names"] == ["0", "1", "2"]
+
+
+@pytest.mark.parametrize("payload,match", [
+    ("{not json", "not valid JSON"),
+    ([1, 2], "JSON object"),
+    ({"image_shape": [8, 8, 1]}, "num_classes"),
+    ({"num_classes": 2}, "image_shape"),
+    ({"num_classes": "2", "image_shape": [8, 8, 1]}, "integer"),
+    ({"num_classes": 3, "label_names": ["a"], "image_shape": [8, 8, 1]}, "label_names"),
+    ({"num_classes": 2, "image_shape": [8, 8]}, r"\[H, W, C\]"),
+])
+def test_bad_metadata_names_the_file_and_the_field(tmp_path, payload, match):
+  _write_metadata(tmp_path, payload)
+  with pytest.raises(ValueError, match=match) as info:
+    serving.read_metadata(str(tmp_path))
+  assert "metadata.json" in str(info.value)
+
+
+def test_missing_metadata_says_where_it_looked(tmp_path):
+  with pytest.raises(FileNotFoundError, match="not exported by dp_sinkhorn_tf.export"):
+    serving.read_metadata(str(tmp_path))

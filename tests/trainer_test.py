@@ -209,14 +209,6 @@ def test_resume_with_a_different_plan_is_refused(tmp_path):
     trainer.train(other, DIGITS.images, DIGITS.labels, 10, trainer.plan_privacy(other, 1438))
 
 
-def test_tile_images_puts_one_class_per_row():
-  images = np.stack([np.full((2, 2, 1), v, np.float32) for v in (-1, -1, 1, 1)])
-  grid = trainer.tile_images(images, rows=2)
-  # Row 0 holds the two −1 images (→ 0), row 1 the two +1 images (→ 255).
-  np.testing.assert_array_equal(grid[:2, :, 0], 0)
-  np.testing.assert_array_equal(grid[2:, :, 0], 255)
-
-
 def test_ema_update_matches_the_hand_derived_average():
   cfg = tiny_config(optim=config_lib.OptimConfig(ema_decay=0.999))
   gen = trainer.make_generator(cfg, DIGITS.image_shape, 10, build=True)
