@@ -90,8 +90,15 @@ class PrivacyConfig:
   accountant: str = "rdp"
   # Gaussian blur (pixels) of the released image gradient: post-processing, no privacy cost.
   release_blur: float = 0.0
+  # Clip norm of the public rows G[n:] (None: l2_norm_clip). They see generated data only.
+  public_clip: Optional[float] = None
 
   def __post_init__(self):
+    _require(self.public_clip is None or 0 <= self.public_clip < float("inf"), "public_clip",
+             "a finite number ≥ 0 (or unset: --l2_norm_clip)", self.public_clip)
+    _require(self.public_clip is None or self.mechanism == "image_grad", "public_clip",
+             "unset with --mechanism=param_grad (it clips rows of the image gradient)",
+             self.public_clip)
     _require(self.mechanism in MECHANISMS, "mechanism", f"one of {MECHANISMS}", self.mechanism)
     _require(0 <= self.release_blur <= 10, "release_blur", "a number of pixels in [0, 10]",
              self.release_blur)

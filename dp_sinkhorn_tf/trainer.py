@@ -158,7 +158,8 @@ class DPSinkhornModel(tf.keras.Model):
     self._n_total = cfg.num_generated
     self._cost = costs.make_cost(cfg.loss.cost, l1_weight=cfg.loss.l1_weight)
     if cfg.privacy.dp:
-      self.mechanism = privacy.ImageGradientMechanism(cfg.privacy.l2_norm_clip, noise_multiplier)
+      self.mechanism = privacy.ImageGradientMechanism(cfg.privacy.l2_norm_clip, noise_multiplier,
+                                                      cfg.privacy.public_clip)
     else:
       self.mechanism = privacy.ImageGradientMechanism(math.inf, 0.0)
     self._seed = cfg.run.seed

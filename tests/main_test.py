@@ -35,6 +35,8 @@ def _error_lines(stderr: str):
     (["--weight_decay=0.1"], "--weight_decay"),
     (["--sinkhorn_epsilon=0"], "--sinkhorn_"),
     (["--release_blur=-1"], "--release_blur"),
+    (["--public_clip=-0.1"], "--public_clip"),
+    (["--public_clip=0.1", "--mechanism=param_grad"], "--public_clip"),
     (["--release_blur=1", "--mechanism=param_grad"], "--release_blur"),
     (["--steps=999999999", "--noise_multiplier=1"], "--steps"),
 ])

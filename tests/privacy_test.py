@@ -63,6 +63,21 @@ def test_public_rows_never_get_noise_private_rows_always_do():
   assert np.all(released.numpy()[:2] != grad.numpy()[:2])
 
 
+def test_public_clip_scales_only_the_public_rows():
+  # Public block [[3, 4]] (norm 5) clipped to C′ = 0.5 → [0.3, 0.4]; the private block
+  # [[0, 0]] still gets noise of std 2σC = 2·1·2 = 4, whatever C′ is.
+  m = privacy.ImageGradientMechanism(l2_norm_clip=2.0, noise_multiplier=1.0, public_clip=0.5)
+  grad = tf.concat([tf.zeros([4000, 2]), tf.constant([[3.0, 4.0]])], axis=0)
+  released, info = m.privatize(grad, num_private=4000)
+  np.testing.assert_allclose(released.numpy()[4000:], [[0.3, 0.4]], rtol=1e-6)
+  assert info.public_norm.numpy() == pytest.approx(5.0)
+  assert np.std(released.numpy()[:4000]) == pytest.approx(4.0, rel=0.05)
+  zero = privacy.ImageGradientMechanism(l2_norm_clip=2.0, noise_multiplier=1.0, public_clip=0.0)
+  np.testing.assert_array_equal(zero.privatize(grad, num_private=4000)[0].numpy()[4000:], 0.0)
+  with pytest.raises(ValueError, match="public_clip"):
+    privacy.ImageGradientMechanism(1.0, 1.0, public_clip=-1.0)
+
+
 def test_empty_batch_still_releases_pure_noise():
   # An empty Poisson sample makes the private rows' gradient exactly zero; the step must
   # still release N(0, (2σC)²) there (never skipped, never silent).

@@ -135,6 +135,15 @@ def test_param_grad_optimizer_noise_is_two_sigma_c():
              for v, b in zip(model.generator.trainable_variables, before))
 
 
+def test_public_clip_reaches_the_mechanism_and_nodp_ignores_it():
+  private = build_model(tiny_config(privacy=config_lib.PrivacyConfig(
+      noise_multiplier=1.0, target_epsilon=2.0, public_clip=0.05)))
+  assert private.mechanism.public_clip == 0.05 and private.mechanism.l2_norm_clip == 0.5
+  plain = build_model(tiny_config(steps=5, privacy=config_lib.PrivacyConfig(
+      dp=False, public_clip=0.05)))
+  assert not plain.mechanism.is_private and plain.mechanism.public_clip is None
+
+
 def test_cosine_schedule_matches_its_closed_form():
   cfg = tiny_config(optim=config_lib.OptimConfig(learning_rate=2e-3, lr_schedule="cosine"))
   schedule = trainer.learning_rate_fn(cfg, total_steps=100)
