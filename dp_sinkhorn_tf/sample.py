@@ -21,7 +21,6 @@ absent. Flags are checked against the export's assets.extra/metadata.json (label
 """
 
 import argparse
-import json
 import os
 import sys
 from typing import List, Optional, Sequence, Tuple

@@ -411,7 +411,9 @@ def loss_and_gradient_fn(cost: costs_lib.Cost, config: SinkhornConfig, num_prima
   ones = tf.ones([num_primary], dtype)
 
   def call(fake, real, real_weights, fake_weights=None, self_primary=None, self_shifted=None):
-    pick = lambda w: ones if w is None else w  # pylint: disable=unnecessary-lambda-assignment
+    def pick(w):
+      return ones if w is None else w
+
     return fn(fake, real, real_weights, pick(fake_weights), pick(self_primary),
               pick(self_shifted))
 

@@ -31,8 +31,16 @@ from typing import Callable, Optional
 import numpy as np
 import tensorflow as tf
 
-from dp_sinkhorn_tf import accounting, costs, evaluation, features, models, privacy, sampling
-from dp_sinkhorn_tf import sinkhorn
+from dp_sinkhorn_tf import (
+  accounting,
+  costs,
+  evaluation,
+  features,
+  models,
+  privacy,
+  sampling,
+  sinkhorn,
+)
 from dp_sinkhorn_tf import config as config_lib
 
 LEDGER_FILE = "privacy_ledger.json"
