@@ -450,16 +450,30 @@ def _pyplot():
   return plt
 
 
-def tile_rows(images: np.ndarray, rows: int) -> np.ndarray:
-  """[rows·cols, H, W, C] in [−1, 1] (row-major) → uint8 [rows·H, cols·W, C], pixel
-  round((x + 1)·127.5) clipped to 0..255."""
+def tile_rows(images: np.ndarray, rows: int, pad: int = 1) -> np.ndarray:
+  """[rows·cols, H, W, C] in [−1, 1] (row-major) → uint8 [rows·(H+pad)+pad, cols·(W+pad)+pad, C].
+
+  Pixel round((x + 1)·127.5) clipped to 0..255; the tiles are separated (and framed) by
+  `pad`-pixel lines of mid-grey 128, so that small dark-background images such as 8×8 digits
+  do not run into each other. pad=0 gives the bare mosaic.
+  """
   k, h, w, c = images.shape
   if rows < 1 or k % rows:
     raise ValueError(f"{k} images do not fill {rows} rows")
+  if pad < 0:
+    raise ValueError(f"pad must be ≥ 0, got {pad}")
   cols = k // rows
-  grid = images.reshape(rows, cols, h, w, c).transpose(0, 2, 1, 3, 4).reshape(rows * h,
-                                                                               cols * w, c)
-  return np.clip(np.round((grid + 1.0) * 127.5), 0, 255).astype(np.uint8)
+  pixels = np.clip(np.round((np.asarray(images, np.float64) + 1.0) * 127.5), 0, 255)
+  framed = np.pad(pixels.reshape(rows, cols, h, w, c),
+                  [(0, 0), (0, 0), (pad, 0), (pad, 0), (0, 0)], constant_values=128)
+  grid = framed.transpose(0, 2, 1, 3, 4).reshape(rows * (h + pad), cols * (w + pad), c)
+  grid = np.pad(grid, [(0, pad), (0, pad), (0, 0)], constant_values=128)
+  return grid.astype(np.uint8)
+
+
+def tile_row_centres(rows: int, height: int, pad: int = 1) -> list:
+  """The pixel row at the centre of each tile row of `tile_rows(…, pad)` (for axis labels)."""
+  return [pad + i * (height + pad) + (height - 1) / 2 for i in range(rows)]
 
 
 def save_class_grid_png(images: np.ndarray, labels: np.ndarray, label_names: Sequence[str],
@@ -473,7 +487,7 @@ def save_class_grid_png(images: np.ndarray, labels: np.ndarray, label_names: Seq
   ax.imshow(grid[..., 0] if grid.shape[-1] == 1 else grid, cmap="gray", vmin=0, vmax=255,
             interpolation="nearest")
   ax.set_xticks([])
-  ax.set_yticks([height * (i + 0.5) for i in range(k)])
+  ax.set_yticks(tile_row_centres(k, height))
   ax.set_yticklabels(label_names, fontsize=7)
   for side in ax.spines.values():
     side.set_visible(False)

@@ -369,11 +369,28 @@ def test_writers_are_atomic_and_produce_pngs_and_strict_json(tmp_path):
 
 def test_tile_rows_puts_each_row_of_images_side_by_side():
   images = np.stack([np.full((2, 3, 1), v) for v in (-1.0, 0.0, 1.0, 0.5)])
-  grid = evaluation.tile_rows(images, rows=2)
+  grid = evaluation.tile_rows(images, rows=2, pad=0)
   assert grid.shape == (4, 6, 1) and grid.dtype == np.uint8
   np.testing.assert_array_equal(grid[[0, 0, 2, 2], [0, 3, 0, 3], 0], [0, 128, 255, 191])
   with pytest.raises(ValueError, match="do not fill"):
     evaluation.tile_rows(images[:3], rows=2)
+
+
+def test_tile_rows_frames_tiles_with_grey_lines():
+  # Four 2×3 tiles, values −1, 0, 1, 0.5 → 0, 128, 255, 191; with pad=1 the grid is
+  # 2·(2+1)+1 = 7 rows by 2·(3+1)+1 = 9 columns, and rows 0, 3, 6 / columns 0, 4, 8 are 128.
+  images = np.stack([np.full((2, 3, 1), v) for v in (-1.0, 0.0, 1.0, 0.5)])
+  grid = evaluation.tile_rows(images, rows=2)
+  assert grid.shape == (7, 9, 1)
+  np.testing.assert_array_equal(grid[[0, 3, 6], :, 0], 128)
+  np.testing.assert_array_equal(grid[:, [0, 4, 8], 0], 128)
+  np.testing.assert_array_equal(grid[1:3, 1:4, 0], 0)
+  np.testing.assert_array_equal(grid[1:3, 5:8, 0], 128)
+  np.testing.assert_array_equal(grid[4:6, 1:4, 0], 255)
+  np.testing.assert_array_equal(grid[4:6, 5:8, 0], 191)
+  assert evaluation.tile_row_centres(2, height=2) == [1.5, 4.5]  # the middles of rows 1–2, 4–5
+  with pytest.raises(ValueError, match="pad"):
+    evaluation.tile_rows(images, rows=2, pad=-1)
 
 
 def test_per_class_examples_fill_missing_classes_with_blank_images():
