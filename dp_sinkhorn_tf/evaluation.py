@@ -450,7 +450,11 @@ def _pyplot():
   return plt
 
 
-def tile_rows(images: np.ndarray, rows: int, pad: int = 1) -> np.ndarray:
+# Width (pixels) of the grey lines between the tiles of a sample grid.
+GRID_PAD = 1
+
+
+def tile_rows(images: np.ndarray, rows: int, pad: int = GRID_PAD) -> np.ndarray:
   """[rows·cols, H, W, C] in [−1, 1] (row-major) → uint8 [rows·(H+pad)+pad, cols·(W+pad)+pad, C].
 
   Pixel round((x + 1)·127.5) clipped to 0..255; the tiles are separated (and framed) by
@@ -471,7 +475,7 @@ def tile_rows(images: np.ndarray, rows: int, pad: int = 1) -> np.ndarray:
   return grid.astype(np.uint8)
 
 
-def tile_row_centres(rows: int, height: int, pad: int = 1) -> list:
+def tile_row_centres(rows: int, height: int, pad: int = GRID_PAD) -> list:
   """The pixel row at the centre of each tile row of `tile_rows(…, pad)` (for axis labels)."""
   return [pad + i * (height + pad) + (height - 1) / 2 for i in range(rows)]
 
