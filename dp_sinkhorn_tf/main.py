@@ -191,7 +191,7 @@ def run(cfg: config_lib.TrainConfig, flags_text: str) -> int:
   os.makedirs(cfg.run.workdir, exist_ok=True)
   trainer.write_text_atomic(os.path.join(cfg.run.workdir, "flags.txt"), flags_text)
   result = trainer.train(cfg, dataset.images, dataset.labels, dataset.num_classes, plan,
-                         on_log=_progress_printer())
+                         on_log=_progress_printer(), label_names=dataset.label_names)
   if cfg.run.export:
     from dp_sinkhorn_tf import export
     metadata = export_metadata(cfg, plan, result, dataset, flags_text)

@@ -26,7 +26,7 @@ import dataclasses
 import json
 import math
 import os
-from typing import Callable, Optional
+from typing import Callable, Optional, Sequence
 
 import numpy as np
 import tensorflow as tf
@@ -399,28 +399,6 @@ def generate_grid(generator: tf.keras.Model, num_classes: int, per_class: int,
   return generator([z, tf.constant(labels)], training=False).numpy()
 
 
-def save_grid_png(images: np.ndarray, num_classes: int, path: str,
-                  title: Optional[str] = None) -> str:
-  """Writes a per-class grid PNG atomically (matplotlib, Agg)."""
-  import matplotlib
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
-
-  grid = evaluation.tile_rows(np.asarray(images), num_classes)
-  width = 6.0  # inches; a cell of an 8×8 grid is then ~60 px, of a 28×28 grid ~20 px per row
-  fig, ax = plt.subplots(figsize=(width, width * grid.shape[0] / grid.shape[1] + 0.3), dpi=100)
-  ax.imshow(grid[..., 0] if grid.shape[-1] == 1 else grid, cmap="gray", vmin=0, vmax=255,
-            interpolation="nearest")
-  ax.set_axis_off()
-  if title:
-    ax.set_title(title, fontsize=8)
-  tmp = f"{path}.tmp-{os.getpid()}.png"
-  fig.savefig(tmp, bbox_inches="tight")
-  plt.close(fig)
-  os.replace(tmp, path)
-  return path
-
-
 def privacy_report(cfg: config_lib.TrainConfig, plan: PrivacyPlan, ledger,
                    finished: bool) -> dict:
   """The human-readable privacy.json: plan, steps spent, ε under RDP and PLD."""
@@ -435,7 +413,8 @@ def privacy_report(cfg: config_lib.TrainConfig, plan: PrivacyPlan, ledger,
 
 def train(cfg: config_lib.TrainConfig, images: np.ndarray, labels: np.ndarray,
           num_classes: int, plan: PrivacyPlan,
-          on_log: Optional[Callable[[int, int, dict], None]] = None) -> TrainResult:
+          on_log: Optional[Callable[[int, int, dict], None]] = None,
+          label_names: Optional[Sequence[str]] = None) -> TrainResult:
   """Trains (or resumes) the run in cfg.run.workdir until the plan's steps are spent.
 
   Args:
@@ -446,12 +425,16 @@ def train(cfg: config_lib.TrainConfig, images: np.ndarray, labels: np.ndarray,
     plan: from `plan_privacy`.
     on_log: called as on_log(steps_spent, planned_steps, logs) every cfg.run.log_every
       steps; logs hold the step's metrics and "epsilon" spent so far.
+    label_names: K names for the rows of the sample grids (default "0", …, "K−1").
 
   Raises:
     BudgetExhaustedError: the workdir's ledger has no step left.
     ValueError: the workdir holds a run whose privacy plan differs from this one.
   """
   run = cfg.run
+  names = [str(k) for k in range(num_classes)] if label_names is None else list(label_names)
+  if len(names) != num_classes:
+    raise ValueError(f"{len(names)} label_names for {num_classes} classes")
   os.makedirs(run.workdir, exist_ok=True)
   ledger_path = os.path.join(run.workdir, LEDGER_FILE)
   ledger = load_or_create_ledger(cfg, plan, len(images)) if cfg.privacy.dp else None
@@ -500,12 +483,12 @@ def train(cfg: config_lib.TrainConfig, images: np.ndarray, labels: np.ndarray,
         if on_log is not None:
           on_log(spent, plan.steps, logs)
       if spent % run.sample_every == 0:
-        _write_samples(writer, model.sampling_generator, num_classes, run.workdir, spent)
+        _write_samples(writer, model.sampling_generator, names, run.workdir, spent)
     manager.save(checkpoint_number=int(step.numpy()))
     if spent < plan.steps:  # the final report follows the loop
       _write_json_atomic(os.path.join(run.workdir, REPORT_FILE),
                          privacy_report(cfg, plan, ledger, finished=False))
-  grid = _write_samples(writer, model.sampling_generator, num_classes, run.workdir, spent,
+  grid = _write_samples(writer, model.sampling_generator, names, run.workdir, spent,
                         final=True)
   _write_json_atomic(os.path.join(run.workdir, REPORT_FILE),
                      privacy_report(cfg, plan, ledger, finished=True))
@@ -520,13 +503,15 @@ def _write_scalars(writer, step: int, logs: dict) -> None:
         tf.summary.scalar(name, value)
 
 
-def _write_samples(writer, generator, num_classes: int, workdir: str, step: int,
+def _write_samples(writer, generator, label_names: Sequence[str], workdir: str, step: int,
                    final: bool = False) -> str:
-  """Generated (never private) images: a TensorBoard grid and a PNG."""
-  images = generate_grid(generator, num_classes, per_class=10)
+  """Generated (never private) images: a TensorBoard grid and a PNG, one row per class."""
+  num_classes, per_class = len(label_names), 10
+  images = generate_grid(generator, num_classes, per_class)
   with writer.as_default(step=step):
     grid = evaluation.tile_rows(np.asarray(images), num_classes)
     tf.summary.image("samples", grid[np.newaxis], max_outputs=1)
   name = "final.png" if final else f"step_{step:07d}.png"
-  return save_grid_png(images, num_classes, os.path.join(workdir, "samples", name),
-                       title=f"step {step}")
+  return evaluation.save_class_grid_png(
+      images, balanced_grid_labels(num_classes, per_class), label_names,
+      os.path.join(workdir, "samples", name), per_class=per_class, title=f"step {step}")

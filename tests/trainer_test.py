@@ -339,3 +339,13 @@ def test_class_matching_changes_the_loss_and_leaves_public_rows_data_free():
   real, real_labels = model.private_batch(tf.constant(4, tf.int64))
   plain, _ = uniform.sinkhorn_loss(fake, fake_labels, real, real_labels)
   assert abs(float(plain) - losses[1]) > 1e-3
+
+
+def test_label_names_must_name_every_class(tmp_path):
+  cfg = tiny_config(tmp_path, steps=1, privacy=config_lib.PrivacyConfig(
+      noise_multiplier=1.0, target_epsilon=10.0))
+  plan = trainer.plan_privacy(cfg, len(DIGITS.images))
+  with pytest.raises(ValueError, match="3 label_names for 10 classes"):
+    trainer.train(cfg, DIGITS.images, DIGITS.labels, 10, plan, label_names=["a", "b", "c"])
+  # Checked before anything is written: no ledger, no checkpoint.
+  assert not os.path.exists(os.path.join(tmp_path, trainer.LEDGER_FILE))
