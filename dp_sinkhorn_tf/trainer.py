@@ -429,7 +429,8 @@ def train(cfg: config_lib.TrainConfig, images: np.ndarray, labels: np.ndarray,
 
   Raises:
     BudgetExhaustedError: the workdir's ledger has no step left.
-    ValueError: the workdir holds a run whose privacy plan differs from this one.
+    ValueError: the workdir holds a run whose privacy plan differs from this one, or
+      label_names does not hold num_classes names.
   """
   run = cfg.run
   names = [str(k) for k in range(num_classes)] if label_names is None else list(label_names)
