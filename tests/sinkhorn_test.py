@@ -18,13 +18,13 @@ def tight(epsilon: float, **kw) -> sinkhorn.SinkhornConfig:
   return sinkhorn.SinkhornConfig(epsilon=epsilon, threshold=1e-9, max_iterations=20000, **kw)
 
 
-def autodiff_gradient(fn, x: np.ndarray) -> np.ndarray:
-  """d fn / dx by tf.GradientTape; fn maps a float64 tensor to a scalar tensor."""
-  xt = tf.constant(x)
+def value_and_gradient(fn, x) -> tuple[np.ndarray, np.ndarray]:
+  """(fn(x), d fn / dx) by tf.GradientTape, as arrays; fn maps a tensor to a scalar tensor."""
+  xt = tf.convert_to_tensor(x)
   with tf.GradientTape() as tape:
     tape.watch(xt)
     v = fn(xt)
-  return tape.gradient(v, xt).numpy()
+  return v.numpy(), tape.gradient(v, xt).numpy()
 
 
 def central_differences(fn, x: np.ndarray, h: float = 1e-5) -> np.ndarray:
@@ -151,7 +151,7 @@ def test_gradient_matches_central_differences(cost):
   def value(xv):
     return sinkhorn.ot_cost(tf.constant(xv), tf.constant(y), cost, config)[0]
 
-  np.testing.assert_allclose(autodiff_gradient(value, x), central_differences(value, x),
+  np.testing.assert_allclose(value_and_gradient(value, x)[1], central_differences(value, x),
                              rtol=1e-4, atol=1e-6)
 
 
@@ -165,8 +165,8 @@ def test_semi_debiased_loss_gradient_matches_central_differences():
   def value(f):
     return sinkhorn.semi_debiased_loss(tf.constant(f), tf.constant(real), n, L2, config)[0]
 
-  np.testing.assert_allclose(autodiff_gradient(value, fake), central_differences(value, fake),
-                             rtol=1e-4, atol=1e-6)
+  np.testing.assert_allclose(value_and_gradient(value, fake)[1],
+                             central_differences(value, fake), rtol=1e-4, atol=1e-6)
 
 
 def test_float32_small_lambda_large_costs_is_finite():
@@ -176,12 +176,10 @@ def test_float32_small_lambda_large_costs_is_finite():
   fake = tf.constant(rng.uniform(-60, 60, size=(14, 2)), tf.float32)
   real = tf.constant(rng.uniform(-60, 60, size=(9, 2)), tf.float32)
   config = sinkhorn.SinkhornConfig(epsilon=1e-3, max_iterations=200)
-  with tf.GradientTape() as tape:
-    tape.watch(fake)
-    loss, info = sinkhorn.semi_debiased_loss(fake, real, 10, L1L2, config)
-  grad = tape.gradient(loss, fake)
-  assert np.isfinite(loss.numpy())
-  assert np.all(np.isfinite(grad.numpy()))
+  loss, grad = value_and_gradient(
+      lambda f: sinkhorn.semi_debiased_loss(f, real, 10, L1L2, config)[0], fake)
+  assert np.isfinite(loss)
+  assert np.all(np.isfinite(grad))
   assert np.max(costs.squared_euclidean(fake, real).numpy()) > 5e3
 
 
@@ -219,10 +217,8 @@ def test_public_rows_do_not_depend_on_private_data():
   grads = []
   for seed in (0, 1):
     real = tf.constant(np.random.default_rng(seed).normal(size=(4 + seed, 3)))
-    with tf.GradientTape() as tape:
-      tape.watch(fake)
-      loss, _ = sinkhorn.semi_debiased_loss(fake, real, 5, L2, tight(0.3))
-    grads.append(tape.gradient(loss, fake).numpy())
+    grads.append(value_and_gradient(
+        lambda f: sinkhorn.semi_debiased_loss(f, real, 5, L2, tight(0.3))[0], fake)[1])
   np.testing.assert_array_equal(grads[0][5:], grads[1][5:])
   assert np.abs(grads[0][:5] - grads[1][:5]).max() > 1e-3
 
@@ -235,12 +231,10 @@ def test_empty_real_batch_gives_self_term_only(weights):
     real, w = tf.zeros([0, 3], tf.float64), None
   else:
     real, w = tf.constant(rng.normal(size=(4, 3))), tf.zeros([4], tf.float64)
-  with tf.GradientTape() as tape:
-    tape.watch(fake)
-    loss, _ = sinkhorn.semi_debiased_loss(fake, real, 5, L2, tight(0.3), w)
-  grad = tape.gradient(loss, fake).numpy()
+  loss, grad = value_and_gradient(
+      lambda f: sinkhorn.semi_debiased_loss(f, real, 5, L2, tight(0.3), w)[0], fake)
   self_term, _ = sinkhorn.ot_cost(fake[:5], fake[2:7], L2, tight(0.3))
-  assert loss.numpy() == pytest.approx(-self_term.numpy(), rel=1e-10)
+  assert loss == pytest.approx(-self_term.numpy(), rel=1e-10)
   assert np.all(np.isfinite(grad))
 
 
@@ -280,14 +274,12 @@ def test_eager_and_tf_function_agree():
   fake = tf.constant(rng.normal(size=(7, 6)), tf.float32)
   real = tf.constant(rng.normal(size=(5, 6)), tf.float32)
   config = sinkhorn.SinkhornConfig(epsilon=0.1)
-  with tf.GradientTape() as tape:
-    tape.watch(fake)
-    eager, _ = sinkhorn.semi_debiased_loss(fake, real, 5, L1L2, config)
-  eager_grad = tape.gradient(eager, fake)
+  eager, eager_grad = value_and_gradient(
+      lambda f: sinkhorn.semi_debiased_loss(f, real, 5, L1L2, config)[0], fake)
   fn = sinkhorn.loss_and_gradient_fn(L1L2, config, num_primary=5, dim=6)
   graph, graph_grad, _ = fn(fake, real, tf.ones([5]))
-  np.testing.assert_allclose(graph.numpy(), eager.numpy(), rtol=1e-5)
-  np.testing.assert_allclose(graph_grad.numpy(), eager_grad.numpy(), rtol=1e-4, atol=1e-5)
+  np.testing.assert_allclose(graph.numpy(), eager, rtol=1e-5)
+  np.testing.assert_allclose(graph_grad.numpy(), eager_grad, rtol=1e-4, atol=1e-5)
 
 
 def test_no_retracing_for_varying_real_batch_sizes():
@@ -367,11 +359,9 @@ def test_class_matched_loss_keeps_public_rows_free_of_private_data():
         tf.constant(np.random.default_rng(seed).normal(size=(len(real_labels), 3))),
         real_labels, 3, 10.0)
     fake_w, real_w = features.class_matched_weights(fake_labels[:5], real_labels, 3)
-    with tf.GradientTape() as tape:
-      tape.watch(fake_f)
-      loss, _ = sinkhorn.semi_debiased_loss(fake_f, real, 5, L2, tight(0.3), real_w, fake_w,
-                                            self_w)
-    grads.append(tape.gradient(loss, fake_f).numpy())
+    grads.append(value_and_gradient(
+        lambda f: sinkhorn.semi_debiased_loss(f, real, 5, L2, tight(0.3), real_w, fake_w,
+                                              self_w)[0], fake_f)[1])
   assert np.all(np.isfinite(grads[0])) and np.all(np.isfinite(grads[1]))
   np.testing.assert_array_equal(grads[0][5:], grads[1][5:])
   assert np.abs(grads[0][:5] - grads[1][:5]).max() > 1e-3
