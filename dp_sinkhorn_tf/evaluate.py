@@ -14,11 +14,20 @@ r"""Evaluates an exported DP-Sinkhorn generator the way the paper does.
    FIDs) on the first --fid_num_samples generated images.
 4. Writes to --out: eval.json, samples.png (one row per class), labels.png (label
    histogram) and, with --workdir holding a privacy ledger, epsilon.png (ε against step).
+   eval.json's "pictures" lists the picture files written (and any withheld, and why).
 
 --model=real is the non-private baseline: the classifiers train on (at most --num_samples
-records of) the real training split instead. Errors print one line `error: ...` naming the
-flag and exit non-zero; --out is only written once everything has been computed (every file
-via a temp file and rename, eval.json last).
+records of) the real training split instead. Its samples.png and labels.png would show
+PRIVATE training records, so it writes neither: --out gets eval.json (and epsilon.png) only,
+and eval.json says the pictures were withheld. --write_private_images (--model=real only; an
+error with a generated model, whose pictures are publishable) writes them anyway, but to the
+sub-folder --out/private_real_images/ next to a DO_NOT_PUBLISH.txt, never to --out itself:
+that folder holds private records and must never be published.
+
+Errors print one line `error: ...` naming the flag and exit non-zero; --out is only written
+once everything has been computed (every file via a temp file and rename, eval.json last; a
+previous run's outputs this run does not produce, private_real_images/ included, are removed
+just before eval.json).
 """
 
 import json
@@ -41,7 +50,14 @@ EVAL_FILE = "eval.json"
 GRID_FILE = "samples.png"
 HISTOGRAM_FILE = "labels.png"
 EPSILON_FILE = "epsilon.png"
-OUTPUT_FILES = (EVAL_FILE, GRID_FILE, HISTOGRAM_FILE, EPSILON_FILE)
+# --model=real --write_private_images: pictures of private records, only ever in this sub-folder.
+PRIVATE_DIR = "private_real_images"
+DO_NOT_PUBLISH_FILE = "DO_NOT_PUBLISH.txt"
+PRIVATE_GRID_FILE = f"{PRIVATE_DIR}/{GRID_FILE}"
+PRIVATE_HISTOGRAM_FILE = f"{PRIVATE_DIR}/{HISTOGRAM_FILE}"
+PRIVATE_WARNING_FILE = f"{PRIVATE_DIR}/{DO_NOT_PUBLISH_FILE}"
+OUTPUT_FILES = (EVAL_FILE, GRID_FILE, HISTOGRAM_FILE, EPSILON_FILE, PRIVATE_GRID_FILE,
+                PRIVATE_HISTOGRAM_FILE, PRIVATE_WARNING_FILE)  # paths relative to --out
 
 FLAGS = flags.FlagValues()  # private registry: importable next to main.py's flags
 flags.DEFINE_string("model", None, "SavedModel export (version dir or model dir with numeric "
@@ -79,6 +95,10 @@ flags.DEFINE_integer("epsilon_points", 50, "Steps at which epsilon.png evaluates
 flags.DEFINE_bool("show_epochs", True, "Print one line per classifier epoch.",
                   flag_values=FLAGS)
 flags.DEFINE_string("out", None, "Output directory (created).", flag_values=FLAGS)
+flags.DEFINE_bool("write_private_images", False, "--model=real only: also write samples.png "
+                  f"and labels.png of the real training split, to <out>/{PRIVATE_DIR}/. They "
+                  "show PRIVATE training records: never publish them. Without it --model=real "
+                  "writes no picture of the training split.", flag_values=FLAGS)
 
 
 class FlagError(ValueError):
@@ -103,6 +123,10 @@ def check_flags(f) -> dict:
   """Validates the flags without touching the disk beyond reads; returns the parsed ones."""
   if not f.model:
     raise FlagError("--model: required (an export directory, or 'real')")
+  if f.write_private_images and f.model != REAL:
+    raise FlagError(f"--write_private_images: only with --model={REAL} (it writes pictures of "
+                    "private training records); a generated model's pictures are not private and "
+                    "go to --out without it")
   if not f.out:
     raise FlagError("--out: required (the output directory)")
   if os.path.exists(f.out) and not os.path.isdir(f.out):
@@ -190,10 +214,27 @@ def _log(message: str) -> None:
   print(message, flush=True)
 
 
+def _writer(name: str, write):
+  """A _stage_and_publish writer: write(path) for `name` (one of OUTPUT_FILES, relative to
+  the staging directory, maybe in PRIVATE_DIR) → name."""
+  def stage(staging: str) -> str:
+    path = os.path.join(staging, name)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    write(path)
+    return name
+  return stage
+
+
+def _publish_order(name: str) -> int:
+  """DO_NOT_PUBLISH.txt before the private pictures it warns about; eval.json last."""
+  return {PRIVATE_WARNING_FILE: 0, EVAL_FILE: 2}.get(name, 1)
+
+
 def _stage_and_publish(out: str, writers) -> None:
-  """Runs each writer(staging_dir) → file name, then moves the files into `out` (eval.json
-  last, each by os.replace; a previous run's outputs this run lacks are removed just before
-  eval.json). A failure while writing leaves `out` as it was."""
+  """Runs each writer(staging_dir) → file name relative to it, then moves the files into
+  `out` (DO_NOT_PUBLISH.txt before the private pictures, eval.json last, each by os.replace; a
+  previous run's outputs this run lacks are removed just before eval.json, the warning last,
+  and an emptied PRIVATE_DIR with them). A failure while writing leaves `out` as it was."""
   parent = os.path.dirname(os.path.abspath(out))
   os.makedirs(parent, exist_ok=True)
   staging = tempfile.mkdtemp(prefix=f".{os.path.basename(os.path.abspath(out))}.tmp-",
@@ -201,14 +242,37 @@ def _stage_and_publish(out: str, writers) -> None:
   try:
     names = [writer(staging) for writer in writers]
     os.makedirs(out, exist_ok=True)
-    for name in sorted(names, key=lambda n: n == EVAL_FILE):
+    for name in sorted(names, key=_publish_order):
       if name == EVAL_FILE:  # a previous run's outputs that this run did not produce go
-        for stale in set(OUTPUT_FILES) - set(names):
+        for stale in sorted(set(OUTPUT_FILES) - set(names), key=_publish_order, reverse=True):
           if os.path.isfile(os.path.join(out, stale)):
             os.remove(os.path.join(out, stale))
-      os.replace(os.path.join(staging, name), os.path.join(out, name))
+        private_dir = os.path.join(out, PRIVATE_DIR)
+        if os.path.isdir(private_dir) and not os.listdir(private_dir):
+          os.rmdir(private_dir)
+      dest = os.path.join(out, name)
+      os.makedirs(os.path.dirname(dest), exist_ok=True)
+      os.replace(os.path.join(staging, name), dest)
   finally:
     shutil.rmtree(staging, ignore_errors=True)
+
+
+def _write_do_not_publish(path: str, dataset: str) -> str:
+  lines = [
+      "DO NOT PUBLISH this folder.",
+      "",
+      f"{GRID_FILE} and {HISTOGRAM_FILE} here show PRIVATE training records: real images of "
+      f"the --dataset={dataset} training split and its label histogram, written by "
+      f"`python -m dp_sinkhorn_tf.evaluate --model={REAL} --write_private_images` (the "
+      "non-private baseline). Differential privacy exists to protect these records: do not "
+      "publish, upload or share them.",
+      "",
+      f"Publish the evaluation folder without {PRIVATE_DIR}/ (without --write_private_images "
+      "it is never written).",
+  ]
+  with open(path, "w") as fh:
+    fh.write("\n".join(lines) + "\n")
+  return path
 
 
 def run(f) -> int:
@@ -294,21 +358,47 @@ def run(f) -> int:
     report["epsilon_plot"] = "none: the ledger records no step"
     ledger = None
 
-  what = "real training data" if f.model == REAL else f"generated ({f.model})"
-  writers = [
-      lambda d: os.path.basename(evaluation.save_class_grid_png(
-          images, labels, label_names, os.path.join(d, GRID_FILE), title=what)),
-      lambda d: os.path.basename(evaluation.save_label_histogram_png(
-          labels, label_names, os.path.join(d, HISTOGRAM_FILE), reference_labels=test.labels,
-          title=f"labels: {what}")),
-  ]
+  # --model=real pictures show private records: withheld, or (--write_private_images) in
+  # PRIVATE_DIR next to DO_NOT_PUBLISH.txt; a generated model's go to --out itself.
+  private = f.model == REAL
+  pictures, note = [GRID_FILE, HISTOGRAM_FILE], None
+  if private and not f.write_private_images:
+    pictures = []
+    note = (f"{GRID_FILE} and {HISTOGRAM_FILE} withheld: with --model={REAL} they would show "
+            f"private training records (--write_private_images writes them to {PRIVATE_DIR}/, "
+            "never to be published)")
+  elif private:
+    pictures = [PRIVATE_GRID_FILE, PRIVATE_HISTOGRAM_FILE]
+    note = (f"{PRIVATE_DIR}/ holds PRIVATE training records (--write_private_images): never "
+            "publish it")
+  what = "PRIVATE real training data" if private else f"generated ({f.model})"
+  writers = []
+  if pictures:
+    grid_file, histogram_file = pictures
+    if private:
+      writers.append(_writer(PRIVATE_WARNING_FILE,
+                             lambda p: _write_do_not_publish(p, f.dataset)))
+    writers.append(_writer(grid_file, lambda p: evaluation.save_class_grid_png(
+        images, labels, label_names, p, title=what)))
+    writers.append(_writer(histogram_file, lambda p: evaluation.save_label_histogram_png(
+        labels, label_names, p, reference_labels=test.labels, title=f"labels: {what}")))
   if ledger is not None:
-    writers.append(lambda d: os.path.basename(
-        evaluation.save_epsilon_plot_png(ledger, os.path.join(d, EPSILON_FILE),
-                                         f.epsilon_points)))
-  writers.append(lambda d: os.path.basename(
-      evaluation.write_json_atomic(os.path.join(d, EVAL_FILE), report)))
+    writers.append(_writer(EPSILON_FILE, lambda p: evaluation.save_epsilon_plot_png(
+        ledger, p, f.epsilon_points)))
+  report["pictures"] = {
+      "written": pictures + ([EPSILON_FILE] if ledger is not None else []),
+      "private": pictures if private else [],
+      "withheld": [GRID_FILE, HISTOGRAM_FILE] if private and not pictures else [],
+      "note": note}
+  writers.append(_writer(EVAL_FILE, lambda p: evaluation.write_json_atomic(p, report)))
   _stage_and_publish(f.out, writers)
+  if private and not pictures:
+    _log(f"not writing {GRID_FILE} / {HISTOGRAM_FILE}: with --model={REAL} they would show "
+         f"private training records (--write_private_images writes them to "
+         f"{os.path.join(f.out, PRIVATE_DIR)}, never to be published)")
+  elif private:
+    _log(f"wrote PRIVATE training records to {os.path.join(f.out, PRIVATE_DIR)} ({GRID_FILE}, "
+         f"{HISTOGRAM_FILE}): they must NOT be published (see {DO_NOT_PUBLISH_FILE})")
   _log(f"wrote {os.path.join(f.out, EVAL_FILE)} ({time.time() - started:.0f} s)")
   return 0
 

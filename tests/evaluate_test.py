@@ -1,5 +1,7 @@
 """Tests for the dp_sinkhorn_tf.evaluate command line: end to end on digits with a tiny
-SavedModel, the real-data baseline, and bad flags failing in one line with nothing written."""
+SavedModel, the real-data baseline (which writes no picture of private training records
+unless --write_private_images asks, and then only to private_real_images/), and bad flags
+failing in one line with nothing written."""
 
 import json
 import os
@@ -15,6 +17,10 @@ from dp_sinkhorn_tf import accounting, data, evaluate
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+# A real-data baseline run of about a second: its accuracy is not what these tests check.
+FAST_REAL = ["--model=real", "--dataset=digits", "--num_samples=100", "--classifiers=logreg",
+             "--max_epochs=1", "--noshow_epochs"]
+PRIVATE_PICTURES = ["private_real_images/samples.png", "private_real_images/labels.png"]
 
 
 class ClassMeanExport(tf.Module):
@@ -75,6 +81,17 @@ def _error_lines(stderr):
   return [line for line in stderr.splitlines() if line.startswith("error:")]
 
 
+def _files_under(root):
+  """Every file below `root`, as sorted '/'-separated paths relative to it."""
+  return sorted(os.path.relpath(os.path.join(d, n), root).replace(os.sep, "/")
+                for d, _, names in os.walk(root) for n in names)
+
+
+def _read_report(out):
+  with open(out / "eval.json") as fh:
+    return json.load(fh)
+
+
 def test_end_to_end_on_digits_with_a_saved_model(digits_export, tmp_path, capsys):
   model_dir, workdir = digits_export
   out = tmp_path / "eval"
@@ -101,6 +118,7 @@ def test_end_to_end_on_digits_with_a_saved_model(digits_export, tmp_path, capsys
   assert report["privacy"]["epsilon"] == 4.2 and report["privacy"]["delta"] == 1e-5
   assert report["privacy"]["privacy_json"]["finished"] is True
   assert report["export_path"].endswith(os.path.join("generator", "1"))
+  assert report["pictures"]["written"] == ["samples.png", "labels.png", "epsilon.png"]
   assert sorted(os.listdir(tmp_path)) == ["eval"]  # the staging directory is gone
 
   # Re-running into the same --out without --workdir replaces eval.json and drops the
@@ -109,8 +127,10 @@ def test_end_to_end_on_digits_with_a_saved_model(digits_export, tmp_path, capsys
                           "--max_epochs=1", f"--out={out}"], capsys)
   assert code == 0, stderr[-2000:]
   assert sorted(os.listdir(out)) == ["eval.json", "labels.png", "samples.png"]
-  with open(out / "eval.json") as fh:
-    assert json.load(fh)["num_samples"] == 50
+  report = _read_report(out)
+  assert report["num_samples"] == 50
+  assert report["pictures"] == {"written": ["samples.png", "labels.png"], "private": [],
+                                "withheld": [], "note": None}
 
 
 def test_real_data_baseline(tmp_path, capsys):
@@ -124,7 +144,62 @@ def test_real_data_baseline(tmp_path, capsys):
   assert report["accuracies"]["logreg"] > 0.85
   assert report["privacy"]["dp"] is False
   assert report["fid"] is None and "--fid=none" in report["fid_details"]["reason"]
-  assert not (out / "epsilon.png").exists()
+  assert _files_under(out) == ["eval.json"]  # no picture of the private training split
+
+
+def test_real_baseline_writes_no_picture_of_private_records(tmp_path, capsys):
+  out = tmp_path / "real"
+  code, stdout, stderr = _run([*FAST_REAL, f"--out={out}"], capsys)
+  assert code == 0, stderr[-2000:]
+  assert _files_under(out) == ["eval.json"]
+  assert sorted(os.listdir(tmp_path)) == ["real"]  # nor in the (removed) staging directory
+  pictures = _read_report(out)["pictures"]
+  assert pictures["written"] == [] and pictures["private"] == []
+  assert pictures["withheld"] == ["samples.png", "labels.png"]
+  assert "private training records" in pictures["note"]
+  assert "--write_private_images" in pictures["note"]
+  assert "not writing samples.png / labels.png" in stdout
+
+
+def test_write_private_images_puts_them_only_in_the_private_folder(tmp_path, capsys):
+  out = tmp_path / "real"
+  out.mkdir()
+  for name in ("samples.png", "labels.png"):  # as an evaluate before the flag existed left them
+    (out / name).write_bytes(PNG_MAGIC)
+  code, stdout, stderr = _run([*FAST_REAL, "--write_private_images", f"--out={out}"], capsys)
+  assert code == 0, stderr[-2000:]
+  assert _files_under(out) == ["eval.json", "private_real_images/DO_NOT_PUBLISH.txt",
+                               *sorted(PRIVATE_PICTURES)]
+  for name in PRIVATE_PICTURES:
+    with open(out / name, "rb") as fh:
+      assert fh.read(8) == PNG_MAGIC
+  warning = (out / "private_real_images" / "DO_NOT_PUBLISH.txt").read_text()
+  assert warning.startswith("DO NOT PUBLISH") and "PRIVATE training records" in warning
+  [line] = [line for line in stdout.splitlines() if line.startswith("wrote PRIVATE")]
+  assert "private_real_images" in line and "must NOT be published" in line
+  pictures = _read_report(out)["pictures"]
+  assert pictures["written"] == pictures["private"] == PRIVATE_PICTURES
+  assert pictures["withheld"] == [] and "never publish" in pictures["note"]
+  assert sorted(os.listdir(tmp_path)) == ["real"]
+
+  # Without the flag the next run into the same --out drops the private folder, a previous
+  # run's output.
+  code, _, stderr = _run([*FAST_REAL, f"--out={out}"], capsys)
+  assert code == 0, stderr[-2000:]
+  assert _files_under(out) == ["eval.json"] and os.listdir(out) == ["eval.json"]
+
+
+def test_write_private_images_with_a_generated_model_is_a_flag_error(digits_export, tmp_path,
+                                                                     capsys):
+  model_dir, _ = digits_export
+  out = tmp_path / "out"
+  code, stdout, stderr = _run([f"--model={model_dir}", "--write_private_images",
+                               "--num_samples=50", f"--out={out}"], capsys)
+  assert code == 2
+  errors = _error_lines(stderr)
+  assert len(errors) == 1 and errors[0].startswith("error: --write_private_images: "), stderr
+  assert "--model=real" in errors[0]
+  assert stdout == "" and not out.exists() and os.listdir(tmp_path) == []
 
 
 @pytest.mark.parametrize("args,flag", [
