@@ -5,10 +5,20 @@ batch size is K ~ Binomial(N, q), and given K the batch is a uniform K-subset. T
 sampling under which `accounting` analyses the subsampled Gaussian mechanism; fixed-size
 shuffled batches would need a different (weaker) analysis.
 
-Randomness is stateless and keyed by a [2] int64 seed (e.g. (run seed, step)): the same
-step always draws the same batch, under eager execution, tf.function and tf.data alike,
-and a resumed run reproduces the batches of the steps it repeats. Cost: N uniform draws
-per step (≈1 ms per million records on this CPU), no host round trip.
+Randomness is stateless and keyed by a [2] int64 seed (in training the run's secret key and
+the step, `privacy_key.step_seed`; never the public --seed): the same step always draws the
+same batch, under eager execution, tf.function and tf.data alike, and a resumed run
+reproduces the batches of the steps it repeats. Cost: N uniform draws per step (≈1 ms per
+million records on this CPU), no host round trip.
+
+Exact rate. Record i is in iff u_i < q for u_i ~ stateless_uniform(float64). TF builds a
+float64 uniform from 52 random mantissa bits, so u_i is uniform on {k/2⁵²}, and
+
+  P(i in batch) = #{k : k/2⁵² < q} / 2⁵² = ⌈q·2⁵²⌉ / 2⁵²   (`inclusion_probability`),
+
+which is ≥ q and above it by less than 2⁻⁵². The planner hands the accountant this exact
+rate, not B/N. (float32 draws gave ⌈q·2²³⌉/2²³, up to 1.2e-7 above q: the demo's true ε
+was 10.0001 for a planned 10.)
 
 An empty batch (K = 0, probability (1−q)^N) is a valid outcome and a normal step: callers
 must not skip it (see `privacy`).
@@ -26,6 +36,13 @@ def _check(dataset_size: int, sample_rate: float) -> None:
     raise ValueError(f"sample_rate q must be in (0, 1], got {sample_rate}")
 
 
+def inclusion_probability(sample_rate: float) -> float:
+  """⌈q·2⁵²⌉/2⁵²: the exact probability that `poisson_sample_indices` keeps a record."""
+  if not 0 < sample_rate <= 1:
+    raise ValueError(f"sample_rate q must be in (0, 1], got {sample_rate}")
+  return math.ceil(sample_rate * 2.0**52) / 2.0**52  # both steps exact in float64
+
+
 def poisson_sample_indices(seed, dataset_size: int, sample_rate: float) -> tf.Tensor:
   """Indices of one Poisson sample: each of range(N) kept independently with prob. q.
 
@@ -35,10 +52,10 @@ def poisson_sample_indices(seed, dataset_size: int, sample_rate: float) -> tf.Te
     sample_rate: q ∈ (0, 1].
 
   Returns:
-    int32 [K] sorted, distinct indices; K ~ Binomial(N, q).
+    int32 [K] sorted, distinct indices; K ~ Binomial(N, inclusion_probability(q)).
   """
   _check(dataset_size, sample_rate)
-  draws = tf.random.stateless_uniform([dataset_size], seed, dtype=tf.float32)
+  draws = tf.random.stateless_uniform([dataset_size], seed, dtype=tf.float64)
   return tf.cast(tf.reshape(tf.where(draws < sample_rate), [-1]), tf.int32)
 
 
@@ -64,13 +81,15 @@ def pad_batch(indices: tf.Tensor, size: int):
   return padded, weights
 
 
-def poisson_batches(dataset_size: int, sample_rate: float, seed: int,
+def poisson_batches(dataset_size: int, sample_rate: float, seed_fn,
                     start_step: int = 0) -> tf.data.Dataset:
-  """A tf.data source of (step, indices) for steps start_step, start_step + 1, …"""
+  """A tf.data source of (step, indices) for steps start_step, start_step + 1, …
+
+  seed_fn(step) → [2] int64 seed of that step's batch (e.g. `privacy_key.step_seed`).
+  """
   _check(dataset_size, sample_rate)
 
   def draw(step):
-    return step, poisson_sample_indices(tf.stack([tf.cast(seed, tf.int64), step]),
-                                        dataset_size, sample_rate)
+    return step, poisson_sample_indices(seed_fn(step), dataset_size, sample_rate)
 
   return tf.data.Dataset.range(start_step, 2**62).map(draw)

@@ -75,8 +75,32 @@ def test_buckets_and_padding_never_drop_records():
 
 
 def test_tf_data_source_matches_direct_calls():
-  ds = sampling.poisson_batches(200, 0.1, seed=5, start_step=3).take(2)
+  def seed_fn(step):
+    return tf.stack([tf.constant(5, tf.int64), step])
+
+  ds = sampling.poisson_batches(200, 0.1, seed_fn, start_step=3).take(2)
   for step, idx in ds:
-    direct = sampling.poisson_sample_indices(tf.stack([tf.constant(5, tf.int64), step]), 200,
-                                             0.1)
+    direct = sampling.poisson_sample_indices(seed_fn(step), 200, 0.1)
     np.testing.assert_array_equal(idx.numpy(), direct.numpy())
+
+
+def test_inclusion_is_a_float64_draw_below_q_on_the_2_to_minus_52_grid():
+  # The rule is "u < q" for u = stateless_uniform(float64) of the same seed; those u are
+  # multiples of 2⁻⁵² (52 mantissa bits), so P(u < q) = ⌈q·2⁵²⌉/2⁵² exactly. A float32
+  # draw (u on the 2⁻²³ grid) picks other records for the same seed and fails here.
+  seed, n, q = tf.constant([11, 12], tf.int64), 20000, 0.3
+  u = tf.random.stateless_uniform([n], seed, dtype=tf.float64).numpy()
+  k = u * 2.0**52
+  assert np.array_equal(k, np.floor(k)) and u.min() >= 0 and u.max() < 1
+  idx = sampling.poisson_sample_indices(seed, n, q).numpy()
+  np.testing.assert_array_equal(idx, np.flatnonzero(u < q))
+  assert len(np.unique(np.floor(u * 2.0**23))) < len(np.unique(k))  # finer than float32
+
+
+@pytest.mark.parametrize("q", [50 / 1438, 0.3, 1 / 3, 2.0**-10, 1.0])
+def test_inclusion_probability_is_the_exact_rate_and_never_below_q(q):
+  p = sampling.inclusion_probability(q)
+  assert q <= p < q + 2.0**-52 + 1e-300
+  assert (p * 2.0**52) == int(p * 2.0**52)  # on the draw grid
+  if (q * 2.0**52).is_integer():  # q on the grid (e.g. 2⁻¹⁰, 1): exactly q
+    assert p == q
