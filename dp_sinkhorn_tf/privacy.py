@@ -22,9 +22,15 @@ does not depend on D. Under Poisson sampling with rate q, T steps are (ε, δ)-D
 that `accounting` computes for (q, σ, T, δ). Everything downstream (back-propagation into
 the generator, Adam, BatchNorm statistics of generated images) is post-processing.
 
-The clip-and-noise is TF Privacy's `GaussianSumQuery(l2_norm_clip=C, stddev=2σC)` over a
-single record. Its DpEvent says GaussianDpEvent(stddev / C) = 2σ because it assumes
-sensitivity C; that event is discarded here: the accountant is given σ.
+The clip is TF Privacy's `GaussianSumQuery(l2_norm_clip=C, ...)` record preprocessing over
+a single record (clip_by_global_norm). Its DpEvent would say GaussianDpEvent(stddev / C) = 2σ
+because it assumes sensitivity C; it is not used: the accountant is given σ.
+
+The noise is NOT the query's own: that is a stateful `tf.random.normal`, a fixed sequence
+once a global seed is set (so a function of the public --seed) and replayed from its start
+by every new process (so a resumed run reused old noise). Here the noise is
+`tf.random.stateless_normal(shape, noise_seed)` with noise_seed = (secret key, step)
+(`privacy_key.step_seed`): secret, and a function of the step alone, never of the process.
 
 Edge cases (one test each in tests/privacy_test.py):
 
@@ -112,42 +118,91 @@ class ImageGradientMechanism:
   def is_private(self) -> bool:
     return not math.isinf(self.l2_norm_clip)
 
-  def _clip_and_noise(self, private: tf.Tensor) -> tf.Tensor:
-    """GaussianSumQuery over one record: clip to C as a whole, add N(0, (2σC)²)."""
+  def _clip_and_noise(self, private: tf.Tensor, noise_seed) -> tf.Tensor:
+    """Clip to C as a whole (TF Privacy's query), add keyed N(0, (2σC)²)."""
     if not self.is_private:
       return private
     if self.l2_norm_clip == 0:
       return tf.zeros_like(private)
-    query = gaussian_query.GaussianSumQuery(l2_norm_clip=self.l2_norm_clip,
-                                            stddev=self.noise_stddev)
-    state = query.initial_global_state()
-    params = query.derive_sample_params(state)
-    # initial_sample_state needs a static shape; the sum of zero records is just zeros.
-    sample = query.accumulate_record(params, tf.zeros_like(private), private)
-    # The query's DpEvent (GaussianDpEvent(2σ), sensitivity C) is wrong for us: dropped.
-    released, _, _ = query.get_noised_result(sample, state)
-    return released
+    clipped = clip_record(private, self.l2_norm_clip)
+    if self.noise_multiplier == 0:
+      return clipped
+    return clipped + keyed_gaussian_noise(tf.shape(private), self.noise_stddev, noise_seed,
+                                          private.dtype)
 
-  def privatize(self, grad: tf.Tensor, num_private):
+  def privatize(self, grad: tf.Tensor, num_private, noise_seed=None):
     """Releases G under the mechanism.
 
     Args:
       grad: [n + n′, ...] float gradient w.r.t. the generated points.
       num_private: n, rows 0..n−1 meet private data (Python int or int32 scalar).
+      noise_seed: [2] int64 stateless seed of this step's noise (from the secret key);
+        required whenever noise is added (σ > 0, 0 < C < ∞).
 
     Returns:
       (released [n + n′, ...] same dtype, MechanismInfo).
     """
+    if (self.is_private and self.noise_multiplier > 0 and self.l2_norm_clip > 0 and
+        noise_seed is None):
+      raise ValueError("privatize: noise_seed is required when noise is added (the noise "
+                       "must come from the run's secret key, never a stateful RNG)")
     grad = zero_non_finite(tf.convert_to_tensor(grad))
     n = tf.convert_to_tensor(num_private, tf.int32)
     private, public = grad[:n], grad[n:]
     private_clean_norm = tf.norm(tf.reshape(private, [-1]))
-    released_private = self._clip_and_noise(private)
+    released_private = self._clip_and_noise(private, noise_seed)
     public_clip = self.l2_norm_clip if self.public_clip is None else self.public_clip
     released_public, public_norm = clip_to_norm(public, public_clip)
     released = tf.concat([released_private, released_public], axis=0)
     noised_norm = tf.norm(tf.reshape(released_private, [-1]))
     return released, MechanismInfo(private_clean_norm, noised_norm, public_norm)
+
+
+def clip_record(record, clip: float):
+  """TF Privacy's GaussianSumQuery record clip: the whole (nested) record to norm ≤ C.
+
+  record: a tensor or a list of tensors (one record); returns the same structure.
+  """
+  query = gaussian_query.GaussianSumQuery(l2_norm_clip=clip, stddev=0.0)
+  params = query.derive_sample_params(query.initial_global_state())
+  return query.preprocess_record(params, record)
+
+
+def keyed_gaussian_noise(shape, stddev: float, seed, dtype=tf.float32) -> tf.Tensor:
+  """N(0, stddev²) i.i.d. of `shape`, a stateless function of the [2] int64 `seed`.
+
+  Drawn in float32 whatever `dtype` (then cast): low-precision noise is a known attack
+  surface (Mironov 2012), so it is never generated below float32.
+  """
+  noise = tf.random.stateless_normal(shape, seed, stddev=stddev, dtype=tf.float32)
+  return tf.cast(noise, dtype)
+
+
+def privatize_parameter_gradients(grads, l2_norm_clip: float, noise_multiplier: float,
+                                  noise_seed):
+  """The param_grad ablation: clip the whole parameter gradient to C, add N(0, (2σC)²).
+
+  The batch loss is one microbatch: adding or removing a record moves the clipped gradient
+  by ≤ 2C, so std 2σC is the Gaussian mechanism with multiplier σ (as for image_grad).
+  Variable i gets the noise of seed fold_in(noise_seed, i): one keyed draw per variable.
+
+  Args:
+    grads: list of parameter gradients (tensors; None entries become zeros of no shape —
+      pass dense gradients).
+    noise_seed: [2] int64 stateless seed of this step's noise.
+
+  Returns:
+    (released list, norm of the unclipped gradient).
+  """
+  grads = [zero_non_finite(tf.convert_to_tensor(g)) for g in grads]
+  norm = tf.linalg.global_norm(grads)
+  clipped = clip_record(grads, l2_norm_clip)
+  stddev = 2.0 * noise_multiplier * l2_norm_clip
+  released = [g + keyed_gaussian_noise(tf.shape(g), stddev,
+                                       tf.random.experimental.stateless_fold_in(noise_seed, i),
+                                       g.dtype)
+              for i, g in enumerate(clipped)]
+  return released, norm
 
 
 def gaussian_kernel_1d(sigma: float) -> tf.Tensor:
