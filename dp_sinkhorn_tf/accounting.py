@@ -123,7 +123,19 @@ def check_delta(delta: float, dataset_size: int) -> Optional[str]:
 
 @dataclasses.dataclass(frozen=True)
 class PrivacyLedger:
-  """What a run has spent. steps_taken only grows; it counts every step that may have run."""
+  """What a run has spent.
+
+  steps_taken only grows: it is the number of distinct step indices 0…steps_taken−1 that
+  may have run (charged before they run). Step t's release is a deterministic function of
+  (secret key, t, private data, weights at t), so a step index re-run after a crash, from a
+  checkpoint of the same run on the same data (`data_fingerprint`), releases what it
+  released before and is charged once. checkpoint_step is the step of the newest
+  checkpoint whose outputs may have been written; a resume must start at or after it, so
+  no step whose outputs anyone may have seen is ever re-run.
+
+  run_id ties the ledger to the run's checkpoints; data_fingerprint is HMAC(key, data)
+  (`privacy_key.data_fingerprint`): keep the ledger private, like the key.
+  """
 
   sample_rate: float
   noise_multiplier: float
@@ -134,10 +146,16 @@ class PrivacyLedger:
   accountant: str
   steps_taken: int
   dataset_size: int
+  run_id: str = ""
+  data_fingerprint: str = ""
+  checkpoint_step: int = 0
 
   def __post_init__(self):
     if self.steps_taken < 0 or self.planned_steps < 0:
       raise ValueError("ledger step counts must be ≥ 0")
+    if not 0 <= self.checkpoint_step <= self.steps_taken:
+      raise ValueError(f"ledger checkpoint_step={self.checkpoint_step} must be in "
+                       f"[0, steps_taken={self.steps_taken}]")
 
   def epsilon(self, accountant: Optional[str] = None) -> float:
     return compute_epsilon(self.sample_rate, self.noise_multiplier, self.steps_taken,
@@ -151,6 +169,16 @@ class PrivacyLedger:
     if steps < 0:
       raise ValueError(f"a ledger only advances, got {steps} steps")
     return dataclasses.replace(self, steps_taken=self.steps_taken + steps)
+
+  def charged_through(self, end_step: int) -> "PrivacyLedger":
+    """The ledger once step indices 0…end_step−1 are charged: max(steps_taken, end_step)."""
+    return dataclasses.replace(self, steps_taken=max(self.steps_taken, int(end_step)))
+
+  def checkpointed(self, step: int) -> "PrivacyLedger":
+    """Records that the checkpoint of `step` is on disk (outputs up to it may follow)."""
+    if step > self.steps_taken:
+      raise ValueError(f"checkpoint step {step} beyond the {self.steps_taken} charged steps")
+    return dataclasses.replace(self, checkpoint_step=max(self.checkpoint_step, int(step)))
 
   def to_json(self) -> str:
     return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)
@@ -212,6 +240,7 @@ def report(ledger: PrivacyLedger, all_accountants: bool = True) -> dict:
   """privacy.json content: the ledger and ε under the run's accountant and, with
   all_accountants, under the other one too (PLD skipped, with a note, below σ=0.3)."""
   out = dataclasses.asdict(ledger)
+  out.pop("data_fingerprint")  # keyed, but privacy.json is for publishing: keep it out
   names = ACCOUNTANTS if all_accountants else (ledger.accountant,)
   out["epsilon"] = {}
   for acc in names:

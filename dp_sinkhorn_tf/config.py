@@ -151,9 +151,16 @@ class RunConfig:
   keep_checkpoints: int = 3
   export: bool = True
   model_name: str = "generator"
+  # The secret key that drives noise and batches (privacy_key): None draws a fresh one
+  # from the OS at the first start; a path reuses a key the data owner keeps.
+  privacy_key_file: Optional[str] = None
+  # Derive the key from the public --seed: reproducible, NOT private (tests, debugging).
+  insecure_fixed_key: bool = False
 
   def __post_init__(self):
     _require(bool(self.workdir), "workdir", "a directory path", self.workdir)
+    _require(not (self.privacy_key_file and self.insecure_fixed_key), "insecure_fixed_key",
+             "unset together with --privacy_key_file (one key source)", self.insecure_fixed_key)
     for name in ("log_every", "sample_every", "checkpoint_every", "keep_checkpoints"):
       _require(getattr(self, name) >= 1, name, "an integer ≥ 1", getattr(self, name))
 
@@ -188,10 +195,6 @@ class TrainConfig:
     if not self.privacy.dp:
       _require(self.steps is not None, "steps", "a step count when --dp=false (no budget "
                "decides it)", self.steps)
-    if self.privacy.mechanism == "param_grad":
-      _require(self.optim.optimizer == "adam", "optimizer",
-               "adam with --mechanism=param_grad (TF Privacy's DPKerasAdamOptimizer)",
-               self.optim.optimizer)
 
   @property
   def num_primary(self) -> int:

@@ -43,6 +43,13 @@ and restored from the latest checkpoint (or --checkpoint); when the checkpoint h
 `ema_generator` (exponential moving average of the weights), that is what is exported. The
 privacy fields of the metadata come from privacy_ledger.json: ε is that of every step the
 ledger has charged (write-ahead, so an upper bound for any checkpoint of the run).
+
+Provenance: a checkpoint is exported only if its run id (stored in every checkpoint) is the
+run id of the directory's run.json and, for DP runs, of its ledger; a checkpoint of another
+run (`--checkpoint=` elsewhere, a --nodp run, an older version) is refused rather than
+stamped with this ledger's ε. The metadata says "private": false, with the reason, for
+--nodp and --insecure_fixed_key runs. Nothing secret (the key, the ledger's data
+fingerprint) is copied into the export.
 """
 
 import argparse
@@ -258,6 +265,11 @@ def _makedirs(path: str) -> List[str]:
   return created[::-1]
 
 
+def check_model_name(model_name: str) -> None:
+  """ExportError unless --model_name is a plain directory name (checked before training)."""
+  _check_name_and_version(model_name, None)
+
+
 def _check_name_and_version(model_name: str, version) -> None:
   if (not isinstance(model_name, str) or not model_name or model_name in (".", "..") or
       "/" in model_name or os.sep in model_name or model_name.startswith(".")):
@@ -334,6 +346,7 @@ class RestoredRun:
 
   generator: tf.keras.Model
   cfg: Any  # config.TrainConfig
+  identity: Any  # rundir.RunIdentity
   checkpoint: str
   weights: str  # "generator" or "ema_generator": the checkpoint entry restored
   step: Optional[int]
@@ -401,10 +414,18 @@ def restore_run(workdir: str, checkpoint: Optional[str] = None) -> RestoredRun:
   Raises ExportError naming --workdir / --checkpoint / the file when something is missing
   or the checkpoint does not hold the generator that flags.txt describes.
   """
-  from dp_sinkhorn_tf import data, trainer
+  from dp_sinkhorn_tf import data, rundir, trainer
 
   flags_path = _flags_path(workdir)
   cfg, flags_text = parse_flags_file(flags_path)
+  try:
+    identity = rundir.read_identity(workdir)
+  except rundir.ProvenanceError as e:
+    raise ExportError(str(e)) from None
+  if identity is None:
+    raise ExportError(f"--workdir={workdir}: no {rundir.IDENTITY_FILE}, so no checkpoint can "
+                      "be tied to this run and its ε (a run of an older version?); refusing "
+                      "to export")
   path = resolve_checkpoint(workdir, checkpoint)
   dataset = cfg.data.dataset
   if dataset not in DATASET_IMAGE_SHAPES:
@@ -416,6 +437,13 @@ def restore_run(workdir: str, checkpoint: Optional[str] = None) -> RestoredRun:
     keys = [name for name, _ in tf.train.list_variables(path)]
   except (tf.errors.OpError, ValueError) as e:
     raise ExportError(f"--checkpoint={path}: unreadable ({_first_line(e)})") from None
+  stored_id = (tf.train.load_variable(path, rundir.CHECKPOINT_RUN_ID_KEY)
+               if rundir.CHECKPOINT_RUN_ID_KEY in keys else b"")
+  stored_id = stored_id.decode() if isinstance(stored_id, bytes) else str(stored_id)
+  if stored_id != identity.run_id:
+    raise ExportError(f"--checkpoint={path}: written by run {stored_id or '(no run id)'}, not "
+                      f"by {workdir}'s run {identity.run_id}; refusing to stamp this run's "
+                      "privacy on it")
   weights = EMA_KEY if any(k.startswith(EMA_KEY + "/") for k in keys) else GENERATOR_KEY
   step_key = "step/.ATTRIBUTES/VARIABLE_VALUE"
   step = int(tf.train.load_variable(path, step_key)) if step_key in keys else None
@@ -432,7 +460,7 @@ def restore_run(workdir: str, checkpoint: Optional[str] = None) -> RestoredRun:
   if missing:
     raise ExportError(f"--checkpoint={path}: no finite values for {len(missing)} variable(s) "
                       f"of the {weights} that {flags_path} describes, e.g. {missing[0]}")
-  return RestoredRun(generator, cfg, path, weights, step, flags_text)
+  return RestoredRun(generator, cfg, identity, path, weights, step, flags_text)
 
 
 def run_metadata(workdir: str, run: RestoredRun) -> dict:
@@ -452,7 +480,9 @@ def run_metadata(workdir: str, run: RestoredRun) -> dict:
          "image_shape": list(DATASET_IMAGE_SHAPES[cfg.data.dataset]),
          "label_names": list(data.LABEL_NAMES[cfg.data.dataset]),
          "training_flags": run.flags_text, "checkpoint": os.path.abspath(run.checkpoint),
-         "checkpoint_step": run.step, "weights": run.weights}
+         "checkpoint_step": run.step, "weights": run.weights,
+         "run_id": run.identity.run_id, "private": run.identity.private,
+         "private_reason": run.identity.reason or None}
   if p.dp:
     if not os.path.isfile(ledger_path):
       raise ExportError(f"--workdir={workdir}: no {LEDGER_FILE}, so the model's ε is unknown; "
@@ -461,6 +491,9 @@ def run_metadata(workdir: str, run: RestoredRun) -> dict:
       ledger = accounting.PrivacyLedger.load(ledger_path)
     except (ValueError, KeyError, TypeError) as e:
       raise ExportError(f"{ledger_path}: {_first_line(e)}") from None
+    if ledger.run_id != run.identity.run_id:
+      raise ExportError(f"{ledger_path}: belongs to run {ledger.run_id or '(none)'}, not to "
+                        f"{workdir}'s run {run.identity.run_id}; refusing to export")
     out.update(epsilon=ledger.epsilon(), delta=ledger.delta, accountant=ledger.accountant,
                noise_multiplier=ledger.noise_multiplier, sample_rate=ledger.sample_rate,
                steps=ledger.steps_taken)

@@ -5,7 +5,13 @@ r"""Trains a DP-Sinkhorn generator.
 Flags become a frozen `config.TrainConfig` at once; the privacy plan (q, σ, steps, ε) is
 fixed and printed before the first step; the run directory then holds checkpoints, the
 privacy ledger, privacy.json, flags.txt, TensorBoard summaries, sample grids and (with
---export) a SavedModel in TF Serving's layout. Re-running the same command resumes.
+--export) a SavedModel in TF Serving's layout (`rundir` lists them and what is safe to
+publish). Re-running the same command resumes.
+
+The noise and the Poisson batches come from a secret key drawn from the OS at the first
+start and kept in <workdir>/privacy_key (0600), never from --seed; --privacy_key_file
+supplies a key the data owner keeps (to reproduce a run), --insecure_fixed_key derives it
+from --seed for tests (then the run is marked "private": false).
 """
 
 import os
@@ -97,7 +103,16 @@ flags.DEFINE_integer("fake_batch_size", None, "n: generated images that meet the
 flags.DEFINE_integer("steps", None, "Training steps. Unset: as many as the budget allows.")
 # Run.
 flags.DEFINE_string("workdir", "runs/default", "Run directory (resumed if it holds a run).")
-flags.DEFINE_integer("seed", 0, "Seed of sampling, latents and initialisation.")
+flags.DEFINE_integer("seed", 0, "Public seed of the data-independent randomness: "
+                     "initialisation, latents, generated labels. The noise and the Poisson "
+                     "batches never depend on it (they come from the run's secret key).")
+flags.DEFINE_string("privacy_key_file", None, "A privacy key file (as <workdir>/privacy_key "
+                    "of an earlier run) to drive noise and batches instead of a fresh key "
+                    "from the OS: reproduces that run exactly. Keep it secret, never reuse it "
+                    "on other data. Unset: a new secret key per run.")
+flags.DEFINE_bool("insecure_fixed_key", False, "Derive the key from the public --seed: "
+                  "reproducible and NOT private (tests, debugging); privacy.json and the "
+                  "export say \"private\": false.")
 flags.DEFINE_integer("log_every", 10, "Steps between progress / TensorBoard scalars.")
 flags.DEFINE_integer("sample_every", 500, "Steps between sample grids.")
 flags.DEFINE_integer("checkpoint_every", 200, "Steps between checkpoints (and ledger writes).")
@@ -130,7 +145,8 @@ def config_from_flags(f) -> config_lib.TrainConfig:
       optim=config_lib.OptimConfig(f.optimizer, f.learning_rate, f.beta_1, f.beta_2,
                                    f.weight_decay, f.ema_decay, f.lr_schedule),
       run=config_lib.RunConfig(f.workdir, f.seed, f.log_every, f.sample_every,
-                               f.checkpoint_every, f.keep_checkpoints, f.export, f.model_name),
+                               f.checkpoint_every, f.keep_checkpoints, f.export, f.model_name,
+                               f.privacy_key_file, f.insecure_fixed_key),
       fake_batch_size=f.fake_batch_size)
 
 
@@ -148,8 +164,9 @@ def _progress_printer():
       bar["bar"] = tf.keras.utils.Progbar(total, stateful_metrics=list(logs),
                                           unit_name="step")
       bar["bar"].update(spent - 1 if spent > 1 else 0)
-    shown = [(k, logs[k]) for k in ("loss", "epsilon", "noised_grad_norm", "sinkhorn_iterations",
-                                    "real_batch_size") if k in logs]
+    # DP runs hand over only publishable values (ε charged, the released gradient's norm);
+    # the loss and the batch size are computed on private data (private_diagnostics/).
+    shown = [(k, logs[k]) for k in ("epsilon", "noised_grad_norm", "loss") if k in logs]
     bar["bar"].update(spent, values=shown)
 
   return on_log
@@ -162,10 +179,13 @@ def run(cfg: config_lib.TrainConfig, flags_text: str) -> int:
   try:
     dataset = data.load_dataset(cfg.data.dataset, cfg.data.data_dir, cfg.data.idx_dir)
     plan = trainer.plan_privacy(cfg, len(dataset.images))
-    if cfg.privacy.dp:
-      ledger = trainer.load_or_create_ledger(cfg, plan, len(dataset.images))
+    if cfg.run.export:
+      from dp_sinkhorn_tf import export
+      export.check_model_name(cfg.run.model_name)
+    state = trainer.open_run(cfg, plan, dataset.images, dataset.labels)
   except (ValueError, FileNotFoundError) as e:
     _fail(str(e))
+  ledger = state.ledger
   print(f"dataset {cfg.data.dataset}: {len(dataset.images)} private records, image shape "
         f"{tuple(dataset.image_shape)}, {dataset.num_classes} classes")
   if cfg.privacy.dp:
@@ -174,7 +194,9 @@ def run(cfg: config_lib.TrainConfig, flags_text: str) -> int:
           f"({plan.accountant}), δ={plan.delta:g}")
     if plan.warning:
       print(f"warning: {plan.warning}")
-    if ledger.is_exhausted:
+    if not state.identity.private:
+      print(f"WARNING: NOT PRIVATE: {state.identity.reason}")
+    if state.finished:
       message = (f"{cfg.run.workdir}: the privacy budget is spent ({ledger.steps_taken}/"
                  f"{ledger.planned_steps} steps, ε={ledger.epsilon():.3f}); refusing to train "
                  "further. Use a new --workdir.")
@@ -183,15 +205,23 @@ def run(cfg: config_lib.TrainConfig, flags_text: str) -> int:
         _print_artefacts(cfg.run.workdir)
         return 0
       _fail(message, code=1)
-    if ledger.steps_taken:
-      print(f"resuming: {ledger.steps_taken}/{ledger.planned_steps} steps already spent")
+    if not state.created:
+      print(f"resuming run {state.identity.run_id}: {ledger.steps_taken}/"
+            f"{ledger.planned_steps} steps charged, {ledger.checkpoint_step} checkpointed")
+    else:
+      print(f"new run {state.identity.run_id}: secret key in "
+            f"{os.path.join(cfg.run.workdir, 'privacy_key')} ({state.key.source})")
   else:
     print(f"NON-PRIVATE run (--nodp): {plan.steps} steps, no privacy guarantee")
 
   os.makedirs(cfg.run.workdir, exist_ok=True)
   trainer.write_text_atomic(os.path.join(cfg.run.workdir, "flags.txt"), flags_text)
-  result = trainer.train(cfg, dataset.images, dataset.labels, dataset.num_classes, plan,
-                         on_log=_progress_printer(), label_names=dataset.label_names)
+  try:
+    result = trainer.train(cfg, dataset.images, dataset.labels, dataset.num_classes, plan,
+                           on_log=_progress_printer(), label_names=dataset.label_names,
+                           state=state)
+  except (trainer.BudgetExhaustedError, ValueError) as e:
+    _fail(str(e), code=1)
   if cfg.run.export:
     from dp_sinkhorn_tf import export
     metadata = export_metadata(cfg, plan, result, dataset, flags_text)
@@ -200,12 +230,17 @@ def run(cfg: config_lib.TrainConfig, flags_text: str) -> int:
                                    None, metadata)
     print(f"exported SavedModel: {path}")
   _print_artefacts(cfg.run.workdir)
+  if not result.identity.private:
+    print(f"NOT PRIVATE: {result.identity.reason}")
   return 0
 
 
 def export_metadata(cfg, plan, result, dataset, flags_text: str) -> dict:
   ledger = result.ledger
+  identity = result.identity
   return {
+      "run_id": identity.run_id, "private": identity.private,
+      "private_reason": identity.reason or None,
       "epsilon": ledger.epsilon() if ledger is not None else None,
       "delta": plan.delta if cfg.privacy.dp else None,
       "accountant": plan.accountant if cfg.privacy.dp else None,
@@ -219,11 +254,16 @@ def export_metadata(cfg, plan, result, dataset, flags_text: str) -> dict:
 
 
 def _print_artefacts(workdir: str) -> None:
-  print("artefacts:")
-  for name in ("samples/final.png", "privacy.json", "flags.txt", "tensorboard", "export"):
-    path = os.path.join(workdir, name)
-    if os.path.exists(path):
-      print(f"  {path}")
+  from dp_sinkhorn_tf import rundir
+
+  print("artefacts (safe to publish):")
+  for name, publishable, why in rundir.ARTEFACTS:
+    if publishable and os.path.exists(os.path.join(workdir, name)):
+      print(f"  {os.path.join(workdir, name)}  ({why})")
+  print("DO NOT PUBLISH:")
+  for name, publishable, why in rundir.ARTEFACTS:
+    if not publishable and os.path.exists(os.path.join(workdir, name)):
+      print(f"  {os.path.join(workdir, name)}  ({why})")
 
 
 def main(argv) -> int:

@@ -2,30 +2,46 @@
 
 One step (paper Alg. 1), all inside one tf.function:
 
-  1. Poisson-sample the private set: each record in with probability q, keyed by
-     (seed, step) so a step always sees the same batch (`sampling`).
-  2. Generate n + n′ images from z ~ U(0,1) and uniformly drawn labels (data-independent).
+  1. Poisson-sample the private set: each record in with probability q, keyed by the
+     run's secret key and the step (`privacy_key`), so a step always sees the same batch
+     and nobody without the key knows it.
+  2. Generate n + n′ images from z ~ U(0,1) and uniformly drawn labels (data-independent,
+     keyed by the public --seed and the step).
   3. L = 2·W_λ(X[0:n], Y) − W_λ(X[0:n], X[n′:n+n′]) on features [image, α_c·one_hot].
   4. G = ∂L/∂X, the only quantity that touches private data. The mechanism clips G[0:n] to
-     norm C and adds N(0, (2σC)²); G[n:] is clipped only (`privacy`).
+     norm C and adds N(0, (2σC)²) drawn from (secret key, step); G[n:] is clipped only
+     (`privacy`).
   5. Optionally blur the released G̃ (`privacy.blur_release`, post-processing), then
      back-propagate it into the generator:
      tape.gradient(X, θ, output_gradients=G̃), then Adam / AdamW.
 
 Everything after step 4 is post-processing of the Gaussian mechanism's output, so the run
 is (ε, δ)-DP for the accountant's ε over the number of steps taken. With
-mechanism="param_grad" (the paper's ablation) step 4–5 become TF Privacy's
-DPKerasAdamOptimizer on the whole batch loss as one microbatch; see `build_optimizer`.
+mechanism="param_grad" (the paper's ablation) step 4–5 clip the whole parameter gradient
+of the batch loss (one microbatch) and add keyed noise (`privacy.privatize_parameter_gradients`).
 
-Privacy bookkeeping in `train`: before a chunk of steps runs, the ledger is advanced by the
-chunk and written to disk (write-ahead), so a crash can only over-count, never under-count,
-what was spent; a resume continues from the ledger, not from the checkpoint's step.
+Privacy bookkeeping in `train` (see also `rundir` and `accounting.PrivacyLedger`):
+
+  * open_run: a run directory holds one run (run.json: run id, dp, key source); its key,
+    ledger and checkpoints must all belong to it, and the private data must be the data the
+    run started on (keyed fingerprint), or the resume is refused.
+  * A chunk of steps [s, e) is charged in the ledger (write-ahead) before it runs, so a crash
+    can only over-count. Its publishable outputs (grids, TensorBoard, privacy.json) are held
+    back until the chunk's checkpoint is on disk and recorded in the ledger.
+  * A resume restores the newest checkpoint (never older than the ledger's checkpoint_step)
+    and re-runs the step indices after it. With the same key, data and weights, step t
+    releases exactly what it released before (same batch, same noise; stateless ops), so
+    the ledger charges each step index once: a killed-and-resumed run ends with the same
+    ledger and the same weights as an uninterrupted one. The steps re-run had no outputs
+    anyone could have seen (held back), so even a bit-level difference between the two
+    executions (another machine) exposes nothing beyond a single run.
 """
 
 import dataclasses
-import json
+import functools
 import math
 import os
+import uuid
 from typing import Callable, Optional, Sequence
 
 import numpy as np
@@ -38,13 +54,25 @@ from dp_sinkhorn_tf import (
   features,
   models,
   privacy,
+  privacy_key,
+  rundir,
   sampling,
   sinkhorn,
 )
 from dp_sinkhorn_tf import config as config_lib
 
-LEDGER_FILE = "privacy_ledger.json"
-REPORT_FILE = "privacy.json"
+LEDGER_FILE = rundir.LEDGER_FILE
+REPORT_FILE = rundir.REPORT_FILE
+# Step metrics that are post-processing of the release (publishable). Every other metric
+# (loss, clean gradient norm, Sinkhorn iterations, marginal error, Poisson batch size) is
+# computed on private data before the mechanism: private_diagnostics/ only.
+PUBLIC_METRICS = ("noised_grad_norm", "epsilon")
+UNIT_OF_PRIVACY = (
+    "one record = one (image, label) pair of the private training split, under add/remove "
+    "adjacency. A person who contributed k records is protected only at the group level, "
+    "about (k·ε, k·e^((k−1)ε)·δ): e.g. scikit-learn's digits hold 1,438 training images "
+    "from 13 writers (~110 each), so ε is per image, not per writer. The record count N "
+    "(dataset_size, and sample_rate = B/N) is published as is: treat N as public.")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,14 +91,17 @@ class PrivacyPlan:
 def plan_privacy(cfg: config_lib.TrainConfig, dataset_size: int) -> PrivacyPlan:
   """Fixes (q, σ, T) from the config before any training step.
 
-  q = B / N. With --noise_multiplier alone, T is the most steps within the target ε; with
-  --steps alone, σ is the smallest multiplier within it; with both, the pair is checked.
+  q is the exact inclusion probability of the sampler for the rate B / N
+  (`sampling.inclusion_probability`: ⌈(B/N)·2⁵²⌉/2⁵², never below B/N), so the accountant
+  is given the rate the batches are really drawn with. With --noise_multiplier alone, T is
+  the most steps within the target ε; with --steps alone, σ is the smallest multiplier
+  within it; with both, the pair is checked.
   """
   p = cfg.privacy
   if cfg.batch_size > dataset_size:
     raise ValueError(f"--batch_size={cfg.batch_size}: expected at most the dataset size "
                      f"{dataset_size}")
-  q = cfg.batch_size / dataset_size
+  q = sampling.inclusion_probability(cfg.batch_size / dataset_size)
   if not p.dp:
     return PrivacyPlan(q, 0.0, cfg.steps, math.inf, p.delta, p.accountant)
   warning = accounting.check_delta(p.delta, dataset_size)
@@ -114,23 +145,18 @@ def learning_rate_fn(cfg: config_lib.TrainConfig, total_steps: Optional[int] = N
 
 def build_optimizer(cfg: config_lib.TrainConfig, noise_multiplier: float,
                     total_steps: Optional[int] = None):
-  """Adam / AdamW for image_grad; TF Privacy's DPKerasAdamOptimizer for param_grad.
+  """Adam / AdamW / SGD on already-privatised gradients (both mechanisms).
 
-  param_grad clips the whole parameter gradient of the batch loss (one microbatch) to C and
-  adds N(0, (C·z)²) with z the optimizer's noise multiplier. Add/remove of one record moves
-  the clipped gradient by up to 2C, so z = 2σ makes the noise std 2σC: the same Gaussian
-  mechanism with multiplier σ that the accountant charges.
+  param_grad no longer uses TF Privacy's DPKerasAdamOptimizer: its noise is a stateful
+  tf.random op (a function of the public seed, replayed by a resumed process). The step
+  privatises the parameter gradient itself with keyed noise (`privacy`).
 
-  total_steps: the run's planned steps T, needed by --lr_schedule=cosine.
+  noise_multiplier: unused (kept for callers); total_steps: the run's planned steps T,
+  needed by --lr_schedule=cosine.
   """
+  del noise_multiplier
   o = cfg.optim
   lr = learning_rate_fn(cfg, total_steps)
-  if cfg.privacy.mechanism == "param_grad":
-    from tensorflow_privacy.privacy.optimizers import dp_optimizer_keras
-    clip = cfg.privacy.l2_norm_clip if cfg.privacy.dp else 1e12
-    return dp_optimizer_keras.DPKerasAdamOptimizer(
-        l2_norm_clip=clip, noise_multiplier=2.0 * noise_multiplier, num_microbatches=1,
-        learning_rate=lr, beta_1=o.beta_1, beta_2=o.beta_2)
   if o.optimizer == "sgd":
     # Heavy-ball momentum β₁. Unlike Adam, SGD does not rescale a parameter's update by its
     # gradient's running RMS; under noise-dominated gradients Adam keeps moving parameters
@@ -152,8 +178,11 @@ class DPSinkhornModel(tf.keras.Model):
 
   def __init__(self, generator: tf.keras.Model, images: np.ndarray, labels: np.ndarray,
                num_classes: int, cfg: config_lib.TrainConfig, noise_multiplier: float,
-               sample_rate: float, ema_generator: Optional[tf.keras.Model] = None):
+               sample_rate: float, ema_generator: Optional[tf.keras.Model] = None,
+               key: Optional[privacy_key.PrivacyKey] = None):
+    """key: the run's secret key (batches and noise); None draws a fresh one."""
     super().__init__()
+    self._key = key if key is not None else privacy_key.generate()
     self.generator = generator
     self.ema_generator = ema_generator
     self.cfg = cfg
@@ -165,6 +194,7 @@ class DPSinkhornModel(tf.keras.Model):
     self._n = cfg.num_primary
     self._n_total = cfg.num_generated
     self._cost = costs.make_cost(cfg.loss.cost, l1_weight=cfg.loss.l1_weight)
+    self._noise_multiplier = float(noise_multiplier) if cfg.privacy.dp else 0.0
     if cfg.privacy.dp:
       self.mechanism = privacy.ImageGradientMechanism(cfg.privacy.l2_norm_clip, noise_multiplier,
                                                       cfg.privacy.public_clip)
@@ -201,12 +231,19 @@ class DPSinkhornModel(tf.keras.Model):
       ema_var.assign(decay * ema_var + (1.0 - decay) * var)
 
   def _step_seed(self, step: tf.Tensor, stream: int) -> tf.Tensor:
+    """Public seeds (--seed, step) of the data-independent draws (latents, labels)."""
     return tf.stack([tf.cast(self._seed, tf.int64) * 7919 + stream, step])
 
+  def noise_seed(self, step: tf.Tensor) -> tf.Tensor:
+    """The secret seed of step `step`'s mechanism noise."""
+    return privacy_key.step_seed(self._key, step, privacy_key.STREAM_NOISE)
+
   def private_batch(self, step: tf.Tensor):
-    """The Poisson sample of step `step`: (images [m,H,W,C], labels [m]); m ~ Bin(N, q)."""
-    idx = sampling.poisson_sample_indices(self._step_seed(step, 1), self._dataset_size,
-                                          self._sample_rate)
+    """The Poisson sample of step `step`: (images [m,H,W,C], labels [m]); m ~ Bin(N, q),
+    keyed by the secret key (never --seed)."""
+    idx = sampling.poisson_sample_indices(
+        privacy_key.step_seed(self._key, step, privacy_key.STREAM_BATCH), self._dataset_size,
+        self._sample_rate)
     return tf.gather(self._images, idx), tf.gather(self._labels, idx)
 
   def latent_batch(self, step: tf.Tensor):
@@ -283,7 +320,7 @@ class DPSinkhornModel(tf.keras.Model):
         loss_tape.watch(fake)
         loss, info = self.sinkhorn_loss(fake, fake_labels, real, real_labels)
       image_grad = loss_tape.gradient(loss, fake)
-    released, p_info = self.mechanism.privatize(image_grad, self._n)
+    released, p_info = self.mechanism.privatize(image_grad, self._n, self.noise_seed(step))
     released = privacy.blur_release(released, self.cfg.privacy.release_blur)
     grads = gen_tape.gradient(fake, variables, output_gradients=released)
     logs = {"loss": loss, "clean_grad_norm": p_info.clean_norm,
@@ -300,10 +337,17 @@ class DPSinkhornModel(tf.keras.Model):
     with tf.GradientTape() as tape:
       fake = self.generator([z, fake_labels], training=True)
       loss, info = self.sinkhorn_loss(fake, fake_labels, real, real_labels)
-    grads_and_vars = self.optimizer._compute_gradients(  # pylint: disable=protected-access
-        tf.reshape(loss, [1]), variables, tape=tape)
-    self.optimizer.apply_gradients(grads_and_vars)
-    return {"loss": loss, "sinkhorn_iterations": tf.cast(info.iterations, tf.float32),
+    grads = [tf.zeros_like(v) if g is None else tf.convert_to_tensor(g)
+             for g, v in zip(tape.gradient(loss, variables), variables)]
+    if self.cfg.privacy.dp:
+      grads, clean_norm = privacy.privatize_parameter_gradients(
+          grads, self.cfg.privacy.l2_norm_clip, self._noise_multiplier, self.noise_seed(step))
+    else:
+      clean_norm = tf.linalg.global_norm(grads)
+    self.optimizer.apply_gradients(zip(grads, variables))
+    return {"loss": loss, "clean_grad_norm": clean_norm,
+            "noised_grad_norm": tf.linalg.global_norm(grads),
+            "sinkhorn_iterations": tf.cast(info.iterations, tf.float32),
             "marginal_error": info.marginal_error,
             "real_batch_size": tf.cast(tf.shape(real)[0], tf.float32)}
 
@@ -346,16 +390,11 @@ def balanced_grid_labels(num_classes: int, per_class: int) -> np.ndarray:
 
 def write_text_atomic(path: str, text: str) -> None:
   """Writes a temp file beside `path`, fsyncs it and renames it over `path`."""
-  tmp = f"{path}.tmp-{os.getpid()}"
-  with open(tmp, "w") as fh:
-    fh.write(text)
-    fh.flush()
-    os.fsync(fh.fileno())
-  os.replace(tmp, path)
+  rundir.write_text_atomic(path, text)
 
 
 def _write_json_atomic(path: str, payload: dict) -> None:
-  write_text_atomic(path, json.dumps(payload, indent=2, sort_keys=True))
+  rundir.write_json_atomic(path, payload)
 
 
 @dataclasses.dataclass
@@ -365,30 +404,150 @@ class TrainResult:
   steps_run: int
   final_logs: dict
   sample_grid: Optional[str]
+  identity: Optional[rundir.RunIdentity] = None
 
 
-def _new_ledger(cfg: config_lib.TrainConfig, plan: PrivacyPlan, dataset_size: int):
+def _new_ledger(cfg: config_lib.TrainConfig, plan: PrivacyPlan, dataset_size: int,
+                run_id: str = "", fingerprint: str = ""):
   p = cfg.privacy
   return accounting.PrivacyLedger(
       sample_rate=plan.sample_rate, noise_multiplier=plan.noise_multiplier,
       l2_norm_clip=p.l2_norm_clip, delta=p.delta, target_epsilon=p.target_epsilon,
       planned_steps=plan.steps, accountant=p.accountant, steps_taken=0,
-      dataset_size=dataset_size)
+      dataset_size=dataset_size, run_id=run_id, data_fingerprint=fingerprint)
+
+
+class BudgetExhaustedError(RuntimeError):
+  """The workdir's run has taken and checkpointed every planned step: no further training."""
+
+
+ProvenanceError = rundir.ProvenanceError
+
+
+@dataclasses.dataclass(frozen=True)
+class RunState:
+  """An opened run directory: who it is, its secret key, its ledger (None for --nodp)."""
+
+  identity: rundir.RunIdentity
+  key: privacy_key.PrivacyKey
+  ledger: Optional[accounting.PrivacyLedger]
+  created: bool
+
+  @property
+  def finished(self) -> bool:
+    """Every planned step charged and checkpointed (DP runs; --nodp: see train)."""
+    return (self.ledger is not None and self.ledger.is_exhausted and
+            self.ledger.checkpoint_step >= self.ledger.planned_steps)
+
+
+def _requested_key(cfg: config_lib.TrainConfig) -> privacy_key.PrivacyKey:
+  if cfg.run.privacy_key_file:
+    return privacy_key.read_key_file(cfg.run.privacy_key_file, privacy_key.SOURCE_FILE)
+  if cfg.run.insecure_fixed_key or not cfg.privacy.dp:
+    return privacy_key.insecure_fixed(cfg.run.seed)
+  return privacy_key.generate()
+
+
+def _load_ledger(ledger_path: str) -> accounting.PrivacyLedger:
+  try:
+    return accounting.PrivacyLedger.load(ledger_path)
+  except (OSError, ValueError, TypeError) as e:
+    raise ProvenanceError(f"{ledger_path}: unreadable privacy ledger ({e}); the privacy "
+                          "spent is unknown: restore it or use a new --workdir") from None
+
+
+def open_run(cfg: config_lib.TrainConfig, plan: PrivacyPlan, images: np.ndarray,
+             labels: np.ndarray) -> RunState:
+  """Creates the run in cfg.run.workdir, or checks that everything there is one run.
+
+  A new run gets a random run id and (DP) a key — from the OS, --privacy_key_file or, with
+  --insecure_fixed_key, --seed — written to <workdir>/privacy_key (0600), then a ledger
+  holding the run id and the keyed data fingerprint, then run.json last.
+
+  Raises:
+    ProvenanceError: checkpoints or a charged ledger without run.json; DP and --nodp mixed;
+      the key, ledger or data do not belong to the run.
+    ValueError: the ledger's plan differs from this one (names each field);
+      privacy_key.KeyFileError for an unreadable --privacy_key_file.
+  """
+  wd = cfg.run.workdir
+  dp = cfg.privacy.dp
+  identity = rundir.read_identity(wd)
+  ledger_path = rundir.path(wd, rundir.LEDGER_FILE)
+  key_path = rundir.path(wd, rundir.KEY_FILE)
+  if identity is None:
+    if rundir.checkpoint_files_exist(wd):
+      raise ProvenanceError(
+          f"{rundir.path(wd, rundir.CHECKPOINT_DIR)}: checkpoints without "
+          f"{rundir.IDENTITY_FILE}: they belong to no run that can be vouched for (another "
+          "version's run or a damaged directory); refusing to restore them: use a new "
+          "--workdir")
+    if os.path.exists(ledger_path) and _load_ledger(ledger_path).steps_taken > 0:
+      raise ProvenanceError(f"{ledger_path}: steps charged but no {rundir.IDENTITY_FILE}; "
+                            "refusing to start a fresh run on spent budget: use a new "
+                            "--workdir")
+    key = _requested_key(cfg)  # before anything is written: a bad key file fails clean
+    os.makedirs(wd, exist_ok=True)
+    run_id = uuid.uuid4().hex
+    ledger = None
+    if dp:
+      privacy_key.write_key_file(key_path, key)
+      ledger = _new_ledger(cfg, plan, len(images), run_id,
+                           privacy_key.data_fingerprint(key, images, labels))
+      ledger.save(ledger_path)
+      reason = "" if key.private else privacy_key.INSECURE_REASON
+      identity = rundir.RunIdentity(run_id, True, key.source, key.private, reason)
+    else:
+      identity = rundir.RunIdentity(run_id, False, "", False,
+                                    "--nodp: no clipping, no noise, no privacy guarantee")
+    rundir.write_identity(wd, identity)
+    return RunState(identity, key, ledger, created=True)
+
+  if identity.dp != dp:
+    held = "a DP run" if identity.dp else "a --nodp run"
+    raise ProvenanceError(f"--workdir={wd}: holds {held} ({rundir.IDENTITY_FILE}); DP and "
+                          "--nodp runs never share a workdir: use a new --workdir")
+  if not dp:
+    return RunState(identity, privacy_key.insecure_fixed(cfg.run.seed), None, created=False)
+  was_insecure = identity.key_source == privacy_key.SOURCE_INSECURE
+  if cfg.run.insecure_fixed_key != was_insecure:
+    raise ProvenanceError(f"--insecure_fixed_key={cfg.run.insecure_fixed_key}: the run in "
+                          f"{wd} was started {'with' if was_insecure else 'without'} it; a run "
+                          "keeps its key")
+  if not os.path.exists(key_path):
+    raise ProvenanceError(f"{key_path}: missing: the run's secret key is gone, so its batches "
+                          "and noise cannot be continued; use a new --workdir")
+  key = privacy_key.read_key_file(key_path, identity.key_source)
+  if cfg.run.privacy_key_file:
+    given = privacy_key.read_key_file(cfg.run.privacy_key_file, privacy_key.SOURCE_FILE)
+    if not given.same_secret(key):
+      raise ProvenanceError(f"--privacy_key_file={cfg.run.privacy_key_file}: not the key the "
+                            f"run in {wd} started with; a run keeps its key")
+  if not os.path.exists(ledger_path):
+    raise ProvenanceError(f"{ledger_path}: missing beside {rundir.IDENTITY_FILE}: the privacy "
+                          "already spent is unknown; refusing to start a fresh ledger: "
+                          "restore it or use a new --workdir")
+  ledger = _load_ledger(ledger_path)
+  if ledger.run_id != identity.run_id:
+    raise ProvenanceError(f"{ledger_path}: belongs to run {ledger.run_id or '(none)'}, not to "
+                          f"this directory's run {identity.run_id}; use a new --workdir")
+  accounting.check_compatible(ledger, _new_ledger(cfg, plan, len(images)))
+  if ledger.data_fingerprint != privacy_key.data_fingerprint(key, images, labels):
+    raise ProvenanceError(f"--workdir={wd}: the private data differ from those this run "
+                          f"started on (keyed fingerprint in {rundir.LEDGER_FILE}); resuming "
+                          "would reuse the run's noise on other data: use a new --workdir")
+  return RunState(identity, key, ledger, created=False)
 
 
 def load_or_create_ledger(cfg: config_lib.TrainConfig, plan: PrivacyPlan, dataset_size: int):
-  """The workdir's ledger (checked against this run's plan) or a fresh one."""
-  path = os.path.join(cfg.run.workdir, LEDGER_FILE)
+  """The workdir's ledger checked against this run's plan, or a fresh, unsaved one."""
+  path = rundir.path(cfg.run.workdir, LEDGER_FILE)
   fresh = _new_ledger(cfg, plan, dataset_size)
   if not os.path.exists(path):
     return fresh
   stored = accounting.PrivacyLedger.load(path)
   accounting.check_compatible(stored, fresh)
   return stored
-
-
-class BudgetExhaustedError(RuntimeError):
-  """The workdir's ledger already holds every planned step: no further training."""
 
 
 def generate_grid(generator: tf.keras.Model, num_classes: int, per_class: int,
@@ -400,22 +559,71 @@ def generate_grid(generator: tf.keras.Model, num_classes: int, per_class: int,
 
 
 def privacy_report(cfg: config_lib.TrainConfig, plan: PrivacyPlan, ledger,
-                   finished: bool) -> dict:
-  """The human-readable privacy.json: plan, steps spent, ε under RDP and PLD."""
+                   finished: bool, identity: Optional[rundir.RunIdentity] = None) -> dict:
+  """The publishable privacy.json: plan, steps spent, ε under RDP and PLD, the unit of
+  privacy, and whether the run is private at all (never the key or the data fingerprint)."""
+  private = cfg.privacy.dp and (identity is None or identity.private)
   report = {"dp": cfg.privacy.dp, "mechanism": cfg.privacy.mechanism,
             "dataset": cfg.data.dataset, "finished": finished,
-            "plan": dataclasses.asdict(plan)}
+            "plan": dataclasses.asdict(plan), "private": private,
+            "unit_of_privacy": UNIT_OF_PRIVACY}
+  if identity is not None:
+    report["run_id"] = identity.run_id
+    report["key_source"] = identity.key_source
+    if not private:
+      report["private_reason"] = identity.reason
   if ledger is not None:
     # The second accountant (PLD takes seconds at 1e5+ steps) only in the final report.
     report["ledger"] = accounting.report(ledger, all_accountants=finished)
   return report
 
 
+def _restore(cfg, state: RunState, ckpt, manager, run_id_var, step_var) -> int:
+  """Restores the newest checkpoint of this run; returns its step (0 from scratch)."""
+  wd = cfg.run.workdir
+  ledger = state.ledger
+  latest = manager.latest_checkpoint
+  if latest is None:
+    if rundir.checkpoint_files_exist(wd):
+      raise ProvenanceError(f"{rundir.path(wd, rundir.CHECKPOINT_DIR)}: checkpoint files but "
+                            "no readable checkpoint index; refusing to start over on spent "
+                            "budget: restore the directory or use a new --workdir")
+    if ledger is not None and ledger.checkpoint_step > 0:
+      raise ProvenanceError(f"{rundir.path(wd, rundir.CHECKPOINT_DIR)}: no checkpoint, but the "
+                            f"ledger records one at step {ledger.checkpoint_step}; refusing to "
+                            "start over on spent budget: use a new --workdir")
+    return 0
+  try:
+    names = {name for name, _ in tf.train.list_variables(latest)}
+    stored_id = (tf.train.load_variable(latest, rundir.CHECKPOINT_RUN_ID_KEY)
+                 if rundir.CHECKPOINT_RUN_ID_KEY in names else b"")
+    stored_step = int(tf.train.load_variable(latest, "step/.ATTRIBUTES/VARIABLE_VALUE"))
+  except (tf.errors.OpError, ValueError) as e:
+    raise ProvenanceError(f"{latest}: unreadable checkpoint ({str(e).splitlines()[0]}); "
+                          "restore it or use a new --workdir") from None
+  stored_id = stored_id.decode() if isinstance(stored_id, bytes) else str(stored_id)
+  if stored_id != state.identity.run_id:
+    raise ProvenanceError(f"{latest}: written by run {stored_id or '(no run id)'}, not by this "
+                          f"directory's run {state.identity.run_id}; refusing to restore it")
+  if ledger is not None and not ledger.checkpoint_step <= stored_step <= ledger.steps_taken:
+    raise ProvenanceError(
+        f"{latest}: step {stored_step} is outside the ledger's [{ledger.checkpoint_step}, "
+        f"{ledger.steps_taken}] (checkpointed, charged); an older checkpoint would re-run "
+        "steps whose outputs may have been published: use a new --workdir")
+  try:
+    ckpt.restore(latest).expect_partial().assert_existing_objects_matched()
+  except (tf.errors.OpError, ValueError, AssertionError) as e:
+    raise ProvenanceError(f"{latest}: cannot be restored ({str(e).splitlines()[0]})") from None
+  del run_id_var
+  return int(step_var.numpy())
+
+
 def train(cfg: config_lib.TrainConfig, images: np.ndarray, labels: np.ndarray,
           num_classes: int, plan: PrivacyPlan,
           on_log: Optional[Callable[[int, int, dict], None]] = None,
-          label_names: Optional[Sequence[str]] = None) -> TrainResult:
-  """Trains (or resumes) the run in cfg.run.workdir until the plan's steps are spent.
+          label_names: Optional[Sequence[str]] = None,
+          state: Optional[RunState] = None) -> TrainResult:
+  """Trains (or resumes) the run in cfg.run.workdir until the plan's steps are taken.
 
   Args:
     cfg: the run.
@@ -423,12 +631,15 @@ def train(cfg: config_lib.TrainConfig, images: np.ndarray, labels: np.ndarray,
     labels: [N] int.
     num_classes: K.
     plan: from `plan_privacy`.
-    on_log: called as on_log(steps_spent, planned_steps, logs) every cfg.run.log_every
-      steps; logs hold the step's metrics and "epsilon" spent so far.
+    on_log: called as on_log(step, planned_steps, logs) every cfg.run.log_every steps;
+      for DP runs logs hold only publishable values (PUBLIC_METRICS: the noised gradient
+      norm and the ε charged so far); --nodp runs get every metric.
     label_names: K names for the rows of the sample grids (default "0", …, "K−1").
+    state: from `open_run` (None: opened here).
 
   Raises:
-    BudgetExhaustedError: the workdir's ledger has no step left.
+    BudgetExhaustedError: the run has taken and checkpointed every planned step.
+    ProvenanceError: the directory's checkpoint, ledger, key or data are not this run's.
     ValueError: the workdir holds a run whose privacy plan differs from this one, or
       label_names does not hold num_classes names.
   """
@@ -436,65 +647,83 @@ def train(cfg: config_lib.TrainConfig, images: np.ndarray, labels: np.ndarray,
   names = [str(k) for k in range(num_classes)] if label_names is None else list(label_names)
   if len(names) != num_classes:
     raise ValueError(f"{len(names)} label_names for {num_classes} classes")
-  os.makedirs(run.workdir, exist_ok=True)
-  ledger_path = os.path.join(run.workdir, LEDGER_FILE)
-  ledger = load_or_create_ledger(cfg, plan, len(images)) if cfg.privacy.dp else None
-  if ledger is not None and ledger.is_exhausted:
-    raise BudgetExhaustedError(
-        f"{ledger_path}: all {ledger.planned_steps} planned steps are spent "
-        f"(ε={ledger.epsilon():.3f}, δ={ledger.delta:g}); refusing to train further")
+  if state is None:
+    state = open_run(cfg, plan, images, labels)
+  ledger = state.ledger
+  ledger_path = rundir.path(run.workdir, LEDGER_FILE)
 
-  # Weight initialisation from --seed too, so a run is reproducible end to end (Poisson
-  # samples and latents are already keyed by (seed, step)). A resume restores the weights.
+  # --seed steers only data-independent randomness: initialisation here, latents and
+  # generated labels in the step. Batches and noise come from the secret key.
   tf.keras.utils.set_random_seed(run.seed)
   generator = make_generator(cfg, images.shape[1:], num_classes, build=True)
   ema_generator = make_ema_generator(cfg, generator) if cfg.optim.ema_decay > 0 else None
   model = DPSinkhornModel(generator, images, labels, num_classes, cfg, plan.noise_multiplier,
-                          plan.sample_rate, ema_generator)
+                          plan.sample_rate, ema_generator, key=state.key)
   model.compile(optimizer=build_optimizer(cfg, plan.noise_multiplier, plan.steps))
   step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
+  run_id = tf.Variable(state.identity.run_id, dtype=tf.string, trainable=False, name="run_id")
   tracked = {"ema_generator": ema_generator} if ema_generator is not None else {}
   ckpt = tf.train.Checkpoint(generator=generator, optimizer=model.optimizer, step=step,
-                             **tracked)
-  manager = tf.train.CheckpointManager(ckpt, os.path.join(run.workdir, "checkpoints"),
+                             run_id=run_id, **tracked)
+  manager = tf.train.CheckpointManager(ckpt, rundir.path(run.workdir, rundir.CHECKPOINT_DIR),
                                        max_to_keep=run.keep_checkpoints)
-  if manager.latest_checkpoint:
-    ckpt.restore(manager.latest_checkpoint).expect_partial()
+  # Optimizer slots exist only after a first apply; build them so that the restore below
+  # can check that every object of this run is in the checkpoint.
+  model.optimizer.build(generator.trainable_variables)
+  start = _restore(cfg, state, ckpt, manager, run_id, step)
+  if start >= plan.steps:
+    eps = f"ε={ledger.epsilon():.3f}, δ={ledger.delta:g}" if ledger is not None else "--nodp"
+    raise BudgetExhaustedError(
+        f"{rundir.path(run.workdir, rundir.CHECKPOINT_DIR)}: all {plan.steps} planned steps "
+        f"are taken ({eps}); refusing to train further")
   train_fn = tf.function(model.train_step, input_signature=[tf.TensorSpec([], tf.int64)])
-  writer = tf.summary.create_file_writer(os.path.join(run.workdir, "tensorboard"))
-  os.makedirs(os.path.join(run.workdir, "samples"), exist_ok=True)
+  writer = tf.summary.create_file_writer(rundir.path(run.workdir, rundir.TENSORBOARD_DIR))
+  private_writer = tf.summary.create_file_writer(
+      os.path.join(rundir.ensure_private_dir(run.workdir), "tensorboard"))
+  os.makedirs(rundir.path(run.workdir, rundir.SAMPLES_DIR), exist_ok=True)
 
-  spent = ledger.steps_taken if ledger is not None else int(step.numpy())
-  steps_run, logs = 0, {}
-  while spent < plan.steps:
-    chunk = min(run.checkpoint_every - spent % run.checkpoint_every, plan.steps - spent)
-    if ledger is not None:  # write-ahead: the chunk counts as spent before it runs
-      ledger = ledger.advanced(chunk)
+  t, steps_run, logs = start, 0, {}
+  while t < plan.steps:
+    end = min((t // run.checkpoint_every + 1) * run.checkpoint_every, plan.steps)
+    if ledger is not None:  # write-ahead: step indices < end count as spent before they run
+      ledger = ledger.charged_through(end)
       ledger.save(ledger_path)
-    for _ in range(chunk):
+    epsilon = ledger.epsilon() if ledger is not None else math.inf
+    pending = []  # publishable outputs, held back until the chunk's checkpoint is recorded
+    while t < end:
       logs = {k: float(v) for k, v in train_fn(step.read_value()).items()}
       step.assign_add(1)
-      spent += 1
+      t += 1
       steps_run += 1
-      if spent % run.log_every == 0 or spent == plan.steps:
-        logs["epsilon"] = (accounting.compute_epsilon(plan.sample_rate, plan.noise_multiplier,
-                                                      spent, plan.delta, plan.accountant)
-                           if ledger is not None else math.inf)
-        _write_scalars(writer, spent, logs)
+      if t % run.log_every == 0 or t == plan.steps:
+        logs["epsilon"] = epsilon
+        public = {k: v for k, v in logs.items() if k in PUBLIC_METRICS}
+        private = {k: v for k, v in logs.items() if k not in PUBLIC_METRICS}
+        pending.append(functools.partial(_write_scalars, writer, t, public))
+        _write_scalars(private_writer, t, private)  # never published: written at once
         if on_log is not None:
-          on_log(spent, plan.steps, logs)
-      if spent % run.sample_every == 0:
-        _write_samples(writer, model.sampling_generator, names, run.workdir, spent)
-    manager.save(checkpoint_number=int(step.numpy()))
-    if spent < plan.steps:  # the final report follows the loop
-      _write_json_atomic(os.path.join(run.workdir, REPORT_FILE),
-                         privacy_report(cfg, plan, ledger, finished=False))
-  grid = _write_samples(writer, model.sampling_generator, names, run.workdir, spent,
-                        final=True)
-  _write_json_atomic(os.path.join(run.workdir, REPORT_FILE),
-                     privacy_report(cfg, plan, ledger, finished=True))
+          on_log(t, plan.steps, logs if ledger is None else public)
+      if t % run.sample_every == 0 and t < plan.steps:
+        images_t = generate_grid(model.sampling_generator, num_classes, 10)
+        pending.append(functools.partial(_write_samples, writer, images_t, names,
+                                         run.workdir, t))
+    manager.save(checkpoint_number=t)
+    if ledger is not None:
+      ledger = ledger.checkpointed(t)
+      ledger.save(ledger_path)
+    for write in pending:
+      write()
+    if t < plan.steps:  # the final report follows the loop
+      _write_json_atomic(rundir.path(run.workdir, REPORT_FILE),
+                         privacy_report(cfg, plan, ledger, False, state.identity))
+    private_writer.flush()
+  grid = _write_samples(writer, generate_grid(model.sampling_generator, num_classes, 10),
+                        names, run.workdir, t, final=True)
+  _write_json_atomic(rundir.path(run.workdir, REPORT_FILE),
+                     privacy_report(cfg, plan, ledger, True, state.identity))
   writer.flush()
-  return TrainResult(model, ledger, steps_run, logs, grid)
+  private_writer.flush()
+  return TrainResult(model, ledger, steps_run, logs, grid, state.identity)
 
 
 def _write_scalars(writer, step: int, logs: dict) -> None:
@@ -504,15 +733,15 @@ def _write_scalars(writer, step: int, logs: dict) -> None:
         tf.summary.scalar(name, value)
 
 
-def _write_samples(writer, generator, label_names: Sequence[str], workdir: str, step: int,
-                   final: bool = False) -> str:
+def _write_samples(writer, images: np.ndarray, label_names: Sequence[str], workdir: str,
+                   step: int, final: bool = False) -> str:
   """Generated (never private) images: a TensorBoard grid and a PNG, one row per class."""
   num_classes, per_class = len(label_names), 10
-  images = generate_grid(generator, num_classes, per_class)
   with writer.as_default(step=step):
     grid = evaluation.tile_rows(np.asarray(images), num_classes)
     tf.summary.image("samples", grid[np.newaxis], max_outputs=1)
   name = "final.png" if final else f"step_{step:07d}.png"
   return evaluation.save_class_grid_png(
       images, balanced_grid_labels(num_classes, per_class), label_names,
-      os.path.join(workdir, "samples", name), per_class=per_class, title=f"step {step}")
+      os.path.join(workdir, rundir.SAMPLES_DIR, name), per_class=per_class,
+      title=f"step {step}")

@@ -348,7 +348,7 @@ def test_cli_errors_are_one_line_and_write_nothing(run_dir, tmp_path, capsys):
 
 def _copy_run(run_dir, dest, flags_edit=None):
   os.makedirs(dest)
-  for name in ("flags.txt", "privacy.json", "privacy_ledger.json"):
+  for name in ("flags.txt", "privacy.json", "privacy_ledger.json", "run.json"):
     shutil.copy(os.path.join(run_dir, name), dest)
   if flags_edit:
     path = os.path.join(dest, "flags.txt")
@@ -364,8 +364,10 @@ def test_checkpoint_with_ema_exports_the_ema_weights(run_dir, tmp_path):
   ema = models.make_generator("dcgan", (8, 8, 1), 10, latent_dim=4, embed_dim=2, hidden=4)
   for var in ema.variables:
     var.assign(var + 0.25)
+  run_id = json.load(open(os.path.join(run_dir, "run.json")))["run_id"]
   ckpt = tf.train.Checkpoint(generator=raw, ema_generator=ema,
-                             step=tf.Variable(5, dtype=tf.int64))
+                             step=tf.Variable(5, dtype=tf.int64),
+                             run_id=tf.Variable(run_id, dtype=tf.string))
   prefix = ckpt.write(os.path.join(workdir, "chk", "ckpt-5"))
   path = export.export_run(workdir, checkpoint=prefix, model_name="ema_model")
   assert path == os.path.join(workdir, "export", "ema_model", "1")
@@ -394,6 +396,33 @@ def test_dp_run_without_ledger_is_refused(run_dir, tmp_path):
   with pytest.raises(export.ExportError, match="privacy_ledger.json"):
     export.export_run(workdir, checkpoint=os.path.join(run_dir, "checkpoints"))
   assert not os.path.exists(os.path.join(workdir, "export"))
+
+
+def test_a_checkpoint_of_another_run_is_not_stamped_with_this_runs_epsilon(run_dir, tmp_path):
+  # Before: export --checkpoint=DIR stamped the workdir's ε on any checkpoint.
+  other = str(tmp_path / "other")
+  proc = run_module("dp_sinkhorn_tf.main", f"--workdir={other}", *TRAIN_FLAGS, "--noexport")
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  with pytest.raises(export.ExportError, match="written by run .* not by"):
+    export.export_run(run_dir, checkpoint=os.path.join(other, "checkpoints"))
+  proc = run_module("dp_sinkhorn_tf.export", f"--workdir={run_dir}",
+                    f"--checkpoint={os.path.join(other, 'checkpoints')}")
+  errors = error_lines(proc.stderr)
+  assert proc.returncode == 2 and len(errors) == 1 and "written by run" in errors[0]
+  # A checkpoint written without any run id (an older version) is refused too.
+  restored = export.restore_run(run_dir)
+  prefix = tf.train.Checkpoint(generator=restored.generator).write(str(tmp_path / "old" / "c"))
+  with pytest.raises(export.ExportError, match="no run id"):
+    export.export_run(run_dir, checkpoint=prefix, export_dir=str(tmp_path / "x"))
+
+
+def test_export_metadata_names_the_run_and_says_it_is_private(run_dir):
+  meta = serving.read_metadata(os.path.join(run_dir, "export", "generator", "1"))
+  run = json.load(open(os.path.join(run_dir, "run.json")))
+  assert meta["run_id"] == run["run_id"] and meta["private"] is True
+  assert meta["private_reason"] is None
+  text = json.dumps(meta)
+  assert "data_fingerprint" not in text and "privacy-key" not in text
 
 
 def test_dataset_image_shapes_match_the_loaders():

@@ -81,3 +81,99 @@ def test_cifar_flagfile_starts_training_on_tfds_data(tmp_path, monkeypatch):
 def test_positional_arguments_are_rejected(tmp_path):
   proc = run_main(f"--workdir={tmp_path / 'run'}", "extra")
   assert proc.returncode != 0 and len(_error_lines(proc.stderr)) == 1
+
+
+TINY = ["--dataset=digits", "--batch_size=16", "--hidden=4", "--latent_dim=4", "--embed_dim=2",
+        "--noise_multiplier=1", "--target_epsilon=10", "--checkpoint_every=5",
+        "--log_every=1", "--sample_every=10", "--sinkhorn_max_iterations=20", "--noexport"]
+
+
+def _final_weights(workdir):
+  import tensorflow as tf
+  path = tf.train.latest_checkpoint(str(workdir / "checkpoints"))
+  return {name: tf.train.load_variable(path, name) for name, _ in tf.train.list_variables(path)
+          if name.startswith("generator/")}
+
+
+def test_sigkill_at_random_moments_then_resume_gives_the_same_generator_and_ledger(tmp_path):
+  # The data owner's key file makes two runs comparable; a killed-and-resumed run must
+  # release bit-for-bit the generator of an uninterrupted one and charge the same steps.
+  import json
+  import random
+  import signal
+  import time
+
+  from dp_sinkhorn_tf import privacy_key
+  key = tmp_path / "owner.key"
+  privacy_key.write_key_file(str(key), privacy_key.generate())
+  args = TINY + ["--steps=60", f"--privacy_key_file={key}"]
+  straight = run_main(f"--workdir={tmp_path / 'straight'}", *args)
+  assert straight.returncode == 0, straight.stderr[-2000:]
+  workdir = tmp_path / "killed"
+  ledger = workdir / "privacy_ledger.json"
+  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+  rng, kills = random.Random(0), 0
+  for _ in range(8):
+    proc = subprocess.Popen([sys.executable, "-m", "dp_sinkhorn_tf.main",
+                             f"--workdir={workdir}", *args], cwd=ROOT, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    start = time.time()
+    before = json.loads(ledger.read_text())["steps_taken"] if ledger.exists() else -1
+    while proc.poll() is None and time.time() - start < 120:  # until it charges a chunk
+      if ledger.exists() and json.loads(ledger.read_text())["steps_taken"] > before:
+        break
+      time.sleep(0.05)
+    time.sleep(rng.uniform(0.0, 1.5))
+    if proc.poll() is None:
+      proc.send_signal(signal.SIGKILL)
+      kills += 1
+    proc.wait()
+    if proc.returncode == 0:
+      break
+  assert kills >= 2
+  final = run_main(f"--workdir={workdir}", *args)  # finishes, or says the budget is spent
+  assert final.returncode in (0, 1), final.stderr[-2000:]
+  a, b = _final_weights(tmp_path / "straight"), _final_weights(workdir)
+  assert a.keys() == b.keys() and len(a) > 4
+  for name in a:
+    assert (a[name] == b[name]).all(), name
+  led_a = json.loads((tmp_path / "straight" / "privacy_ledger.json").read_text())
+  led_b = json.loads(ledger.read_text())
+  assert led_a["steps_taken"] == led_b["steps_taken"] == 60
+  assert led_b["checkpoint_step"] == 60
+
+
+def test_progress_shows_only_publishable_values_and_summary_marks_private_files(tmp_path):
+  proc = run_main(f"--workdir={tmp_path / 'run'}", *TINY, "--steps=3")
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  assert "epsilon" in proc.stdout and "loss" not in proc.stdout
+  assert "real_batch_size" not in proc.stdout
+  tail = proc.stdout.split("DO NOT PUBLISH:")[1]
+  assert "privacy_key" in tail and "private_diagnostics" in tail
+  assert "NOT PRIVATE" not in proc.stdout
+
+
+def test_insecure_fixed_key_is_announced_as_not_private(tmp_path):
+  proc = run_main(f"--workdir={tmp_path / 'run'}", *TINY, "--steps=3", "--insecure_fixed_key")
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  assert "NOT PRIVATE: --insecure_fixed_key" in proc.stdout
+  proc = run_main(f"--workdir={tmp_path / 'run2'}", *TINY, "--steps=3", "--insecure_fixed_key",
+                  f"--privacy_key_file={tmp_path / 'k'}")
+  assert proc.returncode == 2 and "--insecure_fixed_key" in _error_lines(proc.stderr)[0]
+
+
+def test_bad_model_name_is_refused_before_any_step(tmp_path):
+  workdir = tmp_path / "run"
+  proc = run_main(f"--workdir={workdir}", *TINY[:-1], "--steps=3", "--model_name=../x")
+  assert proc.returncode == 2 and "--model_name" in _error_lines(proc.stderr)[0]
+  assert not workdir.exists()
+
+
+def test_a_bad_key_file_is_one_line_and_writes_nothing(tmp_path):
+  bad = tmp_path / "bad.key"
+  bad.write_text("not a key")
+  workdir = tmp_path / "run"
+  proc = run_main(f"--workdir={workdir}", *TINY, "--steps=3", f"--privacy_key_file={bad}")
+  errors = _error_lines(proc.stderr)
+  assert proc.returncode == 2 and len(errors) == 1 and "bad.key" in errors[0]
+  assert not workdir.exists()

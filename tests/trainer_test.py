@@ -10,7 +10,7 @@ import pytest
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from dp_sinkhorn_tf import accounting, data, privacy, sinkhorn, trainer
+from dp_sinkhorn_tf import accounting, data, privacy, privacy_key, rundir, sampling, sinkhorn, trainer
 from dp_sinkhorn_tf import config as config_lib
 
 DIGITS = data.load_dataset("digits")
@@ -28,10 +28,10 @@ def tiny_config(workdir="unused", **overrides) -> config_lib.TrainConfig:
   return dataclasses.replace(cfg, **overrides)
 
 
-def build_model(cfg, dataset=DIGITS, sigma=1.0):
+def build_model(cfg, dataset=DIGITS, sigma=1.0, key=None):
   gen = trainer.make_generator(cfg, dataset.image_shape, dataset.num_classes)
   model = trainer.DPSinkhornModel(gen, dataset.images, dataset.labels, dataset.num_classes,
-                                  cfg, sigma, cfg.batch_size / len(dataset.images))
+                                  cfg, sigma, cfg.batch_size / len(dataset.images), key=key)
   model.compile(optimizer=trainer.build_optimizer(cfg, sigma))
   return model
 
@@ -39,8 +39,8 @@ def build_model(cfg, dataset=DIGITS, sigma=1.0):
 def test_plan_from_sigma_uses_the_whole_budget():
   cfg = tiny_config()
   plan = trainer.plan_privacy(cfg, 1438)
-  q = 16 / 1438
-  assert plan.sample_rate == pytest.approx(q)
+  q = sampling.inclusion_probability(16 / 1438)  # the sampler's exact rate
+  assert plan.sample_rate == q and q >= 16 / 1438
   assert plan.steps == accounting.max_steps(2.0, 1e-5, q, 1.0)
   assert plan.epsilon <= 2.0 < accounting.compute_epsilon(q, 1.0, plan.steps + 1, 1e-5)
 
@@ -83,7 +83,7 @@ def test_steps_on_tfds_mock_mnist():
 class _ZeroMechanism:
   """Releases zeros: if anything else reached the weights, it would be a leak."""
 
-  def privatize(self, grad, num_private):
+  def privatize(self, grad, num_private, noise_seed=None):
     zero = tf.zeros([])
     return tf.zeros_like(grad), privacy.MechanismInfo(zero, zero, zero)
 
@@ -118,21 +118,30 @@ def test_non_private_mode_applies_plain_autodiff_gradients():
     np.testing.assert_allclose(g, d, rtol=1e-3, atol=1e-3 * np.abs(d).max() + 1e-7)
 
 
-def test_param_grad_optimizer_noise_is_two_sigma_c():
+def test_param_grad_step_releases_clipped_gradient_plus_keyed_two_sigma_c_noise():
   cfg = tiny_config(privacy=config_lib.PrivacyConfig(mechanism="param_grad",
                                                      noise_multiplier=0.7, l2_norm_clip=0.5,
-                                                     target_epsilon=2.0))
-  opt = trainer.build_optimizer(cfg, 0.7)
-  state = opt._dp_sum_query.initial_global_state()  # pylint: disable=protected-access
-  # sensitivity 2C → multiplier 2σ on clip C: std = 0.5 · 1.4 = 0.7 = 2σC.
-  assert float(state.l2_norm_clip) == pytest.approx(0.5)
-  assert float(state.stddev) == pytest.approx(2 * 0.7 * 0.5)
-  model = build_model(cfg, sigma=0.7)
-  before = [v.numpy().copy() for v in model.generator.trainable_variables]
-  logs = tf.function(model.train_step)(tf.constant(0, tf.int64))
-  assert np.isfinite(float(logs["loss"]))
-  assert any(np.abs(v.numpy() - b).max() > 0
-             for v, b in zip(model.generator.trainable_variables, before))
+                                                     target_epsilon=2.0),
+                    optim=config_lib.OptimConfig(optimizer="sgd", learning_rate=1.0,
+                                                 beta_1=0.0))
+  key = privacy_key.generate()
+  model = build_model(cfg, sigma=0.7, key=key)
+  # Plain SGD with rate 1 and no momentum: the update is −released.
+  variables = model.generator.trainable_variables
+  before = [v.numpy().copy() for v in variables]
+  logs = tf.function(model.train_step)(tf.constant(3, tf.int64))
+  released = [b - v.numpy() for v, b in zip(variables, before)]
+  # released = clip_C(g) + N(0, (2σC)²) with 2σC = 0.7, the noise keyed by (key, step 3):
+  # subtracting that noise leaves a gradient of norm ≤ C = 0.5.
+  seed = privacy_key.step_seed(key, 3, privacy_key.STREAM_NOISE)
+  noise = [privacy.keyed_gaussian_noise(tf.shape(r), 0.7,
+                                        tf.random.experimental.stateless_fold_in(seed, i))
+           for i, r in enumerate(released)]
+  clipped = [r - n.numpy() for r, n in zip(released, noise)]
+  assert np.sqrt(sum((c**2).sum() for c in clipped)) <= 0.5 * (1 + 1e-3)
+  assert float(logs["clean_grad_norm"]) > 0
+  total = np.concatenate([n.numpy().ravel() for n in noise])
+  assert np.std(total) == pytest.approx(0.7, rel=0.1)
 
 
 def test_public_clip_reaches_the_mechanism_and_nodp_ignores_it():
@@ -177,34 +186,60 @@ class _Crash(Exception):
   pass
 
 
-def test_resume_after_crash_continues_the_count_and_never_resets(tmp_path):
-  cfg = tiny_config(tmp_path, steps=10, privacy=config_lib.PrivacyConfig(
-      noise_multiplier=1.0, target_epsilon=10.0))
-  plan = trainer.plan_privacy(cfg, len(DIGITS.images))
-  ledger_path = os.path.join(tmp_path, trainer.LEDGER_FILE)
+def _weights(result):
+  return [v.numpy() for v in result.model.generator.variables]
 
-  def crash_at_four(spent, total, logs):
-    assert "epsilon" in logs and logs["epsilon"] > 0
-    if spent == 4:
+
+def test_resume_after_crash_replays_from_the_checkpoint_and_matches_an_uninterrupted_run(
+    tmp_path):
+  key_file = tmp_path / "key"
+  privacy_key.write_key_file(str(key_file), privacy_key.generate())
+
+  def cfg_for(name):
+    return tiny_config(tmp_path / name, steps=10, privacy=config_lib.PrivacyConfig(
+        noise_multiplier=1.0, target_epsilon=10.0),
+        run=config_lib.RunConfig(workdir=str(tmp_path / name), log_every=1,
+                                 sample_every=2, checkpoint_every=3,
+                                 privacy_key_file=str(key_file)))
+
+  cfg = cfg_for("crashed")
+  plan = trainer.plan_privacy(cfg, len(DIGITS.images))
+  ledger_path = os.path.join(cfg.run.workdir, trainer.LEDGER_FILE)
+
+  def crash_at_five(step, total, logs):
+    assert set(logs) == {"epsilon", "noised_grad_norm"}  # publishable values only
+    if step == 5:
       raise _Crash()
 
   with pytest.raises(_Crash):
-    trainer.train(cfg, DIGITS.images, DIGITS.labels, 10, plan, on_log=crash_at_four)
+    trainer.train(cfg, DIGITS.images, DIGITS.labels, 10, plan, on_log=crash_at_five)
   # Write-ahead: the chunk [3, 6) was charged before it ran; the checkpoint holds step 3.
-  assert accounting.PrivacyLedger.load(ledger_path).steps_taken == 6
+  ledger = accounting.PrivacyLedger.load(ledger_path)
+  assert (ledger.steps_taken, ledger.checkpoint_step) == (6, 3)
+  # Outputs of the unfinished chunk were held back: the grid of step 4 was never written.
+  samples = sorted(os.listdir(os.path.join(cfg.run.workdir, "samples")))
+  assert samples == ["step_0000002.png"]
   seen = []
   result = trainer.train(cfg, DIGITS.images, DIGITS.labels, 10, plan,
                          on_log=lambda s, t, logs: seen.append(s))
-  assert seen[0] == 7 and seen[-1] == 10  # continues from the ledger, not from zero
+  assert seen == list(range(4, 11))  # steps 4, 5, 6 re-run from the checkpoint, then on
   ledger = accounting.PrivacyLedger.load(ledger_path)
-  assert ledger.steps_taken == 10 and ledger.is_exhausted
+  # Each step index charged once: the same ledger as an uninterrupted run.
+  assert ledger.steps_taken == 10 and ledger.checkpoint_step == 10
   assert ledger.epsilon() == pytest.approx(accounting.compute_epsilon(
       plan.sample_rate, 1.0, 10, 1e-5))
-  report = json.load(open(os.path.join(tmp_path, trainer.REPORT_FILE)))
+  report = json.load(open(os.path.join(cfg.run.workdir, trainer.REPORT_FILE)))
   assert report["finished"] and report["ledger"]["steps_taken"] == 10
   assert os.path.exists(result.sample_grid)
   with pytest.raises(trainer.BudgetExhaustedError, match="refusing to train further"):
     trainer.train(cfg, DIGITS.images, DIGITS.labels, 10, plan)
+  # The same key without a crash: bit-for-bit the same generator.
+  straight_cfg = cfg_for("straight")
+  straight = trainer.train(straight_cfg, DIGITS.images, DIGITS.labels, 10, plan)
+  for a, b in zip(_weights(result), _weights(straight)):
+    np.testing.assert_array_equal(a, b)
+  assert (accounting.PrivacyLedger.load(os.path.join(straight_cfg.run.workdir,
+                                                     trainer.LEDGER_FILE)).steps_taken == 10)
 
 
 def test_resume_with_a_different_plan_is_refused(tmp_path):
@@ -306,16 +341,59 @@ def test_xla_path_handles_an_empty_poisson_batch():
   assert grad.shape == fake.shape
 
 
-def test_same_seed_same_initial_weights_and_samples(tmp_path):
-  runs = []
+def _two_runs(tmp_path, **run_overrides):
+  results = []
   for name in ("a", "b"):
-    cfg = tiny_config(tmp_path / name, steps=2, privacy=config_lib.PrivacyConfig(
+    run = config_lib.RunConfig(workdir=str(tmp_path / name), log_every=1,
+                               sample_every=10**6, checkpoint_every=3, **run_overrides)
+    cfg = tiny_config(tmp_path / name, steps=3, run=run, privacy=config_lib.PrivacyConfig(
         noise_multiplier=1.0, target_epsilon=10.0))
-    result = trainer.train(cfg, DIGITS.images, DIGITS.labels, 10,
-                           trainer.plan_privacy(cfg, len(DIGITS.images)))
-    runs.append([v.numpy() for v in result.model.generator.variables])
-  for a, b in zip(*runs):
-    np.testing.assert_array_equal(a, b)
+    results.append(trainer.train(cfg, DIGITS.images, DIGITS.labels, 10,
+                                 trainer.plan_privacy(cfg, len(DIGITS.images))))
+  return results
+
+
+def test_the_same_command_in_two_workdirs_releases_different_generators(tmp_path):
+  # Same flags, same --seed (same initialisation and latents): only the secret keys differ,
+  # and with them the noise and the batches. With the noise a function of --seed, as
+  # before, the two generators were identical.
+  a, b = _two_runs(tmp_path)
+  assert any(np.abs(x - y).max() > 0 for x, y in zip(_weights(a), _weights(b)))
+  assert a.identity.run_id != b.identity.run_id
+  keys = [privacy_key.read_key_file(str(tmp_path / n / rundir.KEY_FILE)) for n in "ab"]
+  assert not keys[0].same_secret(keys[1])
+
+
+def test_the_same_key_file_reproduces_a_run_exactly(tmp_path):
+  key_file = tmp_path / "owner.key"
+  privacy_key.write_key_file(str(key_file), privacy_key.generate())
+  a, b = _two_runs(tmp_path, privacy_key_file=str(key_file))
+  for x, y in zip(_weights(a), _weights(b)):
+    np.testing.assert_array_equal(x, y)
+
+
+def test_batches_and_noise_follow_the_key_not_the_seed():
+  key = privacy_key.generate()
+  step = tf.constant(4, tf.int64)
+  m0 = build_model(tiny_config(), key=key)
+  m1 = build_model(tiny_config(run=config_lib.RunConfig(seed=1)), key=key)
+  m2 = build_model(tiny_config(), key=privacy_key.generate())
+  np.testing.assert_array_equal(m0.private_batch(step)[1].numpy(),
+                                m1.private_batch(step)[1].numpy())
+  np.testing.assert_array_equal(m0.noise_seed(step).numpy(), m1.noise_seed(step).numpy())
+  assert not np.array_equal(m0.noise_seed(step).numpy(), m2.noise_seed(step).numpy())
+  assert (m0.private_batch(step)[1].shape != m2.private_batch(step)[1].shape or
+          not np.array_equal(m0.private_batch(step)[1].numpy(),
+                             m2.private_batch(step)[1].numpy()))
+  # The public latents do follow --seed.
+  assert not np.array_equal(m0.latent_batch(step)[0].numpy(), m1.latent_batch(step)[0].numpy())
+
+
+def test_noise_seeds_never_repeat_across_steps_or_streams():
+  key = privacy_key.generate()
+  seeds = {tuple(privacy_key.step_seed(key, t, s).numpy())
+           for t in range(2000) for s in (privacy_key.STREAM_BATCH, privacy_key.STREAM_NOISE)}
+  assert len(seeds) == 4000
 
 
 def test_class_matching_changes_the_loss_and_leaves_public_rows_data_free():
@@ -349,3 +427,127 @@ def test_label_names_must_name_every_class(tmp_path):
     trainer.train(cfg, DIGITS.images, DIGITS.labels, 10, plan, label_names=["a", "b", "c"])
   # Checked before anything is written: no ledger, no checkpoint.
   assert not os.path.exists(os.path.join(tmp_path, trainer.LEDGER_FILE))
+
+
+# ---- provenance and release hygiene -------------------------------------------------------
+
+def _dp_cfg(workdir, steps=3, **run):
+  return tiny_config(workdir, steps=steps, privacy=config_lib.PrivacyConfig(
+      noise_multiplier=1.0, target_epsilon=10.0),
+      run=config_lib.RunConfig(workdir=str(workdir), log_every=1, sample_every=10**6,
+                               checkpoint_every=3, **run))
+
+
+def _train(cfg, images=DIGITS.images, labels=DIGITS.labels):
+  return trainer.train(cfg, images, labels, 10, trainer.plan_privacy(cfg, len(images)))
+
+
+def test_nodp_and_dp_runs_never_share_a_workdir(tmp_path):
+  nodp = tiny_config(tmp_path, steps=3, privacy=config_lib.PrivacyConfig(dp=False))
+  _train(nodp)
+  # Before: the DP command restored the 3 non-private steps and stamped ε on them.
+  with pytest.raises(trainer.ProvenanceError, match="holds a --nodp run"):
+    _train(_dp_cfg(tmp_path))
+  assert not os.path.exists(tmp_path / rundir.LEDGER_FILE)
+  dp_dir = tmp_path / "dp"
+  _train(_dp_cfg(dp_dir, steps=6))
+  with pytest.raises(trainer.ProvenanceError, match="holds a DP run"):
+    _train(tiny_config(dp_dir, steps=3, privacy=config_lib.PrivacyConfig(dp=False)))
+
+
+def test_a_missing_ledger_beside_a_checkpoint_is_refused_never_restarted(tmp_path):
+  cfg = _dp_cfg(tmp_path, steps=6)
+  plan = trainer.plan_privacy(cfg, len(DIGITS.images))
+  with pytest.raises(_Crash):
+    trainer.train(cfg, DIGITS.images, DIGITS.labels, 10, plan,
+                  on_log=lambda s, t, logs: (_ for _ in ()).throw(_Crash()) if s == 4 else 0)
+  os.remove(tmp_path / rundir.LEDGER_FILE)
+  with pytest.raises(trainer.ProvenanceError, match="privacy_ledger.json: missing"):
+    _train(cfg)
+  # Also without run.json: checkpoints that no identity vouches for are refused.
+  os.remove(tmp_path / rundir.IDENTITY_FILE)
+  with pytest.raises(trainer.ProvenanceError, match="checkpoints without run.json"):
+    _train(cfg)
+
+
+def test_a_checkpoint_of_another_run_is_never_restored(tmp_path):
+  a, b = _dp_cfg(tmp_path / "a", steps=6), _dp_cfg(tmp_path / "b", steps=6)
+  _train(a)
+  with pytest.raises(_Crash):
+    trainer.train(b, DIGITS.images, DIGITS.labels, 10, trainer.plan_privacy(b, 1438),
+                  on_log=lambda s, t, logs: (_ for _ in ()).throw(_Crash()) if s == 4 else 0)
+  # Swap b's checkpoints for a's (same plan, same architecture): refused by run id.
+  import shutil
+  shutil.rmtree(tmp_path / "b" / "checkpoints")
+  shutil.copytree(tmp_path / "a" / "checkpoints", tmp_path / "b" / "checkpoints")
+  with pytest.raises(trainer.ProvenanceError, match="written by run .*not by this"):
+    _train(b)
+
+
+def test_a_resume_on_different_private_data_is_refused(tmp_path):
+  cfg = _dp_cfg(tmp_path, steps=6)
+  with pytest.raises(_Crash):
+    trainer.train(cfg, DIGITS.images, DIGITS.labels, 10, trainer.plan_privacy(cfg, 1438),
+                  on_log=lambda s, t, logs: (_ for _ in ()).throw(_Crash()) if s == 4 else 0)
+  # D′: one record replaced (same N, same plan): the same key would give the same noise on
+  # other data, and two releases with equal noise differ by a noise-free quantity.
+  images = DIGITS.images.copy()
+  images[17] = -images[17]
+  with pytest.raises(trainer.ProvenanceError, match="private data differ"):
+    _train(cfg, images=images)
+
+
+def test_the_key_stays_in_its_owner_only_file_and_nowhere_else(tmp_path):
+  cfg = _dp_cfg(tmp_path, steps=3)
+  cfg = dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, sample_every=2))
+  _train(cfg)
+  key_path = tmp_path / rundir.KEY_FILE
+  assert (os.stat(key_path).st_mode & 0o777) == 0o600
+  key = privacy_key.read_key_file(str(key_path))
+  needles = [f"{w:016x}".encode() for w in key.words] + [str(w).encode() for w in key.words]
+  for dirpath, _, files in os.walk(tmp_path):
+    for name in files:
+      path = os.path.join(dirpath, name)
+      if path == str(key_path):
+        continue
+      blob = open(path, "rb").read()
+      assert not any(n in blob for n in needles), path
+
+
+def test_private_diagnostics_are_kept_apart_from_publishable_summaries(tmp_path):
+  _train(_dp_cfg(tmp_path, steps=3))
+  from tensorboard.backend.event_processing import event_accumulator
+
+  def tags(folder):
+    acc = event_accumulator.EventAccumulator(str(folder), size_guidance={"tensors": 0})
+    acc.Reload()
+    return set(acc.Tags()["tensors"])
+
+  public = tags(tmp_path / rundir.TENSORBOARD_DIR)
+  private = tags(tmp_path / rundir.PRIVATE_DIR / "tensorboard")
+  assert {"epsilon", "noised_grad_norm", "samples"} <= public
+  assert not public & {"loss", "clean_grad_norm", "sinkhorn_iterations", "marginal_error",
+                       "real_batch_size"}
+  assert {"loss", "clean_grad_norm", "real_batch_size"} <= private
+  assert "DO NOT PUBLISH" in (tmp_path / rundir.PRIVATE_DIR / rundir.DO_NOT_PUBLISH).read_text()
+
+
+def test_privacy_report_states_the_unit_and_whether_the_run_is_private(tmp_path):
+  _train(_dp_cfg(tmp_path / "secret"))
+  report = json.load(open(tmp_path / "secret" / rundir.REPORT_FILE))
+  assert report["private"] is True and "private_reason" not in report
+  assert "one record" in report["unit_of_privacy"] and "13 writers" in report["unit_of_privacy"]
+  assert "data_fingerprint" not in report["ledger"]
+  _train(_dp_cfg(tmp_path / "fixed", insecure_fixed_key=True))
+  report = json.load(open(tmp_path / "fixed" / rundir.REPORT_FILE))
+  assert report["private"] is False and "insecure_fixed_key" in report["private_reason"]
+  assert report["key_source"] == privacy_key.SOURCE_INSECURE
+
+
+def test_insecure_fixed_key_is_reproducible_from_the_seed(tmp_path):
+  a = _train(_dp_cfg(tmp_path / "a", insecure_fixed_key=True))
+  b = _train(_dp_cfg(tmp_path / "b", insecure_fixed_key=True))
+  for x, y in zip(_weights(a), _weights(b)):
+    np.testing.assert_array_equal(x, y)
+  with pytest.raises(trainer.ProvenanceError, match="insecure_fixed_key"):
+    _train(_dp_cfg(tmp_path / "a", steps=3))  # a run keeps its key source

@@ -1,0 +1,145 @@
+"""The run directory: its file names, what is safe to publish, the atomic writer, the run id.
+
+  <workdir>/
+    run.json                 run identity: run_id, dp, key source      publishable
+    privacy_key              the run's SECRET key (0600)               NEVER publish
+    privacy_ledger.json      steps charged, plan, run_id, HMAC of data keep private
+    privacy.json             plan, ε spent (RDP and PLD), unit         publishable
+    flags.txt                the resolved flags (no key, only a path)  publishable
+    checkpoints/             weights + optimizer state + run_id        publishable*
+    samples/                 generated grids                           publishable
+    tensorboard/             ε, released (noised) norms, grids         publishable
+    private_diagnostics/     loss, clean norms, batch sizes, Sinkhorn  NEVER publish
+    export/                  SavedModel (TF Serving layout)            publishable
+
+  * post-processing of the released gradients and the public initialisation.
+
+Provenance: run.json is written last when a run is created (after the key and the ledger),
+so a directory with run.json always has its key and, for DP runs, its ledger; every
+checkpoint holds the run_id, and a checkpoint, ledger or export step of another run id is
+refused (`trainer.open_run`, `export`).
+"""
+
+import dataclasses
+import json
+import os
+from typing import Optional
+
+IDENTITY_FILE = "run.json"
+KEY_FILE = "privacy_key"
+LEDGER_FILE = "privacy_ledger.json"
+REPORT_FILE = "privacy.json"
+FLAGS_FILE = "flags.txt"
+CHECKPOINT_DIR = "checkpoints"
+SAMPLES_DIR = "samples"
+TENSORBOARD_DIR = "tensorboard"
+PRIVATE_DIR = "private_diagnostics"
+EXPORT_DIR = "export"
+DO_NOT_PUBLISH = "DO_NOT_PUBLISH.txt"
+
+# The checkpoint's run id entry (a tf.Variable(tf.string) tracked as "run_id").
+CHECKPOINT_RUN_ID_KEY = "run_id/.ATTRIBUTES/VARIABLE_VALUE"
+
+PRIVATE_DIR_NOTE = """DO NOT PUBLISH this folder.
+
+Everything here was computed on the private training data BEFORE the privacy mechanism
+(the Sinkhorn loss, the clean gradient norm, Sinkhorn iterations and marginal error, the
+exact Poisson batch size). None of it is covered by the run's (epsilon, delta) guarantee:
+the loss alone differed by 35 between neighbouring datasets at one step.
+It is there for debugging on the data owner's side only.
+"""
+
+# (artefact, publishable?, why) for main's summary and the README table.
+ARTEFACTS = (
+    (f"{EXPORT_DIR}/", True, "generator: post-processing of released gradients"),
+    (REPORT_FILE, True, "plan and ε; states N (the number of private records)"),
+    (f"{SAMPLES_DIR}/", True, "generated images only"),
+    (f"{TENSORBOARD_DIR}/", True, "ε, released (noised) norms, generated grids"),
+    (FLAGS_FILE, True, "resolved flags (a key file's path, never a key)"),
+    (IDENTITY_FILE, True, "run id, dp, key source"),
+    (f"{CHECKPOINT_DIR}/", True, "weights and optimizer state of released updates"),
+    (LEDGER_FILE, False, "keep: holds a keyed fingerprint of the data"),
+    (KEY_FILE, False, "SECRET: whoever has it can remove the noise"),
+    (f"{PRIVATE_DIR}/", False, "computed on private data before the mechanism"),
+)
+
+
+def path(workdir: str, name: str) -> str:
+  return os.path.join(workdir, name)
+
+
+def write_text_atomic(target: str, text: str) -> None:
+  """Writes a temp file beside `target`, fsyncs it and renames it over `target`."""
+  tmp = f"{target}.tmp-{os.getpid()}"
+  try:
+    with open(tmp, "w") as fh:
+      fh.write(text)
+      fh.flush()
+      os.fsync(fh.fileno())
+    os.replace(tmp, target)
+  except BaseException:
+    if os.path.exists(tmp):
+      os.remove(tmp)
+    raise
+
+
+def write_json_atomic(target: str, payload: dict) -> None:
+  write_text_atomic(target, json.dumps(payload, indent=2, sort_keys=True) + "\n")
+
+
+def ensure_private_dir(workdir: str) -> str:
+  """<workdir>/private_diagnostics with its DO_NOT_PUBLISH note; returns its path."""
+  folder = path(workdir, PRIVATE_DIR)
+  os.makedirs(folder, exist_ok=True)
+  note = os.path.join(folder, DO_NOT_PUBLISH)
+  if not os.path.exists(note):
+    write_text_atomic(note, PRIVATE_DIR_NOTE)
+  return folder
+
+
+class ProvenanceError(ValueError):
+  """The run directory's state does not belong together; one line naming the file."""
+
+
+@dataclasses.dataclass(frozen=True)
+class RunIdentity:
+  """run.json: which run a directory holds. `private` is False for --nodp and for
+  --insecure_fixed_key runs (then `reason` says why)."""
+
+  run_id: str
+  dp: bool
+  key_source: str  # privacy_key.SOURCE_* ("" for --nodp)
+  private: bool
+  reason: str = ""
+
+  def to_json(self) -> dict:
+    return dataclasses.asdict(self)
+
+
+def read_identity(workdir: str) -> Optional[RunIdentity]:
+  """run.json, or None if there is none; ProvenanceError if it is unreadable."""
+  target = path(workdir, IDENTITY_FILE)
+  if not os.path.exists(target):
+    return None
+  try:
+    with open(target) as fh:
+      data = json.load(fh)
+    fields = {f.name for f in dataclasses.fields(RunIdentity)}
+    identity = RunIdentity(**{k: data[k] for k in fields})
+  except (OSError, ValueError, KeyError, TypeError) as e:
+    raise ProvenanceError(f"{target}: not a run identity ({type(e).__name__}: {e}); the run "
+                          "cannot be resumed safely: use a new --workdir") from None
+  if not isinstance(identity.run_id, str) or not identity.run_id:
+    raise ProvenanceError(f"{target}: empty run_id; use a new --workdir")
+  return identity
+
+
+def write_identity(workdir: str, identity: RunIdentity) -> None:
+  write_json_atomic(path(workdir, IDENTITY_FILE), identity.to_json())
+
+
+def checkpoint_files_exist(workdir: str) -> bool:
+  """Anything in <workdir>/checkpoints (a readable index or not)."""
+  folder = path(workdir, CHECKPOINT_DIR)
+  # A save killed before its rename leaves only a "*_temp*" directory: no checkpoint.
+  return os.path.isdir(folder) and any("_temp" not in name for name in os.listdir(folder))
