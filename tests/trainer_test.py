@@ -10,7 +10,16 @@ import pytest
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from dp_sinkhorn_tf import accounting, data, privacy, privacy_key, rundir, sampling, sinkhorn, trainer
+from dp_sinkhorn_tf import (
+  accounting,
+  data,
+  privacy,
+  privacy_key,
+  rundir,
+  sampling,
+  sinkhorn,
+  trainer,
+)
 from dp_sinkhorn_tf import config as config_lib
 
 DIGITS = data.load_dataset("digits")
