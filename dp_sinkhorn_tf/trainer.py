@@ -631,9 +631,10 @@ def train(cfg: config_lib.TrainConfig, images: np.ndarray, labels: np.ndarray,
     labels: [N] int.
     num_classes: K.
     plan: from `plan_privacy`.
-    on_log: called as on_log(step, planned_steps, logs) every cfg.run.log_every steps;
-      for DP runs logs hold only publishable values (PUBLIC_METRICS: the noised gradient
-      norm and the ε charged so far); --nodp runs get every metric.
+    on_log: called as on_log(step, planned_steps, logs) for every cfg.run.log_every-th
+      step, in a burst once that step's chunk is checkpointed (like every publishable
+      output); for DP runs logs hold only publishable values (PUBLIC_METRICS: the noised
+      gradient norm and the ε charged so far); --nodp runs get every metric.
     label_names: K names for the rows of the sample grids (default "0", …, "K−1").
     state: from `open_run` (None: opened here).
 
@@ -701,8 +702,9 @@ def train(cfg: config_lib.TrainConfig, images: np.ndarray, labels: np.ndarray,
         private = {k: v for k, v in logs.items() if k not in PUBLIC_METRICS}
         pending.append(functools.partial(_write_scalars, writer, t, public))
         _write_scalars(private_writer, t, private)  # never published: written at once
-        if on_log is not None:
-          on_log(t, plan.steps, logs if ledger is None else public)
+        if on_log is not None:  # progress lines are outputs too: held back like the rest
+          pending.append(functools.partial(on_log, t, plan.steps,
+                                           dict(logs) if ledger is None else public))
       if t % run.sample_every == 0 and t < plan.steps:
         images_t = generate_grid(model.sampling_generator, num_classes, 10)
         pending.append(functools.partial(_write_samples, writer, images_t, names,

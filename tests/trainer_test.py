@@ -195,12 +195,22 @@ class _Crash(Exception):
   pass
 
 
+def _crash_at(crash_step):
+  """An on_log that raises at `crash_step` (called once that step's chunk is saved)."""
+
+  def on_log(step, total, logs):
+    if step == crash_step:
+      raise _Crash()
+
+  return on_log
+
+
 def _weights(result):
   return [v.numpy() for v in result.model.generator.variables]
 
 
 def test_resume_after_crash_replays_from_the_checkpoint_and_matches_an_uninterrupted_run(
-    tmp_path):
+    tmp_path, monkeypatch):
   key_file = tmp_path / "key"
   privacy_key.write_key_file(str(key_file), privacy_key.generate())
 
@@ -214,18 +224,28 @@ def test_resume_after_crash_replays_from_the_checkpoint_and_matches_an_uninterru
   cfg = cfg_for("crashed")
   plan = trainer.plan_privacy(cfg, len(DIGITS.images))
   ledger_path = os.path.join(cfg.run.workdir, trainer.LEDGER_FILE)
+  shown = []
 
-  def crash_at_five(step, total, logs):
-    assert set(logs) == {"epsilon", "noised_grad_norm"}  # publishable values only
+  def crash_at_five(writer, step, logs):  # private diagnostics are written at once
     if step == 5:
       raise _Crash()
+    write_scalars(writer, step, logs)
 
+  def on_log(step, total, logs):
+    assert set(logs) == {"epsilon", "noised_grad_norm"}  # publishable values only
+    shown.append(step)
+
+  write_scalars = trainer._write_scalars
+  monkeypatch.setattr(trainer, "_write_scalars", crash_at_five)
   with pytest.raises(_Crash):
-    trainer.train(cfg, DIGITS.images, DIGITS.labels, 10, plan, on_log=crash_at_five)
+    trainer.train(cfg, DIGITS.images, DIGITS.labels, 10, plan, on_log=on_log)
+  monkeypatch.setattr(trainer, "_write_scalars", write_scalars)
   # Write-ahead: the chunk [3, 6) was charged before it ran; the checkpoint holds step 3.
   ledger = accounting.PrivacyLedger.load(ledger_path)
   assert (ledger.steps_taken, ledger.checkpoint_step) == (6, 3)
-  # Outputs of the unfinished chunk were held back: the grid of step 4 was never written.
+  # Outputs of the unfinished chunk were held back: no progress line for step 4, and the
+  # grid of step 4 was never written.
+  assert shown == [1, 2, 3]
   samples = sorted(os.listdir(os.path.join(cfg.run.workdir, "samples")))
   assert samples == ["step_0000002.png"]
   seen = []
@@ -469,7 +489,7 @@ def test_a_missing_ledger_beside_a_checkpoint_is_refused_never_restarted(tmp_pat
   plan = trainer.plan_privacy(cfg, len(DIGITS.images))
   with pytest.raises(_Crash):
     trainer.train(cfg, DIGITS.images, DIGITS.labels, 10, plan,
-                  on_log=lambda s, t, logs: (_ for _ in ()).throw(_Crash()) if s == 4 else 0)
+                  on_log=_crash_at(4))
   os.remove(tmp_path / rundir.LEDGER_FILE)
   with pytest.raises(trainer.ProvenanceError, match="privacy_ledger.json: missing"):
     _train(cfg)
@@ -484,7 +504,7 @@ def test_a_checkpoint_of_another_run_is_never_restored(tmp_path):
   _train(a)
   with pytest.raises(_Crash):
     trainer.train(b, DIGITS.images, DIGITS.labels, 10, trainer.plan_privacy(b, 1438),
-                  on_log=lambda s, t, logs: (_ for _ in ()).throw(_Crash()) if s == 4 else 0)
+                  on_log=_crash_at(4))
   # Swap b's checkpoints for a's (same plan, same architecture): refused by run id.
   import shutil
   shutil.rmtree(tmp_path / "b" / "checkpoints")
@@ -497,7 +517,7 @@ def test_a_resume_on_different_private_data_is_refused(tmp_path):
   cfg = _dp_cfg(tmp_path, steps=6)
   with pytest.raises(_Crash):
     trainer.train(cfg, DIGITS.images, DIGITS.labels, 10, trainer.plan_privacy(cfg, 1438),
-                  on_log=lambda s, t, logs: (_ for _ in ()).throw(_Crash()) if s == 4 else 0)
+                  on_log=_crash_at(4))
   # D′: one record replaced (same N, same plan): the same key would give the same noise on
   # other data, and two releases with equal noise differ by a noise-free quantity.
   images = DIGITS.images.copy()
