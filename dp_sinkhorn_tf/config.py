@@ -5,6 +5,7 @@ bad value, so a bad command line fails with one line before any work starts.
 """
 
 import dataclasses
+import math
 from typing import Optional
 
 from dp_sinkhorn_tf import sinkhorn
@@ -21,6 +22,15 @@ COSTS = ("l2", "l1l2")
 def _require(condition: bool, flag: str, expected: str, value) -> None:
   if not condition:
     raise ValueError(f"--{flag}={value!r}: expected {expected}")
+
+
+def _require_finite(obj, *names: str) -> None:
+  """Every named float field is a finite number (or None): inf and NaN are refused up front
+  (--target_epsilon=inf once trained a whole run at σ ≈ 0.001)."""
+  for name in names:
+    value = getattr(obj, name)
+    _require(value is None or (isinstance(value, (int, float)) and math.isfinite(value)),
+             name, "a finite number", value)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,6 +75,7 @@ class LossConfig:
   class_matching: bool = False
 
   def __post_init__(self):
+    _require_finite(self, "l1_weight", "debias_fraction", "alpha_c")
     _require(self.cost in COSTS, "cost", f"one of {COSTS}", self.cost)
     _require(self.l1_weight >= 0, "l1_weight", "a number ≥ 0", self.l1_weight)
     _require(0 <= self.debias_fraction <= 1, "debias_fraction", "a number in [0, 1]",
@@ -94,6 +105,8 @@ class PrivacyConfig:
   public_clip: Optional[float] = None
 
   def __post_init__(self):
+    _require_finite(self, "l2_norm_clip", "noise_multiplier", "target_epsilon", "delta",
+                    "release_blur", "public_clip")
     _require(self.public_clip is None or 0 <= self.public_clip < float("inf"), "public_clip",
              "a finite number ≥ 0 (or unset: --l2_norm_clip)", self.public_clip)
     _require(self.public_clip is None or self.mechanism == "image_grad", "public_clip",
@@ -129,6 +142,7 @@ class OptimConfig:
   lr_schedule: str = "constant"
 
   def __post_init__(self):
+    _require_finite(self, "learning_rate", "beta_1", "beta_2", "weight_decay", "ema_decay")
     _require(self.optimizer in OPTIMIZERS, "optimizer", f"one of {OPTIMIZERS}", self.optimizer)
     _require(self.learning_rate > 0, "learning_rate", "a number > 0", self.learning_rate)
     _require(0 <= self.beta_1 < 1, "beta_1", "a number in [0, 1)", self.beta_1)

@@ -141,11 +141,10 @@ class SavedModelSampler:
   """
 
   def __init__(self, path: str):
-    import tensorflow as tf
 
     self.path = resolve_version_dir(path)
     self.metadata = serving.read_metadata(self.path)
-    self._loaded = tf.saved_model.load(self.path)  # keeps the signature's variables alive
+    self._loaded = serving.load_saved_model(self.path)  # keeps the signatures' variables alive
     signatures = dict(self._loaded.signatures)
     if SIGNATURE not in signatures:
       raise ValueError(f"{self.path}: no {SIGNATURE!r} signature (has {sorted(signatures)})")

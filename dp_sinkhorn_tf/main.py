@@ -14,7 +14,10 @@ supplies a key the data owner keeps (to reproduce a run), --insecure_fixed_key d
 from --seed for tests (then the run is marked "private": false).
 """
 
+import errno
+import math
 import os
+import signal
 import sys
 
 from absl import app, flags
@@ -126,6 +129,10 @@ flags.DEFINE_enum("if_finished", "fail", ["fail", "skip"],
 
 def config_from_flags(f) -> config_lib.TrainConfig:
   """Builds the frozen run config; raises ValueError naming the bad flag."""
+  for name in ("sinkhorn_epsilon", "sinkhorn_scaling", "sinkhorn_threshold"):
+    value = getattr(f, name)
+    if not math.isfinite(value):
+      raise ValueError(f"--{name}={value!r}: expected a finite number")
   try:
     solver = sinkhorn.SinkhornConfig(epsilon=f.sinkhorn_epsilon, scaling=f.sinkhorn_scaling,
                                      threshold=f.sinkhorn_threshold,
@@ -172,8 +179,100 @@ def _progress_printer():
   return on_log
 
 
+def _os_error(e: OSError, what: str) -> str:
+  """One line naming the file and the cause of a file-system error."""
+  target = e.filename or what
+  cause = e.strerror or type(e).__name__
+  if isinstance(e, OSError) and e.errno == errno.ENOSPC:
+    cause = "no space left on device"
+  return f"{target}: {cause}"
+
+
+def _tf_error(e: Exception, what: str) -> str:
+  return f"{what}: {str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__}"
+
+
+def _remove_stale_temps(workdir: str, model_name: str) -> None:
+  """Deletes what a killed process left: checkpoint '*_temp*' and export '.tmp-*-PID' dirs."""
+  import shutil
+
+  ckpt_dir = os.path.join(workdir, "checkpoints")
+  if os.path.isdir(ckpt_dir):
+    for name in os.listdir(ckpt_dir):
+      if "_temp" in name:
+        shutil.rmtree(os.path.join(ckpt_dir, name), ignore_errors=True)
+  model_dir = os.path.join(workdir, "export", model_name)
+  if os.path.isdir(model_dir):
+    for name in os.listdir(model_dir):
+      pid = name.rsplit("-", 1)[-1]
+      if name.startswith(".tmp-") and pid.isdigit() and not _alive(int(pid)):
+        shutil.rmtree(os.path.join(model_dir, name), ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+  if pid == os.getpid():
+    return False  # ours from an earlier life of this pid: nothing is writing it now
+  try:
+    os.kill(pid, 0)
+  except ProcessLookupError:
+    return False
+  except PermissionError:
+    return True
+  return True
+
+
+def _outputs_complete(cfg: config_lib.TrainConfig, run_id: str) -> bool:
+  """The final report, grid and (with --export) an export of this run exist."""
+  import json
+
+  from dp_sinkhorn_tf import serving
+
+  workdir = cfg.run.workdir
+  try:
+    with open(os.path.join(workdir, "privacy.json")) as fh:
+      report = json.load(fh)
+  except (OSError, ValueError):
+    return False
+  if not report.get("finished") or report.get("run_id") != run_id:
+    return False
+  if not os.path.exists(os.path.join(workdir, "samples", "final.png")):
+    return False
+  if not cfg.run.export:
+    return True
+  model_dir = os.path.join(workdir, "export", cfg.run.model_name)
+  for name in os.listdir(model_dir) if os.path.isdir(model_dir) else []:
+    if name.isdigit():
+      try:
+        if serving.read_metadata(os.path.join(model_dir, name)).get("run_id") == run_id:
+          return True
+      except Exception:  # noqa: BLE001 - an unreadable version is not this run's export
+        continue
+  return False
+
+
+class _StopFlag:
+  """SIGINT / SIGTERM handler: the first signal asks the loop to stop at a step boundary."""
+
+  def __init__(self):
+    self.signum = None
+
+  def __call__(self, signum, frame):
+    del frame
+    if self.signum is None:
+      self.signum = signum
+      print(f"\n{signal.Signals(signum).name}: stopping at the next step boundary "
+            "(checkpoint, then exit)", file=sys.stderr, flush=True)
+    elif signum == signal.SIGINT:
+      raise KeyboardInterrupt
+
+  def __bool__(self):
+    return self.signum is not None
+
+
 def run(cfg: config_lib.TrainConfig, flags_text: str) -> int:
   """Plans, trains and exports; returns the process exit code."""
+  import tensorflow as tf
+
   from dp_sinkhorn_tf import data, trainer
 
   try:
@@ -182,10 +281,16 @@ def run(cfg: config_lib.TrainConfig, flags_text: str) -> int:
     if cfg.run.export:
       from dp_sinkhorn_tf import export
       export.check_model_name(cfg.run.model_name)
+    if os.path.exists(cfg.run.workdir) and not os.path.isdir(cfg.run.workdir):
+      raise ValueError(f"--workdir={cfg.run.workdir}: exists and is not a directory")
     state = trainer.open_run(cfg, plan, dataset.images, dataset.labels)
   except (ValueError, FileNotFoundError) as e:
     _fail(str(e))
+  except OSError as e:
+    _fail(f"--workdir={cfg.run.workdir}: {_os_error(e, cfg.run.workdir)}")
   ledger = state.ledger
+  _remove_stale_temps(cfg.run.workdir, cfg.run.model_name)
+  complete = _outputs_complete(cfg, state.identity.run_id)
   print(f"dataset {cfg.data.dataset}: {len(dataset.images)} private records, image shape "
         f"{tuple(dataset.image_shape)}, {dataset.num_classes} classes")
   if cfg.privacy.dp:
@@ -196,7 +301,7 @@ def run(cfg: config_lib.TrainConfig, flags_text: str) -> int:
       print(f"warning: {plan.warning}")
     if not state.identity.private:
       print(f"WARNING: NOT PRIVATE: {state.identity.reason}")
-    if state.finished:
+    if state.finished and complete:
       message = (f"{cfg.run.workdir}: the privacy budget is spent ({ledger.steps_taken}/"
                  f"{ledger.planned_steps} steps, ε={ledger.epsilon():.3f}); refusing to train "
                  "further. Use a new --workdir.")
@@ -205,7 +310,10 @@ def run(cfg: config_lib.TrainConfig, flags_text: str) -> int:
         _print_artefacts(cfg.run.workdir)
         return 0
       _fail(message, code=1)
-    if not state.created:
+    if state.finished:
+      print(f"run {state.identity.run_id}: every step is taken; finishing its outputs "
+            "(final grid, report, export) from the final checkpoint: no privacy spent")
+    elif not state.created:
       print(f"resuming run {state.identity.run_id}: {ledger.steps_taken}/"
             f"{ledger.planned_steps} steps charged, {ledger.checkpoint_step} checkpointed")
     else:
@@ -214,20 +322,51 @@ def run(cfg: config_lib.TrainConfig, flags_text: str) -> int:
   else:
     print(f"NON-PRIVATE run (--nodp): {plan.steps} steps, no privacy guarantee")
 
-  os.makedirs(cfg.run.workdir, exist_ok=True)
-  trainer.write_text_atomic(os.path.join(cfg.run.workdir, "flags.txt"), flags_text)
+  stop = _StopFlag()
+  previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
   try:
+    trainer.write_text_atomic(os.path.join(cfg.run.workdir, "flags.txt"), flags_text)
     result = trainer.train(cfg, dataset.images, dataset.labels, dataset.num_classes, plan,
                            on_log=_progress_printer(), label_names=dataset.label_names,
-                           state=state)
-  except (trainer.BudgetExhaustedError, ValueError) as e:
+                           state=state, stop=lambda: bool(stop), finish_only=not complete)
+  except trainer.Interrupted as e:
+    print(f"\ninterrupted: {e}", file=sys.stderr)
+    return 128 + (stop.signum or signal.SIGINT)
+  except KeyboardInterrupt:
+    print("\ninterrupted before a step boundary: the ledger and the last checkpoint are "
+          "intact; re-run the same command to resume", file=sys.stderr)
+    return 130
+  except trainer.BudgetExhaustedError as e:
+    if FLAGS.if_finished == "skip":
+      print(e)
+      _print_artefacts(cfg.run.workdir)
+      return 0
     _fail(str(e), code=1)
-  if cfg.run.export:
+  except (trainer.DivergedError, ValueError) as e:
+    _fail(str(e), code=1)
+  except OSError as e:
+    _remove_stale_temps(cfg.run.workdir, cfg.run.model_name)
+    _fail(f"{_os_error(e, cfg.run.workdir)}; the ledger and the last good checkpoint are "
+          "intact: free the space / fix the path and re-run the same command", code=1)
+  except tf.errors.OpError as e:
+    _remove_stale_temps(cfg.run.workdir, cfg.run.model_name)
+    _fail(_tf_error(e, cfg.run.workdir) + "; the ledger and the last good checkpoint are "
+          "intact: fix the cause and re-run the same command", code=1)
+  finally:
+    for sig, handler in previous.items():
+      signal.signal(sig, handler)
+  if cfg.run.export and not _outputs_complete(cfg, result.identity.run_id):
     from dp_sinkhorn_tf import export
     metadata = export_metadata(cfg, plan, result, dataset, flags_text)
-    path = export.export_generator(result.model.sampling_generator,
-                                   os.path.join(cfg.run.workdir, "export"), cfg.run.model_name,
-                                   None, metadata)
+    try:
+      path = export.export_generator(result.model.sampling_generator,
+                                     os.path.join(cfg.run.workdir, "export"),
+                                     cfg.run.model_name, None, metadata)
+    except (export.ExportError, FileExistsError) as e:
+      _fail(str(e), code=1)
+    except OSError as e:
+      _fail(f"export: {_os_error(e, cfg.run.workdir)}; re-run the same command to finish "
+            "(no privacy is spent)", code=1)
     print(f"exported SavedModel: {path}")
   _print_artefacts(cfg.run.workdir)
   if not result.identity.private:

@@ -115,7 +115,7 @@ def draw(version_dir: str, labels: Sequence[int], num_per_label: int, seed: int)
   import tensorflow as tf
 
   repeated = np.repeat(np.asarray(labels, np.int32), num_per_label)
-  loaded = tf.saved_model.load(version_dir)
+  loaded = serving.load_saved_model(version_dir)
   out = loaded.signatures["sample"](label=tf.constant(repeated, tf.int32),
                                     seed=tf.constant(seed, tf.int64))
   return {"images": out["images"].numpy(), "images_uint8": out["images_uint8"].numpy(),
@@ -160,7 +160,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     print(f"error: {e}", file=sys.stderr)
     return 2
 
-  arrays = draw(version_dir, labels, num_per_label, seed)
+  try:
+    arrays = draw(version_dir, labels, num_per_label, seed)
+  except ValueError as e:
+    print(f"error: --model={args.model}: {e}", file=sys.stderr)
+    return 2
   if suffix == ".npz":
     write_npz_atomic(args.out, arrays)
   else:

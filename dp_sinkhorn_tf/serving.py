@@ -120,6 +120,23 @@ def _as_typed_array(name: str, value, dtype: str) -> np.ndarray:
   return array.astype(target)
 
 
+def load_saved_model(version_dir: str):
+  """tf.saved_model.load, its failures (a corrupt or truncated saved_model.pb, missing
+  variables) as one ValueError naming the file."""
+  import tensorflow as tf
+
+  try:
+    return tf.saved_model.load(version_dir)
+  except (OSError, ValueError, IndexError, KeyError, RuntimeError, tf.errors.OpError) as e:
+    text = str(e).strip()
+    first = text.splitlines()[0] if text else type(e).__name__
+    raise ValueError(f"{os.path.join(version_dir, 'saved_model.pb')}: not a loadable "
+                     f"SavedModel ({first[:200]})") from None
+  except Exception as e:  # noqa: BLE001 - protobuf's DecodeError has no common TF base
+    raise ValueError(f"{os.path.join(version_dir, 'saved_model.pb')}: not a loadable "
+                     f"SavedModel ({type(e).__name__})") from None
+
+
 def read_metadata(version_dir: str) -> dict:
   """METADATA_PATH of an export version directory, checked: an integer num_classes
   (len(label_names) when the file omits it), label_names (default "0".."K−1") and a

@@ -360,6 +360,9 @@ class DPSinkhornModel(tf.keras.Model):
       grads, logs = self.image_grad_gradients(step)
       self.optimizer.apply_gradients(zip(grads, self.generator.trainable_variables))
     self.update_ema(step)
+    # Public (a function of the weights): the loop stops a run whose weights diverged.
+    logs["weights_finite"] = tf.reduce_all(
+        [tf.reduce_all(tf.math.is_finite(v)) for v in self.generator.variables])
     return logs
 
 
@@ -419,6 +422,18 @@ def _new_ledger(cfg: config_lib.TrainConfig, plan: PrivacyPlan, dataset_size: in
 
 class BudgetExhaustedError(RuntimeError):
   """The workdir's run has taken and checkpointed every planned step: no further training."""
+
+
+class DivergedError(RuntimeError):
+  """The generator's weights became NaN / inf at a step; nothing of that chunk was saved."""
+
+
+class Interrupted(Exception):
+  """`stop()` asked the loop to end at a step boundary; the run was checkpointed there."""
+
+  def __init__(self, step: int, message: str):
+    super().__init__(message)
+    self.step = step
 
 
 ProvenanceError = rundir.ProvenanceError
@@ -578,6 +593,12 @@ def privacy_report(cfg: config_lib.TrainConfig, plan: PrivacyPlan, ledger,
   return report
 
 
+# What TF raises for a truncated, garbage or missing checkpoint file (a truncated
+# .data-* file surfaces as IndexError "Read less bytes than requested").
+_CHECKPOINT_READ_ERRORS = (tf.errors.OpError, ValueError, IndexError, KeyError, OSError,
+                           RuntimeError)
+
+
 def _restore(cfg, state: RunState, ckpt, manager, run_id_var, step_var) -> int:
   """Restores the newest checkpoint of this run; returns its step (0 from scratch)."""
   wd = cfg.run.workdir
@@ -598,7 +619,7 @@ def _restore(cfg, state: RunState, ckpt, manager, run_id_var, step_var) -> int:
     stored_id = (tf.train.load_variable(latest, rundir.CHECKPOINT_RUN_ID_KEY)
                  if rundir.CHECKPOINT_RUN_ID_KEY in names else b"")
     stored_step = int(tf.train.load_variable(latest, "step/.ATTRIBUTES/VARIABLE_VALUE"))
-  except (tf.errors.OpError, ValueError) as e:
+  except _CHECKPOINT_READ_ERRORS as e:
     raise ProvenanceError(f"{latest}: unreadable checkpoint ({str(e).splitlines()[0]}); "
                           "restore it or use a new --workdir") from None
   stored_id = stored_id.decode() if isinstance(stored_id, bytes) else str(stored_id)
@@ -612,7 +633,7 @@ def _restore(cfg, state: RunState, ckpt, manager, run_id_var, step_var) -> int:
         "steps whose outputs may have been published: use a new --workdir")
   try:
     ckpt.restore(latest).expect_partial().assert_existing_objects_matched()
-  except (tf.errors.OpError, ValueError, AssertionError) as e:
+  except _CHECKPOINT_READ_ERRORS + (AssertionError,) as e:
     raise ProvenanceError(f"{latest}: cannot be restored ({str(e).splitlines()[0]})") from None
   del run_id_var
   return int(step_var.numpy())
@@ -622,7 +643,9 @@ def train(cfg: config_lib.TrainConfig, images: np.ndarray, labels: np.ndarray,
           num_classes: int, plan: PrivacyPlan,
           on_log: Optional[Callable[[int, int, dict], None]] = None,
           label_names: Optional[Sequence[str]] = None,
-          state: Optional[RunState] = None) -> TrainResult:
+          state: Optional[RunState] = None,
+          stop: Optional[Callable[[], bool]] = None,
+          finish_only: bool = False) -> TrainResult:
   """Trains (or resumes) the run in cfg.run.workdir until the plan's steps are taken.
 
   Args:
@@ -637,9 +660,16 @@ def train(cfg: config_lib.TrainConfig, images: np.ndarray, labels: np.ndarray,
       gradient norm and the ε charged so far); --nodp runs get every metric.
     label_names: K names for the rows of the sample grids (default "0", …, "K−1").
     state: from `open_run` (None: opened here).
+    stop: polled after every step (e.g. a signal flag); when it returns True the loop
+      checkpoints that step, writes the held-back outputs and raises Interrupted.
+    finish_only: for a run whose steps are all taken and checkpointed, write the final grid
+      and report from the final checkpoint (no step, no privacy spent) instead of raising
+      BudgetExhaustedError.
 
   Raises:
     BudgetExhaustedError: the run has taken and checkpointed every planned step.
+    DivergedError: the weights became non-finite (the chunk is not checkpointed).
+    Interrupted: stop() returned True (checkpointed at the step it names).
     ProvenanceError: the directory's checkpoint, ledger, key or data are not this run's.
     ValueError: the workdir holds a run whose privacy plan differs from this one, or
       label_names does not hold num_classes names.
@@ -672,7 +702,7 @@ def train(cfg: config_lib.TrainConfig, images: np.ndarray, labels: np.ndarray,
   # can check that every object of this run is in the checkpoint.
   model.optimizer.build(generator.trainable_variables)
   start = _restore(cfg, state, ckpt, manager, run_id, step)
-  if start >= plan.steps:
+  if start >= plan.steps and not finish_only:
     eps = f"ε={ledger.epsilon():.3f}, δ={ledger.delta:g}" if ledger is not None else "--nodp"
     raise BudgetExhaustedError(
         f"{rundir.path(run.workdir, rundir.CHECKPOINT_DIR)}: all {plan.steps} planned steps "
@@ -683,7 +713,7 @@ def train(cfg: config_lib.TrainConfig, images: np.ndarray, labels: np.ndarray,
       os.path.join(rundir.ensure_private_dir(run.workdir), "tensorboard"))
   os.makedirs(rundir.path(run.workdir, rundir.SAMPLES_DIR), exist_ok=True)
 
-  t, steps_run, logs = start, 0, {}
+  t, steps_run, logs, t_saved = start, 0, {}, start
   while t < plan.steps:
     end = min((t // run.checkpoint_every + 1) * run.checkpoint_every, plan.steps)
     if ledger is not None:  # write-ahead: step indices < end count as spent before they run
@@ -696,6 +726,11 @@ def train(cfg: config_lib.TrainConfig, images: np.ndarray, labels: np.ndarray,
       step.assign_add(1)
       t += 1
       steps_run += 1
+      if not logs.pop("weights_finite"):
+        raise DivergedError(
+            f"step {t}: the generator's weights became NaN or inf; the run stopped without "
+            f"saving them (last good checkpoint: step {t_saved}). Lower --learning_rate or "
+            "check the flags, and train in a new --workdir")
       if t % run.log_every == 0 or t == plan.steps:
         logs["epsilon"] = epsilon
         public = {k: v for k, v in logs.items() if k in PUBLIC_METRICS}
@@ -709,7 +744,10 @@ def train(cfg: config_lib.TrainConfig, images: np.ndarray, labels: np.ndarray,
         images_t = generate_grid(model.sampling_generator, num_classes, 10)
         pending.append(functools.partial(_write_samples, writer, images_t, names,
                                          run.workdir, t))
+      if stop is not None and t < end and stop():
+        end = t  # a step boundary: checkpoint here and stop below
     manager.save(checkpoint_number=t)
+    t_saved = t
     if ledger is not None:
       ledger = ledger.checkpointed(t)
       ledger.save(ledger_path)
@@ -719,6 +757,10 @@ def train(cfg: config_lib.TrainConfig, images: np.ndarray, labels: np.ndarray,
       _write_json_atomic(rundir.path(run.workdir, REPORT_FILE),
                          privacy_report(cfg, plan, ledger, False, state.identity))
     private_writer.flush()
+    if stop is not None and t < plan.steps and stop():
+      writer.flush()
+      raise Interrupted(t, f"stopped at step {t} of {plan.steps} (checkpoint saved); re-run "
+                           "the same command to resume")
   grid = _write_samples(writer, generate_grid(model.sampling_generator, num_classes, 10),
                         names, run.workdir, t, final=True)
   _write_json_atomic(rundir.path(run.workdir, REPORT_FILE),

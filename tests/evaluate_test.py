@@ -264,3 +264,16 @@ def test_command_line_entry_point_fails_in_one_line(tmp_path):
   errors = _error_lines(proc.stderr)
   assert len(errors) == 1 and "--classifiers" in errors[0], proc.stderr[-2000:]
   assert not out.exists()
+
+
+def test_a_corrupt_saved_model_is_one_line_naming_the_file(digits_export, tmp_path, capsys):
+  model_dir, _ = digits_export
+  broken = tmp_path / "generator"
+  shutil.copytree(model_dir, broken)
+  (broken / "1" / "saved_model.pb").write_bytes(b"not a protobuf at all")
+  out = tmp_path / "out"
+  code, _, err = _run([f"--model={broken}", "--dataset=digits", f"--out={out}",
+                       "--fid=none", "--num_samples=100"], capsys)
+  errors = _error_lines(err)
+  assert code == 2 and len(errors) == 1 and "saved_model.pb" in errors[0], err
+  assert not out.exists()

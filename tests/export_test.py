@@ -431,3 +431,24 @@ def test_dataset_image_shapes_match_the_loaders():
   assert set(export.DATASET_IMAGE_SHAPES) == set(data.DATASETS)
   assert export.DATASET_IMAGE_SHAPES["digits"] == data.load_dataset("digits").image_shape
   assert export.DATASET_IMAGE_SHAPES["celeb_a"] == (data.CELEBA_SIZE, data.CELEBA_SIZE, 3)
+
+
+def test_a_truncated_or_garbage_checkpoint_is_one_line(run_dir, tmp_path):
+  workdir = _copy_run(run_dir, tmp_path / "corrupt")
+  shutil.copytree(os.path.join(run_dir, "checkpoints"), os.path.join(workdir, "checkpoints"))
+  ckpts = os.path.join(workdir, "checkpoints")
+  for name in os.listdir(ckpts):
+    if ".data-" in name:
+      path = os.path.join(ckpts, name)
+      open(path, "r+b").truncate(10)
+  proc = run_module("dp_sinkhorn_tf.export", f"--workdir={workdir}")
+  errors = error_lines(proc.stderr)
+  assert proc.returncode == 2 and len(errors) == 1 and "ckpt-" in errors[0], proc.stderr[-2000:]
+  assert "Traceback" not in proc.stderr
+  for name in os.listdir(ckpts):
+    if name.endswith(".index"):
+      open(os.path.join(ckpts, name), "wb").write(b"garbage")
+  proc = run_module("dp_sinkhorn_tf.export", f"--workdir={workdir}")
+  errors = error_lines(proc.stderr)
+  assert proc.returncode == 2 and len(errors) == 1 and "unreadable" in errors[0]
+  assert not os.path.exists(os.path.join(workdir, "export"))

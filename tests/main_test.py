@@ -39,6 +39,10 @@ def _error_lines(stderr: str):
     (["--public_clip=0.1", "--mechanism=param_grad"], "--public_clip"),
     (["--release_blur=1", "--mechanism=param_grad"], "--release_blur"),
     (["--steps=999999999", "--noise_multiplier=1"], "--steps"),
+    (["--target_epsilon=inf"], "--target_epsilon"),
+    (["--learning_rate=inf"], "--learning_rate"),
+    (["--alpha_c=inf"], "--alpha_c"),
+    (["--sinkhorn_threshold=nan"], "--sinkhorn_threshold"),
 ])
 def test_bad_flag_values_give_one_line_naming_the_flag(tmp_path, args, flag):
   workdir = tmp_path / "run"
@@ -177,3 +181,107 @@ def test_a_bad_key_file_is_one_line_and_writes_nothing(tmp_path):
   errors = _error_lines(proc.stderr)
   assert proc.returncode == 2 and len(errors) == 1 and "bad.key" in errors[0]
   assert not workdir.exists()
+
+
+def test_workdir_that_is_a_file_is_one_line(tmp_path):
+  target = tmp_path / "file"
+  target.write_text("x")
+  proc = run_main(f"--workdir={target}", *TINY, "--steps=3")
+  errors = _error_lines(proc.stderr)
+  assert proc.returncode == 2 and len(errors) == 1 and "not a directory" in errors[0]
+  assert "Traceback" not in proc.stderr and target.read_text() == "x"
+
+
+def _wait_for(predicate, proc, timeout=120):
+  import time
+  start = time.time()
+  while not predicate() and proc.poll() is None and time.time() - start < timeout:
+    time.sleep(0.05)
+
+
+@pytest.mark.parametrize("signame,code", [("SIGINT", 130), ("SIGTERM", 143)])
+def test_signals_stop_at_a_step_boundary_with_a_checkpoint_and_one_line(tmp_path, signame,
+                                                                        code):
+  import json
+  import signal
+  workdir = tmp_path / "run"
+  args = [f"--workdir={workdir}", *TINY, "--steps=400", "--checkpoint_every=100"]
+  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+  proc = subprocess.Popen([sys.executable, "-m", "dp_sinkhorn_tf.main", *args], cwd=ROOT,
+                          env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  _wait_for(lambda: (workdir / "checkpoints" / "checkpoint").exists(), proc)
+  proc.send_signal(getattr(signal, signame))
+  out, err = proc.communicate(timeout=120)
+  assert proc.returncode == code, err[-2000:]
+  assert "Traceback" not in err and "re-run the same command to resume" in err
+  ledger = json.loads((workdir / "privacy_ledger.json").read_text())
+  step = ledger["checkpoint_step"]
+  assert 100 <= step < 400  # stopped at a step boundary (mid-chunk: trainer_test)
+  resumed = run_main(*args)
+  assert resumed.returncode == 0, resumed.stderr[-2000:]
+  assert f"{step} checkpointed" in resumed.stdout
+  assert json.loads((workdir / "privacy_ledger.json").read_text())["steps_taken"] == 400
+
+
+def test_a_run_killed_after_its_last_step_finishes_its_outputs_on_rerun(tmp_path):
+  import json
+  import shutil
+  workdir = tmp_path / "run"
+  args = [f"--workdir={workdir}", *TINY[:-1], "--steps=6"]
+  assert run_main(*args).returncode == 0
+  # As if killed during the export, after the last chunk was checkpointed: no export, a
+  # stale temporary export directory, privacy.json not yet final, no final grid.
+  shutil.rmtree(workdir / "export" / "generator" / "1")
+  (workdir / "export" / "generator" / ".tmp-1-999999").mkdir()
+  report = json.loads((workdir / "privacy.json").read_text())
+  report["finished"] = False
+  (workdir / "privacy.json").write_text(json.dumps(report))
+  os.remove(workdir / "samples" / "final.png")
+  ledger_before = (workdir / "privacy_ledger.json").read_text()
+  proc = run_main(*args)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  assert "no privacy spent" in proc.stdout
+  assert sorted(os.listdir(workdir / "export" / "generator")) == ["1"]
+  assert json.loads((workdir / "privacy.json").read_text())["finished"] is True
+  assert (workdir / "samples" / "final.png").exists()
+  assert (workdir / "privacy_ledger.json").read_text() == ledger_before  # nothing charged
+  again = run_main(*args)  # now complete: the usual refusal
+  assert again.returncode == 1 and "budget is spent" in _error_lines(again.stderr)[0]
+
+
+def test_an_unparsable_checkpoint_index_is_refused_not_restarted(tmp_path):
+  workdir = tmp_path / "run"
+  args = [f"--workdir={workdir}", *TINY, "--steps=20"]
+  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+  import signal
+  proc = subprocess.Popen([sys.executable, "-m", "dp_sinkhorn_tf.main", *args], cwd=ROOT,
+                          env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  _wait_for(lambda: (workdir / "checkpoints" / "checkpoint").exists(), proc)
+  proc.send_signal(signal.SIGKILL)
+  proc.wait()
+  (workdir / "checkpoints" / "checkpoint").write_text("garbage {{{")
+  before = sorted(os.listdir(workdir / "checkpoints"))
+  proc = run_main(*args)
+  errors = _error_lines(proc.stderr)
+  assert proc.returncode == 1 and len(errors) == 1 and "checkpoint" in errors[0]
+  assert "Traceback" not in proc.stderr
+  assert sorted(os.listdir(workdir / "checkpoints")) == before  # nothing deleted
+
+
+def test_a_truncated_checkpoint_is_one_line_on_resume(tmp_path):
+  workdir = tmp_path / "run"
+  args = [f"--workdir={workdir}", *TINY, "--steps=20"]
+  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+  import signal
+  proc = subprocess.Popen([sys.executable, "-m", "dp_sinkhorn_tf.main", *args], cwd=ROOT,
+                          env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  _wait_for(lambda: (workdir / "checkpoints" / "checkpoint").exists(), proc)
+  proc.send_signal(signal.SIGKILL)
+  proc.wait()
+  data = [p for p in (workdir / "checkpoints").iterdir() if ".data-" in p.name]
+  for path in data:
+    path.write_bytes(path.read_bytes()[:10])
+  proc = run_main(*args)
+  errors = _error_lines(proc.stderr)
+  assert proc.returncode == 1 and len(errors) == 1 and "ckpt-" in errors[0], proc.stderr[-2000:]
+  assert "Traceback" not in proc.stderr

@@ -1,6 +1,7 @@
 """Tests for the dp_sinkhorn_tf.sample command line: PNG / NPZ output, flag errors."""
 
 import os
+import shutil
 import subprocess
 import sys
 
@@ -115,3 +116,16 @@ def test_bad_flags_fail_in_one_line_and_write_nothing(model, tmp_path, args, fla
   errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
   assert proc.returncode == 2 and len(errors) == 1 and flag in errors[0], proc.stderr
   assert os.listdir(tmp_path) == []
+
+
+def test_a_corrupt_saved_model_is_one_line_naming_the_file(model, tmp_path):
+  broken = tmp_path / "generator"
+  shutil.copytree(model[0], broken)
+  pb = broken / "2" / "saved_model.pb"
+  pb.write_bytes(pb.read_bytes()[:100])
+  out = tmp_path / "grid.png"
+  proc = run_sample(f"--model={broken}", f"--out={out}")
+  errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+  assert proc.returncode == 2 and len(errors) == 1, proc.stderr[-2000:]
+  assert "saved_model.pb" in errors[0] and "Traceback" not in proc.stderr
+  assert not out.exists()

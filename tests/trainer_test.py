@@ -580,3 +580,44 @@ def test_insecure_fixed_key_is_reproducible_from_the_seed(tmp_path):
     np.testing.assert_array_equal(x, y)
   with pytest.raises(trainer.ProvenanceError, match="insecure_fixed_key"):
     _train(_dp_cfg(tmp_path / "a", steps=3))  # a run keeps its key source
+
+
+def test_stop_checkpoints_mid_chunk_and_a_resume_continues_from_there(tmp_path):
+  cfg = _dp_cfg(tmp_path, steps=9)
+  plan = trainer.plan_privacy(cfg, len(DIGITS.images))
+  calls = []
+
+  def stop():
+    calls.append(1)
+    return len(calls) >= 4  # polled after each step: stop after step 4 (chunk [3, 6))
+
+  with pytest.raises(trainer.Interrupted, match="stopped at step 4 of 9") as info:
+    trainer.train(cfg, DIGITS.images, DIGITS.labels, 10, plan, stop=stop)
+  assert info.value.step == 4
+  ledger = accounting.PrivacyLedger.load(os.path.join(tmp_path, trainer.LEDGER_FILE))
+  assert (ledger.steps_taken, ledger.checkpoint_step) == (6, 4)
+  seen = []
+  trainer.train(cfg, DIGITS.images, DIGITS.labels, 10, plan,
+                on_log=lambda s, t, logs: seen.append(s))
+  assert seen == list(range(5, 10))
+
+
+def test_diverged_weights_stop_the_run_without_saving_them(tmp_path, monkeypatch):
+  cfg = _dp_cfg(tmp_path, steps=9)
+  plan = trainer.plan_privacy(cfg, len(DIGITS.images))
+
+  def poisoned_ema(self, step):  # the weights turn NaN in step index 4 (the 5th step)
+    v = self.generator.variables[0]
+    v.assign(tf.where(step == 4, tf.fill(tf.shape(v), np.nan), v))
+
+  monkeypatch.setattr(trainer.DPSinkhornModel, "update_ema", poisoned_ema)
+  with pytest.raises(trainer.DivergedError, match="step 5: .*NaN or inf.*checkpoint: step 3"):
+    trainer.train(cfg, DIGITS.images, DIGITS.labels, 10, plan)
+  ckpt = tf.train.latest_checkpoint(os.path.join(tmp_path, "checkpoints"))
+  assert ckpt.endswith("ckpt-3")
+  ledger = accounting.PrivacyLedger.load(os.path.join(tmp_path, trainer.LEDGER_FILE))
+  assert (ledger.steps_taken, ledger.checkpoint_step) == (6, 3)
+  for name, _ in tf.train.list_variables(ckpt):
+    value = tf.train.load_variable(ckpt, name)
+    if name.startswith("generator/"):
+      assert np.all(np.isfinite(value)), name
