@@ -171,8 +171,8 @@ def _progress_printer():
       bar["bar"] = tf.keras.utils.Progbar(total, stateful_metrics=list(logs),
                                           unit_name="step")
       bar["bar"].update(spent - 1 if spent > 1 else 0)
-    # DP runs hand over only publishable values (ε charged, the released gradient's norm);
-    # the loss and the batch size are computed on private data (private_diagnostics/).
+    # DP runs hand over only ε charged (a function of the plan and the step); the loss and
+    # the batch size are computed on private data (private_diagnostics/).
     shown = [(k, logs[k]) for k in ("epsilon", "noised_grad_norm", "loss") if k in logs]
     bar["bar"].update(spent, values=shown)
 

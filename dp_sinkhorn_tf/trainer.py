@@ -654,10 +654,10 @@ def train(cfg: config_lib.TrainConfig, images: np.ndarray, labels: np.ndarray,
     labels: [N] int.
     num_classes: K.
     plan: from `plan_privacy`.
-    on_log: called as on_log(step, planned_steps, logs) for every cfg.run.log_every-th
-      step, in a burst once that step's chunk is checkpointed (like every publishable
-      output); for DP runs logs hold only publishable values (PUBLIC_METRICS: the noised
-      gradient norm and the ε charged so far); --nodp runs get every metric.
+    on_log: called as on_log(step, planned_steps, logs) every cfg.run.log_every steps; for
+      DP runs logs hold only {"epsilon": ε charged so far}, which depends on nothing but the
+      plan and the step (released values such as the noised norm go to TensorBoard once
+      their chunk is checkpointed); --nodp runs get every metric.
     label_names: K names for the rows of the sample grids (default "0", …, "K−1").
     state: from `open_run` (None: opened here).
     stop: polled after every step (e.g. a signal flag); when it returns True the loop
@@ -737,9 +737,8 @@ def train(cfg: config_lib.TrainConfig, images: np.ndarray, labels: np.ndarray,
         private = {k: v for k, v in logs.items() if k not in PUBLIC_METRICS}
         pending.append(functools.partial(_write_scalars, writer, t, public))
         _write_scalars(private_writer, t, private)  # never published: written at once
-        if on_log is not None:  # progress lines are outputs too: held back like the rest
-          pending.append(functools.partial(on_log, t, plan.steps,
-                                           dict(logs) if ledger is None else public))
+        if on_log is not None:  # at once: the step and the ε charged are data-independent
+          on_log(t, plan.steps, dict(logs) if ledger is None else {"epsilon": epsilon})
       if t % run.sample_every == 0 and t < plan.steps:
         images_t = generate_grid(model.sampling_generator, num_classes, 10)
         pending.append(functools.partial(_write_samples, writer, images_t, names,

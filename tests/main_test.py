@@ -158,9 +158,14 @@ def test_progress_shows_only_publishable_values_and_summary_marks_private_files(
 
 
 def test_insecure_fixed_key_is_announced_as_not_private(tmp_path):
-  proc = run_main(f"--workdir={tmp_path / 'run'}", *TINY, "--steps=3", "--insecure_fixed_key")
+  import json
+  proc = run_main(f"--workdir={tmp_path / 'run'}", *TINY[:-1], "--steps=3",
+                  "--insecure_fixed_key")
   assert proc.returncode == 0, proc.stderr[-2000:]
   assert "NOT PRIVATE: --insecure_fixed_key" in proc.stdout
+  meta = json.loads((tmp_path / "run" / "export" / "generator" / "1" / "assets.extra" /
+                     "metadata.json").read_text())
+  assert meta["private"] is False and "insecure_fixed_key" in meta["private_reason"]
   proc = run_main(f"--workdir={tmp_path / 'run2'}", *TINY, "--steps=3", "--insecure_fixed_key",
                   f"--privacy_key_file={tmp_path / 'k'}")
   assert proc.returncode == 2 and "--insecure_fixed_key" in _error_lines(proc.stderr)[0]
@@ -285,3 +290,41 @@ def test_a_truncated_checkpoint_is_one_line_on_resume(tmp_path):
   errors = _error_lines(proc.stderr)
   assert proc.returncode == 1 and len(errors) == 1 and "ckpt-" in errors[0], proc.stderr[-2000:]
   assert "Traceback" not in proc.stderr
+
+
+def test_a_full_disk_during_a_checkpoint_is_one_line_and_loses_nothing(tmp_path, monkeypatch,
+                                                                       capsys):
+  import json
+
+  import tensorflow as tf
+  flags.FLAGS.unparse_flags()
+  flags.FLAGS(["main", f"--workdir={tmp_path}", *TINY, "--steps=15"])
+  saves = []
+  real_save = tf.train.CheckpointManager.save
+
+  def save(self, checkpoint_number=None, **kwargs):
+    saves.append(checkpoint_number)
+    if len(saves) == 2:  # the second checkpoint hits a full disk mid-write
+      os.makedirs(os.path.join(self.directory, f"ckpt-{checkpoint_number}_temp"))
+      raise tf.errors.ResourceExhaustedError(None, None, "No space left on device")
+    return real_save(self, checkpoint_number=checkpoint_number, **kwargs)
+
+  monkeypatch.setattr(tf.train.CheckpointManager, "save", save)
+  try:
+    cfg = main.config_from_flags(flags.FLAGS)
+    with pytest.raises(SystemExit) as exit_info:
+      main.run(cfg, flags.FLAGS.flags_into_string())
+  finally:
+    flags.FLAGS.unparse_flags()
+  assert exit_info.value.code == 1
+  errors = _error_lines(capsys.readouterr().err)
+  assert len(errors) == 1 and "No space left on device" in errors[0]
+  assert "re-run the same command" in errors[0]
+  assert not [n for n in os.listdir(tmp_path / "checkpoints") if "_temp" in n]
+  ledger = json.loads((tmp_path / "privacy_ledger.json").read_text())
+  assert (ledger["steps_taken"], ledger["checkpoint_step"]) == (10, 5)
+  assert tf.train.latest_checkpoint(str(tmp_path / "checkpoints")).endswith("ckpt-5")
+  monkeypatch.setattr(tf.train.CheckpointManager, "save", real_save)
+  resumed = run_main(f"--workdir={tmp_path}", *TINY, "--steps=15")  # space freed: resumes
+  assert resumed.returncode == 0, resumed.stderr[-2000:]
+  assert json.loads((tmp_path / "privacy_ledger.json").read_text())["steps_taken"] == 15
