@@ -423,5 +423,15 @@ def main(argv=None) -> int:
     FLAGS.unparse_flags()
 
 
+def _interruptible_main() -> int:
+  """main(), with Ctrl-C as one line and exit 130 instead of a traceback (outputs are
+  written under temporary names and renamed when whole)."""
+  try:
+    return main()
+  except KeyboardInterrupt:
+    print("\ninterrupted: nothing was published; re-run the command", file=sys.stderr)
+    return 130
+
+
 if __name__ == "__main__":
-  sys.exit(main())
+  sys.exit(_interruptible_main())

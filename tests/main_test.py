@@ -328,3 +328,24 @@ def test_a_full_disk_during_a_checkpoint_is_one_line_and_loses_nothing(tmp_path,
   resumed = run_main(f"--workdir={tmp_path}", *TINY, "--steps=15")  # space freed: resumes
   assert resumed.returncode == 0, resumed.stderr[-2000:]
   assert json.loads((tmp_path / "privacy_ledger.json").read_text())["steps_taken"] == 15
+
+
+@pytest.mark.parametrize("name,content,match", [
+    ("privacy_ledger.json", "{not json", "privacy_ledger.json: unreadable"),
+    ("run.json", "[]", "run.json: not a run identity"),
+    ("privacy_key", "garbage", "privacy_key: not a privacy key"),
+])
+def test_corrupt_run_state_is_one_line_and_changes_nothing(tmp_path, name, content, match):
+  import shutil
+  base = tmp_path / "base"
+  args = [*TINY, "--steps=4"]
+  assert run_main(f"--workdir={base}", *args).returncode == 0
+  workdir = tmp_path / "run"
+  shutil.copytree(base, workdir)
+  (workdir / name).write_text(content)
+  before = {p: p.read_bytes() for p in workdir.rglob("*") if p.is_file()}
+  proc = run_main(f"--workdir={workdir}", *args)
+  errors = _error_lines(proc.stderr)
+  assert proc.returncode != 0 and len(errors) == 1 and match in errors[0], proc.stderr[-2000:]
+  assert "Traceback" not in proc.stderr
+  assert {p: p.read_bytes() for p in workdir.rglob("*") if p.is_file()} == before
