@@ -554,17 +554,6 @@ def open_run(cfg: config_lib.TrainConfig, plan: PrivacyPlan, images: np.ndarray,
   return RunState(identity, key, ledger, created=False)
 
 
-def load_or_create_ledger(cfg: config_lib.TrainConfig, plan: PrivacyPlan, dataset_size: int):
-  """The workdir's ledger checked against this run's plan, or a fresh, unsaved one."""
-  path = rundir.path(cfg.run.workdir, LEDGER_FILE)
-  fresh = _new_ledger(cfg, plan, dataset_size)
-  if not os.path.exists(path):
-    return fresh
-  stored = accounting.PrivacyLedger.load(path)
-  accounting.check_compatible(stored, fresh)
-  return stored
-
-
 def generate_grid(generator: tf.keras.Model, num_classes: int, per_class: int,
                   seed: int = 1234) -> np.ndarray:
   """Fixed-noise per-class samples [K·per_class, H, W, C] in inference mode."""
