@@ -75,7 +75,8 @@ def epsilon_lower_bound(scores_out: np.ndarray, scores_in: np.ndarray, delta: fl
   """(ε lower bound, BoundInfo) from attack scores (high score = "canary in").
 
   scores_out / scores_in: [2m] scores of releases without / with the canary. The first m
-  of each choose the threshold (the one maximising the same bound there); the last m measure
+  of each choose the threshold (among those at fixed error rates 0.5–30% there, the one
+  maximising the same bound); the last m measure
   the error rates; Clopper–Pearson at `confidence`, split over the two rates.
   """
   scores_out, scores_in = np.asarray(scores_out, float), np.asarray(scores_in, float)
@@ -84,7 +85,11 @@ def epsilon_lower_bound(scores_out: np.ndarray, scores_in: np.ndarray, delta: fl
     raise ValueError("need at least 2 scores on each side")
   fit_out, fit_in = scores_out[:m], scores_in[:m]
   test_out, test_in = scores_out[m:2 * m], scores_in[m:2 * m]
-  candidates = np.unique(np.concatenate([fit_out, fit_in]))
+  # A few thresholds at fixed error rates of the fitting half, not every score: the
+  # extreme tails overfit the fitting half (a bound of 0 in ~5% of repeats at d′ = 0.7).
+  rates = np.array([0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.3])
+  candidates = np.unique(np.concatenate([np.quantile(fit_out, 1.0 - rates),
+                                         np.quantile(fit_in, rates)]))
 
   alpha = (1.0 - confidence) / 2.0
 
