@@ -254,16 +254,21 @@ def test_a_run_killed_after_its_last_step_finishes_its_outputs_on_rerun(tmp_path
   assert again.returncode == 1 and "budget is spent" in _error_lines(again.stderr)[0]
 
 
-def test_an_unparsable_checkpoint_index_is_refused_not_restarted(tmp_path):
-  workdir = tmp_path / "run"
-  args = [f"--workdir={workdir}", *TINY, "--steps=20"]
-  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+def _kill_after_first_checkpoint(workdir, args):
+  """Runs main with args, SIGKILLs it once checkpoints/checkpoint exists."""
   import signal
+  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
   proc = subprocess.Popen([sys.executable, "-m", "dp_sinkhorn_tf.main", *args], cwd=ROOT,
                           env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
   _wait_for(lambda: (workdir / "checkpoints" / "checkpoint").exists(), proc)
   proc.send_signal(signal.SIGKILL)
   proc.wait()
+
+
+def test_an_unparsable_checkpoint_index_is_refused_not_restarted(tmp_path):
+  workdir = tmp_path / "run"
+  args = [f"--workdir={workdir}", *TINY, "--steps=20"]
+  _kill_after_first_checkpoint(workdir, args)
   (workdir / "checkpoints" / "checkpoint").write_text("garbage {{{")
   before = sorted(os.listdir(workdir / "checkpoints"))
   proc = run_main(*args)
@@ -276,13 +281,7 @@ def test_an_unparsable_checkpoint_index_is_refused_not_restarted(tmp_path):
 def test_a_truncated_checkpoint_is_one_line_on_resume(tmp_path):
   workdir = tmp_path / "run"
   args = [f"--workdir={workdir}", *TINY, "--steps=20"]
-  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
-  import signal
-  proc = subprocess.Popen([sys.executable, "-m", "dp_sinkhorn_tf.main", *args], cwd=ROOT,
-                          env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-  _wait_for(lambda: (workdir / "checkpoints" / "checkpoint").exists(), proc)
-  proc.send_signal(signal.SIGKILL)
-  proc.wait()
+  _kill_after_first_checkpoint(workdir, args)
   data = [p for p in (workdir / "checkpoints").iterdir() if ".data-" in p.name]
   for path in data:
     path.write_bytes(path.read_bytes()[:10])
