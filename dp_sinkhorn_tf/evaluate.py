@@ -40,7 +40,7 @@ import time
 import numpy as np
 from absl import flags
 
-from dp_sinkhorn_tf import data, evaluation
+from dp_sinkhorn_tf import data, evaluation, serving
 from dp_sinkhorn_tf import fid as fid_lib
 
 REAL = "real"
@@ -423,15 +423,5 @@ def main(argv=None) -> int:
     FLAGS.unparse_flags()
 
 
-def _interruptible_main() -> int:
-  """main(), with Ctrl-C as one line and exit 130 instead of a traceback (outputs are
-  written under temporary names and renamed when whole)."""
-  try:
-    return main()
-  except KeyboardInterrupt:
-    print("\ninterrupted: nothing was published; re-run the command", file=sys.stderr)
-    return 130
-
-
 if __name__ == "__main__":
-  sys.exit(_interruptible_main())
+  sys.exit(serving.run_cli(main))

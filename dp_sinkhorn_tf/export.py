@@ -563,15 +563,5 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   return 0
 
 
-def _interruptible_main() -> int:
-  """main(), with Ctrl-C as one line and exit 130 instead of a traceback (outputs are
-  written under temporary names and renamed when whole)."""
-  try:
-    return main()
-  except KeyboardInterrupt:
-    print("\ninterrupted: nothing was published; re-run the command", file=sys.stderr)
-    return 130
-
-
 if __name__ == "__main__":
-  sys.exit(_interruptible_main())
+  sys.exit(serving.run_cli(main))
