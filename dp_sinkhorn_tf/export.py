@@ -86,10 +86,6 @@ _EXPORT_KEYS = ("format_version", "model_name", "version", "exported_at",
                 "sample_seed_rule", "uint8_rule", "batchnorm")
 
 
-# What TF raises for a truncated or garbage checkpoint (a cut .data-* file: IndexError).
-_READ_ERRORS = (tf.errors.OpError, ValueError, IndexError, KeyError, OSError, RuntimeError)
-
-
 class ExportError(ValueError):
   """A bad argument or run directory; the message is one line naming the flag or file."""
 
@@ -437,15 +433,10 @@ def restore_run(workdir: str, checkpoint: Optional[str] = None) -> RestoredRun:
   generator = trainer.make_generator(cfg, DATASET_IMAGE_SHAPES[dataset],
                                      len(data.LABEL_NAMES[dataset]))
   generator([tf.zeros([1, cfg.model.latent_dim]), tf.zeros([1], tf.int32)], training=False)
-  step_key = "step/.ATTRIBUTES/VARIABLE_VALUE"
   try:
-    keys = [name for name, _ in tf.train.list_variables(path)]
-    stored_id = (tf.train.load_variable(path, rundir.CHECKPOINT_RUN_ID_KEY)
-                 if rundir.CHECKPOINT_RUN_ID_KEY in keys else b"")
-    step = int(tf.train.load_variable(path, step_key)) if step_key in keys else None
-  except _READ_ERRORS as e:
+    keys, stored_id, step = trainer.read_checkpoint_header(path)
+  except trainer.CHECKPOINT_READ_ERRORS as e:
     raise ExportError(f"--checkpoint={path}: unreadable ({_first_line(e)})") from None
-  stored_id = stored_id.decode() if isinstance(stored_id, bytes) else str(stored_id)
   if stored_id != identity.run_id:
     raise ExportError(f"--checkpoint={path}: written by run {stored_id or '(no run id)'}, not "
                       f"by {workdir}'s run {identity.run_id}; refusing to stamp this run's "
@@ -456,7 +447,7 @@ def restore_run(workdir: str, checkpoint: Optional[str] = None) -> RestoredRun:
     var.assign(tf.fill(tf.shape(var), tf.constant(np.nan, var.dtype)))
   try:
     tf.train.Checkpoint(**{weights: generator}).restore(path).expect_partial()
-  except _READ_ERRORS as e:
+  except trainer.CHECKPOINT_READ_ERRORS as e:
     raise ExportError(f"--checkpoint={path}: does not hold the {weights} that {flags_path} "
                       f"describes ({_first_line(e)})") from None
   missing = [var.name for var in generator.variables

@@ -584,11 +584,24 @@ def privacy_report(cfg: config_lib.TrainConfig, plan: PrivacyPlan, ledger,
 
 # What TF raises for a truncated, garbage or missing checkpoint file (a truncated
 # .data-* file surfaces as IndexError "Read less bytes than requested").
-_CHECKPOINT_READ_ERRORS = (tf.errors.OpError, ValueError, IndexError, KeyError, OSError,
-                           RuntimeError)
+CHECKPOINT_READ_ERRORS = (tf.errors.OpError, ValueError, IndexError, KeyError, OSError,
+                          RuntimeError)
+STEP_KEY = "step/.ATTRIBUTES/VARIABLE_VALUE"
 
 
-def _restore(cfg, state: RunState, ckpt, manager, run_id_var, step_var) -> int:
+def read_checkpoint_header(path: str):
+  """(variable names, run id ("" if none), step (None if none)) of a checkpoint prefix.
+
+  Raises one of CHECKPOINT_READ_ERRORS for an unreadable checkpoint."""
+  names = {name for name, _ in tf.train.list_variables(path)}
+  run_id = (tf.train.load_variable(path, rundir.CHECKPOINT_RUN_ID_KEY)
+            if rundir.CHECKPOINT_RUN_ID_KEY in names else b"")
+  run_id = run_id.decode() if isinstance(run_id, bytes) else str(run_id)
+  step = int(tf.train.load_variable(path, STEP_KEY)) if STEP_KEY in names else None
+  return names, run_id, step
+
+
+def _restore(cfg, state: RunState, ckpt, manager, step_var) -> int:
   """Restores the newest checkpoint of this run; returns its step (0 from scratch)."""
   wd = cfg.run.workdir
   ledger = state.ledger
@@ -604,14 +617,13 @@ def _restore(cfg, state: RunState, ckpt, manager, run_id_var, step_var) -> int:
                             "start over on spent budget: use a new --workdir")
     return 0
   try:
-    names = {name for name, _ in tf.train.list_variables(latest)}
-    stored_id = (tf.train.load_variable(latest, rundir.CHECKPOINT_RUN_ID_KEY)
-                 if rundir.CHECKPOINT_RUN_ID_KEY in names else b"")
-    stored_step = int(tf.train.load_variable(latest, "step/.ATTRIBUTES/VARIABLE_VALUE"))
-  except _CHECKPOINT_READ_ERRORS as e:
+    _, stored_id, stored_step = read_checkpoint_header(latest)
+  except CHECKPOINT_READ_ERRORS as e:
     raise ProvenanceError(f"{latest}: unreadable checkpoint ({str(e).splitlines()[0]}); "
                           "restore it or use a new --workdir") from None
-  stored_id = stored_id.decode() if isinstance(stored_id, bytes) else str(stored_id)
+  if stored_step is None:
+    raise ProvenanceError(f"{latest}: unreadable checkpoint (no step); restore it or use a "
+                          "new --workdir")
   if stored_id != state.identity.run_id:
     raise ProvenanceError(f"{latest}: written by run {stored_id or '(no run id)'}, not by this "
                           f"directory's run {state.identity.run_id}; refusing to restore it")
@@ -622,9 +634,8 @@ def _restore(cfg, state: RunState, ckpt, manager, run_id_var, step_var) -> int:
         "steps whose outputs may have been published: use a new --workdir")
   try:
     ckpt.restore(latest).expect_partial().assert_existing_objects_matched()
-  except _CHECKPOINT_READ_ERRORS + (AssertionError,) as e:
+  except CHECKPOINT_READ_ERRORS + (AssertionError,) as e:
     raise ProvenanceError(f"{latest}: cannot be restored ({str(e).splitlines()[0]})") from None
-  del run_id_var
   return int(step_var.numpy())
 
 
@@ -690,7 +701,7 @@ def train(cfg: config_lib.TrainConfig, images: np.ndarray, labels: np.ndarray,
   # Optimizer slots exist only after a first apply; build them so that the restore below
   # can check that every object of this run is in the checkpoint.
   model.optimizer.build(generator.trainable_variables)
-  start = _restore(cfg, state, ckpt, manager, run_id, step)
+  start = _restore(cfg, state, ckpt, manager, step)
   if start >= plan.steps and not finish_only:
     eps = f"ε={ledger.epsilon():.3f}, δ={ledger.delta:g}" if ledger is not None else "--nodp"
     raise BudgetExhaustedError(
