@@ -1,216 +1,489 @@
-"""Empirical privacy audit of one private step: a measured lower bound on ε (white box).
+r"""`python -m dp_sinkhorn_tf.audit`: measured lower bounds on ε for a training config.
 
-The accountant proves an upper bound; this module measures what an attacker can actually
-tell, in the spirit of Jagielski, Ullman, Oprea (2020). Setting: neighbouring private
-batches Y and Y′ = Y + canary, the same generator, latents and generated labels (the
-strongest attacker knows all of it), and the real mechanism code path
-(`DPSinkhornModel`'s loss and image gradient, `privacy.ImageGradientMechanism.privatize`
-with a fresh secret key per trial, `privacy.blur_release`). The attacker sees one release
-G̃ and must say whether the canary was in.
+  # white box, one private step of the flagfile's mechanism, with negative controls
+  python -m dp_sinkhorn_tf.audit --audit=step --flagfile=launch/digits.flags \
+      --audit_out=runs/audit_step
+  # black box, one training run with canaries (trains like dp_sinkhorn_tf.main)
+  python -m dp_sinkhorn_tf.audit --audit=run --flagfile=launch/digits.flags \
+      --workdir=runs/audit_digits
 
-Test. The released G̃ is Gaussian around clip(G_Y) or clip(G_Y′) with the same covariance,
-so the most powerful test (Neyman–Pearson) thresholds the projection of G̃ on Σ⁻¹u, with
-u = clip(G_Y′) − clip(G_Y) the mean difference and Σ the noise covariance (estimated per
-coordinate from the trials: isotropic for the real mechanism, so Σ⁻¹u ∝ u; a broken
-mechanism that leaves coordinates noise-free gets them weighted up). The variance and the
-threshold are fitted on one half of the trials and the error rates measured on the other
-half (no selection bias). With
-Clopper–Pearson upper bounds FPR⁺, FNR⁺ at the given confidence (split between the two),
-any (ε, δ)-DP mechanism satisfies FPR + e^ε·FNR ≥ 1 − δ and the symmetric inequality, so
+Takes every training flag of `dp_sinkhorn_tf.main` (the audited config) plus the --audit_*
+flags. Writes <audit_out>/audit.json (a "step" and/or a "run" section; one audit keeps the
+other's section) and <audit_out>/audit_roc.png: each attack's ROC curve against the region
+the certified ε allows. The math is `dp_sinkhorn_tf.auditing`; this module builds the
+settings.
 
-  ε ≥ max( log((1 − δ − FNR⁺) / FPR⁺), log((1 − δ − FPR⁺) / FNR⁺) )      (Kairouz et al. 2015)
+Step audit (`step_setting`, `real_release`, `CONTROLS`). Neighbouring private batches: Y the
+empty batch (a valid Poisson sample, and the neighbour pair in which the canary's gradient is
+diluted by nothing) and Y′ = {canary}; the canary is the candidate (constant, checkerboard or
+real images and their negatives, with every label) that moves the clipped release most. The
+attacker sees the release BEFORE --release_blur: the blur is post-processing, so auditing the
+unblurred release is the stronger attack.
 
-holds with that confidence. It is a lower bound for this attacker and this canary, not an
-estimate of the true ε: the certified value must lie above it; a bound above the certified
-value means the mechanism (or its accounting) is broken.
-
-Reference: one unsubsampled Gaussian step with multiplier σ is (ε_σ, δ)-DP for
-`gaussian_epsilon(σ, δ)`; the audit forces the canary into the batch (it removes the
-subsampling), so ε_σ is the value to compare with. The attack reaches it only if the two
-clipped gradients sit 2C apart (opposite directions); otherwise the achievable bound
-corresponds to σ·2C/‖u‖.
+Run audit. --audit_canaries block canaries (`auditing.block_canaries`), each added to the
+private training set with probability ½ by a secret audit key from the OS; the draw is kept
+in <workdir>/audit_canaries.npz (DO NOT PUBLISH: its inclusion bits are the membership
+secret) and reused on a resume. Training is `main.run` on the augmented set, so the run has
+its own privacy key, ledger and export; the q of that run is B/N for its N, which counts the
+included canaries (a public N then reveals how many are in, not which). The attacker then
+draws --audit_samples_per_class images per label from the exported generator only.
+Re-running the command resumes an interrupted run, and on a finished one only re-scores.
 """
 
 import dataclasses
+import json
 import math
-from typing import Callable, Optional, Sequence
+import os
+from typing import Callable, Dict, Optional
 
-import dp_accounting
 import numpy as np
-from scipy import stats
+from absl import app, flags
 
-PLD_DISCRETIZATION = 1e-4
+from dp_sinkhorn_tf import auditing
+from dp_sinkhorn_tf import main as main_lib
+
+FLAGS = flags.FLAGS
+flags.DEFINE_enum("audit", "step", ["step", "run"], "step: white-box audit of one private "
+                  "step (seconds to minutes); run: black-box audit of one training run "
+                  "with canaries (trains the flagfile's config).")
+flags.DEFINE_string("audit_out", None, "Folder of audit.json and audit_roc.png (unset: "
+                    "<workdir>/audit).")
+flags.DEFINE_integer("audit_trials", 10000, "Step audit: releases per side (half fit the "
+                     "test, half measure it).")
+flags.DEFINE_bool("audit_controls", True, "Step audit: also audit the broken mechanisms "
+                  "(each must be flagged).")
+flags.DEFINE_float("audit_confidence", 0.95, "Confidence of the lower bounds.")
+flags.DEFINE_integer("audit_canaries", 200, "Run audit: number m of canaries.")
+flags.DEFINE_integer("audit_canary_copies", 1, "Run audit: records per included canary. "
+                     "1 = the audit; k > 1 is the positive control of the attack: a canary "
+                     "repeated k times is protected only at group level (about k·ε), so a "
+                     "working attack must find it.")
+flags.DEFINE_integer("audit_samples_per_class", 1000, "Run audit: generated images per "
+                     "label the attacker draws from the export.")
+
+AUDIT_FILE = "audit.json"
+ROC_FILE = "audit_roc.png"
+CANARY_FILE = "audit_canaries.npz"
 
 
-def clopper_pearson_upper(errors: int, trials: int, alpha: float) -> float:
-  """One-sided upper confidence bound (level 1 − alpha) on a binomial rate."""
-  if not 0 <= errors <= trials or trials < 1:
-    raise ValueError(f"need 0 ≤ errors ≤ trials, trials ≥ 1; got {errors}, {trials}")
-  if errors == trials:
-    return 1.0
-  return float(stats.beta.ppf(1.0 - alpha, errors + 1, trials - errors))
+# ---- the step audit ------------------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class StepSetting:
+  """Everything one audited step needs: the model (generator, loss, mechanism), n, and the
+  clean image gradients of the two neighbouring batches."""
+
+  model: object  # trainer.DPSinkhornModel
+  num_private: int
+  l2_norm_clip: float
+  noise_multiplier: float
+  grad_out: object  # tf.Tensor [n + n′, H, W, C]: G on Y
+  grad_in: object  # G on Y′ = Y + canary
+  canary: np.ndarray
+  canary_label: int
+
+  def clean(self, grad) -> np.ndarray:
+    """clip_C(G[:n]): the noise-free release, the attack's reference points."""
+    from dp_sinkhorn_tf import privacy
+    return privacy.clip_record(grad[:self.num_private], self.l2_norm_clip).numpy()
 
 
-def gaussian_epsilon(noise_multiplier: float, delta: float) -> float:
-  """ε of one Gaussian mechanism with multiplier σ at δ (PLD, tight for one step)."""
-  if noise_multiplier <= 0:
-    return math.inf
-  acc = dp_accounting.pld.PLDAccountant(value_discretization_interval=PLD_DISCRETIZATION)
-  acc.compose(dp_accounting.GaussianDpEvent(noise_multiplier))
+def _candidates(images: np.ndarray, labels: np.ndarray, num_classes: int):
+  shape = images.shape[1:]
+  checker = np.indices(shape[:2]).sum(0) % 2 * 2.0 - 1.0
+  base = [np.ones(shape), -np.ones(shape), np.broadcast_to(checker[..., None], shape)]
+  for k in range(num_classes):
+    first = images[np.flatnonzero(labels == k)[:1]]
+    base += [x for x in first] + [-x for x in first]
+  return [np.asarray(b, np.float32) for b in base]
+
+
+def step_setting(cfg, dataset, noise_multiplier: float, sample_rate: float) -> StepSetting:
+  """The audited step of `cfg` on `dataset`: generator initialised from --seed, the step-0
+  latents and labels, Y = ∅, and the canary that maximises ‖clip(G_Y′) − clip(G_Y)‖."""
+  import tensorflow as tf
+
+  from dp_sinkhorn_tf import privacy, trainer
+
+  tf.keras.utils.set_random_seed(cfg.run.seed)
+  gen = trainer.make_generator(cfg, dataset.image_shape, dataset.num_classes, build=True)
+  model = trainer.DPSinkhornModel(gen, dataset.images, dataset.labels, dataset.num_classes,
+                                  cfg, noise_multiplier, sample_rate)
+  n, clip = cfg.num_primary, cfg.privacy.l2_norm_clip
+  empty = np.zeros((0,) + tuple(dataset.image_shape), np.float32)
+  no_labels = np.zeros([0], np.int64)
+  best = None
+  for canary in _candidates(dataset.images, dataset.labels, dataset.num_classes):
+    for label in range(dataset.num_classes):
+      g_out, g_in, _ = auditing.canary_gradients(model, empty, no_labels, canary, label)
+      moved = float(tf.norm(privacy.clip_record(g_in[:n], clip)
+                            - privacy.clip_record(g_out[:n], clip)))
+      if best is None or moved > best[0]:
+        best = (moved, g_out, g_in, canary, label)
+  _, g_out, g_in, canary, label = best
+  return StepSetting(model, n, clip, noise_multiplier, g_out, g_in, canary, label)
+
+
+ReleaseFn = Callable[[object, object], np.ndarray]  # (grad, noise seed) → release rows [:n]
+
+
+def real_release(setting: StepSetting) -> ReleaseFn:
+  """The shipped mechanism, `model.mechanism.privatize`, its private rows."""
+  n = setting.num_private
+
+  def release(grad, seed):
+    return setting.model.mechanism.privatize(grad, n, seed)[0].numpy()[:n]
+
+  return release
+
+
+def _no_noise(s: StepSetting) -> ReleaseFn:
+  from dp_sinkhorn_tf import privacy
+  mech = privacy.ImageGradientMechanism(s.l2_norm_clip, 0.0)
+  return lambda g, seed: mech.privatize(g, s.num_private, seed)[0].numpy()[:s.num_private]
+
+
+def _no_clip(s: StepSetting) -> ReleaseFn:
+  """Noise for sensitivity 2C, but the gradient is not clipped."""
+  import tensorflow as tf
+
+  from dp_sinkhorn_tf import privacy
+
+  def release(grad, seed):
+    g = tf.convert_to_tensor(grad)[:s.num_private]
+    std = 2 * s.noise_multiplier * s.l2_norm_clip
+    return (g + privacy.keyed_gaussian_noise(tf.shape(g), std, seed)).numpy()
+
+  return release
+
+
+def _half_noise(s: StepSetting) -> ReleaseFn:
+  """The noise reaches only the first half of the private rows."""
+  real = real_release(s)
+
+  def release(grad, seed):
+    out = real(grad, seed)
+    clean = s.clean(grad)
+    out[s.num_private // 2:] = clean[s.num_private // 2:]
+    return out
+
+  return release
+
+
+def _reused_noise(s: StepSetting) -> ReleaseFn:
+  """Two steps released with the same noise: their difference is noise-free. The mechanism
+  runs at 2σ, so the two steps' certified ε stays below what the trials can measure."""
+  import tensorflow as tf
+
+  from dp_sinkhorn_tf import privacy
+  other = tf.reverse(tf.convert_to_tensor(s.grad_out), axis=[1])  # another step's gradient
+  mech = privacy.ImageGradientMechanism(s.l2_norm_clip, 2 * s.noise_multiplier)
+  n = s.num_private
+
+  def release(grad, seed):
+    first = mech.privatize(other, n, seed)[0].numpy()[:n]
+    second = mech.privatize(grad, n, seed)[0].numpy()[:n]
+    return second - first + s.clean(other)
+
+  return release
+
+
+def _two_steps_certified(s: StepSetting, cfg, delta: float, sample_rate: float) -> float:
+  """Two independent Gaussian steps at 2σ: one Gaussian at 2σ/√2."""
+  del cfg, sample_rate
+  return auditing.gaussian_epsilon(2 * s.noise_multiplier / math.sqrt(2), delta)
+
+
+def _one_step_certified(s: StepSetting, cfg, delta: float, sample_rate: float) -> float:
+  del cfg, sample_rate
+  return auditing.gaussian_epsilon(s.noise_multiplier, delta)
+
+
+def _subsampled_certified(s: StepSetting, cfg, delta: float, sample_rate: float) -> float:
+  """What the accountant charges a step: the Gaussian at rate q. An attacker who knows the
+  batch faces the unsubsampled Gaussian, which the real mechanism's audit exceeds."""
+  import dp_accounting
+  del cfg
+  acc = dp_accounting.pld.PLDAccountant(value_discretization_interval=1e-4)
+  acc.compose(dp_accounting.PoissonSampledDpEvent(
+      sample_rate, dp_accounting.GaussianDpEvent(s.noise_multiplier)))
   return float(acc.get_epsilon(delta))
 
 
-@dataclasses.dataclass(frozen=True)
-class BoundInfo:
-  threshold: float
-  false_positives: int
-  false_negatives: int
-  trials_each: int
-  fpr_upper: float
-  fnr_upper: float
+# name → (release builder, certified ε of what the accounting claims, what is broken)
+CONTROLS: Dict[str, tuple] = {
+    "no_noise": (_no_noise, _one_step_certified, "σ = 0"),
+    "no_clip": (_no_clip, _one_step_certified, "clip removed"),
+    "half_noise": (_half_noise, _one_step_certified, "noise on half the private rows"),
+    "reused_noise": (_reused_noise, _two_steps_certified,
+                     "the same noise at two steps (at 2σ, certified as two independent steps)"),
+    "known_batches": (real_release, _subsampled_certified,
+                      "the batches known to the attacker (certified at the subsampled rate)"),
+}
 
 
-def epsilon_lower_bound(scores_out: np.ndarray, scores_in: np.ndarray, delta: float,
-                        confidence: float = 0.95):
-  """(ε lower bound, BoundInfo) from attack scores (high score = "canary in").
+def audit_release(setting: StepSetting, release: ReleaseFn, trials: int, delta: float,
+                  confidence: float, certified: Optional[float] = None):
+  """(StepAuditResult, scores_out, scores_in): `trials` releases per side, a fresh secret
+  key per trial."""
+  from dp_sinkhorn_tf import privacy_key
 
-  scores_out / scores_in: [2m] scores of releases without / with the canary. The first m
-  of each choose the threshold (among those at fixed error rates 0.5–30% there, the one
-  maximising the same bound); the last m measure
-  the error rates; Clopper–Pearson at `confidence`, split over the two rates.
-  """
-  scores_out, scores_in = np.asarray(scores_out, float), np.asarray(scores_in, float)
-  m = min(len(scores_out), len(scores_in)) // 2
-  if m < 1:
-    raise ValueError("need at least 2 scores on each side")
-  fit_out, fit_in = scores_out[:m], scores_in[:m]
-  test_out, test_in = scores_out[m:2 * m], scores_in[m:2 * m]
-  # A few thresholds at fixed error rates of the fitting half, not every score: the
-  # extreme tails overfit the fitting half (a bound of 0 in ~5% of repeats at d′ = 0.7).
-  rates = np.array([0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.3])
-  candidates = np.unique(np.concatenate([np.quantile(fit_out, 1.0 - rates),
-                                         np.quantile(fit_in, rates)]))
+  def make(grad):
+    return lambda i: release(grad, privacy_key.step_seed(privacy_key.generate(), i,
+                                                         privacy_key.STREAM_NOISE))
 
-  alpha = (1.0 - confidence) / 2.0
-
-  def bound(fp: int, fn: int) -> float:
-    fpr_u, fnr_u = clopper_pearson_upper(fp, m, alpha), clopper_pearson_upper(fn, m, alpha)
-    out = [0.0]
-    if 1 - delta - fnr_u > 0:
-      out.append(math.log((1 - delta - fnr_u) / fpr_u))
-    if 1 - delta - fpr_u > 0:
-      out.append(math.log((1 - delta - fpr_u) / fnr_u))
-    return max(out)
-
-  # The threshold that maximises the same (conservative) bound on the fitting half.
-  tau = max(candidates, key=lambda t: bound(int(np.sum(fit_out >= t)),
-                                            int(np.sum(fit_in < t))))
-  fp, fn = int(np.sum(test_out >= tau)), int(np.sum(test_in < tau))
-  fpr_u, fnr_u = clopper_pearson_upper(fp, m, alpha), clopper_pearson_upper(fn, m, alpha)
-  return bound(fp, fn), BoundInfo(float(tau), fp, fn, m, fpr_u, fnr_u)
+  clean_out, clean_in = setting.clean(setting.grad_out), setting.clean(setting.grad_in)
+  return auditing.step_audit(make(setting.grad_out), make(setting.grad_in), clean_out, clean_in,
+                          setting.noise_multiplier, setting.l2_norm_clip, delta, trials,
+                          confidence, certified, return_scores=True)
 
 
-def projection_scores(releases: np.ndarray, clean_out: np.ndarray, clean_in: np.ndarray,
-                      variance: Optional[np.ndarray] = None) -> np.ndarray:
-  """s = ⟨G̃ − (a + b)/2, w⟩, w = u / var (u = b − a; a, b: the two clean releases).
+# ---- the run audit -------------------------------------------------------------------------
 
-  With a per-coordinate noise variance (estimated from trials), w is the linear
-  discriminant: coordinates that carry little or no noise weigh most, as they should for a
-  mechanism that forgot noise somewhere. variance=None: w = u (isotropic noise).
-  """
-  a, b = np.ravel(clean_out), np.ravel(clean_in)
-  w = b - a
-  if variance is not None:
-    var = np.ravel(variance)
-    w = w / (var + 1e-12 * max(float(var.max()), 1e-30))
-  flat = releases.reshape(len(releases), -1)
-  return (flat - 0.5 * (a + b)) @ w
+def draw_canaries(count: int, dataset):
+  """(images, labels, included) from a fresh secret audit key (os.urandom)."""
+  rng = np.random.default_rng(int.from_bytes(os.urandom(16), "little"))
+  images, labels = auditing.block_canaries(count, dataset.image_shape, dataset.num_classes, rng)
+  return images, labels, rng.random(count) < 0.5
 
 
-def run_trials(release_fn: Callable[[int], np.ndarray], trials: int,
-               first_trial: int = 0) -> np.ndarray:
-  """[trials, ...] releases, release_fn(i) for i = first_trial, …"""
-  return np.stack([np.asarray(release_fn(first_trial + i)) for i in range(trials)])
+def load_or_draw_canaries(path: str, count: int, dataset):
+  """The run's canaries: read from `path` on a resume (same count), else drawn and written
+  (atomically, before any training) so a resume trains on the same set."""
+  from dp_sinkhorn_tf import rundir
+  if os.path.exists(path):
+    try:
+      with np.load(path) as z:
+        images, labels, included = z["images"], z["labels"], z["included"]
+    except (OSError, ValueError, KeyError) as e:
+      raise ValueError(f"{path}: not a canary file of this audit ({type(e).__name__})") \
+          from None
+    if len(images) != count or images.shape[1:] != tuple(dataset.image_shape):
+      raise ValueError(f"--audit_canaries={count}: {path} holds {len(images)} canaries of "
+                       f"shape {images.shape[1:]}; use its count or a new --workdir")
+    return images, labels.astype(np.int32), included.astype(bool)
+  images, labels, included = draw_canaries(count, dataset)
+  os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+  rundir.write_bytes_atomic(path, _npz_bytes(images=images, labels=labels, included=included),
+                            mode=0o600)
+  return images, labels, included
 
 
-@dataclasses.dataclass(frozen=True)
-class StepAuditResult:
-  epsilon_lower_bound: float
-  certified_epsilon: float
-  noise_multiplier: float
-  delta: float
-  difference_norm: float  # ‖clip(G_Y′) − clip(G_Y)‖ (≤ 2C)
-  sensitivity: float  # 2C
-  info: BoundInfo
-
-  @property
-  def flagged(self) -> bool:
-    """The measured bound exceeds the certified ε: the mechanism is broken."""
-    return self.epsilon_lower_bound > self.certified_epsilon
+def _npz_bytes(**arrays) -> bytes:
+  import io
+  buf = io.BytesIO()
+  np.savez(buf, **arrays)
+  return buf.getvalue()
 
 
-def step_audit(release_out: Callable[[int], np.ndarray],
-               release_in: Callable[[int], np.ndarray], clean_out: np.ndarray,
-               clean_in: np.ndarray, noise_multiplier: float, l2_norm_clip: float,
-               delta: float, trials: int, confidence: float = 0.95,
-               certified_epsilon: Optional[float] = None) -> StepAuditResult:
-  """Runs `trials` releases on each side (trial keys disjoint) and bounds ε.
-
-  release_out(i) / release_in(i): the private rows of the release of trial i without /
-  with the canary (fresh key per i). clean_out / clean_in: the same without noise
-  (clipped), defining the attack direction. certified_epsilon: default one unsubsampled
-  step, `gaussian_epsilon(σ, δ)`.
-  """
-  out = run_trials(release_out, trials, 0)
-  inn = run_trials(release_in, trials, trials)
-  half = trials // 2  # the variance, like the threshold, comes from the first halves only
-  variance = 0.5 * (out[:half].reshape(half, -1).var(0) + inn[:half].reshape(half, -1).var(0))
-  scores_out = projection_scores(out, clean_out, clean_in, variance)
-  scores_in = projection_scores(inn, clean_out, clean_in, variance)
-  eps, info = epsilon_lower_bound(scores_out, scores_in, delta, confidence)
-  certified = (gaussian_epsilon(noise_multiplier, delta) if certified_epsilon is None
-               else certified_epsilon)
-  diff = float(np.linalg.norm(np.ravel(clean_in) - np.ravel(clean_out)))
-  return StepAuditResult(eps, certified, noise_multiplier, delta, diff, 2 * l2_norm_clip,
-                         info)
+def with_canaries(dataset, images, labels, included, copies: int = 1):
+  """The private set plus `copies` records of every included canary."""
+  from dp_sinkhorn_tf import data
+  extra = np.repeat(images[included], copies, axis=0)
+  extra_labels = np.repeat(labels[included], copies)
+  return data.Dataset(dataset.name, np.concatenate([dataset.images, extra]),
+                      np.concatenate([dataset.labels, extra_labels]).astype(np.int32),
+                      dataset.num_classes, dataset.image_shape, dataset.label_names)
 
 
-def summary(result: StepAuditResult, name: str) -> dict:
-  out = dataclasses.asdict(result)
-  out.update(name=name, flagged=result.flagged,
-             ratio=(result.epsilon_lower_bound / result.certified_epsilon
-                    if math.isfinite(result.certified_epsilon) and result.certified_epsilon
-                    else None))
+def generate_from_export(version_dir: str, num_classes: int, per_class: int, seed: int):
+  """(images, labels): per_class draws of every label from the export's `sample`."""
+  import tensorflow as tf
+
+  from dp_sinkhorn_tf import serving
+  loaded = serving.load_saved_model(version_dir)
+  labels = np.repeat(np.arange(num_classes, dtype=np.int32), per_class)
+  images = []
+  for start in range(0, len(labels), 1000):
+    out = loaded.signatures[serving.SAMPLE](label=tf.constant(labels[start:start + 1000]),
+                                            seed=tf.constant(seed + start, tf.int64))
+    images.append(out["images"].numpy())
+  return np.concatenate(images), labels
+
+
+# ---- reports -------------------------------------------------------------------------------
+
+def roc(scores_out: np.ndarray, scores_in: np.ndarray):
+  """(FPR, TPR) of "score ≥ τ means in" over every τ."""
+  taus = np.unique(np.concatenate([scores_out, scores_in]))[::-1]
+  fpr = np.array([0.0] + [np.mean(scores_out >= t) for t in taus])
+  tpr = np.array([0.0] + [np.mean(scores_in >= t) for t in taus])
+  return fpr, tpr
+
+
+def dp_region_tpr(fpr: np.ndarray, epsilon: float, delta: float) -> np.ndarray:
+  """The highest TPR any test can reach at FPR against an (ε, δ)-DP mechanism:
+  min(e^ε·FPR + δ, 1 − e^(−ε)·(1 − δ − FPR))."""
+  if not math.isfinite(epsilon):
+    return np.ones_like(fpr)
+  return np.clip(np.minimum(math.exp(epsilon) * fpr + delta,
+                            1 - math.exp(-epsilon) * (1 - delta - fpr)), 0, 1)
+
+
+def plot_roc(path: str, curves) -> None:
+  """curves: [(title, scores_out, scores_in, certified ε, measured ε, δ)], one panel each."""
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+
+  fig, axes = plt.subplots(1, len(curves), figsize=(4.6 * len(curves), 4.2), squeeze=False)
+  grid = np.logspace(-5, 0, 400)
+  for ax, (title, s_out, s_in, certified, measured, delta) in zip(axes[0], curves):
+    fpr, tpr = roc(np.asarray(s_out), np.asarray(s_in))
+    ax.fill_between(grid, 0, dp_region_tpr(grid, certified, delta), color="tab:green",
+                    alpha=0.15, label=f"allowed by certified ε={certified:.2f}")
+    ax.plot(grid, dp_region_tpr(grid, measured, delta), "k--", lw=1,
+            label=f"measured lower bound ε≥{measured:.2f}")
+    ax.plot(fpr, tpr, color="tab:red", lw=1.5, label="attack (held-out half)")
+    ax.plot(grid, grid, color="0.6", lw=0.8)
+    ax.set_xscale("log")
+    ax.set_xlim(1e-4, 1)
+    ax.set_ylim(0, 1)
+    ax.set_xlabel("false-positive rate")
+    ax.set_ylabel("true-positive rate")
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=7, loc="upper left")
+  fig.tight_layout()
+  tmp = f"{path}.tmp-{os.getpid()}.png"
+  fig.savefig(tmp, dpi=110)
+  plt.close(fig)
+  os.replace(tmp, path)
+
+
+def _write_report(out: str, section: str, payload: dict) -> str:
+  from dp_sinkhorn_tf import rundir
+  os.makedirs(out, exist_ok=True)
+  path = os.path.join(out, AUDIT_FILE)
+  report = {}
+  if os.path.exists(path):
+    try:
+      with open(path) as fh:
+        report = json.load(fh)
+    except (OSError, ValueError):
+      report = {}
+  report[section] = payload
+  rundir.write_json_atomic(path, report)
+  return path
+
+
+def _result_json(result: auditing.StepAuditResult, what: str) -> dict:
+  out = auditing.summary(result, what)
+  out["info"] = dataclasses.asdict(result.info)
   return out
 
 
-def canary_gradients(model, images: np.ndarray, labels: np.ndarray, canary: np.ndarray,
-                     canary_label: int, step: int = 0):
-  """(G_Y, G_Y′): the image gradients [n + n′, H, W, C] of one step of `model`
-  (a trainer.DPSinkhornModel) on the private batch Y = (images, labels) and on Y plus the
-  canary, with the step's generated images, latents and labels — the real loss path
-  (class matching and the XLA bucket padding included when configured)."""
-  import tensorflow as tf
+def run_step(cfg, out: str) -> int:
+  from dp_sinkhorn_tf import data, trainer
+  dataset = data.load_dataset(cfg.data.dataset, cfg.data.data_dir, cfg.data.idx_dir)
+  plan = trainer.plan_privacy(cfg, len(dataset.images))
+  if not cfg.privacy.dp or cfg.privacy.mechanism != "image_grad":
+    raise ValueError("--audit=step audits the image_grad mechanism of a --dp config")
+  delta, conf, trials = cfg.privacy.delta, FLAGS.audit_confidence, FLAGS.audit_trials
+  print(f"step audit: σ={plan.noise_multiplier:.4g} C={cfg.privacy.l2_norm_clip:g} "
+        f"δ={delta:g}, {trials} releases per side, fresh key each")
+  setting = step_setting(cfg, dataset, plan.noise_multiplier, plan.sample_rate)
+  result, s_out, s_in = audit_release(setting, real_release(setting), trials, delta, conf)
+  achievable = auditing.gaussian_epsilon(
+      plan.noise_multiplier * result.sensitivity / max(result.difference_norm, 1e-12), delta)
+  print(f"  real mechanism: ε ≥ {result.epsilon_lower_bound:.3f} (certified one step "
+        f"{result.certified_epsilon:.3f}; this canary moves the release by "
+        f"{result.difference_norm / result.sensitivity:.2f}·2C, so ≤ {achievable:.3f} is "
+        "reachable)")
+  payload = {"mechanism": _result_json(result, "real"), "reachable_epsilon": achievable,
+             "canary_label": setting.canary_label, "trials_per_side": trials,
+             "controls": {}}
+  curves = [(f"one step, σ={plan.noise_multiplier:.3g}", s_out[trials // 2:],
+             s_in[trials // 2:], result.certified_epsilon, result.epsilon_lower_bound,
+             delta)]
+  if FLAGS.audit_controls:
+    for name, (build, certify, what) in CONTROLS.items():
+      certified = certify(setting, cfg, delta, plan.sample_rate)
+      c, _, _ = audit_release(setting, build(setting), trials, delta, conf, certified)
+      verdict = "FLAGGED" if c.flagged else "NOT FLAGGED (the audit failed to detect it)"
+      print(f"  control {name} ({what}): ε ≥ {c.epsilon_lower_bound:.3f} vs certified "
+            f"{c.certified_epsilon:.3f}: {verdict}")
+      payload["controls"][name] = dict(_result_json(c, name), broken=what)
+  path = _write_report(out, "step", payload)
+  plot_roc(os.path.join(out, "step_" + ROC_FILE), curves)
+  print(f"wrote {path} and {os.path.join(out, 'step_' + ROC_FILE)}")
+  missed = [k for k, v in payload["controls"].items() if not v["flagged"]]
+  return 1 if result.flagged or missed else 0
 
-  z, fake_labels = model.latent_batch(tf.constant(step, tf.int64))
-  fake = model.generator([z, fake_labels], training=True)
-  grads = []
-  for extra in (False, True):
-    real = np.concatenate([images, canary[None]]) if extra else images
-    real_labels = np.concatenate([labels, [canary_label]]) if extra else labels
-    real = tf.constant(real, tf.float32)
-    real_labels = tf.constant(real_labels, tf.int32)
-    if model._loss_and_grad is not None:  # pylint: disable=protected-access
-      _, grad, _ = model._compiled_loss_and_image_grad(  # pylint: disable=protected-access
-          fake, fake_labels, real, real_labels)
-    else:
-      with tf.GradientTape() as tape:
-        tape.watch(fake)
-        loss, _ = model.sinkhorn_loss(fake, fake_labels, real, real_labels)
-      grad = tape.gradient(loss, fake)
-    grads.append(grad)
-  return grads[0], grads[1], fake_labels
+
+def certified_run_epsilon(workdir: str) -> float:
+  """The tightest ε the run's accountants prove (min over RDP and PLD in privacy.json);
+  ∞ for a --nodp run."""
+  from dp_sinkhorn_tf import rundir
+  with open(rundir.path(workdir, rundir.REPORT_FILE)) as fh:
+    report = json.load(fh)
+  if not report.get("dp"):
+    return math.inf
+  return float(min(report["ledger"]["epsilon"].values()))
 
 
-__all__: Sequence[str] = ("clopper_pearson_upper", "gaussian_epsilon", "epsilon_lower_bound",
-                          "projection_scores", "step_audit", "StepAuditResult")
+def run_run(cfg, out: str) -> int:
+  from dp_sinkhorn_tf import data, serving
+  dataset = data.load_dataset(cfg.data.dataset, cfg.data.data_dir, cfg.data.idx_dir)
+  m = FLAGS.audit_canaries
+  images, labels, included = load_or_draw_canaries(
+      os.path.join(cfg.run.workdir, CANARY_FILE), m, dataset)
+  print(f"run audit: {m} canaries, {int(included.sum())} in the private set (secret audit "
+        f"key; {os.path.join(cfg.run.workdir, CANARY_FILE)} is DO NOT PUBLISH)")
+  FLAGS.if_finished = "skip"  # a finished run is re-scored, never trained further
+  code = main_lib.run(cfg, FLAGS.flags_into_string(),
+                      dataset=with_canaries(dataset, images, labels, included,
+                                            FLAGS.audit_canary_copies))
+  if code:
+    return code
+  version_dir, _ = serving.find_version_dir(
+      os.path.join(cfg.run.workdir, "export", cfg.run.model_name))
+  metadata = serving.read_metadata(version_dir)
+  per_class = FLAGS.audit_samples_per_class
+  gen, gen_labels = generate_from_export(version_dir, dataset.num_classes, per_class,
+                                         cfg.run.seed)
+  scores = auditing.nearest_distance_scores(images, labels, gen, gen_labels)
+  result = auditing.one_run_audit(scores, included, cfg.privacy.delta, FLAGS.audit_confidence)
+  certified = certified_run_epsilon(cfg.run.workdir)
+  print(f"  one-run audit: ε ≥ {result.epsilon_lower_bound:.3f} ({result.correct}/"
+        f"{result.guesses} guesses right) vs certified ε={certified:.3f}")
+  payload = dict(dataclasses.asdict(result),
+                 certified_epsilon=certified if math.isfinite(certified) else None,
+                 private=metadata.get("private"), copies=FLAGS.audit_canary_copies,
+                 flagged=result.epsilon_lower_bound >
+                 certified, samples_per_class=per_class, run_id=metadata.get("run_id"),
+                 score="−min squared distance to generated images of the canary's label",
+                 auc=float(np.mean(scores[included][:, None] > scores[~included][None, :])))
+  path = _write_report(out, "run", payload)
+  plot_roc(os.path.join(out, "run_" + ROC_FILE),
+           [(f"one run, {m} canaries", scores[~included], scores[included], certified,
+             result.epsilon_lower_bound, cfg.privacy.delta)])
+  print(f"wrote {path} and {os.path.join(out, 'run_' + ROC_FILE)}")
+  return 1 if payload["flagged"] else 0
+
+
+def main(argv) -> int:
+  if len(argv) > 1:
+    main_lib._fail(f"unexpected arguments {argv[1:]}: all options are --flags")  # pylint: disable=protected-access
+  try:
+    cfg = main_lib.config_from_flags(FLAGS)
+    for name in ("audit_trials", "audit_canaries", "audit_samples_per_class"):
+      if getattr(FLAGS, name) < 2:
+        raise ValueError(f"--{name}={getattr(FLAGS, name)}: expected an integer ≥ 2")
+    if FLAGS.audit_canary_copies < 1:
+      raise ValueError(f"--audit_canary_copies={FLAGS.audit_canary_copies}: expected an "
+                       "integer ≥ 1")
+    if not 0.5 < FLAGS.audit_confidence < 1:
+      raise ValueError(f"--audit_confidence={FLAGS.audit_confidence}: expected in (0.5, 1)")
+    out = FLAGS.audit_out or os.path.join(cfg.run.workdir, "audit")
+    if FLAGS.audit == "step":
+      return run_step(cfg, out)
+    return run_run(cfg, out)
+  except (ValueError, FileNotFoundError) as e:
+    main_lib._fail(str(e))  # pylint: disable=protected-access
+  except OSError as e:
+    main_lib._fail(main_lib._os_error(e, FLAGS.audit_out or cfg.run.workdir))  # pylint: disable=protected-access
+  return 2
+
+
+if __name__ == "__main__":
+  app.run(main, flags_parser=main_lib.parse_flags)

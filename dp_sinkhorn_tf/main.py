@@ -269,14 +269,18 @@ class _StopFlag:
     return self.signum is not None
 
 
-def run(cfg: config_lib.TrainConfig, flags_text: str) -> int:
-  """Plans, trains and exports; returns the process exit code."""
+def run(cfg: config_lib.TrainConfig, flags_text: str, dataset=None) -> int:
+  """Plans, trains and exports; returns the process exit code.
+
+  dataset: the private data.Dataset to train on instead of loading cfg.data (the run audit
+  passes the data with its canaries)."""
   import tensorflow as tf
 
   from dp_sinkhorn_tf import data, trainer
 
   try:
-    dataset = data.load_dataset(cfg.data.dataset, cfg.data.data_dir, cfg.data.idx_dir)
+    if dataset is None:
+      dataset = data.load_dataset(cfg.data.dataset, cfg.data.data_dir, cfg.data.idx_dir)
     plan = trainer.plan_privacy(cfg, len(dataset.images))
     if cfg.run.export:
       from dp_sinkhorn_tf import export

