@@ -15,10 +15,11 @@ settings.
 
 Step audit (`step_setting`, `real_release`, `CONTROLS`). Neighbouring private batches: Y the
 empty batch (a valid Poisson sample, and the neighbour pair in which the canary's gradient is
-diluted by nothing) and Y′ = {canary}; the canary is the candidate (constant, checkerboard or
-real images and their negatives, with every label) that moves the clipped release most. The
-attacker sees the release BEFORE --release_blur: the blur is post-processing, so auditing the
-unblurred release is the stronger attack.
+diluted by nothing) and Y′ = {canary}; the canary is the candidate (constant, checkerboard
+or half images, each with every label; never a private record, so audit.json stays
+publishable) that moves the clipped release most. The attacker sees the release BEFORE
+--release_blur: the blur is post-processing, so auditing the unblurred release is the
+stronger attack.
 
 Run audit. --audit_canaries block canaries (`auditing.block_canaries`), each added to the
 private training set with probability ½ by a secret audit key from the OS; the draw is kept
@@ -88,14 +89,20 @@ class StepSetting:
     return privacy.clip_record(grad[:self.num_private], self.l2_norm_clip).numpy()
 
 
-def _candidates(images: np.ndarray, labels: np.ndarray, num_classes: int):
-  shape = images.shape[1:]
-  checker = np.indices(shape[:2]).sum(0) % 2 * 2.0 - 1.0
-  base = [np.ones(shape), -np.ones(shape), np.broadcast_to(checker[..., None], shape)]
-  for k in range(num_classes):
-    first = images[np.flatnonzero(labels == k)[:1]]
-    base += [x for x in first] + [-x for x in first]
-  return [np.asarray(b, np.float32) for b in base]
+def _candidates(image_shape):
+  """Synthetic canary candidates (no private record: the audit's outputs stay publishable):
+  white, a checkerboard, a white top half, a white left half, and the negative of each."""
+  shape = tuple(int(d) for d in image_shape)
+  height, width = shape[:2]
+  rows, cols = np.indices((height, width))
+  masks = [np.ones((height, width), bool), (rows + cols) % 2 == 0, rows < height // 2,
+           cols < width // 2]
+  out = []
+  for mask in masks:
+    for sign in (1.0, -1.0):
+      image = np.where(mask, sign, -sign)[..., None]
+      out.append(np.broadcast_to(image, shape).astype(np.float32))
+  return out
 
 
 def step_setting(cfg, dataset, noise_multiplier: float, sample_rate: float) -> StepSetting:
@@ -113,7 +120,7 @@ def step_setting(cfg, dataset, noise_multiplier: float, sample_rate: float) -> S
   empty = np.zeros((0,) + tuple(dataset.image_shape), np.float32)
   no_labels = np.zeros([0], np.int64)
   best = None
-  for canary in _candidates(dataset.images, dataset.labels, dataset.num_classes):
+  for canary in _candidates(dataset.image_shape):
     for label in range(dataset.num_classes):
       g_out, g_in, _ = auditing.canary_gradients(model, empty, no_labels, canary, label)
       moved = float(tf.norm(privacy.clip_record(g_in[:n], clip)
@@ -320,28 +327,44 @@ def dp_region_tpr(fpr: np.ndarray, epsilon: float, delta: float) -> np.ndarray:
                             1 - math.exp(-epsilon) * (1 - delta - fpr)), 0, 1)
 
 
-def plot_roc(path: str, curves) -> None:
-  """curves: [(title, scores_out, scores_in, certified ε, measured ε, δ)], one panel each."""
+@dataclasses.dataclass(frozen=True)
+class RocPanel:
+  """One panel: attacks [(label, scores_out, scores_in, measured ε)] against the region
+  an (ε, δ)-DP mechanism allows at the certified ε."""
+
+  title: str
+  certified: float
+  delta: float
+  attacks: tuple
+
+
+def plot_roc(path: str, panels) -> None:
+  """Writes the ROC curves of `panels` (RocPanel), one panel each, to `path` (PNG)."""
   import matplotlib
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
 
-  fig, axes = plt.subplots(1, len(curves), figsize=(4.6 * len(curves), 4.2), squeeze=False)
+  fig, axes = plt.subplots(1, len(panels), figsize=(4.8 * len(panels), 4.3), squeeze=False)
   grid = np.logspace(-5, 0, 400)
-  for ax, (title, s_out, s_in, certified, measured, delta) in zip(axes[0], curves):
-    fpr, tpr = roc(np.asarray(s_out), np.asarray(s_in))
-    ax.fill_between(grid, 0, dp_region_tpr(grid, certified, delta), color="tab:green",
-                    alpha=0.15, label=f"allowed by certified ε={certified:.2f}")
-    ax.plot(grid, dp_region_tpr(grid, measured, delta), "k--", lw=1,
-            label=f"measured lower bound ε≥{measured:.2f}")
-    ax.plot(fpr, tpr, color="tab:red", lw=1.5, label="attack (held-out half)")
-    ax.plot(grid, grid, color="0.6", lw=0.8)
+  colors = ("tab:red", "tab:purple", "tab:orange", "tab:brown", "tab:blue")
+  for ax, panel in zip(axes[0], panels):
+    certified = panel.certified
+    ax.fill_between(grid, 0, dp_region_tpr(grid, certified, panel.delta), color="tab:green",
+                    alpha=0.15, label=("allowed by certified ε=" + (
+                        f"{certified:.2f}" if math.isfinite(certified) else "∞ (no DP)")))
+    for color, (label, s_out, s_in, measured) in zip(colors, panel.attacks):
+      fpr, tpr = roc(np.asarray(s_out), np.asarray(s_in))
+      # FPR 0 drawn at half a trial (a log axis has no 0): a perfect attack shows in the
+      # corner instead of vanishing.
+      fpr = np.maximum(fpr, 0.5 / len(s_out))
+      ax.plot(fpr, tpr, color=color, lw=1.5, label=f"{label}: ε ≥ {measured:.2f}")
+    ax.plot(grid, grid, color="0.6", lw=0.8, label="chance")
     ax.set_xscale("log")
     ax.set_xlim(1e-4, 1)
-    ax.set_ylim(0, 1)
+    ax.set_ylim(0, 1.02)
     ax.set_xlabel("false-positive rate")
     ax.set_ylabel("true-positive rate")
-    ax.set_title(title, fontsize=9)
+    ax.set_title(panel.title, fontsize=9)
     ax.legend(fontsize=7, loc="upper left")
   fig.tight_layout()
   tmp = f"{path}.tmp-{os.getpid()}.png"
@@ -392,19 +415,27 @@ def run_step(cfg, out: str) -> int:
   payload = {"mechanism": _result_json(result, "real"), "reachable_epsilon": achievable,
              "canary_label": setting.canary_label, "trials_per_side": trials,
              "controls": {}}
-  curves = [(f"one step, σ={plan.noise_multiplier:.3g}", s_out[trials // 2:],
-             s_in[trials // 2:], result.certified_epsilon, result.epsilon_lower_bound,
-             delta)]
+  half = trials // 2  # the ROC of the halves that measured the rates
+  panels = [RocPanel(f"one private step, σ={plan.noise_multiplier:.3g}",
+                     result.certified_epsilon, delta,
+                     (("attack on the real mechanism", s_out[half:], s_in[half:],
+                       result.epsilon_lower_bound),))]
+  broken = []
   if FLAGS.audit_controls:
     for name, (build, certify, what) in CONTROLS.items():
       certified = certify(setting, cfg, delta, plan.sample_rate)
-      c, _, _ = audit_release(setting, build(setting), trials, delta, conf, certified)
+      c, c_out, c_in = audit_release(setting, build(setting), trials, delta, conf, certified)
       verdict = "FLAGGED" if c.flagged else "NOT FLAGGED (the audit failed to detect it)"
       print(f"  control {name} ({what}): ε ≥ {c.epsilon_lower_bound:.3f} vs certified "
             f"{c.certified_epsilon:.3f}: {verdict}")
       payload["controls"][name] = dict(_result_json(c, name), broken=what)
+      if certify is _one_step_certified:
+        broken.append((name, c_out[half:], c_in[half:], c.epsilon_lower_bound))
+  if broken:
+    panels.append(RocPanel("negative controls (must leave the region)",
+                           result.certified_epsilon, delta, tuple(broken)))
   path = _write_report(out, "step", payload)
-  plot_roc(os.path.join(out, "step_" + ROC_FILE), curves)
+  plot_roc(os.path.join(out, "step_" + ROC_FILE), panels)
   print(f"wrote {path} and {os.path.join(out, 'step_' + ROC_FILE)}")
   missed = [k for k, v in payload["controls"].items() if not v["flagged"]]
   return 1 if result.flagged or missed else 0
@@ -455,8 +486,10 @@ def run_run(cfg, out: str) -> int:
                  auc=float(np.mean(scores[included][:, None] > scores[~included][None, :])))
   path = _write_report(out, "run", payload)
   plot_roc(os.path.join(out, "run_" + ROC_FILE),
-           [(f"one run, {m} canaries", scores[~included], scores[included], certified,
-             result.epsilon_lower_bound, cfg.privacy.delta)])
+           [RocPanel(f"one training run, {m} canaries × {FLAGS.audit_canary_copies}",
+                     certified, cfg.privacy.delta,
+                     (("nearest generated image", scores[~included], scores[included],
+                       result.epsilon_lower_bound),))])
   print(f"wrote {path} and {os.path.join(out, 'run_' + ROC_FILE)}")
   return 1 if payload["flagged"] else 0
 
