@@ -7,7 +7,7 @@ PIP    := $(PY) -m pip
 CONSTRAINTS := constraints.txt
 WORKDIR ?= runs/digits_demo
 
-.PHONY: install dev test bench demo lint clean
+.PHONY: install dev test bench demo audit lint clean
 
 install: $(VENV)/.installed
 $(VENV)/.installed: setup.cfg pyproject.toml $(CONSTRAINTS)
@@ -30,6 +30,10 @@ bench: install
 
 demo: install
 	TF_CPP_MIN_LOG_LEVEL=2 $(PY) -m dp_sinkhorn_tf.main --verbosity=-1 --flagfile=launch/digits.flags --workdir=$(WORKDIR) --if_finished=skip
+
+# The white-box audit of one private step of the demo's config, with its negative controls.
+audit: install
+	TF_CPP_MIN_LOG_LEVEL=2 $(PY) -m dp_sinkhorn_tf.audit --verbosity=-1 --audit=step --flagfile=launch/digits.flags --audit_out=runs/audit
 
 lint: dev
 	$(VENV)/bin/ruff check dp_sinkhorn_tf tests

@@ -40,7 +40,7 @@ from typing import Callable, Dict, Optional
 import numpy as np
 from absl import app, flags
 
-from dp_sinkhorn_tf import auditing
+from dp_sinkhorn_tf import auditing, rundir
 from dp_sinkhorn_tf import main as main_lib
 
 FLAGS = flags.FLAGS
@@ -64,7 +64,7 @@ flags.DEFINE_integer("audit_samples_per_class", 1000, "Run audit: generated imag
 
 AUDIT_FILE = "audit.json"
 ROC_FILE = "audit_roc.png"
-CANARY_FILE = "audit_canaries.npz"
+CANARY_FILE = rundir.AUDIT_CANARY_FILE
 
 
 # ---- the step audit ------------------------------------------------------------------------
@@ -257,7 +257,6 @@ def draw_canaries(count: int, dataset):
 def load_or_draw_canaries(path: str, count: int, dataset):
   """The run's canaries: read from `path` on a resume (same count), else drawn and written
   (atomically, before any training) so a resume trains on the same set."""
-  from dp_sinkhorn_tf import rundir
   if os.path.exists(path):
     try:
       with np.load(path) as z:
@@ -374,7 +373,6 @@ def plot_roc(path: str, panels) -> None:
 
 
 def _write_report(out: str, section: str, payload: dict) -> str:
-  from dp_sinkhorn_tf import rundir
   os.makedirs(out, exist_ok=True)
   path = os.path.join(out, AUDIT_FILE)
   report = {}
@@ -444,7 +442,6 @@ def run_step(cfg, out: str) -> int:
 def certified_run_epsilon(workdir: str) -> float:
   """The tightest ε the run's accountants prove (min over RDP and PLD in privacy.json);
   ∞ for a --nodp run."""
-  from dp_sinkhorn_tf import rundir
   with open(rundir.path(workdir, rundir.REPORT_FILE)) as fh:
     report = json.load(fh)
   if not report.get("dp"):
@@ -507,7 +504,7 @@ def main(argv) -> int:
                        "integer ≥ 1")
     if not 0.5 < FLAGS.audit_confidence < 1:
       raise ValueError(f"--audit_confidence={FLAGS.audit_confidence}: expected in (0.5, 1)")
-    out = FLAGS.audit_out or os.path.join(cfg.run.workdir, "audit")
+    out = FLAGS.audit_out or rundir.path(cfg.run.workdir, rundir.AUDIT_DIR)
     if FLAGS.audit == "step":
       return run_step(cfg, out)
     return run_run(cfg, out)

@@ -11,6 +11,8 @@
     tensorboard/             ε, released (noised) norms, grids         publishable
     private_diagnostics/     loss, clean norms, batch sizes, Sinkhorn  NEVER publish
     export/                  SavedModel (TF Serving layout)            publishable
+    audit/                   audit.json, ROC plots (`audit` runs only)  publishable
+    audit_canaries.npz       run audit: canaries + inclusion bits      NEVER publish
 
   * post-processing of the released gradients and the public initialisation.
 
@@ -36,6 +38,8 @@ TENSORBOARD_DIR = "tensorboard"
 PRIVATE_DIR = "private_diagnostics"
 EXPORT_DIR = "export"
 DO_NOT_PUBLISH = "DO_NOT_PUBLISH.txt"
+AUDIT_DIR = "audit"  # `python -m dp_sinkhorn_tf.audit`'s default --audit_out
+AUDIT_CANARY_FILE = "audit_canaries.npz"
 
 # The checkpoint's run id entry (a tf.Variable(tf.string) tracked as "run_id").
 CHECKPOINT_RUN_ID_KEY = "run_id/.ATTRIBUTES/VARIABLE_VALUE"
@@ -58,9 +62,11 @@ ARTEFACTS = (
     (FLAGS_FILE, True, "resolved flags (a key file's path, never a key)"),
     (IDENTITY_FILE, True, "run id, dp, key source"),
     (f"{CHECKPOINT_DIR}/", True, "weights and optimizer state of released updates"),
+    (f"{AUDIT_DIR}/", True, "audit lower bounds and ROC plots (synthetic canaries only)"),
     (LEDGER_FILE, False, "keep: holds a keyed fingerprint of the data"),
     (KEY_FILE, False, "SECRET: whoever has it can remove the noise"),
     (f"{PRIVATE_DIR}/", False, "computed on private data before the mechanism"),
+    (AUDIT_CANARY_FILE, False, "the run audit's secret canary inclusion bits"),
 )
 
 
