@@ -40,7 +40,7 @@ from typing import Callable, Dict, Optional
 import numpy as np
 from absl import app, flags
 
-from dp_sinkhorn_tf import auditing, rundir
+from dp_sinkhorn_tf import auditing, cli, rundir, train_flags
 from dp_sinkhorn_tf import main as main_lib
 
 FLAGS = flags.FLAGS
@@ -493,9 +493,9 @@ def run_run(cfg, out: str) -> int:
 
 def main(argv) -> int:
   if len(argv) > 1:
-    main_lib._fail(f"unexpected arguments {argv[1:]}: all options are --flags")  # pylint: disable=protected-access
+    cli.fail(f"unexpected arguments {argv[1:]}: all options are --flags")
   try:
-    cfg = main_lib.config_from_flags(FLAGS)
+    cfg = train_flags.config_from_flags(FLAGS)
     for name in ("audit_trials", "audit_canaries", "audit_samples_per_class"):
       if getattr(FLAGS, name) < 2:
         raise ValueError(f"--{name}={getattr(FLAGS, name)}: expected an integer ≥ 2")
@@ -509,11 +509,11 @@ def main(argv) -> int:
       return run_step(cfg, out)
     return run_run(cfg, out)
   except (ValueError, FileNotFoundError) as e:
-    main_lib._fail(str(e))  # pylint: disable=protected-access
+    cli.fail(str(e))
   except OSError as e:
-    main_lib._fail(main_lib._os_error(e, FLAGS.audit_out or cfg.run.workdir))  # pylint: disable=protected-access
+    cli.fail(cli.os_error(e, FLAGS.audit_out or cfg.run.workdir))
   return 2
 
 
 if __name__ == "__main__":
-  app.run(main, flags_parser=main_lib.parse_flags)
+  app.run(main, flags_parser=cli.absl_parser(FLAGS))

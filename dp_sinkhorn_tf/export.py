@@ -361,17 +361,17 @@ def parse_flags_file(path: str):
   """
   from absl import flags
 
-  from dp_sinkhorn_tf import main as main_lib
+  from dp_sinkhorn_tf import cli, train_flags
 
   fresh = flags.FlagValues()
-  for flag in main_lib.FLAGS.get_flags_for_module(main_lib.__name__):
+  for flag in train_flags.flags_of(train_flags.FLAGS):
     fresh[flag.name] = copy.deepcopy(flag)
   with open(path) as fh:
     text = fh.read()
   try:
-    fresh(["flags.txt", f"--flagfile={path}"], known_only=True)
-    return main_lib.config_from_flags(fresh), text
-  except (flags.Error, ValueError) as e:
+    fresh(["flags.txt", *cli.expand_flagfiles([f"--flagfile={path}"])], known_only=True)
+    return train_flags.config_from_flags(fresh), text
+  except (flags.Error, ValueError) as e:  # cli.FlagfileError is a ValueError
     raise ExportError(f"{path}: {_first_line(e)}") from None
 
 

@@ -6,8 +6,8 @@ import os
 import pytest
 from absl import flags
 
+from dp_sinkhorn_tf import cli, main
 from dp_sinkhorn_tf import config as config_lib
-from dp_sinkhorn_tf import main
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FLAGFILES = sorted(glob.glob(os.path.join(ROOT, "launch", "*.flags")))
@@ -15,11 +15,11 @@ FLAGFILES = sorted(glob.glob(os.path.join(ROOT, "launch", "*.flags")))
 
 @pytest.fixture
 def parse(monkeypatch):
-  monkeypatch.chdir(ROOT)  # flagfiles include launch/common.flags relative to the root
+  monkeypatch.chdir(ROOT)
 
   def _parse(*argv) -> config_lib.TrainConfig:
     flags.FLAGS.unparse_flags()
-    flags.FLAGS(["main", *argv])
+    flags.FLAGS(["main", *cli.expand_flagfiles(argv)])  # as main's parser does
     try:
       return main.config_from_flags(flags.FLAGS)
     finally:

