@@ -17,6 +17,7 @@ OPTIMIZERS = ("adam", "adamw", "sgd")
 LR_SCHEDULES = ("constant", "cosine")
 ACCOUNTANTS = ("rdp", "pld")
 COSTS = ("l2", "l1l2")
+STRATEGIES = ("default", "mirrored")
 
 
 def _require(condition: bool, flag: str, expected: str, value) -> None:
@@ -170,9 +171,16 @@ class RunConfig:
   privacy_key_file: Optional[str] = None
   # Derive the key from the public --seed: reproducible, NOT private (tests, debugging).
   insecure_fixed_key: bool = False
+  # tf.distribute: "default" (one device) or "mirrored" (the devices of one host: GPUs, or
+  # num_devices logical CPUs when there is none); num_devices None = every GPU.
+  strategy: str = "default"
+  num_devices: Optional[int] = None
 
   def __post_init__(self):
     _require(bool(self.workdir), "workdir", "a directory path", self.workdir)
+    _require(self.strategy in STRATEGIES, "strategy", f"one of {STRATEGIES}", self.strategy)
+    _require(self.num_devices is None or self.num_devices >= 1, "num_devices",
+             "an integer ≥ 1 (or unset)", self.num_devices)
     _require(not (self.privacy_key_file and self.insecure_fixed_key), "insecure_fixed_key",
              "unset together with --privacy_key_file (one key source)", self.insecure_fixed_key)
     for name in ("log_every", "sample_every", "checkpoint_every", "keep_checkpoints"):
@@ -209,6 +217,10 @@ class TrainConfig:
     if not self.privacy.dp:
       _require(self.steps is not None, "steps", "a step count when --dp=false (no budget "
                "decides it)", self.steps)
+    if self.run.strategy != "default":
+      _require(self.privacy.mechanism == "image_grad", "mechanism", "image_grad with "
+               f"--strategy={self.run.strategy} (param_grad runs on one device)",
+               self.privacy.mechanism)
 
   @property
   def num_primary(self) -> int:

@@ -131,6 +131,10 @@ def run(cfg: config_lib.TrainConfig, flags_text: str, dataset=None) -> int:
   from dp_sinkhorn_tf import data, trainer
 
   try:
+    from dp_sinkhorn_tf import distribute
+    distribute.configure_devices(cfg.run.strategy, cfg.run.num_devices)  # before any TF op
+    distribute.check_divisible(cfg.num_generated, distribute.make_strategy(
+        cfg.run.strategy, cfg.run.num_devices).num_replicas_in_sync)
     if dataset is None:
       dataset = data.load_dataset(cfg.data.dataset, cfg.data.data_dir, cfg.data.idx_dir)
     plan = trainer.plan_privacy(cfg, len(dataset.images))

@@ -108,6 +108,15 @@ class _ConditionalGenerator(tf.keras.Model):
             "depth": self.depth, "output": self.output_head}
 
 
+def batch_norm(**kwargs) -> tf.keras.layers.BatchNormalization:
+  """BatchNormalization, synchronised across replicas when built under a multi-replica
+  tf.distribute strategy (its batch statistics are then the whole generated batch's, as on
+  one device); the same variables either way, so checkpoints move between the two."""
+  synchronized = (tf.distribute.has_strategy()
+                  and tf.distribute.get_strategy().num_replicas_in_sync > 1)
+  return tf.keras.layers.BatchNormalization(synchronized=synchronized, **kwargs)
+
+
 @tf.custom_gradient
 def straight_through_clip(x: tf.Tensor):
   """y = min(1, max(−1, x)) with ∂y/∂x := 1 everywhere (straight-through estimator)."""
@@ -125,7 +134,7 @@ class DCGANUpBlock(tf.keras.layers.Layer):
     self.convs = [L.Conv2DTranspose(channels, 4, strides=2, padding="same", use_bias=False)]
     self.convs += [L.Conv2D(channels, 3, padding="same", use_bias=False)
                    for _ in range(depth - 1)]
-    self.norms = [L.BatchNormalization() for _ in self.convs]
+    self.norms = [batch_norm() for _ in self.convs]
 
   def call(self, x: tf.Tensor, training: bool = False) -> tf.Tensor:
     for conv, norm in zip(self.convs, self.norms):
@@ -144,7 +153,7 @@ class DCGANGenerator(_ConditionalGenerator):
     L = tf.keras.layers
     seed_channels = self.hidden * 2**self.num_up
     self.project = L.Dense(self.seed_hw[0] * self.seed_hw[1] * seed_channels, use_bias=False)
-    self.project_norm = L.BatchNormalization()
+    self.project_norm = batch_norm()
     self.reshape = L.Reshape((*self.seed_hw, seed_channels))
     self.blocks = [DCGANUpBlock(self.hidden * 2**(self.num_up - 1 - k), self.depth)
                    for k in range(self.num_up)]
@@ -167,7 +176,7 @@ class ConditionalBatchNorm(tf.keras.layers.Layer):
   def __init__(self, channels: int, **kwargs):
     super().__init__(**kwargs)
     L = tf.keras.layers
-    self.norm = L.BatchNormalization(center=False, scale=False)
+    self.norm = batch_norm(center=False, scale=False)
     self.gamma = L.Dense(channels, kernel_initializer="zeros")
     self.beta = L.Dense(channels, kernel_initializer="zeros")
 
@@ -221,7 +230,7 @@ class BigGANGenerator(_ConditionalGenerator):
       self.blocks.append(ResBlock(channels, out, upsample=True))
       self.blocks += [ResBlock(out, out, upsample=False) for _ in range(self.depth - 1)]
       channels = out
-    self.final_norm = L.BatchNormalization()
+    self.final_norm = batch_norm()
     self.to_image = L.Conv2D(self.image_shape[2], 3, padding="same")
 
   def call(self, inputs, training: bool = False) -> tf.Tensor:

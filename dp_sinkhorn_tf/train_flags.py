@@ -104,6 +104,14 @@ flags.DEFINE_string("privacy_key_file", None, "A privacy key file (as <workdir>/
 flags.DEFINE_bool("insecure_fixed_key", False, "Derive the key from the public --seed: "
                   "reproducible and NOT private (tests, debugging); privacy.json and the "
                   "export say \"private\": false.")
+flags.DEFINE_enum("strategy", "default", list(config_lib.STRATEGIES),
+                  "tf.distribute strategy: default (one device) or mirrored (every GPU of "
+                  "this host, or --num_devices logical CPUs). The private release is the "
+                  "same as on one device: one Poisson sample, one clip of the whole "
+                  "released block, one keyed noise draw; replicas split the generated batch.")
+flags.DEFINE_integer("num_devices", None, "Devices for --strategy=mirrored (unset: every "
+                     "GPU). Without GPUs the CPU is split into this many logical devices "
+                     "(tests, overhead benchmarks: no speed-up on one CPU).")
 flags.DEFINE_integer("log_every", 10, "Steps between progress / TensorBoard scalars.")
 flags.DEFINE_integer("sample_every", 500, "Steps between sample grids.")
 flags.DEFINE_integer("checkpoint_every", 200, "Steps between checkpoints (and ledger writes).")
@@ -141,7 +149,8 @@ def config_from_flags(f) -> config_lib.TrainConfig:
                                    f.weight_decay, f.ema_decay, f.lr_schedule),
       run=config_lib.RunConfig(f.workdir, f.seed, f.log_every, f.sample_every,
                                f.checkpoint_every, f.keep_checkpoints, f.export, f.model_name,
-                               f.privacy_key_file, f.insecure_fixed_key),
+                               f.privacy_key_file, f.insecure_fixed_key, f.strategy,
+                               f.num_devices),
       fake_batch_size=f.fake_batch_size)
 
 

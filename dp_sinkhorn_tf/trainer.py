@@ -50,6 +50,7 @@ import tensorflow as tf
 from dp_sinkhorn_tf import (
   accounting,
   costs,
+  distribute,
   evaluation,
   features,
   models,
@@ -306,12 +307,21 @@ class DPSinkhornModel(tf.keras.Model):
     return loss, image_grad, info
 
   def image_grad_gradients(self, step: tf.Tensor):
-    """Parameter gradients from the privatised image gradient, and the step's metrics."""
+    """Parameter gradients from the privatised image gradient, and the step's metrics.
+
+    Under a multi-replica strategy (`distribute`), this replica generates only its rows
+    of the batch; the rows are all-gathered, every replica computes the same loss, G and
+    release G̃ (one global clip, the key's noise), and back-propagates its own rows of G̃:
+    the returned gradients sum to the single-device ones across replicas.
+    """
     real, real_labels = self.private_batch(step)
     z, fake_labels = self.latent_batch(step)
     variables = self.generator.trainable_variables
+    ctx, first, rows = distribute.my_rows(self._n_total)
     with tf.GradientTape() as gen_tape:
-      fake = self.generator([z, fake_labels], training=True)
+      mine = self.generator([z[first:first + rows], fake_labels[first:first + rows]],
+                            training=True)
+    fake = mine if ctx is None else ctx.all_gather(mine, axis=0)
     if self._loss_and_grad is not None:
       loss, image_grad, info = self._compiled_loss_and_image_grad(fake, fake_labels, real,
                                                                   real_labels)
@@ -322,7 +332,8 @@ class DPSinkhornModel(tf.keras.Model):
       image_grad = loss_tape.gradient(loss, fake)
     released, p_info = self.mechanism.privatize(image_grad, self._n, self.noise_seed(step))
     released = privacy.blur_release(released, self.cfg.privacy.release_blur)
-    grads = gen_tape.gradient(fake, variables, output_gradients=released)
+    grads = gen_tape.gradient(mine, variables,
+                              output_gradients=released[first:first + rows])
     logs = {"loss": loss, "clean_grad_norm": p_info.clean_norm,
             "noised_grad_norm": p_info.noised_norm,
             "sinkhorn_iterations": tf.cast(info.iterations, tf.float32),
@@ -351,14 +362,26 @@ class DPSinkhornModel(tf.keras.Model):
             "marginal_error": info.marginal_error,
             "real_batch_size": tf.cast(tf.shape(real)[0], tf.float32)}
 
-  def train_step(self, data):
-    """One DP-Sinkhorn step; `data` is the step index (int64 scalar or [1])."""
-    step = tf.cast(tf.reshape(data, []), tf.int64)
+  def _replica_step(self, step: tf.Tensor):
+    """The part of a step each replica runs: gradients and the (all-reduced) update."""
     if self.cfg.privacy.mechanism == "param_grad":
-      logs = self._param_grad_step(step)
+      return self._param_grad_step(step)
+    grads, logs = self.image_grad_gradients(step)
+    self.optimizer.apply_gradients(zip(grads, self.generator.trainable_variables))
+    return logs
+
+  def train_step(self, data):
+    """One DP-Sinkhorn step; `data` is the step index (int64 scalar or [1]). Under a
+    multi-replica strategy call it in cross-replica context (inside `strategy.scope()`):
+    it runs the replicas and returns the first replica's metrics (all replicas compute the
+    same loss and release)."""
+    step = tf.cast(tf.reshape(data, []), tf.int64)
+    strategy = tf.distribute.get_strategy()
+    if strategy.num_replicas_in_sync > 1:
+      per_replica = strategy.run(self._replica_step, args=(step,))
+      logs = {k: strategy.experimental_local_results(v)[0] for k, v in per_replica.items()}
     else:
-      grads, logs = self.image_grad_gradients(step)
-      self.optimizer.apply_gradients(zip(grads, self.generator.trainable_variables))
+      logs = self._replica_step(step)
     self.update_ema(step)
     # Public (a function of the weights): the loop stops a run whose weights diverged.
     logs["weights_finite"] = tf.reduce_all(
@@ -683,31 +706,25 @@ def train(cfg: config_lib.TrainConfig, images: np.ndarray, labels: np.ndarray,
   ledger = state.ledger
   ledger_path = rundir.path(run.workdir, LEDGER_FILE)
 
-  # --seed steers only data-independent randomness: initialisation here, latents and
-  # generated labels in the step. Batches and noise come from the secret key.
-  tf.keras.utils.set_random_seed(run.seed)
-  generator = make_generator(cfg, images.shape[1:], num_classes, build=True)
-  ema_generator = make_ema_generator(cfg, generator) if cfg.optim.ema_decay > 0 else None
-  model = DPSinkhornModel(generator, images, labels, num_classes, cfg, plan.noise_multiplier,
-                          plan.sample_rate, ema_generator, key=state.key)
-  model.compile(optimizer=build_optimizer(cfg, plan.noise_multiplier, plan.steps))
-  step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
-  run_id = tf.Variable(state.identity.run_id, dtype=tf.string, trainable=False, name="run_id")
+  strategy = distribute.make_strategy(run.strategy, run.num_devices)
+  distribute.check_divisible(cfg.num_generated, strategy.num_replicas_in_sync)
+  with strategy.scope():
+    model, step = build_model(cfg, images, labels, num_classes, plan, state.key)
+    generator, ema_generator = model.generator, model.ema_generator
+    run_id = tf.Variable(state.identity.run_id, dtype=tf.string, trainable=False,
+                         name="run_id")
   tracked = {"ema_generator": ema_generator} if ema_generator is not None else {}
   ckpt = tf.train.Checkpoint(generator=generator, optimizer=model.optimizer, step=step,
                              run_id=run_id, **tracked)
   manager = tf.train.CheckpointManager(ckpt, rundir.path(run.workdir, rundir.CHECKPOINT_DIR),
                                        max_to_keep=run.keep_checkpoints)
-  # Optimizer slots exist only after a first apply; build them so that the restore below
-  # can check that every object of this run is in the checkpoint.
-  model.optimizer.build(generator.trainable_variables)
   start = _restore(cfg, state, ckpt, manager, step)
   if start >= plan.steps and not finish_only:
     eps = f"ε={ledger.epsilon():.3f}, δ={ledger.delta:g}" if ledger is not None else "--nodp"
     raise BudgetExhaustedError(
         f"{rundir.path(run.workdir, rundir.CHECKPOINT_DIR)}: all {plan.steps} planned steps "
         f"are taken ({eps}); refusing to train further")
-  train_fn = tf.function(model.train_step, input_signature=[tf.TensorSpec([], tf.int64)])
+  train_fn = _step_function(model, strategy)
   writer = tf.summary.create_file_writer(rundir.path(run.workdir, rundir.TENSORBOARD_DIR))
   private_writer = tf.summary.create_file_writer(
       os.path.join(rundir.ensure_private_dir(run.workdir), "tensorboard"))
@@ -767,6 +784,36 @@ def train(cfg: config_lib.TrainConfig, images: np.ndarray, labels: np.ndarray,
   writer.flush()
   private_writer.flush()
   return TrainResult(model, ledger, steps_run, logs, grid, state.identity)
+
+
+def build_model(cfg: config_lib.TrainConfig, images: np.ndarray, labels: np.ndarray,
+                num_classes: int, plan: PrivacyPlan, key: privacy_key.PrivacyKey):
+  """(DPSinkhornModel with its optimizer and slots built, step variable), created in the
+  current strategy's scope. --seed steers only data-independent randomness: the
+  initialisation here, the latents and generated labels in the step; the batches and the
+  noise come from `key`."""
+  tf.keras.utils.set_random_seed(cfg.run.seed)
+  generator = make_generator(cfg, images.shape[1:], num_classes, build=True)
+  ema_generator = make_ema_generator(cfg, generator) if cfg.optim.ema_decay > 0 else None
+  model = DPSinkhornModel(generator, images, labels, num_classes, cfg, plan.noise_multiplier,
+                          plan.sample_rate, ema_generator, key=key)
+  model.compile(optimizer=build_optimizer(cfg, plan.noise_multiplier, plan.steps))
+  # Optimizer slots exist only after a first apply; build them so that a restore can check
+  # that every object of the run is in the checkpoint.
+  model.optimizer.build(generator.trainable_variables)
+  step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
+  return model, step
+
+
+def _step_function(model: DPSinkhornModel, strategy: tf.distribute.Strategy):
+  """The compiled step, entered in the strategy's scope (replicas run inside it)."""
+  compiled = tf.function(model.train_step, input_signature=[tf.TensorSpec([], tf.int64)])
+
+  def run(step):
+    with strategy.scope():
+      return compiled(step)
+
+  return run
 
 
 def _write_scalars(writer, step: int, logs: dict) -> None:

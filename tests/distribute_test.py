@@ -1,0 +1,140 @@
+"""Tests for dp_sinkhorn_tf.distribute: a MirroredStrategy step over 2 and 4 logical CPU
+devices releases what one device releases and updates the weights to the same values; a
+mirrored training run ends with the same ledger and generator as a single-device run.
+
+Logical devices must be configured before TensorFlow initialises, so each check runs in a
+fresh process."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from dp_sinkhorn_tf import config as config_lib
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+ONE_STEP = r"""
+import json, sys
+import numpy as np
+import tensorflow as tf
+from dp_sinkhorn_tf import config as config_lib, data, distribute, privacy_key, sinkhorn, trainer
+distribute.configure_devices("mirrored", 4)
+digits = data.load_dataset("digits")
+key = privacy_key.insecure_fixed(3)
+jit = sys.argv[1] == "jit"
+result = {}
+for strategy, n in [("default", None), ("mirrored", 2), ("mirrored", 4)]:
+  cfg = config_lib.TrainConfig(
+      batch_size=16, fake_batch_size=10, steps=5,
+      model=config_lib.ModelConfig("dcgan", latent_dim=4, embed_dim=2, hidden=4, output="clip"),
+      loss=config_lib.LossConfig(cost="l1l2", debias_fraction=0.2, class_matching=True,
+                                 jit_compile=jit,
+                                 solver=sinkhorn.SinkhornConfig(epsilon=0.5, max_iterations=30)),
+      privacy=config_lib.PrivacyConfig(noise_multiplier=1.0, target_epsilon=10.0,
+                                       release_blur=0.7),
+      optim=config_lib.OptimConfig(ema_decay=0.99),
+      run=config_lib.RunConfig(workdir="unused", strategy=strategy, num_devices=n))
+  plan = trainer.plan_privacy(cfg, len(digits.images))
+  st = distribute.make_strategy(strategy, n)
+  with st.scope():
+    model, _ = trainer.build_model(cfg, digits.images, digits.labels, 10, plan, key)
+  step_fn = trainer._step_function(model, st)
+  for t in range(3):
+    step_fn(tf.constant(t, tf.int64))
+  # The release of step 3 as every replica computes it (its norm, before and after noise).
+  @tf.function
+  def norms(step):
+    def replica(step):
+      _, logs = model.image_grad_gradients(step)
+      return logs["clean_grad_norm"], logs["noised_grad_norm"]
+    return st.run(replica, args=(step,))
+  with st.scope():
+    clean, noised = norms(tf.constant(3, tf.int64))
+  result[f"{strategy}{n or ''}"] = {
+      "replicas": st.num_replicas_in_sync,
+      "clean": [float(v) for v in st.experimental_local_results(clean)],
+      "noised": [float(v) for v in st.experimental_local_results(noised)],
+      "weights": [v.numpy().tolist() for v in model.generator.variables
+                  + model.ema_generator.variables]}
+print("RESULT " + json.dumps(result))
+"""
+
+
+def _run_python(code: str, *args, timeout=600):
+  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+  proc = subprocess.run([sys.executable, "-c", code, *args], cwd=ROOT, capture_output=True,
+                        text=True, timeout=timeout, env=env)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  line = next(line for line in proc.stdout.splitlines() if line.startswith("RESULT "))
+  return json.loads(line[len("RESULT "):])
+
+
+@pytest.mark.parametrize("path", ["eager_loss", "jit"])
+def test_mirrored_steps_release_and_update_as_one_device(path):
+  result = _run_python(ONE_STEP, path)
+  base = result["default"]
+  for name in ("mirrored2", "mirrored4"):
+    run = result[name]
+    assert run["replicas"] == int(name[-1])
+    # Every replica releases the same G̃ (one global clip, one keyed noise) as one device.
+    assert len(set(run["noised"])) == 1 and len(set(run["clean"])) == 1
+    assert run["noised"][0] == pytest.approx(base["noised"][0], rel=1e-5)
+    assert run["clean"][0] == pytest.approx(base["clean"][0], rel=1e-5)
+    # Three steps later the weights (and their EMA) agree to float32 rounding.
+    for a, b in zip(base["weights"], run["weights"]):
+      np.testing.assert_allclose(np.asarray(b), np.asarray(a), atol=5e-5)
+
+
+def _main(*args, timeout=600):
+  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+  return subprocess.run([sys.executable, "-m", "dp_sinkhorn_tf.main", *args], cwd=ROOT,
+                        capture_output=True, text=True, timeout=timeout, env=env)
+
+
+TINY = ["--dataset=digits", "--batch_size=16", "--fake_batch_size=10", "--debias_fraction=0.2",
+        "--hidden=4", "--latent_dim=4", "--embed_dim=2", "--noise_multiplier=1",
+        "--target_epsilon=10", "--steps=30", "--checkpoint_every=10", "--log_every=10",
+        "--sample_every=100", "--sinkhorn_max_iterations=20", "--insecure_fixed_key",
+        "--verbosity=-1"]
+
+
+def _weights(workdir):
+  import tensorflow as tf
+  path = tf.train.latest_checkpoint(os.path.join(workdir, "checkpoints"))
+  return {name: tf.train.load_variable(path, name) for name, _ in tf.train.list_variables(path)
+          if name.startswith("generator/")}
+
+
+def test_a_mirrored_run_ends_like_a_single_device_run(tmp_path):
+  single, mirrored = tmp_path / "single", tmp_path / "mirrored"
+  for workdir, extra in ((single, []), (mirrored, ["--strategy=mirrored", "--num_devices=2"])):
+    proc = _main(f"--workdir={workdir}", *TINY, *extra)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+  ledgers = [json.loads((w / "privacy_ledger.json").read_text()) for w in (single, mirrored)]
+  for field in ("steps_taken", "checkpoint_step", "sample_rate", "noise_multiplier"):
+    assert ledgers[0][field] == ledgers[1][field]
+  a, b = _weights(str(single)), _weights(str(mirrored))
+  assert a.keys() == b.keys() and a
+  for name in a:
+    np.testing.assert_allclose(b[name], a[name], atol=1e-4, err_msg=name)
+  assert (mirrored / "export" / "generator" / "1" / "saved_model.pb").exists()
+
+
+def test_a_batch_that_does_not_split_over_the_replicas_is_refused_before_any_work(tmp_path):
+  workdir = tmp_path / "run"
+  proc = _main(f"--workdir={workdir}", *TINY, "--strategy=mirrored", "--num_devices=5")
+  assert proc.returncode == 2
+  lines = proc.stderr.strip().splitlines()
+  assert len(lines) == 1 and lines[0].startswith("error: --fake_batch_size")
+  assert "12 generated images" in lines[0] and "5 replicas" in lines[0]
+  assert not workdir.exists()
+
+
+def test_param_grad_is_refused_under_a_strategy():
+  with pytest.raises(ValueError, match="--mechanism"):
+    config_lib.TrainConfig(privacy=config_lib.PrivacyConfig(mechanism="param_grad"),
+                           run=config_lib.RunConfig(strategy="mirrored", num_devices=2))
