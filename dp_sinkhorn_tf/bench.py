@@ -20,6 +20,7 @@ import statistics
 import subprocess
 import sys
 import time
+from typing import Optional
 
 SINKHORN_CONFIGS = {
     # name: (n, d, cost, λ)
@@ -91,20 +92,23 @@ def run_sinkhorn_config(name: str, repeats: int, jit: bool) -> dict:
 
 def _child(argv) -> int:
   kind, name, repeats, jit = argv[0], argv[1], int(argv[2]), argv[3] == "1"
+  strategy, devices = argv[4], (int(argv[5]) if argv[5] != "0" else None)
   if kind == "sinkhorn":
     result = run_sinkhorn_config(name, repeats, jit)
   else:
     from dp_sinkhorn_tf import bench_train
-    result = bench_train.run(name, repeats)
+    result = bench_train.run(name, repeats, strategy, devices)
   print("RESULT " + json.dumps(result), flush=True)
   return 0
 
 
-def _run_in_child(kind: str, name: str, repeats: int, jit: bool) -> dict:
+def _run_in_child(kind: str, name: str, repeats: int, jit: bool, strategy: str = "default",
+                  num_devices: Optional[int] = None) -> dict:
   env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
   proc = subprocess.run(
       [sys.executable, "-m", "dp_sinkhorn_tf.bench", "_child", kind, name, str(repeats),
-       "1" if jit else "0"], capture_output=True, text=True, env=env)
+       "1" if jit else "0", strategy, str(num_devices or 0)], capture_output=True, text=True,
+      env=env)
   for line in proc.stdout.splitlines():
     if line.startswith("RESULT "):
       return json.loads(line[len("RESULT "):])
@@ -121,9 +125,15 @@ def main(argv=None) -> int:
   parser.add_argument("--only", default="", help="comma-separated config names")
   parser.add_argument("--repeats", type=int, default=5)
   parser.add_argument("--jit", action="store_true", help="compile the Sinkhorn loss with XLA")
+  parser.add_argument("--strategy", choices=["default", "mirrored"], default="default",
+                      help="train suite: the step under this tf.distribute strategy")
+  parser.add_argument("--num_devices", type=int, default=None,
+                      help="train suite, --strategy=mirrored: devices (logical CPUs here)")
   args = parser.parse_args(argv)
   if args.repeats < 1:
     parser.error("--repeats must be ≥ 1")
+  if args.num_devices is not None and args.num_devices < 1:
+    parser.error("--num_devices must be ≥ 1")
   jobs = []
   if args.suite in ("sinkhorn", "all"):
     jobs += [("sinkhorn", name) for name in SINKHORN_CONFIGS]
@@ -138,7 +148,7 @@ def main(argv=None) -> int:
   for kind, name in jobs:
     if only and name not in only:
       continue
-    result = _run_in_child(kind, name, args.repeats, args.jit)
+    result = _run_in_child(kind, name, args.repeats, args.jit, args.strategy, args.num_devices)
     failed |= "error" in result
     print(json.dumps(result), flush=True)
   return 1 if failed else 0

@@ -1,6 +1,7 @@
 """Train-step benchmark: the whole private step beside its two expensive parts.
 
   python -m dp_sinkhorn_tf.bench train     (one JSON line per configuration)
+  python -m dp_sinkhorn_tf.bench train --strategy=mirrored --num_devices=2
 
 For a launch flagfile's model, on synthetic data of the flagfile's image shape and dataset
 size (so q and the Poisson batch match the real run), this times, each as the median of
@@ -23,6 +24,7 @@ import os
 import resource
 import statistics
 import time
+from typing import Optional
 
 # name: (flagfile relative to the repository root, synthetic dataset size N)
 CONFIGS = {
@@ -43,12 +45,16 @@ def _median_ms(fn, repeats: int) -> float:
   return round(statistics.median(times), 2)
 
 
-def run(name: str, repeats: int) -> dict:
+def run(name: str, repeats: int, strategy: str = "default",
+        num_devices: Optional[int] = None) -> dict:
+  """strategy / num_devices: the step under tf.distribute (`distribute`); the generator
+  and Sinkhorn parts are timed on one device either way."""
   import numpy as np
   import tensorflow as tf
 
-  from dp_sinkhorn_tf import export, trainer
+  from dp_sinkhorn_tf import distribute, export, trainer
 
+  distribute.configure_devices(strategy, num_devices)  # before any TF op
   flagfile, size = CONFIGS[name]
   cfg, _ = export.parse_flags_file(os.path.join(ROOT, flagfile))
   shape = export.DATASET_IMAGE_SHAPES[cfg.data.dataset]
@@ -59,10 +65,15 @@ def run(name: str, repeats: int) -> dict:
   sigma = cfg.privacy.noise_multiplier or 1.0
   q = cfg.batch_size / size
 
-  gen = trainer.make_generator(cfg, shape, num_classes, build=True)
-  model = trainer.DPSinkhornModel(gen, images, labels, num_classes, cfg, sigma, q)
-  model.compile(optimizer=trainer.build_optimizer(cfg, sigma, cfg.steps or 10**6))
-  step_fn = tf.function(model.train_step, input_signature=[tf.TensorSpec([], tf.int64)])
+  dist = distribute.make_strategy(strategy, num_devices)
+  distribute.check_divisible(cfg.num_generated, dist.num_replicas_in_sync)
+  with dist.scope():
+    dist_gen = trainer.make_generator(cfg, shape, num_classes, build=True)
+    model = trainer.DPSinkhornModel(dist_gen, images, labels, num_classes, cfg, sigma, q)
+    model.compile(optimizer=trainer.build_optimizer(cfg, sigma, cfg.steps or 10**6))
+  step_fn = trainer._step_function(model, dist)  # pylint: disable=protected-access
+  gen = (dist_gen if dist.num_replicas_in_sync == 1
+         else trainer.make_generator(cfg, shape, num_classes, build=True))
   counter = {"step": 0}
 
   def full_step():
@@ -99,7 +110,8 @@ def run(name: str, repeats: int) -> dict:
       lambda: [tf.convert_to_tensor(g).numpy() for g in gen_fwd_bwd()], repeats)
   sinkhorn_ms = _median_ms(lambda: sinkhorn_loss_grad()[1].numpy(), repeats)
   return {
-      "config": name, "flagfile": flagfile, "step_ms": step_ms, "generator_ms": generator_ms,
+      "config": name, "flagfile": flagfile, "strategy": strategy,
+      "replicas": dist.num_replicas_in_sync, "step_ms": step_ms, "generator_ms": generator_ms,
       "sinkhorn_ms": sinkhorn_ms,
       "overhead_ms": round(step_ms - generator_ms - sinkhorn_ms, 2),
       "sinkhorn_jit": cfg.loss.jit_compile,
