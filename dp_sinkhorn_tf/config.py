@@ -17,7 +17,7 @@ OPTIMIZERS = ("adam", "adamw", "sgd")
 LR_SCHEDULES = ("constant", "cosine")
 ACCOUNTANTS = ("rdp", "pld")
 COSTS = ("l2", "l1l2")
-STRATEGIES = ("default", "mirrored")
+STRATEGIES = ("default", "mirrored", "multi_worker")
 
 
 def _require(condition: bool, flag: str, expected: str, value) -> None:
@@ -171,8 +171,9 @@ class RunConfig:
   privacy_key_file: Optional[str] = None
   # Derive the key from the public --seed: reproducible, NOT private (tests, debugging).
   insecure_fixed_key: bool = False
-  # tf.distribute: "default" (one device) or "mirrored" (the devices of one host: GPUs, or
-  # num_devices logical CPUs when there is none); num_devices None = every GPU.
+  # tf.distribute: "default" (one device), "mirrored" (the devices of one host: GPUs, or
+  # num_devices logical CPUs when there is none; num_devices None = every GPU), or
+  # "multi_worker" (MultiWorkerMirroredStrategy over the hosts of TF_CONFIG).
   strategy: str = "default"
   num_devices: Optional[int] = None
 

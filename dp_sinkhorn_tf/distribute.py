@@ -17,11 +17,28 @@ why the privacy argument is unchanged:
 
 What scales: the generator's forward and backward passes over the generated batch. What
 does not: the Sinkhorn solve, computed on the gathered batch by every replica.
+
+Multi-worker (`--strategy=multi_worker`, one process per host, TF_CONFIG): every process
+runs the same loop on the same shared --workdir; only the chief (`is_chief`: task "chief",
+else worker 0) creates the run and writes the ledger (write-ahead, before each chunk: no
+worker can finish a step of the chunk without the chief), privacy.json, TensorBoard,
+grids, checkpoints and the export; the other workers wait for the chief's run.json, read
+the key from --workdir, and write their checkpoints and exports (which take part in the
+same collectives) to a local temporary folder that is deleted.
 """
 
+import json
+import os
 from typing import Optional, Tuple
 
 import tensorflow as tf
+
+# A multi-worker collective that waits longer than this fails (a dead or stuck worker is a
+# crash: the survivors exit with an error and the run resumes from its last checkpoint).
+COLLECTIVE_TIMEOUT_S = 60
+_CACHE = {}  # one strategy object per (kind, devices) and process: a model built in one
+# strategy's scope must run in that same object (and MultiWorkerMirroredStrategy may be
+# created only once)
 
 
 def configure_devices(strategy: str, num_devices: Optional[int]) -> None:
@@ -49,8 +66,19 @@ def make_strategy(strategy: str, num_devices: Optional[int]) -> tf.distribute.St
   None), or over num_devices logical CPUs on a host without GPUs."""
   if strategy == "default":
     return tf.distribute.get_strategy()
+  if (strategy, num_devices) not in _CACHE:
+    _CACHE[(strategy, num_devices)] = _new_strategy(strategy, num_devices)
+  return _CACHE[(strategy, num_devices)]
+
+
+def _new_strategy(strategy: str, num_devices: Optional[int]) -> tf.distribute.Strategy:
+  if strategy == "multi_worker":
+    task()  # a missing or malformed TF_CONFIG is one clear error, not a TF traceback
+    options = tf.distribute.experimental.CommunicationOptions(
+        timeout_seconds=COLLECTIVE_TIMEOUT_S)
+    return tf.distribute.MultiWorkerMirroredStrategy(communication_options=options)
   if strategy != "mirrored":
-    raise ValueError(f"--strategy={strategy}: expected default or mirrored")
+    raise ValueError(f"--strategy={strategy}: expected default, mirrored or multi_worker")
   gpus = tf.config.list_logical_devices("GPU")
   if gpus:
     devices = [d.name for d in gpus[:num_devices]]
@@ -80,3 +108,33 @@ def my_rows(total: int) -> Tuple[Optional[tf.distribute.ReplicaContext], object,
     return None, 0, total
   rows = total // ctx.num_replicas_in_sync
   return ctx, ctx.replica_id_in_sync_group * rows, rows
+
+
+def task() -> Tuple[str, int]:
+  """(task type, index) of this process in TF_CONFIG; ValueError when it is unusable."""
+  text = os.environ.get("TF_CONFIG")
+  if not text:
+    raise ValueError("--strategy=multi_worker: TF_CONFIG is not set (expected "
+                     '{"cluster": {"worker": ["host:port", ...]}, "task": {"type": "worker", '
+                     '"index": i}})')
+  try:
+    config = json.loads(text)
+    kind, index = config["task"]["type"], int(config["task"]["index"])
+    members = config["cluster"][kind]
+  except (ValueError, KeyError, TypeError):
+    raise ValueError("--strategy=multi_worker: TF_CONFIG is not a cluster with this task "
+                     f"in it: {text[:200]}") from None
+  if not 0 <= index < len(members):
+    raise ValueError(f"--strategy=multi_worker: TF_CONFIG task {kind}:{index} is not in the "
+                     f"cluster ({len(members)} {kind} entries)")
+  return kind, index
+
+
+def is_chief(strategy: str) -> bool:
+  """Whether this process writes the run directory: always, except a non-chief task of a
+  multi-worker cluster (the chief is task "chief", or worker 0 when there is none)."""
+  if strategy != "multi_worker":
+    return True
+  kind, index = task()
+  cluster = json.loads(os.environ["TF_CONFIG"])["cluster"]
+  return kind == "chief" or (kind == "worker" and index == 0 and "chief" not in cluster)

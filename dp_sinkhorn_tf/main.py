@@ -143,13 +143,17 @@ def run(cfg: config_lib.TrainConfig, flags_text: str, dataset=None) -> int:
       export.check_model_name(cfg.run.model_name)
     if os.path.exists(cfg.run.workdir) and not os.path.isdir(cfg.run.workdir):
       raise ValueError(f"--workdir={cfg.run.workdir}: exists and is not a directory")
-    state = trainer.open_run(cfg, plan, dataset.images, dataset.labels)
+    chief = distribute.is_chief(cfg.run.strategy)
+    state = trainer.open_run(cfg, plan, dataset.images, dataset.labels, chief)
   except (ValueError, FileNotFoundError) as e:
     cli.fail(str(e))
   except OSError as e:
     cli.fail(f"--workdir={cfg.run.workdir}: {cli.os_error(e, cfg.run.workdir)}")
   ledger = state.ledger
-  _remove_stale_temps(cfg.run.workdir, cfg.run.model_name)
+  if chief:
+    _remove_stale_temps(cfg.run.workdir, cfg.run.model_name)
+  # Decided once, before training: every worker of a multi-worker run must make the same
+  # choice (the export takes part in collectives).
   complete = _outputs_complete(cfg, state.identity.run_id)
   print(f"dataset {cfg.data.dataset}: {len(dataset.images)} private records, image shape "
         f"{tuple(dataset.image_shape)}, {dataset.num_classes} classes")
@@ -185,7 +189,8 @@ def run(cfg: config_lib.TrainConfig, flags_text: str, dataset=None) -> int:
   stop = _StopFlag()
   previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
   try:
-    trainer.write_text_atomic(os.path.join(cfg.run.workdir, "flags.txt"), flags_text)
+    if chief:
+      trainer.write_text_atomic(os.path.join(cfg.run.workdir, "flags.txt"), flags_text)
     result = trainer.train(cfg, dataset.images, dataset.labels, dataset.num_classes, plan,
                            on_log=_progress_printer(), label_names=dataset.label_names,
                            state=state, stop=lambda: bool(stop), finish_only=not complete)
@@ -215,19 +220,31 @@ def run(cfg: config_lib.TrainConfig, flags_text: str, dataset=None) -> int:
   finally:
     for sig, handler in previous.items():
       signal.signal(sig, handler)
-  if cfg.run.export and not _outputs_complete(cfg, result.identity.run_id):
+  if cfg.run.export and not complete:
+    import shutil
+    import tempfile
+
     from dp_sinkhorn_tf import export
     metadata = export_metadata(cfg, plan, result, dataset, flags_text)
+    # A non-chief worker exports too (collectives), to a folder it deletes.
+    scratch = None if chief else tempfile.mkdtemp(prefix="dp_sinkhorn_worker_export_")
     try:
-      path = export.export_generator(result.model.sampling_generator,
-                                     os.path.join(cfg.run.workdir, "export"),
+      path = export.export_generator(trainer.local_copy(cfg, result.model.sampling_generator),
+                                     scratch or os.path.join(cfg.run.workdir, "export"),
                                      cfg.run.model_name, None, metadata)
     except (export.ExportError, FileExistsError) as e:
       cli.fail(str(e), code=1)
     except OSError as e:
       cli.fail(f"export: {cli.os_error(e, cfg.run.workdir)}; re-run the same command to finish "
             "(no privacy is spent)", code=1)
-    print(f"exported SavedModel: {path}")
+    finally:
+      if scratch is not None:
+        shutil.rmtree(scratch, ignore_errors=True)
+    if chief:
+      print(f"exported SavedModel: {path}")
+  if not chief:
+    print("worker done: the chief wrote the run directory")
+    return 0
   _print_artefacts(cfg.run.workdir)
   if not result.identity.private:
     print(f"NOT PRIVATE: {result.identity.reason}")

@@ -105,8 +105,10 @@ flags.DEFINE_bool("insecure_fixed_key", False, "Derive the key from the public -
                   "reproducible and NOT private (tests, debugging); privacy.json and the "
                   "export say \"private\": false.")
 flags.DEFINE_enum("strategy", "default", list(config_lib.STRATEGIES),
-                  "tf.distribute strategy: default (one device) or mirrored (every GPU of "
-                  "this host, or --num_devices logical CPUs). The private release is the "
+                  "tf.distribute strategy: default (one device), mirrored (every GPU of "
+                  "this host, or --num_devices logical CPUs) or multi_worker (one process "
+                  "per host, cluster in TF_CONFIG, --workdir on a file system all hosts "
+                  "share; the chief writes the run directory). The private release is the "
                   "same as on one device: one Poisson sample, one clip of the whole "
                   "released block, one keyed noise draw; replicas split the generated batch.")
 flags.DEFINE_integer("num_devices", None, "Devices for --strategy=mirrored (unset: every "

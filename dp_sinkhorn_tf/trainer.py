@@ -41,6 +41,9 @@ import dataclasses
 import functools
 import math
 import os
+import shutil
+import tempfile
+import time
 import uuid
 from typing import Callable, Optional, Sequence
 
@@ -321,7 +324,10 @@ class DPSinkhornModel(tf.keras.Model):
     with tf.GradientTape() as gen_tape:
       mine = self.generator([z[first:first + rows], fake_labels[first:first + rows]],
                             training=True)
-    fake = mine if ctx is None else ctx.all_gather(mine, axis=0)
+    if ctx is None:
+      fake = mine
+    else:  # across hosts all_gather loses the static shape; the loss needs it back
+      fake = tf.ensure_shape(ctx.all_gather(mine, axis=0), [self._n_total, *mine.shape[1:]])
     if self._loss_and_grad is not None:
       loss, image_grad, info = self._compiled_loss_and_image_grad(fake, fake_labels, real,
                                                                   real_labels)
@@ -399,6 +405,19 @@ def make_generator(cfg: config_lib.TrainConfig, image_shape, num_classes: int,
   if build:
     generator([tf.zeros([1, m.latent_dim]), tf.zeros([1], tf.int32)], training=False)
   return generator
+
+
+def local_copy(cfg: config_lib.TrainConfig, generator: tf.keras.Model) -> tf.keras.Model:
+  """`generator` itself, or, when its variables are distributed (built under a
+  multi-replica strategy), a single-device copy with the same weights: what SavedModel
+  export can save. Every worker must call it (reading distributed values may be a
+  collective)."""
+  if not any(isinstance(v, tf.distribute.DistributedValues) for v in generator.variables):
+    return generator
+  copy = make_generator(cfg, generator.image_shape, generator.num_classes, build=True)
+  for target, source in zip(copy.variables, generator.variables):
+    target.assign(source.read_value())
+  return copy
 
 
 def make_ema_generator(cfg: config_lib.TrainConfig, generator: tf.keras.Model):
@@ -494,8 +513,18 @@ def _load_ledger(ledger_path: str) -> accounting.PrivacyLedger:
                           "spent is unknown: restore it or use a new --workdir") from None
 
 
+def _wait_for_chief(wd: str, timeout_s: float) -> Optional[rundir.RunIdentity]:
+  """A non-chief worker's view of the run: run.json once the chief has written it."""
+  deadline = time.monotonic() + timeout_s
+  while True:
+    identity = rundir.read_identity(wd)
+    if identity is not None or time.monotonic() > deadline:
+      return identity
+    time.sleep(0.2)
+
+
 def open_run(cfg: config_lib.TrainConfig, plan: PrivacyPlan, images: np.ndarray,
-             labels: np.ndarray) -> RunState:
+             labels: np.ndarray, chief: bool = True) -> RunState:
   """Creates the run in cfg.run.workdir, or checks that everything there is one run.
 
   A new run gets a random run id and (DP) a key — from the OS, --privacy_key_file or, with
@@ -507,10 +536,19 @@ def open_run(cfg: config_lib.TrainConfig, plan: PrivacyPlan, images: np.ndarray,
       the key, ledger or data do not belong to the run.
     ValueError: the ledger's plan differs from this one (names each field);
       privacy_key.KeyFileError for an unreadable --privacy_key_file.
+
+  chief=False (a non-chief worker of a multi-worker run) creates nothing: it waits for the
+  chief's run.json and then opens the run read-only, with the same checks.
   """
   wd = cfg.run.workdir
   dp = cfg.privacy.dp
   identity = rundir.read_identity(wd)
+  if identity is None and not chief:
+    identity = _wait_for_chief(wd, 5 * distribute.COLLECTIVE_TIMEOUT_S)
+    if identity is None:
+      raise ProvenanceError(f"--workdir={wd}: the chief created no run there within "
+                            f"{5 * distribute.COLLECTIVE_TIMEOUT_S} s (is --workdir on a file "
+                            "system every worker shares?)")
   ledger_path = rundir.path(wd, rundir.LEDGER_FILE)
   key_path = rundir.path(wd, rundir.KEY_FILE)
   if identity is None:
@@ -701,18 +739,17 @@ def train(cfg: config_lib.TrainConfig, images: np.ndarray, labels: np.ndarray,
   names = [str(k) for k in range(num_classes)] if label_names is None else list(label_names)
   if len(names) != num_classes:
     raise ValueError(f"{len(names)} label_names for {num_classes} classes")
+  chief = distribute.is_chief(run.strategy)
   if state is None:
-    state = open_run(cfg, plan, images, labels)
+    state = open_run(cfg, plan, images, labels, chief)
   ledger = state.ledger
-  ledger_path = rundir.path(run.workdir, LEDGER_FILE)
-
   strategy = distribute.make_strategy(run.strategy, run.num_devices)
   distribute.check_divisible(cfg.num_generated, strategy.num_replicas_in_sync)
   with strategy.scope():
     model, step = build_model(cfg, images, labels, num_classes, plan, state.key)
-    generator, ema_generator = model.generator, model.ema_generator
-    run_id = tf.Variable(state.identity.run_id, dtype=tf.string, trainable=False,
-                         name="run_id")
+  generator, ema_generator = model.generator, model.ema_generator
+  # Outside the scope: a plain local variable (collectives cannot broadcast strings).
+  run_id = tf.Variable(state.identity.run_id, dtype=tf.string, trainable=False, name="run_id")
   tracked = {"ema_generator": ema_generator} if ema_generator is not None else {}
   ckpt = tf.train.Checkpoint(generator=generator, optimizer=model.optimizer, step=step,
                              run_id=run_id, **tracked)
@@ -724,18 +761,44 @@ def train(cfg: config_lib.TrainConfig, images: np.ndarray, labels: np.ndarray,
     raise BudgetExhaustedError(
         f"{rundir.path(run.workdir, rundir.CHECKPOINT_DIR)}: all {plan.steps} planned steps "
         f"are taken ({eps}); refusing to train further")
-  train_fn = _step_function(model, strategy)
-  writer = tf.summary.create_file_writer(rundir.path(run.workdir, rundir.TENSORBOARD_DIR))
-  private_writer = tf.summary.create_file_writer(
-      os.path.join(rundir.ensure_private_dir(run.workdir), "tensorboard"))
-  os.makedirs(rundir.path(run.workdir, rundir.SAMPLES_DIR), exist_ok=True)
+  scratch = None
+  if not chief:  # its saves take part in the collectives; the chief's are the run's
+    scratch = tempfile.mkdtemp(prefix="dp_sinkhorn_worker_")
+    manager = tf.train.CheckpointManager(ckpt, scratch, max_to_keep=1)
+  try:
+    return _train_loop(cfg, plan, state, model, step, manager, strategy, chief, start,
+                       names, num_classes, on_log, stop)
+  finally:
+    if scratch is not None:
+      shutil.rmtree(scratch, ignore_errors=True)
 
+
+def _train_loop(cfg, plan, state, model, step, manager, strategy, chief: bool, start: int,
+                names, num_classes: int, on_log, stop) -> "TrainResult":
+  """The chunked loop of `train`: charge (chief), run, checkpoint, publish (chief); the
+  model was built in `strategy`'s scope."""
+  run = cfg.run
+  ledger = state.ledger
+  ledger_path = rundir.path(run.workdir, LEDGER_FILE)
   t, steps_run, logs, t_saved = start, 0, {}, start
+  train_fn = _step_function(model, strategy)
+  if chief:
+    writer = tf.summary.create_file_writer(rundir.path(run.workdir, rundir.TENSORBOARD_DIR))
+    private_writer = tf.summary.create_file_writer(
+        os.path.join(rundir.ensure_private_dir(run.workdir), "tensorboard"))
+    os.makedirs(rundir.path(run.workdir, rundir.SAMPLES_DIR), exist_ok=True)
+  else:
+    writer = private_writer = tf.summary.create_noop_writer()
+
+  def save_ledger(updated):
+    if chief:
+      updated.save(ledger_path)
+    return updated
+
   while t < plan.steps:
     end = min((t // run.checkpoint_every + 1) * run.checkpoint_every, plan.steps)
     if ledger is not None:  # write-ahead: step indices < end count as spent before they run
-      ledger = ledger.charged_through(end)
-      ledger.save(ledger_path)
+      ledger = save_ledger(ledger.charged_through(end))
     epsilon = ledger.epsilon() if ledger is not None else math.inf
     pending = []  # publishable outputs, held back until the chunk's checkpoint is recorded
     while t < end:
@@ -757,19 +820,19 @@ def train(cfg: config_lib.TrainConfig, images: np.ndarray, labels: np.ndarray,
         if on_log is not None:  # at once: the step and the ε charged are data-independent
           on_log(t, plan.steps, dict(logs) if ledger is None else {"epsilon": epsilon})
       if t % run.sample_every == 0 and t < plan.steps:
-        images_t = generate_grid(model.sampling_generator, num_classes, 10)
-        pending.append(functools.partial(_write_samples, writer, images_t, names,
-                                         run.workdir, t))
+        images_t = generate_grid(model.sampling_generator, num_classes, 10)  # every worker
+        if chief:
+          pending.append(functools.partial(_write_samples, writer, images_t, names,
+                                           run.workdir, t))
       if stop is not None and t < end and stop():
         end = t  # a step boundary: checkpoint here and stop below
     manager.save(checkpoint_number=t)
     t_saved = t
     if ledger is not None:
-      ledger = ledger.checkpointed(t)
-      ledger.save(ledger_path)
+      ledger = save_ledger(ledger.checkpointed(t))
     for write in pending:
       write()
-    if t < plan.steps:  # the final report follows the loop
+    if t < plan.steps and chief:  # the final report follows the loop
       _write_json_atomic(rundir.path(run.workdir, REPORT_FILE),
                          privacy_report(cfg, plan, ledger, False, state.identity))
     private_writer.flush()
@@ -777,10 +840,12 @@ def train(cfg: config_lib.TrainConfig, images: np.ndarray, labels: np.ndarray,
       writer.flush()
       raise Interrupted(t, f"stopped at step {t} of {plan.steps} (checkpoint saved); re-run "
                            "the same command to resume")
-  grid = _write_samples(writer, generate_grid(model.sampling_generator, num_classes, 10),
-                        names, run.workdir, t, final=True)
-  _write_json_atomic(rundir.path(run.workdir, REPORT_FILE),
-                     privacy_report(cfg, plan, ledger, True, state.identity))
+  final = generate_grid(model.sampling_generator, num_classes, 10)  # every worker
+  grid = None
+  if chief:
+    grid = _write_samples(writer, final, names, run.workdir, t, final=True)
+    _write_json_atomic(rundir.path(run.workdir, REPORT_FILE),
+                       privacy_report(cfg, plan, ledger, True, state.identity))
   writer.flush()
   private_writer.flush()
   return TrainResult(model, ledger, steps_run, logs, grid, state.identity)

@@ -138,3 +138,83 @@ def test_param_grad_is_refused_under_a_strategy():
   with pytest.raises(ValueError, match="--mechanism"):
     config_lib.TrainConfig(privacy=config_lib.PrivacyConfig(mechanism="param_grad"),
                            run=config_lib.RunConfig(strategy="mirrored", num_devices=2))
+
+
+# ---- multi-worker: two processes on localhost ports ---------------------------------------
+
+def _free_ports(count):
+  import socket
+  socks = [socket.socket() for _ in range(count)]
+  for s in socks:
+    s.bind(("localhost", 0))
+  ports = [s.getsockname()[1] for s in socks]
+  for s in socks:
+    s.close()
+  return ports
+
+
+def _start_workers(workdir, *extra, count=2):
+  ports = _free_ports(count)
+  procs = []
+  for index in range(count):
+    tf_config = {"cluster": {"worker": [f"localhost:{p}" for p in ports]},
+                 "task": {"type": "worker", "index": index}}
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", TF_CONFIG=json.dumps(tf_config))
+    procs.append(subprocess.Popen(
+        [sys.executable, "-m", "dp_sinkhorn_tf.main", f"--workdir={workdir}", *TINY,
+         "--strategy=multi_worker", *extra], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True))
+  return procs
+
+
+def _finish(procs, timeout=600):
+  return [(p.wait(timeout=timeout), p.stdout.read(), p.stderr.read()) for p in procs]
+
+
+@pytest.fixture(scope="module")
+def single_run(tmp_path_factory):
+  workdir = tmp_path_factory.mktemp("single") / "run"
+  proc = _main(f"--workdir={workdir}", *TINY)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  return workdir
+
+
+def test_a_two_worker_run_ends_like_a_single_process_run(tmp_path, single_run):
+  workdir = tmp_path / "run"
+  results = _finish(_start_workers(workdir))
+  for code, _, err in results:
+    assert code == 0, err[-3000:]
+  single = json.loads((single_run / "privacy_ledger.json").read_text())
+  multi = json.loads((workdir / "privacy_ledger.json").read_text())
+  for field in ("steps_taken", "checkpoint_step", "sample_rate", "noise_multiplier"):
+    assert single[field] == multi[field]
+  a, b = _weights(str(single_run)), _weights(str(workdir))
+  for name in a:
+    np.testing.assert_allclose(b[name], a[name], atol=1e-4, err_msg=name)
+  # Only the chief wrote: one export, one set of checkpoints, nothing of the worker's.
+  assert sorted(os.listdir(workdir / "export" / "generator")) == ["1"]
+  assert "worker done" in results[1][1]
+
+
+def test_a_killed_worker_is_a_crash_and_the_run_resumes(tmp_path, single_run):
+  import signal
+  import time
+  workdir = tmp_path / "run"
+  procs = _start_workers(workdir)
+  ckpt_dir = workdir / "checkpoints"
+  deadline = time.time() + 300
+  while not (ckpt_dir / "checkpoint").exists() and time.time() < deadline:
+    time.sleep(0.2)
+  procs[1].send_signal(signal.SIGKILL)
+  (code0, _, err0), _ = _finish(procs)
+  assert code0 != 0  # the chief cannot finish a step without its peer
+  assert len([ln for ln in err0.splitlines() if ln.startswith("error:")]) == 1
+  ledger = json.loads((workdir / "privacy_ledger.json").read_text())
+  assert ledger["steps_taken"] >= ledger["checkpoint_step"] >= 10
+  for code, _, err in _finish(_start_workers(workdir)):  # the cluster restarts
+    assert code == 0, err[-3000:]
+  resumed = json.loads((workdir / "privacy_ledger.json").read_text())
+  assert resumed["steps_taken"] == resumed["checkpoint_step"] == 30
+  a, b = _weights(str(single_run)), _weights(str(workdir))
+  for name in a:  # the same key replays the same releases
+    np.testing.assert_allclose(b[name], a[name], atol=1e-4, err_msg=name)
