@@ -8,15 +8,15 @@ import dataclasses
 import math
 from typing import Optional
 
-from dp_sinkhorn_tf import sinkhorn
+from dp_sinkhorn_tf import costs, mechanisms, sinkhorn
 
 ARCHITECTURES = ("dcgan", "biggan")
 OUTPUTS = ("tanh", "clip")
-MECHANISMS = ("image_grad", "param_grad")
+MECHANISMS = tuple(mechanisms.MECHANISMS)
 OPTIMIZERS = ("adam", "adamw", "sgd")
 LR_SCHEDULES = ("constant", "cosine")
 ACCOUNTANTS = ("rdp", "pld")
-COSTS = ("l2", "l1l2")
+COSTS = costs.COST_NAMES
 STRATEGIES = ("default", "mirrored", "multi_worker")
 
 
@@ -77,7 +77,7 @@ class LossConfig:
 
   def __post_init__(self):
     _require_finite(self, "l1_weight", "debias_fraction", "alpha_c")
-    _require(self.cost in COSTS, "cost", f"one of {COSTS}", self.cost)
+    _require(self.cost in costs.COSTS, "cost", f"one of {tuple(costs.COSTS)}", self.cost)
     _require(self.l1_weight >= 0, "l1_weight", "a number ≥ 0", self.l1_weight)
     _require(0 <= self.debias_fraction <= 1, "debias_fraction", "a number in [0, 1]",
              self.debias_fraction)
@@ -110,14 +110,16 @@ class PrivacyConfig:
                     "release_blur", "public_clip")
     _require(self.public_clip is None or 0 <= self.public_clip < float("inf"), "public_clip",
              "a finite number ≥ 0 (or unset: --l2_norm_clip)", self.public_clip)
-    _require(self.public_clip is None or self.mechanism == "image_grad", "public_clip",
-             "unset with --mechanism=param_grad (it clips rows of the image gradient)",
+    _require(self.mechanism in mechanisms.MECHANISMS, "mechanism",
+             f"one of {tuple(mechanisms.MECHANISMS)}", self.mechanism)
+    image = mechanisms.get(self.mechanism).releases_image_gradient
+    _require(self.public_clip is None or image, "public_clip",
+             f"unset with --mechanism={self.mechanism} (it clips rows of the image gradient)",
              self.public_clip)
-    _require(self.mechanism in MECHANISMS, "mechanism", f"one of {MECHANISMS}", self.mechanism)
     _require(0 <= self.release_blur <= 10, "release_blur", "a number of pixels in [0, 10]",
              self.release_blur)
-    _require(self.release_blur == 0 or self.mechanism == "image_grad", "release_blur",
-             "0 with --mechanism=param_grad (it smooths the released image gradient)",
+    _require(self.release_blur == 0 or image, "release_blur",
+             f"0 with --mechanism={self.mechanism} (it smooths the released image gradient)",
              self.release_blur)
     _require(self.accountant in ACCOUNTANTS, "accountant", f"one of {ACCOUNTANTS}",
              self.accountant)
@@ -219,9 +221,10 @@ class TrainConfig:
       _require(self.steps is not None, "steps", "a step count when --dp=false (no budget "
                "decides it)", self.steps)
     if self.run.strategy != "default":
-      _require(self.privacy.mechanism == "image_grad", "mechanism", "image_grad with "
-               f"--strategy={self.run.strategy} (param_grad runs on one device)",
-               self.privacy.mechanism)
+      distributable = [m for m, v in mechanisms.MECHANISMS.items() if v.distributable]
+      _require(mechanisms.get(self.privacy.mechanism).distributable, "mechanism",
+               f"one of {distributable} with --strategy={self.run.strategy} (the others run "
+               "on one device)", self.privacy.mechanism)
 
   @property
   def num_primary(self) -> int:

@@ -56,6 +56,7 @@ from dp_sinkhorn_tf import (
   distribute,
   evaluation,
   features,
+  mechanisms,
   models,
   privacy,
   privacy_key,
@@ -347,32 +348,15 @@ class DPSinkhornModel(tf.keras.Model):
             "real_batch_size": tf.cast(tf.shape(real)[0], tf.float32)}
     return grads, logs
 
-  def _param_grad_step(self, step: tf.Tensor):
-    real, real_labels = self.private_batch(step)
-    z, fake_labels = self.latent_batch(step)
-    variables = self.generator.trainable_variables
-    with tf.GradientTape() as tape:
-      fake = self.generator([z, fake_labels], training=True)
-      loss, info = self.sinkhorn_loss(fake, fake_labels, real, real_labels)
-    grads = [tf.zeros_like(v) if g is None else tf.convert_to_tensor(g)
-             for g, v in zip(tape.gradient(loss, variables), variables)]
-    if self.cfg.privacy.dp:
-      grads, clean_norm = privacy.privatize_parameter_gradients(
-          grads, self.cfg.privacy.l2_norm_clip, self._noise_multiplier, self.noise_seed(step))
-    else:
-      clean_norm = tf.linalg.global_norm(grads)
-    self.optimizer.apply_gradients(zip(grads, variables))
-    return {"loss": loss, "clean_grad_norm": clean_norm,
-            "noised_grad_norm": tf.linalg.global_norm(grads),
-            "sinkhorn_iterations": tf.cast(info.iterations, tf.float32),
-            "marginal_error": info.marginal_error,
-            "real_batch_size": tf.cast(tf.shape(real)[0], tf.float32)}
+  @property
+  def noise_multiplier(self) -> float:
+    """σ of this run's mechanism (0 for --nodp)."""
+    return self._noise_multiplier
 
   def _replica_step(self, step: tf.Tensor):
-    """The part of a step each replica runs: gradients and the (all-reduced) update."""
-    if self.cfg.privacy.mechanism == "param_grad":
-      return self._param_grad_step(step)
-    grads, logs = self.image_grad_gradients(step)
+    """The part of a step each replica runs: the mechanism's released gradients and the
+    (all-reduced) update."""
+    grads, logs = mechanisms.get(self.cfg.privacy.mechanism).gradients(self, step)
     self.optimizer.apply_gradients(zip(grads, self.generator.trainable_variables))
     return logs
 
