@@ -16,11 +16,12 @@ rename) so a crash leaves the previous ledger, never a torn one.
 import dataclasses
 import json
 import math
-import os
 import warnings
 from typing import Optional
 
 import dp_accounting
+
+from dp_sinkhorn_tf import files
 
 ACCOUNTANTS = ("rdp", "pld")
 # PLD discretisation of the privacy loss: finer is tighter and slower. The error is
@@ -193,20 +194,14 @@ class PrivacyLedger:
     return cls(**{k: data[k] for k in fields})
 
   def save(self, path: str) -> None:
-    """Atomic write: a reader sees the old ledger or the new one, never a partial file."""
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w") as fh:
-      fh.write(self.to_json())
-      fh.flush()
-      os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    """Atomic write (`files`): a reader sees the old ledger or the new one, never a part."""
+    files.write_text_atomic(path, self.to_json())
 
   @classmethod
   def load(cls, path: str) -> "PrivacyLedger":
     try:
-      with open(path) as fh:
-        return cls.from_json(fh.read())
-    except (json.JSONDecodeError, TypeError) as e:
+      return cls.from_json(files.read_text(path))
+    except (json.JSONDecodeError, TypeError, UnicodeDecodeError) as e:
       raise ValueError(f"{path}: not a privacy ledger ({e})") from None
 
 

@@ -24,14 +24,13 @@ on the REAL test split; plus the Fréchet distance between feature Gaussians (`f
 """
 
 import dataclasses
-import json
 import math
 import os
 from typing import Callable, Dict, Iterable, Optional, Sequence, Tuple
 
 import numpy as np
 
-from dp_sinkhorn_tf import serving
+from dp_sinkhorn_tf import files, serving
 
 Sampler = Callable[[np.ndarray, int], np.ndarray]
 CLASSIFIERS = ("logreg", "mlp", "cnn")
@@ -391,54 +390,31 @@ def privacy_summary(metadata: Optional[dict], privacy_json: Optional[dict]) -> d
   return out
 
 
-def json_safe(value):
-  """Recursively: ±inf → "inf" / "-inf", nan → None, numpy scalars / arrays → Python."""
-  if isinstance(value, dict):
-    return {str(k): json_safe(v) for k, v in value.items()}
-  if isinstance(value, (list, tuple)):
-    return [json_safe(v) for v in value]
-  if isinstance(value, np.ndarray):
-    return json_safe(value.tolist())
-  if isinstance(value, np.generic):
-    value = value.item()
-  if isinstance(value, float) and not math.isfinite(value):
-    return None if math.isnan(value) else ("inf" if value > 0 else "-inf")
-  return value
+json_safe = files.json_safe
 
-
-# ---- writers (atomic) -----------------------------------------------------------------------
 
 def _tmp_path(path: str, suffix: str = "") -> str:
   return f"{path}.tmp-{os.getpid()}{suffix}"
 
 
 def write_json_atomic(path: str, payload: dict) -> str:
-  """json_safe(payload), indented and key-sorted, via temp file + fsync + os.replace."""
-  tmp = _tmp_path(path)
-  try:
-    with open(tmp, "w") as fh:
-      json.dump(json_safe(payload), fh, indent=2, sort_keys=True, allow_nan=False)
-      fh.write("\n")
-      fh.flush()
-      os.fsync(fh.fileno())
-    os.replace(tmp, path)
-  finally:
-    if os.path.exists(tmp):
-      os.remove(tmp)
+  """files.write_json_atomic; returns path."""
+  files.write_json_atomic(path, payload)
   return path
 
 
 def _save_figure_atomic(fig, path: str) -> str:
+  """The figure as a PNG, written atomically (`files`: local or any tf.io.gfile path)."""
+  import io
+
   import matplotlib.pyplot as plt
 
-  tmp = _tmp_path(path, ".png")
+  buf = io.BytesIO()
   try:
-    fig.savefig(tmp, bbox_inches="tight", format="png")
-    os.replace(tmp, path)
+    fig.savefig(buf, bbox_inches="tight", format="png")
   finally:
     plt.close(fig)
-    if os.path.exists(tmp):
-      os.remove(tmp)
+  files.write_bytes_atomic(path, buf.getvalue())
   return path
 
 

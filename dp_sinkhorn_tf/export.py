@@ -60,14 +60,13 @@ import json
 import math
 import numbers
 import os
-import shutil
 import sys
 from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 import tensorflow as tf
 
-from dp_sinkhorn_tf import __version__, models, serving
+from dp_sinkhorn_tf import __version__, files, models, serving
 
 TMP_PREFIX = ".tmp-"
 FLAGS_FILE = "flags.txt"
@@ -167,11 +166,12 @@ def signature_summary(module: GeneratorServingModule) -> Dict[str, dict]:
 
 def existing_versions(model_dir: str) -> List[int]:
   """Sorted versions in `model_dir`: the subdirectories TF Serving would load (all digits)."""
-  if not os.path.isdir(model_dir):
+  if not files.isdir(model_dir):
     return []
-  return sorted(int(name) for name in os.listdir(model_dir)
+  names = [name.rstrip("/") for name in files.listdir(model_dir)]
+  return sorted(int(name) for name in names
                 if name.isascii() and name.isdigit() and
-                os.path.isdir(os.path.join(model_dir, name)))
+                files.isdir(os.path.join(model_dir, name)))
 
 
 def next_version(model_dir: str) -> int:
@@ -235,14 +235,16 @@ def build_metadata(module: GeneratorServingModule, model_name: str, version: int
 
 def _write_metadata(saved_model_dir: str, payload: dict) -> None:
   metadata_path = os.path.join(saved_model_dir, serving.METADATA_PATH)
-  os.makedirs(os.path.dirname(metadata_path), exist_ok=True)
-  with open(metadata_path, "w") as fh:
-    json.dump(payload, fh, indent=2, sort_keys=True, allow_nan=False)
-    fh.write("\n")
+  files.makedirs(os.path.dirname(metadata_path))
+  files.write_text_atomic(metadata_path, json.dumps(payload, indent=2, sort_keys=True,
+                                                    allow_nan=False) + "\n")
 
 
 def _fsync_tree(root: str) -> None:
-  """fsync every file and directory under `root`, so the rename publishes durable bytes."""
+  """fsync every file and directory under `root`, so the rename publishes durable bytes
+  (local file systems; a remote store's objects are durable once written)."""
+  if files.is_remote(root):
+    return
   for dirpath, _, filenames in os.walk(root):
     for name in filenames:
       with open(os.path.join(dirpath, name), "rb") as fh:
@@ -255,7 +257,11 @@ def _fsync_tree(root: str) -> None:
 
 
 def _makedirs(path: str) -> List[str]:
-  """os.makedirs(path); returns the directories it created, deepest last."""
+  """os.makedirs(path); returns the directories it created, deepest last (none for a
+  remote path: its directories are prefixes that vanish with their last object)."""
+  if files.is_remote(path):
+    files.makedirs(path)
+    return []
   created = []
   head = os.path.abspath(path)
   while head and not os.path.exists(head):
@@ -318,17 +324,17 @@ def export_generator(generator: tf.keras.Model, base_dir: str, model_name: str =
   created = _makedirs(model_dir)
   tmp = os.path.join(model_dir, f"{TMP_PREFIX}{version}-{os.getpid()}")
   try:
-    if os.path.exists(tmp):  # left by a killed process that had our pid
-      shutil.rmtree(tmp)
+    if files.exists(tmp):  # left by a killed process that had our pid
+      files.rmtree(tmp)
     tf.saved_model.save(module, tmp, signatures=module.signatures())
     _write_metadata(tmp, payload)
     _fsync_tree(tmp)
     if version in existing_versions(model_dir):  # written meanwhile by another exporter
       raise FileExistsError(f"--version={version}: {final} appeared during the export; "
                             "refusing to overwrite it")
-    os.rename(tmp, final)
+    files.rename_dir(tmp, final)
   except BaseException:
-    shutil.rmtree(tmp, ignore_errors=True)
+    files.rmtree(tmp)
     for path in reversed(created):  # only directories this call created, and only if empty
       try:
         os.rmdir(path)

@@ -20,7 +20,7 @@ import sys
 
 from absl import app, flags
 
-from dp_sinkhorn_tf import cli, train_flags
+from dp_sinkhorn_tf import cli, files, rundir, train_flags
 from dp_sinkhorn_tf import config as config_lib
 
 FLAGS = flags.FLAGS
@@ -48,7 +48,9 @@ def _remove_stale_temps(workdir: str, model_name: str) -> None:
   """Deletes what a killed process left: checkpoint '*_temp*' and export '.tmp-*-PID' dirs."""
   import shutil
 
-  ckpt_dir = os.path.join(workdir, "checkpoints")
+  if files.is_remote(workdir):
+    return  # no local process ids to go by on a shared file system
+  ckpt_dir = rundir.path(workdir, rundir.CHECKPOINT_DIR)
   if os.path.isdir(ckpt_dir):
     for name in os.listdir(ckpt_dir):
       if "_temp" in name:
@@ -81,18 +83,17 @@ def _outputs_complete(cfg: config_lib.TrainConfig, run_id: str) -> bool:
 
   workdir = cfg.run.workdir
   try:
-    with open(os.path.join(workdir, "privacy.json")) as fh:
-      report = json.load(fh)
+    report = json.loads(files.read_text(rundir.path(workdir, rundir.REPORT_FILE)))
   except (OSError, ValueError):
     return False
   if not report.get("finished") or report.get("run_id") != run_id:
     return False
-  if not os.path.exists(os.path.join(workdir, "samples", "final.png")):
+  if not files.exists(rundir.path(workdir, f"{rundir.SAMPLES_DIR}/final.png")):
     return False
   if not cfg.run.export:
     return True
-  model_dir = os.path.join(workdir, "export", cfg.run.model_name)
-  for name in os.listdir(model_dir) if os.path.isdir(model_dir) else []:
+  model_dir = rundir.path(workdir, f"{rundir.EXPORT_DIR}/{cfg.run.model_name}")
+  for name in files.listdir(model_dir) if files.isdir(model_dir) else []:
     if name.isdigit():
       try:
         if serving.read_metadata(os.path.join(model_dir, name)).get("run_id") == run_id:
@@ -141,7 +142,7 @@ def run(cfg: config_lib.TrainConfig, flags_text: str, dataset=None) -> int:
     if cfg.run.export:
       from dp_sinkhorn_tf import export
       export.check_model_name(cfg.run.model_name)
-    if os.path.exists(cfg.run.workdir) and not os.path.isdir(cfg.run.workdir):
+    if files.exists(cfg.run.workdir) and not files.isdir(cfg.run.workdir):
       raise ValueError(f"--workdir={cfg.run.workdir}: exists and is not a directory")
     chief = distribute.is_chief(cfg.run.strategy)
     state = trainer.open_run(cfg, plan, dataset.images, dataset.labels, chief)
@@ -190,7 +191,7 @@ def run(cfg: config_lib.TrainConfig, flags_text: str, dataset=None) -> int:
   previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
   try:
     if chief:
-      trainer.write_text_atomic(os.path.join(cfg.run.workdir, "flags.txt"), flags_text)
+      files.write_text_atomic(rundir.path(cfg.run.workdir, rundir.FLAGS_FILE), flags_text)
     result = trainer.train(cfg, dataset.images, dataset.labels, dataset.num_classes, plan,
                            on_log=_progress_printer(), label_names=dataset.label_names,
                            state=state, stop=lambda: bool(stop), finish_only=not complete)
@@ -274,11 +275,11 @@ def _print_artefacts(workdir: str) -> None:
 
   print("artefacts (safe to publish):")
   for name, publishable, why in rundir.ARTEFACTS:
-    if publishable and os.path.exists(os.path.join(workdir, name)):
+    if publishable and files.exists(os.path.join(workdir, name)):
       print(f"  {os.path.join(workdir, name)}  ({why})")
   print("DO NOT PUBLISH:")
   for name, publishable, why in rundir.ARTEFACTS:
-    if not publishable and os.path.exists(os.path.join(workdir, name)):
+    if not publishable and files.exists(os.path.join(workdir, name)):
       print(f"  {os.path.join(workdir, name)}  ({why})")
 
 

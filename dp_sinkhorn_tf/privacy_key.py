@@ -47,6 +47,8 @@ from typing import Tuple
 import numpy as np
 import tensorflow as tf
 
+from dp_sinkhorn_tf import files
+
 KEY_BITS = 62
 STREAM_BATCH = 1
 STREAM_NOISE = 2
@@ -123,26 +125,17 @@ def from_text(text: str, path: str, source: str = SOURCE_OS) -> PrivacyKey:
 def read_key_file(path: str, source: str = SOURCE_OS) -> PrivacyKey:
   """Reads a key written by `write_key_file`; KeyFileError naming the file otherwise."""
   try:
-    with open(path) as fh:
-      text = fh.read(4096)
-  except OSError as e:
-    raise KeyFileError(f"{path}: cannot read the privacy key ({e.strerror or e})") from None
+    text = files.read_bytes(path)[:4096].decode("utf-8", "replace")
+  except (OSError, tf.errors.OpError) as e:
+    cause = getattr(e, "strerror", None) or getattr(e, "message", None) or e
+    raise KeyFileError(f"{path}: cannot read the privacy key ({cause})") from None
   return from_text(text, path, source)
 
 
 def write_key_file(path: str, key: PrivacyKey) -> None:
-  """Writes the key readable and writable by its owner only (0600), atomically."""
-  tmp = f"{path}.tmp-{os.getpid()}"
-  if os.path.exists(tmp):
-    os.remove(tmp)
-  fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-  try:
-    os.fchmod(fd, 0o600)  # whatever the umask
-    os.write(fd, to_text(key).encode())
-    os.fsync(fd)
-  finally:
-    os.close(fd)
-  os.replace(tmp, path)
+  """Writes the key readable and writable by its owner only (0600 on a local file system;
+  on a shared one the store's access control applies), atomically (`files`)."""
+  files.write_text_atomic(path, to_text(key), mode=0o600)
 
 
 def step_seed(key: PrivacyKey, step, stream: int) -> tf.Tensor:

@@ -27,6 +27,8 @@ import json
 import os
 from typing import Optional
 
+from dp_sinkhorn_tf import files
+
 IDENTITY_FILE = "run.json"
 KEY_FILE = "privacy_key"
 LEDGER_FILE = "privacy_ledger.json"
@@ -71,41 +73,20 @@ ARTEFACTS = (
 
 
 def path(workdir: str, name: str) -> str:
-  return os.path.join(workdir, name)
+  return os.path.join(workdir, name)  # also right for gs://, ram://, … (slash-separated)
 
 
-def write_bytes_atomic(target: str, payload: bytes, mode: Optional[int] = None) -> None:
-  """Writes a temp file beside `target` (created with `mode` when given, e.g. 0o600 for a
-  secret), fsyncs it and renames it over `target`."""
-  tmp = f"{target}.tmp-{os.getpid()}"
-  try:
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC,
-                 0o666 if mode is None else mode)
-    with os.fdopen(fd, "wb") as fh:
-      fh.write(payload)
-      fh.flush()
-      os.fsync(fh.fileno())
-    os.replace(tmp, target)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.remove(tmp)
-    raise
-
-
-def write_text_atomic(target: str, text: str) -> None:
-  write_bytes_atomic(target, text.encode("utf-8"))
-
-
-def write_json_atomic(target: str, payload: dict) -> None:
-  write_text_atomic(target, json.dumps(payload, indent=2, sort_keys=True) + "\n")
+write_bytes_atomic = files.write_bytes_atomic
+write_text_atomic = files.write_text_atomic
+write_json_atomic = files.write_json_atomic
 
 
 def ensure_private_dir(workdir: str) -> str:
   """<workdir>/private_diagnostics with its DO_NOT_PUBLISH note; returns its path."""
   folder = path(workdir, PRIVATE_DIR)
-  os.makedirs(folder, exist_ok=True)
+  files.makedirs(folder)
   note = os.path.join(folder, DO_NOT_PUBLISH)
-  if not os.path.exists(note):
+  if not files.exists(note):
     write_text_atomic(note, PRIVATE_DIR_NOTE)
   return folder
 
@@ -132,14 +113,13 @@ class RunIdentity:
 def read_identity(workdir: str) -> Optional[RunIdentity]:
   """run.json, or None if there is none; ProvenanceError if it is unreadable."""
   target = path(workdir, IDENTITY_FILE)
-  if not os.path.exists(target):
+  if not files.exists(target):
     return None
   try:
-    with open(target) as fh:
-      data = json.load(fh)
+    data = json.loads(files.read_text(target))
     fields = {f.name for f in dataclasses.fields(RunIdentity)}
     identity = RunIdentity(**{k: data[k] for k in fields})
-  except (OSError, ValueError, KeyError, TypeError) as e:
+  except (OSError, ValueError, KeyError, TypeError, UnicodeDecodeError) as e:
     raise ProvenanceError(f"{target}: not a run identity ({type(e).__name__}: {e}); the run "
                           "cannot be resumed safely: use a new --workdir") from None
   if not isinstance(identity.run_id, str) or not identity.run_id:
@@ -155,4 +135,4 @@ def checkpoint_files_exist(workdir: str) -> bool:
   """Anything in <workdir>/checkpoints (a readable index or not)."""
   folder = path(workdir, CHECKPOINT_DIR)
   # A save killed before its rename leaves only a "*_temp*" directory: no checkpoint.
-  return os.path.isdir(folder) and any("_temp" not in name for name in os.listdir(folder))
+  return files.isdir(folder) and any("_temp" not in name for name in files.listdir(folder))

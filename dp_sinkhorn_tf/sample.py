@@ -27,7 +27,7 @@ from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from dp_sinkhorn_tf import serving
+from dp_sinkhorn_tf import files, serving
 
 SUFFIXES = (".png", ".npz")
 INT64_MIN, INT64_MAX = -2**63, 2**63 - 1
@@ -95,19 +95,11 @@ def _title(metadata: dict, version: Optional[int], seed: int) -> str:
 
 
 def write_npz_atomic(path: str, arrays: dict) -> None:
-  """np.savez into a temp file beside `path`, then rename over it."""
-  tmp = os.path.join(os.path.dirname(os.path.abspath(path)),
-                     f".{os.path.basename(path)}.tmp-{os.getpid()}")
-  try:
-    with open(tmp, "wb") as fh:
-      np.savez(fh, **arrays)
-      fh.flush()
-      os.fsync(fh.fileno())
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.remove(tmp)
-    raise
+  """np.savez of `arrays`, written atomically (`files`)."""
+  import io
+  buf = io.BytesIO()
+  np.savez(buf, **arrays)
+  files.write_bytes_atomic(path, buf.getvalue())
 
 
 def draw(version_dir: str, labels: Sequence[int], num_per_label: int, seed: int) -> dict:

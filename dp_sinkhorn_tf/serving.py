@@ -41,6 +41,8 @@ from typing import Any, Dict, Mapping, Optional, Tuple, Union
 
 import numpy as np
 
+from dp_sinkhorn_tf import files
+
 SERVING_DEFAULT = "serving_default"
 SAMPLE = "sample"
 SIGNATURES = (SERVING_DEFAULT, SAMPLE)
@@ -160,12 +162,11 @@ def read_metadata(version_dir: str) -> dict:
   """
   path = os.path.join(version_dir, METADATA_PATH)
   try:
-    with open(path) as fh:
-      meta = json.load(fh)
+    meta = json.loads(files.read_text(path))
   except FileNotFoundError:
     raise FileNotFoundError(f"{path}: missing export metadata (not exported by "
                             "dp_sinkhorn_tf.export)") from None
-  except json.JSONDecodeError as e:
+  except (json.JSONDecodeError, UnicodeDecodeError) as e:
     raise ValueError(f"{path}: not valid JSON ({e})") from None
   if not isinstance(meta, dict):
     raise ValueError(f"{path}: expected a JSON object")

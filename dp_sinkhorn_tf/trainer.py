@@ -56,6 +56,7 @@ from dp_sinkhorn_tf import (
   distribute,
   evaluation,
   features,
+  files,
   mechanisms,
   models,
   privacy,
@@ -417,15 +418,6 @@ def balanced_grid_labels(num_classes: int, per_class: int) -> np.ndarray:
   return np.repeat(np.arange(num_classes, dtype=np.int32), per_class)
 
 
-def write_text_atomic(path: str, text: str) -> None:
-  """Writes a temp file beside `path`, fsyncs it and renames it over `path`."""
-  rundir.write_text_atomic(path, text)
-
-
-def _write_json_atomic(path: str, payload: dict) -> None:
-  rundir.write_json_atomic(path, payload)
-
-
 @dataclasses.dataclass
 class TrainResult:
   model: DPSinkhornModel
@@ -542,12 +534,12 @@ def open_run(cfg: config_lib.TrainConfig, plan: PrivacyPlan, images: np.ndarray,
           f"{rundir.IDENTITY_FILE}: they belong to no run that can be vouched for (another "
           "version's run or a damaged directory); refusing to restore them: use a new "
           "--workdir")
-    if os.path.exists(ledger_path) and _load_ledger(ledger_path).steps_taken > 0:
+    if files.exists(ledger_path) and _load_ledger(ledger_path).steps_taken > 0:
       raise ProvenanceError(f"{ledger_path}: steps charged but no {rundir.IDENTITY_FILE}; "
                             "refusing to start a fresh run on spent budget: use a new "
                             "--workdir")
     key = _requested_key(cfg)  # before anything is written: a bad key file fails clean
-    os.makedirs(wd, exist_ok=True)
+    files.makedirs(wd)
     run_id = uuid.uuid4().hex
     ledger = None
     if dp:
@@ -574,7 +566,7 @@ def open_run(cfg: config_lib.TrainConfig, plan: PrivacyPlan, images: np.ndarray,
     raise ProvenanceError(f"--insecure_fixed_key={cfg.run.insecure_fixed_key}: the run in "
                           f"{wd} was started {'with' if was_insecure else 'without'} it; a run "
                           "keeps its key")
-  if not os.path.exists(key_path):
+  if not files.exists(key_path):
     raise ProvenanceError(f"{key_path}: missing: the run's secret key is gone, so its batches "
                           "and noise cannot be continued; use a new --workdir")
   key = privacy_key.read_key_file(key_path, identity.key_source)
@@ -583,7 +575,7 @@ def open_run(cfg: config_lib.TrainConfig, plan: PrivacyPlan, images: np.ndarray,
     if not given.same_secret(key):
       raise ProvenanceError(f"--privacy_key_file={cfg.run.privacy_key_file}: not the key the "
                             f"run in {wd} started with; a run keeps its key")
-  if not os.path.exists(ledger_path):
+  if not files.exists(ledger_path):
     raise ProvenanceError(f"{ledger_path}: missing beside {rundir.IDENTITY_FILE}: the privacy "
                           "already spent is unknown; refusing to start a fresh ledger: "
                           "restore it or use a new --workdir")
@@ -638,11 +630,14 @@ def read_checkpoint_header(path: str):
   """(variable names, run id ("" if none), step (None if none)) of a checkpoint prefix.
 
   Raises one of CHECKPOINT_READ_ERRORS for an unreadable checkpoint."""
-  names = {name for name, _ in tf.train.list_variables(path)}
-  run_id = (tf.train.load_variable(path, rundir.CHECKPOINT_RUN_ID_KEY)
+  # The reader on the prefix itself: tf.train.list_variables first asks whether the path is
+  # a directory, which prefix-matching file systems (ram://) answer wrongly.
+  reader = tf.compat.v1.train.NewCheckpointReader(path)
+  names = set(reader.get_variable_to_shape_map())
+  run_id = (reader.get_tensor(rundir.CHECKPOINT_RUN_ID_KEY)
             if rundir.CHECKPOINT_RUN_ID_KEY in names else b"")
   run_id = run_id.decode() if isinstance(run_id, bytes) else str(run_id)
-  step = int(tf.train.load_variable(path, STEP_KEY)) if STEP_KEY in names else None
+  step = int(reader.get_tensor(STEP_KEY)) if STEP_KEY in names else None
   return names, run_id, step
 
 
@@ -770,7 +765,7 @@ def _train_loop(cfg, plan, state, model, step, manager, strategy, chief: bool, s
     writer = tf.summary.create_file_writer(rundir.path(run.workdir, rundir.TENSORBOARD_DIR))
     private_writer = tf.summary.create_file_writer(
         os.path.join(rundir.ensure_private_dir(run.workdir), "tensorboard"))
-    os.makedirs(rundir.path(run.workdir, rundir.SAMPLES_DIR), exist_ok=True)
+    files.makedirs(rundir.path(run.workdir, rundir.SAMPLES_DIR))
   else:
     writer = private_writer = tf.summary.create_noop_writer()
 
@@ -817,7 +812,7 @@ def _train_loop(cfg, plan, state, model, step, manager, strategy, chief: bool, s
     for write in pending:
       write()
     if t < plan.steps and chief:  # the final report follows the loop
-      _write_json_atomic(rundir.path(run.workdir, REPORT_FILE),
+      files.write_json_atomic(rundir.path(run.workdir, REPORT_FILE),
                          privacy_report(cfg, plan, ledger, False, state.identity))
     private_writer.flush()
     if stop is not None and t < plan.steps and stop():
@@ -828,7 +823,7 @@ def _train_loop(cfg, plan, state, model, step, manager, strategy, chief: bool, s
   grid = None
   if chief:
     grid = _write_samples(writer, final, names, run.workdir, t, final=True)
-    _write_json_atomic(rundir.path(run.workdir, REPORT_FILE),
+    files.write_json_atomic(rundir.path(run.workdir, REPORT_FILE),
                        privacy_report(cfg, plan, ledger, True, state.identity))
   writer.flush()
   private_writer.flush()

@@ -348,3 +348,43 @@ def test_corrupt_run_state_is_one_line_and_changes_nothing(tmp_path, name, conte
   assert proc.returncode != 0 and len(errors) == 1 and match in errors[0], proc.stderr[-2000:]
   assert "Traceback" not in proc.stderr
   assert {p: p.read_bytes() for p in workdir.rglob("*") if p.is_file()} == before
+
+
+def test_a_run_directory_on_a_tf_io_gfile_file_system(capsys):
+  # ram:// (TF's in-memory file system) stands in for gs:// / hdfs://: every file of the run
+  # goes through tf.io.gfile, the export included.
+  import json as json_lib
+  import uuid
+
+  import tensorflow as tf
+
+  from dp_sinkhorn_tf import files
+  workdir = f"ram://main_test/{uuid.uuid4().hex}/run"
+  args = ["main", f"--workdir={workdir}", *TINY[:-1], "--steps=10", "--export"]
+  flags.FLAGS.unparse_flags()
+  main.parse_flags(args)
+  try:
+    cfg = main.config_from_flags(flags.FLAGS)
+    assert main.run(cfg, flags.FLAGS.flags_into_string()) == 0
+  finally:
+    flags.FLAGS.unparse_flags()
+  ledger = json_lib.loads(files.read_text(f"{workdir}/privacy_ledger.json"))
+  report = json_lib.loads(files.read_text(f"{workdir}/privacy.json"))
+  assert ledger["steps_taken"] == ledger["checkpoint_step"] == 10 and report["finished"]
+  assert files.exists(f"{workdir}/samples/final.png")
+  assert tf.train.latest_checkpoint(f"{workdir}/checkpoints").endswith("ckpt-10")
+  loaded = tf.saved_model.load(f"{workdir}/export/generator/1")
+  out = loaded.signatures["sample"](label=tf.constant([0, 1]), seed=tf.constant(3, tf.int64))
+  assert out["images"].shape == (2, 8, 8, 1)
+  meta = json_lib.loads(files.read_text(f"{workdir}/export/generator/1/assets.extra/"
+                                        "metadata.json"))
+  assert meta["run_id"] == ledger["run_id"]
+  # The same command again: the budget is spent and nothing is retrained.
+  main.parse_flags(args)
+  try:
+    with pytest.raises(SystemExit) as exit_info:
+      main.run(main.config_from_flags(flags.FLAGS), flags.FLAGS.flags_into_string())
+  finally:
+    flags.FLAGS.unparse_flags()
+  assert exit_info.value.code == 1
+  assert "privacy budget is spent" in capsys.readouterr().err

@@ -1,0 +1,181 @@
+"""The one atomic writer, and file helpers for local paths and any `tf.io.gfile` file system.
+
+A path with a scheme (`gs://`, `hdfs://`, `ram://`, …) goes through `tf.io.gfile`; a local
+path through `os`, where the writer also fsyncs. A reader of a file written here sees the
+old content or the new one, never a part:
+
+* local: temp file in the same folder, fsync, `os.replace` (atomic on POSIX);
+* gfile: temp object, then `tf.io.gfile.rename(overwrite=True)`. That is atomic where the
+  file system's rename is (HDFS, `ram://`); on object stores such as GCS a rename is a copy
+  then a delete, so a reader may briefly see no file, but never a partial one (an object
+  appears whole).
+
+Directories (`rename_dir`, the export's version folder) are moved atomically only on a
+local file system; elsewhere by copying (see there).
+"""
+
+import errno
+import json
+import os
+from typing import Optional
+
+
+def is_remote(path: str) -> bool:
+  """A path with a URL scheme (handled by tf.io.gfile)."""
+  return "://" in str(path)
+
+
+def _gfile():
+  import tensorflow as tf
+  return tf.io.gfile
+
+
+def exists(path: str) -> bool:
+  return _gfile().exists(path) if is_remote(path) else os.path.exists(path)
+
+
+def isdir(path: str) -> bool:
+  return _gfile().isdir(path) if is_remote(path) else os.path.isdir(path)
+
+
+def makedirs(path: str) -> None:
+  if is_remote(path):
+    _gfile().makedirs(path)
+  else:
+    os.makedirs(path, exist_ok=True)
+
+
+def listdir(path: str) -> list:
+  return _gfile().listdir(path) if is_remote(path) else os.listdir(path)
+
+
+def remove(path: str) -> None:
+  if is_remote(path):
+    _gfile().remove(path)
+  else:
+    os.remove(path)
+
+
+def rmtree(path: str) -> None:
+  """Removes a directory tree if it exists (errors ignored, as shutil.rmtree(…, True))."""
+  if is_remote(path):
+    try:
+      if _gfile().exists(path):
+        _gfile().rmtree(path)
+    except Exception:  # noqa: BLE001 - best effort, like ignore_errors=True
+      pass
+  else:
+    import shutil
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def rename_dir(source: str, target: str) -> None:
+  """Moves a directory (never over an existing one). Local: os.rename, atomic. gfile: a
+  copy of every file, `saved_model.pb` last (TF Serving loads a version once that file is
+  there, so it never sees a version without its variables), then the removal of `source`:
+  object stores (GCS) and `ram://` cannot rename directories."""
+  if not is_remote(source):
+    os.rename(source, target)
+    return
+  gfile = _gfile()
+  if gfile.exists(target):
+    raise FileExistsError(errno.EEXIST, "File exists", target)
+  copies = []
+
+  def collect(src: str, dst: str) -> None:
+    gfile.makedirs(dst)
+    for name in gfile.listdir(src):
+      name = name.rstrip("/")
+      if not gfile.exists(f"{src}/{name}"):
+        continue  # ram:// lists "assets.extra/…" under "assets/" as ".extra": a ghost
+      if gfile.isdir(f"{src}/{name}"):
+        collect(f"{src}/{name}", f"{dst}/{name}")
+      else:
+        copies.append((f"{src}/{name}", f"{dst}/{name}"))
+
+  collect(source.rstrip("/"), target.rstrip("/"))
+  copies.sort(key=lambda pair: pair[1].endswith("/saved_model.pb"))
+  for src, dst in copies:
+    gfile.copy(src, dst)
+  rmtree(source)  # best effort (ram:// cannot delete its ghost entries): a ".tmp-" name
+
+
+def read_bytes(path: str) -> bytes:
+  """The file's bytes; a missing file is FileNotFoundError and another failure OSError on
+  every file system (gfile's errors translated)."""
+  if not is_remote(path):
+    with open(path, "rb") as fh:
+      return fh.read()
+  import tensorflow as tf
+  try:
+    with tf.io.gfile.GFile(path, "rb") as fh:
+      return fh.read()
+  except tf.errors.NotFoundError:
+    raise FileNotFoundError(errno.ENOENT, "No such file or directory", path) from None
+  except tf.errors.OpError as e:
+    raise OSError(errno.EIO, e.message, path) from None
+
+
+def read_text(path: str) -> str:
+  return read_bytes(path).decode("utf-8")
+
+
+def write_bytes_atomic(target: str, payload: bytes, mode: Optional[int] = None) -> None:
+  """Writes `payload` to a temp file beside `target` (created with `mode`, e.g. 0o600 for
+  a secret; local paths only) and renames it over `target` (module docstring)."""
+  tmp = f"{target}.tmp-{os.getpid()}"
+  if is_remote(target):
+    gfile = _gfile()
+    try:
+      with gfile.GFile(tmp, "wb") as fh:
+        fh.write(payload)
+      gfile.rename(tmp, target, overwrite=True)
+    except BaseException:
+      if gfile.exists(tmp):
+        gfile.remove(tmp)
+      raise
+    return
+  try:
+    if os.path.exists(tmp):
+      os.remove(tmp)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666 if mode is None else mode)
+    with os.fdopen(fd, "wb") as fh:
+      if mode is not None:
+        os.fchmod(fh.fileno(), mode)  # whatever the umask
+      fh.write(payload)
+      fh.flush()
+      os.fsync(fh.fileno())
+    os.replace(tmp, target)
+  except BaseException:
+    if os.path.exists(tmp):
+      os.remove(tmp)
+    raise
+
+
+def write_text_atomic(target: str, text: str, mode: Optional[int] = None) -> None:
+  write_bytes_atomic(target, text.encode("utf-8"), mode)
+
+
+def json_safe(value):
+  """JSON-able copy (JSON has no NaN or ∞): numpy scalars and arrays become Python numbers
+  and lists, ±∞ the strings "inf" / "-inf", NaN None."""
+  import math
+
+  import numpy as np
+  if isinstance(value, dict):
+    return {str(k): json_safe(v) for k, v in value.items()}
+  if isinstance(value, (list, tuple)):
+    return [json_safe(v) for v in value]
+  if isinstance(value, np.ndarray):
+    return json_safe(value.tolist())
+  if isinstance(value, np.generic):
+    value = value.item()
+  if isinstance(value, float) and not math.isfinite(value):
+    return None if math.isnan(value) else ("inf" if value > 0 else "-inf")
+  return value
+
+
+def write_json_atomic(target: str, payload: dict) -> None:
+  """json_safe(payload), indented, key-sorted, atomically."""
+  write_text_atomic(target, json.dumps(json_safe(payload), indent=2, sort_keys=True,
+                                       allow_nan=False) + "\n")
