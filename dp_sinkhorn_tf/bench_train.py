@@ -70,7 +70,7 @@ def run(name: str, repeats: int, strategy: str = "default",
   with dist.scope():
     dist_gen = trainer.make_generator(cfg, shape, num_classes, build=True)
     model = trainer.DPSinkhornModel(dist_gen, images, labels, num_classes, cfg, sigma, q)
-    model.compile(optimizer=trainer.build_optimizer(cfg, sigma, cfg.steps or 10**6))
+    model.compile(optimizer=trainer.build_optimizer(cfg, cfg.steps or 10**6))
   step_fn = trainer._step_function(model, dist)  # pylint: disable=protected-access
   gen = (dist_gen if dist.num_replicas_in_sync == 1
          else trainer.make_generator(cfg, shape, num_classes, build=True))

@@ -40,12 +40,12 @@ import time
 import numpy as np
 from absl import flags
 
-from dp_sinkhorn_tf import data, evaluation, serving
+from dp_sinkhorn_tf import data, evaluation, rundir, serving
 from dp_sinkhorn_tf import fid as fid_lib
 
 REAL = "real"
-LEDGER_FILE = "privacy_ledger.json"  # trainer.LEDGER_FILE
-PRIVACY_FILE = "privacy.json"  # trainer.REPORT_FILE
+LEDGER_FILE = rundir.LEDGER_FILE
+PRIVACY_FILE = rundir.REPORT_FILE
 EVAL_FILE = "eval.json"
 GRID_FILE = "samples.png"
 HISTOGRAM_FILE = "labels.png"

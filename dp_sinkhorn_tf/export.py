@@ -66,12 +66,12 @@ from typing import Any, Dict, List, Optional, Sequence
 import numpy as np
 import tensorflow as tf
 
-from dp_sinkhorn_tf import __version__, files, models, serving
+from dp_sinkhorn_tf import __version__, files, models, rundir, serving
 
 TMP_PREFIX = ".tmp-"
-FLAGS_FILE = "flags.txt"
-LEDGER_FILE = "privacy_ledger.json"
-REPORT_FILE = "privacy.json"
+FLAGS_FILE = rundir.FLAGS_FILE
+LEDGER_FILE = rundir.LEDGER_FILE
+REPORT_FILE = rundir.REPORT_FILE
 EMA_KEY = "ema_generator"
 GENERATOR_KEY = "generator"
 # Image shapes of the training sets (data.py's loaders), so an export needs no dataset files.
@@ -420,7 +420,7 @@ def restore_run(workdir: str, checkpoint: Optional[str] = None) -> RestoredRun:
   Raises ExportError naming --workdir / --checkpoint / the file when something is missing
   or the checkpoint does not hold the generator that flags.txt describes.
   """
-  from dp_sinkhorn_tf import data, rundir, trainer
+  from dp_sinkhorn_tf import data, trainer
 
   flags_path = _flags_path(workdir)
   cfg, flags_text = parse_flags_file(flags_path)

@@ -48,6 +48,8 @@ def _remove_stale_temps(workdir: str, model_name: str) -> None:
   """Deletes what a killed process left: checkpoint '*_temp*' and export '.tmp-*-PID' dirs."""
   import shutil
 
+  from dp_sinkhorn_tf import export
+
   if files.is_remote(workdir):
     return  # no local process ids to go by on a shared file system
   ckpt_dir = rundir.path(workdir, rundir.CHECKPOINT_DIR)
@@ -55,11 +57,11 @@ def _remove_stale_temps(workdir: str, model_name: str) -> None:
     for name in os.listdir(ckpt_dir):
       if "_temp" in name:
         shutil.rmtree(os.path.join(ckpt_dir, name), ignore_errors=True)
-  model_dir = os.path.join(workdir, "export", model_name)
+  model_dir = os.path.join(workdir, rundir.EXPORT_DIR, model_name)
   if os.path.isdir(model_dir):
     for name in os.listdir(model_dir):
       pid = name.rsplit("-", 1)[-1]
-      if name.startswith(".tmp-") and pid.isdigit() and not _alive(int(pid)):
+      if name.startswith(export.TMP_PREFIX) and pid.isdigit() and not _alive(int(pid)):
         shutil.rmtree(os.path.join(model_dir, name), ignore_errors=True)
 
 

@@ -149,18 +149,15 @@ def learning_rate_fn(cfg: config_lib.TrainConfig, total_steps: Optional[int] = N
   return tf.keras.optimizers.schedules.CosineDecay(o.learning_rate, int(total_steps))
 
 
-def build_optimizer(cfg: config_lib.TrainConfig, noise_multiplier: float,
-                    total_steps: Optional[int] = None):
+def build_optimizer(cfg: config_lib.TrainConfig, total_steps: Optional[int] = None):
   """Adam / AdamW / SGD on already-privatised gradients (both mechanisms).
 
   param_grad no longer uses TF Privacy's DPKerasAdamOptimizer: its noise is a stateful
   tf.random op (a function of the public seed, replayed by a resumed process). The step
   privatises the parameter gradient itself with keyed noise (`privacy`).
 
-  noise_multiplier: unused (kept for callers); total_steps: the run's planned steps T,
-  needed by --lr_schedule=cosine.
+  total_steps: the run's planned steps T, needed by --lr_schedule=cosine.
   """
-  del noise_multiplier
   o = cfg.optim
   lr = learning_rate_fn(cfg, total_steps)
   if o.optimizer == "sgd":
@@ -841,7 +838,7 @@ def build_model(cfg: config_lib.TrainConfig, images: np.ndarray, labels: np.ndar
   ema_generator = make_ema_generator(cfg, generator) if cfg.optim.ema_decay > 0 else None
   model = DPSinkhornModel(generator, images, labels, num_classes, cfg, plan.noise_multiplier,
                           plan.sample_rate, ema_generator, key=key)
-  model.compile(optimizer=build_optimizer(cfg, plan.noise_multiplier, plan.steps))
+  model.compile(optimizer=build_optimizer(cfg, plan.steps))
   # Optimizer slots exist only after a first apply; build them so that a restore can check
   # that every object of the run is in the checkpoint.
   model.optimizer.build(generator.trainable_variables)

@@ -41,7 +41,7 @@ def build_model(cfg, dataset=DIGITS, sigma=1.0, key=None):
   gen = trainer.make_generator(cfg, dataset.image_shape, dataset.num_classes)
   model = trainer.DPSinkhornModel(gen, dataset.images, dataset.labels, dataset.num_classes,
                                   cfg, sigma, cfg.batch_size / len(dataset.images), key=key)
-  model.compile(optimizer=trainer.build_optimizer(cfg, sigma))
+  model.compile(optimizer=trainer.build_optimizer(cfg))
   return model
 
 
@@ -175,7 +175,7 @@ def test_optimizer_applies_the_scheduled_rate_at_its_step():
   # Plain SGD (momentum β₁ = 0) moves a variable by exactly η_t·g.
   cfg = tiny_config(optim=config_lib.OptimConfig(optimizer="sgd", learning_rate=2e-3,
                                                  beta_1=0.0, lr_schedule="cosine"))
-  opt = trainer.build_optimizer(cfg, 1.0, total_steps=100)
+  opt = trainer.build_optimizer(cfg, total_steps=100)
   var = tf.Variable(1.0)
   opt.apply_gradients([(tf.constant(1.0), var)])  # t = 0: η = 2e-3
   assert float(var) == pytest.approx(1.0 - 2e-3, abs=1e-7)
@@ -188,7 +188,7 @@ def test_constant_schedule_is_a_float_and_cosine_needs_the_steps():
   assert trainer.learning_rate_fn(tiny_config()) == pytest.approx(1e-3)
   cfg = tiny_config(optim=config_lib.OptimConfig(lr_schedule="cosine"))
   with pytest.raises(ValueError, match="--lr_schedule"):
-    trainer.build_optimizer(cfg, 1.0)
+    trainer.build_optimizer(cfg)
 
 
 class _Crash(Exception):
@@ -288,7 +288,7 @@ def test_ema_update_matches_the_hand_derived_average():
   ema = trainer.make_ema_generator(cfg, gen)
   model = trainer.DPSinkhornModel(gen, DIGITS.images, DIGITS.labels, 10, cfg, 1.0,
                                   16 / len(DIGITS.images), ema)
-  model.compile(optimizer=trainer.build_optimizer(cfg, 1.0))
+  model.compile(optimizer=trainer.build_optimizer(cfg))
   assert model.sampling_generator is ema
   w0 = [v.numpy().copy() for v in gen.variables]
   step = tf.function(model.train_step)
@@ -322,7 +322,7 @@ def test_fake_batch_size_decouples_n_from_the_poisson_batch():
 def test_sgd_uses_beta_1_as_momentum():
   cfg = tiny_config(optim=config_lib.OptimConfig(optimizer="sgd", learning_rate=1e-4,
                                                  beta_1=0.9))
-  opt = trainer.build_optimizer(cfg, 1.0)
+  opt = trainer.build_optimizer(cfg)
   assert isinstance(opt, tf.keras.optimizers.SGD)
   assert opt.get_config()["momentum"] == pytest.approx(0.9)
   assert float(opt.learning_rate) == pytest.approx(1e-4)
