@@ -10,7 +10,7 @@ r"""`python -m dp_sinkhorn_tf.audit`: measured lower bounds on ε for a training
 Takes every training flag of `dp_sinkhorn_tf.main` (the audited config) plus the --audit_*
 flags. Writes <audit_out>/audit.json (a "step" and/or a "run" section; one audit keeps the
 other's section) and <audit_out>/audit_roc.png: each attack's ROC curve against the region
-the certified ε allows. The math is `dp_sinkhorn_tf.auditing`; this module builds the
+the certified ε allows. The math is `dp_sinkhorn_tf.privacy.auditing`; this module builds the
 settings.
 
 Step audit (`step_setting`, `real_release`, `CONTROLS`). Neighbouring private batches: Y the
@@ -40,8 +40,11 @@ from typing import Callable, Dict, Optional
 import numpy as np
 from absl import app, flags
 
-from dp_sinkhorn_tf import auditing, cli, rundir, train_flags
+from dp_sinkhorn_tf import cli
 from dp_sinkhorn_tf import main as main_lib
+from dp_sinkhorn_tf.io import rundir
+from dp_sinkhorn_tf.privacy import auditing
+from dp_sinkhorn_tf.train import train_flags
 
 FLAGS = flags.FLAGS
 flags.DEFINE_enum("audit", "step", ["step", "run"], "step: white-box audit of one private "
@@ -85,8 +88,8 @@ class StepSetting:
 
   def clean(self, grad) -> np.ndarray:
     """clip_C(G[:n]): the noise-free release, the attack's reference points."""
-    from dp_sinkhorn_tf import privacy
-    return privacy.clip_record(grad[:self.num_private], self.l2_norm_clip).numpy()
+    from dp_sinkhorn_tf.privacy import gaussian
+    return gaussian.clip_record(grad[:self.num_private], self.l2_norm_clip).numpy()
 
 
 def _candidates(image_shape):
@@ -110,7 +113,8 @@ def step_setting(cfg, dataset, noise_multiplier: float, sample_rate: float) -> S
   latents and labels, Y = ∅, and the canary that maximises ‖clip(G_Y′) − clip(G_Y)‖."""
   import tensorflow as tf
 
-  from dp_sinkhorn_tf import privacy, trainer
+  from dp_sinkhorn_tf.privacy import gaussian
+  from dp_sinkhorn_tf.train import trainer
 
   tf.keras.utils.set_random_seed(cfg.run.seed)
   gen = trainer.make_generator(cfg, dataset.image_shape, dataset.num_classes, build=True)
@@ -123,8 +127,8 @@ def step_setting(cfg, dataset, noise_multiplier: float, sample_rate: float) -> S
   for canary in _candidates(dataset.image_shape):
     for label in range(dataset.num_classes):
       g_out, g_in, _ = auditing.canary_gradients(model, empty, no_labels, canary, label)
-      moved = float(tf.norm(privacy.clip_record(g_in[:n], clip)
-                            - privacy.clip_record(g_out[:n], clip)))
+      moved = float(tf.norm(gaussian.clip_record(g_in[:n], clip)
+                            - gaussian.clip_record(g_out[:n], clip)))
       if best is None or moved > best[0]:
         best = (moved, g_out, g_in, canary, label)
   _, g_out, g_in, canary, label = best
@@ -145,8 +149,8 @@ def real_release(setting: StepSetting) -> ReleaseFn:
 
 
 def _no_noise(s: StepSetting) -> ReleaseFn:
-  from dp_sinkhorn_tf import privacy
-  mech = privacy.ImageGradientMechanism(s.l2_norm_clip, 0.0)
+  from dp_sinkhorn_tf.privacy import gaussian
+  mech = gaussian.ImageGradientMechanism(s.l2_norm_clip, 0.0)
   return lambda g, seed: mech.privatize(g, s.num_private, seed)[0].numpy()[:s.num_private]
 
 
@@ -154,12 +158,12 @@ def _no_clip(s: StepSetting) -> ReleaseFn:
   """Noise for sensitivity 2C, but the gradient is not clipped."""
   import tensorflow as tf
 
-  from dp_sinkhorn_tf import privacy
+  from dp_sinkhorn_tf.privacy import gaussian
 
   def release(grad, seed):
     g = tf.convert_to_tensor(grad)[:s.num_private]
     std = 2 * s.noise_multiplier * s.l2_norm_clip
-    return (g + privacy.keyed_gaussian_noise(tf.shape(g), std, seed)).numpy()
+    return (g + gaussian.keyed_gaussian_noise(tf.shape(g), std, seed)).numpy()
 
   return release
 
@@ -182,9 +186,9 @@ def _reused_noise(s: StepSetting) -> ReleaseFn:
   runs at 2σ, so the two steps' certified ε stays below what the trials can measure."""
   import tensorflow as tf
 
-  from dp_sinkhorn_tf import privacy
+  from dp_sinkhorn_tf.privacy import gaussian
   other = tf.reverse(tf.convert_to_tensor(s.grad_out), axis=[1])  # another step's gradient
-  mech = privacy.ImageGradientMechanism(s.l2_norm_clip, 2 * s.noise_multiplier)
+  mech = gaussian.ImageGradientMechanism(s.l2_norm_clip, 2 * s.noise_multiplier)
   n = s.num_private
 
   def release(grad, seed):
@@ -233,11 +237,11 @@ def audit_release(setting: StepSetting, release: ReleaseFn, trials: int, delta: 
                   confidence: float, certified: Optional[float] = None):
   """(StepAuditResult, scores_out, scores_in): `trials` releases per side, a fresh secret
   key per trial."""
-  from dp_sinkhorn_tf import privacy_key
+  from dp_sinkhorn_tf.privacy import keys
 
   def make(grad):
-    return lambda i: release(grad, privacy_key.step_seed(privacy_key.generate(), i,
-                                                         privacy_key.STREAM_NOISE))
+    return lambda i: release(grad, keys.step_seed(keys.generate(), i,
+                                                         keys.STREAM_NOISE))
 
   clean_out, clean_in = setting.clean(setting.grad_out), setting.clean(setting.grad_in)
   return auditing.step_audit(make(setting.grad_out), make(setting.grad_in), clean_out, clean_in,
@@ -284,10 +288,10 @@ def _npz_bytes(**arrays) -> bytes:
 
 def with_canaries(dataset, images, labels, included, copies: int = 1):
   """The private set plus `copies` records of every included canary."""
-  from dp_sinkhorn_tf import data
+  from dp_sinkhorn_tf.data import datasets
   extra = np.repeat(images[included], copies, axis=0)
   extra_labels = np.repeat(labels[included], copies)
-  return data.Dataset(dataset.name, np.concatenate([dataset.images, extra]),
+  return datasets.Dataset(dataset.name, np.concatenate([dataset.images, extra]),
                       np.concatenate([dataset.labels, extra_labels]).astype(np.int32),
                       dataset.num_classes, dataset.image_shape, dataset.label_names)
 
@@ -296,7 +300,7 @@ def generate_from_export(version_dir: str, num_classes: int, per_class: int, see
   """(images, labels): per_class draws of every label from the export's `sample`."""
   import tensorflow as tf
 
-  from dp_sinkhorn_tf import serving
+  from dp_sinkhorn_tf.release import serving
   loaded = serving.load_saved_model(version_dir)
   labels = np.repeat(np.arange(num_classes, dtype=np.int32), per_class)
   images = []
@@ -394,8 +398,9 @@ def _result_json(result: auditing.StepAuditResult, what: str) -> dict:
 
 
 def run_step(cfg, out: str) -> int:
-  from dp_sinkhorn_tf import data, trainer
-  dataset = data.load_dataset(cfg.data.dataset, cfg.data.data_dir, cfg.data.idx_dir)
+  from dp_sinkhorn_tf.data import datasets
+  from dp_sinkhorn_tf.train import trainer
+  dataset = datasets.load_dataset(cfg.data.dataset, cfg.data.data_dir, cfg.data.idx_dir)
   plan = trainer.plan_privacy(cfg, len(dataset.images))
   if not cfg.privacy.dp or cfg.privacy.mechanism != "image_grad":
     raise ValueError("--audit=step audits the image_grad mechanism of a --dp config")
@@ -450,8 +455,9 @@ def certified_run_epsilon(workdir: str) -> float:
 
 
 def run_run(cfg, out: str) -> int:
-  from dp_sinkhorn_tf import data, serving
-  dataset = data.load_dataset(cfg.data.dataset, cfg.data.data_dir, cfg.data.idx_dir)
+  from dp_sinkhorn_tf.data import datasets
+  from dp_sinkhorn_tf.release import serving
+  dataset = datasets.load_dataset(cfg.data.dataset, cfg.data.data_dir, cfg.data.idx_dir)
   m = FLAGS.audit_canaries
   images, labels, included = load_or_draw_canaries(
       os.path.join(cfg.run.workdir, CANARY_FILE), m, dataset)

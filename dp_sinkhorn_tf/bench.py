@@ -46,7 +46,7 @@ def benchmark_data(n: int, d: int, p: float = P_EXTRA):
   """The issue's reproducible problem: (X [n+n′, d], Y [n, d]) float32."""
   import numpy as np
 
-  from dp_sinkhorn_tf import sinkhorn
+  from dp_sinkhorn_tf.transport import sinkhorn
 
   rng = np.random.default_rng(0)
   n_fake = n + sinkhorn.num_extra(n, p)
@@ -63,7 +63,7 @@ def run_sinkhorn_config(name: str, repeats: int, jit: bool) -> dict:
   import numpy as np
   import tensorflow as tf
 
-  from dp_sinkhorn_tf import costs, sinkhorn
+  from dp_sinkhorn_tf.transport import costs, sinkhorn
 
   n, d, cost_name, lam = SINKHORN_CONFIGS[name]
   x, y = benchmark_data(n, d)
@@ -96,7 +96,7 @@ def _child(argv) -> int:
   if kind == "sinkhorn":
     result = run_sinkhorn_config(name, repeats, jit)
   else:
-    from dp_sinkhorn_tf import bench_train
+    from dp_sinkhorn_tf.train import bench_train
     result = bench_train.run(name, repeats, strategy, devices)
   print("RESULT " + json.dumps(result), flush=True)
   return 0
@@ -138,7 +138,7 @@ def main(argv=None) -> int:
   if args.suite in ("sinkhorn", "all"):
     jobs += [("sinkhorn", name) for name in SINKHORN_CONFIGS]
   if args.suite in ("train", "all"):
-    from dp_sinkhorn_tf import bench_train
+    from dp_sinkhorn_tf.train import bench_train
     jobs += [("train", name) for name in bench_train.CONFIGS]
   only = {s for s in args.only.split(",") if s}
   unknown = only - {name for _, name in jobs}

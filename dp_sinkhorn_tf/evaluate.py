@@ -40,8 +40,11 @@ import time
 import numpy as np
 from absl import flags
 
-from dp_sinkhorn_tf import data, evaluation, rundir, serving
-from dp_sinkhorn_tf import fid as fid_lib
+from dp_sinkhorn_tf.data import datasets
+from dp_sinkhorn_tf.evaluation import evaluation
+from dp_sinkhorn_tf.evaluation import fid as fid_lib
+from dp_sinkhorn_tf.io import rundir
+from dp_sinkhorn_tf.release import serving
 
 REAL = "real"
 LEDGER_FILE = rundir.LEDGER_FILE
@@ -64,7 +67,7 @@ flags.DEFINE_string("model", None, "SavedModel export (version dir or model dir 
                     "versions), or 'real' for the real-training-data baseline.", flag_values=FLAGS)
 flags.DEFINE_string("workdir", None, "Training workdir: privacy_ledger.json for the ε plot and "
                     "privacy.json for eval.json.", flag_values=FLAGS)
-flags.DEFINE_string("dataset", "digits", f"Real data: one of {', '.join(data.DATASETS)}.",
+flags.DEFINE_string("dataset", "digits", f"Real data: one of {', '.join(datasets.DATASETS)}.",
                     flag_values=FLAGS)
 flags.DEFINE_string("data_dir", None, "TFDS data directory.", flag_values=FLAGS)
 flags.DEFINE_string("idx_dir", None, "Folder with MNIST / Fashion-MNIST IDX files.",
@@ -131,10 +134,10 @@ def check_flags(f) -> dict:
     raise FlagError("--out: required (the output directory)")
   if os.path.exists(f.out) and not os.path.isdir(f.out):
     raise FlagError(f"--out={f.out}: exists and is not a directory")
-  if f.dataset not in data.DATASETS:
-    raise FlagError(f"--dataset={f.dataset}: expected one of {', '.join(data.DATASETS)}")
-  if f.idx_dir is not None and f.dataset not in data.IDX_DATASETS:
-    raise FlagError(f"--idx_dir is for {' / '.join(data.IDX_DATASETS)}, not "
+  if f.dataset not in datasets.DATASETS:
+    raise FlagError(f"--dataset={f.dataset}: expected one of {', '.join(datasets.DATASETS)}")
+  if f.idx_dir is not None and f.dataset not in datasets.IDX_DATASETS:
+    raise FlagError(f"--idx_dir is for {' / '.join(datasets.IDX_DATASETS)}, not "
                     f"--dataset={f.dataset}")
   if f.num_samples < 2:
     raise FlagError(f"--num_samples={f.num_samples}: expected at least 2")
@@ -167,7 +170,7 @@ def check_flags(f) -> dict:
 
 def _load_workdir(workdir):
   """(ledger or None, privacy.json dict or None) from a training workdir."""
-  from dp_sinkhorn_tf import accounting
+  from dp_sinkhorn_tf.privacy import accounting
 
   if workdir is None:
     return None, None
@@ -188,7 +191,7 @@ def _load_workdir(workdir):
   return ledger, privacy_json
 
 
-def _check_compatible(sampler, test: data.Dataset, dataset: str) -> None:
+def _check_compatible(sampler, test: datasets.Dataset, dataset: str) -> None:
   meta = sampler.metadata
   if meta.get("dataset") not in (None, dataset):
     raise FlagError(f"--dataset={dataset}: the model was trained on {meta['dataset']!r} "
@@ -201,7 +204,7 @@ def _check_compatible(sampler, test: data.Dataset, dataset: str) -> None:
                     f"{sampler.num_classes} ({sampler.path})")
 
 
-def _load_split(loader, f) -> data.Dataset:
+def _load_split(loader, f) -> datasets.Dataset:
   """loader(--dataset, --data_dir, --idx_dir); its errors re-raised naming a flag."""
   try:
     return loader(f.dataset, f.data_dir, f.idx_dir)
@@ -288,12 +291,12 @@ def run(f) -> int:
       raise FlagError(f"--fid={f.fid}: {e}") from None
   ledger, privacy_json = _load_workdir(f.workdir)
 
-  test = _load_split(data.load_test_split, f)
+  test = _load_split(datasets.load_test_split, f)
   _log(f"test split of {f.dataset}: {len(test.images)} images {tuple(test.image_shape)}, "
        f"{test.num_classes} classes")
 
   if f.model == REAL:
-    train = _load_split(data.load_dataset, f)
+    train = _load_split(datasets.load_dataset, f)
     n = min(f.num_samples, len(train.images))
     chosen = np.random.default_rng(f.seed).permutation(len(train.images))[:n]
     images, labels = train.images[chosen], train.labels[chosen]

@@ -16,7 +16,7 @@ Signatures (B = batch, L = latent_dim, images in inference mode):
         (round half to even, as tf.round / np.round).
   sample(label: int32 [B], seed: int64 [])
       → images, images_uint8 as above, and the latents used:
-        z = models.sample_latent(B, L, seed) = tf.random.stateless_uniform([B, L],
+        z = generators.sample_latent(B, L, seed) = tf.random.stateless_uniform([B, L],
             seed=[seed, 0]) ~ U(0, 1): the same seed gives the same images. With TF 2.15's
             stateless Philox the rows fill in order, so row i depends on (seed, i) only and a
             longer label list extends a shorter one's latents.
@@ -66,7 +66,10 @@ from typing import Any, Dict, List, Optional, Sequence
 import numpy as np
 import tensorflow as tf
 
-from dp_sinkhorn_tf import __version__, files, models, rundir, serving
+from dp_sinkhorn_tf import __version__
+from dp_sinkhorn_tf.io import files, rundir
+from dp_sinkhorn_tf.models import generators
+from dp_sinkhorn_tf.release import serving
 
 TMP_PREFIX = ".tmp-"
 FLAGS_FILE = rundir.FLAGS_FILE
@@ -137,7 +140,7 @@ class GeneratorServingModule(tf.Module):
     return self._images(z, label)
 
   def _sample(self, label: tf.Tensor, seed: tf.Tensor) -> Dict[str, tf.Tensor]:
-    z = models.sample_latent(tf.shape(label)[0], self.latent_dim,
+    z = generators.sample_latent(tf.shape(label)[0], self.latent_dim,
                              tf.stack([seed, tf.constant(0, tf.int64)]))
     outputs = self._images(z, label)
     outputs["z"] = z
@@ -367,7 +370,8 @@ def parse_flags_file(path: str):
   """
   from absl import flags
 
-  from dp_sinkhorn_tf import cli, train_flags
+  from dp_sinkhorn_tf import cli
+  from dp_sinkhorn_tf.train import train_flags
 
   fresh = flags.FlagValues()
   for flag in train_flags.flags_of(train_flags.FLAGS):
@@ -420,7 +424,8 @@ def restore_run(workdir: str, checkpoint: Optional[str] = None) -> RestoredRun:
   Raises ExportError naming --workdir / --checkpoint / the file when something is missing
   or the checkpoint does not hold the generator that flags.txt describes.
   """
-  from dp_sinkhorn_tf import data, trainer
+  from dp_sinkhorn_tf.data import datasets
+  from dp_sinkhorn_tf.train import trainer
 
   flags_path = _flags_path(workdir)
   cfg, flags_text = parse_flags_file(flags_path)
@@ -437,7 +442,7 @@ def restore_run(workdir: str, checkpoint: Optional[str] = None) -> RestoredRun:
   if dataset not in DATASET_IMAGE_SHAPES:
     raise ExportError(f"{flags_path}: --dataset={dataset} has no known image shape")
   generator = trainer.make_generator(cfg, DATASET_IMAGE_SHAPES[dataset],
-                                     len(data.LABEL_NAMES[dataset]))
+                                     len(datasets.LABEL_NAMES[dataset]))
   generator([tf.zeros([1, cfg.model.latent_dim]), tf.zeros([1], tf.int32)], training=False)
   try:
     keys, stored_id, step = trainer.read_checkpoint_header(path)
@@ -466,7 +471,8 @@ def restore_run(workdir: str, checkpoint: Optional[str] = None) -> RestoredRun:
 
 def run_metadata(workdir: str, run: RestoredRun) -> dict:
   """The same fields as main.export_metadata, read back from the run directory."""
-  from dp_sinkhorn_tf import accounting, data
+  from dp_sinkhorn_tf.data import datasets
+  from dp_sinkhorn_tf.privacy import accounting
 
   cfg = run.cfg
   p = cfg.privacy
@@ -479,7 +485,7 @@ def run_metadata(workdir: str, run: RestoredRun) -> dict:
   out = {"dp": p.dp, "mechanism": p.mechanism, "l2_norm_clip": p.l2_norm_clip,
          "dataset": cfg.data.dataset,
          "image_shape": list(DATASET_IMAGE_SHAPES[cfg.data.dataset]),
-         "label_names": list(data.LABEL_NAMES[cfg.data.dataset]),
+         "label_names": list(datasets.LABEL_NAMES[cfg.data.dataset]),
          "training_flags": run.flags_text, "checkpoint": os.path.abspath(run.checkpoint),
          "checkpoint_step": run.step, "weights": run.weights,
          "run_id": run.identity.run_id, "private": run.identity.private,

@@ -20,8 +20,10 @@ import sys
 
 from absl import app, flags
 
-from dp_sinkhorn_tf import cli, files, rundir, train_flags
-from dp_sinkhorn_tf import config as config_lib
+from dp_sinkhorn_tf import cli
+from dp_sinkhorn_tf.io import files, rundir
+from dp_sinkhorn_tf.train import config as config_lib
+from dp_sinkhorn_tf.train import train_flags
 
 FLAGS = flags.FLAGS
 config_from_flags = train_flags.config_from_flags
@@ -81,7 +83,7 @@ def _outputs_complete(cfg: config_lib.TrainConfig, run_id: str) -> bool:
   """The final report, grid and (with --export) an export of this run exist."""
   import json
 
-  from dp_sinkhorn_tf import serving
+  from dp_sinkhorn_tf.release import serving
 
   workdir = cfg.run.workdir
   try:
@@ -127,19 +129,20 @@ class _StopFlag:
 def run(cfg: config_lib.TrainConfig, flags_text: str, dataset=None) -> int:
   """Plans, trains and exports; returns the process exit code.
 
-  dataset: the private data.Dataset to train on instead of loading cfg.data (the run audit
+  dataset: the private datasets.Dataset to train on instead of loading cfg.data (the run audit
   passes the data with its canaries)."""
   import tensorflow as tf
 
-  from dp_sinkhorn_tf import data, trainer
+  from dp_sinkhorn_tf.data import datasets
+  from dp_sinkhorn_tf.train import trainer
 
   try:
-    from dp_sinkhorn_tf import distribute
+    from dp_sinkhorn_tf.train import distribute
     distribute.configure_devices(cfg.run.strategy, cfg.run.num_devices)  # before any TF op
     distribute.check_divisible(cfg.num_generated, distribute.make_strategy(
         cfg.run.strategy, cfg.run.num_devices).num_replicas_in_sync)
     if dataset is None:
-      dataset = data.load_dataset(cfg.data.dataset, cfg.data.data_dir, cfg.data.idx_dir)
+      dataset = datasets.load_dataset(cfg.data.dataset, cfg.data.data_dir, cfg.data.idx_dir)
     plan = trainer.plan_privacy(cfg, len(dataset.images))
     if cfg.run.export:
       from dp_sinkhorn_tf import export
@@ -273,7 +276,7 @@ def export_metadata(cfg, plan, result, dataset, flags_text: str) -> dict:
 
 
 def _print_artefacts(workdir: str) -> None:
-  from dp_sinkhorn_tf import rundir
+  from dp_sinkhorn_tf.io import rundir
 
   print("artefacts (safe to publish):")
   for name, publishable, why in rundir.ARTEFACTS:

@@ -27,7 +27,8 @@ from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from dp_sinkhorn_tf import files, serving
+from dp_sinkhorn_tf.io import files
+from dp_sinkhorn_tf.release import serving
 
 SUFFIXES = (".png", ".npz")
 INT64_MIN, INT64_MAX = -2**63, 2**63 - 1
@@ -160,7 +161,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   if suffix == ".npz":
     write_npz_atomic(args.out, arrays)
   else:
-    from dp_sinkhorn_tf import evaluation
+    from dp_sinkhorn_tf.evaluation import evaluation
     rows = np.repeat(np.arange(len(labels), dtype=np.int32), num_per_label)  # label-major
     names = [str(metadata["label_names"][k]) if "label_names" in metadata else str(k)
              for k in labels]

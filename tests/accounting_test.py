@@ -1,4 +1,4 @@
-"""Tests for dp_sinkhorn_tf.accounting."""
+"""Tests for dp_sinkhorn_tf.privacy.accounting."""
 
 import json
 import math
@@ -7,7 +7,7 @@ import os
 import dp_accounting
 import pytest
 
-from dp_sinkhorn_tf import accounting
+from dp_sinkhorn_tf.privacy import accounting
 
 # (q, σ, T, δ) → ε under RDP, pinned when written (dp_accounting 0.4.3) and re-derived
 # below by calling dp_accounting directly.

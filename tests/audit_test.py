@@ -10,13 +10,17 @@ import sys
 import numpy as np
 import pytest
 
-from dp_sinkhorn_tf import audit, auditing, data, privacy_key, sinkhorn, trainer
-from dp_sinkhorn_tf import config as config_lib
+from dp_sinkhorn_tf import audit
+from dp_sinkhorn_tf.data import datasets
+from dp_sinkhorn_tf.privacy import auditing, keys
+from dp_sinkhorn_tf.train import config as config_lib
+from dp_sinkhorn_tf.train import trainer
+from dp_sinkhorn_tf.transport import sinkhorn
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DELTA = 1e-5
 TRIALS = 4000  # per side: 2000 choose the threshold, 2000 measure the error rates
-DIGITS = data.load_dataset("digits")
+DIGITS = datasets.load_dataset("digits")
 
 
 @pytest.fixture(scope="module")
@@ -115,10 +119,10 @@ def test_run_cli_trains_on_exactly_the_included_canaries_and_reports_the_bound(t
   with np.load(npz) as z:
     images, labels, included = z["images"], z["labels"], z["included"]
   # The run's data fingerprint is that of the digits plus exactly the included canaries.
-  key = privacy_key.read_key_file(str(workdir / "privacy_key"))
+  key = keys.read_key_file(str(workdir / "privacy_key"))
   trained = audit.with_canaries(DIGITS, images, labels, included)
   ledger = json.loads((workdir / "privacy_ledger.json").read_text())
-  assert ledger["data_fingerprint"] == privacy_key.data_fingerprint(key, trained.images,
+  assert ledger["data_fingerprint"] == keys.data_fingerprint(key, trained.images,
                                                                     trained.labels)
   report = json.loads((workdir / "audit" / "audit.json").read_text())["run"]
   privacy = json.loads((workdir / "privacy.json").read_text())

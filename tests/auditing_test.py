@@ -1,4 +1,4 @@
-"""Tests for dp_sinkhorn_tf.auditing: the bounds' arithmetic against closed forms and against
+"""Tests for dp_sinkhorn_tf.privacy.auditing: the bounds' arithmetic against closed forms and against
 mechanisms of known ε (the real mechanism and the negative controls: audit_test)."""
 
 import math
@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from dp_sinkhorn_tf import auditing
+from dp_sinkhorn_tf.privacy import auditing
 
 DELTA = 1e-5
 TRIALS = 4000  # per side: 2000 choose the threshold, 2000 measure the error rates

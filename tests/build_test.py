@@ -43,7 +43,7 @@ def targets(build_path):
   return out
 
 
-PACKAGE_TARGETS = targets(os.path.join(ROOT, "dp_sinkhorn_tf", "BUILD"))
+PACKAGE_TARGETS = {pkg: targets(update_build.build_path(pkg)) for pkg in update_build.packages()}
 TEST_TARGETS = targets(os.path.join(ROOT, "tests", "BUILD"))
 
 
@@ -68,29 +68,46 @@ def test_every_test_file_has_a_py_test(test_file):
 
 @pytest.mark.parametrize("module", update_build.modules())
 def test_every_module_has_a_py_library_with_its_imports(module):
-  assert module in PACKAGE_TARGETS, f"dp_sinkhorn_tf/BUILD lacks py_library {module}"
-  target = PACKAGE_TARGETS[module]
-  assert target["rule"] == "py_library" and target["srcs"] == [f"{module}.py"]
+  package, name = os.path.split(module)
+  build = os.path.join("dp_sinkhorn_tf", package, "BUILD")
+  assert name in PACKAGE_TARGETS[package], f"{build} lacks py_library {name}"
+  target = PACKAGE_TARGETS[package][name]
+  assert target["rule"] == "py_library" and target["srcs"] == [f"{name}.py"]
   internal, external = update_build.imports_of(os.path.join(ROOT, "dp_sinkhorn_tf",
                                                             f"{module}.py"))
   internal.discard(module)
-  missing = {f":{m}" for m in internal} | {f"req:{r}" for r in external}
+  missing = ({update_build.label(m, package) for m in internal}
+             | {f"req:{r}" for r in external})
   missing -= target["deps"]
   assert not missing, f"{module}: deps missing {sorted(missing)}"
+
+
+def test_a_cross_package_import_is_a_full_label():
+  assert update_build.label("transport/sinkhorn", "transport") == ":sinkhorn"
+  assert update_build.label("transport/sinkhorn", "train") == "//dp_sinkhorn_tf/transport:sinkhorn"
+  assert update_build.label("cli", "train") == "//dp_sinkhorn_tf:cli"
+  assert update_build.label("cli", "") == ":cli"
 
 
 @pytest.mark.parametrize("test_file", update_build.tests())
 def test_test_deps_cover_imports(test_file):
   target = TEST_TARGETS[test_file[:-3]]
   internal, external = update_build.imports_of(os.path.join(ROOT, "tests", test_file))
-  missing = {f"//dp_sinkhorn_tf:{m}" for m in internal} | {f"req:{r}" for r in external}
+  missing = {update_build.label(m) for m in internal} | {f"req:{r}" for r in external}
   missing -= target["deps"]
   assert not missing, f"{test_file}: deps missing {sorted(missing)}"
 
 
+def test_every_package_folder_has_a_build_file():
+  assert set(update_build.packages()) >= {"", "transport", "privacy", "train"}
+  for package in update_build.packages():
+    assert os.path.isfile(update_build.build_path(package)), package
+
+
 def test_no_stale_targets():
   """A deleted module or test takes its target with it."""
-  modules = set(update_build.modules()) | {"__init__"}
-  libraries = {n for n, t in PACKAGE_TARGETS.items() if t["rule"] == "py_library"}
-  assert libraries == modules
+  for package, package_targets in PACKAGE_TARGETS.items():
+    modules = {os.path.basename(m) for m in update_build.modules(package)} | {"__init__"}
+    libraries = {n for n, t in package_targets.items() if t["rule"] == "py_library"}
+    assert libraries == modules, package
   assert set(TEST_TARGETS) == {t[:-3] for t in update_build.tests()}

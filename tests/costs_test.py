@@ -1,10 +1,10 @@
-"""Tests for dp_sinkhorn_tf.costs."""
+"""Tests for dp_sinkhorn_tf.transport.costs."""
 
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from dp_sinkhorn_tf import costs
+from dp_sinkhorn_tf.transport import costs
 
 
 def naive_l1(x, y):

@@ -1,4 +1,4 @@
-"""Tests for dp_sinkhorn_tf.distribute: a MirroredStrategy step over 2 and 4 logical CPU
+"""Tests for dp_sinkhorn_tf.train.distribute: a MirroredStrategy step over 2 and 4 logical CPU
 devices releases what one device releases and updates the weights to the same values; a
 mirrored training run ends with the same ledger and generator as a single-device run.
 
@@ -13,7 +13,7 @@ import sys
 import numpy as np
 import pytest
 
-from dp_sinkhorn_tf import config as config_lib
+from dp_sinkhorn_tf.train import config as config_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -21,10 +21,13 @@ ONE_STEP = r"""
 import json, sys
 import numpy as np
 import tensorflow as tf
-from dp_sinkhorn_tf import config as config_lib, data, distribute, privacy_key, sinkhorn, trainer
+from dp_sinkhorn_tf.data import datasets
+from dp_sinkhorn_tf.privacy import keys
+from dp_sinkhorn_tf.train import config as config_lib, distribute, trainer
+from dp_sinkhorn_tf.transport import sinkhorn
 distribute.configure_devices("mirrored", 4)
-digits = data.load_dataset("digits")
-key = privacy_key.insecure_fixed(3)
+digits = datasets.load_dataset("digits")
+key = keys.insecure_fixed(3)
 jit = sys.argv[1] == "jit"
 result = {}
 for strategy, n in [("default", None), ("mirrored", 2), ("mirrored", 4)]:

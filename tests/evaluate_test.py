@@ -13,7 +13,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from dp_sinkhorn_tf import accounting, data, evaluate
+from dp_sinkhorn_tf import evaluate
+from dp_sinkhorn_tf.data import datasets
+from dp_sinkhorn_tf.privacy import accounting
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -53,7 +55,7 @@ def _write_metadata(version_dir, metadata):
 def digits_export(tmp_path_factory):
   """(model dir with version 1, training workdir with ledger and privacy.json)."""
   root = tmp_path_factory.mktemp("run")
-  train = data.load_dataset("digits")
+  train = datasets.load_dataset("digits")
   means = np.stack([train.images[train.labels == k].mean(0) for k in range(10)])
   module = ClassMeanExport(means)
   version = root / "export" / "generator" / "1"

@@ -1,4 +1,4 @@
-"""Tests for dp_sinkhorn_tf.evaluation: synthetic sets, samplers, classifiers, Fréchet distance,
+"""Tests for dp_sinkhorn_tf.evaluation.evaluation: synthetic sets, samplers, classifiers, Fréchet distance,
 privacy curves and the atomic writers."""
 
 import inspect
@@ -11,7 +11,9 @@ import pytest
 import scipy.linalg
 import tensorflow as tf
 
-from dp_sinkhorn_tf import accounting, evaluation, models
+from dp_sinkhorn_tf.evaluation import evaluation
+from dp_sinkhorn_tf.models import generators
+from dp_sinkhorn_tf.privacy import accounting
 
 # ---- helpers ------------------------------------------------------------------------------
 
@@ -98,7 +100,7 @@ def test_generate_dataset_rejects_a_sampler_returning_the_wrong_count():
 
 
 def test_keras_sampler_is_deterministic_per_seed():
-  gen = models.make_generator("dcgan", (8, 8, 1), 3, latent_dim=4, embed_dim=2, hidden=8)
+  gen = generators.make_generator("dcgan", (8, 8, 1), 3, latent_dim=4, embed_dim=2, hidden=8)
   sample = evaluation.sampler_from_keras(gen)
   labels = np.array([0, 1, 2, 2], np.int32)
   a, b, c = sample(labels, 5), sample(labels, 5), sample(labels, 6)

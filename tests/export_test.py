@@ -13,7 +13,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from dp_sinkhorn_tf import __version__, export, models, serving
+from dp_sinkhorn_tf import __version__, export
+from dp_sinkhorn_tf.models import generators
+from dp_sinkhorn_tf.release import serving
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
@@ -27,7 +29,7 @@ METADATA = {"epsilon": 3.5, "delta": 1e-5, "accountant": "rdp", "dp": True,
 def make_tiny_generator(seed: int = 0) -> tf.keras.Model:
   """An 8×8×1 DCGAN with random BatchNorm statistics, so inference mode is visible."""
   tf.keras.utils.set_random_seed(seed)
-  gen = models.make_generator("dcgan", SHAPE, CLASSES, latent_dim=LATENT, embed_dim=4,
+  gen = generators.make_generator("dcgan", SHAPE, CLASSES, latent_dim=LATENT, embed_dim=4,
                               hidden=8, depth=1)
   rng = np.random.default_rng(seed)
   for var in gen.variables:
@@ -112,7 +114,7 @@ def test_saved_model_cli_run_sample(exported, generator, tmp_path):
   assert images.shape == pixels.shape == (3, 8, 8, 1) and z.shape == (3, LATENT)
   assert images.dtype == np.float32 and pixels.dtype == np.uint8
   # The documented seed rule, and the Keras generator in inference mode on that z.
-  np.testing.assert_array_equal(z, models.sample_latent(3, LATENT, 7).numpy())
+  np.testing.assert_array_equal(z, generators.sample_latent(3, LATENT, 7).numpy())
   expected = generator([z, tf.constant([0, 1, 2])], training=False).numpy()
   np.testing.assert_allclose(images, expected, atol=1e-5)
 
@@ -159,7 +161,7 @@ def test_fresh_process_matches_keras_generator(exported, generator, tmp_path):
   z = rng.uniform(size=(6, LATENT)).astype(np.float32)
   labels = np.array([0, 3, 9, 3, 1, 7], np.int32)
   expected = generator([z, labels], training=False).numpy()
-  z7 = models.sample_latent(6, LATENT, 7).numpy()
+  z7 = generators.sample_latent(6, LATENT, 7).numpy()
   np.save(tmp_path / "z.npy", z)
   np.save(tmp_path / "labels.npy", labels)
   np.save(tmp_path / "expected.npy", expected)
@@ -309,7 +311,7 @@ def test_cli_exports_a_run_like_training_does(run_dir):
   path = proc.stdout.strip().splitlines()[-1]
   assert path == os.path.join(model_dir, "2") and model_entries(model_dir) == ["1", "2"]
   restored = export.restore_run(run_dir)
-  z = models.sample_latent(5, 4, 3).numpy()
+  z = generators.sample_latent(5, 4, 3).numpy()
   labels = np.array([0, 2, 4, 6, 8], np.int32)
   expected = restored.generator([z, labels], training=False).numpy()
   np.testing.assert_allclose(_images(path, z, labels), expected, atol=1e-5)
@@ -361,7 +363,7 @@ def test_checkpoint_with_ema_exports_the_ema_weights(run_dir, tmp_path):
   workdir = _copy_run(run_dir, tmp_path / "ema")
   restored = export.restore_run(run_dir)
   raw = restored.generator
-  ema = models.make_generator("dcgan", (8, 8, 1), 10, latent_dim=4, embed_dim=2, hidden=4)
+  ema = generators.make_generator("dcgan", (8, 8, 1), 10, latent_dim=4, embed_dim=2, hidden=4)
   for var in ema.variables:
     var.assign(var + 0.25)
   run_id = json.load(open(os.path.join(run_dir, "run.json")))["run_id"]
@@ -371,7 +373,7 @@ def test_checkpoint_with_ema_exports_the_ema_weights(run_dir, tmp_path):
   prefix = ckpt.write(os.path.join(workdir, "chk", "ckpt-5"))
   path = export.export_run(workdir, checkpoint=prefix, model_name="ema_model")
   assert path == os.path.join(workdir, "export", "ema_model", "1")
-  z = models.sample_latent(4, 4, 0).numpy()
+  z = generators.sample_latent(4, 4, 0).numpy()
   labels = np.array([1, 2, 3, 4], np.int32)
   got = _images(path, z, labels)
   np.testing.assert_allclose(got, ema([z, labels], training=False).numpy(), atol=1e-5)
@@ -426,11 +428,11 @@ def test_export_metadata_names_the_run_and_says_it_is_private(run_dir):
 
 
 def test_dataset_image_shapes_match_the_loaders():
-  from dp_sinkhorn_tf import data
+  from dp_sinkhorn_tf.data import datasets
 
-  assert set(export.DATASET_IMAGE_SHAPES) == set(data.DATASETS)
-  assert export.DATASET_IMAGE_SHAPES["digits"] == data.load_dataset("digits").image_shape
-  assert export.DATASET_IMAGE_SHAPES["celeb_a"] == (data.CELEBA_SIZE, data.CELEBA_SIZE, 3)
+  assert set(export.DATASET_IMAGE_SHAPES) == set(datasets.DATASETS)
+  assert export.DATASET_IMAGE_SHAPES["digits"] == datasets.load_dataset("digits").image_shape
+  assert export.DATASET_IMAGE_SHAPES["celeb_a"] == (datasets.CELEBA_SIZE, datasets.CELEBA_SIZE, 3)
 
 
 def test_a_truncated_or_garbage_checkpoint_is_one_line(run_dir, tmp_path):

@@ -1,10 +1,10 @@
-"""Tests for dp_sinkhorn_tf.features."""
+"""Tests for dp_sinkhorn_tf.transport.features."""
 
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from dp_sinkhorn_tf import features
+from dp_sinkhorn_tf.transport import features
 
 
 def test_layout_is_flat_image_then_scaled_one_hot():

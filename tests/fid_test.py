@@ -1,4 +1,4 @@
-"""Tests for dp_sinkhorn_tf.fid: image conversion, pixel features, caching, the optional
+"""Tests for dp_sinkhorn_tf.evaluation.fid: image conversion, pixel features, caching, the optional
 Inception backend."""
 
 import sys
@@ -6,8 +6,8 @@ import sys
 import numpy as np
 import pytest
 
-from dp_sinkhorn_tf import evaluation
-from dp_sinkhorn_tf import fid as fid_lib
+from dp_sinkhorn_tf.evaluation import evaluation
+from dp_sinkhorn_tf.evaluation import fid as fid_lib
 
 
 class CountingExtractor:

@@ -1,4 +1,4 @@
-"""Tests for dp_sinkhorn_tf.files: the atomic writer and helpers on a local file system and
+"""Tests for dp_sinkhorn_tf.io.files: the atomic writer and helpers on a local file system and
 on TF's in-memory `ram://` file system (standing in for gs:// / hdfs://)."""
 
 import json
@@ -9,7 +9,7 @@ import uuid
 import pytest
 import tensorflow as tf
 
-from dp_sinkhorn_tf import files
+from dp_sinkhorn_tf.io import files
 
 
 @pytest.fixture

@@ -7,7 +7,7 @@ import pytest
 from absl import flags
 
 from dp_sinkhorn_tf import cli, main
-from dp_sinkhorn_tf import config as config_lib
+from dp_sinkhorn_tf.train import config as config_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FLAGFILES = sorted(glob.glob(os.path.join(ROOT, "launch", "*.flags")))
@@ -73,7 +73,7 @@ def test_header_step_count_is_what_the_accountant_allows(parse, path):
   """A header that says "N steps" (or "→ N steps") quotes the planner's own number."""
   import re
 
-  from dp_sinkhorn_tf import accounting
+  from dp_sinkhorn_tf.privacy import accounting
   head = "".join(line for line in open(path) if line.startswith("#")).replace("\n#", " ")
   match = re.search(r"(\d[\d,]{3,}) steps", head)
   if match is None:

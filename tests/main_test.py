@@ -107,9 +107,9 @@ def test_sigkill_at_random_moments_then_resume_gives_the_same_generator_and_ledg
   import signal
   import time
 
-  from dp_sinkhorn_tf import privacy_key
+  from dp_sinkhorn_tf.privacy import keys
   key = tmp_path / "owner.key"
-  privacy_key.write_key_file(str(key), privacy_key.generate())
+  keys.write_key_file(str(key), keys.generate())
   args = TINY + ["--steps=60", f"--privacy_key_file={key}"]
   straight = run_main(f"--workdir={tmp_path / 'straight'}", *args)
   assert straight.returncode == 0, straight.stderr[-2000:]
@@ -358,7 +358,7 @@ def test_a_run_directory_on_a_tf_io_gfile_file_system(capsys):
 
   import tensorflow as tf
 
-  from dp_sinkhorn_tf import files
+  from dp_sinkhorn_tf.io import files
   workdir = f"ram://main_test/{uuid.uuid4().hex}/run"
   args = ["main", f"--workdir={workdir}", *TINY[:-1], "--steps=10", "--export"]
   flags.FLAGS.unparse_flags()

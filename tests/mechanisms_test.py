@@ -1,4 +1,4 @@
-"""Tests for dp_sinkhorn_tf.mechanisms: the table drives the config and the step, so a new
+"""Tests for dp_sinkhorn_tf.privacy.mechanisms: the table drives the config and the step, so a new
 mechanism is one entry; the shipped entries keep their properties."""
 
 import dataclasses
@@ -7,8 +7,11 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from dp_sinkhorn_tf import config as config_lib
-from dp_sinkhorn_tf import costs, data, mechanisms, sinkhorn, trainer
+from dp_sinkhorn_tf.data import datasets
+from dp_sinkhorn_tf.privacy import mechanisms
+from dp_sinkhorn_tf.train import config as config_lib
+from dp_sinkhorn_tf.train import trainer
+from dp_sinkhorn_tf.transport import costs, sinkhorn
 
 
 def test_the_shipped_mechanisms_and_their_properties():
@@ -34,7 +37,7 @@ class _Frozen(mechanisms.Mechanism):
 
 def test_a_new_mechanism_is_one_table_entry(monkeypatch):
   monkeypatch.setitem(mechanisms.MECHANISMS, "frozen", _Frozen())
-  digits = data.load_dataset("digits")
+  digits = datasets.load_dataset("digits")
   cfg = config_lib.TrainConfig(
       batch_size=8, steps=3,
       model=config_lib.ModelConfig("dcgan", latent_dim=4, embed_dim=2, hidden=4),

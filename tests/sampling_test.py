@@ -1,10 +1,10 @@
-"""Tests for dp_sinkhorn_tf.sampling."""
+"""Tests for dp_sinkhorn_tf.privacy.gaussian.sampling."""
 
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from dp_sinkhorn_tf import sampling
+from dp_sinkhorn_tf.privacy import sampling
 
 
 def _sizes(num_steps, n, q, seed=0):

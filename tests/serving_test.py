@@ -1,4 +1,4 @@
-"""Tests for dp_sinkhorn_tf.serving: REST bodies ↔ an exported model, gRPC requests."""
+"""Tests for dp_sinkhorn_tf.release.serving: REST bodies ↔ an exported model, gRPC requests."""
 
 import json
 import re
@@ -7,7 +7,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from dp_sinkhorn_tf import export, models, serving
+from dp_sinkhorn_tf import export
+from dp_sinkhorn_tf.models import generators
+from dp_sinkhorn_tf.release import serving
 
 LATENT = 6
 
@@ -15,7 +17,7 @@ LATENT = 6
 @pytest.fixture(scope="module")
 def loaded(tmp_path_factory):
   tf.keras.utils.set_random_seed(3)
-  gen = models.make_generator("dcgan", (8, 8, 1), 10, latent_dim=LATENT, embed_dim=4, hidden=8)
+  gen = generators.make_generator("dcgan", (8, 8, 1), 10, latent_dim=LATENT, embed_dim=4, hidden=8)
   path = export.export_generator(gen, str(tmp_path_factory.mktemp("export")))
   return tf.saved_model.load(path)
 

@@ -1,4 +1,4 @@
-"""Tests for dp_sinkhorn_tf.sinkhorn: closed forms, POT agreement, gradients, tracing."""
+"""Tests for dp_sinkhorn_tf.transport.sinkhorn: closed forms, POT agreement, gradients, tracing."""
 
 import math
 
@@ -7,7 +7,7 @@ import ot
 import pytest
 import tensorflow as tf
 
-from dp_sinkhorn_tf import costs, sinkhorn
+from dp_sinkhorn_tf.transport import costs, sinkhorn
 
 L2 = costs.SquaredEuclidean()
 L1L2 = costs.SquaredEuclideanPlusL1(l1_weight=3.0)
@@ -326,7 +326,7 @@ def test_rank_check_names_the_argument():
 def test_class_matched_cost_splits_by_class():
   # Eq. (4) of features.class_matched_weights: with a label block of weight α the cross-class
   # cost is ≥ 2α² = 800 ≫ λ = 0.5, so W_λ(a, b) = Σ_c π_c W_λ(X_c, Y_c) + λ·H(π).
-  from dp_sinkhorn_tf import features
+  from dp_sinkhorn_tf.transport import features
   rng = np.random.default_rng(21)
   x_labels, y_labels = np.array([0, 0, 1, 1, 1, 2]), np.array([0, 1, 1, 2, 2, 2, 3])
   x_img, y_img = rng.normal(size=(6, 3)), rng.normal(size=(7, 3))
@@ -347,7 +347,7 @@ def test_class_matched_cost_splits_by_class():
 def test_class_matched_loss_keeps_public_rows_free_of_private_data():
   # Cross-term weights depend on the private labels, self-term weights only on generated
   # ones: the rows X[n:] (seen by the self term alone) must not change with the batch.
-  from dp_sinkhorn_tf import features
+  from dp_sinkhorn_tf.transport import features
   rng = np.random.default_rng(22)
   fake_labels = np.array([0, 1, 1, 2, 0, 2, 1])
   fake = tf.constant(rng.normal(size=(7, 3)))
@@ -368,7 +368,7 @@ def test_class_matched_loss_keeps_public_rows_free_of_private_data():
 
 
 def test_no_shared_class_makes_the_cross_term_zero():
-  from dp_sinkhorn_tf import features
+  from dp_sinkhorn_tf.transport import features
   rng = np.random.default_rng(23)
   fake = tf.constant(rng.normal(size=(7, 3)))
   real = tf.constant(rng.normal(size=(3, 3)))

@@ -1,4 +1,4 @@
-"""Tests for dp_sinkhorn_tf.trainer: private steps, no-leak, resume, planning."""
+"""Tests for dp_sinkhorn_tf.train.trainer: private steps, no-leak, resume, planning."""
 
 import dataclasses
 import json
@@ -10,19 +10,14 @@ import pytest
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from dp_sinkhorn_tf import (
-  accounting,
-  data,
-  privacy,
-  privacy_key,
-  rundir,
-  sampling,
-  sinkhorn,
-  trainer,
-)
-from dp_sinkhorn_tf import config as config_lib
+from dp_sinkhorn_tf.data import datasets
+from dp_sinkhorn_tf.io import rundir
+from dp_sinkhorn_tf.privacy import accounting, gaussian, keys, sampling
+from dp_sinkhorn_tf.train import config as config_lib
+from dp_sinkhorn_tf.train import trainer
+from dp_sinkhorn_tf.transport import sinkhorn
 
-DIGITS = data.load_dataset("digits")
+DIGITS = datasets.load_dataset("digits")
 
 
 def tiny_config(workdir="unused", **overrides) -> config_lib.TrainConfig:
@@ -82,7 +77,7 @@ def test_private_steps_on_digits_are_finite_and_noised():
 
 def test_steps_on_tfds_mock_mnist():
   with tfds.testing.mock_data(num_examples=40):
-    ds = data.load_dataset("mnist", data_dir="/nonexistent")
+    ds = datasets.load_dataset("mnist", data_dir="/nonexistent")
   cfg = tiny_config(batch_size=8)
   model = build_model(cfg, ds)
   logs = tf.function(model.train_step)(tf.constant(0, tf.int64))
@@ -94,7 +89,7 @@ class _ZeroMechanism:
 
   def privatize(self, grad, num_private, noise_seed=None):
     zero = tf.zeros([])
-    return tf.zeros_like(grad), privacy.MechanismInfo(zero, zero, zero)
+    return tf.zeros_like(grad), gaussian.MechanismInfo(zero, zero, zero)
 
 
 def test_no_leak_zero_release_leaves_weights_unmoved():
@@ -133,7 +128,7 @@ def test_param_grad_step_releases_clipped_gradient_plus_keyed_two_sigma_c_noise(
                                                      target_epsilon=2.0),
                     optim=config_lib.OptimConfig(optimizer="sgd", learning_rate=1.0,
                                                  beta_1=0.0))
-  key = privacy_key.generate()
+  key = keys.generate()
   model = build_model(cfg, sigma=0.7, key=key)
   # Plain SGD with rate 1 and no momentum: the update is −released.
   variables = model.generator.trainable_variables
@@ -142,8 +137,8 @@ def test_param_grad_step_releases_clipped_gradient_plus_keyed_two_sigma_c_noise(
   released = [b - v.numpy() for v, b in zip(variables, before)]
   # released = clip_C(g) + N(0, (2σC)²) with 2σC = 0.7, the noise keyed by (key, step 3):
   # subtracting that noise leaves a gradient of norm ≤ C = 0.5.
-  seed = privacy_key.step_seed(key, 3, privacy_key.STREAM_NOISE)
-  noise = [privacy.keyed_gaussian_noise(tf.shape(r), 0.7,
+  seed = keys.step_seed(key, 3, keys.STREAM_NOISE)
+  noise = [gaussian.keyed_gaussian_noise(tf.shape(r), 0.7,
                                         tf.random.experimental.stateless_fold_in(seed, i))
            for i, r in enumerate(released)]
   clipped = [r - n.numpy() for r, n in zip(released, noise)]
@@ -212,7 +207,7 @@ def _weights(result):
 def test_resume_after_crash_replays_from_the_checkpoint_and_matches_an_uninterrupted_run(
     tmp_path, monkeypatch):
   key_file = tmp_path / "key"
-  privacy_key.write_key_file(str(key_file), privacy_key.generate())
+  keys.write_key_file(str(key_file), keys.generate())
 
   def cfg_for(name):
     return tiny_config(tmp_path / name, steps=10, privacy=config_lib.PrivacyConfig(
@@ -389,24 +384,24 @@ def test_the_same_command_in_two_workdirs_releases_different_generators(tmp_path
   a, b = _two_runs(tmp_path)
   assert any(np.abs(x - y).max() > 0 for x, y in zip(_weights(a), _weights(b)))
   assert a.identity.run_id != b.identity.run_id
-  keys = [privacy_key.read_key_file(str(tmp_path / n / rundir.KEY_FILE)) for n in "ab"]
+  keys = [keys.read_key_file(str(tmp_path / n / rundir.KEY_FILE)) for n in "ab"]
   assert not keys[0].same_secret(keys[1])
 
 
 def test_the_same_key_file_reproduces_a_run_exactly(tmp_path):
   key_file = tmp_path / "owner.key"
-  privacy_key.write_key_file(str(key_file), privacy_key.generate())
+  keys.write_key_file(str(key_file), keys.generate())
   a, b = _two_runs(tmp_path, privacy_key_file=str(key_file))
   for x, y in zip(_weights(a), _weights(b)):
     np.testing.assert_array_equal(x, y)
 
 
 def test_batches_and_noise_follow_the_key_not_the_seed():
-  key = privacy_key.generate()
+  key = keys.generate()
   step = tf.constant(4, tf.int64)
   m0 = build_model(tiny_config(), key=key)
   m1 = build_model(tiny_config(run=config_lib.RunConfig(seed=1)), key=key)
-  m2 = build_model(tiny_config(), key=privacy_key.generate())
+  m2 = build_model(tiny_config(), key=keys.generate())
   np.testing.assert_array_equal(m0.private_batch(step)[1].numpy(),
                                 m1.private_batch(step)[1].numpy())
   np.testing.assert_array_equal(m0.noise_seed(step).numpy(), m1.noise_seed(step).numpy())
@@ -419,9 +414,9 @@ def test_batches_and_noise_follow_the_key_not_the_seed():
 
 
 def test_noise_seeds_never_repeat_across_steps_or_streams():
-  key = privacy_key.generate()
-  seeds = {tuple(privacy_key.step_seed(key, t, s).numpy())
-           for t in range(2000) for s in (privacy_key.STREAM_BATCH, privacy_key.STREAM_NOISE)}
+  key = keys.generate()
+  seeds = {tuple(keys.step_seed(key, t, s).numpy())
+           for t in range(2000) for s in (keys.STREAM_BATCH, keys.STREAM_NOISE)}
   assert len(seeds) == 4000
 
 
@@ -532,7 +527,7 @@ def test_the_key_stays_in_its_owner_only_file_and_nowhere_else(tmp_path):
   _train(cfg)
   key_path = tmp_path / rundir.KEY_FILE
   assert (os.stat(key_path).st_mode & 0o777) == 0o600
-  key = privacy_key.read_key_file(str(key_path))
+  key = keys.read_key_file(str(key_path))
   needles = [f"{w:016x}".encode() for w in key.words] + [str(w).encode() for w in key.words]
   for dirpath, _, files in os.walk(tmp_path):
     for name in files:
@@ -570,7 +565,7 @@ def test_privacy_report_states_the_unit_and_whether_the_run_is_private(tmp_path)
   _train(_dp_cfg(tmp_path / "fixed", insecure_fixed_key=True))
   report = json.load(open(tmp_path / "fixed" / rundir.REPORT_FILE))
   assert report["private"] is False and "insecure_fixed_key" in report["private_reason"]
-  assert report["key_source"] == privacy_key.SOURCE_INSECURE
+  assert report["key_source"] == keys.SOURCE_INSECURE
 
 
 def test_insecure_fixed_key_is_reproducible_from_the_seed(tmp_path):

@@ -1,4 +1,5 @@
-"""Regenerates dp_sinkhorn_tf/BUILD and tests/BUILD from the modules' imports.
+"""Regenerates the BUILD file of every package folder (dp_sinkhorn_tf/, dp_sinkhorn_tf/transport/,
+…) and tests/BUILD from the modules' imports.
 
   python tools/update_build.py        # rewrite the BUILD files
   python tools/update_build.py --check  # exit 1 if they are out of date
@@ -38,8 +39,17 @@ DATA_USERS = ("cli",)
 BINARIES = ("main", "bench", "export", "sample", "evaluate", "audit")
 
 
+def _module_id(dotted: str) -> str:
+  """'dp_sinkhorn_tf.transport.sinkhorn' → 'transport/sinkhorn' (a module, not a package)."""
+  parts = dotted.split(".")[1:]
+  while parts and not os.path.isfile(os.path.join(ROOT, PACKAGE, *parts) + ".py"):
+    parts.pop()  # `from dp_sinkhorn_tf.a.b import Symbol`: the module is a.b
+  return "/".join(parts)
+
+
 def imports_of(path: str):
-  """(internal module names, third-party requirement names) imported anywhere in `path`."""
+  """(internal module ids such as 'transport/sinkhorn', third-party requirement names)
+  imported anywhere in `path`."""
   tree = ast.parse(open(path).read(), path)
   internal, external = set(), set()
   for node in ast.walk(tree):
@@ -47,49 +57,84 @@ def imports_of(path: str):
     if isinstance(node, ast.Import):
       names = [a.name for a in node.names]
     elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-      if node.module == PACKAGE:
-        internal.update(a.name for a in node.names)
+      if node.module.split(".")[0] == PACKAGE:
+        for a in node.names:
+          full = f"{node.module}.{a.name}"
+          module = _module_id(full) or _module_id(node.module)
+          if module:
+            internal.add(module)
         continue
       names = [node.module]
     for name in names:
       top = name.split(".")[0]
       if top == PACKAGE and "." in name:
-        internal.add(name.split(".")[1])
+        internal.add(_module_id(name))
       elif top in THIRD_PARTY:
         external.add(THIRD_PARTY[top])
+  internal.discard("")
   return internal, external
 
 
-def modules():
-  return sorted(f[:-3] for f in os.listdir(os.path.join(ROOT, PACKAGE))
-                if f.endswith(".py") and f != "__init__.py")
+def packages():
+  """The package's folders holding Python modules, relative to it ('' is the top level)."""
+  out = []
+  for folder, dirs, files in os.walk(os.path.join(ROOT, PACKAGE)):
+    dirs[:] = sorted(d for d in dirs if not d.startswith((".", "__")))
+    if "__init__.py" in files:
+      out.append(os.path.relpath(folder, os.path.join(ROOT, PACKAGE)).replace(".", ""))
+  return sorted(out)
+
+
+def modules(package: str = None):
+  """Module ids ('main', 'transport/sinkhorn'), of one package folder or of all."""
+  out = []
+  for pkg in (packages() if package is None else [package]):
+    folder = os.path.join(ROOT, PACKAGE, pkg)
+    out += [os.path.join(pkg, f[:-3]) if pkg else f[:-3] for f in sorted(os.listdir(folder))
+            if f.endswith(".py") and f != "__init__.py"]
+  return sorted(out)
+
+
+def label(module: str, from_package: str = None) -> str:
+  """The Bazel label of module id `module` (short form inside its own package)."""
+  pkg, name = os.path.split(module)
+  if pkg == from_package:
+    return f":{name}"
+  return f"//{PACKAGE}/{pkg}:{name}" if pkg else f"//{PACKAGE}:{name}"
+
+
+def build_path(package: str) -> str:
+  return os.path.join(ROOT, PACKAGE, package, "BUILD")
 
 
 def tests():
   return sorted(f for f in os.listdir(os.path.join(ROOT, "tests")) if f.endswith("_test.py"))
 
 
-def _deps(internal, external, prefix):
-  deps = [f'"{prefix}{m}"' for m in sorted(internal)]
+def _deps(labels, external):
+  deps = [f'"{d}"' for d in sorted(labels)]
   deps += [f'requirement("{r}")' for r in sorted(external)]
   return "".join(f"\n        {d}," for d in deps)
 
 
-def package_build() -> str:
+def package_build(package: str) -> str:
   out = ['load("@pypi//:requirements.bzl", "requirement")\n'
          'load("@rules_python//python:defs.bzl", "py_binary", "py_library")',
          'package(default_visibility = ["//visibility:public"])',
          'py_library(\n    name = "__init__",\n    srcs = ["__init__.py"],\n)']
-  for m in modules():
-    internal, external = imports_of(os.path.join(ROOT, PACKAGE, f"{m}.py"))
-    internal.discard(m)
-    deps = _deps(internal | {"__init__"}, external, ":")
-    data = '    data = ["//dp_sinkhorn_tf/launch:flagfiles"],\n' if m in DATA_USERS else ""
-    out.append(f'py_library(\n    name = "{m}",\n    srcs = ["{m}.py"],\n{data}'
-               f'    deps = [{deps}\n    ],\n)')
-    if m in BINARIES:
-      out.append(f'py_binary(\n    name = "{m}_bin",\n    srcs = ["{m}.py"],\n'
-                 f'    main = "{m}.py",\n    deps = [":{m}"],\n)')
+  for module in modules(package):
+    name = os.path.basename(module)
+    internal, external = imports_of(os.path.join(ROOT, PACKAGE, module + ".py"))
+    internal.discard(module)
+    labels = {label(m, package) for m in internal} | {":__init__"}
+    if package:
+      labels.add(f"//{PACKAGE}:__init__")
+    data = '    data = ["//dp_sinkhorn_tf/launch:flagfiles"],\n' if module in DATA_USERS else ""
+    out.append(f'py_library(\n    name = "{name}",\n    srcs = ["{name}.py"],\n{data}'
+               f'    deps = [{_deps(labels, external)}\n    ],\n)')
+    if module in BINARIES:
+      out.append(f'py_binary(\n    name = "{name}_bin",\n    srcs = ["{name}.py"],\n'
+                 f'    main = "{name}.py",\n    deps = [":{name}"],\n)')
   return "\n\n".join(out) + "\n"
 
 
@@ -98,15 +143,15 @@ def tests_build() -> str:
          'load("@rules_python//python:defs.bzl", "py_test")']
   for t in tests():
     internal, external = imports_of(os.path.join(ROOT, "tests", t))
-    deps = _deps(internal, external | {"pytest"}, f"//{PACKAGE}:")
+    deps = _deps({label(m) for m in internal}, external | {"pytest"})
     out.append(f'py_test(\n    name = "{t[:-3]}",\n    size = "large",\n    srcs = ["{t}"],\n'
                f'    data = ["//dp_sinkhorn_tf/launch:flagfiles"],\n    main = "{t}",\n    deps = [{deps}\n    ],\n)')
   return "\n\n".join(out) + "\n"
 
 
 def main(argv) -> int:
-  files = {os.path.join(ROOT, PACKAGE, "BUILD"): package_build(),
-           os.path.join(ROOT, "tests", "BUILD"): tests_build()}
+  files = {build_path(pkg): package_build(pkg) for pkg in packages()}
+  files[os.path.join(ROOT, "tests", "BUILD")] = tests_build()
   stale = [p for p, text in files.items()
            if not os.path.exists(p) or open(p).read() != text]
   if "--check" in argv:

@@ -1,24 +1,24 @@
-"""Tests for dp_sinkhorn_tf.models (tiny widths: hidden 4–8)."""
+"""Tests for dp_sinkhorn_tf.models.generators (tiny widths: hidden 4–8)."""
 
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from dp_sinkhorn_tf import models
+from dp_sinkhorn_tf.models import generators
 
 SHAPES = [(8, 8, 1), (28, 28, 1), (32, 32, 3)]
 TINY = dict(latent_dim=4, embed_dim=3, hidden=4)
 
 
 def _tiny(arch, shape=(8, 8, 1), **kw):
-  return models.make_generator(arch, shape, 10, **{**TINY, **kw})
+  return generators.make_generator(arch, shape, 10, **{**TINY, **kw})
 
 
-@pytest.mark.parametrize("arch", models.ARCHITECTURES)
+@pytest.mark.parametrize("arch", generators.ARCHITECTURES)
 @pytest.mark.parametrize("shape", SHAPES)
 def test_output_shape_range_and_attributes(arch, shape):
-  gen = models.make_generator(arch, shape, num_classes=10, latent_dim=6, embed_dim=3, hidden=4)
-  z = models.sample_latent(5, 6, [0, 1])
+  gen = generators.make_generator(arch, shape, num_classes=10, latent_dim=6, embed_dim=3, hidden=4)
+  z = generators.sample_latent(5, 6, [0, 1])
   for training in (True, False):
     out = gen([z, tf.range(5)], training=training)
     assert out.shape == (5,) + shape and out.dtype == tf.float32
@@ -31,31 +31,31 @@ def test_output_shape_range_and_attributes(arch, shape):
     ((64, 64, 3), 4, (4, 4)), ((18, 30, 1), 2, (5, 8))])
 def test_upsamplings_and_seed_follow_resolution(shape, k, seed):
   # k = max(1, floor(log2 min(H, W)) - 2); seed = ceil(H / 2^k), ceil(W / 2^k).
-  assert models.num_upsamplings(shape) == k and models.seed_shape(shape) == seed
+  assert generators.num_upsamplings(shape) == k and generators.seed_shape(shape) == seed
 
 
 def test_overshoot_is_center_cropped():
   # (18, 30): seed (5, 8) × 2² = (20, 32) → crop 1 row top/bottom, 1 column left/right.
   gen = _tiny("dcgan", (18, 30, 2))
-  assert gen([models.sample_latent(2, 4, 0), tf.constant([0, 1])]).shape == (2, 18, 30, 2)
+  assert gen([generators.sample_latent(2, 4, 0), tf.constant([0, 1])]).shape == (2, 18, 30, 2)
   x = tf.reshape(tf.range(4 * 6, dtype=tf.float32), [1, 4, 6, 1])
-  np.testing.assert_array_equal(models.center_crop(x, 2, 2)[0, :, :, 0], [[8, 9], [14, 15]])
+  np.testing.assert_array_equal(generators.center_crop(x, 2, 2)[0, :, :, 0], [[8, 9], [14, 15]])
 
 
-@pytest.mark.parametrize("arch", models.ARCHITECTURES)
+@pytest.mark.parametrize("arch", generators.ARCHITECTURES)
 def test_labels_change_the_output(arch):
   gen = _tiny(arch)
-  z = tf.tile(models.sample_latent(1, 4, [3, 3]), [2, 1])
+  z = tf.tile(generators.sample_latent(1, 4, [3, 3]), [2, 1])
   for training in (True, False):
     out = gen([z, tf.constant([1, 7])], training=training).numpy()
     assert np.abs(out[0] - out[1]).max() > 1e-4
 
 
-@pytest.mark.parametrize("arch", models.ARCHITECTURES)
+@pytest.mark.parametrize("arch", generators.ARCHITECTURES)
 @pytest.mark.parametrize("shape,depth", [((8, 8, 1), 2), ((28, 28, 1), 1), ((32, 32, 3), 1)])
 def test_every_trainable_variable_gets_a_finite_nonzero_gradient(arch, shape, depth):
   gen = _tiny(arch, shape, depth=depth)
-  z = models.sample_latent(12, 4, [0, 0])
+  z = generators.sample_latent(12, 4, [0, 0])
   with tf.GradientTape() as tape:
     out = gen([z, tf.range(12) % 10], training=True)
     loss = tf.reduce_sum(out * tf.random.stateless_normal(out.shape, [1, 1]))
@@ -67,31 +67,31 @@ def test_every_trainable_variable_gets_a_finite_nonzero_gradient(arch, shape, de
     assert np.all(np.isfinite(g)) and np.abs(g).max() > 0, var.name
 
 
-@pytest.mark.parametrize("arch", models.ARCHITECTURES)
+@pytest.mark.parametrize("arch", generators.ARCHITECTURES)
 def test_depth_adds_blocks_but_not_upsamplings(arch, monkeypatch):
   shallow, deep = _tiny(arch, (32, 32, 3), depth=1), _tiny(arch, (32, 32, 3), depth=3)
   assert deep.count_params() > shallow.count_params()
   # 4 × 2³ = 32 exactly: an extra upsampling would overshoot and need a crop.
-  monkeypatch.setattr(models, "center_crop", lambda *a: pytest.fail("unexpected crop"))
-  assert deep([models.sample_latent(2, 4, 1), tf.constant([0, 1])]).shape == (2, 32, 32, 3)
+  monkeypatch.setattr(generators, "center_crop", lambda *a: pytest.fail("unexpected crop"))
+  assert deep([generators.sample_latent(2, 4, 1), tf.constant([0, 1])]).shape == (2, 32, 32, 3)
 
 
-@pytest.mark.parametrize("arch", models.ARCHITECTURES)
+@pytest.mark.parametrize("arch", generators.ARCHITECTURES)
 def test_tf_function_agrees_with_eager_and_does_not_retrace_on_batch_size(arch):
   gen = _tiny(arch)
   fn = tf.function(lambda z, y: gen([z, y], training=False),
                    input_signature=[tf.TensorSpec([None, 4]), tf.TensorSpec([None], tf.int32)])
   for b in (1, 3, 17):
-    z, y = models.sample_latent(b, 4, b), tf.range(b) % 10
+    z, y = generators.sample_latent(b, 4, b), tf.range(b) % 10
     np.testing.assert_allclose(fn(z, y).numpy(), gen([z, y], training=False).numpy(),
                                atol=1e-5)
   assert fn.experimental_get_tracing_count() == 1
 
 
-@pytest.mark.parametrize("arch", models.ARCHITECTURES)
+@pytest.mark.parametrize("arch", generators.ARCHITECTURES)
 def test_checkpoint_round_trip_gives_identical_outputs(arch, tmp_path):
   gen = _tiny(arch)
-  z, y = models.sample_latent(4, 4, [5, 5]), tf.constant([0, 1, 2, 3])
+  z, y = generators.sample_latent(4, 4, [5, 5]), tf.constant([0, 1, 2, 3])
   gen([z, y], training=True)  # updates BatchNorm moving statistics away from (0, 1)
   moving = [v for v in gen.variables if "moving_mean" in v.name]
   assert moving and any(np.abs(v.numpy()).max() > 0 for v in moving)
@@ -104,10 +104,10 @@ def test_checkpoint_round_trip_gives_identical_outputs(arch, tmp_path):
   np.testing.assert_array_equal(other([z, y], training=False).numpy(), expected)
 
 
-@pytest.mark.parametrize("arch", models.ARCHITECTURES)
+@pytest.mark.parametrize("arch", generators.ARCHITECTURES)
 def test_inference_output_does_not_depend_on_batch_companions(arch):
   gen = _tiny(arch)
-  z, y = models.sample_latent(6, 4, [9, 9]), tf.constant([0, 1, 2, 3, 4, 5])
+  z, y = generators.sample_latent(6, 4, [9, 9]), tf.constant([0, 1, 2, 3, 4, 5])
   alone = gen([z[:1], y[:1]], training=False).numpy()
   np.testing.assert_allclose(alone, gen([z, y], training=False).numpy()[:1], atol=1e-6)
   # In training mode BN uses the batch's own statistics, so companions do matter.
@@ -116,14 +116,14 @@ def test_inference_output_does_not_depend_on_batch_companions(arch):
 
 
 def test_sample_latent_is_uniform_and_reproducible():
-  z = models.sample_latent(2000, 5, [1, 2]).numpy()
+  z = generators.sample_latent(2000, 5, [1, 2]).numpy()
   assert z.shape == (2000, 5) and z.dtype == np.float32
   assert z.min() >= 0.0 and z.max() < 1.0
   assert abs(z.mean() - 0.5) < 0.01  # std of the mean: sqrt(1/12 / 10000) ≈ 0.003
-  np.testing.assert_array_equal(models.sample_latent(2000, 5, [1, 2]).numpy(), z)
-  np.testing.assert_array_equal(models.sample_latent(3, 2, 7), models.sample_latent(3, 2, [7, 0]))
+  np.testing.assert_array_equal(generators.sample_latent(2000, 5, [1, 2]).numpy(), z)
+  np.testing.assert_array_equal(generators.sample_latent(3, 2, 7), generators.sample_latent(3, 2, [7, 0]))
   rng = tf.random.Generator.from_seed(0)
-  first, second = models.sample_latent(3, 2, rng), models.sample_latent(3, 2, rng)
+  first, second = generators.sample_latent(3, 2, rng), generators.sample_latent(3, 2, rng)
   assert first.shape == (3, 2) and np.abs(first - second).max() > 0
 
 
@@ -142,17 +142,17 @@ def test_bad_arguments_raise_value_error_naming_them(kwargs, match):
   args = dict(architecture="dcgan", image_shape=(8, 8, 1), num_classes=10)
   args.update(kwargs)
   with pytest.raises(ValueError, match=match):
-    models.make_generator(**args)
+    generators.make_generator(**args)
 
 
 def test_sample_latent_bad_arguments():
   with pytest.raises(ValueError, match="latent_dim"):
-    models.sample_latent(2, 0, 0)
+    generators.sample_latent(2, 0, 0)
   with pytest.raises(ValueError, match="batch"):
-    models.sample_latent(-1, 2, 0)
+    generators.sample_latent(-1, 2, 0)
 
 
-@pytest.mark.parametrize("arch", models.ARCHITECTURES)
+@pytest.mark.parametrize("arch", generators.ARCHITECTURES)
 def test_clip_head_is_in_range_and_passes_gradients_where_tanh_saturates(arch):
   gen = _tiny(arch, output="clip")
   assert gen.get_config()["output"] == "clip"
@@ -160,7 +160,7 @@ def test_clip_head_is_in_range_and_passes_gradients_where_tanh_saturates(arch):
   x = tf.constant([[-3.0, -0.5, 0.25, 2.0]])
   with tf.GradientTape(persistent=True) as tape:
     tape.watch(x)
-    clipped = models.straight_through_clip(x)
+    clipped = generators.straight_through_clip(x)
     saturated = tf.tanh(x)
   np.testing.assert_allclose(clipped.numpy(), [[-1.0, -0.5, 0.25, 1.0]])
   np.testing.assert_allclose(tape.gradient(clipped, x).numpy(), [[1.0, 1.0, 1.0, 1.0]])

@@ -33,7 +33,7 @@ from typing import NamedTuple
 
 import tensorflow as tf
 
-from dp_sinkhorn_tf import costs as costs_lib
+from dp_sinkhorn_tf.transport import costs as costs_lib
 
 
 @dataclasses.dataclass(frozen=True)

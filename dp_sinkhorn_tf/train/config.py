@@ -8,7 +8,8 @@ import dataclasses
 import math
 from typing import Optional
 
-from dp_sinkhorn_tf import costs, mechanisms, sinkhorn
+from dp_sinkhorn_tf.privacy import mechanisms
+from dp_sinkhorn_tf.transport import costs, sinkhorn
 
 ARCHITECTURES = ("dcgan", "biggan")
 OUTPUTS = ("tanh", "clip")

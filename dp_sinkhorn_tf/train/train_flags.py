@@ -10,8 +10,8 @@ import math
 
 from absl import flags
 
-from dp_sinkhorn_tf import config as config_lib
-from dp_sinkhorn_tf import sinkhorn
+from dp_sinkhorn_tf.train import config as config_lib
+from dp_sinkhorn_tf.transport import sinkhorn
 
 FLAGS = flags.FLAGS
 

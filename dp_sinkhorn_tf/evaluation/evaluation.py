@@ -30,7 +30,8 @@ from typing import Callable, Dict, Iterable, Optional, Sequence, Tuple
 
 import numpy as np
 
-from dp_sinkhorn_tf import files, serving
+from dp_sinkhorn_tf.io import files
+from dp_sinkhorn_tf.release import serving
 
 Sampler = Callable[[np.ndarray, int], np.ndarray]
 CLASSIFIERS = ("logreg", "mlp", "cnn")
@@ -370,7 +371,7 @@ def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray,
 def epsilon_curve(ledger, num_points: int = 50) -> Tuple[np.ndarray, np.ndarray]:
   """(steps, ε): ε after t steps of the ledger's (q, σ, δ, accountant) at ≤ num_points
   distinct integer t from 1 to steps_taken (linearly spaced, both ends included)."""
-  from dp_sinkhorn_tf import accounting
+  from dp_sinkhorn_tf.privacy import accounting
 
   if ledger.steps_taken < 1:
     raise ValueError("the privacy ledger records no step taken")

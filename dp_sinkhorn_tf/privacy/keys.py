@@ -47,7 +47,7 @@ from typing import Tuple
 import numpy as np
 import tensorflow as tf
 
-from dp_sinkhorn_tf import files
+from dp_sinkhorn_tf.io import files
 
 KEY_BITS = 62
 STREAM_BATCH = 1

@@ -11,14 +11,14 @@ One step (paper Alg. 1), all inside one tf.function:
   4. G = ∂L/∂X, the only quantity that touches private data. The mechanism clips G[0:n] to
      norm C and adds N(0, (2σC)²) drawn from (secret key, step); G[n:] is clipped only
      (`privacy`).
-  5. Optionally blur the released G̃ (`privacy.blur_release`, post-processing), then
+  5. Optionally blur the released G̃ (`gaussian.blur_release`, post-processing), then
      back-propagate it into the generator:
      tape.gradient(X, θ, output_gradients=G̃), then Adam / AdamW.
 
 Everything after step 4 is post-processing of the Gaussian mechanism's output, so the run
 is (ε, δ)-DP for the accountant's ε over the number of steps taken. With
 mechanism="param_grad" (the paper's ablation) step 4–5 clip the whole parameter gradient
-of the batch loss (one microbatch) and add keyed noise (`privacy.privatize_parameter_gradients`).
+of the batch loss (one microbatch) and add keyed noise (`gaussian.privatize_parameter_gradients`).
 
 Privacy bookkeeping in `train` (see also `rundir` and `accounting.PrivacyLedger`):
 
@@ -50,22 +50,13 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 import tensorflow as tf
 
-from dp_sinkhorn_tf import (
-  accounting,
-  costs,
-  distribute,
-  evaluation,
-  features,
-  files,
-  mechanisms,
-  models,
-  privacy,
-  privacy_key,
-  rundir,
-  sampling,
-  sinkhorn,
-)
-from dp_sinkhorn_tf import config as config_lib
+from dp_sinkhorn_tf.evaluation import evaluation
+from dp_sinkhorn_tf.io import files, rundir
+from dp_sinkhorn_tf.models import generators
+from dp_sinkhorn_tf.privacy import accounting, gaussian, keys, mechanisms, sampling
+from dp_sinkhorn_tf.train import config as config_lib
+from dp_sinkhorn_tf.train import distribute
+from dp_sinkhorn_tf.transport import costs, features, sinkhorn
 
 LEDGER_FILE = rundir.LEDGER_FILE
 REPORT_FILE = rundir.REPORT_FILE
@@ -182,10 +173,10 @@ class DPSinkhornModel(tf.keras.Model):
   def __init__(self, generator: tf.keras.Model, images: np.ndarray, labels: np.ndarray,
                num_classes: int, cfg: config_lib.TrainConfig, noise_multiplier: float,
                sample_rate: float, ema_generator: Optional[tf.keras.Model] = None,
-               key: Optional[privacy_key.PrivacyKey] = None):
+               key: Optional[keys.PrivacyKey] = None):
     """key: the run's secret key (batches and noise); None draws a fresh one."""
     super().__init__()
-    self._key = key if key is not None else privacy_key.generate()
+    self._key = key if key is not None else keys.generate()
     self.generator = generator
     self.ema_generator = ema_generator
     self.cfg = cfg
@@ -199,10 +190,10 @@ class DPSinkhornModel(tf.keras.Model):
     self._cost = costs.make_cost(cfg.loss.cost, l1_weight=cfg.loss.l1_weight)
     self._noise_multiplier = float(noise_multiplier) if cfg.privacy.dp else 0.0
     if cfg.privacy.dp:
-      self.mechanism = privacy.ImageGradientMechanism(cfg.privacy.l2_norm_clip, noise_multiplier,
+      self.mechanism = gaussian.ImageGradientMechanism(cfg.privacy.l2_norm_clip, noise_multiplier,
                                                       cfg.privacy.public_clip)
     else:
-      self.mechanism = privacy.ImageGradientMechanism(math.inf, 0.0)
+      self.mechanism = gaussian.ImageGradientMechanism(math.inf, 0.0)
     self._seed = cfg.run.seed
     self._image_dim = int(np.prod(images.shape[1:]))
     self._loss_and_grad = None
@@ -239,13 +230,13 @@ class DPSinkhornModel(tf.keras.Model):
 
   def noise_seed(self, step: tf.Tensor) -> tf.Tensor:
     """The secret seed of step `step`'s mechanism noise."""
-    return privacy_key.step_seed(self._key, step, privacy_key.STREAM_NOISE)
+    return keys.step_seed(self._key, step, keys.STREAM_NOISE)
 
   def private_batch(self, step: tf.Tensor):
     """The Poisson sample of step `step`: (images [m,H,W,C], labels [m]); m ~ Bin(N, q),
     keyed by the secret key (never --seed)."""
     idx = sampling.poisson_sample_indices(
-        privacy_key.step_seed(self._key, step, privacy_key.STREAM_BATCH), self._dataset_size,
+        keys.step_seed(self._key, step, keys.STREAM_BATCH), self._dataset_size,
         self._sample_rate)
     return tf.gather(self._images, idx), tf.gather(self._labels, idx)
 
@@ -336,7 +327,7 @@ class DPSinkhornModel(tf.keras.Model):
         loss, info = self.sinkhorn_loss(fake, fake_labels, real, real_labels)
       image_grad = loss_tape.gradient(loss, fake)
     released, p_info = self.mechanism.privatize(image_grad, self._n, self.noise_seed(step))
-    released = privacy.blur_release(released, self.cfg.privacy.release_blur)
+    released = gaussian.blur_release(released, self.cfg.privacy.release_blur)
     grads = gen_tape.gradient(mine, variables,
                               output_gradients=released[first:first + rows])
     logs = {"loss": loss, "clean_grad_norm": p_info.clean_norm,
@@ -381,7 +372,7 @@ def make_generator(cfg: config_lib.TrainConfig, image_shape, num_classes: int,
                    build: bool = False):
   """The configured generator; build=True creates its variables with one inference call."""
   m = cfg.model
-  generator = models.make_generator(m.architecture, tuple(image_shape), num_classes,
+  generator = generators.make_generator(m.architecture, tuple(image_shape), num_classes,
                                     latent_dim=m.latent_dim, embed_dim=m.embed_dim,
                                     hidden=m.hidden, depth=m.depth, output=m.output)
   if build:
@@ -459,7 +450,7 @@ class RunState:
   """An opened run directory: who it is, its secret key, its ledger (None for --nodp)."""
 
   identity: rundir.RunIdentity
-  key: privacy_key.PrivacyKey
+  key: keys.PrivacyKey
   ledger: Optional[accounting.PrivacyLedger]
   created: bool
 
@@ -470,12 +461,12 @@ class RunState:
             self.ledger.checkpoint_step >= self.ledger.planned_steps)
 
 
-def _requested_key(cfg: config_lib.TrainConfig) -> privacy_key.PrivacyKey:
+def _requested_key(cfg: config_lib.TrainConfig) -> keys.PrivacyKey:
   if cfg.run.privacy_key_file:
-    return privacy_key.read_key_file(cfg.run.privacy_key_file, privacy_key.SOURCE_FILE)
+    return keys.read_key_file(cfg.run.privacy_key_file, keys.SOURCE_FILE)
   if cfg.run.insecure_fixed_key or not cfg.privacy.dp:
-    return privacy_key.insecure_fixed(cfg.run.seed)
-  return privacy_key.generate()
+    return keys.insecure_fixed(cfg.run.seed)
+  return keys.generate()
 
 
 def _load_ledger(ledger_path: str) -> accounting.PrivacyLedger:
@@ -508,7 +499,7 @@ def open_run(cfg: config_lib.TrainConfig, plan: PrivacyPlan, images: np.ndarray,
     ProvenanceError: checkpoints or a charged ledger without run.json; DP and --nodp mixed;
       the key, ledger or data do not belong to the run.
     ValueError: the ledger's plan differs from this one (names each field);
-      privacy_key.KeyFileError for an unreadable --privacy_key_file.
+      keys.KeyFileError for an unreadable --privacy_key_file.
 
   chief=False (a non-chief worker of a multi-worker run) creates nothing: it waits for the
   chief's run.json and then opens the run read-only, with the same checks.
@@ -540,11 +531,11 @@ def open_run(cfg: config_lib.TrainConfig, plan: PrivacyPlan, images: np.ndarray,
     run_id = uuid.uuid4().hex
     ledger = None
     if dp:
-      privacy_key.write_key_file(key_path, key)
+      keys.write_key_file(key_path, key)
       ledger = _new_ledger(cfg, plan, len(images), run_id,
-                           privacy_key.data_fingerprint(key, images, labels))
+                           keys.data_fingerprint(key, images, labels))
       ledger.save(ledger_path)
-      reason = "" if key.private else privacy_key.INSECURE_REASON
+      reason = "" if key.private else keys.INSECURE_REASON
       identity = rundir.RunIdentity(run_id, True, key.source, key.private, reason)
     else:
       identity = rundir.RunIdentity(run_id, False, "", False,
@@ -557,8 +548,8 @@ def open_run(cfg: config_lib.TrainConfig, plan: PrivacyPlan, images: np.ndarray,
     raise ProvenanceError(f"--workdir={wd}: holds {held} ({rundir.IDENTITY_FILE}); DP and "
                           "--nodp runs never share a workdir: use a new --workdir")
   if not dp:
-    return RunState(identity, privacy_key.insecure_fixed(cfg.run.seed), None, created=False)
-  was_insecure = identity.key_source == privacy_key.SOURCE_INSECURE
+    return RunState(identity, keys.insecure_fixed(cfg.run.seed), None, created=False)
+  was_insecure = identity.key_source == keys.SOURCE_INSECURE
   if cfg.run.insecure_fixed_key != was_insecure:
     raise ProvenanceError(f"--insecure_fixed_key={cfg.run.insecure_fixed_key}: the run in "
                           f"{wd} was started {'with' if was_insecure else 'without'} it; a run "
@@ -566,9 +557,9 @@ def open_run(cfg: config_lib.TrainConfig, plan: PrivacyPlan, images: np.ndarray,
   if not files.exists(key_path):
     raise ProvenanceError(f"{key_path}: missing: the run's secret key is gone, so its batches "
                           "and noise cannot be continued; use a new --workdir")
-  key = privacy_key.read_key_file(key_path, identity.key_source)
+  key = keys.read_key_file(key_path, identity.key_source)
   if cfg.run.privacy_key_file:
-    given = privacy_key.read_key_file(cfg.run.privacy_key_file, privacy_key.SOURCE_FILE)
+    given = keys.read_key_file(cfg.run.privacy_key_file, keys.SOURCE_FILE)
     if not given.same_secret(key):
       raise ProvenanceError(f"--privacy_key_file={cfg.run.privacy_key_file}: not the key the "
                             f"run in {wd} started with; a run keeps its key")
@@ -581,7 +572,7 @@ def open_run(cfg: config_lib.TrainConfig, plan: PrivacyPlan, images: np.ndarray,
     raise ProvenanceError(f"{ledger_path}: belongs to run {ledger.run_id or '(none)'}, not to "
                           f"this directory's run {identity.run_id}; use a new --workdir")
   accounting.check_compatible(ledger, _new_ledger(cfg, plan, len(images)))
-  if ledger.data_fingerprint != privacy_key.data_fingerprint(key, images, labels):
+  if ledger.data_fingerprint != keys.data_fingerprint(key, images, labels):
     raise ProvenanceError(f"--workdir={wd}: the private data differ from those this run "
                           f"started on (keyed fingerprint in {rundir.LEDGER_FILE}); resuming "
                           "would reuse the run's noise on other data: use a new --workdir")
@@ -828,7 +819,7 @@ def _train_loop(cfg, plan, state, model, step, manager, strategy, chief: bool, s
 
 
 def build_model(cfg: config_lib.TrainConfig, images: np.ndarray, labels: np.ndarray,
-                num_classes: int, plan: PrivacyPlan, key: privacy_key.PrivacyKey):
+                num_classes: int, plan: PrivacyPlan, key: keys.PrivacyKey):
   """(DPSinkhornModel with its optimizer and slots built, step variable), created in the
   current strategy's scope. --seed steers only data-independent randomness: the
   initialisation here, the latents and generated labels in the step; the batches and the

@@ -21,7 +21,7 @@ from typing import Optional
 
 import dp_accounting
 
-from dp_sinkhorn_tf import files
+from dp_sinkhorn_tf.io import files
 
 ACCOUNTANTS = ("rdp", "pld")
 # PLD discretisation of the privacy loss: finer is tighter and slower. The error is

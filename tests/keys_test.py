@@ -1,4 +1,4 @@
-"""Tests for dp_sinkhorn_tf.privacy_key: the secret key, its file, its seeds, the fingerprint."""
+"""Tests for dp_sinkhorn_tf.privacy.gaussian.keys: the secret key, its file, its seeds, the fingerprint."""
 
 import os
 import stat
@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from dp_sinkhorn_tf import privacy_key
+from dp_sinkhorn_tf.privacy import keys
 
 
 def test_fresh_keys_are_random_and_below_2_to_the_62():
-  keys = [privacy_key.generate() for _ in range(50)]
+  keys = [keys.generate() for _ in range(50)]
   assert len({k.words for k in keys}) == 50
   assert all(0 <= w < 2**62 for k in keys for w in k.words)
   # 50 × 2 words of 62 random bits: the top bit is set about half the time.
@@ -20,7 +20,7 @@ def test_fresh_keys_are_random_and_below_2_to_the_62():
 
 
 def test_repr_and_str_never_show_the_secret():
-  key = privacy_key.generate()
+  key = keys.generate()
   for text in (repr(key), str(key), f"{key}", repr([key])):
     assert f"{key.words[0]:x}" not in text and str(key.words[0]) not in text
     assert "<secret>" in text
@@ -29,10 +29,10 @@ def test_repr_and_str_never_show_the_secret():
 def test_key_file_round_trip_is_owner_only(tmp_path):
   path = str(tmp_path / "k")
   os.umask(0o022)
-  key = privacy_key.generate()
-  privacy_key.write_key_file(path, key)
+  key = keys.generate()
+  keys.write_key_file(path, key)
   assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
-  back = privacy_key.read_key_file(path)
+  back = keys.read_key_file(path)
   assert back.same_secret(key)
   assert not [p for p in os.listdir(tmp_path) if ".tmp-" in p]
 
@@ -42,47 +42,47 @@ def test_key_file_round_trip_is_owner_only(tmp_path):
 def test_bad_key_files_name_the_file(tmp_path, text):
   path = tmp_path / "bad.key"
   path.write_text(text)
-  with pytest.raises(privacy_key.KeyFileError, match="bad.key"):
-    privacy_key.read_key_file(str(path))
+  with pytest.raises(keys.KeyFileError, match="bad.key"):
+    keys.read_key_file(str(path))
 
 
 def test_missing_key_file_names_the_file(tmp_path):
-  with pytest.raises(privacy_key.KeyFileError, match="nope.key: cannot read"):
-    privacy_key.read_key_file(str(tmp_path / "nope.key"))
+  with pytest.raises(keys.KeyFileError, match="nope.key: cannot read"):
+    keys.read_key_file(str(tmp_path / "nope.key"))
 
 
 def test_insecure_key_is_a_public_function_of_the_seed_and_marked_not_private():
-  a, b, c = (privacy_key.insecure_fixed(0), privacy_key.insecure_fixed(0),
-             privacy_key.insecure_fixed(1))
+  a, b, c = (keys.insecure_fixed(0), keys.insecure_fixed(0),
+             keys.insecure_fixed(1))
   assert a.same_secret(b) and not a.same_secret(c)
-  assert not a.private and privacy_key.generate().private
+  assert not a.private and keys.generate().private
 
 
 def test_step_seeds_are_key_plus_stream_and_key_plus_step():
-  key = privacy_key.PrivacyKey((10, 20))
+  key = keys.PrivacyKey((10, 20))
   np.testing.assert_array_equal(
-      privacy_key.step_seed(key, 7, privacy_key.STREAM_NOISE).numpy(), [12, 27])
+      keys.step_seed(key, 7, keys.STREAM_NOISE).numpy(), [12, 27])
   np.testing.assert_array_equal(
-      privacy_key.step_seed(key, tf.constant(7, tf.int64), privacy_key.STREAM_BATCH).numpy(),
+      keys.step_seed(key, tf.constant(7, tf.int64), keys.STREAM_BATCH).numpy(),
       [11, 27])
-  top = privacy_key.PrivacyKey((2**62 - 1, 2**62 - 1))  # no int64 overflow at 2⁶⁰ steps
-  assert privacy_key.step_seed(top, 2**60, 2).numpy().min() > 0
+  top = keys.PrivacyKey((2**62 - 1, 2**62 - 1))  # no int64 overflow at 2⁶⁰ steps
+  assert keys.step_seed(top, 2**60, 2).numpy().min() > 0
   with pytest.raises(ValueError):
-    privacy_key.step_seed(key, 0, 3)
+    keys.step_seed(key, 0, 3)
 
 
 def test_data_fingerprint_sees_one_changed_record_and_depends_on_the_key():
   rng = np.random.default_rng(0)
   images = rng.uniform(-1, 1, (20, 8, 8, 1)).astype(np.float32)
   labels = rng.integers(0, 10, 20)
-  key = privacy_key.generate()
-  base = privacy_key.data_fingerprint(key, images, labels)
-  assert base == privacy_key.data_fingerprint(key, images.copy(), labels.copy())
+  key = keys.generate()
+  base = keys.data_fingerprint(key, images, labels)
+  assert base == keys.data_fingerprint(key, images.copy(), labels.copy())
   changed = images.copy()
   changed[3, 2, 2, 0] += 1e-3
-  assert privacy_key.data_fingerprint(key, changed, labels) != base
-  assert privacy_key.data_fingerprint(key, images[:-1], labels[:-1]) != base  # D minus one
+  assert keys.data_fingerprint(key, changed, labels) != base
+  assert keys.data_fingerprint(key, images[:-1], labels[:-1]) != base  # D minus one
   relabelled = labels.copy()
   relabelled[0] = (relabelled[0] + 1) % 10
-  assert privacy_key.data_fingerprint(key, images, relabelled) != base
-  assert privacy_key.data_fingerprint(privacy_key.generate(), images, labels) != base
+  assert keys.data_fingerprint(key, images, relabelled) != base
+  assert keys.data_fingerprint(keys.generate(), images, labels) != base

@@ -20,19 +20,17 @@ size (so q and the Poisson batch match the real run), this times, each as the me
                     Python / tf.function dispatch).
 """
 
-import os
 import resource
 import statistics
 import time
 from typing import Optional
 
-# name: (flagfile relative to the repository root, synthetic dataset size N)
+# name: (shipped flagfile, synthetic dataset size N)
 CONFIGS = {
-    "fashion_mnist_step": ("launch/fashion_mnist.flags", 60000),
-    "fashion_mnist_cpu_step": ("launch/fashion_mnist_cpu.flags", 60000),
-    "digits_demo_step": ("launch/digits.flags", 1438),
+    "fashion_mnist_step": ("fashion_mnist.flags", 60000),
+    "fashion_mnist_cpu_step": ("fashion_mnist_cpu.flags", 60000),
+    "digits_demo_step": ("digits.flags", 1438),
 }
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _median_ms(fn, repeats: int) -> float:
@@ -52,11 +50,12 @@ def run(name: str, repeats: int, strategy: str = "default",
   import numpy as np
   import tensorflow as tf
 
-  from dp_sinkhorn_tf import distribute, export, trainer
+  from dp_sinkhorn_tf import cli, export
+  from dp_sinkhorn_tf.train import distribute, trainer
 
   distribute.configure_devices(strategy, num_devices)  # before any TF op
   flagfile, size = CONFIGS[name]
-  cfg, _ = export.parse_flags_file(os.path.join(ROOT, flagfile))
+  cfg, _ = export.parse_flags_file(cli.find_flagfile(flagfile))
   shape = export.DATASET_IMAGE_SHAPES[cfg.data.dataset]
   num_classes = 10
   rng = np.random.default_rng(0)

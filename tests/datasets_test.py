@@ -1,4 +1,4 @@
-"""Tests for dp_sinkhorn_tf.data (no downloads: synthetic IDX files and TFDS mock data)."""
+"""Tests for dp_sinkhorn_tf.data.datasets (no downloads: synthetic IDX files and TFDS mock data)."""
 
 import gzip
 import os
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from dp_sinkhorn_tf import data
+from dp_sinkhorn_tf.data import datasets
 
 FASHION_DIR = "/usr/share/datasets/fashion-mnist"  # Debian package dataset-fashion-mnist
 
@@ -20,7 +20,7 @@ def _idx_bytes(array: np.ndarray) -> bytes:
 
 
 def _write_split(folder, split, images, labels, compress):
-  for stem, array in zip(data.IDX_FILES[split], (images, labels)):
+  for stem, array in zip(datasets.IDX_FILES[split], (images, labels)):
     payload = _idx_bytes(array)
     path = os.path.join(folder, stem + (".gz" if compress else ""))
     with open(path, "wb") as fh:
@@ -31,29 +31,29 @@ def _write_split(folder, split, images, labels, compress):
 
 def test_scaling_maps_endpoints_and_midpoint_exactly():
   # (x − m) / m with m = max/2: 0 → −1, m → 0, max → 1, all exactly representable.
-  np.testing.assert_array_equal(data.scale_to_unit_interval(np.array([0, 255], np.uint8), 255.0),
+  np.testing.assert_array_equal(datasets.scale_to_unit_interval(np.array([0, 255], np.uint8), 255.0),
                                 [-1.0, 1.0])
-  np.testing.assert_array_equal(data.scale_to_unit_interval(np.array([0, 8, 16]), 16.0),
+  np.testing.assert_array_equal(datasets.scale_to_unit_interval(np.array([0, 8, 16]), 16.0),
                                 [-1.0, 0.0, 1.0])
-  assert data.scale_to_unit_interval(np.arange(256, dtype=np.uint8), 255.0).dtype == np.float32
+  assert datasets.scale_to_unit_interval(np.arange(256, dtype=np.uint8), 255.0).dtype == np.float32
 
 
 def test_dataset_record_checks_its_fields():
   images, labels = np.zeros((2, 4, 4, 1), np.float32), np.zeros(2, np.int32)
-  ds = data.Dataset("x", images, labels, 2, (4, 4, 1), ("a", "b"))
+  ds = datasets.Dataset("x", images, labels, 2, (4, 4, 1), ("a", "b"))
   assert ds.image_shape == (4, 4, 1)
   with pytest.raises(ValueError, match="image_shape"):
-    data.Dataset("x", images, labels, 2, (4, 4, 3), ("a", "b"))
+    datasets.Dataset("x", images, labels, 2, (4, 4, 3), ("a", "b"))
   with pytest.raises(ValueError, match="labels"):
-    data.Dataset("x", images, labels[:1], 2, (4, 4, 1), ("a", "b"))
+    datasets.Dataset("x", images, labels[:1], 2, (4, 4, 1), ("a", "b"))
   with pytest.raises(ValueError, match="label_names"):
-    data.Dataset("x", images, labels, 3, (4, 4, 1), ("a", "b"))
+    datasets.Dataset("x", images, labels, 3, (4, 4, 1), ("a", "b"))
 
 
 # ---- digits -------------------------------------------------------------------------------
 
 def test_digits_split_is_fixed_disjoint_and_scaled():
-  train, test = data.load_dataset("digits"), data.load_test_split("digits")
+  train, test = datasets.load_dataset("digits"), datasets.load_test_split("digits")
   # 1,797 digits; round(0.2 · 1797) = 359 held out, 1,438 private training records.
   assert train.images.shape == (1438, 8, 8, 1) and test.images.shape == (359, 8, 8, 1)
   assert train.images.dtype == np.float32 and train.labels.dtype == np.int32
@@ -65,14 +65,14 @@ def test_digits_split_is_fixed_disjoint_and_scaled():
   from sklearn.datasets import load_digits
   order = np.random.default_rng(0).permutation(1797)
   np.testing.assert_array_equal(test.labels, load_digits().target[order[-359:]])
-  np.testing.assert_array_equal(data.load_dataset("digits").images, train.images)
+  np.testing.assert_array_equal(datasets.load_dataset("digits").images, train.images)
 
 
 # ---- IDX ----------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("compress", [True, False])
-@pytest.mark.parametrize("split,loader", [("train", data.load_dataset),
-                                          ("test", data.load_test_split)])
+@pytest.mark.parametrize("split,loader", [("train", datasets.load_dataset),
+                                          ("test", datasets.load_test_split)])
 def test_idx_round_trip(tmp_path, compress, split, loader):
   rng = np.random.default_rng(0)
   images = rng.integers(0, 256, (6, 28, 28), dtype=np.uint8)
@@ -85,13 +85,13 @@ def test_idx_round_trip(tmp_path, compress, split, loader):
   np.testing.assert_array_equal(np.round(ds.images[..., 0] * 127.5 + 127.5), images)
   assert ds.images[0, 0, 0, 0] == -1.0 and ds.images[0, 0, 1, 0] == 1.0
   assert ds.image_shape == (28, 28, 1) and ds.label_names[9] == "Ankle boot"
-  np.testing.assert_array_equal(data.read_idx(str(tmp_path / (data.IDX_FILES[split][0] + (
+  np.testing.assert_array_equal(datasets.read_idx(str(tmp_path / (datasets.IDX_FILES[split][0] + (
       ".gz" if compress else "")))), images)
 
 
 def test_mnist_idx_gets_digit_label_names(tmp_path):
   _write_split(str(tmp_path), "train", np.zeros((2, 3, 5), np.uint8), np.array([7, 2]), True)
-  ds = data.load_dataset("mnist", idx_dir=str(tmp_path))
+  ds = datasets.load_dataset("mnist", idx_dir=str(tmp_path))
   assert ds.name == "mnist" and ds.label_names[7] == "7" and ds.image_shape == (3, 5, 1)
 
 
@@ -101,14 +101,14 @@ def test_bad_magic_names_the_file(tmp_path, compress):
   path = tmp_path / "train-images-idx3-ubyte"
   path.write_bytes(gzip.compress(payload) if compress else payload)
   with pytest.raises(ValueError, match="train-images-idx3-ubyte: bad IDX magic number 0x12340803"):
-    data.read_idx(str(path))
+    datasets.read_idx(str(path))
 
 
 def test_non_byte_idx_type_is_rejected(tmp_path):
   path = tmp_path / "floats.idx"
   path.write_bytes(struct.pack(">BBBBI", 0, 0, 0x0D, 1, 1) + b"\x00" * 4)
   with pytest.raises(ValueError, match="floats.idx: bad IDX magic number 0x00000d01"):
-    data.read_idx(str(path))
+    datasets.read_idx(str(path))
 
 
 def test_size_mismatch_names_the_file(tmp_path):
@@ -116,46 +116,46 @@ def test_size_mismatch_names_the_file(tmp_path):
   # Header says 10 bytes; only 3 follow.
   path.write_bytes(struct.pack(">BBBBI", 0, 0, 8, 1, 10) + b"\x00" * 3)
   with pytest.raises(ValueError, match=r"t.idx: IDX body has 3 bytes, header dims \(10,\) need 10"):
-    data.read_idx(str(path))
+    datasets.read_idx(str(path))
 
 
 def test_truncated_header_and_corrupt_gzip_name_the_file(tmp_path):
   short = tmp_path / "short.idx"
   short.write_bytes(struct.pack(">BBBBI", 0, 0, 8, 3, 10))
   with pytest.raises(ValueError, match="short.idx: truncated IDX header"):
-    data.read_idx(str(short))
+    datasets.read_idx(str(short))
   broken = tmp_path / "broken.gz"
   broken.write_bytes(gzip.compress(b"\x00\x00\x08\x01" * 10)[:-6])
   with pytest.raises(ValueError, match="broken.gz: corrupt gzip"):
-    data.read_idx(str(broken))
+    datasets.read_idx(str(broken))
 
 
 def test_images_and_labels_must_agree(tmp_path):
   _write_split(str(tmp_path), "train", np.zeros((3, 4, 4), np.uint8), np.zeros(2), False)
   with pytest.raises(ValueError, match="train-labels-idx1-ubyte: expected \\[3\\] labels"):
-    data.load_dataset("mnist", idx_dir=str(tmp_path))
+    datasets.load_dataset("mnist", idx_dir=str(tmp_path))
   _write_split(str(tmp_path), "train", np.zeros((2, 4, 4), np.uint8), np.array([0, 10]), False)
   with pytest.raises(ValueError, match="label 10 outside 0..9"):
-    data.load_dataset("mnist", idx_dir=str(tmp_path))
+    datasets.load_dataset("mnist", idx_dir=str(tmp_path))
 
 
 def test_missing_idx_file_names_the_flag_and_the_file(tmp_path):
   _write_split(str(tmp_path), "train", np.zeros((2, 4, 4), np.uint8), np.zeros(2), True)
-  with pytest.raises(data.DataNotFoundError, match="--idx_dir=.*t10k-images-idx3-ubyte"):
-    data.load_test_split("mnist", idx_dir=str(tmp_path))
+  with pytest.raises(datasets.DataNotFoundError, match="--idx_dir=.*t10k-images-idx3-ubyte"):
+    datasets.load_test_split("mnist", idx_dir=str(tmp_path))
   with pytest.raises(FileNotFoundError, match="not a directory"):
-    data.load_dataset("mnist", idx_dir=str(tmp_path / "absent"))
+    datasets.load_dataset("mnist", idx_dir=str(tmp_path / "absent"))
   with pytest.raises(ValueError, match="absent.gz: no such IDX file"):
-    data.read_idx(str(tmp_path / "absent.gz"))
+    datasets.read_idx(str(tmp_path / "absent.gz"))
 
 
 @pytest.mark.skipif(not os.path.isdir(FASHION_DIR), reason="dataset-fashion-mnist not installed")
 def test_real_fashion_mnist_idx_files():
-  train = data.load_dataset("fashion_mnist", idx_dir=FASHION_DIR)
+  train = datasets.load_dataset("fashion_mnist", idx_dir=FASHION_DIR)
   assert train.images.shape == (60000, 28, 28, 1)
   assert train.images.min() == -1.0 and train.images.max() == 1.0
   assert np.bincount(train.labels).tolist() == [6000] * 10  # Fashion-MNIST is balanced
-  test = data.load_test_split("fashion_mnist", idx_dir=FASHION_DIR)
+  test = datasets.load_test_split("fashion_mnist", idx_dir=FASHION_DIR)
   assert np.bincount(test.labels).tolist() == [1000] * 10
 
 
@@ -167,8 +167,8 @@ def _raw_mock_examples(name, split, n):
 
 
 @pytest.mark.parametrize("name,shape", [("mnist", (28, 28, 1)), ("cifar10", (32, 32, 3))])
-@pytest.mark.parametrize("split,loader", [("train", data.load_dataset),
-                                          ("test", data.load_test_split)])
+@pytest.mark.parametrize("split,loader", [("train", datasets.load_dataset),
+                                          ("test", datasets.load_test_split)])
 def test_tfds_path_with_mock_data(name, shape, split, loader):
   with tfds.testing.mock_data(num_examples=12):
     ds = loader(name, data_dir="/nonexistent")
@@ -178,12 +178,12 @@ def test_tfds_path_with_mock_data(name, shape, split, loader):
   expected = np.stack([ex["image"] for ex in raw]).astype(np.float32)
   np.testing.assert_array_equal(ds.images, (expected - np.float32(127.5)) / np.float32(127.5))
   np.testing.assert_array_equal(ds.labels, [ex["label"] for ex in raw])
-  assert ds.num_classes == 10 and ds.label_names == data.LABEL_NAMES[name]
+  assert ds.num_classes == 10 and ds.label_names == datasets.LABEL_NAMES[name]
 
 
 def test_celeba_is_32x32_with_the_male_attribute_as_label():
   with tfds.testing.mock_data(num_examples=6):
-    ds = data.load_dataset("celeb_a", data_dir="/nonexistent")
+    ds = datasets.load_dataset("celeb_a", data_dir="/nonexistent")
     raw = _raw_mock_examples("celeb_a", "train", 6)
   assert raw[0]["image"].shape == (218, 178, 3)  # the mock uses the real feature shape
   assert ds.images.shape == (6, 32, 32, 3) and ds.num_classes == 2
@@ -194,18 +194,18 @@ def test_celeba_is_32x32_with_the_male_attribute_as_label():
 
 def test_missing_tfds_data_names_data_dir(tmp_path):
   with pytest.raises(FileNotFoundError, match=f"'cifar10' .* not found under --data_dir={tmp_path}"):
-    data.load_dataset("cifar10", data_dir=str(tmp_path))
+    datasets.load_dataset("cifar10", data_dir=str(tmp_path))
   with pytest.raises(ValueError, match="tfds build"):
-    data.load_test_split("mnist", data_dir=str(tmp_path))
+    datasets.load_test_split("mnist", data_dir=str(tmp_path))
   assert os.listdir(tmp_path) == []  # nothing written into the data dir
 
 
 def test_unknown_dataset_and_misused_idx_dir():
   with pytest.raises(ValueError, match="dataset='svhn'"):
-    data.load_dataset("svhn")
+    datasets.load_dataset("svhn")
   with pytest.raises(ValueError, match="dataset='svhn'"):
-    data.load_test_split("svhn")
+    datasets.load_test_split("svhn")
   with pytest.raises(ValueError, match="--idx_dir"):
-    data.load_dataset("cifar10", idx_dir="/tmp")
+    datasets.load_dataset("cifar10", idx_dir="/tmp")
   with pytest.raises(ValueError, match="--idx_dir"):
-    data.load_dataset("digits", idx_dir="/tmp")
+    datasets.load_dataset("digits", idx_dir="/tmp")

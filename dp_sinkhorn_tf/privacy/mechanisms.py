@@ -10,7 +10,7 @@ and properties from the table.
               rows, back-propagate the release into the generator (`privacy.
               ImageGradientMechanism`). Distributes over replicas (`distribute`).
   param_grad  the paper's ablation: clip the whole parameter gradient of the batch loss to C
-              and add the same keyed noise (`privacy.privatize_parameter_gradients`).
+              and add the same keyed noise (`gaussian.privatize_parameter_gradients`).
 """
 
 import dataclasses
@@ -18,7 +18,7 @@ from typing import Dict, Tuple
 
 import tensorflow as tf
 
-from dp_sinkhorn_tf import privacy
+from dp_sinkhorn_tf.privacy import gaussian
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,7 +61,7 @@ class ParameterGradient(Mechanism):
              for g, v in zip(tape.gradient(loss, variables), variables)]
     p = model.cfg.privacy
     if p.dp:
-      grads, clean_norm = privacy.privatize_parameter_gradients(
+      grads, clean_norm = gaussian.privatize_parameter_gradients(
           grads, p.l2_norm_clip, model.noise_multiplier, model.noise_seed(step))
     else:
       clean_norm = tf.linalg.global_norm(grads)

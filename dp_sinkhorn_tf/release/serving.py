@@ -41,7 +41,7 @@ from typing import Any, Dict, Mapping, Optional, Tuple, Union
 
 import numpy as np
 
-from dp_sinkhorn_tf import files
+from dp_sinkhorn_tf.io import files
 
 SERVING_DEFAULT = "serving_default"
 SAMPLE = "sample"
