@@ -43,7 +43,8 @@ from absl import flags
 from dp_sinkhorn_tf.data import datasets
 from dp_sinkhorn_tf.evaluation import evaluation
 from dp_sinkhorn_tf.evaluation import fid as fid_lib
-from dp_sinkhorn_tf.io import rundir
+from dp_sinkhorn_tf.io import files, rundir
+from dp_sinkhorn_tf.io import images as images_lib
 from dp_sinkhorn_tf.release import serving
 
 REAL = "real"
@@ -381,19 +382,19 @@ def run(f) -> int:
     if private:
       writers.append(_writer(PRIVATE_WARNING_FILE,
                              lambda p: _write_do_not_publish(p, f.dataset)))
-    writers.append(_writer(grid_file, lambda p: evaluation.save_class_grid_png(
+    writers.append(_writer(grid_file, lambda p: images_lib.save_class_grid_png(
         images, labels, label_names, p, title=what)))
-    writers.append(_writer(histogram_file, lambda p: evaluation.save_label_histogram_png(
+    writers.append(_writer(histogram_file, lambda p: images_lib.save_label_histogram_png(
         labels, label_names, p, reference_labels=test.labels, title=f"labels: {what}")))
   if ledger is not None:
-    writers.append(_writer(EPSILON_FILE, lambda p: evaluation.save_epsilon_plot_png(
+    writers.append(_writer(EPSILON_FILE, lambda p: images_lib.save_epsilon_plot_png(
         ledger, p, f.epsilon_points)))
   report["pictures"] = {
       "written": pictures + ([EPSILON_FILE] if ledger is not None else []),
       "private": pictures if private else [],
       "withheld": [GRID_FILE, HISTOGRAM_FILE] if private and not pictures else [],
       "note": note}
-  writers.append(_writer(EVAL_FILE, lambda p: evaluation.write_json_atomic(p, report)))
+  writers.append(_writer(EVAL_FILE, lambda p: files.write_json_atomic(p, report)))
   _stage_and_publish(f.out, writers)
   if private and not pictures:
     _log(f"not writing {GRID_FILE} / {HISTOGRAM_FILE}: with --model={REAL} they would show "

@@ -161,11 +161,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   if suffix == ".npz":
     write_npz_atomic(args.out, arrays)
   else:
-    from dp_sinkhorn_tf.evaluation import evaluation
+    from dp_sinkhorn_tf.io import images
     rows = np.repeat(np.arange(len(labels), dtype=np.int32), num_per_label)  # label-major
     names = [str(metadata["label_names"][k]) if "label_names" in metadata else str(k)
              for k in labels]
-    evaluation.save_class_grid_png(arrays["images"], rows, names, args.out,
+    images.save_class_grid_png(arrays["images"], rows, names, args.out,
                                    per_class=num_per_label,
                                    title=_title(metadata, version, seed))
   print(f"{args.out}: {len(arrays['labels'])} samples of labels {labels} from {version_dir}")

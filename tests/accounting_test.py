@@ -5,6 +5,7 @@ import math
 import os
 
 import dp_accounting
+import numpy as np
 import pytest
 
 from dp_sinkhorn_tf.privacy import accounting
@@ -178,3 +179,38 @@ def test_report_skips_pld_for_tiny_sigma_and_can_give_the_run_accountant_alone()
   # q=0.01, σ=1.1, T=5000 is pinned above: PLD 3.5273 < RDP 3.8471.
   both = accounting.report(normal)["epsilon"]
   assert both["pld"] == pytest.approx(3.527251300415949, rel=1e-6)
+
+
+# ---- ε against steps ------------------------------------------------------------------------
+
+def _ledger_at(steps_taken):
+  return accounting.PrivacyLedger(sample_rate=0.05, noise_multiplier=1.0, l2_norm_clip=0.5,
+                                  delta=1e-5, target_epsilon=10.0, planned_steps=1000,
+                                  accountant="rdp", steps_taken=steps_taken, dataset_size=1000)
+
+
+def test_epsilon_curve_spans_one_to_steps_taken_and_grows():
+  ledger = _ledger_at(400)
+  steps, eps = accounting.epsilon_curve(ledger, num_points=4)  # the real accountant
+  np.testing.assert_array_equal(steps, [1, 134, 267, 400])
+  assert np.all(np.diff(eps) > 0)
+  assert eps[-1] == pytest.approx(ledger.epsilon())
+
+
+def test_epsilon_curve_asks_the_accountant_at_fifty_distinct_steps(monkeypatch):
+  asked = []
+
+  def fake_epsilon(q, sigma, steps, delta, accountant):
+    asked.append((q, sigma, steps, delta, accountant))
+    return float(steps)
+
+  monkeypatch.setattr(accounting, "compute_epsilon", fake_epsilon)  # ~0.1 s each when real
+  steps, eps = accounting.epsilon_curve(_ledger_at(400))
+  assert len(steps) == 50 and steps[0] == 1 and steps[-1] == 400
+  assert len(set(steps.tolist())) == 50 and np.all(np.diff(steps) > 0)
+  assert asked[-1] == (0.05, 1.0, 400, 1e-5, "rdp")
+  np.testing.assert_array_equal(eps, steps)
+  short_steps, _ = accounting.epsilon_curve(_ledger_at(3))
+  np.testing.assert_array_equal(short_steps, [1, 2, 3])
+  with pytest.raises(ValueError, match="no step"):
+    accounting.epsilon_curve(_ledger_at(0))

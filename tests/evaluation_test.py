@@ -8,12 +8,10 @@ import shutil
 
 import numpy as np
 import pytest
-import scipy.linalg
 import tensorflow as tf
 
 from dp_sinkhorn_tf.evaluation import evaluation
 from dp_sinkhorn_tf.models import generators
-from dp_sinkhorn_tf.privacy import accounting
 
 # ---- helpers ------------------------------------------------------------------------------
 
@@ -241,165 +239,12 @@ def test_unknown_classifier_is_rejected_before_training(quadrants):
 
 # ---- Fréchet distance ---------------------------------------------------------------------
 
-def _random_spd(rng, d, rank=None):
-  a = rng.standard_normal((d, rank or d))
-  return a @ a.T + (0.0 if rank else 0.1 * np.eye(d))
-
-
-def test_frechet_distance_is_zero_for_identical_gaussians():
-  rng = np.random.default_rng(0)
-  mu, sigma = rng.standard_normal(6), _random_spd(rng, 6)
-  assert evaluation.frechet_distance(mu, sigma, mu, sigma) == pytest.approx(0.0, abs=1e-9)
-
-
-def test_frechet_distance_closed_form_for_diagonal_covariances():
-  mu1, mu2 = np.array([0.0, 1.0, 2.0]), np.array([1.0, -1.0, 2.0])
-  a, b = np.array([1.0, 4.0, 0.25]), np.array([9.0, 1.0, 0.25])
-  expected = np.sum((mu1 - mu2) ** 2) + np.sum((np.sqrt(a) - np.sqrt(b)) ** 2)  # = 5 + 5
-  assert evaluation.frechet_distance(mu1, np.diag(a), mu2, np.diag(b)) == pytest.approx(
-      expected, rel=1e-12)
-  assert expected == pytest.approx(10.0)
-
-
-def test_frechet_distance_closed_form_for_commuting_covariances():
-  rng = np.random.default_rng(1)
-  q, _ = np.linalg.qr(rng.standard_normal((5, 5)))
-  a, b = rng.uniform(0.1, 3.0, 5), rng.uniform(0.1, 3.0, 5)
-  s1, s2 = (q * a) @ q.T, (q * b) @ q.T
-  mu1, mu2 = rng.standard_normal(5), rng.standard_normal(5)
-  expected = np.sum((mu1 - mu2) ** 2) + np.sum((np.sqrt(a) - np.sqrt(b)) ** 2)
-  assert evaluation.frechet_distance(mu1, s1, mu2, s2) == pytest.approx(expected, rel=1e-9)
-
-
-@pytest.mark.parametrize("seed", [0, 1, 2])
-def test_frechet_distance_matches_scipy_sqrtm_on_random_spd(seed):
-  rng = np.random.default_rng(seed)
-  d = 8
-  mu1, mu2 = rng.standard_normal(d), rng.standard_normal(d)
-  s1, s2 = _random_spd(rng, d), _random_spd(rng, d)
-  reference = (np.sum((mu1 - mu2) ** 2) + np.trace(s1) + np.trace(s2) -
-               2.0 * np.trace(scipy.linalg.sqrtm(s1 @ s2)).real)
-  assert evaluation.frechet_distance(mu1, s1, mu2, s2) == pytest.approx(reference, rel=1e-8)
-
-
-def test_frechet_distance_with_singular_covariances_is_finite_and_symmetric():
-  rng = np.random.default_rng(3)
-  s1, s2 = _random_spd(rng, 10, rank=3), _random_spd(rng, 10, rank=4)
-  mu = np.zeros(10)
-  d12 = evaluation.frechet_distance(mu, s1, mu, s2)
-  assert np.isfinite(d12) and d12 > 0
-  assert d12 == pytest.approx(evaluation.frechet_distance(mu, s2, mu, s1), rel=1e-6)
-  assert evaluation.frechet_distance(mu, s1, mu, s1) == pytest.approx(0.0, abs=1e-6)
-
-
-def test_frechet_distance_rejects_mismatched_shapes():
-  with pytest.raises(ValueError, match="expected μ"):
-    evaluation.frechet_distance(np.zeros(3), np.eye(3), np.zeros(2), np.eye(2))
-
-
-def test_gaussian_stats_match_numpy():
-  x = np.random.default_rng(4).standard_normal((50, 4))
-  mu, sigma = evaluation.gaussian_stats(x)
-  np.testing.assert_allclose(mu, x.mean(0))
-  np.testing.assert_allclose(sigma, np.cov(x, rowvar=False))
-  with pytest.raises(ValueError, match="N ≥ 2"):
-    evaluation.gaussian_stats(x[:1])
-
-
 # ---- privacy and writers ------------------------------------------------------------------
-
-def _ledger(steps_taken):
-  return accounting.PrivacyLedger(sample_rate=0.05, noise_multiplier=1.0, l2_norm_clip=0.5,
-                                  delta=1e-5, target_epsilon=10.0, planned_steps=1000,
-                                  accountant="rdp", steps_taken=steps_taken, dataset_size=1000)
-
-
-def test_epsilon_curve_spans_one_to_steps_taken_and_grows():
-  ledger = _ledger(400)
-  steps, eps = evaluation.epsilon_curve(ledger, num_points=4)  # the real accountant
-  np.testing.assert_array_equal(steps, [1, 134, 267, 400])
-  assert np.all(np.diff(eps) > 0)
-  assert eps[-1] == pytest.approx(ledger.epsilon())
-
-
-def test_epsilon_curve_asks_the_accountant_at_fifty_distinct_steps(monkeypatch):
-  asked = []
-
-  def fake_epsilon(q, sigma, steps, delta, accountant):
-    asked.append((q, sigma, steps, delta, accountant))
-    return float(steps)
-
-  monkeypatch.setattr(accounting, "compute_epsilon", fake_epsilon)  # ~0.1 s each when real
-  steps, eps = evaluation.epsilon_curve(_ledger(400))
-  assert len(steps) == 50 and steps[0] == 1 and steps[-1] == 400
-  assert len(set(steps.tolist())) == 50 and np.all(np.diff(steps) > 0)
-  assert asked[-1] == (0.05, 1.0, 400, 1e-5, "rdp")
-  np.testing.assert_array_equal(eps, steps)
-  short_steps, _ = evaluation.epsilon_curve(_ledger(3))
-  np.testing.assert_array_equal(short_steps, [1, 2, 3])
-  with pytest.raises(ValueError, match="no step"):
-    evaluation.epsilon_curve(_ledger(0))
-
 
 def test_privacy_summary_keeps_privacy_fields_and_privacy_json():
   meta = {"epsilon": 3.0, "delta": 1e-5, "label_names": ["a"], "training_flags": "--x"}
   summary = evaluation.privacy_summary(meta, {"finished": True})
   assert summary == {"epsilon": 3.0, "delta": 1e-5, "privacy_json": {"finished": True}}
-
-
-def test_writers_are_atomic_and_produce_pngs_and_strict_json(tmp_path):
-  path = str(tmp_path / "eval.json")
-  evaluation.write_json_atomic(path, {"eps": float("inf"), "x": np.float32(0.5),
-                                      "nan": float("nan"), "arr": np.arange(2)})
-  with open(path) as fh:
-    assert json.load(fh) == {"eps": "inf", "x": 0.5, "nan": None, "arr": [0, 1]}
-  rng = np.random.default_rng(0)
-  labels = np.array([0, 1, 2, 0, 1], np.int32)
-  images = rng.uniform(-1, 1, (5, 8, 8, 1)).astype(np.float32)
-  written = [
-      evaluation.save_class_grid_png(images, labels, ["a", "b", "c"], str(tmp_path / "g.png"),
-                                     per_class=3, title="t"),
-      evaluation.save_label_histogram_png(labels, ["a", "b", "c"], str(tmp_path / "h.png"),
-                                          reference_labels=labels),
-      evaluation.save_epsilon_plot_png(_ledger(100), str(tmp_path / "e.png"), num_points=3),
-  ]
-  for png in written:
-    with open(png, "rb") as fh:
-      assert fh.read(8) == b"\x89PNG\r\n\x1a\n"
-  assert sorted(os.listdir(tmp_path)) == ["e.png", "eval.json", "g.png", "h.png"]  # no temps
-
-
-def test_tile_rows_puts_each_row_of_images_side_by_side():
-  images = np.stack([np.full((2, 3, 1), v) for v in (-1.0, 0.0, 1.0, 0.5)])
-  grid = evaluation.tile_rows(images, rows=2, pad=0)
-  assert grid.shape == (4, 6, 1) and grid.dtype == np.uint8
-  np.testing.assert_array_equal(grid[[0, 0, 2, 2], [0, 3, 0, 3], 0], [0, 128, 255, 191])
-  with pytest.raises(ValueError, match="do not fill"):
-    evaluation.tile_rows(images[:3], rows=2)
-
-
-def test_tile_rows_frames_tiles_with_grey_lines():
-  # Four 2×3 tiles, values −1, 0, 1, 0.5 → 0, 128, 255, 191; with pad=1 the grid is
-  # 2·(2+1)+1 = 7 rows by 2·(3+1)+1 = 9 columns, and rows 0, 3, 6 / columns 0, 4, 8 are 128.
-  images = np.stack([np.full((2, 3, 1), v) for v in (-1.0, 0.0, 1.0, 0.5)])
-  grid = evaluation.tile_rows(images, rows=2)
-  assert grid.shape == (7, 9, 1)
-  np.testing.assert_array_equal(grid[[0, 3, 6], :, 0], 128)
-  np.testing.assert_array_equal(grid[:, [0, 4, 8], 0], 128)
-  np.testing.assert_array_equal(grid[1:3, 1:4, 0], 0)
-  np.testing.assert_array_equal(grid[1:3, 5:8, 0], 128)
-  np.testing.assert_array_equal(grid[4:6, 1:4, 0], 255)
-  np.testing.assert_array_equal(grid[4:6, 5:8, 0], 191)
-  assert evaluation.tile_row_centres(2, height=2) == [1.5, 4.5]  # the middles of rows 1–2, 4–5
-  with pytest.raises(ValueError, match="pad"):
-    evaluation.tile_rows(images, rows=2, pad=-1)
-
-
-def test_per_class_examples_fill_missing_classes_with_blank_images():
-  images = np.stack([np.full((2, 2, 1), 0.5)] * 3).astype(np.float32)
-  out = evaluation.per_class_examples(images, np.array([0, 0, 2]), 3, per_class=2)
-  assert out.shape == (6, 2, 2, 1)
-  np.testing.assert_array_equal(out[:, 0, 0, 0], [0.5, 0.5, -1, -1, 0.5, -1])
 
 
 def test_eval_report_needs_a_reason_for_a_missing_fid():

@@ -5,8 +5,8 @@ import sys
 
 import numpy as np
 import pytest
+import scipy.linalg
 
-from dp_sinkhorn_tf.evaluation import evaluation
 from dp_sinkhorn_tf.evaluation import fid as fid_lib
 
 
@@ -64,10 +64,10 @@ def test_fid_is_zero_for_the_same_set_and_grows_with_a_shift():
 def test_fid_equals_the_frechet_distance_of_the_feature_statistics():
   real, fake = _images(0), _images(1, shift=0.1)
   ext = CountingExtractor()
-  mu_r, s_r = evaluation.gaussian_stats(ext(fid_lib.to_uint8_rgb(real)))
-  mu_f, s_f = evaluation.gaussian_stats(ext(fid_lib.to_uint8_rgb(fake)))
+  mu_r, s_r = fid_lib.gaussian_stats(ext(fid_lib.to_uint8_rgb(real)))
+  mu_f, s_f = fid_lib.gaussian_stats(ext(fid_lib.to_uint8_rgb(fake)))
   assert fid_lib.compute_fid(real, fake, ext) == pytest.approx(
-      evaluation.frechet_distance(mu_r, s_r, mu_f, s_f), rel=1e-10)
+      fid_lib.frechet_distance(mu_r, s_r, mu_f, s_f), rel=1e-10)
 
 
 def test_reference_statistics_are_cached_per_real_set_and_extractor(tmp_path):
@@ -124,3 +124,70 @@ def test_inception_features_are_2048_dimensional_and_deterministic():
   assert np.all(np.isfinite(feats)) and np.all(feats >= 0)  # post-ReLU average pool
   assert not np.allclose(feats[0], feats[1])  # different images, different features
   np.testing.assert_allclose(ext(images[:1]), feats[:1], rtol=1e-4, atol=1e-5)
+
+
+# ---- the Fréchet distance ------------------------------------------------------------------
+
+def _random_spd(rng, d, rank=None):
+  a = rng.standard_normal((d, rank or d))
+  return a @ a.T + (0.0 if rank else 0.1 * np.eye(d))
+
+
+def test_frechet_distance_is_zero_for_identical_gaussians():
+  rng = np.random.default_rng(0)
+  mu, sigma = rng.standard_normal(6), _random_spd(rng, 6)
+  assert fid_lib.frechet_distance(mu, sigma, mu, sigma) == pytest.approx(0.0, abs=1e-9)
+
+
+def test_frechet_distance_closed_form_for_diagonal_covariances():
+  mu1, mu2 = np.array([0.0, 1.0, 2.0]), np.array([1.0, -1.0, 2.0])
+  a, b = np.array([1.0, 4.0, 0.25]), np.array([9.0, 1.0, 0.25])
+  expected = np.sum((mu1 - mu2) ** 2) + np.sum((np.sqrt(a) - np.sqrt(b)) ** 2)  # = 5 + 5
+  assert fid_lib.frechet_distance(mu1, np.diag(a), mu2, np.diag(b)) == pytest.approx(
+      expected, rel=1e-12)
+  assert expected == pytest.approx(10.0)
+
+
+def test_frechet_distance_closed_form_for_commuting_covariances():
+  rng = np.random.default_rng(1)
+  q, _ = np.linalg.qr(rng.standard_normal((5, 5)))
+  a, b = rng.uniform(0.1, 3.0, 5), rng.uniform(0.1, 3.0, 5)
+  s1, s2 = (q * a) @ q.T, (q * b) @ q.T
+  mu1, mu2 = rng.standard_normal(5), rng.standard_normal(5)
+  expected = np.sum((mu1 - mu2) ** 2) + np.sum((np.sqrt(a) - np.sqrt(b)) ** 2)
+  assert fid_lib.frechet_distance(mu1, s1, mu2, s2) == pytest.approx(expected, rel=1e-9)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_frechet_distance_matches_scipy_sqrtm_on_random_spd(seed):
+  rng = np.random.default_rng(seed)
+  d = 8
+  mu1, mu2 = rng.standard_normal(d), rng.standard_normal(d)
+  s1, s2 = _random_spd(rng, d), _random_spd(rng, d)
+  reference = (np.sum((mu1 - mu2) ** 2) + np.trace(s1) + np.trace(s2) -
+               2.0 * np.trace(scipy.linalg.sqrtm(s1 @ s2)).real)
+  assert fid_lib.frechet_distance(mu1, s1, mu2, s2) == pytest.approx(reference, rel=1e-8)
+
+
+def test_frechet_distance_with_singular_covariances_is_finite_and_symmetric():
+  rng = np.random.default_rng(3)
+  s1, s2 = _random_spd(rng, 10, rank=3), _random_spd(rng, 10, rank=4)
+  mu = np.zeros(10)
+  d12 = fid_lib.frechet_distance(mu, s1, mu, s2)
+  assert np.isfinite(d12) and d12 > 0
+  assert d12 == pytest.approx(fid_lib.frechet_distance(mu, s2, mu, s1), rel=1e-6)
+  assert fid_lib.frechet_distance(mu, s1, mu, s1) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_frechet_distance_rejects_mismatched_shapes():
+  with pytest.raises(ValueError, match="expected μ"):
+    fid_lib.frechet_distance(np.zeros(3), np.eye(3), np.zeros(2), np.eye(2))
+
+
+def test_gaussian_stats_match_numpy():
+  x = np.random.default_rng(4).standard_normal((50, 4))
+  mu, sigma = fid_lib.gaussian_stats(x)
+  np.testing.assert_allclose(mu, x.mean(0))
+  np.testing.assert_allclose(sigma, np.cov(x, rowvar=False))
+  with pytest.raises(ValueError, match="N ≥ 2"):
+    fid_lib.gaussian_stats(x[:1])

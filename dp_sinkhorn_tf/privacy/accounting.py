@@ -17,9 +17,10 @@ import dataclasses
 import json
 import math
 import warnings
-from typing import Optional
+from typing import Optional, Tuple
 
 import dp_accounting
+import numpy as np
 
 from dp_sinkhorn_tf.io import files
 
@@ -250,3 +251,15 @@ def report(ledger: PrivacyLedger, all_accountants: bool = True) -> dict:
                                            ledger.planned_steps, ledger.delta,
                                            ledger.accountant)
   return out
+
+
+def epsilon_curve(ledger, num_points: int = 50) -> Tuple[np.ndarray, np.ndarray]:
+  """(steps, ε): ε after t steps of the ledger's (q, σ, δ, accountant) at ≤ num_points
+  distinct integer t from 1 to steps_taken (linearly spaced, both ends included)."""
+  if ledger.steps_taken < 1:
+    raise ValueError("the privacy ledger records no step taken")
+  steps = np.unique(np.round(np.linspace(1, ledger.steps_taken, num_points)).astype(np.int64))
+  eps = np.array([compute_epsilon(ledger.sample_rate, ledger.noise_multiplier,
+                                             int(t), ledger.delta, ledger.accountant)
+                  for t in steps])
+  return steps, eps

@@ -50,8 +50,8 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 import tensorflow as tf
 
-from dp_sinkhorn_tf.evaluation import evaluation
 from dp_sinkhorn_tf.io import files, rundir
+from dp_sinkhorn_tf.io import images as images_lib
 from dp_sinkhorn_tf.models import generators
 from dp_sinkhorn_tf.privacy import accounting, gaussian, keys, mechanisms, sampling
 from dp_sinkhorn_tf.train import config as config_lib
@@ -860,10 +860,10 @@ def _write_samples(writer, images: np.ndarray, label_names: Sequence[str], workd
   """Generated (never private) images: a TensorBoard grid and a PNG, one row per class."""
   num_classes, per_class = len(label_names), 10
   with writer.as_default(step=step):
-    grid = evaluation.tile_rows(np.asarray(images), num_classes)
+    grid = images_lib.tile_rows(np.asarray(images), num_classes)
     tf.summary.image("samples", grid[np.newaxis], max_outputs=1)
   name = "final.png" if final else f"step_{step:07d}.png"
-  return evaluation.save_class_grid_png(
+  return images_lib.save_class_grid_png(
       images, balanced_grid_labels(num_classes, per_class), label_names,
       os.path.join(workdir, rundir.SAMPLES_DIR, name), per_class=per_class,
       title=f"step {step}")
