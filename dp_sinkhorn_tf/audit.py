@@ -43,7 +43,7 @@ from absl import app, flags
 from dp_sinkhorn_tf import cli
 from dp_sinkhorn_tf import main as main_lib
 from dp_sinkhorn_tf.io import rundir
-from dp_sinkhorn_tf.privacy import auditing
+from dp_sinkhorn_tf.privacy import accounting, auditing
 from dp_sinkhorn_tf.train import train_flags
 
 FLAGS = flags.FLAGS
@@ -399,9 +399,8 @@ def _result_json(result: auditing.StepAuditResult, what: str) -> dict:
 
 def run_step(cfg, out: str) -> int:
   from dp_sinkhorn_tf.data import datasets
-  from dp_sinkhorn_tf.train import trainer
   dataset = datasets.load_dataset(cfg.data.dataset, cfg.data.data_dir, cfg.data.idx_dir)
-  plan = trainer.plan_privacy(cfg, len(dataset.images))
+  plan = accounting.plan_privacy(cfg, len(dataset.images))
   if not cfg.privacy.dp or cfg.privacy.mechanism != "image_grad":
     raise ValueError("--audit=step audits the image_grad mechanism of a --dp config")
   delta, conf, trials = cfg.privacy.delta, FLAGS.audit_confidence, FLAGS.audit_trials
@@ -463,7 +462,8 @@ def run_run(cfg, out: str) -> int:
       os.path.join(cfg.run.workdir, CANARY_FILE), m, dataset)
   print(f"run audit: {m} canaries, {int(included.sum())} in the private set (secret audit "
         f"key; {os.path.join(cfg.run.workdir, CANARY_FILE)} is DO NOT PUBLISH)")
-  FLAGS.if_finished = "skip"  # a finished run is re-scored, never trained further
+  # A finished run is re-scored, never trained further.
+  cfg = dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, if_finished="skip"))
   code = main_lib.run(cfg, FLAGS.flags_into_string(),
                       dataset=with_canaries(dataset, images, labels, included,
                                             FLAGS.audit_canary_copies))

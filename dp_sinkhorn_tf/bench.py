@@ -12,7 +12,6 @@ Y = rng.uniform(−1, 1, (n, d)) as float32; then the last 10 columns of X and o
 replaced by 15·one_hot(rng.integers(0, 10, size)) (X first, then Y); p = 0.4.
 """
 
-import argparse
 import json
 import os
 import resource
@@ -21,6 +20,10 @@ import subprocess
 import sys
 import time
 from typing import Optional
+
+from absl import flags
+
+from dp_sinkhorn_tf import cli
 
 SINKHORN_CONFIGS = {
     # name: (n, d, cost, λ)
@@ -116,42 +119,55 @@ def _run_in_child(kind: str, name: str, repeats: int, jit: bool, strategy: str =
   return {"config": name, "error": f"exit {proc.returncode}: {tail}"}
 
 
-def main(argv=None) -> int:
-  argv = sys.argv[1:] if argv is None else argv
-  if argv and argv[0] == "_child":
-    return _child(argv[1:])
-  parser = argparse.ArgumentParser(prog="python -m dp_sinkhorn_tf.bench")
-  parser.add_argument("suite", choices=["sinkhorn", "train", "all"])
-  parser.add_argument("--only", default="", help="comma-separated config names")
-  parser.add_argument("--repeats", type=int, default=5)
-  parser.add_argument("--jit", action="store_true", help="compile the Sinkhorn loss with XLA")
-  parser.add_argument("--strategy", choices=["default", "mirrored"], default="default",
-                      help="train suite: the step under this tf.distribute strategy")
-  parser.add_argument("--num_devices", type=int, default=None,
-                      help="train suite, --strategy=mirrored: devices (logical CPUs here)")
-  args = parser.parse_args(argv)
-  if args.repeats < 1:
-    parser.error("--repeats must be ≥ 1")
-  if args.num_devices is not None and args.num_devices < 1:
-    parser.error("--num_devices must be ≥ 1")
+FLAGS = flags.FlagValues()  # private registry (cli): importable beside the training flags
+flags.DEFINE_string("only", "", "Comma-separated config names (default: all of the suite).",
+                    flag_values=FLAGS)
+flags.DEFINE_integer("repeats", 5, "Timed repeats per config (the median is reported).",
+                     lower_bound=1, flag_values=FLAGS)
+flags.DEFINE_bool("jit", False, "Compile the Sinkhorn loss with XLA.", flag_values=FLAGS)
+flags.DEFINE_enum("strategy", "default", ["default", "mirrored"], "train suite: the step "
+                  "under this tf.distribute strategy.", flag_values=FLAGS)
+flags.DEFINE_integer("num_devices", None, "train suite, --strategy=mirrored: devices (logical "
+                     "CPUs here).", lower_bound=1, flag_values=FLAGS)
+SUITES = ("sinkhorn", "train", "all")
+
+
+def run(f, suite: str) -> int:
   jobs = []
-  if args.suite in ("sinkhorn", "all"):
+  if suite in ("sinkhorn", "all"):
     jobs += [("sinkhorn", name) for name in SINKHORN_CONFIGS]
-  if args.suite in ("train", "all"):
+  if suite in ("train", "all"):
     from dp_sinkhorn_tf.train import bench_train
     jobs += [("train", name) for name in bench_train.CONFIGS]
-  only = {s for s in args.only.split(",") if s}
+  only = {s for s in f.only.split(",") if s}
   unknown = only - {name for _, name in jobs}
   if unknown:
-    parser.error(f"--only: unknown config(s) {sorted(unknown)}")
+    raise ValueError(f"--only: unknown config(s) {sorted(unknown)} for suite {suite}")
   failed = False
   for kind, name in jobs:
     if only and name not in only:
       continue
-    result = _run_in_child(kind, name, args.repeats, args.jit, args.strategy, args.num_devices)
+    result = _run_in_child(kind, name, f.repeats, f.jit, f.strategy, f.num_devices)
     failed |= "error" in result
     print(json.dumps(result), flush=True)
   return 1 if failed else 0
+
+
+def main(argv=None) -> int:
+  """python -m dp_sinkhorn_tf.bench SUITE [--flags]: SUITE is one of sinkhorn, train, all."""
+  argv = list(sys.argv if argv is None else argv)
+  if len(argv) > 1 and argv[1] == "_child":
+    return _child(argv[2:])
+  suite = argv[1] if len(argv) > 1 and not argv[1].startswith("-") else None
+  if suite is not None and suite not in SUITES:
+    print(f"error: suite {suite!r}: expected one of {', '.join(SUITES)}", file=sys.stderr)
+    return 2
+  rest = [argv[0]] + [a for a in argv[1:] if a != suite]
+  if suite is None and not any(a in ("--help", "-h", "--helpfull") for a in rest):
+    print(f"error: expected a suite first: python -m dp_sinkhorn_tf.bench "
+          f"{{{','.join(SUITES)}}} [--flags]", file=sys.stderr)
+    return 2
+  return cli.main_of(lambda f: run(f, suite), FLAGS, "dp_sinkhorn_tf.bench")(rest)
 
 
 if __name__ == "__main__":

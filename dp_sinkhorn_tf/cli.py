@@ -11,6 +11,19 @@ directory only); the syntax is absl's: one flag per line, `#` and `//` comments.
 
 Errors. Entry points print `error: <one line>` to stderr and exit 2 (bad input) or 1 (the
 work failed), never a traceback.
+
+One style for every entry point (main, audit, export, sample, evaluate, bench): absl flags,
+checked before any work starts, parsed by `absl_parser`. The training commands (main, audit)
+share absl's global registry (`train_flags`, with absl's own --verbosity, --helpfull, …);
+the others each own a private `flags.FlagValues`, so that their flags (an evaluation's
+--batch_size is not a training --batch_size) can be imported beside the training flags, and
+run through `main_of`:
+
+  FLAGS = flags.FlagValues()
+  flags.DEFINE_string("model", None, "…", flag_values=FLAGS)
+  def run(f) -> int: …                  # the work, on parsed flags; raises ValueError
+  main = cli.main_of(run, FLAGS)        # main(argv) -> exit code; argv[0] is the program
+  if __name__ == "__main__": sys.exit(main())
 """
 
 import errno
@@ -99,9 +112,19 @@ def os_error(e: OSError, what: str) -> str:
   return f"{target}: {cause}"
 
 
+def first_line(e: BaseException) -> str:
+  text = str(e).strip()
+  return text.splitlines()[0] if text else type(e).__name__
+
+
 def tf_error(e: Exception, what: str) -> str:
   text = str(e).strip()
   return f"{what}: {text.splitlines()[0] if text else type(e).__name__}"
+
+
+def _print_help(flag_values, program: str) -> None:
+  print(f"usage: python -m {program} --flag=value …\n")
+  print(flag_values.get_help(include_special_flags=False))
 
 
 def absl_parser(flag_values):
@@ -110,6 +133,10 @@ def absl_parser(flag_values):
   from absl import flags
 
   def parse(argv):
+    if flag_values is not flags.FLAGS and any(a in ("--help", "-h", "-help", "--helpfull")
+                                              for a in argv[1:]):
+      _print_help(flag_values, os.path.basename(str(argv[0])))
+      sys.exit(0)
     try:
       return flag_values([argv[0], *expand_flagfiles(argv[1:])])
     except (flags.Error, FlagfileError) as e:
@@ -117,3 +144,37 @@ def absl_parser(flag_values):
       fail(text.splitlines()[0] if text else type(e).__name__)
 
   return parse
+
+
+def main_of(run, flag_values, program: Optional[str] = None):
+  """`main(argv=None) -> exit code` of an entry point on a private FlagValues: parses argv
+  (sys.argv when None; argv[0] is the program) with `absl_parser`, refuses positional
+  arguments, then returns run(flag_values). A ValueError / FileNotFoundError from `run` is
+  bad input (one line, 2), Ctrl-C is one line and 130; the flags are unparsed afterwards,
+  so main can be called again in one process (tests)."""
+
+  def main(argv: Optional[Sequence[str]] = None) -> int:
+    argv = list(sys.argv if argv is None else argv)
+    if program is not None and argv:
+      argv[0] = program
+    try:
+      try:
+        rest = absl_parser(flag_values)(argv)
+      except SystemExit as e:
+        return int(e.code or 0)
+      if len(rest) > 1:
+        print(f"error: unexpected arguments {rest[1:]}: all options are --flags",
+              file=sys.stderr)
+        return 2
+      return run(flag_values)
+    except (ValueError, FileNotFoundError) as e:
+      text = str(e).strip()
+      print(f"error: {text.splitlines()[0] if text else type(e).__name__}", file=sys.stderr)
+      return 2
+    except KeyboardInterrupt:
+      print("\ninterrupted: nothing was published; re-run the command", file=sys.stderr)
+      return 130
+    finally:
+      flag_values.unparse_flags()
+
+  return main

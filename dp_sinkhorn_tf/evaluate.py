@@ -40,12 +40,12 @@ import time
 import numpy as np
 from absl import flags
 
+from dp_sinkhorn_tf import cli
 from dp_sinkhorn_tf.data import datasets
 from dp_sinkhorn_tf.evaluation import evaluation
 from dp_sinkhorn_tf.evaluation import fid as fid_lib
 from dp_sinkhorn_tf.io import files, rundir
 from dp_sinkhorn_tf.io import images as images_lib
-from dp_sinkhorn_tf.release import serving
 
 REAL = "real"
 LEDGER_FILE = rundir.LEDGER_FILE
@@ -407,25 +407,8 @@ def run(f) -> int:
   return 0
 
 
-def main(argv=None) -> int:
-  """Parses argv (sys.argv when None); returns the exit code, printing `error: ...` on
-  failure."""
-  argv = list(sys.argv if argv is None else argv)
-  try:
-    try:
-      rest = FLAGS(argv)
-    except flags.Error as e:
-      print(f"error: {str(e).splitlines()[0]}", file=sys.stderr)
-      return 2
-    if len(rest) > 1:
-      raise FlagError(f"unexpected arguments {rest[1:]}: all options are --flags")
-    return run(FLAGS)
-  except (ValueError, FileNotFoundError) as e:
-    print(f"error: {str(e).splitlines()[0] if str(e) else type(e).__name__}", file=sys.stderr)
-    return 2
-  finally:
-    FLAGS.unparse_flags()
+main = cli.main_of(run, FLAGS, "dp_sinkhorn_tf.evaluate")
 
 
 if __name__ == "__main__":
-  sys.exit(serving.run_cli(main))
+  sys.exit(main())

@@ -20,14 +20,15 @@ absent. Flags are checked against the export's assets.extra/metadata.json (label
 `error:` line naming it, writing nothing.
 """
 
-import argparse
 import os
 import sys
 from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
+from absl import flags
 
-from dp_sinkhorn_tf.io import files
+from dp_sinkhorn_tf import cli
+from dp_sinkhorn_tf.io import files, images
 from dp_sinkhorn_tf.release import serving
 
 SUFFIXES = (".png", ".npz")
@@ -115,62 +116,46 @@ def draw(version_dir: str, labels: Sequence[int], num_per_label: int, seed: int)
           "labels": repeated, "z": out["z"].numpy(), "seed": np.int64(seed)}
 
 
-class _Parser(argparse.ArgumentParser):
-  def error(self, message):
-    print(f"error: {message}", file=sys.stderr)
-    sys.exit(2)
+FLAGS = flags.FlagValues()  # private registry (cli): importable beside the training flags
+flags.DEFINE_string("model", None, "Export version directory, or the model directory holding "
+                    "numeric versions (the highest is used).", flag_values=FLAGS)
+flags.DEFINE_string("labels", None, "Comma-separated classes, one grid row each (default: "
+                    "every class).", flag_values=FLAGS)
+flags.DEFINE_integer("num_per_label", 8, "Samples per label.", lower_bound=1,
+                     flag_values=FLAGS)
+flags.DEFINE_integer("seed", 0, "Seed of the latents (int64).", lower_bound=INT64_MIN,
+                     upper_bound=INT64_MAX, flag_values=FLAGS)
+flags.DEFINE_string("out", None, "Output .png (a grid) or .npz (the arrays).",
+                    flag_values=FLAGS)
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
-  parser = _Parser(prog="python -m dp_sinkhorn_tf.sample", allow_abbrev=False,
-                   description="Sample a grid or an .npz from an exported generator.")
-  parser.add_argument("--model", required=True, help="Export version directory, or the "
-                      "model directory holding numeric versions (highest used).")
-  parser.add_argument("--labels", help="Comma-separated classes, one grid row each "
-                      "(default: all classes).")
-  parser.add_argument("--num_per_label", default="8", help="Samples per label (≥ 1).")
-  parser.add_argument("--seed", default="0", help="Seed of the latents (int64).")
-  parser.add_argument("--out", required=True, help="Output .png (grid) or .npz (arrays).")
-  args = parser.parse_args(argv)
+def run(f) -> int:
+  for name in ("model", "out"):
+    if not getattr(f, name):
+      raise FlagError(f"--{name}: required")
+  suffix = check_out(f.out)
+  version_dir, version = resolve_version_dir(f.model)
+  metadata = read_metadata(version_dir, f.model)
+  labels = parse_labels(f.labels, metadata["num_classes"])
   try:
-    try:
-      num_per_label = int(args.num_per_label)
-    except ValueError:
-      num_per_label = 0
-    if num_per_label < 1:
-      raise FlagError(f"--num_per_label={args.num_per_label}: expected an integer ≥ 1")
-    try:
-      seed = int(args.seed)
-    except ValueError:
-      seed = None
-    if seed is None or not INT64_MIN <= seed <= INT64_MAX:
-      raise FlagError(f"--seed={args.seed}: expected an int64 integer")
-    suffix = check_out(args.out)
-    version_dir, version = resolve_version_dir(args.model)
-    metadata = read_metadata(version_dir, args.model)
-    labels = parse_labels(args.labels, metadata["num_classes"])
-  except FlagError as e:
-    print(f"error: {e}", file=sys.stderr)
-    return 2
-
-  try:
-    arrays = draw(version_dir, labels, num_per_label, seed)
+    arrays = draw(version_dir, labels, f.num_per_label, f.seed)
   except ValueError as e:
-    print(f"error: --model={args.model}: {e}", file=sys.stderr)
-    return 2
+    raise FlagError(f"--model={f.model}: {e}") from None
   if suffix == ".npz":
-    write_npz_atomic(args.out, arrays)
+    write_npz_atomic(f.out, arrays)
   else:
-    from dp_sinkhorn_tf.io import images
-    rows = np.repeat(np.arange(len(labels), dtype=np.int32), num_per_label)  # label-major
+    rows = np.repeat(np.arange(len(labels), dtype=np.int32), f.num_per_label)  # label-major
     names = [str(metadata["label_names"][k]) if "label_names" in metadata else str(k)
              for k in labels]
-    images.save_class_grid_png(arrays["images"], rows, names, args.out,
-                                   per_class=num_per_label,
-                                   title=_title(metadata, version, seed))
-  print(f"{args.out}: {len(arrays['labels'])} samples of labels {labels} from {version_dir}")
+    images.save_class_grid_png(arrays["images"], rows, names, f.out,
+                               per_class=f.num_per_label,
+                               title=_title(metadata, version, f.seed))
+  print(f"{f.out}: {len(arrays['labels'])} samples of labels {labels} from {version_dir}")
   return 0
 
 
+main = cli.main_of(run, FLAGS, "dp_sinkhorn_tf.sample")
+
+
 if __name__ == "__main__":
-  sys.exit(serving.run_cli(main))
+  sys.exit(main())

@@ -25,6 +25,7 @@ from dp_sinkhorn_tf.data import datasets
 from dp_sinkhorn_tf.privacy import keys
 from dp_sinkhorn_tf.train import config as config_lib, distribute, trainer
 from dp_sinkhorn_tf.transport import sinkhorn
+from dp_sinkhorn_tf.privacy import accounting
 distribute.configure_devices("mirrored", 4)
 digits = datasets.load_dataset("digits")
 key = keys.insecure_fixed(3)
@@ -41,11 +42,11 @@ for strategy, n in [("default", None), ("mirrored", 2), ("mirrored", 4)]:
                                        release_blur=0.7),
       optim=config_lib.OptimConfig(ema_decay=0.99),
       run=config_lib.RunConfig(workdir="unused", strategy=strategy, num_devices=n))
-  plan = trainer.plan_privacy(cfg, len(digits.images))
+  plan = accounting.plan_privacy(cfg, len(digits.images))
   st = distribute.make_strategy(strategy, n)
   with st.scope():
     model, _ = trainer.build_model(cfg, digits.images, digits.labels, 10, plan, key)
-  step_fn = trainer._step_function(model, st)
+  step_fn = trainer.step_function(model, st)
   for t in range(3):
     step_fn(tf.constant(t, tf.int64))
   # The release of step 3 as every replica computes it (its norm, before and after noise).

@@ -15,7 +15,7 @@ import tensorflow as tf
 
 from dp_sinkhorn_tf import __version__, export
 from dp_sinkhorn_tf.models import generators
-from dp_sinkhorn_tf.release import serving
+from dp_sinkhorn_tf.release import export_lib, serving
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
@@ -81,7 +81,7 @@ def generator():
 @pytest.fixture(scope="module")
 def exported(generator, tmp_path_factory):
   base = tmp_path_factory.mktemp("export")
-  return export.export_generator(generator, str(base), "generator", None, METADATA)
+  return export_lib.export_generator(generator, str(base), "generator", None, METADATA)
 
 
 # ---- signatures -----------------------------------------------------------------------------
@@ -199,7 +199,7 @@ def test_metadata_holds_training_facts_and_export_fields(exported):
 
 
 def test_non_finite_and_numpy_metadata_become_strict_json(generator, tmp_path):
-  path = export.export_generator(generator, str(tmp_path), "g", 3,
+  path = export_lib.export_generator(generator, str(tmp_path), "g", 3,
                                  {"epsilon": float("inf"), "steps": np.int64(4),
                                   "image_shape": (8, 8, 1)})
   text = open(os.path.join(path, "assets.extra", "metadata.json")).read()
@@ -211,15 +211,15 @@ def test_non_finite_and_numpy_metadata_become_strict_json(generator, tmp_path):
 
 def test_versions_count_up_and_are_never_overwritten(generator, tmp_path):
   model_dir = tmp_path / "generator"
-  first = export.export_generator(generator, str(tmp_path))
-  second = export.export_generator(generator, str(tmp_path))
+  first = export_lib.export_generator(generator, str(tmp_path))
+  second = export_lib.export_generator(generator, str(tmp_path))
   assert (os.path.basename(first), os.path.basename(second)) == ("1", "2")
   stamp = os.path.getmtime(os.path.join(first, "saved_model.pb"))
   with pytest.raises(FileExistsError, match=r"--version=1: .* already exists"):
-    export.export_generator(generator, str(tmp_path), version=1)
+    export_lib.export_generator(generator, str(tmp_path), version=1)
   assert os.path.getmtime(os.path.join(first, "saved_model.pb")) == stamp
-  assert export.export_generator(generator, str(tmp_path), version=7).endswith("7")
-  assert export.next_version(str(model_dir)) == 8
+  assert export_lib.export_generator(generator, str(tmp_path), version=7).endswith("7")
+  assert export_lib.next_version(str(model_dir)) == 8
   assert model_entries(model_dir) == ["1", "2", "7"]
 
 
@@ -242,20 +242,20 @@ def test_interrupted_export_leaves_no_version_and_no_temp_dir(generator, tmp_pat
   def fail_metadata(*args):
     raise _Boom()
 
-  monkeypatch.setattr(export.tf.saved_model, "save", save_then_fail)
+  monkeypatch.setattr(export_lib.tf.saved_model, "save", save_then_fail)
   if where == "after_save":
-    monkeypatch.setattr(export, "_write_metadata", fail_metadata)
+    monkeypatch.setattr(export_lib, "_write_metadata", fail_metadata)
   with pytest.raises(_Boom):
-    export.export_generator(generator, str(tmp_path / "fresh"), "generator", None, METADATA)
+    export_lib.export_generator(generator, str(tmp_path / "fresh"), "generator", None, METADATA)
   assert not (tmp_path / "fresh").exists()  # nothing at all: the dirs it made are gone too
   # With an existing model directory: version 1 survives, no version 2, no temp dir.
   monkeypatch.undo()
-  export.export_generator(generator, str(tmp_path / "kept"))
-  monkeypatch.setattr(export.tf.saved_model, "save", save_then_fail)
+  export_lib.export_generator(generator, str(tmp_path / "kept"))
+  monkeypatch.setattr(export_lib.tf.saved_model, "save", save_then_fail)
   if where == "after_save":
-    monkeypatch.setattr(export, "_write_metadata", fail_metadata)
+    monkeypatch.setattr(export_lib, "_write_metadata", fail_metadata)
   with pytest.raises(_Boom):
-    export.export_generator(generator, str(tmp_path / "kept"))
+    export_lib.export_generator(generator, str(tmp_path / "kept"))
   assert model_entries(tmp_path / "kept" / "generator") == ["1"]
 
 
@@ -267,8 +267,8 @@ def test_interrupted_export_leaves_no_version_and_no_temp_dir(generator, tmp_pat
     (dict(metadata={"image_shape": [28, 28, 1]}), "image_shape"),
     (dict(metadata={"label_names": ["a", "b"]}), "label_names")])
 def test_bad_arguments_are_refused_before_writing(generator, tmp_path, kwargs, match):
-  with pytest.raises(export.ExportError, match=match):
-    export.export_generator(generator, str(tmp_path / "base"), **kwargs)
+  with pytest.raises(export_lib.ExportError, match=match):
+    export_lib.export_generator(generator, str(tmp_path / "base"), **kwargs)
   assert not (tmp_path / "base").exists()
 
 
@@ -310,7 +310,7 @@ def test_cli_exports_a_run_like_training_does(run_dir):
   assert proc.returncode == 0, proc.stderr[-3000:]
   path = proc.stdout.strip().splitlines()[-1]
   assert path == os.path.join(model_dir, "2") and model_entries(model_dir) == ["1", "2"]
-  restored = export.restore_run(run_dir)
+  restored = export_lib.restore_run(run_dir)
   z = generators.sample_latent(5, 4, 3).numpy()
   labels = np.array([0, 2, 4, 6, 8], np.int32)
   expected = restored.generator([z, labels], training=False).numpy()
@@ -342,7 +342,7 @@ def test_cli_errors_are_one_line_and_write_nothing(run_dir, tmp_path, capsys):
                      ([f"--workdir={run_dir}", "--version=0"], "--version=0"),
                      ([f"--workdir={run_dir}", f"--checkpoint={tmp_path}"], "--checkpoint="),
                      ([f"--workdir={tmp_path}"], f"--workdir={tmp_path}: no flags.txt")]:
-    assert export.main(argv) != 0
+    assert export.main(["export", *argv]) != 0
     errors = error_lines(capsys.readouterr().err)
     assert len(errors) == 1 and flag in errors[0], errors
   assert model_entries(model_dir) == before and os.listdir(tmp_path) == []
@@ -361,7 +361,7 @@ def _copy_run(run_dir, dest, flags_edit=None):
 
 def test_checkpoint_with_ema_exports_the_ema_weights(run_dir, tmp_path):
   workdir = _copy_run(run_dir, tmp_path / "ema")
-  restored = export.restore_run(run_dir)
+  restored = export_lib.restore_run(run_dir)
   raw = restored.generator
   ema = generators.make_generator("dcgan", (8, 8, 1), 10, latent_dim=4, embed_dim=2, hidden=4)
   for var in ema.variables:
@@ -371,7 +371,7 @@ def test_checkpoint_with_ema_exports_the_ema_weights(run_dir, tmp_path):
                              step=tf.Variable(5, dtype=tf.int64),
                              run_id=tf.Variable(run_id, dtype=tf.string))
   prefix = ckpt.write(os.path.join(workdir, "chk", "ckpt-5"))
-  path = export.export_run(workdir, checkpoint=prefix, model_name="ema_model")
+  path = export_lib.export_run(workdir, checkpoint=prefix, model_name="ema_model")
   assert path == os.path.join(workdir, "export", "ema_model", "1")
   z = generators.sample_latent(4, 4, 0).numpy()
   labels = np.array([1, 2, 3, 4], np.int32)
@@ -387,16 +387,16 @@ def test_checkpoint_with_ema_exports_the_ema_weights(run_dir, tmp_path):
     (("--latent_dim=4", "--latent_dim=0"), "flags.txt: --latent_dim=0")])
 def test_flags_that_do_not_fit_the_checkpoint_are_refused(run_dir, tmp_path, edit, match):
   workdir = _copy_run(run_dir, tmp_path / "bad", edit)
-  with pytest.raises(export.ExportError, match=match):
-    export.export_run(workdir, checkpoint=os.path.join(run_dir, "checkpoints"))
+  with pytest.raises(export_lib.ExportError, match=match):
+    export_lib.export_run(workdir, checkpoint=os.path.join(run_dir, "checkpoints"))
   assert not os.path.exists(os.path.join(workdir, "export"))
 
 
 def test_dp_run_without_ledger_is_refused(run_dir, tmp_path):
   workdir = _copy_run(run_dir, tmp_path / "noledger")
   os.remove(os.path.join(workdir, "privacy_ledger.json"))
-  with pytest.raises(export.ExportError, match="privacy_ledger.json"):
-    export.export_run(workdir, checkpoint=os.path.join(run_dir, "checkpoints"))
+  with pytest.raises(export_lib.ExportError, match="privacy_ledger.json"):
+    export_lib.export_run(workdir, checkpoint=os.path.join(run_dir, "checkpoints"))
   assert not os.path.exists(os.path.join(workdir, "export"))
 
 
@@ -405,17 +405,17 @@ def test_a_checkpoint_of_another_run_is_not_stamped_with_this_runs_epsilon(run_d
   other = str(tmp_path / "other")
   proc = run_module("dp_sinkhorn_tf.main", f"--workdir={other}", *TRAIN_FLAGS, "--noexport")
   assert proc.returncode == 0, proc.stderr[-3000:]
-  with pytest.raises(export.ExportError, match="written by run .* not by"):
-    export.export_run(run_dir, checkpoint=os.path.join(other, "checkpoints"))
+  with pytest.raises(export_lib.ExportError, match="written by run .* not by"):
+    export_lib.export_run(run_dir, checkpoint=os.path.join(other, "checkpoints"))
   proc = run_module("dp_sinkhorn_tf.export", f"--workdir={run_dir}",
                     f"--checkpoint={os.path.join(other, 'checkpoints')}")
   errors = error_lines(proc.stderr)
   assert proc.returncode == 2 and len(errors) == 1 and "written by run" in errors[0]
   # A checkpoint written without any run id (an older version) is refused too.
-  restored = export.restore_run(run_dir)
+  restored = export_lib.restore_run(run_dir)
   prefix = tf.train.Checkpoint(generator=restored.generator).write(str(tmp_path / "old" / "c"))
-  with pytest.raises(export.ExportError, match="no run id"):
-    export.export_run(run_dir, checkpoint=prefix, export_dir=str(tmp_path / "x"))
+  with pytest.raises(export_lib.ExportError, match="no run id"):
+    export_lib.export_run(run_dir, checkpoint=prefix, export_dir=str(tmp_path / "x"))
 
 
 def test_export_metadata_names_the_run_and_says_it_is_private(run_dir):
@@ -430,9 +430,9 @@ def test_export_metadata_names_the_run_and_says_it_is_private(run_dir):
 def test_dataset_image_shapes_match_the_loaders():
   from dp_sinkhorn_tf.data import datasets
 
-  assert set(export.DATASET_IMAGE_SHAPES) == set(datasets.DATASETS)
-  assert export.DATASET_IMAGE_SHAPES["digits"] == datasets.load_dataset("digits").image_shape
-  assert export.DATASET_IMAGE_SHAPES["celeb_a"] == (datasets.CELEBA_SIZE, datasets.CELEBA_SIZE, 3)
+  assert set(export_lib.DATASET_IMAGE_SHAPES) == set(datasets.DATASETS)
+  assert export_lib.DATASET_IMAGE_SHAPES["digits"] == datasets.load_dataset("digits").image_shape
+  assert export_lib.DATASET_IMAGE_SHAPES["celeb_a"] == (datasets.CELEBA_SIZE, datasets.CELEBA_SIZE, 3)
 
 
 def test_a_truncated_or_garbage_checkpoint_is_one_line(run_dir, tmp_path):

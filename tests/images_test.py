@@ -23,9 +23,9 @@ def test_to_uint8_maps_minus_one_to_zero_and_one_to_255_and_clips():
 
 
 def test_the_exported_uint8_rule_is_the_same_rule():
-  from dp_sinkhorn_tf import export
+  from dp_sinkhorn_tf.release import export_lib
   x = np.linspace(-1.2, 1.2, 1001).astype(np.float32)
-  np.testing.assert_array_equal(export.to_uint8(tf.constant(x)).numpy(), images.to_uint8(x))
+  np.testing.assert_array_equal(export_lib.to_uint8(tf.constant(x)).numpy(), images.to_uint8(x))
 
 
 def test_writers_are_atomic_and_produce_pngs(tmp_path):

@@ -11,11 +11,11 @@ from dp_sinkhorn_tf.privacy import keys
 
 
 def test_fresh_keys_are_random_and_below_2_to_the_62():
-  keys = [keys.generate() for _ in range(50)]
-  assert len({k.words for k in keys}) == 50
-  assert all(0 <= w < 2**62 for k in keys for w in k.words)
+  fresh = [keys.generate() for _ in range(50)]
+  assert len({k.words for k in fresh}) == 50
+  assert all(0 <= w < 2**62 for k in fresh for w in k.words)
   # 50 × 2 words of 62 random bits: the top bit is set about half the time.
-  top = sum((w >> 61) & 1 for k in keys for w in k.words)
+  top = sum((w >> 61) & 1 for k in fresh for w in k.words)
   assert 25 <= top <= 75
 
 

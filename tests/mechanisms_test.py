@@ -8,7 +8,7 @@ import pytest
 import tensorflow as tf
 
 from dp_sinkhorn_tf.data import datasets
-from dp_sinkhorn_tf.privacy import mechanisms
+from dp_sinkhorn_tf.privacy import accounting, keys, mechanisms
 from dp_sinkhorn_tf.train import config as config_lib
 from dp_sinkhorn_tf.train import trainer
 from dp_sinkhorn_tf.transport import costs, sinkhorn
@@ -44,9 +44,9 @@ def test_a_new_mechanism_is_one_table_entry(monkeypatch):
       loss=config_lib.LossConfig(solver=sinkhorn.SinkhornConfig(max_iterations=5),
                                  jit_compile=False),
       privacy=config_lib.PrivacyConfig(mechanism="frozen", noise_multiplier=1.0))
-  plan = trainer.plan_privacy(cfg, len(digits.images))
+  plan = accounting.plan_privacy(cfg, len(digits.images))
   model, _ = trainer.build_model(cfg, digits.images, digits.labels, 10, plan,
-                                 trainer.privacy_key.insecure_fixed(0))
+                                 keys.insecure_fixed(0))
   before = [v.numpy() for v in model.generator.trainable_variables]
   model.train_step(tf.constant(0, tf.int64))
   for a, v in zip(before, model.generator.trainable_variables):

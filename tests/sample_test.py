@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from dp_sinkhorn_tf import export, sample
+from dp_sinkhorn_tf import sample
 from dp_sinkhorn_tf.models import generators
+from dp_sinkhorn_tf.release import export_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
@@ -29,7 +30,7 @@ def model(tmp_path_factory):
   base = tmp_path_factory.mktemp("export")
   gens = {1: _generator(1), 2: _generator(2)}
   for version, gen in gens.items():
-    export.export_generator(gen, str(base), "generator", version,
+    export_lib.export_generator(gen, str(base), "generator", version,
                             {"epsilon": 1.5, "delta": 1e-5, "dp": True})
   return str(base / "generator"), gens
 
@@ -45,7 +46,7 @@ def test_png_grid_from_the_command_line(model, tmp_path):
   proc = run_sample(f"--model={model_dir}", "--labels=0,1,2", "--num_per_label=8",
                     "--seed=0", f"--out={wide}")
   assert proc.returncode == 0, proc.stderr[-2000:]
-  assert sample.main([f"--model={model_dir}/1", "--labels=0,1,2,3,4,5,6,7",
+  assert sample.main(["sample", f"--model={model_dir}/1", "--labels=0,1,2,3,4,5,6,7",
                       "--num_per_label=2", f"--out={tall}"]) == 0
   import matplotlib.image
   for path in (wide, tall):
@@ -61,7 +62,7 @@ def test_png_grid_from_the_command_line(model, tmp_path):
 def test_npz_holds_the_highest_versions_samples(model, tmp_path):
   model_dir, gens = model
   out = tmp_path / "s.npz"
-  assert sample.main([f"--model={model_dir}", "--labels=3,7", "--num_per_label=4",
+  assert sample.main(["sample", f"--model={model_dir}", "--labels=3,7", "--num_per_label=4",
                       "--seed=9", f"--out={out}"]) == 0
   data = np.load(out)
   assert set(data.files) == {"images", "images_uint8", "labels", "z", "seed"}
@@ -76,9 +77,9 @@ def test_npz_holds_the_highest_versions_samples(model, tmp_path):
   np.testing.assert_array_equal(data["images_uint8"], rule)
   # Same flags → same file content; another seed → other images.
   again, other = tmp_path / "again.npz", tmp_path / "other.npz"
-  sample.main([f"--model={model_dir}", "--labels=3,7", "--num_per_label=4", "--seed=9",
+  sample.main(["sample", f"--model={model_dir}", "--labels=3,7", "--num_per_label=4", "--seed=9",
                f"--out={again}"])
-  sample.main([f"--model={model_dir}", "--labels=3,7", "--num_per_label=4", "--seed=10",
+  sample.main(["sample", f"--model={model_dir}", "--labels=3,7", "--num_per_label=4", "--seed=10",
                f"--out={other}"])
   np.testing.assert_array_equal(np.load(again)["images"], data["images"])
   assert np.abs(np.load(other)["images"] - data["images"]).max() > 1e-3
@@ -92,7 +93,7 @@ def test_failed_write_leaves_no_file(model, tmp_path, monkeypatch):
 
   monkeypatch.setattr(sample.np, "savez", boom)
   with pytest.raises(OSError, match="disk full"):
-    sample.main([f"--model={model_dir}", "--labels=1", "--num_per_label=1",
+    sample.main(["sample", f"--model={model_dir}", "--labels=1", "--num_per_label=1",
                  f"--out={tmp_path / 'x.npz'}"])
   assert os.listdir(tmp_path) == []
 

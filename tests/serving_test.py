@@ -7,9 +7,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from dp_sinkhorn_tf import export
 from dp_sinkhorn_tf.models import generators
-from dp_sinkhorn_tf.release import serving
+from dp_sinkhorn_tf.release import export_lib, serving
 
 LATENT = 6
 
@@ -18,7 +17,7 @@ LATENT = 6
 def loaded(tmp_path_factory):
   tf.keras.utils.set_random_seed(3)
   gen = generators.make_generator("dcgan", (8, 8, 1), 10, latent_dim=LATENT, embed_dim=4, hidden=8)
-  path = export.export_generator(gen, str(tmp_path_factory.mktemp("export")))
+  path = export_lib.export_generator(gen, str(tmp_path_factory.mktemp("export")))
   return tf.saved_model.load(path)
 
 

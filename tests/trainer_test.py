@@ -14,7 +14,7 @@ from dp_sinkhorn_tf.data import datasets
 from dp_sinkhorn_tf.io import rundir
 from dp_sinkhorn_tf.privacy import accounting, gaussian, keys, sampling
 from dp_sinkhorn_tf.train import config as config_lib
-from dp_sinkhorn_tf.train import trainer
+from dp_sinkhorn_tf.train import summaries, train_lib, trainer
 from dp_sinkhorn_tf.transport import sinkhorn
 
 DIGITS = datasets.load_dataset("digits")
@@ -42,7 +42,7 @@ def build_model(cfg, dataset=DIGITS, sigma=1.0, key=None):
 
 def test_plan_from_sigma_uses_the_whole_budget():
   cfg = tiny_config()
-  plan = trainer.plan_privacy(cfg, 1438)
+  plan = accounting.plan_privacy(cfg, 1438)
   q = sampling.inclusion_probability(16 / 1438)  # the sampler's exact rate
   assert plan.sample_rate == q and q >= 16 / 1438
   assert plan.steps == accounting.max_steps(2.0, 1e-5, q, 1.0)
@@ -51,7 +51,7 @@ def test_plan_from_sigma_uses_the_whole_budget():
 
 def test_plan_from_steps_finds_sigma():
   cfg = tiny_config(steps=50, privacy=config_lib.PrivacyConfig(target_epsilon=2.0))
-  plan = trainer.plan_privacy(cfg, 1438)
+  plan = accounting.plan_privacy(cfg, 1438)
   assert plan.steps == 50 and plan.epsilon <= 2.0
   assert accounting.compute_epsilon(plan.sample_rate, plan.noise_multiplier - 0.01, 50,
                                     1e-5) > 2.0
@@ -62,7 +62,7 @@ def test_plan_from_steps_finds_sigma():
     (dict(privacy=config_lib.PrivacyConfig(noise_multiplier=None)), "--noise_multiplier")])
 def test_impossible_plans_are_refused(overrides, match):
   with pytest.raises(ValueError, match=match):
-    trainer.plan_privacy(tiny_config(**overrides), 1438)
+    accounting.plan_privacy(tiny_config(**overrides), 1438)
 
 
 def test_private_steps_on_digits_are_finite_and_noised():
@@ -217,8 +217,8 @@ def test_resume_after_crash_replays_from_the_checkpoint_and_matches_an_uninterru
                                  privacy_key_file=str(key_file)))
 
   cfg = cfg_for("crashed")
-  plan = trainer.plan_privacy(cfg, len(DIGITS.images))
-  ledger_path = os.path.join(cfg.run.workdir, trainer.LEDGER_FILE)
+  plan = accounting.plan_privacy(cfg, len(DIGITS.images))
+  ledger_path = os.path.join(cfg.run.workdir, rundir.LEDGER_FILE)
   shown = []
 
   def crash_at_five(writer, step, logs):  # private diagnostics are written at once
@@ -230,11 +230,11 @@ def test_resume_after_crash_replays_from_the_checkpoint_and_matches_an_uninterru
     assert set(logs) == {"epsilon"}  # data-independent values only
     shown.append(step)
 
-  write_scalars = trainer._write_scalars
-  monkeypatch.setattr(trainer, "_write_scalars", crash_at_five)
+  write_scalars = summaries.write_scalars
+  monkeypatch.setattr(summaries, "write_scalars", crash_at_five)
   with pytest.raises(_Crash):
-    trainer.train(cfg, DIGITS.images, DIGITS.labels, 10, plan, on_log=on_log)
-  monkeypatch.setattr(trainer, "_write_scalars", write_scalars)
+    train_lib.train(cfg, DIGITS.images, DIGITS.labels, 10, plan, on_log=on_log)
+  monkeypatch.setattr(summaries, "write_scalars", write_scalars)
   # Write-ahead: the chunk [3, 6) was charged before it ran; the checkpoint holds step 3.
   ledger = accounting.PrivacyLedger.load(ledger_path)
   assert (ledger.steps_taken, ledger.checkpoint_step) == (6, 3)
@@ -244,7 +244,7 @@ def test_resume_after_crash_replays_from_the_checkpoint_and_matches_an_uninterru
   samples = sorted(os.listdir(os.path.join(cfg.run.workdir, "samples")))
   assert samples == ["step_0000002.png"]
   seen = []
-  result = trainer.train(cfg, DIGITS.images, DIGITS.labels, 10, plan,
+  result = train_lib.train(cfg, DIGITS.images, DIGITS.labels, 10, plan,
                          on_log=lambda s, t, logs: seen.append(s))
   assert seen == list(range(4, 11))  # steps 4, 5, 6 re-run from the checkpoint, then on
   ledger = accounting.PrivacyLedger.load(ledger_path)
@@ -252,29 +252,29 @@ def test_resume_after_crash_replays_from_the_checkpoint_and_matches_an_uninterru
   assert ledger.steps_taken == 10 and ledger.checkpoint_step == 10
   assert ledger.epsilon() == pytest.approx(accounting.compute_epsilon(
       plan.sample_rate, 1.0, 10, 1e-5))
-  report = json.load(open(os.path.join(cfg.run.workdir, trainer.REPORT_FILE)))
+  report = json.load(open(os.path.join(cfg.run.workdir, rundir.REPORT_FILE)))
   assert report["finished"] and report["ledger"]["steps_taken"] == 10
   assert os.path.exists(result.sample_grid)
-  with pytest.raises(trainer.BudgetExhaustedError, match="refusing to train further"):
-    trainer.train(cfg, DIGITS.images, DIGITS.labels, 10, plan)
+  with pytest.raises(train_lib.BudgetExhaustedError, match="refusing to train further"):
+    train_lib.train(cfg, DIGITS.images, DIGITS.labels, 10, plan)
   # The same key without a crash: bit-for-bit the same generator.
   straight_cfg = cfg_for("straight")
-  straight = trainer.train(straight_cfg, DIGITS.images, DIGITS.labels, 10, plan)
+  straight = train_lib.train(straight_cfg, DIGITS.images, DIGITS.labels, 10, plan)
   for a, b in zip(_weights(result), _weights(straight)):
     np.testing.assert_array_equal(a, b)
   assert (accounting.PrivacyLedger.load(os.path.join(straight_cfg.run.workdir,
-                                                     trainer.LEDGER_FILE)).steps_taken == 10)
+                                                     rundir.LEDGER_FILE)).steps_taken == 10)
 
 
 def test_resume_with_a_different_plan_is_refused(tmp_path):
   cfg = tiny_config(tmp_path, steps=3, privacy=config_lib.PrivacyConfig(
       noise_multiplier=1.0, target_epsilon=10.0))
-  plan = trainer.plan_privacy(cfg, len(DIGITS.images))
-  trainer.train(cfg, DIGITS.images, DIGITS.labels, 10, plan)
+  plan = accounting.plan_privacy(cfg, len(DIGITS.images))
+  train_lib.train(cfg, DIGITS.images, DIGITS.labels, 10, plan)
   other = dataclasses.replace(cfg, privacy=dataclasses.replace(cfg.privacy,
                                                                l2_norm_clip=1.0))
   with pytest.raises(ValueError, match="l2_norm_clip"):
-    trainer.train(other, DIGITS.images, DIGITS.labels, 10, trainer.plan_privacy(other, 1438))
+    train_lib.train(other, DIGITS.images, DIGITS.labels, 10, accounting.plan_privacy(other, 1438))
 
 
 def test_ema_update_matches_the_hand_derived_average():
@@ -308,7 +308,7 @@ def test_fake_batch_size_decouples_n_from_the_poisson_batch():
   z, labels = model.latent_batch(tf.constant(0, tf.int64))
   assert z.shape[0] == 5 and labels.shape[0] == 5
   # q still follows B = 16, not n.
-  assert trainer.plan_privacy(cfg, 1438).sample_rate == pytest.approx(16 / 1438)
+  assert accounting.plan_privacy(cfg, 1438).sample_rate == pytest.approx(16 / 1438)
   logs = tf.function(model.train_step)(tf.constant(0, tf.int64))
   # noise std 2σC = 1 on the 4 × 64 private rows only: norm ≈ √256 = 16.
   assert 10 < float(logs["noised_grad_norm"]) < 22
@@ -372,8 +372,8 @@ def _two_runs(tmp_path, **run_overrides):
                                sample_every=10**6, checkpoint_every=3, **run_overrides)
     cfg = tiny_config(tmp_path / name, steps=3, run=run, privacy=config_lib.PrivacyConfig(
         noise_multiplier=1.0, target_epsilon=10.0))
-    results.append(trainer.train(cfg, DIGITS.images, DIGITS.labels, 10,
-                                 trainer.plan_privacy(cfg, len(DIGITS.images))))
+    results.append(train_lib.train(cfg, DIGITS.images, DIGITS.labels, 10,
+                                 accounting.plan_privacy(cfg, len(DIGITS.images))))
   return results
 
 
@@ -384,8 +384,8 @@ def test_the_same_command_in_two_workdirs_releases_different_generators(tmp_path
   a, b = _two_runs(tmp_path)
   assert any(np.abs(x - y).max() > 0 for x, y in zip(_weights(a), _weights(b)))
   assert a.identity.run_id != b.identity.run_id
-  keys = [keys.read_key_file(str(tmp_path / n / rundir.KEY_FILE)) for n in "ab"]
-  assert not keys[0].same_secret(keys[1])
+  run_keys = [keys.read_key_file(str(tmp_path / n / rundir.KEY_FILE)) for n in "ab"]
+  assert not run_keys[0].same_secret(run_keys[1])
 
 
 def test_the_same_key_file_reproduces_a_run_exactly(tmp_path):
@@ -446,11 +446,11 @@ def test_class_matching_changes_the_loss_and_leaves_public_rows_data_free():
 def test_label_names_must_name_every_class(tmp_path):
   cfg = tiny_config(tmp_path, steps=1, privacy=config_lib.PrivacyConfig(
       noise_multiplier=1.0, target_epsilon=10.0))
-  plan = trainer.plan_privacy(cfg, len(DIGITS.images))
+  plan = accounting.plan_privacy(cfg, len(DIGITS.images))
   with pytest.raises(ValueError, match="3 label_names for 10 classes"):
-    trainer.train(cfg, DIGITS.images, DIGITS.labels, 10, plan, label_names=["a", "b", "c"])
+    train_lib.train(cfg, DIGITS.images, DIGITS.labels, 10, plan, label_names=["a", "b", "c"])
   # Checked before anything is written: no ledger, no checkpoint.
-  assert not os.path.exists(os.path.join(tmp_path, trainer.LEDGER_FILE))
+  assert not os.path.exists(os.path.join(tmp_path, rundir.LEDGER_FILE))
 
 
 # ---- provenance and release hygiene -------------------------------------------------------
@@ -463,34 +463,34 @@ def _dp_cfg(workdir, steps=3, **run):
 
 
 def _train(cfg, images=DIGITS.images, labels=DIGITS.labels):
-  return trainer.train(cfg, images, labels, 10, trainer.plan_privacy(cfg, len(images)))
+  return train_lib.train(cfg, images, labels, 10, accounting.plan_privacy(cfg, len(images)))
 
 
 def test_nodp_and_dp_runs_never_share_a_workdir(tmp_path):
   nodp = tiny_config(tmp_path, steps=3, privacy=config_lib.PrivacyConfig(dp=False))
   _train(nodp)
   # Before: the DP command restored the 3 non-private steps and stamped ε on them.
-  with pytest.raises(trainer.ProvenanceError, match="holds a --nodp run"):
+  with pytest.raises(train_lib.ProvenanceError, match="holds a --nodp run"):
     _train(_dp_cfg(tmp_path))
   assert not os.path.exists(tmp_path / rundir.LEDGER_FILE)
   dp_dir = tmp_path / "dp"
   _train(_dp_cfg(dp_dir, steps=6))
-  with pytest.raises(trainer.ProvenanceError, match="holds a DP run"):
+  with pytest.raises(train_lib.ProvenanceError, match="holds a DP run"):
     _train(tiny_config(dp_dir, steps=3, privacy=config_lib.PrivacyConfig(dp=False)))
 
 
 def test_a_missing_ledger_beside_a_checkpoint_is_refused_never_restarted(tmp_path):
   cfg = _dp_cfg(tmp_path, steps=6)
-  plan = trainer.plan_privacy(cfg, len(DIGITS.images))
+  plan = accounting.plan_privacy(cfg, len(DIGITS.images))
   with pytest.raises(_Crash):
-    trainer.train(cfg, DIGITS.images, DIGITS.labels, 10, plan,
+    train_lib.train(cfg, DIGITS.images, DIGITS.labels, 10, plan,
                   on_log=_crash_at(4))
   os.remove(tmp_path / rundir.LEDGER_FILE)
-  with pytest.raises(trainer.ProvenanceError, match="privacy_ledger.json: missing"):
+  with pytest.raises(train_lib.ProvenanceError, match="privacy_ledger.json: missing"):
     _train(cfg)
   # Also without run.json: checkpoints that no identity vouches for are refused.
   os.remove(tmp_path / rundir.IDENTITY_FILE)
-  with pytest.raises(trainer.ProvenanceError, match="checkpoints without run.json"):
+  with pytest.raises(train_lib.ProvenanceError, match="checkpoints without run.json"):
     _train(cfg)
 
 
@@ -498,26 +498,26 @@ def test_a_checkpoint_of_another_run_is_never_restored(tmp_path):
   a, b = _dp_cfg(tmp_path / "a", steps=6), _dp_cfg(tmp_path / "b", steps=6)
   _train(a)
   with pytest.raises(_Crash):
-    trainer.train(b, DIGITS.images, DIGITS.labels, 10, trainer.plan_privacy(b, 1438),
+    train_lib.train(b, DIGITS.images, DIGITS.labels, 10, accounting.plan_privacy(b, 1438),
                   on_log=_crash_at(4))
   # Swap b's checkpoints for a's (same plan, same architecture): refused by run id.
   import shutil
   shutil.rmtree(tmp_path / "b" / "checkpoints")
   shutil.copytree(tmp_path / "a" / "checkpoints", tmp_path / "b" / "checkpoints")
-  with pytest.raises(trainer.ProvenanceError, match="written by run .*not by this"):
+  with pytest.raises(train_lib.ProvenanceError, match="written by run .*not by this"):
     _train(b)
 
 
 def test_a_resume_on_different_private_data_is_refused(tmp_path):
   cfg = _dp_cfg(tmp_path, steps=6)
   with pytest.raises(_Crash):
-    trainer.train(cfg, DIGITS.images, DIGITS.labels, 10, trainer.plan_privacy(cfg, 1438),
+    train_lib.train(cfg, DIGITS.images, DIGITS.labels, 10, accounting.plan_privacy(cfg, 1438),
                   on_log=_crash_at(4))
   # D′: one record replaced (same N, same plan): the same key would give the same noise on
   # other data, and two releases with equal noise differ by a noise-free quantity.
   images = DIGITS.images.copy()
   images[17] = -images[17]
-  with pytest.raises(trainer.ProvenanceError, match="private data differ"):
+  with pytest.raises(train_lib.ProvenanceError, match="private data differ"):
     _train(cfg, images=images)
 
 
@@ -573,44 +573,44 @@ def test_insecure_fixed_key_is_reproducible_from_the_seed(tmp_path):
   b = _train(_dp_cfg(tmp_path / "b", insecure_fixed_key=True))
   for x, y in zip(_weights(a), _weights(b)):
     np.testing.assert_array_equal(x, y)
-  with pytest.raises(trainer.ProvenanceError, match="insecure_fixed_key"):
+  with pytest.raises(train_lib.ProvenanceError, match="insecure_fixed_key"):
     _train(_dp_cfg(tmp_path / "a", steps=3))  # a run keeps its key source
 
 
 def test_stop_checkpoints_mid_chunk_and_a_resume_continues_from_there(tmp_path):
   cfg = _dp_cfg(tmp_path, steps=9)
-  plan = trainer.plan_privacy(cfg, len(DIGITS.images))
+  plan = accounting.plan_privacy(cfg, len(DIGITS.images))
   calls = []
 
   def stop():
     calls.append(1)
     return len(calls) >= 4  # polled after each step: stop after step 4 (chunk [3, 6))
 
-  with pytest.raises(trainer.Interrupted, match="stopped at step 4 of 9") as info:
-    trainer.train(cfg, DIGITS.images, DIGITS.labels, 10, plan, stop=stop)
+  with pytest.raises(train_lib.Interrupted, match="stopped at step 4 of 9") as info:
+    train_lib.train(cfg, DIGITS.images, DIGITS.labels, 10, plan, stop=stop)
   assert info.value.step == 4
-  ledger = accounting.PrivacyLedger.load(os.path.join(tmp_path, trainer.LEDGER_FILE))
+  ledger = accounting.PrivacyLedger.load(os.path.join(tmp_path, rundir.LEDGER_FILE))
   assert (ledger.steps_taken, ledger.checkpoint_step) == (6, 4)
   seen = []
-  trainer.train(cfg, DIGITS.images, DIGITS.labels, 10, plan,
+  train_lib.train(cfg, DIGITS.images, DIGITS.labels, 10, plan,
                 on_log=lambda s, t, logs: seen.append(s))
   assert seen == list(range(5, 10))
 
 
 def test_diverged_weights_stop_the_run_without_saving_them(tmp_path, monkeypatch):
   cfg = _dp_cfg(tmp_path, steps=9)
-  plan = trainer.plan_privacy(cfg, len(DIGITS.images))
+  plan = accounting.plan_privacy(cfg, len(DIGITS.images))
 
   def poisoned_ema(self, step):  # the weights turn NaN in step index 4 (the 5th step)
     v = self.generator.variables[0]
     v.assign(tf.where(step == 4, tf.fill(tf.shape(v), np.nan), v))
 
   monkeypatch.setattr(trainer.DPSinkhornModel, "update_ema", poisoned_ema)
-  with pytest.raises(trainer.DivergedError, match="step 5: .*NaN or inf.*checkpoint: step 3"):
-    trainer.train(cfg, DIGITS.images, DIGITS.labels, 10, plan)
+  with pytest.raises(train_lib.DivergedError, match="step 5: .*NaN or inf.*checkpoint: step 3"):
+    train_lib.train(cfg, DIGITS.images, DIGITS.labels, 10, plan)
   ckpt = tf.train.latest_checkpoint(os.path.join(tmp_path, "checkpoints"))
   assert ckpt.endswith("ckpt-3")
-  ledger = accounting.PrivacyLedger.load(os.path.join(tmp_path, trainer.LEDGER_FILE))
+  ledger = accounting.PrivacyLedger.load(os.path.join(tmp_path, rundir.LEDGER_FILE))
   assert (ledger.steps_taken, ledger.checkpoint_step) == (6, 3)
   for name, _ in tf.train.list_variables(ckpt):
     value = tf.train.load_variable(ckpt, name)

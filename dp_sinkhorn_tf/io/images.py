@@ -6,7 +6,7 @@ Used by the trainer (sample grids), `evaluate` (samples.png, labels.png, epsilon
 `sample` and `fid`; it holds no evaluation logic.
 
   uint8 pixel = clip(round((x + 1)·127.5), 0, 255) for x ∈ [−1, 1]   (`to_uint8`; the
-  exported SavedModel's `images_uint8` applies the same rule in TF: `export.to_uint8`).
+  exported SavedModel's `images_uint8` applies the same rule in TF: `export_lib.to_uint8`).
 """
 
 import io
@@ -15,7 +15,6 @@ from typing import Optional, Sequence
 import numpy as np
 
 from dp_sinkhorn_tf.io import files
-from dp_sinkhorn_tf.privacy import accounting
 
 
 def to_uint8(images: np.ndarray) -> np.ndarray:
@@ -133,6 +132,8 @@ def save_label_histogram_png(labels: np.ndarray, label_names: Sequence[str], pat
 def save_epsilon_plot_png(ledger, path: str, num_points: int = 50) -> str:
   """ε(t) for t = 1..steps_taken under the ledger's accountant, δ fixed (`epsilon_curve`)."""
   plt = _pyplot()
+  from dp_sinkhorn_tf.privacy import accounting  # TF loads only for this plot
+
   steps, eps = accounting.epsilon_curve(ledger, num_points)
   fig, ax = plt.subplots(figsize=(5.0, 3.2), dpi=100)
   ax.plot(steps, eps, marker=".", markersize=3)

@@ -19,13 +19,15 @@
 Provenance: run.json is written last when a run is created (after the key and the ledger),
 so a directory with run.json always has its key and, for DP runs, its ledger; every
 checkpoint holds the run_id, and a checkpoint, ledger or export step of another run id is
-refused (`trainer.open_run`, `export`).
+refused (`train_lib.open_run`, `export`).
 """
 
 import dataclasses
 import json
 import os
 from typing import Optional
+
+import tensorflow as tf
 
 from dp_sinkhorn_tf.io import files
 
@@ -136,3 +138,27 @@ def checkpoint_files_exist(workdir: str) -> bool:
   folder = path(workdir, CHECKPOINT_DIR)
   # A save killed before its rename leaves only a "*_temp*" directory: no checkpoint.
   return files.isdir(folder) and any("_temp" not in name for name in files.listdir(folder))
+
+
+# What TF raises for a truncated, garbage or missing checkpoint file (a truncated
+# .data-* file surfaces as IndexError "Read less bytes than requested").
+CHECKPOINT_READ_ERRORS = (tf.errors.OpError, ValueError, IndexError, KeyError, OSError,
+                          RuntimeError)
+
+
+STEP_KEY = "step/.ATTRIBUTES/VARIABLE_VALUE"
+
+
+def read_checkpoint_header(path: str):
+  """(variable names, run id ("" if none), step (None if none)) of a checkpoint prefix.
+
+  Raises one of CHECKPOINT_READ_ERRORS for an unreadable checkpoint."""
+  # The reader on the prefix itself: tf.train.list_variables first asks whether the path is
+  # a directory, which prefix-matching file systems (ram://) answer wrongly.
+  reader = tf.compat.v1.train.NewCheckpointReader(path)
+  names = set(reader.get_variable_to_shape_map())
+  run_id = (reader.get_tensor(CHECKPOINT_RUN_ID_KEY)
+            if CHECKPOINT_RUN_ID_KEY in names else b"")
+  run_id = run_id.decode() if isinstance(run_id, bytes) else str(run_id)
+  step = int(reader.get_tensor(STEP_KEY)) if STEP_KEY in names else None
+  return names, run_id, step

@@ -263,3 +263,59 @@ def epsilon_curve(ledger, num_points: int = 50) -> Tuple[np.ndarray, np.ndarray]
                                              int(t), ledger.delta, ledger.accountant)
                   for t in steps])
   return steps, eps
+
+
+# ---- the plan fixed before training --------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class PrivacyPlan:
+  """The budget decided before training: q, σ, T and the ε they give."""
+
+  sample_rate: float
+  noise_multiplier: float
+  steps: int
+  epsilon: float
+  delta: float
+  accountant: str
+  warning: Optional[str] = None
+
+
+def plan_privacy(cfg, dataset_size: int) -> PrivacyPlan:
+  """Fixes (q, σ, T) from a run's config (`train.config.TrainConfig`: batch_size, steps and
+  its privacy section) before any training step.
+
+  q is the exact inclusion probability of the sampler for the rate B / N
+  (`sampling.inclusion_probability`: ⌈(B/N)·2⁵²⌉/2⁵², never below B/N), so the accountant
+  is given the rate the batches are really drawn with. With --noise_multiplier alone, T is
+  the most steps within the target ε; with --steps alone, σ is the smallest multiplier
+  within it; with both, the pair is checked.
+  """
+  p = cfg.privacy
+  if cfg.batch_size > dataset_size:
+    raise ValueError(f"--batch_size={cfg.batch_size}: expected at most the dataset size "
+                     f"{dataset_size}")
+  from dp_sinkhorn_tf.privacy import sampling  # TensorFlow: only when planning
+
+  q = sampling.inclusion_probability(cfg.batch_size / dataset_size)
+  if not p.dp:
+    return PrivacyPlan(q, 0.0, cfg.steps, math.inf, p.delta, p.accountant)
+  warning = check_delta(p.delta, dataset_size)
+  if p.noise_multiplier is None and cfg.steps is None:
+    raise ValueError("--noise_multiplier / --steps: expected at least one of them with --dp "
+                     "(the other follows from --target_epsilon)")
+  if p.noise_multiplier is None:
+    sigma = min_noise_multiplier(p.target_epsilon, p.delta, q, cfg.steps,
+                                            p.accountant)
+    steps = cfg.steps
+  else:
+    sigma = p.noise_multiplier
+    budget = max_steps(p.target_epsilon, p.delta, q, sigma, p.accountant)
+    steps = budget if cfg.steps is None else cfg.steps
+    if steps > budget:
+      raise ValueError(f"--steps={cfg.steps}: expected at most {budget}, the steps that "
+                       f"--target_epsilon={p.target_epsilon} allows at σ={sigma}, q={q:.3g}")
+    if steps < 1:
+      raise ValueError(f"--noise_multiplier={sigma}: the budget --target_epsilon="
+                       f"{p.target_epsilon} allows no step at q={q:.3g}; raise σ")
+  eps = compute_epsilon(q, sigma, steps, p.delta, p.accountant)
+  return PrivacyPlan(q, sigma, steps, eps, p.delta, p.accountant, warning)

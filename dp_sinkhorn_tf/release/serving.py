@@ -36,7 +36,6 @@ mirror TF Serving's own JSON ↔ tensor mapping, for tests and debugging without
 import json
 import numbers
 import os
-import sys
 from typing import Any, Dict, Mapping, Optional, Tuple, Union
 
 import numpy as np
@@ -121,17 +120,6 @@ def _as_typed_array(name: str, value, dtype: str) -> np.ndarray:
   elif array.size and not np.all(np.isfinite(array)):
     raise ValueError(f"input {name!r}: expected finite numbers")
   return array.astype(target)
-
-
-def run_cli(main_fn) -> int:
-  """main_fn() for the export / sample / evaluate entry points, with Ctrl-C as one line and
-  exit 130 instead of a traceback (their outputs are written under temporary names and
-  renamed when whole)."""
-  try:
-    return main_fn()
-  except KeyboardInterrupt:
-    print("\ninterrupted: nothing was published; re-run the command", file=sys.stderr)
-    return 130
 
 
 def load_saved_model(version_dir: str):

@@ -50,13 +50,14 @@ def run(name: str, repeats: int, strategy: str = "default",
   import numpy as np
   import tensorflow as tf
 
-  from dp_sinkhorn_tf import cli, export
+  from dp_sinkhorn_tf import cli
+  from dp_sinkhorn_tf.release import export_lib
   from dp_sinkhorn_tf.train import distribute, trainer
 
   distribute.configure_devices(strategy, num_devices)  # before any TF op
   flagfile, size = CONFIGS[name]
-  cfg, _ = export.parse_flags_file(cli.find_flagfile(flagfile))
-  shape = export.DATASET_IMAGE_SHAPES[cfg.data.dataset]
+  cfg, _ = export_lib.parse_flags_file(cli.find_flagfile(flagfile))
+  shape = export_lib.DATASET_IMAGE_SHAPES[cfg.data.dataset]
   num_classes = 10
   rng = np.random.default_rng(0)
   images = rng.uniform(-1, 1, (size,) + shape).astype(np.float32)
@@ -70,7 +71,7 @@ def run(name: str, repeats: int, strategy: str = "default",
     dist_gen = trainer.make_generator(cfg, shape, num_classes, build=True)
     model = trainer.DPSinkhornModel(dist_gen, images, labels, num_classes, cfg, sigma, q)
     model.compile(optimizer=trainer.build_optimizer(cfg, cfg.steps or 10**6))
-  step_fn = trainer._step_function(model, dist)  # pylint: disable=protected-access
+  step_fn = trainer.step_function(model, dist)  # pylint: disable=protected-access
   gen = (dist_gen if dist.num_replicas_in_sync == 1
          else trainer.make_generator(cfg, shape, num_classes, build=True))
   counter = {"step": 0}

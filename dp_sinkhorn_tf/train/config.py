@@ -19,6 +19,7 @@ LR_SCHEDULES = ("constant", "cosine")
 ACCOUNTANTS = ("rdp", "pld")
 COSTS = costs.COST_NAMES
 STRATEGIES = ("default", "mirrored", "multi_worker")
+IF_FINISHED = ("fail", "skip")
 
 
 def _require(condition: bool, flag: str, expected: str, value) -> None:
@@ -179,9 +180,13 @@ class RunConfig:
   # "multi_worker" (MultiWorkerMirroredStrategy over the hosts of TF_CONFIG).
   strategy: str = "default"
   num_devices: Optional[int] = None
+  # A run whose budget is spent and whose outputs exist: "fail" (exit 1) or "skip" (exit 0).
+  if_finished: str = "fail"
 
   def __post_init__(self):
     _require(bool(self.workdir), "workdir", "a directory path", self.workdir)
+    _require(self.if_finished in IF_FINISHED, "if_finished", f"one of {IF_FINISHED}",
+             self.if_finished)
     _require(self.strategy in STRATEGIES, "strategy", f"one of {STRATEGIES}", self.strategy)
     _require(self.num_devices is None or self.num_devices >= 1, "num_devices",
              "an integer ≥ 1 (or unset)", self.num_devices)

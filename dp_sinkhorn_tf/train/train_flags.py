@@ -152,7 +152,7 @@ def config_from_flags(f) -> config_lib.TrainConfig:
       run=config_lib.RunConfig(f.workdir, f.seed, f.log_every, f.sample_every,
                                f.checkpoint_every, f.keep_checkpoints, f.export, f.model_name,
                                f.privacy_key_file, f.insecure_fixed_key, f.strategy,
-                               f.num_devices),
+                               f.num_devices, f.if_finished),
       fake_batch_size=f.fake_batch_size)
 
 

@@ -1,0 +1,686 @@
+"""The train library: a run from a frozen config to a finished, exported run directory.
+
+  python -m dp_sinkhorn_tf.main  →  train_flags.config_from_flags  →  train_lib.run(cfg)
+
+`run` loads the data, fixes the privacy plan (`accounting.plan_privacy`), opens the run
+directory (`open_run`), trains (`train`: restore, then the chunked loop around the step of
+`trainer.DPSinkhornModel`), and exports the generator (`export_lib`). The step itself, the
+model and its optimizer live in `trainer`; summaries and grids in `summaries`; the run
+directory's names in `io.rundir`.
+
+Privacy bookkeeping (see also `rundir` and `accounting.PrivacyLedger`):
+
+  * open_run: a run directory holds one run (run.json: run id, dp, key source); its key,
+    ledger and checkpoints must all belong to it, and the private data must be the data the
+    run started on (keyed fingerprint), or the resume is refused.
+  * A chunk of steps [s, e) is charged in the ledger (write-ahead) before it runs, so a crash
+    can only over-count. Its publishable outputs (grids, TensorBoard, privacy.json) are held
+    back until the chunk's checkpoint is on disk and recorded in the ledger.
+  * A resume restores the newest checkpoint (never older than the ledger's checkpoint_step)
+    and re-runs the step indices after it. With the same key, data and weights, step t
+    releases exactly what it released before (same batch, same noise; stateless ops), so
+    the ledger charges each step index once: a killed-and-resumed run ends with the same
+    ledger and the same weights as an uninterrupted one. The steps re-run had no outputs
+    anyone could have seen (held back), so even a bit-level difference between the two
+    executions (another machine) exposes nothing beyond a single run.
+  * Under a multi-worker strategy only the chief writes; a worker that dies is a crash.
+"""
+
+import dataclasses
+import errno
+import functools
+import json
+import math
+import os
+import shutil
+import signal
+import sys
+import tempfile
+import time
+import uuid
+from typing import Callable, Optional, Sequence
+
+import numpy as np
+import tensorflow as tf
+
+from dp_sinkhorn_tf.data import datasets
+from dp_sinkhorn_tf.io import files, rundir
+from dp_sinkhorn_tf.privacy import accounting, keys
+from dp_sinkhorn_tf.release import export_lib, serving
+from dp_sinkhorn_tf.train import config as config_lib
+from dp_sinkhorn_tf.train import distribute, summaries, trainer
+
+
+class RunError(Exception):
+  """A run that cannot start (code 2: bad input) or failed (code 1); one line."""
+
+  def __init__(self, message: str, code: int = 2):
+    super().__init__(message)
+    self.code = code
+
+
+def _fail(message: str, code: int = 2):
+  raise RunError(message, code)
+
+
+def _os_error(e: OSError, what: str) -> str:
+  """One line naming the file and the cause of a file-system error."""
+  target = e.filename or what
+  cause = e.strerror or type(e).__name__
+  if e.errno == errno.ENOSPC:
+    cause = "no space left on device"
+  return f"{target}: {cause}"
+
+
+def _tf_error(e: Exception, what: str) -> str:
+  text = str(e).strip()
+  return f"{what}: {text.splitlines()[0] if text else type(e).__name__}"
+
+
+def _progress_printer():
+  bar = {}
+
+  def on_log(spent: int, total: int, logs: dict) -> None:
+    if "bar" not in bar:
+      bar["bar"] = tf.keras.utils.Progbar(total, stateful_metrics=list(logs),
+                                          unit_name="step")
+      bar["bar"].update(spent - 1 if spent > 1 else 0)
+    # DP runs hand over only ε charged (a function of the plan and the step); the loss and
+    # the batch size are computed on private data (private_diagnostics/).
+    shown = [(k, logs[k]) for k in ("epsilon", "noised_grad_norm", "loss") if k in logs]
+    bar["bar"].update(spent, values=shown)
+
+  return on_log
+
+
+def _remove_stale_temps(workdir: str, model_name: str) -> None:
+  """Deletes what a killed process left: checkpoint '*_temp*' and export '.tmp-*-PID' dirs."""
+  if files.is_remote(workdir):
+    return  # no local process ids to go by on a shared file system
+  ckpt_dir = rundir.path(workdir, rundir.CHECKPOINT_DIR)
+  if os.path.isdir(ckpt_dir):
+    for name in os.listdir(ckpt_dir):
+      if "_temp" in name:
+        shutil.rmtree(os.path.join(ckpt_dir, name), ignore_errors=True)
+  model_dir = os.path.join(workdir, rundir.EXPORT_DIR, model_name)
+  if os.path.isdir(model_dir):
+    for name in os.listdir(model_dir):
+      pid = name.rsplit("-", 1)[-1]
+      if name.startswith(export_lib.TMP_PREFIX) and pid.isdigit() and not _alive(int(pid)):
+        shutil.rmtree(os.path.join(model_dir, name), ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+  if pid == os.getpid():
+    return False  # ours from an earlier life of this pid: nothing is writing it now
+  try:
+    os.kill(pid, 0)
+  except ProcessLookupError:
+    return False
+  except PermissionError:
+    return True
+  return True
+
+
+def _outputs_complete(cfg: config_lib.TrainConfig, run_id: str) -> bool:
+  """The final report, grid and (with --export) an export of this run exist."""
+  workdir = cfg.run.workdir
+  try:
+    report = json.loads(files.read_text(rundir.path(workdir, rundir.REPORT_FILE)))
+  except (OSError, ValueError):
+    return False
+  if not report.get("finished") or report.get("run_id") != run_id:
+    return False
+  if not files.exists(rundir.path(workdir, f"{rundir.SAMPLES_DIR}/final.png")):
+    return False
+  if not cfg.run.export:
+    return True
+  model_dir = rundir.path(workdir, f"{rundir.EXPORT_DIR}/{cfg.run.model_name}")
+  for name in files.listdir(model_dir) if files.isdir(model_dir) else []:
+    if name.isdigit():
+      try:
+        if serving.read_metadata(os.path.join(model_dir, name)).get("run_id") == run_id:
+          return True
+      except Exception:  # noqa: BLE001 - an unreadable version is not this run's export
+        continue
+  return False
+
+
+class _StopFlag:
+  """SIGINT / SIGTERM handler: the first signal asks the loop to stop at a step boundary."""
+
+  def __init__(self):
+    self.signum = None
+
+  def __call__(self, signum, frame):
+    del frame
+    if self.signum is None:
+      self.signum = signum
+      print(f"\n{signal.Signals(signum).name}: stopping at the next step boundary "
+            "(checkpoint, then exit)", file=sys.stderr, flush=True)
+    elif signum == signal.SIGINT:
+      raise KeyboardInterrupt
+
+  def __bool__(self):
+    return self.signum is not None
+
+
+def run(cfg: config_lib.TrainConfig, flags_text: str = "", dataset=None) -> int:
+  """Plans, trains and exports the run of `cfg`; returns the process exit code (0, or
+  128 + the signal that stopped it at a step boundary).
+
+  flags_text: the command line as flags (written to flags.txt and into the export).
+
+  dataset: the private datasets.Dataset to train on instead of loading cfg.data (the run audit
+  passes the data with its canaries).
+
+  Raises:
+    RunError: bad input (code 2) or a run that failed (code 1); one line, naming the flag
+      or file; the ledger and the last good checkpoint are intact."""
+  try:
+    distribute.configure_devices(cfg.run.strategy, cfg.run.num_devices)  # before any TF op
+    distribute.check_divisible(cfg.num_generated, distribute.make_strategy(
+        cfg.run.strategy, cfg.run.num_devices).num_replicas_in_sync)
+    if dataset is None:
+      dataset = datasets.load_dataset(cfg.data.dataset, cfg.data.data_dir, cfg.data.idx_dir)
+    plan = accounting.plan_privacy(cfg, len(dataset.images))
+    if cfg.run.export:
+      export_lib.check_model_name(cfg.run.model_name)
+    if files.exists(cfg.run.workdir) and not files.isdir(cfg.run.workdir):
+      raise ValueError(f"--workdir={cfg.run.workdir}: exists and is not a directory")
+    chief = distribute.is_chief(cfg.run.strategy)
+    state = open_run(cfg, plan, dataset.images, dataset.labels, chief)
+  except (ValueError, FileNotFoundError) as e:
+    _fail(str(e))
+  except OSError as e:
+    _fail(f"--workdir={cfg.run.workdir}: {_os_error(e, cfg.run.workdir)}")
+  ledger = state.ledger
+  if chief:
+    _remove_stale_temps(cfg.run.workdir, cfg.run.model_name)
+  # Decided once, before training: every worker of a multi-worker run must make the same
+  # choice (the export takes part in collectives).
+  complete = _outputs_complete(cfg, state.identity.run_id)
+  print(f"dataset {cfg.data.dataset}: {len(dataset.images)} private records, image shape "
+        f"{tuple(dataset.image_shape)}, {dataset.num_classes} classes")
+  if cfg.privacy.dp:
+    print(f"privacy plan: q={plan.sample_rate:.4g} σ={plan.noise_multiplier:.4g} "
+          f"C={cfg.privacy.l2_norm_clip:g} steps={plan.steps} → ε={plan.epsilon:.3f} "
+          f"({plan.accountant}), δ={plan.delta:g}")
+    if plan.warning:
+      print(f"warning: {plan.warning}")
+    if not state.identity.private:
+      print(f"WARNING: NOT PRIVATE: {state.identity.reason}")
+    if state.finished and complete:
+      message = (f"{cfg.run.workdir}: the privacy budget is spent ({ledger.steps_taken}/"
+                 f"{ledger.planned_steps} steps, ε={ledger.epsilon():.3f}); refusing to train "
+                 "further. Use a new --workdir.")
+      if cfg.run.if_finished == "skip":
+        print(message)
+        _print_artefacts(cfg.run.workdir)
+        return 0
+      _fail(message, code=1)
+    if state.finished:
+      print(f"run {state.identity.run_id}: every step is taken; finishing its outputs "
+            "(final grid, report, export) from the final checkpoint: no privacy spent")
+    elif not state.created:
+      print(f"resuming run {state.identity.run_id}: {ledger.steps_taken}/"
+            f"{ledger.planned_steps} steps charged, {ledger.checkpoint_step} checkpointed")
+    else:
+      print(f"new run {state.identity.run_id}: secret key in "
+            f"{os.path.join(cfg.run.workdir, 'privacy_key')} ({state.key.source})")
+  else:
+    print(f"NON-PRIVATE run (--nodp): {plan.steps} steps, no privacy guarantee")
+
+  stop = _StopFlag()
+  previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+  try:
+    if chief:
+      files.write_text_atomic(rundir.path(cfg.run.workdir, rundir.FLAGS_FILE), flags_text)
+    result = train(cfg, dataset.images, dataset.labels, dataset.num_classes, plan,
+                           on_log=_progress_printer(), label_names=dataset.label_names,
+                           state=state, stop=lambda: bool(stop), finish_only=not complete)
+  except Interrupted as e:
+    print(f"\ninterrupted: {e}", file=sys.stderr)
+    return 128 + (stop.signum or signal.SIGINT)
+  except KeyboardInterrupt:
+    print("\ninterrupted before a step boundary: the ledger and the last checkpoint are "
+          "intact; re-run the same command to resume", file=sys.stderr)
+    return 130
+  except BudgetExhaustedError as e:
+    if cfg.run.if_finished == "skip":
+      print(e)
+      _print_artefacts(cfg.run.workdir)
+      return 0
+    _fail(str(e), code=1)
+  except (DivergedError, ValueError) as e:
+    _fail(str(e), code=1)
+  except OSError as e:
+    _remove_stale_temps(cfg.run.workdir, cfg.run.model_name)
+    _fail(f"{_os_error(e, cfg.run.workdir)}; the ledger and the last good checkpoint are "
+          "intact: free the space / fix the path and re-run the same command", code=1)
+  except tf.errors.OpError as e:
+    _remove_stale_temps(cfg.run.workdir, cfg.run.model_name)
+    _fail(_tf_error(e, cfg.run.workdir) + "; the ledger and the last good checkpoint are "
+          "intact: fix the cause and re-run the same command", code=1)
+  finally:
+    for sig, handler in previous.items():
+      signal.signal(sig, handler)
+  if cfg.run.export and not complete:
+    metadata = export_metadata(cfg, plan, result, dataset, flags_text)
+    # A non-chief worker exports too (collectives), to a folder it deletes.
+    scratch = None if chief else tempfile.mkdtemp(prefix="dp_sinkhorn_worker_export_")
+    try:
+      path = export_lib.export_generator(trainer.local_copy(cfg, result.model.sampling_generator),
+                                     scratch or os.path.join(cfg.run.workdir, "export"),
+                                     cfg.run.model_name, None, metadata)
+    except (export_lib.ExportError, FileExistsError) as e:
+      _fail(str(e), code=1)
+    except OSError as e:
+      _fail(f"export: {_os_error(e, cfg.run.workdir)}; re-run the same command to finish "
+            "(no privacy is spent)", code=1)
+    finally:
+      if scratch is not None:
+        shutil.rmtree(scratch, ignore_errors=True)
+    if chief:
+      print(f"exported SavedModel: {path}")
+  if not chief:
+    print("worker done: the chief wrote the run directory")
+    return 0
+  _print_artefacts(cfg.run.workdir)
+  if not result.identity.private:
+    print(f"NOT PRIVATE: {result.identity.reason}")
+  return 0
+
+
+def export_metadata(cfg, plan, result, dataset, flags_text: str) -> dict:
+  ledger = result.ledger
+  identity = result.identity
+  return {
+      "run_id": identity.run_id, "private": identity.private,
+      "private_reason": identity.reason or None,
+      "epsilon": ledger.epsilon() if ledger is not None else None,
+      "delta": plan.delta if cfg.privacy.dp else None,
+      "accountant": plan.accountant if cfg.privacy.dp else None,
+      "dp": cfg.privacy.dp, "mechanism": cfg.privacy.mechanism,
+      "noise_multiplier": plan.noise_multiplier, "l2_norm_clip": cfg.privacy.l2_norm_clip,
+      "sample_rate": plan.sample_rate,
+      "steps": ledger.steps_taken if ledger is not None else plan.steps,
+      "dataset": cfg.data.dataset, "image_shape": list(dataset.image_shape),
+      "label_names": list(dataset.label_names), "training_flags": flags_text,
+  }
+
+
+def _print_artefacts(workdir: str) -> None:
+  print("artefacts (safe to publish):")
+  for name, publishable, why in rundir.ARTEFACTS:
+    if publishable and files.exists(os.path.join(workdir, name)):
+      print(f"  {os.path.join(workdir, name)}  ({why})")
+  print("DO NOT PUBLISH:")
+  for name, publishable, why in rundir.ARTEFACTS:
+    if not publishable and files.exists(os.path.join(workdir, name)):
+      print(f"  {os.path.join(workdir, name)}  ({why})")
+
+
+# ---- the run directory and the loop ----------------------------------------------------------
+
+
+@dataclasses.dataclass
+class TrainResult:
+  model: trainer.DPSinkhornModel
+  ledger: Optional["accounting.PrivacyLedger"]
+  steps_run: int
+  final_logs: dict
+  sample_grid: Optional[str]
+  identity: Optional[rundir.RunIdentity] = None
+
+
+def _new_ledger(cfg: config_lib.TrainConfig, plan: accounting.PrivacyPlan, dataset_size: int,
+                run_id: str = "", fingerprint: str = ""):
+  p = cfg.privacy
+  return accounting.PrivacyLedger(
+      sample_rate=plan.sample_rate, noise_multiplier=plan.noise_multiplier,
+      l2_norm_clip=p.l2_norm_clip, delta=p.delta, target_epsilon=p.target_epsilon,
+      planned_steps=plan.steps, accountant=p.accountant, steps_taken=0,
+      dataset_size=dataset_size, run_id=run_id, data_fingerprint=fingerprint)
+
+
+class BudgetExhaustedError(RuntimeError):
+  """The workdir's run has taken and checkpointed every planned step: no further training."""
+
+
+class DivergedError(RuntimeError):
+  """The generator's weights became NaN / inf at a step; nothing of that chunk was saved."""
+
+
+class Interrupted(Exception):
+  """`stop()` asked the loop to end at a step boundary; the run was checkpointed there."""
+
+  def __init__(self, step: int, message: str):
+    super().__init__(message)
+    self.step = step
+
+
+ProvenanceError = rundir.ProvenanceError
+
+
+@dataclasses.dataclass(frozen=True)
+class RunState:
+  """An opened run directory: who it is, its secret key, its ledger (None for --nodp)."""
+
+  identity: rundir.RunIdentity
+  key: keys.PrivacyKey
+  ledger: Optional[accounting.PrivacyLedger]
+  created: bool
+
+  @property
+  def finished(self) -> bool:
+    """Every planned step charged and checkpointed (DP runs; --nodp: see train)."""
+    return (self.ledger is not None and self.ledger.is_exhausted and
+            self.ledger.checkpoint_step >= self.ledger.planned_steps)
+
+
+def _requested_key(cfg: config_lib.TrainConfig) -> keys.PrivacyKey:
+  if cfg.run.privacy_key_file:
+    return keys.read_key_file(cfg.run.privacy_key_file, keys.SOURCE_FILE)
+  if cfg.run.insecure_fixed_key or not cfg.privacy.dp:
+    return keys.insecure_fixed(cfg.run.seed)
+  return keys.generate()
+
+
+def _load_ledger(ledger_path: str) -> accounting.PrivacyLedger:
+  try:
+    return accounting.PrivacyLedger.load(ledger_path)
+  except (OSError, ValueError, TypeError) as e:
+    raise ProvenanceError(f"{ledger_path}: unreadable privacy ledger ({e}); the privacy "
+                          "spent is unknown: restore it or use a new --workdir") from None
+
+
+def _wait_for_chief(wd: str, timeout_s: float) -> Optional[rundir.RunIdentity]:
+  """A non-chief worker's view of the run: run.json once the chief has written it."""
+  deadline = time.monotonic() + timeout_s
+  while True:
+    identity = rundir.read_identity(wd)
+    if identity is not None or time.monotonic() > deadline:
+      return identity
+    time.sleep(0.2)
+
+
+def open_run(cfg: config_lib.TrainConfig, plan: accounting.PrivacyPlan, images: np.ndarray,
+             labels: np.ndarray, chief: bool = True) -> RunState:
+  """Creates the run in cfg.run.workdir, or checks that everything there is one run.
+
+  A new run gets a random run id and (DP) a key — from the OS, --privacy_key_file or, with
+  --insecure_fixed_key, --seed — written to <workdir>/privacy_key (0600), then a ledger
+  holding the run id and the keyed data fingerprint, then run.json last.
+
+  Raises:
+    ProvenanceError: checkpoints or a charged ledger without run.json; DP and --nodp mixed;
+      the key, ledger or data do not belong to the run.
+    ValueError: the ledger's plan differs from this one (names each field);
+      keys.KeyFileError for an unreadable --privacy_key_file.
+
+  chief=False (a non-chief worker of a multi-worker run) creates nothing: it waits for the
+  chief's run.json and then opens the run read-only, with the same checks.
+  """
+  wd = cfg.run.workdir
+  dp = cfg.privacy.dp
+  identity = rundir.read_identity(wd)
+  if identity is None and not chief:
+    identity = _wait_for_chief(wd, 5 * distribute.COLLECTIVE_TIMEOUT_S)
+    if identity is None:
+      raise ProvenanceError(f"--workdir={wd}: the chief created no run there within "
+                            f"{5 * distribute.COLLECTIVE_TIMEOUT_S} s (is --workdir on a file "
+                            "system every worker shares?)")
+  ledger_path = rundir.path(wd, rundir.LEDGER_FILE)
+  key_path = rundir.path(wd, rundir.KEY_FILE)
+  if identity is None:
+    if rundir.checkpoint_files_exist(wd):
+      raise ProvenanceError(
+          f"{rundir.path(wd, rundir.CHECKPOINT_DIR)}: checkpoints without "
+          f"{rundir.IDENTITY_FILE}: they belong to no run that can be vouched for (another "
+          "version's run or a damaged directory); refusing to restore them: use a new "
+          "--workdir")
+    if files.exists(ledger_path) and _load_ledger(ledger_path).steps_taken > 0:
+      raise ProvenanceError(f"{ledger_path}: steps charged but no {rundir.IDENTITY_FILE}; "
+                            "refusing to start a fresh run on spent budget: use a new "
+                            "--workdir")
+    key = _requested_key(cfg)  # before anything is written: a bad key file fails clean
+    files.makedirs(wd)
+    run_id = uuid.uuid4().hex
+    ledger = None
+    if dp:
+      keys.write_key_file(key_path, key)
+      ledger = _new_ledger(cfg, plan, len(images), run_id,
+                           keys.data_fingerprint(key, images, labels))
+      ledger.save(ledger_path)
+      reason = "" if key.private else keys.INSECURE_REASON
+      identity = rundir.RunIdentity(run_id, True, key.source, key.private, reason)
+    else:
+      identity = rundir.RunIdentity(run_id, False, "", False,
+                                    "--nodp: no clipping, no noise, no privacy guarantee")
+    rundir.write_identity(wd, identity)
+    return RunState(identity, key, ledger, created=True)
+
+  if identity.dp != dp:
+    held = "a DP run" if identity.dp else "a --nodp run"
+    raise ProvenanceError(f"--workdir={wd}: holds {held} ({rundir.IDENTITY_FILE}); DP and "
+                          "--nodp runs never share a workdir: use a new --workdir")
+  if not dp:
+    return RunState(identity, keys.insecure_fixed(cfg.run.seed), None, created=False)
+  was_insecure = identity.key_source == keys.SOURCE_INSECURE
+  if cfg.run.insecure_fixed_key != was_insecure:
+    raise ProvenanceError(f"--insecure_fixed_key={cfg.run.insecure_fixed_key}: the run in "
+                          f"{wd} was started {'with' if was_insecure else 'without'} it; a run "
+                          "keeps its key")
+  if not files.exists(key_path):
+    raise ProvenanceError(f"{key_path}: missing: the run's secret key is gone, so its batches "
+                          "and noise cannot be continued; use a new --workdir")
+  key = keys.read_key_file(key_path, identity.key_source)
+  if cfg.run.privacy_key_file:
+    given = keys.read_key_file(cfg.run.privacy_key_file, keys.SOURCE_FILE)
+    if not given.same_secret(key):
+      raise ProvenanceError(f"--privacy_key_file={cfg.run.privacy_key_file}: not the key the "
+                            f"run in {wd} started with; a run keeps its key")
+  if not files.exists(ledger_path):
+    raise ProvenanceError(f"{ledger_path}: missing beside {rundir.IDENTITY_FILE}: the privacy "
+                          "already spent is unknown; refusing to start a fresh ledger: "
+                          "restore it or use a new --workdir")
+  ledger = _load_ledger(ledger_path)
+  if ledger.run_id != identity.run_id:
+    raise ProvenanceError(f"{ledger_path}: belongs to run {ledger.run_id or '(none)'}, not to "
+                          f"this directory's run {identity.run_id}; use a new --workdir")
+  accounting.check_compatible(ledger, _new_ledger(cfg, plan, len(images)))
+  if ledger.data_fingerprint != keys.data_fingerprint(key, images, labels):
+    raise ProvenanceError(f"--workdir={wd}: the private data differ from those this run "
+                          f"started on (keyed fingerprint in {rundir.LEDGER_FILE}); resuming "
+                          "would reuse the run's noise on other data: use a new --workdir")
+  return RunState(identity, key, ledger, created=False)
+
+
+def _restore(cfg, state: RunState, ckpt, manager, step_var) -> int:
+  """Restores the newest checkpoint of this run; returns its step (0 from scratch)."""
+  wd = cfg.run.workdir
+  ledger = state.ledger
+  latest = manager.latest_checkpoint
+  if latest is None:
+    if rundir.checkpoint_files_exist(wd):
+      raise ProvenanceError(f"{rundir.path(wd, rundir.CHECKPOINT_DIR)}: checkpoint files but "
+                            "no readable checkpoint index; refusing to start over on spent "
+                            "budget: restore the directory or use a new --workdir")
+    if ledger is not None and ledger.checkpoint_step > 0:
+      raise ProvenanceError(f"{rundir.path(wd, rundir.CHECKPOINT_DIR)}: no checkpoint, but the "
+                            f"ledger records one at step {ledger.checkpoint_step}; refusing to "
+                            "start over on spent budget: use a new --workdir")
+    return 0
+  try:
+    _, stored_id, stored_step = rundir.read_checkpoint_header(latest)
+  except rundir.CHECKPOINT_READ_ERRORS as e:
+    raise ProvenanceError(f"{latest}: unreadable checkpoint ({str(e).splitlines()[0]}); "
+                          "restore it or use a new --workdir") from None
+  if stored_step is None:
+    raise ProvenanceError(f"{latest}: unreadable checkpoint (no step); restore it or use a "
+                          "new --workdir")
+  if stored_id != state.identity.run_id:
+    raise ProvenanceError(f"{latest}: written by run {stored_id or '(no run id)'}, not by this "
+                          f"directory's run {state.identity.run_id}; refusing to restore it")
+  if ledger is not None and not ledger.checkpoint_step <= stored_step <= ledger.steps_taken:
+    raise ProvenanceError(
+        f"{latest}: step {stored_step} is outside the ledger's [{ledger.checkpoint_step}, "
+        f"{ledger.steps_taken}] (checkpointed, charged); an older checkpoint would re-run "
+        "steps whose outputs may have been published: use a new --workdir")
+  try:
+    ckpt.restore(latest).expect_partial().assert_existing_objects_matched()
+  except rundir.CHECKPOINT_READ_ERRORS + (AssertionError,) as e:
+    raise ProvenanceError(f"{latest}: cannot be restored ({str(e).splitlines()[0]})") from None
+  return int(step_var.numpy())
+
+
+def train(cfg: config_lib.TrainConfig, images: np.ndarray, labels: np.ndarray,
+          num_classes: int, plan: accounting.PrivacyPlan,
+          on_log: Optional[Callable[[int, int, dict], None]] = None,
+          label_names: Optional[Sequence[str]] = None,
+          state: Optional[RunState] = None,
+          stop: Optional[Callable[[], bool]] = None,
+          finish_only: bool = False) -> TrainResult:
+  """Trains (or resumes) the run in cfg.run.workdir until the plan's steps are taken.
+
+  Args:
+    cfg: the run.
+    images: [N, H, W, C] float32 in [−1, 1], the private training split.
+    labels: [N] int.
+    num_classes: K.
+    plan: from `plan_privacy`.
+    on_log: called as on_log(step, planned_steps, logs) every cfg.run.log_every steps; for
+      DP runs logs hold only {"epsilon": ε charged so far}, which depends on nothing but the
+      plan and the step (released values such as the noised norm go to TensorBoard once
+      their chunk is checkpointed); --nodp runs get every metric.
+    label_names: K names for the rows of the sample grids (default "0", …, "K−1").
+    state: from `open_run` (None: opened here).
+    stop: polled after every step (e.g. a signal flag); when it returns True the loop
+      checkpoints that step, writes the held-back outputs and raises Interrupted.
+    finish_only: for a run whose steps are all taken and checkpointed, write the final grid
+      and report from the final checkpoint (no step, no privacy spent) instead of raising
+      BudgetExhaustedError.
+
+  Raises:
+    BudgetExhaustedError: the run has taken and checkpointed every planned step.
+    DivergedError: the weights became non-finite (the chunk is not checkpointed).
+    Interrupted: stop() returned True (checkpointed at the step it names).
+    ProvenanceError: the directory's checkpoint, ledger, key or data are not this run's.
+    ValueError: the workdir holds a run whose privacy plan differs from this one, or
+      label_names does not hold num_classes names.
+  """
+  run = cfg.run
+  names = [str(k) for k in range(num_classes)] if label_names is None else list(label_names)
+  if len(names) != num_classes:
+    raise ValueError(f"{len(names)} label_names for {num_classes} classes")
+  chief = distribute.is_chief(run.strategy)
+  if state is None:
+    state = open_run(cfg, plan, images, labels, chief)
+  ledger = state.ledger
+  strategy = distribute.make_strategy(run.strategy, run.num_devices)
+  distribute.check_divisible(cfg.num_generated, strategy.num_replicas_in_sync)
+  with strategy.scope():
+    model, step = trainer.build_model(cfg, images, labels, num_classes, plan, state.key)
+  generator, ema_generator = model.generator, model.ema_generator
+  # Outside the scope: a plain local variable (collectives cannot broadcast strings).
+  run_id = tf.Variable(state.identity.run_id, dtype=tf.string, trainable=False, name="run_id")
+  tracked = {"ema_generator": ema_generator} if ema_generator is not None else {}
+  ckpt = tf.train.Checkpoint(generator=generator, optimizer=model.optimizer, step=step,
+                             run_id=run_id, **tracked)
+  manager = tf.train.CheckpointManager(ckpt, rundir.path(run.workdir, rundir.CHECKPOINT_DIR),
+                                       max_to_keep=run.keep_checkpoints)
+  start = _restore(cfg, state, ckpt, manager, step)
+  if start >= plan.steps and not finish_only:
+    eps = f"ε={ledger.epsilon():.3f}, δ={ledger.delta:g}" if ledger is not None else "--nodp"
+    raise BudgetExhaustedError(
+        f"{rundir.path(run.workdir, rundir.CHECKPOINT_DIR)}: all {plan.steps} planned steps "
+        f"are taken ({eps}); refusing to train further")
+  scratch = None
+  if not chief:  # its saves take part in the collectives; the chief's are the run's
+    scratch = tempfile.mkdtemp(prefix="dp_sinkhorn_worker_")
+    manager = tf.train.CheckpointManager(ckpt, scratch, max_to_keep=1)
+  try:
+    return _train_loop(cfg, plan, state, model, step, manager, strategy, chief, start,
+                       names, num_classes, on_log, stop)
+  finally:
+    if scratch is not None:
+      shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _train_loop(cfg, plan, state, model, step, manager, strategy, chief: bool, start: int,
+                names, num_classes: int, on_log, stop) -> "TrainResult":
+  """The chunked loop of `train`: charge (chief), run, checkpoint, publish (chief); the
+  model was built in `strategy`'s scope."""
+  run = cfg.run
+  ledger = state.ledger
+  ledger_path = rundir.path(run.workdir, rundir.LEDGER_FILE)
+  t, steps_run, logs, t_saved = start, 0, {}, start
+  train_fn = trainer.step_function(model, strategy)
+  if chief:
+    writer = tf.summary.create_file_writer(rundir.path(run.workdir, rundir.TENSORBOARD_DIR))
+    private_writer = tf.summary.create_file_writer(
+        os.path.join(rundir.ensure_private_dir(run.workdir), "tensorboard"))
+    files.makedirs(rundir.path(run.workdir, rundir.SAMPLES_DIR))
+  else:
+    writer = private_writer = tf.summary.create_noop_writer()
+
+  def save_ledger(updated):
+    if chief:
+      updated.save(ledger_path)
+    return updated
+
+  while t < plan.steps:
+    end = min((t // run.checkpoint_every + 1) * run.checkpoint_every, plan.steps)
+    if ledger is not None:  # write-ahead: step indices < end count as spent before they run
+      ledger = save_ledger(ledger.charged_through(end))
+    epsilon = ledger.epsilon() if ledger is not None else math.inf
+    pending = []  # publishable outputs, held back until the chunk's checkpoint is recorded
+    while t < end:
+      logs = {k: float(v) for k, v in train_fn(step.read_value()).items()}
+      step.assign_add(1)
+      t += 1
+      steps_run += 1
+      if not logs.pop("weights_finite"):
+        raise DivergedError(
+            f"step {t}: the generator's weights became NaN or inf; the run stopped without "
+            f"saving them (last good checkpoint: step {t_saved}). Lower --learning_rate or "
+            "check the flags, and train in a new --workdir")
+      if t % run.log_every == 0 or t == plan.steps:
+        logs["epsilon"] = epsilon
+        public = {k: v for k, v in logs.items() if k in summaries.PUBLIC_METRICS}
+        private = {k: v for k, v in logs.items() if k not in summaries.PUBLIC_METRICS}
+        pending.append(functools.partial(summaries.write_scalars, writer, t, public))
+        summaries.write_scalars(private_writer, t, private)  # never published: written at once
+        if on_log is not None:  # at once: the step and the ε charged are data-independent
+          on_log(t, plan.steps, dict(logs) if ledger is None else {"epsilon": epsilon})
+      if t % run.sample_every == 0 and t < plan.steps:
+        images_t = summaries.generate_grid(model.sampling_generator, num_classes, 10)  # every worker
+        if chief:
+          pending.append(functools.partial(summaries.write_samples, writer, images_t, names,
+                                           run.workdir, t))
+      if stop is not None and t < end and stop():
+        end = t  # a step boundary: checkpoint here and stop below
+    manager.save(checkpoint_number=t)
+    t_saved = t
+    if ledger is not None:
+      ledger = save_ledger(ledger.checkpointed(t))
+    for write in pending:
+      write()
+    if t < plan.steps and chief:  # the final report follows the loop
+      files.write_json_atomic(rundir.path(run.workdir, rundir.REPORT_FILE),
+                         summaries.privacy_report(cfg, plan, ledger, False, state.identity))
+    private_writer.flush()
+    if stop is not None and t < plan.steps and stop():
+      writer.flush()
+      raise Interrupted(t, f"stopped at step {t} of {plan.steps} (checkpoint saved); re-run "
+                           "the same command to resume")
+  final = summaries.generate_grid(model.sampling_generator, num_classes, 10)  # every worker
+  grid = None
+  if chief:
+    grid = summaries.write_samples(writer, final, names, run.workdir, t, final=True)
+    files.write_json_atomic(rundir.path(run.workdir, rundir.REPORT_FILE),
+                       summaries.privacy_report(cfg, plan, ledger, True, state.identity))
+  writer.flush()
+  private_writer.flush()
+  return TrainResult(model, ledger, steps_run, logs, grid, state.identity)
