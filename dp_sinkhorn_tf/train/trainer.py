@@ -3,14 +3,14 @@
 One step (paper Alg. 1), all inside one tf.function:
 
   1. Poisson-sample the private set: each record in with probability q, keyed by the
-     run's secret key and the step (`privacy_key`), so a step always sees the same batch
+     run's secret key and the step (`privacy.keys`), so a step always sees the same batch
      and nobody without the key knows it.
   2. Generate n + n′ images from z ~ U(0,1) and uniformly drawn labels (data-independent,
      keyed by the public --seed and the step).
   3. L = 2·W_λ(X[0:n], Y) − W_λ(X[0:n], X[n′:n+n′]) on features [image, α_c·one_hot].
   4. G = ∂L/∂X, the only quantity that touches private data. The mechanism clips G[0:n] to
      norm C and adds N(0, (2σC)²) drawn from (secret key, step); G[n:] is clipped only
-     (`privacy`).
+     (`privacy.gaussian`).
   5. Optionally blur the released G̃ (`gaussian.blur_release`, post-processing), then
      back-propagate it into the generator:
      tape.gradient(X, θ, output_gradients=G̃), then Adam / AdamW.
@@ -72,7 +72,7 @@ def build_optimizer(cfg: config_lib.TrainConfig, total_steps: Optional[int] = No
 
   param_grad no longer uses TF Privacy's DPKerasAdamOptimizer: its noise is a stateful
   tf.random op (a function of the public seed, replayed by a resumed process). The step
-  privatises the parameter gradient itself with keyed noise (`privacy`).
+  privatises the parameter gradient itself with keyed noise (`privacy.gaussian`).
 
   total_steps: the run's planned steps T, needed by --lr_schedule=cosine.
   """
