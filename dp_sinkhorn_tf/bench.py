@@ -1,6 +1,7 @@
 """Benchmarks, one JSON line per configuration.
 
   python -m dp_sinkhorn_tf.bench sinkhorn [--only NAME[,NAME]] [--jit] [--repeats 5]
+  python -m dp_sinkhorn_tf.bench sinkhorn --peer=geomloss [--peer_python=PY]   # side by side
 
 Each configuration runs in a fresh subprocess so that `peak_mb` (the child's peak resident
 set size, TensorFlow's own ~0.5 GB included) belongs to that configuration alone. `ms` is the
@@ -19,6 +20,7 @@ replaced by 15·one_hot(rng.integers(0, 10, size)) (X first, then Y); p = 0.4.
 """
 
 import json
+import math
 import os
 import resource
 import statistics
@@ -55,10 +57,8 @@ def benchmark_data(n: int, d: int, p: float = P_EXTRA):
   """The issue's reproducible problem: (X [n+n′, d], Y [n, d]) float32."""
   import numpy as np
 
-  from dp_sinkhorn_tf.transport import sinkhorn
-
   rng = np.random.default_rng(0)
-  n_fake = n + sinkhorn.num_extra(n, p)
+  n_fake = n + int(math.floor(p * n + 1e-9))  # sinkhorn.num_extra, without TensorFlow
   x = rng.uniform(-1, 1, (n_fake, d)).astype(np.float32)
   y = rng.uniform(-1, 1, (n, d)).astype(np.float32)
   for arr in (x, y):
@@ -86,6 +86,50 @@ def product_floor_ms(x, y, n: int, repeats: int) -> float:
     products(x0, x1, y).numpy()
     times.append(1000 * (time.perf_counter() - start))
   return statistics.median(times)
+
+
+PEERS = ("none", "geomloss")
+# geomloss cannot hold the l1l2 cost's n × m × d tensor at n = 2000 (out of memory, 24 GB).
+PEER_SKIP = {"cifar_l1l2_n2000"}
+
+
+def run_geomloss_config(name: str, repeats: int) -> dict:
+  """The same loss and gradient with geomloss 0.3.1 (torch CPU, 2 threads, tensorized): for
+  l2, geomloss's p=2 cost is ‖x−y‖²/2, so blur = √(λ/2) and ε-scaling 0.5 give this
+  project's ‖x−y‖² problem at λ up to the factor 2 of the value; for l1l2 the same
+  cost is passed as a function, at scaling 0.9."""
+  import torch
+  from geomloss import SamplesLoss
+
+  torch.set_num_threads(2)
+  n, d, cost_name, lam = SINKHORN_CONFIGS[name]
+  x, y = benchmark_data(n, d)
+  if cost_name == "l2":
+    loss_fn = SamplesLoss("sinkhorn", p=2, blur=(lam / 2) ** 0.5, scaling=0.5, debias=False,
+                          backend="tensorized")
+  else:
+    def l1l2(a, b):
+      diff = a[:, :, None, :] - b[:, None, :, :]
+      return (diff ** 2).sum(-1) + 3.0 * diff.abs().sum(-1)
+    loss_fn = SamplesLoss("sinkhorn", p=1, blur=lam, scaling=0.9, debias=False,
+                          backend="tensorized", cost=l1l2)
+  fake, real = torch.tensor(x, requires_grad=True), torch.tensor(y)
+  extra = x.shape[0] - n
+
+  def step():
+    fake.grad = None
+    loss = 2 * loss_fn(fake[:n], real) - loss_fn(fake[:n], fake[extra:extra + n])
+    loss.backward()
+    return float(loss)
+
+  step()  # warm-up
+  times = []
+  for _ in range(repeats):
+    start = time.perf_counter()
+    loss = step()
+    times.append(1000 * (time.perf_counter() - start))
+  return {"config": name, "ms": round(statistics.median(times), 2), "loss": loss,
+          "peak_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
 
 
 def run_sinkhorn_config(name: str, repeats: int, jit: bool) -> dict:
@@ -128,6 +172,8 @@ def _child(argv) -> int:
   strategy, devices = argv[4], (int(argv[5]) if argv[5] != "0" else None)
   if kind == "sinkhorn":
     result = run_sinkhorn_config(name, repeats, jit)
+  elif kind == "geomloss":
+    result = run_geomloss_config(name, repeats)
   else:
     from dp_sinkhorn_tf.train import bench_train
     result = bench_train.run(name, repeats, strategy, devices)
@@ -136,10 +182,13 @@ def _child(argv) -> int:
 
 
 def _run_in_child(kind: str, name: str, repeats: int, jit: bool, strategy: str = "default",
-                  num_devices: Optional[int] = None) -> dict:
+                  num_devices: Optional[int] = None, python: Optional[str] = None) -> dict:
   env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+  if python is not None:  # another interpreter (the peer's): it imports this package's file
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, env.get("PYTHONPATH")]))
   proc = subprocess.run(
-      [sys.executable, "-m", "dp_sinkhorn_tf.bench", "_child", kind, name, str(repeats),
+      [python or sys.executable, "-m", "dp_sinkhorn_tf.bench", "_child", kind, name, str(repeats),
        "1" if jit else "0", strategy, str(num_devices or 0)], capture_output=True, text=True,
       env=env)
   for line in proc.stdout.splitlines():
@@ -157,6 +206,13 @@ flags.DEFINE_integer("repeats", 5, "Timed repeats per config (the median is repo
 flags.DEFINE_bool("jit", False, "Compile the Sinkhorn loss with XLA.", flag_values=FLAGS)
 flags.DEFINE_enum("strategy", "default", ["default", "mirrored"], "train suite: the step "
                   "under this tf.distribute strategy.", flag_values=FLAGS)
+flags.DEFINE_enum("peer", "none", list(PEERS), "sinkhorn suite: also time this library "
+                  "on the same data, interleaved (ours, peer, ours, peer, …, --peer_rounds "
+                  "each), and print both medians and the ratio in one line.", flag_values=FLAGS)
+flags.DEFINE_integer("peer_rounds", 3, "Interleaved rounds with --peer.", lower_bound=1,
+                     flag_values=FLAGS)
+flags.DEFINE_string("peer_python", None, "Interpreter that has the peer installed (default: "
+                    "this one; e.g. a venv with torch + geomloss).", flag_values=FLAGS)
 flags.DEFINE_integer("num_devices", None, "train suite, --strategy=mirrored: devices (logical "
                      "CPUs here).", lower_bound=1, flag_values=FLAGS)
 SUITES = ("sinkhorn", "train", "all")
@@ -177,10 +233,33 @@ def run(f, suite: str) -> int:
   for kind, name in jobs:
     if only and name not in only:
       continue
-    result = _run_in_child(kind, name, f.repeats, f.jit, f.strategy, f.num_devices)
+    if kind == "sinkhorn" and f.peer != "none":
+      if name in PEER_SKIP:
+        continue
+      result = _interleaved(name, f)
+    else:
+      result = _run_in_child(kind, name, f.repeats, f.jit, f.strategy, f.num_devices)
     failed |= "error" in result
     print(json.dumps(result), flush=True)
   return 1 if failed else 0
+
+
+def _interleaved(name: str, f) -> dict:
+  """ours, peer, ours, peer, … (f.peer_rounds each, fresh processes): medians and ratio."""
+  ours, peer = [], []
+  for _ in range(f.peer_rounds):
+    ours.append(_run_in_child("sinkhorn", name, f.repeats, f.jit))
+    peer.append(_run_in_child(f.peer, name, f.repeats, False, python=f.peer_python))
+  for result in ours + peer:
+    if "error" in result:
+      return {"config": name, "peer": f.peer, "error": result["error"]}
+  ms = statistics.median(r["ms"] for r in ours)
+  peer_ms = statistics.median(r["ms"] for r in peer)
+  return {"config": name, "ms": ms, "peer": f.peer, "peer_ms": peer_ms,
+          "ratio": round(ms / peer_ms, 3), "floor_ms": statistics.median(r["floor_ms"] for r in ours),
+          "ms_rounds": [r["ms"] for r in ours], "peer_ms_rounds": [r["ms"] for r in peer],
+          "loss": ours[0]["loss"], "peer_loss": peer[0]["loss"], "jit": f.jit,
+          "repeats": f.repeats, "target": "ratio <= 0.5"}
 
 
 def main(argv=None) -> int:
