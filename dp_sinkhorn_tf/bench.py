@@ -1,6 +1,7 @@
 """Benchmarks, one JSON line per configuration.
 
   python -m dp_sinkhorn_tf.bench sinkhorn [--only NAME[,NAME]] [--jit] [--repeats 5]
+  python -m dp_sinkhorn_tf.bench sinkhorn --compile_solver --products=bfloat16
   python -m dp_sinkhorn_tf.bench sinkhorn --peer=geomloss [--peer_python=PY]   # side by side
 
 Each configuration runs in a fresh subprocess so that `peak_mb` (the child's peak resident
@@ -12,7 +13,10 @@ The floor (`floor_ms`, and `x_floor` = ms / floor_ms): the products no exact sol
 semi-debiased loss and its gradient can avoid, timed in the same process on the same data —
 the two cross terms ⟨X[0:n], Y⟩ [n×n] and ⟨X[0:n], X[n′:n+n′]⟩ [n×n′] of the cost matrices
 and the two plan products P·Y, P′·X[n′:] back to [n, d], i.e. four n×n×d float32 matmuls
-(median after a warm-up). An l1l2 cost adds elementwise n·n′·d work above this floor.
+(median after a warm-up). An l1l2 cost adds elementwise n·n′·d work above this floor. The
+self term's gradient also needs P′ᵀ·X[0:n] for its rows X[n′:n+n′] (they are generated
+points too), a fifth product of the same size: so 1.25× this floor is the least any exact
+float32 path reaches, before a single Sinkhorn iteration.
 
 Data (reproducible): rng = numpy.random.default_rng(0); X = rng.uniform(−1, 1, (n+n′, d)),
 Y = rng.uniform(−1, 1, (n, d)) as float32; then the last 10 columns of X and of Y are
@@ -89,6 +93,10 @@ def product_floor_ms(x, y, n: int, repeats: int) -> float:
 
 
 PEERS = ("none", "geomloss")
+# generators.PRECISIONS and costs.PRODUCTS, spelled here so that parsing the flags imports
+# no TensorFlow (bench_test checks that they agree).
+PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
+PRODUCTS = ("float32", "bfloat16")
 # geomloss cannot hold the l1l2 cost's n × m × d tensor at n = 2000 (out of memory, 24 GB).
 PEER_SKIP = {"cifar_l1l2_n2000"}
 
@@ -132,7 +140,8 @@ def run_geomloss_config(name: str, repeats: int) -> dict:
           "peak_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
 
 
-def run_sinkhorn_config(name: str, repeats: int, jit: bool) -> dict:
+def run_sinkhorn_config(name: str, repeats: int, jit: bool, products: str = "float32",
+                        compile_solver: bool = False) -> dict:
   """Times loss + gradient for one configuration in this process."""
   import numpy as np
   import tensorflow as tf
@@ -144,8 +153,10 @@ def run_sinkhorn_config(name: str, repeats: int, jit: bool) -> dict:
   # λ = 0.05 sits 4–5 orders of magnitude below the l1l2 costs: the default ε-scaling
   # ratio 0.5 stops with marginal error ~0.7, so these configs anneal at 0.9 (as the
   # launch flagfiles do) and converge.
-  config = sinkhorn.SinkhornConfig(epsilon=lam, scaling=0.9 if cost_name == "l1l2" else 0.5)
-  fn = sinkhorn.loss_and_gradient_fn(costs.make_cost(cost_name, l1_weight=3.0), config,
+  config = sinkhorn.SinkhornConfig(epsilon=lam, scaling=0.9 if cost_name == "l1l2" else 0.5,
+                                   compile_solver=compile_solver)
+  cost = costs.make_cost(cost_name, l1_weight=3.0, products=products)
+  fn = sinkhorn.loss_and_gradient_fn(cost, config,
                                      num_primary=n, dim=d, jit_compile=jit)
   x, y, w = tf.constant(x), tf.constant(y), tf.ones([n], tf.float32)
   loss, grad, info = fn(x, y, w)  # warm-up: tracing (and XLA compilation)
@@ -163,33 +174,39 @@ def run_sinkhorn_config(name: str, repeats: int, jit: bool) -> dict:
       "x_floor": round(ms / floor, 2), "peak_mb": round(peak_mb, 1),
       "loss": float(loss), "iterations": int(info.iterations),
       "marginal_error": float(info.marginal_error), "grad_finite": bool(np.isfinite(grad).all()),
-      "jit": jit, "repeats": repeats, "target": SINKHORN_TARGETS[name],
+      "jit": jit, "compile_solver": compile_solver, "products": products,
+      "repeats": repeats, "target": SINKHORN_TARGETS[name],
   }
 
 
 def _child(argv) -> int:
   kind, name, repeats, jit = argv[0], argv[1], int(argv[2]), argv[3] == "1"
   strategy, devices = argv[4], (int(argv[5]) if argv[5] != "0" else None)
+  precision = argv[6] if argv[6] != "flagfile" else None
+  products, compile_solver = argv[7], argv[8] == "1"
   if kind == "sinkhorn":
-    result = run_sinkhorn_config(name, repeats, jit)
+    result = run_sinkhorn_config(name, repeats, jit, products, compile_solver)
   elif kind == "geomloss":
     result = run_geomloss_config(name, repeats)
   else:
     from dp_sinkhorn_tf.train import bench_train
-    result = bench_train.run(name, repeats, strategy, devices)
+    result = bench_train.run(name, repeats, strategy, devices, precision)
   print("RESULT " + json.dumps(result), flush=True)
   return 0
 
 
 def _run_in_child(kind: str, name: str, repeats: int, jit: bool, strategy: str = "default",
-                  num_devices: Optional[int] = None, python: Optional[str] = None) -> dict:
+                  num_devices: Optional[int] = None, python: Optional[str] = None,
+                  precision: str = "flagfile", products: str = "float32",
+                  compile_solver: bool = False) -> dict:
   env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
   if python is not None:  # another interpreter (the peer's): it imports this package's file
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, env.get("PYTHONPATH")]))
   proc = subprocess.run(
       [python or sys.executable, "-m", "dp_sinkhorn_tf.bench", "_child", kind, name, str(repeats),
-       "1" if jit else "0", strategy, str(num_devices or 0)], capture_output=True, text=True,
+       "1" if jit else "0", strategy, str(num_devices or 0), precision, products,
+       "1" if compile_solver else "0"], capture_output=True, text=True,
       env=env)
   for line in proc.stdout.splitlines():
     if line.startswith("RESULT "):
@@ -204,13 +221,23 @@ flags.DEFINE_string("only", "", "Comma-separated config names (default: all of t
 flags.DEFINE_integer("repeats", 5, "Timed repeats per config (the median is reported).",
                      lower_bound=1, flag_values=FLAGS)
 flags.DEFINE_bool("jit", False, "Compile the Sinkhorn loss with XLA.", flag_values=FLAGS)
+flags.DEFINE_bool("compile_solver", False, "sinkhorn suite: compile only the potential "
+                  "iterations with XLA (SinkhornConfig.compile_solver); the cost matrices and "
+                  "gradient products stay with TensorFlow's matmuls.", flag_values=FLAGS)
+flags.DEFINE_enum("products", "float32", list(PRODUCTS), "sinkhorn suite: format of "
+                  "the cost matrices' <x, y> products (costs.inner_products).",
+                  flag_values=FLAGS)
 flags.DEFINE_enum("strategy", "default", ["default", "mirrored"], "train suite: the step "
                   "under this tf.distribute strategy.", flag_values=FLAGS)
 flags.DEFINE_enum("peer", "none", list(PEERS), "sinkhorn suite: also time this library "
                   "on the same data, interleaved (ours, peer, ours, peer, …, --peer_rounds "
                   "each), and print both medians and the ratio in one line.", flag_values=FLAGS)
-flags.DEFINE_integer("peer_rounds", 3, "Interleaved rounds with --peer.", lower_bound=1,
-                     flag_values=FLAGS)
+flags.DEFINE_integer("rounds", 3, "Interleaved rounds (fresh processes) with --peer or "
+                     "--precision=compare.", lower_bound=1, flag_values=FLAGS)
+flags.DEFINE_enum("precision", "flagfile", ["flagfile", *PRECISIONS, "compare"],
+                  "train suite: the generator's policy (flagfile: the flagfile's --precision); "
+                  "compare: float32 and mixed_bfloat16 interleaved, both medians and the "
+                  "speed-up in one line.", flag_values=FLAGS)
 flags.DEFINE_string("peer_python", None, "Interpreter that has the peer installed (default: "
                     "this one; e.g. a venv with torch + geomloss).", flag_values=FLAGS)
 flags.DEFINE_integer("num_devices", None, "train suite, --strategy=mirrored: devices (logical "
@@ -237,18 +264,23 @@ def run(f, suite: str) -> int:
       if name in PEER_SKIP:
         continue
       result = _interleaved(name, f)
+    elif kind == "train" and f.precision == "compare":
+      result = _precision_compare(name, f)
     else:
-      result = _run_in_child(kind, name, f.repeats, f.jit, f.strategy, f.num_devices)
+      result = _run_in_child(kind, name, f.repeats, f.jit, f.strategy, f.num_devices,
+                             precision=f.precision, products=f.products,
+                             compile_solver=f.compile_solver)
     failed |= "error" in result
     print(json.dumps(result), flush=True)
   return 1 if failed else 0
 
 
 def _interleaved(name: str, f) -> dict:
-  """ours, peer, ours, peer, … (f.peer_rounds each, fresh processes): medians and ratio."""
+  """ours, peer, ours, peer, … (f.rounds each, fresh processes): medians and ratio."""
   ours, peer = [], []
-  for _ in range(f.peer_rounds):
-    ours.append(_run_in_child("sinkhorn", name, f.repeats, f.jit))
+  for _ in range(f.rounds):
+    ours.append(_run_in_child("sinkhorn", name, f.repeats, f.jit, products=f.products,
+                              compile_solver=f.compile_solver))
     peer.append(_run_in_child(f.peer, name, f.repeats, False, python=f.peer_python))
   for result in ours + peer:
     if "error" in result:
@@ -259,7 +291,35 @@ def _interleaved(name: str, f) -> dict:
           "ratio": round(ms / peer_ms, 3), "floor_ms": statistics.median(r["floor_ms"] for r in ours),
           "ms_rounds": [r["ms"] for r in ours], "peer_ms_rounds": [r["ms"] for r in peer],
           "loss": ours[0]["loss"], "peer_loss": peer[0]["loss"], "jit": f.jit,
+          "compile_solver": f.compile_solver, "products": f.products,
           "repeats": f.repeats, "target": "ratio <= 0.5"}
+
+
+def _precision_compare(name: str, f, low: str = "mixed_bfloat16") -> dict:
+  """The train step in float32 and under `low`, alternating fresh processes f.rounds times:
+  medians of the step and its generator part, and the speed-ups (float32 / low)."""
+  runs = {"float32": [], low: []}
+  for _ in range(f.rounds):
+    for precision in runs:
+      runs[precision].append(_run_in_child("train", name, f.repeats, f.jit, f.strategy,
+                                           f.num_devices, precision=precision))
+  for result in runs["float32"] + runs[low]:
+    if "error" in result:
+      return {"config": name, "precision": "compare", "error": result["error"]}
+
+  def median(precision, key):
+    return round(statistics.median(r[key] for r in runs[precision]), 2)
+
+  out = {"config": name, "flagfile": runs["float32"][0]["flagfile"], "low": low}
+  for key in ("step_ms", "generator_ms", "sinkhorn_ms"):
+    out[key] = median("float32", key)
+    out[f"{key}_low"] = median(low, key)
+  out["step_speedup"] = round(out["step_ms"] / out["step_ms_low"], 2)
+  out["generator_speedup"] = round(out["generator_ms"] / out["generator_ms_low"], 2)
+  out["step_ms_rounds"] = [r["step_ms"] for r in runs["float32"]]
+  out["step_ms_low_rounds"] = [r["step_ms"] for r in runs[low]]
+  out.update(repeats=f.repeats, rounds=f.rounds)
+  return out
 
 
 def main(argv=None) -> int:

@@ -83,3 +83,32 @@ def test_make_cost_and_errors():
     costs.SquaredEuclideanPlusL1(l1_weight=-1)
   with pytest.raises(ValueError, match="same dim"):
     costs.SquaredEuclidean()(tf.zeros([2, 3]), tf.zeros([2, 4]))
+
+
+def test_bfloat16_products_are_within_their_rounding_bound_and_keep_float32_gradients():
+  # Forward: inputs rounded to bfloat16 (relative 2⁻⁹ each, so each term x_k·y_k within
+  # ~2⁻⁸ of itself), the result rounded once more (2⁻⁹ of |⟨x, y⟩|).
+  rng = np.random.default_rng(0)
+  x = tf.constant(rng.uniform(-1, 1, (40, 300)), tf.float32)
+  y = tf.constant(rng.uniform(-1, 1, (30, 300)), tf.float32)
+  exact = x.numpy().astype(np.float64) @ y.numpy().astype(np.float64).T
+  bound = 2.0**-8 * (np.abs(x.numpy()) @ np.abs(y.numpy()).T) + 2.0**-9 * np.abs(exact)
+  with tf.GradientTape(persistent=True) as tape:
+    tape.watch([x, y])
+    low = costs.inner_products(x, y, "bfloat16")
+    high = costs.inner_products(x, y, "float32")
+  err = np.abs(low.numpy() - exact)
+  assert np.all(err <= bound + 1e-6) and err.max() > 0  # rounded, but within the bound
+  # Backward: the same float32 products G·y and Gᵀ·x as the float32 path, bit for bit.
+  upstream = tf.constant(rng.normal(size=(40, 30)), tf.float32)
+  for low_grad, high_grad in zip(tape.gradient(low, [x, y], upstream),
+                                 tape.gradient(high, [x, y], upstream)):
+    np.testing.assert_array_equal(low_grad.numpy(), high_grad.numpy())
+
+
+def test_products_name_is_checked():
+  with pytest.raises(ValueError, match="products"):
+    costs.make_cost("l2", products="float16")
+  with pytest.raises(ValueError, match="products"):
+    costs.inner_products(tf.zeros([2, 3]), tf.zeros([2, 3]), "int8")
+  assert costs.make_cost("l1l2", products="bfloat16").products == "bfloat16"

@@ -228,6 +228,15 @@ def test_noise_seed_is_required_whenever_noise_is_added():
   gaussian.ImageGradientMechanism(0.5, 0.0).privatize(tf.zeros([2, 2]), 2)
 
 
+@pytest.mark.parametrize("dtype", [tf.bfloat16, tf.float16, tf.float64])
+def test_the_mechanism_refuses_anything_but_float32(dtype):
+  # --precision lowers the generator only: a low-precision G would be clipped and noised on
+  # a coarse lattice, which is not the Gaussian mechanism the accountant charges.
+  mech = gaussian.ImageGradientMechanism(0.5, 1.0)
+  with pytest.raises(TypeError, match="float32"):
+    mech.privatize(tf.zeros([4, 3], dtype), 2, tf.constant([1, 2], tf.int64))
+
+
 def test_parameter_gradients_are_clipped_as_one_and_get_two_sigma_c_noise():
   # [−6, 8] and [0] clipped together to C = 5: total norm 10, so ×½ → [−3, 4], [0].
   grads = [tf.constant([-6.0, 8.0]), tf.constant([0.0])]

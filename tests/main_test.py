@@ -43,6 +43,8 @@ def _error_lines(stderr: str):
     (["--learning_rate=inf"], "--learning_rate"),
     (["--alpha_c=inf"], "--alpha_c"),
     (["--sinkhorn_threshold=nan"], "--sinkhorn_threshold"),
+    (["--precision=float16"], "precision"),
+    (["--precision=mixed_float16", "--mechanism=param_grad"], "--precision"),
 ])
 def test_bad_flag_values_give_one_line_naming_the_flag(tmp_path, args, flag):
   workdir = tmp_path / "run"

@@ -27,6 +27,13 @@ shape comes from `image_shape` alone (no dataset names): k = `num_upsamplings(im
   class-conditional BatchNorm BN(x)·(1 + γ(h)) + β(h) (BigGAN's shared embedding
   concatenated with z; no spectral norm) → BN → ReLU → Conv 3×3 to C → crop → tanh.
 
+Precision. `precision` = "float32" | "mixed_bfloat16" | "mixed_float16" builds every layer
+under that Keras policy: variables stay float32, the layers compute in bfloat16 / float16
+(bfloat16 runs on the AMX / AVX-512-BF16 units of recent CPUs and on TPUs; float16 on GPUs,
+with loss scaling in the optimizer). The interface does not change: the condition and the
+output are float32 (the output is cast before its head), so the loss, the released gradient
+and the privacy mechanism downstream never see a low-precision tensor.
+
 BatchNorm. The trainer calls the generator with training=True: BN normalises with the
 statistics of the generated batch and updates its moving averages. That batch holds generated
 samples only (z and labels are data-independent), so BN touches no private data and needs no
@@ -34,6 +41,7 @@ privacy accounting. With training=False (sampling, evaluation, export) BN uses t
 averages, so a sample does not depend on the other samples in its batch.
 """
 
+import contextlib
 import math
 import numbers
 from typing import List, Sequence, Tuple, Union
@@ -42,6 +50,7 @@ import tensorflow as tf
 
 ARCHITECTURES = ("dcgan", "biggan")
 OUTPUTS = ("tanh", "clip")
+PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
 LEAKY_SLOPE = 0.2
 Seed = Union[int, Sequence[int], tf.Tensor, tf.random.Generator]
 
@@ -91,10 +100,11 @@ class _ConditionalGenerator(tf.keras.Model):
     if z.shape.rank is not None and z.shape.rank != 2:
       raise ValueError(f"z must be [B, latent_dim={self.latent_dim}], got shape {z.shape}")
     labels = tf.cast(tf.reshape(labels, [-1]), tf.int32)
-    return tf.concat([z, self.embedding(labels)], axis=1)
+    return tf.concat([z, tf.cast(self.embedding(labels), tf.float32)], axis=1)
 
   def to_output(self, x: tf.Tensor) -> tf.Tensor:
-    """[B, h, w, C] pre-activations → [B, H, W, C] in [−1, 1]."""
+    """[B, h, w, C] pre-activations (any float dtype) → [B, H, W, C] float32 in [−1, 1]."""
+    x = tf.cast(x, tf.float32)
     height, width, _ = self.image_shape
     if x.shape[1] != height or x.shape[2] != width:
       x = center_crop(x, height, width)
@@ -260,12 +270,14 @@ def _check_image_shape(image_shape) -> None:
 
 def make_generator(architecture: str, image_shape: Sequence[int], num_classes: int,
                    latent_dim: int = 16, embed_dim: int = 8, hidden: int = 64,
-                   depth: int = 1, output: str = "tanh") -> _ConditionalGenerator:
+                   depth: int = 1, output: str = "tanh",
+                   precision: str = "float32") -> _ConditionalGenerator:
   """A built generator (variables exist) for `image_shape` = (H, W, C).
 
   architecture: "dcgan" | "biggan"; hidden: channels at the finest resolution (doubling per
   coarser level); depth ≥ 1: conv (DCGAN) or residual (BigGAN) blocks per resolution;
-  output: "tanh" | "clip" (see the module docstring).
+  output: "tanh" | "clip"; precision: one of PRECISIONS, the Keras mixed-precision policy of
+  every layer (see the module docstring).
   Raises ValueError naming the bad argument.
   """
   if architecture not in ARCHITECTURES:
@@ -274,11 +286,32 @@ def make_generator(architecture: str, image_shape: Sequence[int], num_classes: i
   for name, value in (("num_classes", num_classes), ("latent_dim", latent_dim),
                       ("embed_dim", embed_dim), ("hidden", hidden), ("depth", depth)):
     _check_positive_int(name, value)
+  if precision not in PRECISIONS:
+    raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
   cls = DCGANGenerator if architecture == "dcgan" else BigGANGenerator
-  gen = cls(tuple(image_shape), num_classes, latent_dim=latent_dim, embed_dim=embed_dim,
-            hidden=hidden, depth=depth, output=output, name=f"{architecture}_generator")
-  gen([tf.zeros([1, latent_dim]), tf.zeros([1], tf.int32)], training=False)
+  with policy_scope(precision):
+    gen = cls(tuple(image_shape), num_classes, latent_dim=latent_dim, embed_dim=embed_dim,
+              hidden=hidden, depth=depth, output=output, name=f"{architecture}_generator")
+    gen([tf.zeros([1, latent_dim]), tf.zeros([1], tf.int32)], training=False)
   return gen
+
+
+@contextlib.contextmanager
+def policy_scope(precision: str):
+  """Keras's global dtype policy set to `precision` while layers are created, then restored.
+  A layer keeps the policy it was created under, so only construction needs the scope and
+  nothing outside it (other models, the loss) changes precision."""
+  previous = tf.keras.mixed_precision.global_policy()
+  tf.keras.mixed_precision.set_global_policy(precision)
+  try:
+    yield
+  finally:
+    tf.keras.mixed_precision.set_global_policy(previous)
+
+
+def precision_of(generator: tf.keras.Model) -> str:
+  """The policy name a generator was built under ("float32", "mixed_bfloat16", …)."""
+  return generator.dtype_policy.name
 
 
 def sample_latent(batch: int, latent_dim: int, seed: Seed) -> tf.Tensor:

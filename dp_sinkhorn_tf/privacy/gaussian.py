@@ -140,13 +140,23 @@ class ImageGradientMechanism:
         required whenever noise is added (σ > 0, 0 < C < ∞).
 
     Returns:
-      (released [n + n′, ...] same dtype, MechanismInfo).
+      (released [n + n′, ...] float32, MechanismInfo).
+
+    Raises:
+      TypeError: grad is not float32.
     """
     if (self.is_private and self.noise_multiplier > 0 and self.l2_norm_clip > 0 and
         noise_seed is None):
       raise ValueError("privatize: noise_seed is required when noise is added (the noise "
                        "must come from the run's secret key, never a stateful RNG)")
-    grad = zero_non_finite(tf.convert_to_tensor(grad))
+    grad = tf.convert_to_tensor(grad)
+    if grad.dtype != tf.float32:
+      # Noise drawn or added in a low-precision format is not the Gaussian the accountant
+      # assumes: its rounding leaves a data-dependent lattice (Mironov 2012, the attack on
+      # floating-point Laplace noise). --precision applies to the generator only.
+      raise TypeError(f"privatize: the mechanism runs in float32, got a {grad.dtype.name} "
+                      "gradient")
+    grad = zero_non_finite(grad)
     n = tf.convert_to_tensor(num_private, tf.int32)
     private, public = grad[:n], grad[n:]
     private_clean_norm = tf.norm(tf.reshape(private, [-1]))

@@ -434,8 +434,9 @@ def restore_run(workdir: str, checkpoint: Optional[str] = None) -> RestoredRun:
   dataset = cfg.data.dataset
   if dataset not in DATASET_IMAGE_SHAPES:
     raise ExportError(f"{flags_path}: --dataset={dataset} has no known image shape")
+  # float32 whatever --precision trained it: the weights are float32 either way.
   generator = trainer.make_generator(cfg, DATASET_IMAGE_SHAPES[dataset],
-                                     len(datasets.LABEL_NAMES[dataset]))
+                                     len(datasets.LABEL_NAMES[dataset]), precision="float32")
   generator([tf.zeros([1, cfg.model.latent_dim]), tf.zeros([1], tf.int32)], training=False)
   try:
     keys, stored_id, step = rundir.read_checkpoint_header(path)

@@ -2,6 +2,7 @@
 
   python -m dp_sinkhorn_tf.bench train     (one JSON line per configuration)
   python -m dp_sinkhorn_tf.bench train --strategy=mirrored --num_devices=2
+  python -m dp_sinkhorn_tf.bench train --precision=compare   (float32 vs mixed_bfloat16)
 
 For a launch flagfile's model, on synthetic data of the flagfile's image shape and dataset
 size (so q and the Poisson batch match the real run), this times, each as the median of
@@ -25,11 +26,16 @@ import statistics
 import time
 from typing import Optional
 
-# name: (shipped flagfile, synthetic dataset size N)
+# name: (shipped flagfile, synthetic dataset size N). CelebA's 162,770 64×64×3 images would
+# take 8 GB as float32 here; 30,000 keep q·N = B and the same shapes (the Poisson sample's
+# O(N) mask is the only part that grows with N, and it is a small share of the step).
 CONFIGS = {
     "fashion_mnist_step": ("fashion_mnist.flags", 60000),
     "fashion_mnist_cpu_step": ("fashion_mnist_cpu.flags", 60000),
     "digits_demo_step": ("digits.flags", 1438),
+    "mnist_step": ("mnist.flags", 60000),
+    "cifar_step": ("cifar.flags", 50000),
+    "celeba_step": ("celeba.flags", 30000),
 }
 
 
@@ -44,9 +50,12 @@ def _median_ms(fn, repeats: int) -> float:
 
 
 def run(name: str, repeats: int, strategy: str = "default",
-        num_devices: Optional[int] = None) -> dict:
+        num_devices: Optional[int] = None, precision: Optional[str] = None) -> dict:
   """strategy / num_devices: the step under tf.distribute (`distribute`); the generator
-  and Sinkhorn parts are timed on one device either way."""
+  and Sinkhorn parts are timed on one device either way. precision: the generator's
+  policy (None: the flagfile's --precision)."""
+  import dataclasses
+
   import numpy as np
   import tensorflow as tf
 
@@ -57,6 +66,8 @@ def run(name: str, repeats: int, strategy: str = "default",
   distribute.configure_devices(strategy, num_devices)  # before any TF op
   flagfile, size = CONFIGS[name]
   cfg, _ = export_lib.parse_flags_file(cli.find_flagfile(flagfile))
+  if precision is not None:
+    cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, precision=precision))
   shape = export_lib.DATASET_IMAGE_SHAPES[cfg.data.dataset]
   num_classes = 10
   rng = np.random.default_rng(0)
@@ -111,6 +122,7 @@ def run(name: str, repeats: int, strategy: str = "default",
   sinkhorn_ms = _median_ms(lambda: sinkhorn_loss_grad()[1].numpy(), repeats)
   return {
       "config": name, "flagfile": flagfile, "strategy": strategy,
+      "precision": cfg.model.precision,
       "replicas": dist.num_replicas_in_sync, "step_ms": step_ms, "generator_ms": generator_ms,
       "sinkhorn_ms": sinkhorn_ms,
       "overhead_ms": round(step_ms - generator_ms - sinkhorn_ms, 2),

@@ -32,6 +32,11 @@ flags.DEFINE_integer("depth", 1, "Convolution blocks per resolution.")
 flags.DEFINE_enum("output", "tanh", list(config_lib.OUTPUTS),
                   "Generator output head: tanh (the paper) or clip, a straight-through clip to "
                   "[-1, 1] whose gradient never vanishes (noise cannot freeze saturated pixels).")
+flags.DEFINE_enum("precision", "float32", list(config_lib.PRECISIONS),
+                  "The generator's Keras mixed-precision policy: mixed_bfloat16 for CPUs with "
+                  "AMX / AVX-512-BF16 and TPUs, mixed_float16 (with loss scaling) for GPUs. "
+                  "Weights, the Sinkhorn loss, the clip, the noise and the accountant stay "
+                  "float32; export, sample and evaluate rebuild the generator in float32.")
 # Loss.
 flags.DEFINE_enum("cost", "l1l2", list(config_lib.COSTS),
                   "Ground cost: l2 = ‖x−y‖², l1l2 = ‖x−y‖² + l1_weight·‖x−y‖₁.")
@@ -49,6 +54,10 @@ flags.DEFINE_bool("class_matching", False,
                   "Weight generated and private points so that the Sinkhorn plan moves mass "
                   "only within a class (mass per class ∝ its generated count, over the classes "
                   "present on both sides); false is the paper's uniform weights.")
+flags.DEFINE_enum("sinkhorn_products", "float32", list(config_lib.PRODUCTS),
+                  "Format of the ⟨x, y⟩ matmul of the cost matrices: bfloat16 is 2–3x faster "
+                  "on CPUs with AMX; the loss stays within 1e-3, its gradient within ~0.4% at "
+                  "λ=50 (cifar, celeba) but ~11% at λ=0.05. Gradient sums stay float32.")
 flags.DEFINE_bool("sinkhorn_jit", True, "Compile the Sinkhorn loss and its image gradient with "
                   "XLA (real batch padded to power-of-two buckets): 3–15× faster for batches "
                   "up to ~50 on CPU, slower for batches of ~1000.")
@@ -141,9 +150,9 @@ def config_from_flags(f) -> config_lib.TrainConfig:
       batch_size=f.batch_size, steps=f.steps,
       data=config_lib.DataConfig(f.dataset, f.data_dir, f.idx_dir),
       model=config_lib.ModelConfig(f.architecture, f.latent_dim, f.embed_dim, f.hidden, f.depth,
-                                   f.output),
+                                   f.output, f.precision),
       loss=config_lib.LossConfig(f.cost, f.l1_weight, f.debias_fraction, f.alpha_c, solver,
-                                 f.sinkhorn_jit, f.class_matching),
+                                 f.sinkhorn_jit, f.class_matching, f.sinkhorn_products),
       privacy=config_lib.PrivacyConfig(f.dp, f.mechanism, f.l2_norm_clip, f.noise_multiplier,
                                        f.target_epsilon, f.delta, f.accountant,
                                        f.release_blur, f.public_clip),

@@ -49,6 +49,8 @@ from dp_sinkhorn_tf.train import config as config_lib
 from dp_sinkhorn_tf.train import distribute
 from dp_sinkhorn_tf.transport import costs, features, sinkhorn
 
+INITIAL_LOSS_SCALE = 1.0
+
 
 def learning_rate_fn(cfg: config_lib.TrainConfig, total_steps: Optional[int] = None):
   """The learning rate: a float, or a schedule of the optimizer's step t.
@@ -82,11 +84,37 @@ def build_optimizer(cfg: config_lib.TrainConfig, total_steps: Optional[int] = No
     # Heavy-ball momentum β₁. Unlike Adam, SGD does not rescale a parameter's update by its
     # gradient's running RMS; under noise-dominated gradients Adam keeps moving parameters
     # whose signal has vanished (e.g. behind a saturated tanh) at full speed.
-    return tf.keras.optimizers.SGD(learning_rate=lr, momentum=o.beta_1)
-  if o.optimizer == "adamw":
-    return tf.keras.optimizers.AdamW(learning_rate=lr, beta_1=o.beta_1, beta_2=o.beta_2,
-                                     weight_decay=o.weight_decay)
-  return tf.keras.optimizers.Adam(learning_rate=lr, beta_1=o.beta_1, beta_2=o.beta_2)
+    optimizer = tf.keras.optimizers.SGD(learning_rate=lr, momentum=o.beta_1)
+  elif o.optimizer == "adamw":
+    optimizer = tf.keras.optimizers.AdamW(learning_rate=lr, beta_1=o.beta_1, beta_2=o.beta_2,
+                                          weight_decay=o.weight_decay)
+  else:
+    optimizer = tf.keras.optimizers.Adam(learning_rate=lr, beta_1=o.beta_1, beta_2=o.beta_2)
+  if cfg.model.precision == "mixed_float16":
+    # Dynamic loss scaling: the step scales what it back-propagates (the released G̃) and
+    # unscales the parameter gradients. Keras starts at 2^15, made for losses whose
+    # gradients are tiny; a private G̃ has entries of order 2σC, and 2^15 times that
+    # overflows float16, so every halving on the way down would skip a step whose ε is
+    # still charged. Start at 1: the scale doubles after each 2000 finite steps and an
+    # overflow skips one step and halves it (≤ 1 in 2000 steps lost).
+    optimizer = tf.keras.mixed_precision.LossScaleOptimizer(
+        optimizer, initial_scale=INITIAL_LOSS_SCALE)
+  return optimizer
+
+
+def loss_scale(optimizer) -> float:
+  """The factor the step multiplies its back-propagated gradient by: the dynamic loss scale
+  of a LossScaleOptimizer (mixed_float16), else 1."""
+  if isinstance(optimizer, tf.keras.mixed_precision.LossScaleOptimizer):
+    return optimizer.loss_scale
+  return 1.0
+
+
+def unscale(optimizer, grads):
+  """The parameter gradients divided by `loss_scale(optimizer)`."""
+  if isinstance(optimizer, tf.keras.mixed_precision.LossScaleOptimizer):
+    return optimizer.get_unscaled_gradients(grads)
+  return grads
 
 
 class DPSinkhornModel(tf.keras.Model):
@@ -114,7 +142,8 @@ class DPSinkhornModel(tf.keras.Model):
     self._sample_rate = float(sample_rate)
     self._n = cfg.num_primary
     self._n_total = cfg.num_generated
-    self._cost = costs.make_cost(cfg.loss.cost, l1_weight=cfg.loss.l1_weight)
+    self._cost = costs.make_cost(cfg.loss.cost, l1_weight=cfg.loss.l1_weight,
+                                 products=cfg.loss.products)
     self._noise_multiplier = float(noise_multiplier) if cfg.privacy.dp else 0.0
     if cfg.privacy.dp:
       self.mechanism = gaussian.ImageGradientMechanism(cfg.privacy.l2_norm_clip, noise_multiplier,
@@ -255,8 +284,13 @@ class DPSinkhornModel(tf.keras.Model):
       image_grad = loss_tape.gradient(loss, fake)
     released, p_info = self.mechanism.privatize(image_grad, self._n, self.noise_seed(step))
     released = gaussian.blur_release(released, self.cfg.privacy.release_blur)
+    # The generator may compute in bfloat16 / float16 (--precision); its output `mine` and
+    # everything from the loss to the release are float32. float16 back-propagates the
+    # release times the loss scale (post-processing: G̃, weights and latents are public).
     grads = gen_tape.gradient(mine, variables,
-                              output_gradients=released[first:first + rows])
+                              output_gradients=released[first:first + rows]
+                              * loss_scale(self.optimizer))
+    grads = unscale(self.optimizer, grads)
     logs = {"loss": loss, "clean_grad_norm": p_info.clean_norm,
             "noised_grad_norm": p_info.noised_norm,
             "sinkhorn_iterations": tf.cast(info.iterations, tf.float32),
@@ -296,25 +330,31 @@ class DPSinkhornModel(tf.keras.Model):
 
 
 def make_generator(cfg: config_lib.TrainConfig, image_shape, num_classes: int,
-                   build: bool = False):
-  """The configured generator; build=True creates its variables with one inference call."""
+                   build: bool = False, precision: Optional[str] = None):
+  """The configured generator; build=True creates its variables with one inference call.
+  precision: the Keras policy (None: the training precision --precision)."""
   m = cfg.model
   generator = generators.make_generator(m.architecture, tuple(image_shape), num_classes,
-                                    latent_dim=m.latent_dim, embed_dim=m.embed_dim,
-                                    hidden=m.hidden, depth=m.depth, output=m.output)
+                                        latent_dim=m.latent_dim, embed_dim=m.embed_dim,
+                                        hidden=m.hidden, depth=m.depth, output=m.output,
+                                        precision=precision or m.precision)
   if build:
     generator([tf.zeros([1, m.latent_dim]), tf.zeros([1], tf.int32)], training=False)
   return generator
 
 
 def local_copy(cfg: config_lib.TrainConfig, generator: tf.keras.Model) -> tf.keras.Model:
-  """`generator` itself, or, when its variables are distributed (built under a
-  multi-replica strategy), a single-device copy with the same weights: what SavedModel
-  export can save. Every worker must call it (reading distributed values may be a
-  collective)."""
-  if not any(isinstance(v, tf.distribute.DistributedValues) for v in generator.variables):
+  """What SavedModel export saves: `generator` itself when it is a float32 model on one
+  device, else a float32 single-device copy with the same (float32) weights — of a
+  generator built under a multi-replica strategy, or trained under --precision=mixed_*
+  (the export is float32 so every serving host runs it). Every worker must call it
+  (reading distributed values may be a collective)."""
+  distributed = any(isinstance(v, tf.distribute.DistributedValues)
+                    for v in generator.variables)
+  if not distributed and generators.precision_of(generator) == "float32":
     return generator
-  copy = make_generator(cfg, generator.image_shape, generator.num_classes, build=True)
+  copy = make_generator(cfg, generator.image_shape, generator.num_classes, build=True,
+                        precision="float32")
   for target, source in zip(copy.variables, generator.variables):
     target.assign(source.read_value())
   return copy

@@ -1,0 +1,53 @@
+"""Tests for dp_sinkhorn_tf.bench: the CLI's contract (the timings live in `make bench`)."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from dp_sinkhorn_tf import bench
+from dp_sinkhorn_tf.models import generators
+from dp_sinkhorn_tf.transport import costs
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def run_bench(*args):
+  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+  return subprocess.run([sys.executable, "-m", "dp_sinkhorn_tf.bench", *args], cwd=ROOT,
+                        capture_output=True, text=True, env=env, timeout=600)
+
+
+def test_the_precision_and_product_names_are_the_libraries():
+  assert bench.PRECISIONS == generators.PRECISIONS
+  assert bench.PRODUCTS == costs.PRODUCTS
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["nosuchsuite"], "suite"),
+    (["train", "--precision=float8"], "precision"),
+    (["train", "--only=nosuchconfig"], "--only"),
+    (["sinkhorn", "--rounds=0"], "rounds"),
+    (["sinkhorn", "--products=float16"], "products"),
+])
+def test_bad_arguments_give_one_line(args, needle):
+  proc = run_bench(*args)
+  errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+  assert proc.returncode != 0 and len(errors) == 1 and needle in errors[0], proc.stderr
+  assert "Traceback" not in proc.stderr and not proc.stdout.strip()
+
+
+def test_precision_compare_prints_both_medians_and_their_ratio_in_one_line():
+  proc = run_bench("train", "--only=digits_demo_step", "--repeats=1", "--rounds=1",
+                   "--precision=compare")
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  lines = proc.stdout.strip().splitlines()
+  assert len(lines) == 1
+  result = json.loads(lines[0])
+  assert result["low"] == "mixed_bfloat16" and result["rounds"] == 1
+  assert result["step_ms_rounds"] == [result["step_ms"]]
+  assert result["step_ms_low_rounds"] == [result["step_ms_low"]]
+  assert result["step_speedup"] == pytest.approx(result["step_ms"] / result["step_ms_low"],
+                                                 abs=0.01)
