@@ -59,7 +59,7 @@ def test_a_new_mechanism_is_one_table_entry(monkeypatch):
 
 def test_a_new_cost_is_one_table_entry(monkeypatch):
   monkeypatch.setitem(costs.COSTS, "half_l2",
-                      lambda l1_weight, max_block_bytes: _HalfL2())
+                      lambda l1_weight, max_block_bytes, products: _HalfL2())
   cfg = config_lib.LossConfig(cost="half_l2")
   cost = costs.make_cost(cfg.cost)
   x = tf.constant([[0.0, 0.0]])
