@@ -114,6 +114,13 @@ def test_end_to_end_on_digits_with_a_saved_model(digits_export, tmp_path, capsys
   assert set(accs) == {"logreg", "mlp", "cnn"}
   assert all(0.0 <= a <= 1.0 for a in accs.values())
   assert accs["logreg"] > 0.6  # class means + noise carry real signal to the real test split
+  paper = report["accuracies_paper_protocol"]
+  assert set(paper) == {"logreg", "mlp", "cnn"}
+  assert "OPTIMISTIC" in report["paper_protocol"]["note"]
+  for kind, per_epoch in report["paper_protocol"]["test_accuracy_per_epoch"].items():
+    assert len(per_epoch) == 15 and paper[kind] == max(per_epoch)
+    assert report["paper_protocol"]["best_epochs"][kind] == int(np.argmax(per_epoch)) + 1
+  assert "paper-protocol test accuracy logreg" in stdout and "optimistic" in stdout
   assert report["num_samples"] == 500 and report["seed"] == 1 and report["test_size"] == 359
   assert report["fid"] > 0 and not report["fid_details"]["standard_inception_fid"]
   assert "not-standard" in report["fid_details"]["backend"]
@@ -126,11 +133,11 @@ def test_end_to_end_on_digits_with_a_saved_model(digits_export, tmp_path, capsys
   # Re-running into the same --out without --workdir replaces eval.json and drops the
   # previous run's epsilon.png, which no longer belongs to it.
   code, _, stderr = _run([f"--model={model_dir}", "--num_samples=50", "--classifiers=logreg",
-                          "--max_epochs=1", f"--out={out}"], capsys)
+                          "--max_epochs=1", "--nopaper_protocol", f"--out={out}"], capsys)
   assert code == 0, stderr[-2000:]
   assert sorted(os.listdir(out)) == ["eval.json", "labels.png", "samples.png"]
   report = _read_report(out)
-  assert report["num_samples"] == 50
+  assert report["num_samples"] == 50 and "accuracies_paper_protocol" not in report
   assert report["pictures"] == {"written": ["samples.png", "labels.png"], "private": [],
                                 "withheld": [], "note": None}
 

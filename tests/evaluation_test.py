@@ -231,6 +231,32 @@ def test_training_never_receives_the_test_split(quadrants, monkeypatch):
   assert set(accs) == {"logreg", "mlp"} and all(0.0 <= a <= 1.0 for a in accs.values())
 
 
+def test_paper_protocol_reports_the_best_test_epoch(quadrants):
+  train_x, train_y, test_x, test_y = quadrants
+  result = evaluation.paper_protocol_accuracy("mlp", train_x, train_y, test_x, test_y, 3,
+                                              seed=0, max_epochs=6, batch_size=32)
+  assert len(result.test_accuracies) == 6
+  assert result.accuracy == max(result.test_accuracies)
+  assert result.best_epoch == int(np.argmax(result.test_accuracies))
+  # The last epoch's model is what fit left behind: its test accuracy is the last entry.
+  assert result.test_accuracies[-1] <= result.accuracy
+
+
+def test_paper_protocol_selects_on_the_test_split_and_can_only_flatter(quadrants):
+  # Labels of the test split permuted: a classifier that learnt the task scores badly on
+  # it, yet the protocol picks whichever epoch happens to score best — never below any
+  # epoch, which is why it is reported as optimistic.
+  train_x, train_y, test_x, test_y = quadrants
+  flipped = (np.asarray(test_y) + 1) % 3
+  results = evaluation.evaluate_paper_protocol(train_x, train_y, test_x, flipped, 3,
+                                               kinds=["logreg"], seed=0, max_epochs=4,
+                                               batch_size=32)
+  result = results["logreg"]
+  assert result.accuracy == max(result.test_accuracies) <= 0.5
+  with pytest.raises(ValueError, match="unknown classifier"):
+    evaluation.evaluate_paper_protocol(train_x, train_y, test_x, test_y, 3, kinds=["svm"])
+
+
 def test_unknown_classifier_is_rejected_before_training(quadrants):
   train_x, train_y, test_x, test_y = quadrants
   with pytest.raises(ValueError, match="unknown classifier 'svm'"):
