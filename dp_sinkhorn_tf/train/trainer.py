@@ -110,6 +110,14 @@ def loss_scale(optimizer) -> float:
   return 1.0
 
 
+def scale(optimizer, output_gradient: tf.Tensor) -> tf.Tensor:
+  """output_gradient × `loss_scale(optimizer)`: what the step back-propagates into the
+  generator (Keras's get_scaled_loss, applied to the released G̃ rows instead of a loss)."""
+  if isinstance(optimizer, tf.keras.mixed_precision.LossScaleOptimizer):
+    return optimizer.get_scaled_loss(output_gradient)
+  return output_gradient
+
+
 def unscale(optimizer, grads):
   """The parameter gradients divided by `loss_scale(optimizer)`."""
   if isinstance(optimizer, tf.keras.mixed_precision.LossScaleOptimizer):
@@ -288,8 +296,7 @@ class DPSinkhornModel(tf.keras.Model):
     # everything from the loss to the release are float32. float16 back-propagates the
     # release times the loss scale (post-processing: G̃, weights and latents are public).
     grads = gen_tape.gradient(mine, variables,
-                              output_gradients=released[first:first + rows]
-                              * loss_scale(self.optimizer))
+                              output_gradients=scale(self.optimizer, released[first:first + rows]))
     grads = unscale(self.optimizer, grads)
     logs = {"loss": loss, "clean_grad_norm": p_info.clean_norm,
             "noised_grad_norm": p_info.noised_norm,
