@@ -42,7 +42,7 @@ from absl import app, flags
 
 from dp_sinkhorn_tf import cli
 from dp_sinkhorn_tf import main as main_lib
-from dp_sinkhorn_tf.io import rundir
+from dp_sinkhorn_tf.io import files, rundir
 from dp_sinkhorn_tf.privacy import accounting, auditing
 from dp_sinkhorn_tf.train import train_flags
 
@@ -517,7 +517,7 @@ def main(argv) -> int:
   except (ValueError, FileNotFoundError) as e:
     cli.fail(str(e))
   except OSError as e:
-    cli.fail(cli.os_error(e, FLAGS.audit_out or cfg.run.workdir))
+    cli.fail(files.os_error(e, FLAGS.audit_out or cfg.run.workdir))
   return 2
 
 

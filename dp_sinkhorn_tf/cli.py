@@ -26,7 +26,6 @@ run through `main_of`:
   if __name__ == "__main__": sys.exit(main())
 """
 
-import errno
 import os
 import sys
 from typing import List, NoReturn, Optional, Sequence
@@ -101,15 +100,6 @@ def fail(message: str, code: int = 2) -> NoReturn:
   """Prints `error: message` (one line) and exits with `code`."""
   print(f"error: {message}", file=sys.stderr)
   sys.exit(code)
-
-
-def os_error(e: OSError, what: str) -> str:
-  """One line naming the file and the cause of a file-system error."""
-  target = e.filename or what
-  cause = e.strerror or type(e).__name__
-  if e.errno == errno.ENOSPC:
-    cause = "no space left on device"
-  return f"{target}: {cause}"
 
 
 def first_line(e: BaseException) -> str:

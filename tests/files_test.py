@@ -1,6 +1,7 @@
 """Tests for dp_sinkhorn_tf.io.files: the atomic writer and helpers on a local file system and
 on TF's in-memory `ram://` file system (standing in for gs:// / hdfs://)."""
 
+import errno
 import json
 import os
 import stat
@@ -73,3 +74,11 @@ def test_rename_dir_moves_a_saved_model_layout_on_ram(ram):
   assert files.read_text(f"{ram}/1/saved_model.pb") == "pb"
   with pytest.raises(FileExistsError):
     files.rename_dir(f"{ram}/1", f"{ram}/1")
+
+
+def test_os_error_is_one_line_naming_the_file_and_the_cause():
+  full = OSError(errno.ENOSPC, "No space left on device", "/data/run/ledger.json")
+  assert files.os_error(full, "/data/run") == "/data/run/ledger.json: no space left on device"
+  denied = PermissionError(errno.EACCES, "Permission denied")
+  assert files.os_error(denied, "/data/run") == "/data/run: Permission denied"
+  assert files.os_error(OSError(), "/x") == "/x: OSError"

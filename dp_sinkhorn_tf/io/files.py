@@ -152,6 +152,16 @@ def write_bytes_atomic(target: str, payload: bytes, mode: Optional[int] = None) 
     raise
 
 
+def os_error(e: OSError, what: str) -> str:
+  """One line naming the file and the cause of a file-system error (`what` when the error
+  names no file)."""
+  target = e.filename or what
+  cause = e.strerror or type(e).__name__
+  if e.errno == errno.ENOSPC:
+    cause = "no space left on device"
+  return f"{target}: {cause}"
+
+
 def write_text_atomic(target: str, text: str, mode: Optional[int] = None) -> None:
   write_bytes_atomic(target, text.encode("utf-8"), mode)
 

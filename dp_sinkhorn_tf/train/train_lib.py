@@ -27,7 +27,6 @@ Privacy bookkeeping (see also `rundir` and `accounting.PrivacyLedger`):
 """
 
 import dataclasses
-import errno
 import functools
 import json
 import math
@@ -61,15 +60,6 @@ class RunError(Exception):
 
 def _fail(message: str, code: int = 2):
   raise RunError(message, code)
-
-
-def _os_error(e: OSError, what: str) -> str:
-  """One line naming the file and the cause of a file-system error."""
-  target = e.filename or what
-  cause = e.strerror or type(e).__name__
-  if e.errno == errno.ENOSPC:
-    cause = "no space left on device"
-  return f"{target}: {cause}"
 
 
 def _tf_error(e: Exception, what: str) -> str:
@@ -193,7 +183,7 @@ def run(cfg: config_lib.TrainConfig, flags_text: str = "", dataset=None) -> int:
   except (ValueError, FileNotFoundError) as e:
     _fail(str(e))
   except OSError as e:
-    _fail(f"--workdir={cfg.run.workdir}: {_os_error(e, cfg.run.workdir)}")
+    _fail(f"--workdir={cfg.run.workdir}: {files.os_error(e, cfg.run.workdir)}")
   ledger = state.ledger
   if chief:
     _remove_stale_temps(cfg.run.workdir, cfg.run.model_name)
@@ -256,7 +246,7 @@ def run(cfg: config_lib.TrainConfig, flags_text: str = "", dataset=None) -> int:
     _fail(str(e), code=1)
   except OSError as e:
     _remove_stale_temps(cfg.run.workdir, cfg.run.model_name)
-    _fail(f"{_os_error(e, cfg.run.workdir)}; the ledger and the last good checkpoint are "
+    _fail(f"{files.os_error(e, cfg.run.workdir)}; the ledger and the last good checkpoint are "
           "intact: free the space / fix the path and re-run the same command", code=1)
   except tf.errors.OpError as e:
     _remove_stale_temps(cfg.run.workdir, cfg.run.model_name)
@@ -276,7 +266,7 @@ def run(cfg: config_lib.TrainConfig, flags_text: str = "", dataset=None) -> int:
     except (export_lib.ExportError, FileExistsError) as e:
       _fail(str(e), code=1)
     except OSError as e:
-      _fail(f"export: {_os_error(e, cfg.run.workdir)}; re-run the same command to finish "
+      _fail(f"export: {files.os_error(e, cfg.run.workdir)}; re-run the same command to finish "
             "(no privacy is spent)", code=1)
     finally:
       if scratch is not None:
