@@ -170,7 +170,7 @@ def test_mixed_precision_gradients_match_float32(precision, rtol):
   for target, source in zip(mixed.generator.variables, reference.generator.variables):
     target.assign(source)
   if precision == "mixed_float16":
-    assert float(trainer.loss_scale(mixed.optimizer)) == trainer.INITIAL_LOSS_SCALE
+    assert float(mixed.optimizer.loss_scale) == trainer.INITIAL_LOSS_SCALE
     mixed.compile(optimizer=tf.keras.mixed_precision.LossScaleOptimizer(
         tf.keras.optimizers.Adam(), dynamic=False, initial_scale=64.0))
   step = tf.constant(1, tf.int64)

@@ -1,4 +1,4 @@
-"""DP-Sinkhorn training: the Keras model with the private train_step, and the run loop.
+"""DP-Sinkhorn training: the Keras model with the private train_step (the loop is `train_lib`).
 
 One step (paper Alg. 1), all inside one tf.function:
 
@@ -20,21 +20,8 @@ is (ε, δ)-DP for the accountant's ε over the number of steps taken. With
 mechanism="param_grad" (the paper's ablation) step 4–5 clip the whole parameter gradient
 of the batch loss (one microbatch) and add keyed noise (`gaussian.privatize_parameter_gradients`).
 
-Privacy bookkeeping in `train` (see also `rundir` and `accounting.PrivacyLedger`):
-
-  * open_run: a run directory holds one run (run.json: run id, dp, key source); its key,
-    ledger and checkpoints must all belong to it, and the private data must be the data the
-    run started on (keyed fingerprint), or the resume is refused.
-  * A chunk of steps [s, e) is charged in the ledger (write-ahead) before it runs, so a crash
-    can only over-count. Its publishable outputs (grids, TensorBoard, privacy.json) are held
-    back until the chunk's checkpoint is on disk and recorded in the ledger.
-  * A resume restores the newest checkpoint (never older than the ledger's checkpoint_step)
-    and re-runs the step indices after it. With the same key, data and weights, step t
-    releases exactly what it released before (same batch, same noise; stateless ops), so
-    the ledger charges each step index once: a killed-and-resumed run ends with the same
-    ledger and the same weights as an uninterrupted one. The steps re-run had no outputs
-    anyone could have seen (held back), so even a bit-level difference between the two
-    executions (another machine) exposes nothing beyond a single run.
+Privacy bookkeeping (the ledger charged ahead of each chunk, held-back outputs, what a
+crash or a resume re-runs): `train_lib`'s module docstring.
 """
 
 import math
@@ -102,24 +89,17 @@ def build_optimizer(cfg: config_lib.TrainConfig, total_steps: Optional[int] = No
   return optimizer
 
 
-def loss_scale(optimizer) -> float:
-  """The factor the step multiplies its back-propagated gradient by: the dynamic loss scale
-  of a LossScaleOptimizer (mixed_float16), else 1."""
-  if isinstance(optimizer, tf.keras.mixed_precision.LossScaleOptimizer):
-    return optimizer.loss_scale
-  return 1.0
-
-
 def scale(optimizer, output_gradient: tf.Tensor) -> tf.Tensor:
-  """output_gradient × `loss_scale(optimizer)`: what the step back-propagates into the
-  generator (Keras's get_scaled_loss, applied to the released G̃ rows instead of a loss)."""
+  """output_gradient × the optimizer's dynamic loss scale (mixed_float16; unchanged for any
+  other optimizer): what the step back-propagates into the generator (Keras's
+  get_scaled_loss, applied to the released G̃ rows instead of a loss)."""
   if isinstance(optimizer, tf.keras.mixed_precision.LossScaleOptimizer):
     return optimizer.get_scaled_loss(output_gradient)
   return output_gradient
 
 
 def unscale(optimizer, grads):
-  """The parameter gradients divided by `loss_scale(optimizer)`."""
+  """The parameter gradients divided by the loss scale `scale` multiplied by."""
   if isinstance(optimizer, tf.keras.mixed_precision.LossScaleOptimizer):
     return optimizer.get_unscaled_gradients(grads)
   return grads

@@ -32,6 +32,12 @@ def _check_pair(x: tf.Tensor, y: tf.Tensor) -> None:
 PRODUCTS = ("float32", "bfloat16")
 
 
+def _check_products(products: str) -> None:
+  if products not in PRODUCTS:
+    raise ValueError(f"products must be one of {PRODUCTS}, got {products!r}")
+
+
+
 def inner_products(x: tf.Tensor, y: tf.Tensor, products: str = "float32") -> tf.Tensor:
   """⟨x_i, y_j⟩: [n, m] in x's dtype.
 
@@ -41,10 +47,9 @@ def inner_products(x: tf.Tensor, y: tf.Tensor, products: str = "float32") -> tf.
   up to 2⁻⁸ of its size. The backward products G·y and Gᵀ·x stay in x's dtype: only the cost
   matrix is rounded, never the gradient's sums.
   """
+  _check_products(products)
   if products == "float32":
     return tf.matmul(x, y, transpose_b=True)
-  if products != "bfloat16":
-    raise ValueError(f"products must be one of {PRODUCTS}, got {products!r}")
 
   @tf.custom_gradient
   def low(x, y):
@@ -153,11 +158,6 @@ def pairwise_l1(x: tf.Tensor, y: tf.Tensor,
     return value, grad
 
   return _l1(x, y)
-
-
-def _check_products(products: str) -> None:
-  if products not in PRODUCTS:
-    raise ValueError(f"products must be one of {PRODUCTS}, got {products!r}")
 
 
 @dataclasses.dataclass(frozen=True)
