@@ -7,6 +7,7 @@ import os
 import stat
 import uuid
 
+import numpy as np
 import pytest
 import tensorflow as tf
 
@@ -82,3 +83,11 @@ def test_os_error_is_one_line_naming_the_file_and_the_cause():
   denied = PermissionError(errno.EACCES, "Permission denied")
   assert files.os_error(denied, "/data/run") == "/data/run: Permission denied"
   assert files.os_error(OSError(), "/x") == "/x: OSError"
+
+
+def test_json_safe_is_one_rule_and_refuses_what_json_cannot_hold():
+  safe = files.json_safe({"t": (1, np.float32(2.5)), "a": np.array([np.inf, -np.inf]),
+                          "nan": np.float64("nan"), "b": np.bool_(True)})
+  assert safe == {"t": [1, 2.5], "a": ["inf", "-inf"], "nan": None, "b": True}
+  with pytest.raises(TypeError, match="set"):
+    files.json_safe({"x": {1, 2}})

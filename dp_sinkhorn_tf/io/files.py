@@ -168,7 +168,12 @@ def write_text_atomic(target: str, text: str, mode: Optional[int] = None) -> Non
 
 def json_safe(value):
   """JSON-able copy (JSON has no NaN or ∞): numpy scalars and arrays become Python numbers
-  and lists, ±∞ the strings "inf" / "-inf", NaN None."""
+  and lists, tuples lists, ±∞ the strings "inf" / "-inf", NaN None. The one rule for every
+  JSON file the project writes (run directory, eval.json, the export's metadata).
+
+  Raises:
+    TypeError: a value JSON cannot hold (naming it), before anything is written.
+  """
   import math
 
   import numpy as np
@@ -182,7 +187,9 @@ def json_safe(value):
     value = value.item()
   if isinstance(value, float) and not math.isfinite(value):
     return None if math.isnan(value) else ("inf" if value > 0 else "-inf")
-  return value
+  if value is None or isinstance(value, (str, bool, int, float)):
+    return value
+  raise TypeError(f"value {value!r} of type {type(value).__name__} is not JSON-able")
 
 
 def write_json_atomic(target: str, payload: dict) -> None:

@@ -51,7 +51,6 @@ import copy
 import dataclasses
 import datetime
 import json
-import math
 import numbers
 import os
 from typing import Any, Dict, List, Optional
@@ -176,29 +175,11 @@ def next_version(model_dir: str) -> int:
   return versions[-1] + 1 if versions else 1
 
 
-def _jsonable(value: Any) -> Any:
-  """Tuples → lists, numpy → Python, non-finite floats → "inf" / "-inf" / "nan" strings
-  (strict JSON has no such numbers). Raises TypeError for anything else unknown."""
-  if isinstance(value, dict):
-    return {str(k): _jsonable(v) for k, v in value.items()}
-  if isinstance(value, (list, tuple)):
-    return [_jsonable(v) for v in value]
-  if isinstance(value, np.ndarray):
-    return _jsonable(value.tolist())
-  if isinstance(value, np.generic):
-    return _jsonable(value.item())
-  if isinstance(value, float) and not math.isfinite(value):
-    return str(value)
-  if value is None or isinstance(value, (str, bool, int, float)):
-    return value
-  raise TypeError(f"metadata value {value!r} of type {type(value).__name__} is not JSON-able")
-
-
 def build_metadata(module: GeneratorServingModule, model_name: str, version: int,
                    generator_config: dict, metadata: Optional[dict]) -> dict:
   """The passed training metadata plus what the export knows (see _EXPORT_KEYS)."""
   try:
-    out = _jsonable(dict(metadata or {}))
+    out = files.json_safe(dict(metadata or {}))
   except TypeError as e:
     raise ExportError(f"metadata: {e}") from None
   own = {
@@ -207,7 +188,7 @@ def build_metadata(module: GeneratorServingModule, model_name: str, version: int
           timespec="seconds"),
       "dp_sinkhorn_tf_version": __version__, "tensorflow_version": tf.__version__,
       "latent_dim": module.latent_dim, "num_classes": module.num_classes,
-      "image_shape": list(module.image_shape), "generator": _jsonable(generator_config),
+      "image_shape": list(module.image_shape), "generator": files.json_safe(generator_config),
       "signatures": signature_summary(module),
       "latent_distribution": "z ~ U(0, 1) i.i.d., float32 [B, latent_dim]",
       "sample_seed_rule": "z = tf.random.stateless_uniform([B, latent_dim], seed=[seed, 0])",
