@@ -96,7 +96,7 @@ PEERS = ("none", "geomloss")
 # generators.PRECISIONS and costs.PRODUCTS, spelled here so that parsing the flags imports
 # no TensorFlow (bench_test checks that they agree).
 PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
-PRODUCTS = ("float32", "bfloat16")
+PRODUCTS = ("float32", "bfloat16", "bfloat16_all")
 # geomloss cannot hold the l1l2 cost's n × m × d tensor at n = 2000 (out of memory, 24 GB).
 PEER_SKIP = {"cifar_l1l2_n2000"}
 

@@ -106,6 +106,47 @@ def test_bfloat16_products_are_within_their_rounding_bound_and_keep_float32_grad
     np.testing.assert_array_equal(low_grad.numpy(), high_grad.numpy())
 
 
+def test_centred_product_rounds_relative_to_the_spread_not_the_offset():
+  # Points far from 0 (offset 50, spread ±1): a plain bfloat16 product G·z rounds its result
+  # relative to |G·z| ≈ 50·|G1|, so its error swamps the spread; the centred one rounds only
+  # G·(z − z̄) and adds (G1)·z̄ in float32. Bound: inputs 2⁻⁹ each, output 2⁻⁹ of its size.
+  rng = np.random.default_rng(1)
+  g = rng.uniform(0, 1, (40, 30)).astype(np.float32)
+  z = (50.0 + rng.uniform(-1, 1, (30, 200))).astype(np.float32)
+  exact = g.astype(np.float64) @ z.astype(np.float64)
+  centred = costs.centred_product(tf.constant(g), tf.constant(z)).numpy()
+  zc = np.abs(z - z.mean(0, keepdims=True))
+  bound = (2.0**-8 + 2.0**-9) * (np.abs(g) @ zc) + 1e-5 * np.abs(exact)
+  assert np.all(np.abs(centred - exact) <= bound)
+  plain = tf.cast(tf.matmul(tf.cast(g, tf.bfloat16), tf.cast(z, tf.bfloat16)), tf.float32)
+  assert np.abs(plain.numpy() - exact).max() > 10 * np.abs(centred - exact).max()
+  # transpose_g: Gᵀ·z.
+  z2 = (50.0 + rng.uniform(-1, 1, (40, 200))).astype(np.float32)
+  exact_t = g.T.astype(np.float64) @ z2.astype(np.float64)
+  centred_t = costs.centred_product(tf.constant(g), tf.constant(z2), transpose_g=True).numpy()
+  bound_t = ((2.0**-8 + 2.0**-9) * (np.abs(g.T) @ np.abs(z2 - z2.mean(0, keepdims=True)))
+             + 1e-5 * np.abs(exact_t))
+  assert np.all(np.abs(centred_t - exact_t) <= bound_t)
+
+
+def test_bfloat16_all_runs_the_backward_products_centred_in_bfloat16():
+  rng = np.random.default_rng(2)
+  x = tf.constant(rng.uniform(-1, 1, (40, 300)), tf.float32)
+  y = tf.constant(rng.uniform(-1, 1, (30, 300)), tf.float32)
+  upstream = tf.constant(rng.normal(size=(40, 30)), tf.float32)
+  with tf.GradientTape(persistent=True) as tape:
+    tape.watch([x, y])
+    all_low = costs.inner_products(x, y, "bfloat16_all")
+    cost_low = costs.inner_products(x, y, "bfloat16")
+  np.testing.assert_array_equal(all_low.numpy(), cost_low.numpy())  # same forward
+  gx, gy = tape.gradient(all_low, [x, y], upstream)
+  np.testing.assert_allclose(gx.numpy(), costs.centred_product(upstream, y).numpy())
+  np.testing.assert_allclose(gy.numpy(),
+                             costs.centred_product(upstream, x, transpose_g=True).numpy())
+  exact_x = upstream.numpy().astype(np.float64) @ y.numpy()
+  assert 0 < np.abs(gx.numpy() - exact_x).max() <= 2e-2 * np.abs(exact_x).max()
+
+
 def test_products_name_is_checked():
   with pytest.raises(ValueError, match="products"):
     costs.make_cost("l2", products="float16")

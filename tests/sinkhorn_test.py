@@ -429,6 +429,8 @@ def test_bfloat16_products_keep_the_loss_within_1e_3(seed, cost_name, lam, scali
       loss, _ = sinkhorn.semi_debiased_loss(x, y, n, costs.make_cost(cost_name,
                                                                      products=products), config)
     out[products] = (float(loss), tape.gradient(loss, x).numpy())
-  (value, grad), (low_value, low_grad) = out["float32"], out["bfloat16"]
-  assert abs(low_value - value) <= 1e-3 * abs(value)
-  assert np.linalg.norm(low_grad - grad) <= grad_tol * np.linalg.norm(grad)
+  value, grad = out["float32"]
+  for products in ("bfloat16", "bfloat16_all"):  # bfloat16_all adds ~0.1 % at λ = 50
+    low_value, low_grad = out[products]
+    assert abs(low_value - value) <= 1e-3 * abs(value)
+    assert np.linalg.norm(low_grad - grad) <= grad_tol * np.linalg.norm(grad)

@@ -29,13 +29,37 @@ def _check_pair(x: tf.Tensor, y: tf.Tensor) -> None:
     raise ValueError(f"cost: x and y need the same dim, got {x.shape[1]} and {y.shape[1]}")
 
 
-PRODUCTS = ("float32", "bfloat16")
+# "bfloat16": the cost matrices' ⟨x, y⟩ in bfloat16; "bfloat16_all": the gradient's plan
+# products too (`inner_products`).
+PRODUCTS = ("float32", "bfloat16", "bfloat16_all")
 
 
 def _check_products(products: str) -> None:
   if products not in PRODUCTS:
     raise ValueError(f"products must be one of {PRODUCTS}, got {products!r}")
 
+
+def _bf16_matmul(a: tf.Tensor, b: tf.Tensor, out_dtype: tf.DType, **kwargs) -> tf.Tensor:
+  """a·b with both factors rounded to bfloat16, the result (rounded to bfloat16 by
+  TensorFlow's CPU kernel, which has no float32 output for it) cast to out_dtype."""
+  return tf.cast(tf.matmul(tf.cast(a, tf.bfloat16), tf.cast(b, tf.bfloat16), **kwargs),
+                 out_dtype)
+
+
+def centred_product(g: tf.Tensor, z: tf.Tensor, transpose_g: bool = False) -> tf.Tensor:
+  """G·z = G·(z − z̄) + (G·1) ⊗ z̄ with the first product in bfloat16 (z̄ = mean row of z).
+
+  The rounding of a bfloat16 product is relative to its result. In the gradient of
+  ‖x‖² + ‖y‖² − 2⟨x, y⟩ w.r.t. x, 2·(diag(G1)·x − G·y), the two terms are of the size of the
+  points and their difference of the size of x_i minus its barycentre; centring y first
+  makes the rounded product of that size too, so its error is relative to the spread of
+  the points rather than to their offset from 0. The row sums and the mean stay in z's
+  dtype. With transpose_g, Gᵀ·z.
+  """
+  mean = tf.reduce_mean(z, axis=0, keepdims=True)
+  mass = tf.reduce_sum(g, axis=0 if transpose_g else 1)[:, tf.newaxis]
+  return (_bf16_matmul(g, z - mean, z.dtype, transpose_a=transpose_g)
+          + tf.cast(mass, z.dtype) * mean)
 
 
 def inner_products(x: tf.Tensor, y: tf.Tensor, products: str = "float32") -> tf.Tensor:
@@ -45,7 +69,9 @@ def inner_products(x: tf.Tensor, y: tf.Tensor, products: str = "float32") -> tf.
   AVX-512-BF16 units of recent CPUs run it 2–3.4× faster) and rounds the result to bfloat16
   (TensorFlow's CPU kernel has no float32 output for bfloat16 inputs): each entry is off by
   up to 2⁻⁸ of its size. The backward products G·y and Gᵀ·x stay in x's dtype: only the cost
-  matrix is rounded, never the gradient's sums.
+  matrix is rounded, never the gradient's sums. products="bfloat16_all" runs the backward
+  products in bfloat16 too, on centred factors (`centred_product`): all of the loss's
+  n×m×d work on the bfloat16 units.
   """
   _check_products(products)
   if products == "float32":
@@ -53,10 +79,11 @@ def inner_products(x: tf.Tensor, y: tf.Tensor, products: str = "float32") -> tf.
 
   @tf.custom_gradient
   def low(x, y):
-    value = tf.cast(tf.matmul(tf.cast(x, tf.bfloat16), tf.cast(y, tf.bfloat16),
-                              transpose_b=True), x.dtype)
+    value = _bf16_matmul(x, y, x.dtype, transpose_b=True)
 
     def grad(upstream):
+      if products == "bfloat16_all":
+        return centred_product(upstream, y), centred_product(upstream, x, transpose_g=True)
       return tf.matmul(upstream, y), tf.matmul(upstream, x, transpose_a=True)
 
     return value, grad
@@ -70,8 +97,8 @@ def squared_euclidean(x: tf.Tensor, y: tf.Tensor, products: str = "float32") -> 
   Args:
     x: [n, d] float.
     y: [m, d] float, same dtype.
-    products: "float32" or "bfloat16", the format of the ⟨x_i, y_j⟩ matmul
-      (`inner_products`); the norms and the gradient stay in x's dtype.
+    products: one of PRODUCTS, the format of the ⟨x_i, y_j⟩ matmul and (bfloat16_all) of
+      its backward products (`inner_products`); the norms stay in x's dtype.
 
   Returns:
     [n, m] float. Its gradient w.r.t. x for an upstream G is 2·(diag(G1)·x − G·y): one
