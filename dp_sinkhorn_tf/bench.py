@@ -95,7 +95,7 @@ def product_floor_ms(x, y, n: int, repeats: int) -> float:
 PEERS = ("none", "geomloss")
 # generators.PRECISIONS and costs.PRODUCTS, spelled here so that parsing the flags imports
 # no TensorFlow (bench_test checks that they agree).
-PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
+PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16", "bfloat16_convs")
 PRODUCTS = ("float32", "bfloat16", "bfloat16_all")
 # geomloss cannot hold the l1l2 cost's n × m × d tensor at n = 2000 (out of memory, 24 GB).
 PEER_SKIP = {"cifar_l1l2_n2000"}
@@ -236,8 +236,10 @@ flags.DEFINE_integer("rounds", 3, "Interleaved rounds (fresh processes) with --p
                      "--precision=compare.", lower_bound=1, flag_values=FLAGS)
 flags.DEFINE_enum("precision", "flagfile", ["flagfile", *PRECISIONS, "compare"],
                   "train suite: the generator's policy (flagfile: the flagfile's --precision); "
-                  "compare: float32 and mixed_bfloat16 interleaved, both medians and the "
+                  "compare: float32 and --compare_with interleaved, both medians and the "
                   "speed-up in one line.", flag_values=FLAGS)
+flags.DEFINE_enum("compare_with", "mixed_bfloat16", [p for p in PRECISIONS if p != "float32"],
+                  "--precision=compare: the policy timed against float32.", flag_values=FLAGS)
 flags.DEFINE_string("peer_python", None, "Interpreter that has the peer installed (default: "
                     "this one; e.g. a venv with torch + geomloss).", flag_values=FLAGS)
 flags.DEFINE_integer("num_devices", None, "train suite, --strategy=mirrored: devices (logical "
@@ -265,7 +267,7 @@ def run(f, suite: str) -> int:
         continue
       result = _interleaved(name, f)
     elif kind == "train" and f.precision == "compare":
-      result = _precision_compare(name, f)
+      result = _precision_compare(name, f, f.compare_with)
     else:
       result = _run_in_child(kind, name, f.repeats, f.jit, f.strategy, f.num_devices,
                              precision=f.precision, products=f.products,
@@ -295,7 +297,7 @@ def _interleaved(name: str, f) -> dict:
           "repeats": f.repeats, "target": "ratio <= 0.5"}
 
 
-def _precision_compare(name: str, f, low: str = "mixed_bfloat16") -> dict:
+def _precision_compare(name: str, f, low: str) -> dict:
   """The train step in float32 and under `low`, alternating fresh processes f.rounds times:
   medians of the step and its generator part, and the speed-ups (float32 / low)."""
   runs = {"float32": [], low: []}

@@ -168,3 +168,26 @@ def test_clip_head_is_in_range_and_passes_gradients_where_tanh_saturates(arch):
   assert tape.gradient(saturated, x).numpy()[0, 0] == pytest.approx(0.009866, rel=1e-3)
   out = gen([tf.random.uniform([5, 4]) * 50, tf.range(5)], training=False).numpy()
   assert out.min() >= -1.0 and out.max() <= 1.0
+
+
+@pytest.mark.parametrize("arch", generators.ARCHITECTURES)
+def test_bfloat16_convs_lowers_every_convolution_and_nothing_else(arch):
+  gen = generators.make_generator(arch, (16, 16, 3), 10, hidden=8, precision="bfloat16_convs")
+  layers = list(gen._flatten_layers(include_self=False))
+  convs = [c for c in layers if isinstance(c, tf.keras.layers.Conv2D)]  # ConvT included
+  others = [o for o in layers if o not in convs and o.trainable_weights]
+  assert convs and all(c.compute_dtype == tf.bfloat16 for c in convs)
+  assert others and all(o.compute_dtype == tf.float32 for o in others)
+  assert all(v.dtype == tf.float32 for v in gen.variables)
+  assert generators.precision_of(gen) == "bfloat16_convs"
+  # The same weights in float32 give the same images up to bfloat16 rounding.
+  ref = generators.make_generator(arch, (16, 16, 3), 10, hidden=8)
+  for a, b in zip(ref.variables, gen.variables):
+    a.assign(b)
+  inputs = [generators.sample_latent(6, gen.latent_dim, 0), tf.range(6)]
+  low, high = gen(inputs, training=True), ref(inputs, training=True)
+  assert low.dtype == tf.float32
+  assert 0 < np.abs(low.numpy() - high.numpy()).max() < 0.1
+  # Building one leaves Keras's global policy and later layers alone.
+  assert tf.keras.mixed_precision.global_policy().name == "float32"
+  assert tf.keras.layers.Conv2D(2, 1).dtype_policy.name == "float32"

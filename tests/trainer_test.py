@@ -12,6 +12,7 @@ import tensorflow_datasets as tfds
 
 from dp_sinkhorn_tf.data import datasets
 from dp_sinkhorn_tf.io import rundir
+from dp_sinkhorn_tf.models import generators
 from dp_sinkhorn_tf.privacy import accounting, gaussian, keys, sampling
 from dp_sinkhorn_tf.train import config as config_lib
 from dp_sinkhorn_tf.train import summaries, train_lib, trainer
@@ -92,7 +93,8 @@ class _ZeroMechanism:
     return tf.zeros_like(grad), gaussian.MechanismInfo(zero, zero, zero)
 
 
-@pytest.mark.parametrize("precision", ["float32", "mixed_bfloat16", "mixed_float16"])
+@pytest.mark.parametrize("precision", ["float32", "mixed_bfloat16", "mixed_float16",
+                                       "bfloat16_convs"])
 def test_no_leak_zero_release_leaves_weights_unmoved(precision):
   model = build_model(tiny_config(model=config_lib.ModelConfig(
       "dcgan", latent_dim=4, embed_dim=2, hidden=4, precision=precision)))
@@ -143,12 +145,19 @@ def _precision_config(precision, dp=True):
   return tiny_config(model=model, privacy=privacy, steps=None if dp else 5)
 
 
-@pytest.mark.parametrize("precision,compute", [("mixed_bfloat16", tf.bfloat16),
-                                               ("mixed_float16", tf.float16)])
-def test_mixed_precision_lowers_the_generator_and_never_the_mechanism(precision, compute):
+@pytest.mark.parametrize("precision,compute,norm_compute", [
+    ("mixed_bfloat16", tf.bfloat16, tf.bfloat16), ("mixed_float16", tf.float16, tf.float16),
+    ("bfloat16_convs", tf.bfloat16, tf.float32)])
+def test_mixed_precision_lowers_the_generator_and_never_the_mechanism(precision, compute,
+                                                                      norm_compute):
   model = build_model(_precision_config(precision))
   gen = model.generator
   assert gen.blocks[0].convs[0].compute_dtype == compute
+  assert gen.to_image.compute_dtype == compute
+  # bfloat16_convs: only the convolutions are lowered; BN and the dense projection are not.
+  assert gen.blocks[0].norms[0].compute_dtype == norm_compute
+  assert gen.project.compute_dtype == norm_compute
+  assert generators.precision_of(gen) == precision
   assert all(v.dtype == tf.float32 for v in gen.variables)
   spy = _SpyMechanism(model.mechanism)
   model.mechanism = spy
@@ -158,7 +167,8 @@ def test_mixed_precision_lowers_the_generator_and_never_the_mechanism(precision,
   assert all(np.all(np.isfinite(v.numpy())) for v in gen.variables)
 
 
-@pytest.mark.parametrize("precision,rtol", [("mixed_bfloat16", 0.08), ("mixed_float16", 0.04)])
+@pytest.mark.parametrize("precision,rtol", [("mixed_bfloat16", 0.08), ("mixed_float16", 0.04),
+                                            ("bfloat16_convs", 0.08)])
 def test_mixed_precision_gradients_match_float32(precision, rtol):
   # Same weights, same step: the parameter gradients agree to the format's precision (the
   # bfloat16 mantissa has 8 bits, float16's 11; measured 2–3 % through BN, Sinkhorn and
@@ -190,12 +200,15 @@ def test_mixed_float16_is_refused_where_loss_scaling_would_see_private_data():
               privacy=config_lib.PrivacyConfig(mechanism="param_grad", noise_multiplier=1.0))
 
 
-def test_a_mixed_precision_generator_is_exported_as_float32_with_its_weights():
-  cfg = _precision_config("mixed_bfloat16")
+@pytest.mark.parametrize("precision", ["mixed_bfloat16", "bfloat16_convs"])
+def test_a_mixed_precision_generator_is_exported_as_float32_with_its_weights(precision):
+  # bfloat16_convs has a float32 model policy: the copy must still be made (precision_of).
+  cfg = _precision_config(precision)
   model = build_model(cfg)
   copy = trainer.local_copy(cfg, model.generator)
   assert copy is not model.generator
   assert copy.blocks[0].convs[0].compute_dtype == tf.float32
+  assert copy.to_image.compute_dtype == tf.float32
   for a, b in zip(copy.variables, model.generator.variables):
     np.testing.assert_array_equal(a.numpy(), b.numpy())
   z, labels = model.latent_batch(tf.constant(0, tf.int64))

@@ -85,7 +85,8 @@ class LossConfig:
   class_matching: bool = False
   # Format of the cost matrices' ⟨x, y⟩ products (costs.inner_products): "bfloat16" is
   # 2–3× faster on AMX CPUs; the value stays within 1e-3, the gradient within ~0.4 % at
-  # λ = 50 (CIFAR / CelebA) but ~11 % at λ = 0.05, where the plan is sharp.
+  # λ = 50 (CIFAR / CelebA) but ~11 % at λ = 0.05, where the plan is sharp; "bfloat16_all"
+  # also runs the gradient's plan products in bfloat16 (~0.5 % at λ = 50).
   products: str = "float32"
 
   def __post_init__(self):
@@ -195,6 +196,9 @@ class RunConfig:
   num_devices: Optional[int] = None
   # A run whose budget is spent and whose outputs exist: "fail" (exit 1) or "skip" (exit 0).
   if_finished: str = "fail"
+  # TensorFlow's inter-op thread pool (0: TensorFlow's choice, one per core). 1 stops
+  # independent ops from oversubscribing a small CPU (distribute.configure_threads).
+  inter_op_threads: int = 0
 
   def __post_init__(self):
     _require(bool(self.workdir), "workdir", "a directory path", self.workdir)
@@ -207,6 +211,8 @@ class RunConfig:
              "unset together with --privacy_key_file (one key source)", self.insecure_fixed_key)
     for name in ("log_every", "sample_every", "checkpoint_every", "keep_checkpoints"):
       _require(getattr(self, name) >= 1, name, "an integer ≥ 1", getattr(self, name))
+    _require(self.inter_op_threads >= 0, "inter_op_threads", "an integer ≥ 0 (0: "
+             "TensorFlow's choice)", self.inter_op_threads)
 
 
 @dataclasses.dataclass(frozen=True)

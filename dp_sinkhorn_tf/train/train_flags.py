@@ -34,7 +34,9 @@ flags.DEFINE_enum("output", "tanh", list(config_lib.OUTPUTS),
                   "[-1, 1] whose gradient never vanishes (noise cannot freeze saturated pixels).")
 flags.DEFINE_enum("precision", "float32", list(config_lib.PRECISIONS),
                   "The generator's Keras mixed-precision policy: mixed_bfloat16 for CPUs with "
-                  "AMX / AVX-512-BF16 and TPUs, mixed_float16 (with loss scaling) for GPUs. "
+                  "AMX / AVX-512-BF16 and TPUs, mixed_float16 (with loss scaling) for GPUs, "
+                  "bfloat16_convs (only the convolutions in bfloat16) for such CPUs when "
+                  "BatchNorm and activations are a large part of the generator. "
                   "Weights, the Sinkhorn loss, the clip, the noise and the accountant stay "
                   "float32; export, sample and evaluate rebuild the generator in float32.")
 # Loss.
@@ -57,7 +59,9 @@ flags.DEFINE_bool("class_matching", False,
 flags.DEFINE_enum("sinkhorn_products", "float32", list(config_lib.PRODUCTS),
                   "Format of the ⟨x, y⟩ matmul of the cost matrices: bfloat16 is 2–3x faster "
                   "on CPUs with AMX; the loss stays within 1e-3, its gradient within ~0.4% at "
-                  "λ=50 (cifar, celeba) but ~11% at λ=0.05. Gradient sums stay float32.")
+                  "λ=50 (cifar, celeba) but ~11% at λ=0.05. Gradient sums stay float32; "
+                  "bfloat16_all rounds them too (centred; +0.1% at λ=50): the whole loss "
+                  "on the bfloat16 units.")
 flags.DEFINE_bool("sinkhorn_jit", True, "Compile the Sinkhorn loss and its image gradient with "
                   "XLA (real batch padded to power-of-two buckets): 3–15× faster for batches "
                   "up to ~50 on CPU, slower for batches of ~1000.")
@@ -123,6 +127,9 @@ flags.DEFINE_enum("strategy", "default", list(config_lib.STRATEGIES),
 flags.DEFINE_integer("num_devices", None, "Devices for --strategy=mirrored (unset: every "
                      "GPU). Without GPUs the CPU is split into this many logical devices "
                      "(tests, overhead benchmarks: no speed-up on one CPU).")
+flags.DEFINE_integer("inter_op_threads", 0, "TensorFlow's inter-op threads (0: its choice, "
+                     "one per core). 1 keeps independent ops from oversubscribing a small "
+                     "CPU: the paper's Fashion-MNIST step on 2 cores ran ~10 ms faster.")
 flags.DEFINE_integer("log_every", 10, "Steps between progress / TensorBoard scalars.")
 flags.DEFINE_integer("sample_every", 500, "Steps between sample grids.")
 flags.DEFINE_integer("checkpoint_every", 200, "Steps between checkpoints (and ledger writes).")
@@ -161,7 +168,7 @@ def config_from_flags(f) -> config_lib.TrainConfig:
       run=config_lib.RunConfig(f.workdir, f.seed, f.log_every, f.sample_every,
                                f.checkpoint_every, f.keep_checkpoints, f.export, f.model_name,
                                f.privacy_key_file, f.insecure_fixed_key, f.strategy,
-                               f.num_devices, f.if_finished),
+                               f.num_devices, f.if_finished, f.inter_op_threads),
       fake_batch_size=f.fake_batch_size)
 
 
