@@ -144,29 +144,6 @@ def test_param_grad_is_refused_under_a_strategy():
                            run=config_lib.RunConfig(strategy="mirrored", num_devices=2))
 
 
-THREADS = r"""
-from dp_sinkhorn_tf.train import distribute
-distribute.configure_threads(1)   # before any TF op: applied
-import tensorflow as tf
-tf.constant(1.0) + 1.0
-distribute.configure_threads(1)   # the same size again once running: accepted
-try:
-  distribute.configure_threads(3)
-except ValueError as e:
-  print("refused:", e)
-print("threads:", tf.config.threading.get_inter_op_parallelism_threads())
-"""
-
-
-def test_inter_op_threads_are_set_before_tf_starts_and_a_late_change_is_refused():
-  out = subprocess.run([sys.executable, "-c", THREADS], cwd=ROOT, capture_output=True,
-                       text=True, timeout=300, check=True).stdout
-  assert "threads: 1" in out
-  assert "refused: --inter_op_threads=3: TensorFlow already runs with 1" in out
-  with pytest.raises(ValueError, match="--inter_op_threads"):
-    config_lib.RunConfig(inter_op_threads=-1)
-
-
 # ---- multi-worker: two processes on localhost ports ---------------------------------------
 
 def _free_ports(count):

@@ -44,7 +44,6 @@ def _error_lines(stderr: str):
     (["--alpha_c=inf"], "--alpha_c"),
     (["--sinkhorn_threshold=nan"], "--sinkhorn_threshold"),
     (["--precision=float16"], "precision"),
-    (["--inter_op_threads=-2"], "--inter_op_threads"),
     (["--precision=mixed_float16", "--mechanism=param_grad"], "--precision"),
 ])
 def test_bad_flag_values_give_one_line_naming_the_flag(tmp_path, args, flag):

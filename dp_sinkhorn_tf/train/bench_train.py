@@ -63,10 +63,9 @@ def run(name: str, repeats: int, strategy: str = "default",
   from dp_sinkhorn_tf.release import export_lib
   from dp_sinkhorn_tf.train import distribute, trainer
 
+  distribute.configure_devices(strategy, num_devices)  # before any TF op
   flagfile, size = CONFIGS[name]
   cfg, _ = export_lib.parse_flags_file(cli.find_flagfile(flagfile))
-  distribute.configure_threads(cfg.run.inter_op_threads)  # before any TF op
-  distribute.configure_devices(strategy, num_devices)
   if precision is not None:
     cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, precision=precision))
   shape = export_lib.DATASET_IMAGE_SHAPES[cfg.data.dataset]
@@ -124,7 +123,6 @@ def run(name: str, repeats: int, strategy: str = "default",
   return {
       "config": name, "flagfile": flagfile, "strategy": strategy,
       "precision": cfg.model.precision,
-      "inter_op_threads": tf.config.threading.get_inter_op_parallelism_threads(),
       "replicas": dist.num_replicas_in_sync, "step_ms": step_ms, "generator_ms": generator_ms,
       "sinkhorn_ms": sinkhorn_ms,
       "overhead_ms": round(step_ms - generator_ms - sinkhorn_ms, 2),

@@ -196,9 +196,6 @@ class RunConfig:
   num_devices: Optional[int] = None
   # A run whose budget is spent and whose outputs exist: "fail" (exit 1) or "skip" (exit 0).
   if_finished: str = "fail"
-  # TensorFlow's inter-op thread pool (0: TensorFlow's choice, one per core). 1 stops
-  # independent ops from oversubscribing a small CPU (distribute.configure_threads).
-  inter_op_threads: int = 0
 
   def __post_init__(self):
     _require(bool(self.workdir), "workdir", "a directory path", self.workdir)
@@ -211,8 +208,6 @@ class RunConfig:
              "unset together with --privacy_key_file (one key source)", self.insecure_fixed_key)
     for name in ("log_every", "sample_every", "checkpoint_every", "keep_checkpoints"):
       _require(getattr(self, name) >= 1, name, "an integer ≥ 1", getattr(self, name))
-    _require(self.inter_op_threads >= 0, "inter_op_threads", "an integer ≥ 0 (0: "
-             "TensorFlow's choice)", self.inter_op_threads)
 
 
 @dataclasses.dataclass(frozen=True)

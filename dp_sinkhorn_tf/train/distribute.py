@@ -61,21 +61,6 @@ def configure_devices(strategy: str, num_devices: Optional[int]) -> None:
           from None
 
 
-def configure_threads(inter_op_threads: int) -> None:
-  """Before TF's runtime starts: its inter-op pool size (0 leaves TF's default). Raises
-  ValueError if the runtime already runs with another size."""
-  if not inter_op_threads:
-    return
-  try:
-    tf.config.threading.set_inter_op_parallelism_threads(inter_op_threads)
-  except RuntimeError:
-    have = tf.config.threading.get_inter_op_parallelism_threads()
-    if have != inter_op_threads:
-      raise ValueError(f"--inter_op_threads={inter_op_threads}: TensorFlow already runs "
-                       f"with {have or 'its default'} in this process; set it before any "
-                       "TensorFlow work") from None
-
-
 def make_strategy(strategy: str, num_devices: Optional[int]) -> tf.distribute.Strategy:
   """The default strategy, or MirroredStrategy over the first num_devices GPUs (all when
   None), or over num_devices logical CPUs on a host without GPUs."""

@@ -127,9 +127,6 @@ flags.DEFINE_enum("strategy", "default", list(config_lib.STRATEGIES),
 flags.DEFINE_integer("num_devices", None, "Devices for --strategy=mirrored (unset: every "
                      "GPU). Without GPUs the CPU is split into this many logical devices "
                      "(tests, overhead benchmarks: no speed-up on one CPU).")
-flags.DEFINE_integer("inter_op_threads", 0, "TensorFlow's inter-op threads (0: its choice, "
-                     "one per core). 1 keeps independent ops from oversubscribing a small "
-                     "CPU: the paper's Fashion-MNIST step on 2 cores ran ~10 ms faster.")
 flags.DEFINE_integer("log_every", 10, "Steps between progress / TensorBoard scalars.")
 flags.DEFINE_integer("sample_every", 500, "Steps between sample grids.")
 flags.DEFINE_integer("checkpoint_every", 200, "Steps between checkpoints (and ledger writes).")
@@ -168,7 +165,7 @@ def config_from_flags(f) -> config_lib.TrainConfig:
       run=config_lib.RunConfig(f.workdir, f.seed, f.log_every, f.sample_every,
                                f.checkpoint_every, f.keep_checkpoints, f.export, f.model_name,
                                f.privacy_key_file, f.insecure_fixed_key, f.strategy,
-                               f.num_devices, f.if_finished, f.inter_op_threads),
+                               f.num_devices, f.if_finished),
       fake_batch_size=f.fake_batch_size)
 
 

@@ -168,8 +168,7 @@ def run(cfg: config_lib.TrainConfig, flags_text: str = "", dataset=None) -> int:
     RunError: bad input (code 2) or a run that failed (code 1); one line, naming the flag
       or file; the ledger and the last good checkpoint are intact."""
   try:
-    distribute.configure_threads(cfg.run.inter_op_threads)  # before any TF op
-    distribute.configure_devices(cfg.run.strategy, cfg.run.num_devices)
+    distribute.configure_devices(cfg.run.strategy, cfg.run.num_devices)  # before any TF op
     distribute.check_divisible(cfg.num_generated, distribute.make_strategy(
         cfg.run.strategy, cfg.run.num_devices).num_replicas_in_sync)
     if dataset is None:
