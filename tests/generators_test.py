@@ -174,7 +174,8 @@ def test_clip_head_is_in_range_and_passes_gradients_where_tanh_saturates(arch):
 def test_bfloat16_convs_lowers_every_convolution_and_nothing_else(arch):
   gen = generators.make_generator(arch, (16, 16, 3), 10, hidden=8, precision="bfloat16_convs")
   layers = list(gen._flatten_layers(include_self=False))
-  convs = [c for c in layers if isinstance(c, tf.keras.layers.Conv2D)]  # ConvT included
+  convs = ([*gen.dense, gen.to_image] if arch == "mlp"  # the MLP's products are its layers
+           else [c for c in layers if isinstance(c, tf.keras.layers.Conv2D)])  # ConvT too
   others = [o for o in layers if o not in convs and o.trainable_weights]
   assert convs and all(c.compute_dtype == tf.bfloat16 for c in convs)
   assert others and all(o.compute_dtype == tf.float32 for o in others)

@@ -26,12 +26,14 @@ shape comes from `image_shape` alone (no dataset names): k = `num_upsamplings(im
   up-blocks, each followed by (depth − 1) residual blocks at the same resolution, all with
   class-conditional BatchNorm BN(x)·(1 + γ(h)) + β(h) (BigGAN's shared embedding
   concatenated with z; no spectral norm) → BN → ReLU → Conv 3×3 to C → crop → tanh.
+* `MLPGenerator` (no convolutions: every layer a matmul): h → depth × [Dense(hidden) → BN →
+  LeakyReLU(0.2)] → Dense(H·W·C) → reshape → tanh; here `hidden` counts units, not channels.
 
 Precision. `precision` = "float32" | "mixed_bfloat16" | "mixed_float16" builds every layer
 under that Keras policy: variables stay float32, the layers compute in bfloat16 / float16
 (bfloat16 runs on the AMX / AVX-512-BF16 units of recent CPUs and on TPUs; float16 on GPUs,
 with loss scaling in the optimizer). "bfloat16_convs" puts only the convolutions (Conv2D,
-Conv2DTranspose) under mixed_bfloat16 and keeps BatchNorm, the activations and the dense
+Conv2DTranspose; the MLP's dense layers) under mixed_bfloat16 and keeps BatchNorm, the activations and the dense
 layers in float32: on a CPU the products run on the bfloat16 units while the elementwise
 work, which CPUs without native bfloat16 arithmetic emulate, stays float32 (the paper's
 DCGAN, forward + backward at batch 70: 57 ms against 75–80 float32 and 65–77
@@ -54,7 +56,7 @@ from typing import List, Sequence, Tuple, Union
 
 import tensorflow as tf
 
-ARCHITECTURES = ("dcgan", "biggan")
+ARCHITECTURES = ("dcgan", "biggan", "mlp")
 OUTPUTS = ("tanh", "clip")
 PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16", "bfloat16_convs")
 # The policy of the convolution layers being created: None (the global policy) except under
@@ -263,6 +265,30 @@ class BigGANGenerator(_ConditionalGenerator):
     return self.to_output(self.to_image(x))
 
 
+# ---- MLP ----------------------------------------------------------------------------------
+
+class MLPGenerator(_ConditionalGenerator):
+  """Fully connected conditional generator (see the module docstring)."""
+
+  def __init__(self, image_shape: Sequence[int], num_classes: int, latent_dim: int = 16,
+               embed_dim: int = 8, hidden: int = 256, depth: int = 2, output: str = "tanh",
+               **kwargs):
+    super().__init__(image_shape, num_classes, latent_dim, embed_dim, hidden, depth, output,
+                     **kwargs)
+    L = tf.keras.layers
+    self.dense = [L.Dense(self.hidden, use_bias=False, dtype=_conv_policy())
+                  for _ in range(self.depth)]
+    self.norms = [batch_norm() for _ in self.dense]
+    self.to_image = L.Dense(math.prod(self.image_shape), dtype=_conv_policy())
+    self.reshape = L.Reshape(self.image_shape)
+
+  def call(self, inputs, training: bool = False) -> tf.Tensor:
+    x = self.condition(inputs)
+    for dense, norm in zip(self.dense, self.norms):
+      x = tf.nn.leaky_relu(norm(dense(x), training=training), LEAKY_SLOPE)
+    return self.to_output(self.reshape(self.to_image(x)))
+
+
 # ---- factory and noise --------------------------------------------------------------------
 
 def _check_positive_int(name: str, value, minimum: int = 1) -> None:
@@ -285,8 +311,9 @@ def make_generator(architecture: str, image_shape: Sequence[int], num_classes: i
                    precision: str = "float32") -> _ConditionalGenerator:
   """A built generator (variables exist) for `image_shape` = (H, W, C).
 
-  architecture: "dcgan" | "biggan"; hidden: channels at the finest resolution (doubling per
-  coarser level); depth ≥ 1: conv (DCGAN) or residual (BigGAN) blocks per resolution;
+  architecture: "dcgan" | "biggan" | "mlp"; hidden: channels at the finest resolution
+  (doubling per coarser level), or the MLP's units per layer; depth ≥ 1: conv (DCGAN) or
+  residual (BigGAN) blocks per resolution, or the MLP's hidden layers;
   output: "tanh" | "clip"; precision: one of PRECISIONS, the Keras mixed-precision policy of
   every layer (see the module docstring).
   Raises ValueError naming the bad argument.
@@ -299,7 +326,7 @@ def make_generator(architecture: str, image_shape: Sequence[int], num_classes: i
     _check_positive_int(name, value)
   if precision not in PRECISIONS:
     raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
-  cls = DCGANGenerator if architecture == "dcgan" else BigGANGenerator
+  cls = {"dcgan": DCGANGenerator, "biggan": BigGANGenerator, "mlp": MLPGenerator}[architecture]
   with policy_scope(precision):
     gen = cls(tuple(image_shape), num_classes, latent_dim=latent_dim, embed_dim=embed_dim,
               hidden=hidden, depth=depth, output=output, name=f"{architecture}_generator")

@@ -12,7 +12,7 @@ from dp_sinkhorn_tf.models import generators
 from dp_sinkhorn_tf.privacy import mechanisms
 from dp_sinkhorn_tf.transport import costs, sinkhorn
 
-ARCHITECTURES = ("dcgan", "biggan")
+ARCHITECTURES = generators.ARCHITECTURES
 OUTPUTS = ("tanh", "clip")
 PRECISIONS = generators.PRECISIONS
 MECHANISMS = tuple(mechanisms.MECHANISMS)

@@ -27,7 +27,8 @@ flags.DEFINE_string("idx_dir", None, "Folder with the original MNIST / Fashion-M
 flags.DEFINE_enum("architecture", "dcgan", list(config_lib.ARCHITECTURES), "Generator family.")
 flags.DEFINE_integer("latent_dim", 16, "Dimension of z ~ U(0,1).")
 flags.DEFINE_integer("embed_dim", 8, "Label embedding size.")
-flags.DEFINE_integer("hidden", 64, "Generator width (channels of the last block).")
+flags.DEFINE_integer("hidden", 64, "Generator width (channels of the last block; units per "
+                     "layer for --architecture=mlp).")
 flags.DEFINE_integer("depth", 1, "Convolution blocks per resolution.")
 flags.DEFINE_enum("output", "tanh", list(config_lib.OUTPUTS),
                   "Generator output head: tanh (the paper) or clip, a straight-through clip to "
