@@ -33,9 +33,10 @@ Precision. `precision` = "float32" | "mixed_bfloat16" | "mixed_float16" builds e
 under that Keras policy: variables stay float32, the layers compute in bfloat16 / float16
 (bfloat16 runs on the AMX / AVX-512-BF16 units of recent CPUs and on TPUs; float16 on GPUs,
 with loss scaling in the optimizer). "bfloat16_convs" puts only the convolutions (Conv2D,
-Conv2DTranspose; the MLP's dense layers) under mixed_bfloat16 and keeps BatchNorm, the activations and the dense
-layers in float32: on a CPU the products run on the bfloat16 units while the elementwise
-work, which CPUs without native bfloat16 arithmetic emulate, stays float32 (the paper's
+Conv2DTranspose; for the MLP, its dense layers) under mixed_bfloat16 and keeps BatchNorm,
+the activations and the conv generators' dense layers in float32: on a CPU the products run
+on the bfloat16 units while the elementwise work, which CPUs without native bfloat16
+arithmetic emulate, stays float32 (the paper's
 DCGAN, forward + backward at batch 70: 57 ms against 75–80 float32 and 65–77
 mixed_bfloat16). The interface does not change: the condition and the output are float32
 (the output is cast before its head), so the loss, the released gradient and the privacy

@@ -29,7 +29,8 @@ flags.DEFINE_integer("latent_dim", 16, "Dimension of z ~ U(0,1).")
 flags.DEFINE_integer("embed_dim", 8, "Label embedding size.")
 flags.DEFINE_integer("hidden", 64, "Generator width (channels of the last block; units per "
                      "layer for --architecture=mlp).")
-flags.DEFINE_integer("depth", 1, "Convolution blocks per resolution.")
+flags.DEFINE_integer("depth", 1, "Convolution blocks per resolution (hidden layers for "
+                     "--architecture=mlp).")
 flags.DEFINE_enum("output", "tanh", list(config_lib.OUTPUTS),
                   "Generator output head: tanh (the paper) or clip, a straight-through clip to "
                   "[-1, 1] whose gradient never vanishes (noise cannot freeze saturated pixels).")
