@@ -36,11 +36,10 @@ with loss scaling in the optimizer). "bfloat16_convs" puts only the convolutions
 Conv2DTranspose; for the MLP, its dense layers) under mixed_bfloat16 and keeps BatchNorm,
 the activations and the conv generators' dense layers in float32: on a CPU the products run
 on the bfloat16 units while the elementwise work, which CPUs without native bfloat16
-arithmetic emulate, stays float32 (the paper's
-DCGAN, forward + backward at batch 70: 57 ms against 75–80 float32 and 65–77
-mixed_bfloat16). The interface does not change: the condition and the output are float32
-(the output is cast before its head), so the loss, the released gradient and the privacy
-mechanism downstream never see a low-precision tensor.
+arithmetic emulate, stays float32 (the paper's DCGAN, forward + backward at batch 70:
+57 ms against 75–80 float32 and 65–77 mixed_bfloat16). The interface does not change: the
+condition and the output are float32 (the output is cast before its head), so the loss,
+the released gradient and the privacy mechanism downstream never see a low-precision tensor.
 
 BatchNorm. The trainer calls the generator with training=True: BN normalises with the
 statistics of the generated batch and updates its moving averages. That batch holds generated
