@@ -13,7 +13,7 @@ from dp_sinkhorn_tf.privacy import mechanisms
 from dp_sinkhorn_tf.transport import costs, sinkhorn
 
 ARCHITECTURES = generators.ARCHITECTURES
-OUTPUTS = ("tanh", "clip")
+OUTPUTS = generators.OUTPUTS
 PRECISIONS = generators.PRECISIONS
 MECHANISMS = tuple(mechanisms.MECHANISMS)
 OPTIMIZERS = ("adam", "adamw", "sgd")
