@@ -31,7 +31,7 @@ shape comes from `image_shape` alone (no dataset names): k = `num_upsamplings(im
 
 Precision. `precision` = "float32" | "mixed_bfloat16" | "mixed_float16" builds every layer
 under that Keras policy: variables stay float32, the layers compute in bfloat16 / float16
-(bfloat16 runs on the AMX / AVX-512-BF16 units of recent CPUs and on TPUs; float16 on GPUs,
+(bfloat16 runs on the AVX-512-BF16 / AMX units of recent CPUs and on TPUs; float16 on GPUs,
 with loss scaling in the optimizer). "bfloat16_convs" puts only the convolutions (Conv2D,
 Conv2DTranspose; for the MLP, its dense layers) under mixed_bfloat16 and keeps BatchNorm,
 the activations and the conv generators' dense layers in float32: on a CPU the products run

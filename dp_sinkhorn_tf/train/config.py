@@ -84,8 +84,9 @@ class LossConfig:
   # False is the paper's uniform weights.
   class_matching: bool = False
   # Format of the cost matrices' ⟨x, y⟩ products (costs.inner_products): "bfloat16" is
-  # 2–3× faster on AMX CPUs; the value stays within 1e-3, the gradient within ~0.4 % at
-  # λ = 50 (CIFAR / CelebA) but ~11 % at λ = 0.05, where the plan is sharp; "bfloat16_all"
+  # 2–3× faster on CPUs with AVX-512-BF16 or AMX; the value stays within 1e-3, the gradient
+  # within ~0.4 % at λ = 50 (CIFAR / CelebA) but ~11 % at λ = 0.05, where the plan is sharp;
+  # "bfloat16_all"
   # also runs the gradient's plan products in bfloat16 (~0.5 % at λ = 50).
   products: str = "float32"
 

@@ -36,7 +36,7 @@ flags.DEFINE_enum("output", "tanh", list(config_lib.OUTPUTS),
                   "[-1, 1] whose gradient never vanishes (noise cannot freeze saturated pixels).")
 flags.DEFINE_enum("precision", "float32", list(config_lib.PRECISIONS),
                   "The generator's Keras mixed-precision policy: mixed_bfloat16 for CPUs with "
-                  "AMX / AVX-512-BF16 and TPUs, mixed_float16 (with loss scaling) for GPUs, "
+                  "AVX-512-BF16 or AMX and TPUs, mixed_float16 (with loss scaling) for GPUs, "
                   "bfloat16_convs (only the convolutions in bfloat16) for such CPUs when "
                   "BatchNorm and activations are a large part of the generator. "
                   "Weights, the Sinkhorn loss, the clip, the noise and the accountant stay "
@@ -60,8 +60,8 @@ flags.DEFINE_bool("class_matching", False,
                   "present on both sides); false is the paper's uniform weights.")
 flags.DEFINE_enum("sinkhorn_products", "float32", list(config_lib.PRODUCTS),
                   "Format of the ⟨x, y⟩ matmul of the cost matrices: bfloat16 is 2–3x faster "
-                  "on CPUs with AMX; the loss stays within 1e-3, its gradient within ~0.4% at "
-                  "λ=50 (cifar, celeba) but ~11% at λ=0.05. Gradient sums stay float32; "
+                  "on CPUs with AVX-512-BF16; the loss stays within 1e-3, its gradient within "
+                  "~0.4% at λ=50 (cifar, celeba) but ~11% at λ=0.05. Gradient sums stay float32; "
                   "bfloat16_all rounds them too (centred; +0.1% at λ=50): the whole loss "
                   "on the bfloat16 units.")
 flags.DEFINE_bool("sinkhorn_jit", True, "Compile the Sinkhorn loss and its image gradient with "

@@ -65,8 +65,8 @@ def centred_product(g: tf.Tensor, z: tf.Tensor, transpose_g: bool = False) -> tf
 def inner_products(x: tf.Tensor, y: tf.Tensor, products: str = "float32") -> tf.Tensor:
   """⟨x_i, y_j⟩: [n, m] in x's dtype.
 
-  products="bfloat16" rounds x and y to bfloat16 for the forward product (the AMX /
-  AVX-512-BF16 units of recent CPUs run it 2–3.4× faster) and rounds the result to bfloat16
+  products="bfloat16" rounds x and y to bfloat16 for the forward product (the AVX-512-BF16 /
+  AMX units of recent CPUs run it 2–3.4× faster) and rounds the result to bfloat16
   (TensorFlow's CPU kernel has no float32 output for bfloat16 inputs): each entry is off by
   up to 2⁻⁸ of its size. The backward products G·y and Gᵀ·x stay in x's dtype: only the cost
   matrix is rounded, never the gradient's sums. products="bfloat16_all" runs the backward
