@@ -23,7 +23,7 @@ def _error_lines(stderr: str):
   return [line for line in stderr.splitlines() if line.startswith("error:")]
 
 
-@pytest.mark.parametrize("args,flag", [
+BAD_FLAGS = [
     (["--batch_size=0"], "--batch_size"),
     (["--fake_batch_size=0"], "--fake_batch_size"),
     (["--ema_decay=1"], "--ema_decay"),
@@ -45,13 +45,35 @@ def _error_lines(stderr: str):
     (["--sinkhorn_threshold=nan"], "--sinkhorn_threshold"),
     (["--precision=float16"], "precision"),
     (["--precision=mixed_float16", "--mechanism=param_grad"], "--precision"),
-])
-def test_bad_flag_values_give_one_line_naming_the_flag(tmp_path, args, flag):
+]
+
+
+@pytest.mark.parametrize("args,flag", BAD_FLAGS)
+def test_bad_flag_values_give_one_line_naming_the_flag(tmp_path, capsys, args, flag):
+  # In this process (the entry point's parser and main, as absl.app.run calls them): each
+  # case costs no TensorFlow start-up. The subprocess test below runs three of them for real.
+  workdir = tmp_path / "run"
+  flags.FLAGS.unparse_flags()
+  try:
+    with pytest.raises(SystemExit) as exit_info:
+      main.main(main.parse_flags(["main", f"--workdir={workdir}", *args]))
+  finally:
+    flags.FLAGS.unparse_flags()
+  assert exit_info.value.code == 2
+  stderr = capsys.readouterr().err
+  errors = _error_lines(stderr)
+  assert len(errors) == 1 and flag in errors[0], stderr[-2000:]
+  assert not workdir.exists()  # nothing half-written
+
+
+@pytest.mark.parametrize("args,flag", [BAD_FLAGS[0], BAD_FLAGS[4], BAD_FLAGS[14]])
+def test_bad_flag_values_exit_2_with_one_line_and_no_traceback(tmp_path, args, flag):
   workdir = tmp_path / "run"
   proc = run_main(f"--workdir={workdir}", *args)
-  assert proc.returncode != 0
+  assert proc.returncode == 2
   errors = _error_lines(proc.stderr)
   assert len(errors) == 1 and flag in errors[0], proc.stderr[-2000:]
+  assert "Traceback" not in proc.stderr
   assert not workdir.exists()  # nothing half-written
 
 
