@@ -86,8 +86,7 @@ class LossConfig:
   # Format of the cost matrices' ⟨x, y⟩ products (costs.inner_products): "bfloat16" is
   # 2–3× faster on CPUs with AVX-512-BF16 or AMX; the value stays within 1e-3, the gradient
   # within ~0.4 % at λ = 50 (CIFAR / CelebA) but ~11 % at λ = 0.05, where the plan is sharp;
-  # "bfloat16_all"
-  # also runs the gradient's plan products in bfloat16 (~0.5 % at λ = 50).
+  # "bfloat16_all" also runs the gradient's plan products in bfloat16 (~0.5 % at λ = 50).
   products: str = "float32"
 
   def __post_init__(self):
