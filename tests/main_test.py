@@ -23,6 +23,12 @@ def _error_lines(stderr: str):
   return [line for line in stderr.splitlines() if line.startswith("error:")]
 
 
+def _assert_one_error_naming(stderr: str, flag: str, workdir) -> None:
+  errors = _error_lines(stderr)
+  assert len(errors) == 1 and flag in errors[0], stderr[-2000:]
+  assert not workdir.exists()  # nothing half-written
+
+
 BAD_FLAGS = [
     (["--batch_size=0"], "--batch_size"),
     (["--fake_batch_size=0"], "--fake_batch_size"),
@@ -60,10 +66,7 @@ def test_bad_flag_values_give_one_line_naming_the_flag(tmp_path, capsys, args, f
   finally:
     flags.FLAGS.unparse_flags()
   assert exit_info.value.code == 2
-  stderr = capsys.readouterr().err
-  errors = _error_lines(stderr)
-  assert len(errors) == 1 and flag in errors[0], stderr[-2000:]
-  assert not workdir.exists()  # nothing half-written
+  _assert_one_error_naming(capsys.readouterr().err, flag, workdir)
 
 
 @pytest.mark.parametrize("args,flag", [case for case in BAD_FLAGS  # value, name, plan
@@ -72,10 +75,8 @@ def test_bad_flag_values_exit_2_with_one_line_and_no_traceback(tmp_path, args, f
   workdir = tmp_path / "run"
   proc = run_main(f"--workdir={workdir}", *args)
   assert proc.returncode == 2
-  errors = _error_lines(proc.stderr)
-  assert len(errors) == 1 and flag in errors[0], proc.stderr[-2000:]
+  _assert_one_error_naming(proc.stderr, flag, workdir)
   assert "Traceback" not in proc.stderr
-  assert not workdir.exists()  # nothing half-written
 
 
 def test_cifar_flagfile_without_data_names_data_dir(tmp_path):
