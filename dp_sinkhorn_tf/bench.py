@@ -24,7 +24,6 @@ replaced by 15·one_hot(rng.integers(0, 10, size)) (X first, then Y); p = 0.4.
 """
 
 import json
-import math
 import os
 import resource
 import statistics
@@ -36,6 +35,8 @@ from typing import Optional
 from absl import flags
 
 from dp_sinkhorn_tf import cli
+from dp_sinkhorn_tf.models import options as model_options
+from dp_sinkhorn_tf.transport import options as transport_options
 
 SINKHORN_CONFIGS = {
     # name: (n, d, cost, λ)
@@ -62,7 +63,7 @@ def benchmark_data(n: int, d: int, p: float = P_EXTRA):
   import numpy as np
 
   rng = np.random.default_rng(0)
-  n_fake = n + int(math.floor(p * n + 1e-9))  # sinkhorn.num_extra, without TensorFlow
+  n_fake = n + transport_options.num_extra(n, p)
   x = rng.uniform(-1, 1, (n_fake, d)).astype(np.float32)
   y = rng.uniform(-1, 1, (n, d)).astype(np.float32)
   for arr in (x, y):
@@ -93,10 +94,9 @@ def product_floor_ms(x, y, n: int, repeats: int) -> float:
 
 
 PEERS = ("none", "geomloss")
-# generators.PRECISIONS and costs.PRODUCTS, spelled here so that parsing the flags imports
-# no TensorFlow (bench_test checks that they agree).
-PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16", "bfloat16_convs")
-PRODUCTS = ("float32", "bfloat16", "bfloat16_all")
+# From the TF-free option tables, so that parsing the flags imports no TensorFlow.
+PRECISIONS = model_options.PRECISIONS
+PRODUCTS = transport_options.PRODUCTS
 # geomloss cannot hold the l1l2 cost's n × m × d tensor at n = 2000 (out of memory, 24 GB).
 PEER_SKIP = {"cifar_l1l2_n2000"}
 

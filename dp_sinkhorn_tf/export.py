@@ -13,7 +13,6 @@ import sys
 from absl import flags
 
 from dp_sinkhorn_tf import cli
-from dp_sinkhorn_tf.release import export_lib
 
 FLAGS = flags.FlagValues()  # private registry (cli): importable beside the training flags
 flags.DEFINE_string("workdir", None, "Run directory of dp_sinkhorn_tf.main.", flag_values=FLAGS)
@@ -26,14 +25,12 @@ flags.DEFINE_integer("version", None, "Version number ≥ 1 (default: the next f
 flags.DEFINE_string("export_dir", None, "Export root (default: <workdir>/export).",
                     flag_values=FLAGS)
 
-# Re-exported for callers of the former module (the library is export_lib).
-to_uint8 = export_lib.to_uint8
-
 
 def run(f) -> int:
   if not f.workdir:
-    raise export_lib.ExportError("--workdir: required (the run directory of "
-                                 "dp_sinkhorn_tf.main)")
+    raise ValueError("--workdir: required (the run directory of dp_sinkhorn_tf.main)")
+  from dp_sinkhorn_tf.release import export_lib  # TF loads after the flags are checked
+
   try:
     path = export_lib.export_run(f.workdir, f.checkpoint, f.model_name, f.version,
                                  f.export_dir)

@@ -19,6 +19,8 @@ from --seed for tests (then the run is marked "private": false).
 from absl import app, flags
 
 from dp_sinkhorn_tf import cli
+from dp_sinkhorn_tf.data import datasets
+from dp_sinkhorn_tf.privacy import accounting
 from dp_sinkhorn_tf.train import config as config_lib
 from dp_sinkhorn_tf.train import train_flags
 
@@ -27,11 +29,21 @@ config_from_flags = train_flags.config_from_flags
 
 
 def run(cfg: config_lib.TrainConfig, flags_text: str, dataset=None) -> int:
-  """train_lib.run(cfg) with its errors as one `error:` line and exit 2 (bad input) or 1."""
-  from dp_sinkhorn_tf.train import train_lib  # TF loads after the flags are checked
+  """train_lib.run(cfg) with its errors as one `error:` line and exit 2 (bad input) or 1.
+
+  The data set is loaded and the privacy plan fixed first, without TensorFlow (except for
+  TFDS data sets, whose loader is TensorFlow's), so a plan the flags make impossible (e.g.
+  more --steps than --target_epsilon allows) is one line before TensorFlow starts up."""
+  try:
+    if dataset is None:
+      dataset = datasets.load_dataset(cfg.data.dataset, cfg.data.data_dir, cfg.data.idx_dir)
+    plan = accounting.plan_privacy(cfg, len(dataset.images))
+  except (ValueError, FileNotFoundError) as e:
+    cli.fail(cli.first_line(e))
+  from dp_sinkhorn_tf.train import train_lib  # TF loads after the flags and the plan
 
   try:
-    return train_lib.run(cfg, flags_text, dataset)
+    return train_lib.run(cfg, flags_text, dataset, plan)
   except train_lib.RunError as e:
     cli.fail(str(e), e.code)
 

@@ -7,10 +7,6 @@ import sys
 
 import pytest
 
-from dp_sinkhorn_tf import bench
-from dp_sinkhorn_tf.models import generators
-from dp_sinkhorn_tf.transport import costs
-
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -18,11 +14,6 @@ def run_bench(*args):
   env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
   return subprocess.run([sys.executable, "-m", "dp_sinkhorn_tf.bench", *args], cwd=ROOT,
                         capture_output=True, text=True, env=env, timeout=600)
-
-
-def test_the_precision_and_product_names_are_the_libraries():
-  assert bench.PRECISIONS == generators.PRECISIONS
-  assert bench.PRODUCTS == costs.PRODUCTS
 
 
 @pytest.mark.parametrize("args,needle", [

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from scipy import stats
 
 from dp_sinkhorn_tf.privacy import gaussian
-from dp_sinkhorn_tf.transport import costs, sinkhorn
+from dp_sinkhorn_tf.transport import costs, options, sinkhorn
 
 SEED = tf.constant([5, 6], tf.int64)  # a stateless noise seed (in training: key and step)
 
@@ -162,7 +162,7 @@ def test_sensitivity_of_add_remove_is_at_most_two_c(seed, m, clip):
   # both have norm ≤ C, so they differ by ≤ 2C — the sensitivity the noise is scaled to.
   rng = np.random.default_rng(seed)
   n = 5
-  fake = rng.normal(size=(n + sinkhorn.num_extra(n, 0.4), 3)) * 3
+  fake = rng.normal(size=(n + options.num_extra(n, 0.4), 3)) * 3
   real = rng.normal(size=(m, 3)) * 3 if m else np.zeros((0, 3))
   neighbour = np.concatenate([real, rng.normal(size=(1, 3)) * 3])
   a = _clipped_private_gradient(fake, real, n, clip)

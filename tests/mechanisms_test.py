@@ -12,6 +12,7 @@ from dp_sinkhorn_tf.privacy import accounting, keys, mechanisms
 from dp_sinkhorn_tf.train import config as config_lib
 from dp_sinkhorn_tf.train import trainer
 from dp_sinkhorn_tf.transport import costs, sinkhorn
+from dp_sinkhorn_tf.transport import options as transport_options
 
 
 def test_the_shipped_mechanisms_and_their_properties():
@@ -57,9 +58,13 @@ def test_a_new_mechanism_is_one_table_entry(monkeypatch):
                            run=config_lib.RunConfig(strategy="mirrored"))
 
 
-def test_a_new_cost_is_one_table_entry(monkeypatch):
+def test_a_new_cost_is_its_table_entry_and_its_name(monkeypatch):
   monkeypatch.setitem(costs.COSTS, "half_l2",
                       lambda l1_weight, max_block_bytes, products: _HalfL2())
+  with pytest.raises(ValueError, match="--cost='half_l2'"):  # the name is not listed yet
+    config_lib.LossConfig(cost="half_l2")
+  monkeypatch.setattr(transport_options, "COST_NAMES", (*transport_options.COST_NAMES,
+                                                        "half_l2"))
   cfg = config_lib.LossConfig(cost="half_l2")
   cost = costs.make_cost(cfg.cost)
   x = tf.constant([[0.0, 0.0]])

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from dp_sinkhorn_tf.privacy import sampling
+from dp_sinkhorn_tf.privacy import accounting, sampling
 
 
 def _sizes(num_steps, n, q, seed=0):
@@ -99,7 +99,7 @@ def test_inclusion_is_a_float64_draw_below_q_on_the_2_to_minus_52_grid():
 
 @pytest.mark.parametrize("q", [50 / 1438, 0.3, 1 / 3, 2.0**-10, 1.0])
 def test_inclusion_probability_is_the_exact_rate_and_never_below_q(q):
-  p = sampling.inclusion_probability(q)
+  p = accounting.inclusion_probability(q)
   assert q <= p < q + 2.0**-52 + 1e-300
   assert (p * 2.0**52) == int(p * 2.0**52)  # on the draw grid
   if (q * 2.0**52).is_integer():  # q on the grid (e.g. 2⁻¹⁰, 1): exactly q

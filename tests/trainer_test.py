@@ -13,7 +13,7 @@ import tensorflow_datasets as tfds
 from dp_sinkhorn_tf.data import datasets
 from dp_sinkhorn_tf.io import rundir
 from dp_sinkhorn_tf.models import generators
-from dp_sinkhorn_tf.privacy import accounting, gaussian, keys, sampling
+from dp_sinkhorn_tf.privacy import accounting, gaussian, keys
 from dp_sinkhorn_tf.train import config as config_lib
 from dp_sinkhorn_tf.train import summaries, train_lib, trainer
 from dp_sinkhorn_tf.transport import sinkhorn
@@ -44,7 +44,7 @@ def build_model(cfg, dataset=DIGITS, sigma=1.0, key=None):
 def test_plan_from_sigma_uses_the_whole_budget():
   cfg = tiny_config()
   plan = accounting.plan_privacy(cfg, 1438)
-  q = sampling.inclusion_probability(16 / 1438)  # the sampler's exact rate
+  q = accounting.inclusion_probability(16 / 1438)  # the sampler's exact rate
   assert plan.sample_rate == q and q >= 16 / 1438
   assert plan.steps == accounting.max_steps(2.0, 1e-5, q, 1.0)
   assert plan.epsilon <= 2.0 < accounting.compute_epsilon(q, 1.0, plan.steps + 1, 1e-5)

@@ -27,8 +27,6 @@ import json
 import os
 from typing import Optional
 
-import tensorflow as tf
-
 from dp_sinkhorn_tf.io import files
 
 IDENTITY_FILE = "run.json"
@@ -44,9 +42,6 @@ EXPORT_DIR = "export"
 DO_NOT_PUBLISH = "DO_NOT_PUBLISH.txt"
 AUDIT_DIR = "audit"  # `python -m dp_sinkhorn_tf.audit`'s default --audit_out
 AUDIT_CANARY_FILE = "audit_canaries.npz"
-
-# The checkpoint's run id entry (a tf.Variable(tf.string) tracked as "run_id").
-CHECKPOINT_RUN_ID_KEY = "run_id/.ATTRIBUTES/VARIABLE_VALUE"
 
 PRIVATE_DIR_NOTE = """DO NOT PUBLISH this folder.
 
@@ -138,27 +133,3 @@ def checkpoint_files_exist(workdir: str) -> bool:
   folder = path(workdir, CHECKPOINT_DIR)
   # A save killed before its rename leaves only a "*_temp*" directory: no checkpoint.
   return files.isdir(folder) and any("_temp" not in name for name in files.listdir(folder))
-
-
-# What TF raises for a truncated, garbage or missing checkpoint file (a truncated
-# .data-* file surfaces as IndexError "Read less bytes than requested").
-CHECKPOINT_READ_ERRORS = (tf.errors.OpError, ValueError, IndexError, KeyError, OSError,
-                          RuntimeError)
-
-
-STEP_KEY = "step/.ATTRIBUTES/VARIABLE_VALUE"
-
-
-def read_checkpoint_header(path: str):
-  """(variable names, run id ("" if none), step (None if none)) of a checkpoint prefix.
-
-  Raises one of CHECKPOINT_READ_ERRORS for an unreadable checkpoint."""
-  # The reader on the prefix itself: tf.train.list_variables first asks whether the path is
-  # a directory, which prefix-matching file systems (ram://) answer wrongly.
-  reader = tf.compat.v1.train.NewCheckpointReader(path)
-  names = set(reader.get_variable_to_shape_map())
-  run_id = (reader.get_tensor(CHECKPOINT_RUN_ID_KEY)
-            if CHECKPOINT_RUN_ID_KEY in names else b"")
-  run_id = run_id.decode() if isinstance(run_id, bytes) else str(run_id)
-  step = int(reader.get_tensor(STEP_KEY)) if STEP_KEY in names else None
-  return names, run_id, step

@@ -56,9 +56,8 @@ from typing import List, Sequence, Tuple, Union
 
 import tensorflow as tf
 
-ARCHITECTURES = ("dcgan", "biggan", "mlp")
-OUTPUTS = ("tanh", "clip")
-PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16", "bfloat16_convs")
+from dp_sinkhorn_tf.models.options import ARCHITECTURES, OUTPUTS, PRECISIONS
+
 # The policy of the convolution layers being created: None (the global policy) except under
 # policy_scope("bfloat16_convs").
 _CONV_POLICY = contextvars.ContextVar("conv_policy", default=None)

@@ -280,12 +280,20 @@ class PrivacyPlan:
   warning: Optional[str] = None
 
 
+def inclusion_probability(sample_rate: float) -> float:
+  """⌈q·2⁵²⌉/2⁵²: the exact probability that `sampling.poisson_sample_indices` keeps a record
+  (its float64 draws lie on the grid k/2⁵²; derivation in `sampling`), ≥ q by < 2⁻⁵²."""
+  if not 0 < sample_rate <= 1:
+    raise ValueError(f"sample_rate q must be in (0, 1], got {sample_rate}")
+  return math.ceil(sample_rate * 2.0**52) / 2.0**52  # both steps exact in float64
+
+
 def plan_privacy(cfg, dataset_size: int) -> PrivacyPlan:
   """Fixes (q, σ, T) from a run's config (`train.config.TrainConfig`: batch_size, steps and
   its privacy section) before any training step.
 
   q is the exact inclusion probability of the sampler for the rate B / N
-  (`sampling.inclusion_probability`: ⌈(B/N)·2⁵²⌉/2⁵², never below B/N), so the accountant
+  (`inclusion_probability`: ⌈(B/N)·2⁵²⌉/2⁵², never below B/N), so the accountant
   is given the rate the batches are really drawn with. With --noise_multiplier alone, T is
   the most steps within the target ε; with --steps alone, σ is the smallest multiplier
   within it; with both, the pair is checked.
@@ -294,9 +302,7 @@ def plan_privacy(cfg, dataset_size: int) -> PrivacyPlan:
   if cfg.batch_size > dataset_size:
     raise ValueError(f"--batch_size={cfg.batch_size}: expected at most the dataset size "
                      f"{dataset_size}")
-  from dp_sinkhorn_tf.privacy import sampling  # TensorFlow: only when planning
-
-  q = sampling.inclusion_probability(cfg.batch_size / dataset_size)
+  q = inclusion_probability(cfg.batch_size / dataset_size)
   if not p.dp:
     return PrivacyPlan(q, 0.0, cfg.steps, math.inf, p.delta, p.accountant)
   warning = check_delta(p.delta, dataset_size)

@@ -14,10 +14,10 @@ million records on this CPU), no host round trip.
 Exact rate. Record i is in iff u_i < q for u_i ~ stateless_uniform(float64). TF builds a
 float64 uniform from 52 random mantissa bits, so u_i is uniform on {k/2⁵²}, and
 
-  P(i in batch) = #{k : k/2⁵² < q} / 2⁵² = ⌈q·2⁵²⌉ / 2⁵²   (`inclusion_probability`),
+  P(i in batch) = #{k : k/2⁵² < q} / 2⁵² = ⌈q·2⁵²⌉ / 2⁵²,
 
 which is ≥ q and above it by less than 2⁻⁵². The planner hands the accountant this exact
-rate, not B/N. (float32 draws gave ⌈q·2²³⌉/2²³, up to 1.2e-7 above q: the demo's true ε
+rate (`accounting.inclusion_probability`), not B/N. (float32 draws gave ⌈q·2²³⌉/2²³, up to 1.2e-7 above q: the demo's true ε
 was 10.0001 for a planned 10.)
 
 An empty batch (K = 0, probability (1−q)^N) is a valid outcome and a normal step: callers
@@ -36,13 +36,6 @@ def _check(dataset_size: int, sample_rate: float) -> None:
     raise ValueError(f"sample_rate q must be in (0, 1], got {sample_rate}")
 
 
-def inclusion_probability(sample_rate: float) -> float:
-  """⌈q·2⁵²⌉/2⁵²: the exact probability that `poisson_sample_indices` keeps a record."""
-  if not 0 < sample_rate <= 1:
-    raise ValueError(f"sample_rate q must be in (0, 1], got {sample_rate}")
-  return math.ceil(sample_rate * 2.0**52) / 2.0**52  # both steps exact in float64
-
-
 def poisson_sample_indices(seed, dataset_size: int, sample_rate: float) -> tf.Tensor:
   """Indices of one Poisson sample: each of range(N) kept independently with prob. q.
 
@@ -52,7 +45,7 @@ def poisson_sample_indices(seed, dataset_size: int, sample_rate: float) -> tf.Te
     sample_rate: q ∈ (0, 1].
 
   Returns:
-    int32 [K] sorted, distinct indices; K ~ Binomial(N, inclusion_probability(q)).
+    int32 [K] sorted, distinct indices; K ~ Binomial(N, accounting.inclusion_probability(q)).
   """
   _check(dataset_size, sample_rate)
   draws = tf.random.stateless_uniform([dataset_size], seed, dtype=tf.float64)

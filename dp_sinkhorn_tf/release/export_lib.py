@@ -59,7 +59,7 @@ import numpy as np
 import tensorflow as tf
 
 from dp_sinkhorn_tf import __version__
-from dp_sinkhorn_tf.io import files, rundir
+from dp_sinkhorn_tf.io import checkpoints, files, rundir
 from dp_sinkhorn_tf.models import generators
 from dp_sinkhorn_tf.release import serving
 
@@ -420,8 +420,8 @@ def restore_run(workdir: str, checkpoint: Optional[str] = None) -> RestoredRun:
                                      len(datasets.LABEL_NAMES[dataset]), precision="float32")
   generator([tf.zeros([1, cfg.model.latent_dim]), tf.zeros([1], tf.int32)], training=False)
   try:
-    keys, stored_id, step = rundir.read_checkpoint_header(path)
-  except rundir.CHECKPOINT_READ_ERRORS as e:
+    keys, stored_id, step = checkpoints.read_checkpoint_header(path)
+  except checkpoints.CHECKPOINT_READ_ERRORS as e:
     raise ExportError(f"--checkpoint={path}: unreadable ({_first_line(e)})") from None
   if stored_id != identity.run_id:
     raise ExportError(f"--checkpoint={path}: written by run {stored_id or '(no run id)'}, not "
@@ -433,7 +433,7 @@ def restore_run(workdir: str, checkpoint: Optional[str] = None) -> RestoredRun:
     var.assign(tf.fill(tf.shape(var), tf.constant(np.nan, var.dtype)))
   try:
     tf.train.Checkpoint(**{weights: generator}).restore(path).expect_partial()
-  except rundir.CHECKPOINT_READ_ERRORS as e:
+  except checkpoints.CHECKPOINT_READ_ERRORS as e:
     raise ExportError(f"--checkpoint={path}: does not hold the {weights} that {flags_path} "
                       f"describes ({_first_line(e)})") from None
   missing = [var.name for var in generator.variables

@@ -1,26 +1,29 @@
 """Frozen run configuration. `main.py` turns flags into these once; nothing mutates them.
 
 Each dataclass validates its own fields in `__post_init__` and names the flag that set the
-bad value, so a bad command line fails with one line before any work starts.
+bad value, so a bad command line fails with one line before any work starts. The module
+imports no TensorFlow (the option tables it checks against are TF-free: `models.options`,
+`transport.options`, `privacy.mechanisms`), so that line comes before TensorFlow's start-up
+and within a second (imports_test checks it).
 """
 
 import dataclasses
 import math
 from typing import Optional
 
-from dp_sinkhorn_tf.models import generators
+from dp_sinkhorn_tf.models import options as model_options
 from dp_sinkhorn_tf.privacy import mechanisms
-from dp_sinkhorn_tf.transport import costs, sinkhorn
+from dp_sinkhorn_tf.transport import options as transport_options
 
-ARCHITECTURES = generators.ARCHITECTURES
-OUTPUTS = generators.OUTPUTS
-PRECISIONS = generators.PRECISIONS
+ARCHITECTURES = model_options.ARCHITECTURES
+OUTPUTS = model_options.OUTPUTS
+PRECISIONS = model_options.PRECISIONS
 MECHANISMS = tuple(mechanisms.MECHANISMS)
 OPTIMIZERS = ("adam", "adamw", "sgd")
 LR_SCHEDULES = ("constant", "cosine")
 ACCOUNTANTS = ("rdp", "pld")
-COSTS = costs.COST_NAMES
-PRODUCTS = costs.PRODUCTS
+COSTS = transport_options.COST_NAMES
+PRODUCTS = transport_options.PRODUCTS
 STRATEGIES = ("default", "mirrored", "multi_worker")
 IF_FINISHED = ("fail", "skip")
 
@@ -54,7 +57,7 @@ class ModelConfig:
   hidden: int = 64
   depth: int = 1
   output: str = "tanh"  # output head: "tanh" (paper) or "clip" (straight-through clip)
-  # The generator's Keras policy (generators.PRECISIONS); the loss, the mechanism and the
+  # The generator's Keras policy (model_options.PRECISIONS); the loss, the mechanism and the
   # accountant are float32 whatever it is.
   precision: str = "float32"
 
@@ -75,7 +78,7 @@ class LossConfig:
   l1_weight: float = 3.0  # the paper's m in ‖x−y‖² + m·‖x−y‖₁
   debias_fraction: float = 0.4  # p: n′ = ⌊p·n⌋ extra generated points
   alpha_c: float = 15.0  # weight of the one-hot label block
-  solver: sinkhorn.SinkhornConfig = sinkhorn.SinkhornConfig()
+  solver: transport_options.SinkhornConfig = transport_options.SinkhornConfig()
   # Compile the loss + image gradient with XLA, the real batch padded to a power-of-two
   # bucket with zero weights (one program per bucket). 3–15× faster for n ≤ 50 on CPU;
   # slower for n ≳ 1000, where the matrix products dominate.
@@ -91,8 +94,9 @@ class LossConfig:
 
   def __post_init__(self):
     _require_finite(self, "l1_weight", "debias_fraction", "alpha_c")
-    _require(self.cost in costs.COSTS, "cost", f"one of {tuple(costs.COSTS)}", self.cost)
-    _require(self.products in costs.PRODUCTS, "sinkhorn_products", f"one of {costs.PRODUCTS}",
+    names = transport_options.COST_NAMES
+    _require(self.cost in names, "cost", f"one of {names}", self.cost)
+    _require(self.products in PRODUCTS, "sinkhorn_products", f"one of {PRODUCTS}",
              self.products)
     _require(self.l1_weight >= 0, "l1_weight", "a number ≥ 0", self.l1_weight)
     _require(0 <= self.debias_fraction <= 1, "debias_fraction", "a number in [0, 1]",
@@ -264,4 +268,4 @@ class TrainConfig:
   @property
   def num_generated(self) -> int:
     """n + n′ generated points per step, n′ = ⌊p·n⌋."""
-    return self.num_primary + sinkhorn.num_extra(self.num_primary, self.loss.debias_fraction)
+    return self.num_primary + transport_options.num_extra(self.num_primary, self.loss.debias_fraction)

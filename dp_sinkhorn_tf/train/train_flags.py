@@ -11,7 +11,7 @@ import math
 from absl import flags
 
 from dp_sinkhorn_tf.train import config as config_lib
-from dp_sinkhorn_tf.transport import sinkhorn
+from dp_sinkhorn_tf.transport import options as transport_options
 
 FLAGS = flags.FLAGS
 
@@ -147,9 +147,9 @@ def config_from_flags(f) -> config_lib.TrainConfig:
     if not math.isfinite(value):
       raise ValueError(f"--{name}={value!r}: expected a finite number")
   try:
-    solver = sinkhorn.SinkhornConfig(epsilon=f.sinkhorn_epsilon, scaling=f.sinkhorn_scaling,
-                                     threshold=f.sinkhorn_threshold,
-                                     max_iterations=f.sinkhorn_max_iterations)
+    solver = transport_options.SinkhornConfig(
+        epsilon=f.sinkhorn_epsilon, scaling=f.sinkhorn_scaling,
+        threshold=f.sinkhorn_threshold, max_iterations=f.sinkhorn_max_iterations)
   except ValueError as e:
     raise ValueError(f"--sinkhorn_*: {e}") from None
   return config_lib.TrainConfig(

@@ -43,7 +43,7 @@ import numpy as np
 import tensorflow as tf
 
 from dp_sinkhorn_tf.data import datasets
-from dp_sinkhorn_tf.io import files, rundir
+from dp_sinkhorn_tf.io import checkpoints, files, rundir
 from dp_sinkhorn_tf.privacy import accounting, keys
 from dp_sinkhorn_tf.release import export_lib, serving
 from dp_sinkhorn_tf.train import config as config_lib
@@ -155,7 +155,8 @@ class _StopFlag:
     return self.signum is not None
 
 
-def run(cfg: config_lib.TrainConfig, flags_text: str = "", dataset=None) -> int:
+def run(cfg: config_lib.TrainConfig, flags_text: str = "", dataset=None,
+        plan: Optional[accounting.PrivacyPlan] = None) -> int:
   """Plans, trains and exports the run of `cfg`; returns the process exit code (0, or
   128 + the signal that stopped it at a step boundary).
 
@@ -163,6 +164,9 @@ def run(cfg: config_lib.TrainConfig, flags_text: str = "", dataset=None) -> int:
 
   dataset: the private datasets.Dataset to train on instead of loading cfg.data (the run audit
   passes the data with its canaries).
+
+  plan: `accounting.plan_privacy(cfg, len(dataset.images))` when the caller has it already
+  (`main` plans before TensorFlow loads); None plans here.
 
   Raises:
     RunError: bad input (code 2) or a run that failed (code 1); one line, naming the flag
@@ -173,7 +177,8 @@ def run(cfg: config_lib.TrainConfig, flags_text: str = "", dataset=None) -> int:
         cfg.run.strategy, cfg.run.num_devices).num_replicas_in_sync)
     if dataset is None:
       dataset = datasets.load_dataset(cfg.data.dataset, cfg.data.data_dir, cfg.data.idx_dir)
-    plan = accounting.plan_privacy(cfg, len(dataset.images))
+    if plan is None:
+      plan = accounting.plan_privacy(cfg, len(dataset.images))
     if cfg.run.export:
       export_lib.check_model_name(cfg.run.model_name)
     if files.exists(cfg.run.workdir) and not files.isdir(cfg.run.workdir):
@@ -503,8 +508,8 @@ def _restore(cfg, state: RunState, ckpt, manager, step_var) -> int:
                             "start over on spent budget: use a new --workdir")
     return 0
   try:
-    _, stored_id, stored_step = rundir.read_checkpoint_header(latest)
-  except rundir.CHECKPOINT_READ_ERRORS as e:
+    _, stored_id, stored_step = checkpoints.read_checkpoint_header(latest)
+  except checkpoints.CHECKPOINT_READ_ERRORS as e:
     raise ProvenanceError(f"{latest}: unreadable checkpoint ({str(e).splitlines()[0]}); "
                           "restore it or use a new --workdir") from None
   if stored_step is None:
@@ -520,7 +525,7 @@ def _restore(cfg, state: RunState, ckpt, manager, step_var) -> int:
         "steps whose outputs may have been published: use a new --workdir")
   try:
     ckpt.restore(latest).expect_partial().assert_existing_objects_matched()
-  except rundir.CHECKPOINT_READ_ERRORS + (AssertionError,) as e:
+  except checkpoints.CHECKPOINT_READ_ERRORS + (AssertionError,) as e:
     raise ProvenanceError(f"{latest}: cannot be restored ({str(e).splitlines()[0]})") from None
   return int(step_var.numpy())
 

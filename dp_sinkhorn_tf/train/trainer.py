@@ -285,6 +285,30 @@ class DPSinkhornModel(tf.keras.Model):
             "real_batch_size": tf.cast(tf.shape(real)[0], tf.float32)}
     return grads, logs
 
+  def param_grad_gradients(self, step: tf.Tensor):
+    """The paper's ablation: the whole parameter gradient of the batch loss, clipped to C
+    and noised with the key's N(0, (2σC)²) (`gaussian.privatize_parameter_gradients`), and
+    the step's metrics."""
+    real, real_labels = self.private_batch(step)
+    z, fake_labels = self.latent_batch(step)
+    variables = self.generator.trainable_variables
+    with tf.GradientTape() as tape:
+      fake = self.generator([z, fake_labels], training=True)
+      loss, info = self.sinkhorn_loss(fake, fake_labels, real, real_labels)
+    grads = [tf.zeros_like(v) if g is None else tf.convert_to_tensor(g)
+             for g, v in zip(tape.gradient(loss, variables), variables)]
+    p = self.cfg.privacy
+    if p.dp:
+      grads, clean_norm = gaussian.privatize_parameter_gradients(
+          grads, p.l2_norm_clip, self.noise_multiplier, self.noise_seed(step))
+    else:
+      clean_norm = tf.linalg.global_norm(grads)
+    return grads, {"loss": loss, "clean_grad_norm": clean_norm,
+                   "noised_grad_norm": tf.linalg.global_norm(grads),
+                   "sinkhorn_iterations": tf.cast(info.iterations, tf.float32),
+                   "marginal_error": info.marginal_error,
+                   "real_batch_size": tf.cast(tf.shape(real)[0], tf.float32)}
+
   @property
   def noise_multiplier(self) -> float:
     """σ of this run's mechanism (0 for --nodp)."""

@@ -15,6 +15,8 @@ import dataclasses
 
 import tensorflow as tf
 
+from dp_sinkhorn_tf.transport.options import PRODUCTS
+
 # One [rows, m, d] temporary of the blockwise L1 cost is kept under this size; peak memory is
 # a small multiple of it (the difference, its absolute value or sign, and the reduction).
 DEFAULT_MAX_BLOCK_BYTES = 64 * 1024 * 1024
@@ -29,9 +31,6 @@ def _check_pair(x: tf.Tensor, y: tf.Tensor) -> None:
     raise ValueError(f"cost: x and y need the same dim, got {x.shape[1]} and {y.shape[1]}")
 
 
-# "bfloat16": the cost matrices' ⟨x, y⟩ in bfloat16; "bfloat16_all": the gradient's plan
-# products too (`inner_products`).
-PRODUCTS = ("float32", "bfloat16", "bfloat16_all")
 
 
 def _check_products(products: str) -> None:
@@ -228,14 +227,14 @@ class SquaredEuclideanPlusL1:
 
 Cost = SquaredEuclidean | SquaredEuclideanPlusL1
 
-# The cost table: name → factory(l1_weight, max_block_bytes, products). A new cost is one
-# class above and one entry here (and its test); config and the flags read the names from it.
+# The cost table: name → factory(l1_weight, max_block_bytes, products), in the order of
+# `options.COST_NAMES`. A new cost is one class above, one entry here and its name there
+# (config and the flags read the names from there without TensorFlow), and its test.
 COSTS = {
     "l2": lambda l1_weight, max_block_bytes, products: SquaredEuclidean(products=products),
     "l1l2": lambda l1_weight, max_block_bytes, products: SquaredEuclideanPlusL1(
         l1_weight=l1_weight, max_block_bytes=max_block_bytes, products=products),
 }
-COST_NAMES = tuple(COSTS)
 
 
 def make_cost(name: str, l1_weight: float = 3.0,
@@ -243,5 +242,5 @@ def make_cost(name: str, l1_weight: float = 3.0,
   """Returns the cost called `name` in COSTS: "l2" (‖x−y‖²) or "l1l2"
   (‖x−y‖² + l1_weight·‖x−y‖₁); products: the format of the ⟨x, y⟩ matmul."""
   if name not in COSTS:
-    raise ValueError(f"unknown cost {name!r}: expected one of {COST_NAMES}")
+    raise ValueError(f"unknown cost {name!r}: expected one of {tuple(COSTS)}")
   return COSTS[name](l1_weight, max_block_bytes, products)
