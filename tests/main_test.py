@@ -85,6 +85,23 @@ def test_bad_flag_values_exit_2_with_one_line_and_no_traceback(tmp_path, args, f
   assert proc.stderr.strip().splitlines() == _error_lines(proc.stderr), proc.stderr[-2000:]
 
 
+def test_an_unreadable_data_file_is_one_line_before_any_work(tmp_path, capsys):
+  # The data set loads in `main` before TensorFlow; a read error there (here a directory
+  # where the IDX file should be) is one line naming the file, not a traceback.
+  idx, workdir = tmp_path / "idx", tmp_path / "run"
+  (idx / "train-images-idx3-ubyte").mkdir(parents=True)
+  (idx / "train-labels-idx1-ubyte").write_bytes(b"")
+  flags.FLAGS.unparse_flags()
+  try:
+    with pytest.raises(SystemExit) as exit_info:
+      main.main(main.parse_flags(["main", "--dataset=fashion_mnist", f"--idx_dir={idx}",
+                                  f"--workdir={workdir}", "--steps=10"]))
+  finally:
+    flags.FLAGS.unparse_flags()
+  assert exit_info.value.code == 2
+  _assert_one_error_naming(capsys.readouterr().err, "train-images-idx3-ubyte", workdir)
+
+
 def test_cifar_flagfile_without_data_names_data_dir(tmp_path):
   empty, workdir = tmp_path / "tfds", tmp_path / "run"
   empty.mkdir()

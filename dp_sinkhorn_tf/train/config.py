@@ -268,4 +268,5 @@ class TrainConfig:
   @property
   def num_generated(self) -> int:
     """n + n′ generated points per step, n′ = ⌊p·n⌋."""
-    return self.num_primary + transport_options.num_extra(self.num_primary, self.loss.debias_fraction)
+    n = self.num_primary
+    return n + transport_options.num_extra(n, self.loss.debias_fraction)
