@@ -32,10 +32,11 @@ class SinkhornConfig:
       |log u| or |log v| exceeds `absorb_threshold`. False: pure log-domain updates.
     absorb_threshold: bound on |log| of the scalings before they are absorbed (≤ 30 keeps
       every float32 kernel entry finite).
-    compile_solver: run the potential iterations (`solve_potentials`) under XLA, which
-      fuses each kernel pass with its reductions, while the cost matrices and the gradient's
-      products stay with TensorFlow's own (oneDNN) matmuls. Pays off from n ≈ 200; XLA
-      compiles once per shape, so pad a changing batch to buckets (as the trainer does).
+    compile_solver: run the potential iterations (`sinkhorn.solve_potentials`) under XLA,
+      which fuses each kernel pass with its reductions, while the cost matrices and the
+      gradient's products stay with TensorFlow's own (oneDNN) matmuls. Pays off from
+      n ≈ 200; XLA compiles once per shape, so pad a changing batch to buckets (as the
+      trainer does).
   """
 
   epsilon: float = 0.05
