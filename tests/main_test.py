@@ -33,6 +33,18 @@ def _assert_one_error_naming(stderr: str, flag: str, workdir) -> None:
   assert not workdir.exists()  # nothing half-written
 
 
+def _exit_code_in_process(*args) -> int:
+  """The entry point's parser and main in this process, as absl.app.run calls them: the
+  exit code of the SystemExit they must raise (no TensorFlow start-up per case)."""
+  flags.FLAGS.unparse_flags()
+  try:
+    with pytest.raises(SystemExit) as exit_info:
+      main.main(main.parse_flags(["main", *args]))
+  finally:
+    flags.FLAGS.unparse_flags()
+  return exit_info.value.code
+
+
 BAD_FLAGS = [
     (["--batch_size=0"], "--batch_size"),
     (["--fake_batch_size=0"], "--fake_batch_size"),
@@ -63,13 +75,7 @@ def test_bad_flag_values_give_one_line_naming_the_flag(tmp_path, capsys, args, f
   # In this process (the entry point's parser and main, as absl.app.run calls them): each
   # case costs no TensorFlow start-up. The subprocess test below runs three of them for real.
   workdir = tmp_path / "run"
-  flags.FLAGS.unparse_flags()
-  try:
-    with pytest.raises(SystemExit) as exit_info:
-      main.main(main.parse_flags(["main", f"--workdir={workdir}", *args]))
-  finally:
-    flags.FLAGS.unparse_flags()
-  assert exit_info.value.code == 2
+  assert _exit_code_in_process(f"--workdir={workdir}", *args) == 2
   _assert_one_error_naming(capsys.readouterr().err, flag, workdir)
 
 
@@ -91,14 +97,8 @@ def test_an_unreadable_data_file_is_one_line_before_any_work(tmp_path, capsys):
   idx, workdir = tmp_path / "idx", tmp_path / "run"
   (idx / "train-images-idx3-ubyte").mkdir(parents=True)
   (idx / "train-labels-idx1-ubyte").write_bytes(b"")
-  flags.FLAGS.unparse_flags()
-  try:
-    with pytest.raises(SystemExit) as exit_info:
-      main.main(main.parse_flags(["main", "--dataset=fashion_mnist", f"--idx_dir={idx}",
-                                  f"--workdir={workdir}", "--steps=10"]))
-  finally:
-    flags.FLAGS.unparse_flags()
-  assert exit_info.value.code == 2
+  assert _exit_code_in_process("--dataset=fashion_mnist", f"--idx_dir={idx}",
+                                f"--workdir={workdir}", "--steps=10") == 2
   _assert_one_error_naming(capsys.readouterr().err, "train-images-idx3-ubyte", workdir)
 
 
