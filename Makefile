@@ -23,7 +23,7 @@ $(VENV)/.dev-installed: $(VENV)/.installed
 	touch $@
 
 # Two pytest workers: most of the suite waits on TensorFlow start-ups and subprocesses, so
-# two workers on 2 cores take ~16 min where one took ~28 (TEST_WORKERS=0: one process).
+# two workers on 2 cores take ~12 min where one took ~28 (TEST_WORKERS=0: one process).
 TEST_WORKERS ?= 2
 
 test: dev
