@@ -7,16 +7,14 @@ are checked and so must not import TensorFlow.
 
 import tensorflow as tf
 
-# The checkpoint's run id entry (a tf.Variable(tf.string) tracked as "run_id").
+# The checkpoint's run id entry (a tf.Variable(tf.string) tracked as "run_id") and its step.
 CHECKPOINT_RUN_ID_KEY = "run_id/.ATTRIBUTES/VARIABLE_VALUE"
+STEP_KEY = "step/.ATTRIBUTES/VARIABLE_VALUE"
 
 # What TF raises for a truncated, garbage or missing checkpoint file (a truncated
 # .data-* file surfaces as IndexError "Read less bytes than requested").
 CHECKPOINT_READ_ERRORS = (tf.errors.OpError, ValueError, IndexError, KeyError, OSError,
                           RuntimeError)
-
-
-STEP_KEY = "step/.ATTRIBUTES/VARIABLE_VALUE"
 
 
 def read_checkpoint_header(path: str):
