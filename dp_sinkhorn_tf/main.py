@@ -20,7 +20,6 @@ from absl import app, flags
 
 from dp_sinkhorn_tf import cli
 from dp_sinkhorn_tf.data import datasets
-from dp_sinkhorn_tf.io import files
 from dp_sinkhorn_tf.privacy import accounting
 from dp_sinkhorn_tf.train import config as config_lib
 from dp_sinkhorn_tf.train import train_flags
@@ -41,8 +40,6 @@ def run(cfg: config_lib.TrainConfig, flags_text: str, dataset=None) -> int:
     plan = accounting.plan_privacy(cfg, len(dataset.images))
   except (ValueError, FileNotFoundError) as e:
     cli.fail(cli.first_line(e))
-  except OSError as e:  # e.g. an unreadable IDX file
-    cli.fail(files.os_error(e, f"--dataset={cfg.data.dataset}"))
   from dp_sinkhorn_tf.train import train_lib  # TF loads after the flags and the plan
 
   try:

@@ -130,6 +130,14 @@ def test_truncated_header_and_corrupt_gzip_name_the_file(tmp_path):
     datasets.read_idx(str(broken))
 
 
+def test_an_unreadable_idx_file_names_the_file(tmp_path):
+  # Not "not found" (that names --idx_dir): a directory in the file's place, as root also
+  # gets it where a permission error would not show.
+  (tmp_path / "t.idx").mkdir()
+  with pytest.raises(ValueError, match=r"t.idx: unreadable \(Is a directory\)"):
+    datasets.read_idx(str(tmp_path / "t.idx"))
+
+
 def test_images_and_labels_must_agree(tmp_path):
   _write_split(str(tmp_path), "train", np.zeros((3, 4, 4), np.uint8), np.zeros(2), False)
   with pytest.raises(ValueError, match="train-labels-idx1-ubyte: expected \\[3\\] labels"):

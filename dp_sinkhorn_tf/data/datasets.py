@@ -19,7 +19,7 @@ uses. `load_test_split` returns the held-out split for evaluation; training neve
   its test split is TFDS's "test".
 
 Missing data raises `DataNotFoundError` (a FileNotFoundError and a ValueError) naming the flag
-and the files expected; malformed files raise ValueError naming the file.
+and the files expected; malformed or unreadable files raise ValueError naming the file.
 """
 
 import dataclasses
@@ -119,6 +119,8 @@ def _read_bytes(path: str) -> bytes:
       raw = fh.read()
   except FileNotFoundError:
     raise DataNotFoundError(f"{path}: no such IDX file") from None
+  except OSError as e:  # a directory, no permission, an I/O error: one line naming the file
+    raise ValueError(f"{path}: unreadable ({e.strerror or type(e).__name__})") from None
   if raw[:2] != b"\x1f\x8b":
     return raw
   try:
