@@ -155,18 +155,16 @@ class _StopFlag:
     return self.signum is not None
 
 
-def run(cfg: config_lib.TrainConfig, flags_text: str = "", dataset=None,
-        plan: Optional[accounting.PrivacyPlan] = None) -> int:
-  """Plans, trains and exports the run of `cfg`; returns the process exit code (0, or
+def run(cfg: config_lib.TrainConfig, flags_text: str, dataset: datasets.Dataset,
+        plan: accounting.PrivacyPlan) -> int:
+  """Trains and exports the run of `cfg` under `plan`; returns the process exit code (0, or
   128 + the signal that stopped it at a step boundary).
 
   flags_text: the command line as flags (written to flags.txt and into the export).
 
-  dataset: the private datasets.Dataset to train on instead of loading cfg.data (the run audit
-  passes the data with its canaries).
-
-  plan: `accounting.plan_privacy(cfg, len(dataset.images))` when the caller has it already
-  (`main` plans before TensorFlow loads); None plans here.
+  dataset: the private data (cfg.data loaded, or with the run audit's canaries); plan:
+  `accounting.plan_privacy(cfg, len(dataset.images))`. `main.run` loads and plans before
+  TensorFlow loads, so those errors are one line before its start-up.
 
   Raises:
     RunError: bad input (code 2) or a run that failed (code 1); one line, naming the flag
@@ -175,10 +173,6 @@ def run(cfg: config_lib.TrainConfig, flags_text: str = "", dataset=None,
     distribute.configure_devices(cfg.run.strategy, cfg.run.num_devices)  # before any TF op
     distribute.check_divisible(cfg.num_generated, distribute.make_strategy(
         cfg.run.strategy, cfg.run.num_devices).num_replicas_in_sync)
-    if dataset is None:
-      dataset = datasets.load_dataset(cfg.data.dataset, cfg.data.data_dir, cfg.data.idx_dir)
-    if plan is None:
-      plan = accounting.plan_privacy(cfg, len(dataset.images))
     if cfg.run.export:
       export_lib.check_model_name(cfg.run.model_name)
     if files.exists(cfg.run.workdir) and not files.isdir(cfg.run.workdir):
