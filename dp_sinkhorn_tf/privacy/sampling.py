@@ -17,8 +17,8 @@ float64 uniform from 52 random mantissa bits, so u_i is uniform on {k/2⁵²}, a
   P(i in batch) = #{k : k/2⁵² < q} / 2⁵² = ⌈q·2⁵²⌉ / 2⁵²,
 
 which is ≥ q and above it by less than 2⁻⁵². The planner hands the accountant this exact
-rate (`accounting.inclusion_probability`), not B/N. (float32 draws gave ⌈q·2²³⌉/2²³, up to 1.2e-7 above q: the demo's true ε
-was 10.0001 for a planned 10.)
+rate (`accounting.inclusion_probability`), not B/N. (float32 draws gave ⌈q·2²³⌉/2²³, up
+to 1.2e-7 above q: the demo's true ε was 10.0001 for a planned 10.)
 
 An empty batch (K = 0, probability (1−q)^N) is a valid outcome and a normal step: callers
 must not skip it (see `privacy`).
