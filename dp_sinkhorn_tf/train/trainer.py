@@ -105,6 +105,16 @@ def unscale(optimizer, grads):
   return grads
 
 
+def _step_metrics(loss, clean_norm, noised_norm, info, real) -> dict:
+  """A mechanism's per-step metrics. Only noised_grad_norm is a released quantity; the loss,
+  the clean norm, the Sinkhorn diagnostics and the batch size are private diagnostics
+  (`summaries` writes them under private_diagnostics/)."""
+  return {"loss": loss, "clean_grad_norm": clean_norm, "noised_grad_norm": noised_norm,
+          "sinkhorn_iterations": tf.cast(info.iterations, tf.float32),
+          "marginal_error": info.marginal_error,
+          "real_batch_size": tf.cast(tf.shape(real)[0], tf.float32)}
+
+
 class DPSinkhornModel(tf.keras.Model):
   """Wraps a generator; `train_step(step)` is one private DP-Sinkhorn update.
 
@@ -278,12 +288,7 @@ class DPSinkhornModel(tf.keras.Model):
     grads = gen_tape.gradient(mine, variables,
                               output_gradients=scale(self.optimizer, released[first:first + rows]))
     grads = unscale(self.optimizer, grads)
-    logs = {"loss": loss, "clean_grad_norm": p_info.clean_norm,
-            "noised_grad_norm": p_info.noised_norm,
-            "sinkhorn_iterations": tf.cast(info.iterations, tf.float32),
-            "marginal_error": info.marginal_error,
-            "real_batch_size": tf.cast(tf.shape(real)[0], tf.float32)}
-    return grads, logs
+    return grads, _step_metrics(loss, p_info.clean_norm, p_info.noised_norm, info, real)
 
   def param_grad_gradients(self, step: tf.Tensor):
     """The paper's ablation: the whole parameter gradient of the batch loss, clipped to C
@@ -303,11 +308,7 @@ class DPSinkhornModel(tf.keras.Model):
           grads, p.l2_norm_clip, self.noise_multiplier, self.noise_seed(step))
     else:
       clean_norm = tf.linalg.global_norm(grads)
-    return grads, {"loss": loss, "clean_grad_norm": clean_norm,
-                   "noised_grad_norm": tf.linalg.global_norm(grads),
-                   "sinkhorn_iterations": tf.cast(info.iterations, tf.float32),
-                   "marginal_error": info.marginal_error,
-                   "real_batch_size": tf.cast(tf.shape(real)[0], tf.float32)}
+    return grads, _step_metrics(loss, clean_norm, tf.linalg.global_norm(grads), info, real)
 
   @property
   def noise_multiplier(self) -> float:
