@@ -47,7 +47,7 @@ from dp_sinkhorn_tf.io import checkpoints, files, rundir
 from dp_sinkhorn_tf.privacy import accounting, keys
 from dp_sinkhorn_tf.release import export_lib, serving
 from dp_sinkhorn_tf.train import config as config_lib
-from dp_sinkhorn_tf.train import distribute, summaries, trainer
+from dp_sinkhorn_tf.train import distribute, progress, summaries, trainer
 
 
 class RunError(Exception):
@@ -68,17 +68,14 @@ def _tf_error(e: Exception, what: str) -> str:
 
 
 def _progress_printer():
-  bar = {}
+  """on_log for `train`: one progress line (`progress.ProgressLine`) per log step."""
+  line = progress.ProgressLine()
 
   def on_log(spent: int, total: int, logs: dict) -> None:
-    if "bar" not in bar:
-      bar["bar"] = tf.keras.utils.Progbar(total, stateful_metrics=list(logs),
-                                          unit_name="step")
-      bar["bar"].update(spent - 1 if spent > 1 else 0)
     # DP runs hand over only ε charged (a function of the plan and the step); the loss and
     # the batch size are computed on private data (private_diagnostics/).
-    shown = [(k, logs[k]) for k in ("epsilon", "noised_grad_norm", "loss") if k in logs]
-    bar["bar"].update(spent, values=shown)
+    line.report(spent, total, {k: logs[k] for k in ("epsilon", "noised_grad_norm", "loss")
+                               if k in logs})
 
   return on_log
 
