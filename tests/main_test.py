@@ -200,10 +200,26 @@ def test_progress_shows_only_publishable_values_and_summary_marks_private_files(
   proc = run_main(f"--workdir={tmp_path / 'run'}", *TINY, "--steps=3")
   assert proc.returncode == 0, proc.stderr[-2000:]
   assert "epsilon" in proc.stdout and "loss" not in proc.stdout
+  assert "step 3/3 (100.0%)" in proc.stdout  # the last step is always reported
   assert "real_batch_size" not in proc.stdout
   tail = proc.stdout.split("DO NOT PUBLISH:")[1]
   assert "privacy_key" in tail and "private_diagnostics" in tail
   assert "NOT PRIVATE" not in proc.stdout
+
+
+def test_bfloat16_on_a_cpu_without_bfloat16_instructions_is_warned(tmp_path, capsys,
+                                                                  monkeypatch):
+  from dp_sinkhorn_tf.train import hardware
+  monkeypatch.setattr(hardware, "read_cpu_flags", lambda: frozenset({"avx2", "fma"}))
+  flags.FLAGS.unparse_flags()
+  main.parse_flags(["main", f"--workdir={tmp_path / 'run'}", *TINY, "--steps=2",
+                    "--precision=bfloat16_convs"])
+  try:
+    assert main.run(main.config_from_flags(flags.FLAGS), flags.FLAGS.flags_into_string()) == 0
+  finally:
+    flags.FLAGS.unparse_flags()
+  assert ("warning: --precision=bfloat16_convs: this CPU has no bfloat16 instructions"
+          in capsys.readouterr().out)
 
 
 def test_insecure_fixed_key_is_announced_as_not_private(tmp_path):

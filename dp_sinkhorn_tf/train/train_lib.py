@@ -47,7 +47,7 @@ from dp_sinkhorn_tf.io import checkpoints, files, rundir
 from dp_sinkhorn_tf.privacy import accounting, keys
 from dp_sinkhorn_tf.release import export_lib, serving
 from dp_sinkhorn_tf.train import config as config_lib
-from dp_sinkhorn_tf.train import distribute, progress, summaries, trainer
+from dp_sinkhorn_tf.train import distribute, hardware, progress, summaries, trainer
 
 
 class RunError(Exception):
@@ -188,6 +188,11 @@ def run(cfg: config_lib.TrainConfig, flags_text: str, dataset: datasets.Dataset,
   complete = _outputs_complete(cfg, state.identity.run_id)
   print(f"dataset {cfg.data.dataset}: {len(dataset.images)} private records, image shape "
         f"{tuple(dataset.image_shape)}, {dataset.num_classes} classes")
+  slow = hardware.precision_warning(cfg.model.precision, cfg.loss.products,
+                                   hardware.read_cpu_flags(),
+                                   bool(tf.config.list_physical_devices("GPU")))
+  if slow:
+    print(f"warning: {slow}")
   if cfg.privacy.dp:
     print(f"privacy plan: q={plan.sample_rate:.4g} σ={plan.noise_multiplier:.4g} "
           f"C={cfg.privacy.l2_norm_clip:g} steps={plan.steps} → ε={plan.epsilon:.3f} "
