@@ -34,12 +34,14 @@ previous run's outputs this run does not produce, private_real_images/ included,
 just before eval.json).
 """
 
+import dataclasses
 import json
 import os
 import shutil
 import sys
 import tempfile
 import time
+from typing import Optional, Tuple
 
 import numpy as np
 from absl import flags
@@ -131,8 +133,37 @@ def _parse_classifiers(text: str):
   return kinds
 
 
-def check_flags(f) -> dict:
-  """Validates the flags without touching the disk beyond reads; returns the parsed ones."""
+@dataclasses.dataclass(frozen=True)
+class EvalConfig:
+  """`evaluate`'s flags, validated (`config_from_flags`); each field is the flag of its name
+  (see the flag definitions above), --classifiers parsed into a tuple."""
+
+  model: str
+  out: str
+  workdir: Optional[str]
+  dataset: str
+  data_dir: Optional[str]
+  idx_dir: Optional[str]
+  num_samples: int
+  seed: int
+  classifiers: Tuple[str, ...]
+  fid: str
+  fid_num_samples: int
+  fid_cache: Optional[str]
+  val_fraction: float
+  max_epochs: int
+  patience: int
+  batch_size: int
+  learning_rate: float
+  epsilon_points: int
+  paper_protocol: bool
+  show_epochs: bool
+  write_private_images: bool
+
+
+def config_from_flags(f) -> EvalConfig:
+  """The parsed flags `f` validated (reads the disk, writes nothing) into an EvalConfig;
+  raises FlagError naming the flag."""
   if not f.model:
     raise FlagError("--model: required (an export directory, or 'real')")
   if f.write_private_images and f.model != REAL:
@@ -174,7 +205,8 @@ def check_flags(f) -> dict:
   if f.num_samples - val_size < 1:
     raise FlagError(f"--num_samples={f.num_samples}: leaves no training image after the "
                     f"--val_fraction={f.val_fraction} validation split")
-  return {"classifiers": kinds}
+  values = {field.name: getattr(f, field.name) for field in dataclasses.fields(EvalConfig)}
+  return EvalConfig(**dict(values, classifiers=tuple(kinds)))
 
 
 def _load_workdir(workdir):
@@ -213,12 +245,12 @@ def _check_compatible(sampler, test: datasets.Dataset, dataset: str) -> None:
                     f"{sampler.num_classes} ({sampler.path})")
 
 
-def _load_split(loader, f) -> datasets.Dataset:
+def _load_split(loader, cfg: EvalConfig) -> datasets.Dataset:
   """loader(--dataset, --data_dir, --idx_dir); its errors re-raised naming a flag."""
   try:
-    return loader(f.dataset, f.data_dir, f.idx_dir)
+    return loader(cfg.dataset, cfg.data_dir, cfg.idx_dir)
   except (ValueError, FileNotFoundError) as e:
-    raise FlagError(str(e) if str(e).startswith("--") else f"--dataset={f.dataset}: {e}") \
+    raise FlagError(str(e) if str(e).startswith("--") else f"--dataset={cfg.dataset}: {e}") \
         from None
 
 
@@ -287,27 +319,26 @@ def _write_do_not_publish(path: str, dataset: str) -> str:
   return path
 
 
-def run(f) -> int:
-  """The evaluation for parsed flags `f`; raises FlagError / ValueError / FileNotFoundError."""
-  parsed = check_flags(f)
-  kinds = parsed["classifiers"]
+def run(cfg: EvalConfig) -> int:
+  """The evaluation of `cfg`; raises FlagError / ValueError / FileNotFoundError."""
+  kinds = list(cfg.classifiers)
   started = time.time()
   extractor = None
-  if f.fid != "none":
+  if cfg.fid != "none":
     try:
-      extractor = fid_lib.make_extractor(f.fid)
+      extractor = fid_lib.make_extractor(cfg.fid)
     except ImportError as e:
-      raise FlagError(f"--fid={f.fid}: {e}") from None
-  ledger, privacy_json = _load_workdir(f.workdir)
+      raise FlagError(f"--fid={cfg.fid}: {e}") from None
+  ledger, privacy_json = _load_workdir(cfg.workdir)
 
-  test = _load_split(datasets.load_test_split, f)
-  _log(f"test split of {f.dataset}: {len(test.images)} images {tuple(test.image_shape)}, "
+  test = _load_split(datasets.load_test_split, cfg)
+  _log(f"test split of {cfg.dataset}: {len(test.images)} images {tuple(test.image_shape)}, "
        f"{test.num_classes} classes")
 
-  if f.model == REAL:
-    train = _load_split(datasets.load_dataset, f)
-    n = min(f.num_samples, len(train.images))
-    chosen = np.random.default_rng(f.seed).permutation(len(train.images))[:n]
+  if cfg.model == REAL:
+    train = _load_split(datasets.load_dataset, cfg)
+    n = min(cfg.num_samples, len(train.images))
+    chosen = np.random.default_rng(cfg.seed).permutation(len(train.images))[:n]
     images, labels = train.images[chosen], train.labels[chosen]
     metadata = None
     privacy = {"dp": False, "note": "classifiers trained on the real private training split: "
@@ -316,38 +347,38 @@ def run(f) -> int:
     _log(f"baseline: {n} real training images (of {len(train.images)})")
   else:
     try:
-      sampler = evaluation.sampler_from_saved_model(f.model)
+      sampler = evaluation.sampler_from_saved_model(cfg.model)
     except (ValueError, FileNotFoundError) as e:
-      raise FlagError(f"--model={f.model}: {e}") from None
-    _check_compatible(sampler, test, f.dataset)
+      raise FlagError(f"--model={cfg.model}: {e}") from None
+    _check_compatible(sampler, test, cfg.dataset)
     metadata, label_names = sampler.metadata, sampler.label_names
     privacy = evaluation.privacy_summary(metadata, privacy_json)
-    _log(f"generating {f.num_samples} images from {sampler.path}")
-    images, labels = evaluation.generate_dataset(sampler, sampler.num_classes, f.num_samples,
-                                                 f.seed)
-    n = f.num_samples
-  if f.model == REAL and privacy_json is not None:
+    _log(f"generating {cfg.num_samples} images from {sampler.path}")
+    images, labels = evaluation.generate_dataset(sampler, sampler.num_classes, cfg.num_samples,
+                                                 cfg.seed)
+    n = cfg.num_samples
+  if cfg.model == REAL and privacy_json is not None:
     privacy["privacy_json"] = privacy_json
 
   def on_trained(result):
     _log(f"  {result.kind}: best epoch {result.best_epoch + 1}/{len(result.history['loss'])}"
          f", validation accuracy {result.val_accuracy:.4f}")
 
-  _log(f"training {', '.join(kinds)} on {n} images (validation fraction {f.val_fraction})")
+  _log(f"training {', '.join(kinds)} on {n} images (validation fraction {cfg.val_fraction})")
   accuracies = evaluation.evaluate_downstream(
-      images, labels, test.images, test.labels, test.num_classes, kinds, f.seed,
-      on_trained=on_trained, val_fraction=f.val_fraction, max_epochs=f.max_epochs,
-      patience=f.patience, batch_size=f.batch_size, learning_rate=f.learning_rate,
-      verbose=2 if f.show_epochs else 0)
+      images, labels, test.images, test.labels, test.num_classes, kinds, cfg.seed,
+      on_trained=on_trained, val_fraction=cfg.val_fraction, max_epochs=cfg.max_epochs,
+      patience=cfg.patience, batch_size=cfg.batch_size, learning_rate=cfg.learning_rate,
+      verbose=2 if cfg.show_epochs else 0)
   for kind, acc in accuracies.items():
     _log(f"test accuracy {kind}: {acc:.4f}")
   paper = None
-  if f.paper_protocol:
+  if cfg.paper_protocol:
     _log("the paper's protocol (epoch chosen by real test accuracy: OPTIMISTIC, for "
          "comparison only)")
     paper = evaluation.evaluate_paper_protocol(
-        images, labels, test.images, test.labels, test.num_classes, kinds, f.seed,
-        max_epochs=f.max_epochs, batch_size=f.batch_size, learning_rate=f.learning_rate)
+        images, labels, test.images, test.labels, test.num_classes, kinds, cfg.seed,
+        max_epochs=cfg.max_epochs, batch_size=cfg.batch_size, learning_rate=cfg.learning_rate)
     for kind, result in paper.items():
       _log(f"paper-protocol test accuracy {kind}: {result.accuracy:.4f} (epoch "
            f"{result.best_epoch + 1}/{len(result.test_accuracies)}; optimistic)")
@@ -356,16 +387,16 @@ def run(f) -> int:
   if extractor is None:
     fid_reason = "not requested (--fid=none)"
   else:
-    fake = images[:min(f.fid_num_samples, len(images))]
-    _log(f"FID ({f.fid}) of {len(fake)} images against {len(test.images)} test images")
-    fid_value = fid_lib.compute_fid(test.images, fake, extractor, f.fid_cache)
-    _log(f"FID ({f.fid}): {fid_value:.4f}" +
-         ("" if f.fid == "inception" else " (pixel features: NOT the standard FID)"))
+    fake = images[:min(cfg.fid_num_samples, len(images))]
+    _log(f"FID ({cfg.fid}) of {len(fake)} images against {len(test.images)} test images")
+    fid_value = fid_lib.compute_fid(test.images, fake, extractor, cfg.fid_cache)
+    _log(f"FID ({cfg.fid}): {fid_value:.4f}" +
+         ("" if cfg.fid == "inception" else " (pixel features: NOT the standard FID)"))
 
-  extra = {"classifier_settings": {"val_fraction": f.val_fraction, "max_epochs": f.max_epochs,
-                                   "patience": f.patience, "batch_size": f.batch_size,
-                                   "learning_rate": f.learning_rate},
-           "fid_num_samples": None if extractor is None else min(f.fid_num_samples, n),
+  extra = {"classifier_settings": {"val_fraction": cfg.val_fraction, "max_epochs": cfg.max_epochs,
+                                   "patience": cfg.patience, "batch_size": cfg.batch_size,
+                                   "learning_rate": cfg.learning_rate},
+           "fid_num_samples": None if extractor is None else min(cfg.fid_num_samples, n),
            "label_names": list(label_names), "seconds": round(time.time() - started, 1)}
   if paper is not None:
     extra["accuracies_paper_protocol"] = {k: r.accuracy for k, r in paper.items()}
@@ -379,21 +410,21 @@ def run(f) -> int:
   if metadata is not None:
     extra["export_path"] = os.path.abspath(sampler.path)
   report = evaluation.eval_report(
-      model=f.model, dataset=f.dataset, accuracies=accuracies, num_samples=n, seed=f.seed,
+      model=cfg.model, dataset=cfg.dataset, accuracies=accuracies, num_samples=n, seed=cfg.seed,
       test_size=len(test.images), privacy=privacy, fid=fid_value,
       fid_backend=None if extractor is None else extractor.name,
-      fid_is_standard=f.fid == "inception", fid_reason=fid_reason, extra=extra)
-  if f.workdir is not None and ledger is None:
-    report["epsilon_plot"] = f"none: {os.path.join(f.workdir, LEDGER_FILE)} not found"
+      fid_is_standard=cfg.fid == "inception", fid_reason=fid_reason, extra=extra)
+  if cfg.workdir is not None and ledger is None:
+    report["epsilon_plot"] = f"none: {os.path.join(cfg.workdir, LEDGER_FILE)} not found"
   elif ledger is not None and ledger.steps_taken < 1:
     report["epsilon_plot"] = "none: the ledger records no step"
     ledger = None
 
   # --model=real pictures show private records: withheld, or (--write_private_images) in
   # PRIVATE_DIR next to DO_NOT_PUBLISH.txt; a generated model's go to --out itself.
-  private = f.model == REAL
+  private = cfg.model == REAL
   pictures, note = [GRID_FILE, HISTOGRAM_FILE], None
-  if private and not f.write_private_images:
+  if private and not cfg.write_private_images:
     pictures = []
     note = (f"{GRID_FILE} and {HISTOGRAM_FILE} withheld: with --model={REAL} they would show "
             f"private training records (--write_private_images writes them to {PRIVATE_DIR}/, "
@@ -402,39 +433,39 @@ def run(f) -> int:
     pictures = [PRIVATE_GRID_FILE, PRIVATE_HISTOGRAM_FILE]
     note = (f"{PRIVATE_DIR}/ holds PRIVATE training records (--write_private_images): never "
             "publish it")
-  what = "PRIVATE real training data" if private else f"generated ({f.model})"
+  what = "PRIVATE real training data" if private else f"generated ({cfg.model})"
   writers = []
   if pictures:
     grid_file, histogram_file = pictures
     if private:
       writers.append(_writer(PRIVATE_WARNING_FILE,
-                             lambda p: _write_do_not_publish(p, f.dataset)))
+                             lambda p: _write_do_not_publish(p, cfg.dataset)))
     writers.append(_writer(grid_file, lambda p: images_lib.save_class_grid_png(
         images, labels, label_names, p, title=what)))
     writers.append(_writer(histogram_file, lambda p: images_lib.save_label_histogram_png(
         labels, label_names, p, reference_labels=test.labels, title=f"labels: {what}")))
   if ledger is not None:
     writers.append(_writer(EPSILON_FILE, lambda p: images_lib.save_epsilon_plot_png(
-        ledger, p, f.epsilon_points)))
+        ledger, p, cfg.epsilon_points)))
   report["pictures"] = {
       "written": pictures + ([EPSILON_FILE] if ledger is not None else []),
       "private": pictures if private else [],
       "withheld": [GRID_FILE, HISTOGRAM_FILE] if private and not pictures else [],
       "note": note}
   writers.append(_writer(EVAL_FILE, lambda p: files.write_json_atomic(p, report)))
-  _stage_and_publish(f.out, writers)
+  _stage_and_publish(cfg.out, writers)
   if private and not pictures:
     _log(f"not writing {GRID_FILE} / {HISTOGRAM_FILE}: with --model={REAL} they would show "
          f"private training records (--write_private_images writes them to "
-         f"{os.path.join(f.out, PRIVATE_DIR)}, never to be published)")
+         f"{os.path.join(cfg.out, PRIVATE_DIR)}, never to be published)")
   elif private:
-    _log(f"wrote PRIVATE training records to {os.path.join(f.out, PRIVATE_DIR)} ({GRID_FILE}, "
+    _log(f"wrote PRIVATE training records to {os.path.join(cfg.out, PRIVATE_DIR)} ({GRID_FILE}, "
          f"{HISTOGRAM_FILE}): they must NOT be published (see {DO_NOT_PUBLISH_FILE})")
-  _log(f"wrote {os.path.join(f.out, EVAL_FILE)} ({time.time() - started:.0f} s)")
+  _log(f"wrote {os.path.join(cfg.out, EVAL_FILE)} ({time.time() - started:.0f} s)")
   return 0
 
 
-main = cli.main_of(run, FLAGS, "dp_sinkhorn_tf.evaluate")
+main = cli.main_of(lambda f: run(config_from_flags(f)), FLAGS, "dp_sinkhorn_tf.evaluate")
 
 
 if __name__ == "__main__":

@@ -286,3 +286,22 @@ def test_a_corrupt_saved_model_is_one_line_naming_the_file(digits_export, tmp_pa
   errors = _error_lines(err)
   assert code == 2 and len(errors) == 1 and "saved_model.pb" in errors[0], err
   assert not out.exists()
+
+
+def test_eval_config_holds_every_flag_and_refuses_a_bad_one(tmp_path):
+  # Every evaluate flag reaches the frozen config under its own name (run reads nothing else).
+  from absl import flags as absl_flags
+  names = {f.name for f in evaluate.dataclasses.fields(evaluate.EvalConfig)}
+  assert names == set(evaluate.FLAGS) - set(absl_flags.FlagValues())
+  evaluate.FLAGS.unparse_flags()
+  evaluate.FLAGS(["evaluate", *FAST_REAL, "--classifiers=mlp,logreg", f"--out={tmp_path}"])
+  try:
+    cfg = evaluate.config_from_flags(evaluate.FLAGS)
+    assert cfg.classifiers == ("mlp", "logreg") and cfg.out == str(tmp_path)
+    with pytest.raises(evaluate.dataclasses.FrozenInstanceError):
+      cfg.seed = 1
+    evaluate.FLAGS.classifiers = "logreg,logreg"
+    with pytest.raises(evaluate.FlagError, match="^--classifiers=logreg,logreg: .* twice"):
+      evaluate.config_from_flags(evaluate.FLAGS)
+  finally:
+    evaluate.FLAGS.unparse_flags()
