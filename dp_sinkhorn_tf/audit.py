@@ -70,6 +70,39 @@ ROC_FILE = "audit_roc.png"
 CANARY_FILE = rundir.AUDIT_CANARY_FILE
 
 
+@dataclasses.dataclass(frozen=True)
+class AuditConfig:
+  """The --audit_* flags, validated; each field is the flag --audit_<name> (`kind` is
+  --audit, `out` is --audit_out or <workdir>/audit)."""
+
+  kind: str  # "step" | "run"
+  out: str
+  trials: int  # step audit: releases per side
+  controls: bool  # step audit: also audit the broken mechanisms
+  confidence: float  # of the lower bounds
+  canaries: int  # run audit: m
+  canary_copies: int  # run audit: records per included canary (> 1: positive control)
+  samples_per_class: int  # run audit: generated images per label the attacker draws
+
+  def __post_init__(self):
+    for name in ("trials", "canaries", "samples_per_class"):
+      if getattr(self, name) < 2:
+        raise ValueError(f"--audit_{name}={getattr(self, name)}: expected an integer ≥ 2")
+    if self.canary_copies < 1:
+      raise ValueError(f"--audit_canary_copies={self.canary_copies}: expected an integer ≥ 1")
+    if not 0.5 < self.confidence < 1:
+      raise ValueError(f"--audit_confidence={self.confidence}: expected in (0.5, 1)")
+
+
+def audit_config_from_flags(f, workdir: str) -> AuditConfig:
+  """The --audit_* flags of `f` as an AuditConfig (ValueError naming a bad one)."""
+  return AuditConfig(kind=f.audit, out=f.audit_out or rundir.path(workdir, rundir.AUDIT_DIR),
+                     trials=f.audit_trials, controls=f.audit_controls,
+                     confidence=f.audit_confidence, canaries=f.audit_canaries,
+                     canary_copies=f.audit_canary_copies,
+                     samples_per_class=f.audit_samples_per_class)
+
+
 # ---- the step audit ------------------------------------------------------------------------
 
 @dataclasses.dataclass(frozen=True)
@@ -397,13 +430,15 @@ def _result_json(result: auditing.StepAuditResult, what: str) -> dict:
   return out
 
 
-def run_step(cfg, out: str) -> int:
+def run_step(cfg, audit_cfg: AuditConfig) -> int:
+  """The step audit of `cfg`'s mechanism; 1 if it or a missed control is flagged."""
   from dp_sinkhorn_tf.data import datasets
   dataset = datasets.load_dataset(cfg.data.dataset, cfg.data.data_dir, cfg.data.idx_dir)
   plan = accounting.plan_privacy(cfg, len(dataset.images))
   if not cfg.privacy.dp or cfg.privacy.mechanism != "image_grad":
     raise ValueError("--audit=step audits the image_grad mechanism of a --dp config")
-  delta, conf, trials = cfg.privacy.delta, FLAGS.audit_confidence, FLAGS.audit_trials
+  delta, conf, trials = cfg.privacy.delta, audit_cfg.confidence, audit_cfg.trials
+  out = audit_cfg.out
   print(f"step audit: σ={plan.noise_multiplier:.4g} C={cfg.privacy.l2_norm_clip:g} "
         f"δ={delta:g}, {trials} releases per side, fresh key each")
   setting = step_setting(cfg, dataset, plan.noise_multiplier, plan.sample_rate)
@@ -423,7 +458,7 @@ def run_step(cfg, out: str) -> int:
                      (("attack on the real mechanism", s_out[half:], s_in[half:],
                        result.epsilon_lower_bound),))]
   broken = []
-  if FLAGS.audit_controls:
+  if audit_cfg.controls:
     for name, (build, certify, what) in CONTROLS.items():
       certified = certify(setting, cfg, delta, plan.sample_rate)
       c, c_out, c_in = audit_release(setting, build(setting), trials, delta, conf, certified)
@@ -453,43 +488,44 @@ def certified_run_epsilon(workdir: str) -> float:
   return float(min(report["ledger"]["epsilon"].values()))
 
 
-def run_run(cfg, out: str) -> int:
+def run_run(cfg, audit_cfg: AuditConfig, flags_text: str) -> int:
+  """The run audit: trains `cfg` (flags_text: its command line, for flags.txt) with canaries,
+  then attacks the export; 1 if the bound exceeds the certified ε."""
   from dp_sinkhorn_tf.data import datasets
   from dp_sinkhorn_tf.release import serving
   dataset = datasets.load_dataset(cfg.data.dataset, cfg.data.data_dir, cfg.data.idx_dir)
-  m = FLAGS.audit_canaries
+  m, copies, out = audit_cfg.canaries, audit_cfg.canary_copies, audit_cfg.out
   images, labels, included = load_or_draw_canaries(
       os.path.join(cfg.run.workdir, CANARY_FILE), m, dataset)
   print(f"run audit: {m} canaries, {int(included.sum())} in the private set (secret audit "
         f"key; {os.path.join(cfg.run.workdir, CANARY_FILE)} is DO NOT PUBLISH)")
   # A finished run is re-scored, never trained further.
   cfg = dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, if_finished="skip"))
-  code = main_lib.run(cfg, FLAGS.flags_into_string(),
-                      dataset=with_canaries(dataset, images, labels, included,
-                                            FLAGS.audit_canary_copies))
+  code = main_lib.run(cfg, flags_text,
+                      dataset=with_canaries(dataset, images, labels, included, copies))
   if code:
     return code
   version_dir, _ = serving.find_version_dir(
       os.path.join(cfg.run.workdir, "export", cfg.run.model_name))
   metadata = serving.read_metadata(version_dir)
-  per_class = FLAGS.audit_samples_per_class
+  per_class = audit_cfg.samples_per_class
   gen, gen_labels = generate_from_export(version_dir, dataset.num_classes, per_class,
                                          cfg.run.seed)
   scores = auditing.nearest_distance_scores(images, labels, gen, gen_labels)
-  result = auditing.one_run_audit(scores, included, cfg.privacy.delta, FLAGS.audit_confidence)
+  result = auditing.one_run_audit(scores, included, cfg.privacy.delta, audit_cfg.confidence)
   certified = certified_run_epsilon(cfg.run.workdir)
   print(f"  one-run audit: ε ≥ {result.epsilon_lower_bound:.3f} ({result.correct}/"
         f"{result.guesses} guesses right) vs certified ε={certified:.3f}")
   payload = dict(dataclasses.asdict(result),
                  certified_epsilon=certified if math.isfinite(certified) else None,
-                 private=metadata.get("private"), copies=FLAGS.audit_canary_copies,
+                 private=metadata.get("private"), copies=copies,
                  flagged=result.epsilon_lower_bound >
                  certified, samples_per_class=per_class, run_id=metadata.get("run_id"),
                  score="−min squared distance to generated images of the canary's label",
                  auc=float(np.mean(scores[included][:, None] > scores[~included][None, :])))
   path = _write_report(out, "run", payload)
   plot_roc(os.path.join(out, "run_" + ROC_FILE),
-           [RocPanel(f"one training run, {m} canaries × {FLAGS.audit_canary_copies}",
+           [RocPanel(f"one training run, {m} canaries × {copies}",
                      certified, cfg.privacy.delta,
                      (("nearest generated image", scores[~included], scores[included],
                        result.epsilon_lower_bound),))])
@@ -502,22 +538,14 @@ def main(argv) -> int:
     cli.fail(f"unexpected arguments {argv[1:]}: all options are --flags")
   try:
     cfg = train_flags.config_from_flags(FLAGS)
-    for name in ("audit_trials", "audit_canaries", "audit_samples_per_class"):
-      if getattr(FLAGS, name) < 2:
-        raise ValueError(f"--{name}={getattr(FLAGS, name)}: expected an integer ≥ 2")
-    if FLAGS.audit_canary_copies < 1:
-      raise ValueError(f"--audit_canary_copies={FLAGS.audit_canary_copies}: expected an "
-                       "integer ≥ 1")
-    if not 0.5 < FLAGS.audit_confidence < 1:
-      raise ValueError(f"--audit_confidence={FLAGS.audit_confidence}: expected in (0.5, 1)")
-    out = FLAGS.audit_out or rundir.path(cfg.run.workdir, rundir.AUDIT_DIR)
-    if FLAGS.audit == "step":
-      return run_step(cfg, out)
-    return run_run(cfg, out)
+    audit_cfg = audit_config_from_flags(FLAGS, cfg.run.workdir)
+    if audit_cfg.kind == "step":
+      return run_step(cfg, audit_cfg)
+    return run_run(cfg, audit_cfg, FLAGS.flags_into_string())
   except (ValueError, FileNotFoundError) as e:
     cli.fail(str(e))
   except OSError as e:
-    cli.fail(files.os_error(e, FLAGS.audit_out or cfg.run.workdir))
+    cli.fail(files.os_error(e, FLAGS.audit_out or FLAGS.workdir))
   return 2
 
 

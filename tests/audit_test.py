@@ -94,6 +94,39 @@ def run_audit(*args, timeout=600):
                         cwd=ROOT, capture_output=True, text=True, timeout=timeout, env=env)
 
 
+GOOD_AUDIT = dict(kind="step", out="/tmp/out", trials=10, controls=True, confidence=0.95,
+                  canaries=10, canary_copies=1, samples_per_class=10)
+
+
+@pytest.mark.parametrize("field, value, flag", [
+    ("trials", 1, "--audit_trials=1"), ("canaries", 1, "--audit_canaries=1"),
+    ("samples_per_class", 0, "--audit_samples_per_class=0"),
+    ("canary_copies", 0, "--audit_canary_copies=0"),
+    ("confidence", 0.5, "--audit_confidence=0.5"), ("confidence", 1.0, "--audit_confidence=1.0"),
+])
+def test_audit_config_refuses_a_bad_value_naming_its_flag(field, value, flag):
+  audit.AuditConfig(**GOOD_AUDIT)  # the base is valid
+  with pytest.raises(ValueError, match=f"^{flag}: expected"):
+    audit.AuditConfig(**dict(GOOD_AUDIT, **{field: value}))
+
+
+def test_audit_config_from_flags_defaults_out_to_the_workdir():
+  class Flags:  # the --audit_* flags at their defaults
+    audit, audit_out, audit_trials, audit_controls, audit_confidence = "run", None, 10, 1, 0.9
+    audit_canaries, audit_canary_copies, audit_samples_per_class = 20, 1, 5
+  cfg = audit.audit_config_from_flags(Flags, "/runs/x")
+  assert cfg.out == "/runs/x/audit" and cfg.kind == "run" and cfg.canaries == 20
+
+
+def test_bad_audit_flag_is_one_line_and_writes_nothing(tmp_path):
+  proc = run_audit("--audit=step", "--audit_confidence=1", f"--audit_out={tmp_path / 'out'}",
+                   timeout=120)
+  assert proc.returncode == 2
+  assert proc.stderr.strip().splitlines() == [
+      "error: --audit_confidence=1.0: expected in (0.5, 1)"]
+  assert not (tmp_path / "out").exists()
+
+
 def test_step_cli_writes_audit_json_and_roc(tmp_path):
   proc = run_audit("--audit=step", "--audit_trials=400", "--noaudit_controls",
                    f"--audit_out={tmp_path}")
