@@ -12,6 +12,11 @@ with (t₀, step₀) the first report; until a second report there is no speed t
 (Keras's Progbar, used before, divides by all steps since step 0 and so under-stated the
 time left, by ~100× on a resume halfway through.)
 
+Privacy: the step and ε are independent of the data, but no timing is covered by ε (a
+step's time depends weakly on the private data: Sinkhorn solves stop at convergence, the
+real batch is padded to a power-of-two bucket), so the speed and time left are for the
+operator, not for publication (README, "what is safe to publish").
+
 On a terminal the line is rewritten in place, at most every `tty_interval` seconds; in a
 log file each report is its own line, at most one per `file_interval` seconds. The last
 step is always reported.
