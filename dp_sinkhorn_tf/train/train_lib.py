@@ -646,7 +646,8 @@ def _train_loop(cfg, plan, state, model, step, manager, strategy, chief: bool, s
         if on_log is not None:  # at once: the step and the ε charged are data-independent
           on_log(t, plan.steps, dict(logs) if ledger is None else {"epsilon": epsilon})
       if t % run.sample_every == 0 and t < plan.steps:
-        images_t = summaries.generate_grid(model.sampling_generator, num_classes, 10)  # every worker
+        # on every worker, as the final grid below
+        images_t = summaries.generate_grid(model.sampling_generator, num_classes, 10)
         if chief:
           pending.append(functools.partial(summaries.write_samples, writer, images_t, names,
                                            run.workdir, t))
