@@ -50,23 +50,23 @@ class ProgressLine:
     self._first = None  # (time, step) of this process's first report
     self._last_written = None  # time of the last line written
 
-  def speed(self, step: int) -> Optional[float]:
-    """Seconds per step since the first report, or None before a second report."""
+  def speed(self, step: int, now: float) -> Optional[float]:
+    """Seconds per step from the first report to (now, step); None before a second report."""
     if self._first is None or step <= self._first[1]:
       return None
     t0, step0 = self._first
-    return (self._clock() - t0) / (step - step0)
+    return (now - t0) / (step - step0)
 
-  def line(self, step: int, total: int, values: Mapping[str, float]) -> str:
-    """The text of one report (no line ending)."""
+  def line(self, step: int, total: int, values: Mapping[str, float], now: float) -> str:
+    """The text of the report of `step` at time `now` (no line ending)."""
     parts = [f"step {step}/{total} ({100.0 * step / total:.1f}%)" if total else f"step {step}"]
-    per_step = self.speed(step)
+    per_step = self.speed(step, now)
     if per_step is not None:
       parts.append(f"{1e3 * per_step:.1f} ms/step")
       if step < total:
         parts.append(f"{format_duration(per_step * (total - step))} left")
       else:
-        parts.append(f"done in {format_duration(self._clock() - self._first[0])}")
+        parts.append(f"done in {format_duration(now - self._first[0])}")
     parts += [f"{k} {v:.4f}" for k, v in values.items()]
     return " · ".join(parts)
 
@@ -78,7 +78,7 @@ class ProgressLine:
     if (not last and self._last_written is not None
         and now - self._last_written < self._interval):
       return
-    text = self.line(step, total, values)
+    text = self.line(step, total, values, now)
     if self._tty:
       self._stream.write("\r\x1b[K" + text + ("\n" if last else ""))
     else:
