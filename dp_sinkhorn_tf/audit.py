@@ -87,12 +87,12 @@ class AuditConfig:
 
   def __post_init__(self):
     for name in ("trials", "canaries", "samples_per_class"):
-      if getattr(self, name) < 2:
-        raise ValueError(f"--audit_{name}={getattr(self, name)}: expected an integer ≥ 2")
-    if self.canary_copies < 1:
-      raise ValueError(f"--audit_canary_copies={self.canary_copies}: expected an integer ≥ 1")
-    if not 0.5 < self.confidence < 1:
-      raise ValueError(f"--audit_confidence={self.confidence}: expected in (0.5, 1)")
+      cli.require(getattr(self, name) >= 2, f"audit_{name}", "an integer ≥ 2",
+                  getattr(self, name))
+    cli.require(self.canary_copies >= 1, "audit_canary_copies", "an integer ≥ 1",
+                self.canary_copies)
+    cli.require(0.5 < self.confidence < 1, "audit_confidence", "a number in (0.5, 1)",
+                self.confidence)
 
 
 def audit_config_from_flags(f, workdir: str) -> AuditConfig:

@@ -39,6 +39,14 @@ class FlagfileError(ValueError):
   """A --flagfile that cannot be found or read (the message names it)."""
 
 
+def require(condition: bool, flag: str, expected: str, value,
+            error: type = ValueError) -> None:
+  """Raises `error("--flag=value: expected …")` unless `condition`: the one-line form of a bad
+  flag value that every entry point prints (the value as its repr, so '' and ' ' show)."""
+  if not condition:
+    raise error(f"--{flag}={value!r}: expected {expected}")
+
+
 def find_flagfile(name: str, relative_to: Optional[str] = None) -> str:
   """The path of flagfile `name`: relative to `relative_to` (the naming file's folder) or
   the working directory, else among the shipped flagfiles."""

@@ -119,6 +119,10 @@ class FlagError(ValueError):
   """A bad flag value; the message starts with the flag."""
 
 
+def _require(condition: bool, flag: str, expected: str, value) -> None:
+  cli.require(condition, flag, expected, value, error=FlagError)
+
+
 def _parse_classifiers(text: str):
   kinds = [k.strip() for k in text.split(",") if k.strip()]
   if not kinds:
@@ -174,26 +178,21 @@ def config_from_flags(f) -> EvalConfig:
     raise FlagError("--out: required (the output directory)")
   if os.path.exists(f.out) and not os.path.isdir(f.out):
     raise FlagError(f"--out={f.out}: exists and is not a directory")
-  if f.dataset not in datasets.DATASETS:
-    raise FlagError(f"--dataset={f.dataset}: expected one of {', '.join(datasets.DATASETS)}")
+  _require(f.dataset in datasets.DATASETS, "dataset", f"one of {', '.join(datasets.DATASETS)}",
+           f.dataset)
   if f.idx_dir is not None and f.dataset not in datasets.IDX_DATASETS:
     raise FlagError(f"--idx_dir is for {' / '.join(datasets.IDX_DATASETS)}, not "
                     f"--dataset={f.dataset}")
-  if f.num_samples < 2:
-    raise FlagError(f"--num_samples={f.num_samples}: expected at least 2")
-  if f.fid not in fid_lib.FID_BACKENDS:
-    raise FlagError(f"--fid={f.fid}: expected one of {'|'.join(fid_lib.FID_BACKENDS)}")
-  if f.fid != "none" and f.fid_num_samples < 2:
-    raise FlagError(f"--fid_num_samples={f.fid_num_samples}: expected at least 2")
-  if not 0 < f.val_fraction < 1:
-    raise FlagError(f"--val_fraction={f.val_fraction}: expected a fraction in (0, 1)")
-  if not f.learning_rate > 0:
-    raise FlagError(f"--learning_rate={f.learning_rate}: expected a positive number")
+  _require(f.num_samples >= 2, "num_samples", "at least 2", f.num_samples)
+  _require(f.fid in fid_lib.FID_BACKENDS, "fid", f"one of {'|'.join(fid_lib.FID_BACKENDS)}",
+           f.fid)
+  _require(f.fid == "none" or f.fid_num_samples >= 2, "fid_num_samples", "at least 2",
+           f.fid_num_samples)
+  _require(0 < f.val_fraction < 1, "val_fraction", "a fraction in (0, 1)", f.val_fraction)
+  _require(f.learning_rate > 0, "learning_rate", "a positive number", f.learning_rate)
   for name in ("max_epochs", "patience", "batch_size", "epsilon_points"):
-    if getattr(f, name) < 1:
-      raise FlagError(f"--{name}={getattr(f, name)}: expected at least 1")
-  if f.seed < 0:
-    raise FlagError(f"--seed={f.seed}: expected a non-negative integer")
+    _require(getattr(f, name) >= 1, name, "at least 1", getattr(f, name))
+  _require(f.seed >= 0, "seed", "a non-negative integer", f.seed)
   if f.model != REAL and not os.path.exists(f.model):
     raise FlagError(f"--model={f.model}: no such export directory")
   if f.workdir is not None and not os.path.isdir(f.workdir):

@@ -123,7 +123,7 @@ def test_bad_audit_flag_is_one_line_and_writes_nothing(tmp_path):
                    timeout=120)
   assert proc.returncode == 2
   assert proc.stderr.strip().splitlines() == [
-      "error: --audit_confidence=1.0: expected in (0.5, 1)"]
+      "error: --audit_confidence=1.0: expected a number in (0.5, 1)"]
   assert not (tmp_path / "out").exists()
 
 

@@ -11,6 +11,7 @@ import dataclasses
 import math
 from typing import Optional
 
+from dp_sinkhorn_tf import cli
 from dp_sinkhorn_tf.models import options as model_options
 from dp_sinkhorn_tf.privacy import mechanisms
 from dp_sinkhorn_tf.transport import options as transport_options
@@ -28,18 +29,13 @@ STRATEGIES = ("default", "mirrored", "multi_worker")
 IF_FINISHED = ("fail", "skip")
 
 
-def _require(condition: bool, flag: str, expected: str, value) -> None:
-  if not condition:
-    raise ValueError(f"--{flag}={value!r}: expected {expected}")
-
-
 def _require_finite(obj, *names: str) -> None:
   """Every named float field is a finite number (or None): inf and NaN are refused up front
   (--target_epsilon=inf once trained a whole run at σ ≈ 0.001)."""
   for name in names:
     value = getattr(obj, name)
-    _require(value is None or (isinstance(value, (int, float)) and math.isfinite(value)),
-             name, "a finite number", value)
+    cli.require(value is None or (isinstance(value, (int, float)) and math.isfinite(value)),
+                name, "a finite number", value)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,12 +58,12 @@ class ModelConfig:
   precision: str = "float32"
 
   def __post_init__(self):
-    _require(self.precision in PRECISIONS, "precision", f"one of {PRECISIONS}", self.precision)
-    _require(self.architecture in ARCHITECTURES, "architecture", f"one of {ARCHITECTURES}",
-             self.architecture)
-    _require(self.output in OUTPUTS, "output", f"one of {OUTPUTS}", self.output)
+    cli.require(self.precision in PRECISIONS, "precision", f"one of {PRECISIONS}", self.precision)
+    cli.require(self.architecture in ARCHITECTURES, "architecture", f"one of {ARCHITECTURES}",
+                self.architecture)
+    cli.require(self.output in OUTPUTS, "output", f"one of {OUTPUTS}", self.output)
     for name in ("latent_dim", "embed_dim", "hidden", "depth"):
-      _require(getattr(self, name) >= 1, name, "an integer ≥ 1", getattr(self, name))
+      cli.require(getattr(self, name) >= 1, name, "an integer ≥ 1", getattr(self, name))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -95,13 +91,13 @@ class LossConfig:
   def __post_init__(self):
     _require_finite(self, "l1_weight", "debias_fraction", "alpha_c")
     names = transport_options.COST_NAMES
-    _require(self.cost in names, "cost", f"one of {names}", self.cost)
-    _require(self.products in PRODUCTS, "sinkhorn_products", f"one of {PRODUCTS}",
-             self.products)
-    _require(self.l1_weight >= 0, "l1_weight", "a number ≥ 0", self.l1_weight)
-    _require(0 <= self.debias_fraction <= 1, "debias_fraction", "a number in [0, 1]",
-             self.debias_fraction)
-    _require(self.alpha_c >= 0, "alpha_c", "a number ≥ 0", self.alpha_c)
+    cli.require(self.cost in names, "cost", f"one of {names}", self.cost)
+    cli.require(self.products in PRODUCTS, "sinkhorn_products", f"one of {PRODUCTS}",
+                self.products)
+    cli.require(self.l1_weight >= 0, "l1_weight", "a number ≥ 0", self.l1_weight)
+    cli.require(0 <= self.debias_fraction <= 1, "debias_fraction", "a number in [0, 1]",
+                self.debias_fraction)
+    cli.require(self.alpha_c >= 0, "alpha_c", "a number ≥ 0", self.alpha_c)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -128,29 +124,29 @@ class PrivacyConfig:
   def __post_init__(self):
     _require_finite(self, "l2_norm_clip", "noise_multiplier", "target_epsilon", "delta",
                     "release_blur", "public_clip")
-    _require(self.public_clip is None or 0 <= self.public_clip < float("inf"), "public_clip",
-             "a finite number ≥ 0 (or unset: --l2_norm_clip)", self.public_clip)
-    _require(self.mechanism in mechanisms.MECHANISMS, "mechanism",
-             f"one of {tuple(mechanisms.MECHANISMS)}", self.mechanism)
+    cli.require(self.public_clip is None or 0 <= self.public_clip < float("inf"), "public_clip",
+                "a finite number ≥ 0 (or unset: --l2_norm_clip)", self.public_clip)
+    cli.require(self.mechanism in mechanisms.MECHANISMS, "mechanism",
+                f"one of {tuple(mechanisms.MECHANISMS)}", self.mechanism)
     image = mechanisms.get(self.mechanism).releases_image_gradient
-    _require(self.public_clip is None or image, "public_clip",
-             f"unset with --mechanism={self.mechanism} (it clips rows of the image gradient)",
-             self.public_clip)
-    _require(0 <= self.release_blur <= 10, "release_blur", "a number of pixels in [0, 10]",
-             self.release_blur)
-    _require(self.release_blur == 0 or image, "release_blur",
-             f"0 with --mechanism={self.mechanism} (it smooths the released image gradient)",
-             self.release_blur)
-    _require(self.accountant in ACCOUNTANTS, "accountant", f"one of {ACCOUNTANTS}",
-             self.accountant)
+    cli.require(self.public_clip is None or image, "public_clip",
+                f"unset with --mechanism={self.mechanism} (it clips rows of the image gradient)",
+                self.public_clip)
+    cli.require(0 <= self.release_blur <= 10, "release_blur", "a number of pixels in [0, 10]",
+                self.release_blur)
+    cli.require(self.release_blur == 0 or image, "release_blur",
+                f"0 with --mechanism={self.mechanism} (it smooths the released image gradient)",
+                self.release_blur)
+    cli.require(self.accountant in ACCOUNTANTS, "accountant", f"one of {ACCOUNTANTS}",
+                self.accountant)
     if not self.dp:
       return
-    _require(self.l2_norm_clip > 0 and self.l2_norm_clip != float("inf"), "l2_norm_clip",
-             "a finite number > 0 with --dp", self.l2_norm_clip)
-    _require(self.noise_multiplier is None or self.noise_multiplier > 0, "noise_multiplier",
-             "a number > 0 with --dp", self.noise_multiplier)
-    _require(self.target_epsilon > 0, "target_epsilon", "a number > 0", self.target_epsilon)
-    _require(0 < self.delta < 1, "delta", "a number in (0, 1)", self.delta)
+    cli.require(self.l2_norm_clip > 0 and self.l2_norm_clip != float("inf"), "l2_norm_clip",
+                "a finite number > 0 with --dp", self.l2_norm_clip)
+    cli.require(self.noise_multiplier is None or self.noise_multiplier > 0, "noise_multiplier",
+                "a number > 0 with --dp", self.noise_multiplier)
+    cli.require(self.target_epsilon > 0, "target_epsilon", "a number > 0", self.target_epsilon)
+    cli.require(0 < self.delta < 1, "delta", "a number in (0, 1)", self.delta)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -166,16 +162,16 @@ class OptimConfig:
 
   def __post_init__(self):
     _require_finite(self, "learning_rate", "beta_1", "beta_2", "weight_decay", "ema_decay")
-    _require(self.optimizer in OPTIMIZERS, "optimizer", f"one of {OPTIMIZERS}", self.optimizer)
-    _require(self.learning_rate > 0, "learning_rate", "a number > 0", self.learning_rate)
-    _require(0 <= self.beta_1 < 1, "beta_1", "a number in [0, 1)", self.beta_1)
-    _require(0 <= self.beta_2 < 1, "beta_2", "a number in [0, 1)", self.beta_2)
-    _require(self.weight_decay >= 0, "weight_decay", "a number ≥ 0", self.weight_decay)
-    _require(self.weight_decay == 0 or self.optimizer == "adamw", "weight_decay",
-             "0 unless --optimizer=adamw", self.weight_decay)
-    _require(0 <= self.ema_decay < 1, "ema_decay", "a number in [0, 1)", self.ema_decay)
-    _require(self.lr_schedule in LR_SCHEDULES, "lr_schedule", f"one of {LR_SCHEDULES}",
-             self.lr_schedule)
+    cli.require(self.optimizer in OPTIMIZERS, "optimizer", f"one of {OPTIMIZERS}", self.optimizer)
+    cli.require(self.learning_rate > 0, "learning_rate", "a number > 0", self.learning_rate)
+    cli.require(0 <= self.beta_1 < 1, "beta_1", "a number in [0, 1)", self.beta_1)
+    cli.require(0 <= self.beta_2 < 1, "beta_2", "a number in [0, 1)", self.beta_2)
+    cli.require(self.weight_decay >= 0, "weight_decay", "a number ≥ 0", self.weight_decay)
+    cli.require(self.weight_decay == 0 or self.optimizer == "adamw", "weight_decay",
+                "0 unless --optimizer=adamw", self.weight_decay)
+    cli.require(0 <= self.ema_decay < 1, "ema_decay", "a number in [0, 1)", self.ema_decay)
+    cli.require(self.lr_schedule in LR_SCHEDULES, "lr_schedule", f"one of {LR_SCHEDULES}",
+                self.lr_schedule)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -202,16 +198,16 @@ class RunConfig:
   if_finished: str = "fail"
 
   def __post_init__(self):
-    _require(bool(self.workdir), "workdir", "a directory path", self.workdir)
-    _require(self.if_finished in IF_FINISHED, "if_finished", f"one of {IF_FINISHED}",
-             self.if_finished)
-    _require(self.strategy in STRATEGIES, "strategy", f"one of {STRATEGIES}", self.strategy)
-    _require(self.num_devices is None or self.num_devices >= 1, "num_devices",
-             "an integer ≥ 1 (or unset)", self.num_devices)
-    _require(not (self.privacy_key_file and self.insecure_fixed_key), "insecure_fixed_key",
-             "unset together with --privacy_key_file (one key source)", self.insecure_fixed_key)
+    cli.require(bool(self.workdir), "workdir", "a directory path", self.workdir)
+    cli.require(self.if_finished in IF_FINISHED, "if_finished", f"one of {IF_FINISHED}",
+                self.if_finished)
+    cli.require(self.strategy in STRATEGIES, "strategy", f"one of {STRATEGIES}", self.strategy)
+    cli.require(self.num_devices is None or self.num_devices >= 1, "num_devices",
+                "an integer ≥ 1 (or unset)", self.num_devices)
+    cli.require(not (self.privacy_key_file and self.insecure_fixed_key), "insecure_fixed_key",
+                "unset together with --privacy_key_file (one key source)", self.insecure_fixed_key)
     for name in ("log_every", "sample_every", "checkpoint_every", "keep_checkpoints"):
-      _require(getattr(self, name) >= 1, name, "an integer ≥ 1", getattr(self, name))
+      cli.require(getattr(self, name) >= 1, name, "an integer ≥ 1", getattr(self, name))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -236,29 +232,29 @@ class TrainConfig:
   fake_batch_size: Optional[int] = None
 
   def __post_init__(self):
-    _require(self.batch_size >= 1, "batch_size", "an integer ≥ 1", self.batch_size)
-    _require(self.fake_batch_size is None or self.fake_batch_size >= 1, "fake_batch_size",
-             "an integer ≥ 1 (or unset: the same as --batch_size)", self.fake_batch_size)
-    _require(self.steps is None or self.steps >= 1, "steps", "an integer ≥ 1 (or unset)",
-             self.steps)
+    cli.require(self.batch_size >= 1, "batch_size", "an integer ≥ 1", self.batch_size)
+    cli.require(self.fake_batch_size is None or self.fake_batch_size >= 1, "fake_batch_size",
+                "an integer ≥ 1 (or unset: the same as --batch_size)", self.fake_batch_size)
+    cli.require(self.steps is None or self.steps >= 1, "steps", "an integer ≥ 1 (or unset)",
+                self.steps)
     if not self.privacy.dp:
-      _require(self.steps is not None, "steps", "a step count when --dp=false (no budget "
-               "decides it)", self.steps)
+      cli.require(self.steps is not None, "steps", "a step count when --dp=false (no budget "
+                  "decides it)", self.steps)
     # Dynamic loss scaling skips a step and shrinks its scale when a gradient overflows.
     # param_grad back-propagates the loss on the private batch, so that decision (and the
     # scale, which is checkpointed) would depend on the private data outside the mechanism.
     # image_grad back-propagates only the released G̃: there it is post-processing.
-    _require(self.model.precision != "mixed_float16"
-             or mechanisms.get(self.privacy.mechanism).releases_image_gradient or
-             not self.privacy.dp, "precision",
-             f"float32 or mixed_bfloat16 with --mechanism={self.privacy.mechanism} (float16 "
-             "loss scaling would make a data-dependent, unprivatised decision per step)",
-             self.model.precision)
+    cli.require(self.model.precision != "mixed_float16"
+                or mechanisms.get(self.privacy.mechanism).releases_image_gradient or
+                not self.privacy.dp, "precision",
+                f"float32 or mixed_bfloat16 with --mechanism={self.privacy.mechanism} (float16 "
+                "loss scaling would make a data-dependent, unprivatised decision per step)",
+                self.model.precision)
     if self.run.strategy != "default":
       distributable = [m for m, v in mechanisms.MECHANISMS.items() if v.distributable]
-      _require(mechanisms.get(self.privacy.mechanism).distributable, "mechanism",
-               f"one of {distributable} with --strategy={self.run.strategy} (the others run "
-               "on one device)", self.privacy.mechanism)
+      cli.require(mechanisms.get(self.privacy.mechanism).distributable, "mechanism",
+                  f"one of {distributable} with --strategy={self.run.strategy} (the others run "
+                  "on one device)", self.privacy.mechanism)
 
   @property
   def num_primary(self) -> int:

@@ -41,13 +41,18 @@ _CACHE = {}  # one strategy object per (kind, devices) and process: a model buil
 # created only once)
 
 
+def has_gpu() -> bool:
+  """Whether TensorFlow sees a physical GPU (listing does not initialise the devices)."""
+  return bool(tf.config.list_physical_devices("GPU"))
+
+
 def configure_devices(strategy: str, num_devices: Optional[int]) -> None:
   """Before TF touches a device: with --strategy=mirrored, no GPU and num_devices set,
   split the CPU into num_devices logical devices. Raises ValueError if TF has already
   initialised its devices with another split."""
   if strategy != "mirrored" or num_devices is None:
     return
-  if tf.config.list_physical_devices("GPU"):
+  if has_gpu():
     return
   cpu = tf.config.list_physical_devices("CPU")[0]
   wanted = [tf.config.LogicalDeviceConfiguration() for _ in range(num_devices)]

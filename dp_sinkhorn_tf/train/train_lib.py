@@ -189,8 +189,7 @@ def run(cfg: config_lib.TrainConfig, flags_text: str, dataset: datasets.Dataset,
   print(f"dataset {cfg.data.dataset}: {len(dataset.images)} private records, image shape "
         f"{tuple(dataset.image_shape)}, {dataset.num_classes} classes")
   slow = hardware.precision_warning(cfg.model.precision, cfg.loss.products,
-                                   hardware.read_cpu_flags(),
-                                   bool(tf.config.list_physical_devices("GPU")))
+                                   hardware.read_cpu_flags(), distribute.has_gpu())
   if slow:
     print(f"warning: {slow}")
   if cfg.privacy.dp:
