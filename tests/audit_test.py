@@ -62,6 +62,17 @@ def test_step_audit_of_the_real_mechanism_stays_below_the_certified_epsilon(sett
   assert 0.2 < result.epsilon_lower_bound < reachable <= result.certified_epsilon
 
 
+def test_the_audited_release_is_the_shipped_mechanism_bit_for_bit(setting):
+  # The audit runs the mechanism compiled (for speed); it must release exactly what the
+  # mechanism releases, or it would attack other code than the one that ships.
+  release, n = audit.real_release(setting), setting.num_private
+  for trial, grad in enumerate([setting.grad_out, setting.grad_in, setting.grad_out]):
+    seed = keys.step_seed(keys.generate(), trial, keys.STREAM_NOISE)
+    shipped = setting.model.mechanism.privatize(grad, n, seed)[0].numpy()[:n]
+    np.testing.assert_array_equal(release(grad, seed), shipped)
+    assert not np.array_equal(shipped, setting.clean(grad))  # noised: the check means something
+
+
 @pytest.mark.parametrize("name", sorted(audit.CONTROLS))
 def test_every_broken_mechanism_is_flagged(setting, name):
   build, certify, _ = audit.CONTROLS[name]
