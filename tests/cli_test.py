@@ -97,3 +97,17 @@ def test_fail_prints_one_line_and_exits(capsys):
     cli.fail("--x=1: expected 2", code=2)
   assert e.value.code == 2
   assert capsys.readouterr().err == "error: --x=1: expected 2\n"
+
+
+def test_require_names_the_flag_and_shows_the_value_as_its_repr():
+  cli.require(True, "steps", "an integer ≥ 1", 0)  # a condition that holds raises nothing
+  with pytest.raises(ValueError, match=r"^--steps=0: expected an integer ≥ 1$"):
+    cli.require(False, "steps", "an integer ≥ 1", 0)
+  with pytest.raises(ValueError, match=r"^--workdir='': expected a directory path$"):
+    cli.require(False, "workdir", "a directory path", "")  # '' is visible
+
+  class FlagError(ValueError):
+    pass
+
+  with pytest.raises(FlagError, match=r"^--fid='x': expected one of none\|pixels$"):
+    cli.require(False, "fid", "one of none|pixels", "x", error=FlagError)
