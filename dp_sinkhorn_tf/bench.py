@@ -23,6 +23,7 @@ Y = rng.uniform(−1, 1, (n, d)) as float32; then the last 10 columns of X and o
 replaced by 15·one_hot(rng.integers(0, 10, size)) (X first, then Y); p = 0.4.
 """
 
+import dataclasses
 import json
 import os
 import resource
@@ -30,7 +31,7 @@ import statistics
 import subprocess
 import sys
 import time
-from typing import Optional
+from typing import Optional, Tuple
 
 from absl import flags
 
@@ -247,64 +248,92 @@ flags.DEFINE_integer("num_devices", None, "train suite, --strategy=mirrored: dev
 SUITES = ("sinkhorn", "train", "all")
 
 
-def run(f, suite: str) -> int:
+@dataclasses.dataclass(frozen=True)
+class BenchConfig:
+  """One `bench` invocation: the suite and every flag under its own name (`only` split into
+  config names). absl has checked each flag's own range; `run` checks `only` against the
+  suite's configs."""
+
+  suite: str
+  only: Tuple[str, ...]
+  repeats: int
+  jit: bool
+  compile_solver: bool
+  products: str
+  strategy: str
+  peer: str
+  rounds: int
+  precision: str
+  compare_with: str
+  peer_python: Optional[str]
+  num_devices: Optional[int]
+
+
+def config_from_flags(f, suite: str) -> BenchConfig:
+  """The parsed flags `f` and the suite as a BenchConfig."""
+  values = {field.name: getattr(f, field.name) for field in dataclasses.fields(BenchConfig)
+            if field.name not in ("suite", "only")}
+  return BenchConfig(suite=suite, only=tuple(s for s in f.only.split(",") if s), **values)
+
+
+def run(cfg: BenchConfig) -> int:
   jobs = []
-  if suite in ("sinkhorn", "all"):
+  if cfg.suite in ("sinkhorn", "all"):
     jobs += [("sinkhorn", name) for name in SINKHORN_CONFIGS]
-  if suite in ("train", "all"):
+  if cfg.suite in ("train", "all"):
     from dp_sinkhorn_tf.train import bench_train
     jobs += [("train", name) for name in bench_train.CONFIGS]
-  only = {s for s in f.only.split(",") if s}
-  unknown = only - {name for _, name in jobs}
+  unknown = set(cfg.only) - {name for _, name in jobs}
   if unknown:
-    raise ValueError(f"--only: unknown config(s) {sorted(unknown)} for suite {suite}")
+    raise ValueError(f"--only: unknown config(s) {sorted(unknown)} for suite {cfg.suite}")
   failed = False
   for kind, name in jobs:
-    if only and name not in only:
+    if cfg.only and name not in cfg.only:
       continue
-    if kind == "sinkhorn" and f.peer != "none":
+    if kind == "sinkhorn" and cfg.peer != "none":
       if name in PEER_SKIP:
         continue
-      result = _interleaved(name, f)
-    elif kind == "train" and f.precision == "compare":
-      result = _precision_compare(name, f, f.compare_with)
+      result = _interleaved(name, cfg)
+    elif kind == "train" and cfg.precision == "compare":
+      result = _precision_compare(name, cfg, cfg.compare_with)
     else:
-      result = _run_in_child(kind, name, f.repeats, f.jit, f.strategy, f.num_devices,
-                             precision=f.precision, products=f.products,
-                             compile_solver=f.compile_solver)
+      result = _run_in_child(kind, name, cfg.repeats, cfg.jit, cfg.strategy, cfg.num_devices,
+                             precision=cfg.precision, products=cfg.products,
+                             compile_solver=cfg.compile_solver)
     failed |= "error" in result
     print(json.dumps(result), flush=True)
   return 1 if failed else 0
 
 
-def _interleaved(name: str, f) -> dict:
-  """ours, peer, ours, peer, … (f.rounds each, fresh processes): medians and ratio."""
+def _interleaved(name: str, cfg: BenchConfig) -> dict:
+  """ours, peer, ours, peer, … (cfg.rounds each, fresh processes): medians and ratio."""
   ours, peer = [], []
-  for _ in range(f.rounds):
-    ours.append(_run_in_child("sinkhorn", name, f.repeats, f.jit, products=f.products,
-                              compile_solver=f.compile_solver))
-    peer.append(_run_in_child(f.peer, name, f.repeats, False, python=f.peer_python))
+  for _ in range(cfg.rounds):
+    ours.append(_run_in_child("sinkhorn", name, cfg.repeats, cfg.jit, products=cfg.products,
+                              compile_solver=cfg.compile_solver))
+    peer.append(_run_in_child(cfg.peer, name, cfg.repeats, False, python=cfg.peer_python))
   for result in ours + peer:
     if "error" in result:
-      return {"config": name, "peer": f.peer, "error": result["error"]}
+      return {"config": name, "peer": cfg.peer, "error": result["error"]}
   ms = statistics.median(r["ms"] for r in ours)
   peer_ms = statistics.median(r["ms"] for r in peer)
-  return {"config": name, "ms": ms, "peer": f.peer, "peer_ms": peer_ms,
-          "ratio": round(ms / peer_ms, 3), "floor_ms": statistics.median(r["floor_ms"] for r in ours),
+  return {"config": name, "ms": ms, "peer": cfg.peer, "peer_ms": peer_ms,
+          "ratio": round(ms / peer_ms, 3),
+          "floor_ms": statistics.median(r["floor_ms"] for r in ours),
           "ms_rounds": [r["ms"] for r in ours], "peer_ms_rounds": [r["ms"] for r in peer],
-          "loss": ours[0]["loss"], "peer_loss": peer[0]["loss"], "jit": f.jit,
-          "compile_solver": f.compile_solver, "products": f.products,
-          "repeats": f.repeats, "target": "ratio <= 0.5"}
+          "loss": ours[0]["loss"], "peer_loss": peer[0]["loss"], "jit": cfg.jit,
+          "compile_solver": cfg.compile_solver, "products": cfg.products,
+          "repeats": cfg.repeats, "target": "ratio <= 0.5"}
 
 
-def _precision_compare(name: str, f, low: str) -> dict:
-  """The train step in float32 and under `low`, alternating fresh processes f.rounds times:
+def _precision_compare(name: str, cfg: BenchConfig, low: str) -> dict:
+  """The train step in float32 and under `low`, alternating fresh processes cfg.rounds times:
   medians of the step and its generator part, and the speed-ups (float32 / low)."""
   runs = {"float32": [], low: []}
-  for _ in range(f.rounds):
+  for _ in range(cfg.rounds):
     for precision in runs:
-      runs[precision].append(_run_in_child("train", name, f.repeats, f.jit, f.strategy,
-                                           f.num_devices, precision=precision))
+      runs[precision].append(_run_in_child("train", name, cfg.repeats, cfg.jit, cfg.strategy,
+                                           cfg.num_devices, precision=precision))
   for result in runs["float32"] + runs[low]:
     if "error" in result:
       return {"config": name, "precision": "compare", "error": result["error"]}
@@ -320,7 +349,7 @@ def _precision_compare(name: str, f, low: str) -> dict:
   out["generator_speedup"] = round(out["generator_ms"] / out["generator_ms_low"], 2)
   out["step_ms_rounds"] = [r["step_ms"] for r in runs["float32"]]
   out["step_ms_low_rounds"] = [r["step_ms"] for r in runs[low]]
-  out.update(repeats=f.repeats, rounds=f.rounds)
+  out.update(repeats=cfg.repeats, rounds=cfg.rounds)
   return out
 
 
@@ -338,7 +367,8 @@ def main(argv=None) -> int:
     print(f"error: expected a suite first: python -m dp_sinkhorn_tf.bench "
           f"{{{','.join(SUITES)}}} [--flags]", file=sys.stderr)
     return 2
-  return cli.main_of(lambda f: run(f, suite), FLAGS, "dp_sinkhorn_tf.bench")(rest)
+  return cli.main_of(lambda f: run(config_from_flags(f, suite)), FLAGS,
+                     "dp_sinkhorn_tf.bench")(rest)
 
 
 if __name__ == "__main__":

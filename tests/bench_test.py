@@ -42,3 +42,19 @@ def test_precision_compare_prints_both_medians_and_their_ratio_in_one_line():
   assert result["step_ms_low_rounds"] == [result["step_ms_low"]]
   assert result["step_speedup"] == pytest.approx(result["step_ms"] / result["step_ms_low"],
                                                  abs=0.01)
+
+
+def test_bench_config_holds_every_flag_under_its_own_name():
+  from dp_sinkhorn_tf import bench
+  names = {f.name for f in bench.dataclasses.fields(bench.BenchConfig)}
+  assert names - {"suite"} == set(bench.FLAGS)  # its private registry holds only its own flags
+  bench.FLAGS.unparse_flags()
+  bench.FLAGS(["bench", "--only=digits_demo_step,,celeba_l2_n200", "--repeats=2", "--jit"])
+  try:
+    cfg = bench.config_from_flags(bench.FLAGS, "all")
+    assert cfg.only == ("digits_demo_step", "celeba_l2_n200") and cfg.suite == "all"
+    assert cfg.repeats == 2 and cfg.jit and cfg.precision == "flagfile"
+    with pytest.raises(bench.dataclasses.FrozenInstanceError):
+      cfg.repeats = 1
+  finally:
+    bench.FLAGS.unparse_flags()
