@@ -1,5 +1,6 @@
 """Tests for dp_sinkhorn_tf.export: signatures, fresh-process parity, atomicity, run export."""
 
+import dataclasses
 import datetime
 import json
 import os
@@ -341,6 +342,8 @@ def test_cli_errors_are_one_line_and_write_nothing(run_dir, tmp_path, capsys):
   for argv, flag in [([f"--workdir={run_dir}", "--version=1"], "--version=1"),
                      ([f"--workdir={run_dir}", "--version=0"], "--version=0"),
                      ([f"--workdir={run_dir}", f"--checkpoint={tmp_path}"], "--checkpoint="),
+                     ([f"--workdir={run_dir}", "--weights=bogus"], "--weights=bogus"),
+                     ([f"--workdir={run_dir}", "--weights=ema"], "--weights=ema: "),
                      ([f"--workdir={tmp_path}"], f"--workdir={tmp_path}: no flags.txt")]:
     assert export.main(["export", *argv]) != 0
     errors = error_lines(capsys.readouterr().err)
@@ -380,6 +383,55 @@ def test_checkpoint_with_ema_exports_the_ema_weights(run_dir, tmp_path):
   assert np.abs(got - raw([z, labels], training=False).numpy()).max() > 1e-3
   meta = serving.read_metadata(path)
   assert meta["weights"] == "ema_generator" and meta["checkpoint_step"] == 5
+
+
+def test_weights_picks_the_raw_or_the_ema_generator(run_dir, tmp_path):
+  workdir = _copy_run(run_dir, tmp_path / "both")
+  raw = export_lib.restore_run(run_dir).generator
+  ema = generators.make_generator("dcgan", (8, 8, 1), 10, latent_dim=4, embed_dim=2, hidden=4)
+  for ema_var, var in zip(ema.variables, raw.variables):
+    ema_var.assign(var - 0.25)
+  run_id = json.load(open(os.path.join(run_dir, "run.json")))["run_id"]
+  prefix = tf.train.Checkpoint(generator=raw, ema_generator=ema,
+                               step=tf.Variable(7, dtype=tf.int64),
+                               run_id=tf.Variable(run_id, dtype=tf.string)).write(
+                                   os.path.join(workdir, "chk", "ckpt-7"))
+  z = generators.sample_latent(4, 4, 1).numpy()
+  labels = np.array([0, 3, 5, 9], np.int32)
+  want = {"raw": raw([z, labels], training=False).numpy(),
+          "ema": ema([z, labels], training=False).numpy()}
+  assert np.abs(want["raw"] - want["ema"]).max() > 1e-3
+  for weights, key in [("raw", "generator"), ("ema", "ema_generator"), ("auto", "ema_generator")]:
+    path = export_lib.export_run(workdir, checkpoint=prefix, model_name=weights, weights=weights)
+    np.testing.assert_allclose(_images(path, z, labels), want["ema" if key != "generator"
+                                                              else "raw"], atol=1e-5)
+    assert serving.read_metadata(path)["weights"] == key
+
+
+def test_ema_weights_from_a_checkpoint_without_them_are_refused(run_dir):
+  with pytest.raises(export_lib.ExportError, match="^--weights=ema: .*no ema_generator"):
+    export_lib.restore_run(run_dir, weights="ema")
+  with pytest.raises(export_lib.ExportError, match="^--weights='best': expected one of"):
+    export_lib.restore_run(run_dir, weights="best")
+  assert export_lib.restore_run(run_dir, weights="raw").weights == "generator"
+
+
+def test_export_config_holds_every_flag_under_its_own_name():
+  names = {f.name for f in dataclasses.fields(export.ExportConfig)}
+  assert names == set(export.FLAGS)
+  assert tuple(export_lib.WEIGHTS) == export.WEIGHTS  # the CLI's copy, kept TF-free
+  export.FLAGS(["export", "--workdir=/some/run", "--weights=raw", "--version=3"])
+  try:
+    cfg = export.config_from_flags(export.FLAGS)
+    assert (cfg.workdir, cfg.weights, cfg.version, cfg.checkpoint) == ("/some/run", "raw", 3,
+                                                                      None)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+      cfg.weights = "ema"
+  finally:
+    export.FLAGS.unparse_flags()
+  with pytest.raises(ValueError, match="^--workdir: required"):
+    export.ExportConfig(workdir="", checkpoint=None, model_name=None, version=None,
+                        export_dir=None, weights="auto")
 
 
 @pytest.mark.parametrize("edit,match", [

@@ -35,7 +35,9 @@ ignores it and it can be deleted.
 
 From a run directory, the generator is rebuilt from flags.txt (the resolved training flags)
 and restored from the latest checkpoint (or --checkpoint); when the checkpoint holds an
-`ema_generator` (exponential moving average of the weights), that is what is exported. The
+`ema_generator` (exponential moving average of the weights), that is what is exported
+unless `weights` asks for the raw `generator` (both are post-processing of the released
+gradients, so the ledger's ε covers either; the metadata's "weights" says which). The
 privacy fields of the metadata come from privacy_ledger.json: ε is that of every step the
 ledger has charged (write-ahead, so an upper bound for any checkpoint of the run).
 
@@ -69,6 +71,8 @@ LEDGER_FILE = rundir.LEDGER_FILE
 REPORT_FILE = rundir.REPORT_FILE
 EMA_KEY = "ema_generator"
 GENERATOR_KEY = "generator"
+# --weights: which checkpoint entry to export ("auto": the EMA when the checkpoint holds one).
+WEIGHTS = {"auto": None, "ema": EMA_KEY, "raw": GENERATOR_KEY}
 # Image shapes of the training sets (data.py's loaders), so an export needs no dataset files.
 DATASET_IMAGE_SHAPES = {"digits": (8, 8, 1), "mnist": (28, 28, 1),
                         "fashion_mnist": (28, 28, 1), "cifar10": (32, 32, 3),
@@ -392,12 +396,32 @@ def _flags_path(workdir: str) -> str:
   return flags_path
 
 
-def restore_run(workdir: str, checkpoint: Optional[str] = None) -> RestoredRun:
-  """Rebuilds the run's generator from flags.txt and restores its weights (EMA preferred).
+def check_weights(weights: str) -> None:
+  if weights not in WEIGHTS:
+    raise ExportError(f"--weights={weights!r}: expected one of {'|'.join(WEIGHTS)}")
 
-  Raises ExportError naming --workdir / --checkpoint / the file when something is missing
-  or the checkpoint does not hold the generator that flags.txt describes.
+
+def pick_weights(keys, weights: str, path: str) -> str:
+  """The checkpoint entry to restore: `WEIGHTS[weights]`, or for "auto" the EMA when the
+  checkpoint's `keys` hold one, else the raw generator."""
+  has_ema = any(k.startswith(EMA_KEY + "/") for k in keys)
+  if weights == "auto":
+    return EMA_KEY if has_ema else GENERATOR_KEY
+  if weights == "ema" and not has_ema:
+    raise ExportError(f"--weights=ema: the checkpoint {path} holds no {EMA_KEY} (trained "
+                      "without --ema_decay); use --weights=raw or auto")
+  return WEIGHTS[weights]
+
+
+def restore_run(workdir: str, checkpoint: Optional[str] = None,
+                weights: str = "auto") -> RestoredRun:
+  """Rebuilds the run's generator from flags.txt and restores its weights: `weights` is a
+  key of WEIGHTS ("auto": the EMA when the checkpoint holds one).
+
+  Raises ExportError naming --workdir / --checkpoint / --weights / the file when something
+  is missing or the checkpoint does not hold the generator that flags.txt describes.
   """
+  check_weights(weights)
   from dp_sinkhorn_tf.data import datasets
   from dp_sinkhorn_tf.train import trainer
 
@@ -427,7 +451,7 @@ def restore_run(workdir: str, checkpoint: Optional[str] = None) -> RestoredRun:
     raise ExportError(f"--checkpoint={path}: written by run {stored_id or '(no run id)'}, not "
                       f"by {workdir}'s run {identity.run_id}; refusing to stamp this run's "
                       "privacy on it")
-  weights = EMA_KEY if any(k.startswith(EMA_KEY + "/") for k in keys) else GENERATOR_KEY
+  weights = pick_weights(keys, weights, path)
   # NaN sentinels: a variable the checkpoint does not restore stays NaN and is reported.
   for var in generator.variables:
     var.assign(tf.fill(tf.shape(var), tf.constant(np.nan, var.dtype)))
@@ -487,18 +511,20 @@ def run_metadata(workdir: str, run: RestoredRun) -> dict:
 
 
 def export_run(workdir: str, checkpoint: Optional[str] = None, model_name: Optional[str] = None,
-               version: Optional[int] = None, export_dir: Optional[str] = None) -> str:
+               version: Optional[int] = None, export_dir: Optional[str] = None,
+               weights: str = "auto") -> str:
   """Restores a run directory's generator and exports it; returns the version directory.
 
   model_name defaults to the run's --model_name, export_dir to <workdir>/export (where
-  training's own --export writes).
+  training's own --export writes); weights as in `restore_run`.
   """
   _check_name_and_version(model_name or "generator", version)
+  check_weights(weights)
   cfg, _ = parse_flags_file(_flags_path(workdir))
   model_name = model_name or cfg.run.model_name
   base_dir = export_dir or os.path.join(workdir, "export")
   if version is not None:  # fail before the restore
     _refuse_existing(os.path.join(base_dir, model_name), version)
-  run = restore_run(workdir, checkpoint)
+  run = restore_run(workdir, checkpoint, weights)
   return export_generator(run.generator, base_dir, model_name, version,
                           run_metadata(workdir, run))
