@@ -21,8 +21,11 @@ run through `main_of`:
 
   FLAGS = flags.FlagValues()
   flags.DEFINE_string("model", None, "…", flag_values=FLAGS)
-  def run(f) -> int: …                  # the work, on parsed flags; raises ValueError
-  main = cli.main_of(run, FLAGS)        # main(argv) -> exit code; argv[0] is the program
+  @dataclasses.dataclass(frozen=True)
+  class Config: …                       # one field per flag, validated (cli.require)
+  def config_from_flags(f) -> Config: … # at once, before any work; raises ValueError
+  def run(cfg: Config) -> int: …        # the work; reads nothing but cfg
+  main = cli.main_of(lambda f: run(config_from_flags(f)), FLAGS)  # main(argv) -> exit code
   if __name__ == "__main__": sys.exit(main())
 """
 

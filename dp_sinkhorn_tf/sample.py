@@ -20,9 +20,10 @@ absent. Flags are checked against the export's assets.extra/metadata.json (label
 `error:` line naming it, writing nothing.
 """
 
+import dataclasses
 import os
 import sys
-from typing import List, Optional, Sequence, Tuple
+from typing import List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 from absl import flags
@@ -129,7 +130,25 @@ flags.DEFINE_string("out", None, "Output .png (a grid) or .npz (the arrays).",
                     flag_values=FLAGS)
 
 
-def run(f) -> int:
+@dataclasses.dataclass(frozen=True)
+class SampleConfig:
+  """`sample`'s flags, validated against the export (`config_from_flags`): --model resolved
+  to its version directory, --labels parsed, --out's suffix checked."""
+
+  model: str  # --model as given (named in errors)
+  version_dir: str
+  version: Optional[int]  # None when --model is a version directory without a number
+  metadata: Mapping = dataclasses.field(repr=False)  # the export's metadata.json
+  labels: Tuple[int, ...]
+  num_per_label: int
+  seed: int
+  out: str
+  suffix: str  # ".png" | ".npz"
+
+
+def config_from_flags(f) -> SampleConfig:
+  """The parsed flags `f` checked (reads the export's metadata, writes nothing) into a
+  SampleConfig; raises FlagError naming the flag."""
   for name in ("model", "out"):
     if not getattr(f, name):
       raise FlagError(f"--{name}: required")
@@ -137,24 +156,33 @@ def run(f) -> int:
   version_dir, version = resolve_version_dir(f.model)
   metadata = read_metadata(version_dir, f.model)
   labels = parse_labels(f.labels, metadata["num_classes"])
+  return SampleConfig(model=f.model, version_dir=version_dir, version=version,
+                      metadata=metadata, labels=tuple(labels),
+                      num_per_label=f.num_per_label, seed=f.seed, out=f.out, suffix=suffix)
+
+
+def run(cfg: SampleConfig) -> int:
+  """Draws the samples and writes --out (atomically); prints one line."""
   try:
-    arrays = draw(version_dir, labels, f.num_per_label, f.seed)
+    arrays = draw(cfg.version_dir, cfg.labels, cfg.num_per_label, cfg.seed)
   except ValueError as e:
-    raise FlagError(f"--model={f.model}: {e}") from None
-  if suffix == ".npz":
-    write_npz_atomic(f.out, arrays)
+    raise FlagError(f"--model={cfg.model}: {e}") from None
+  labels, metadata = list(cfg.labels), cfg.metadata
+  if cfg.suffix == ".npz":
+    write_npz_atomic(cfg.out, arrays)
   else:
-    rows = np.repeat(np.arange(len(labels), dtype=np.int32), f.num_per_label)  # label-major
+    rows = np.repeat(np.arange(len(labels), dtype=np.int32), cfg.num_per_label)  # label-major
     names = [str(metadata["label_names"][k]) if "label_names" in metadata else str(k)
              for k in labels]
-    images.save_class_grid_png(arrays["images"], rows, names, f.out,
-                               per_class=f.num_per_label,
-                               title=_title(metadata, version, f.seed))
-  print(f"{f.out}: {len(arrays['labels'])} samples of labels {labels} from {version_dir}")
+    images.save_class_grid_png(arrays["images"], rows, names, cfg.out,
+                               per_class=cfg.num_per_label,
+                               title=_title(metadata, cfg.version, cfg.seed))
+  print(f"{cfg.out}: {len(arrays['labels'])} samples of labels {labels} from "
+        f"{cfg.version_dir}")
   return 0
 
 
-main = cli.main_of(run, FLAGS, "dp_sinkhorn_tf.sample")
+main = cli.main_of(lambda f: run(config_from_flags(f)), FLAGS, "dp_sinkhorn_tf.sample")
 
 
 if __name__ == "__main__":

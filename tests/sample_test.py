@@ -120,6 +120,24 @@ def test_bad_flags_fail_in_one_line_and_write_nothing(model, tmp_path, args, fla
   assert os.listdir(tmp_path) == []
 
 
+def test_sample_config_is_the_checked_flags(model, tmp_path):
+  model_dir, _ = model
+  names = {f.name for f in sample.dataclasses.fields(sample.SampleConfig)}
+  assert set(sample.FLAGS) <= names  # every flag, plus what checking it resolved
+  out = str(tmp_path / "grid.PNG")
+  sample.FLAGS(["sample", f"--model={model_dir}", "--labels=3, 1", f"--out={out}", "--seed=-4"])
+  try:
+    cfg = sample.config_from_flags(sample.FLAGS)
+  finally:
+    sample.FLAGS.unparse_flags()
+  assert cfg.version_dir == os.path.join(model_dir, "2") and cfg.version == 2
+  assert cfg.labels == (3, 1) and cfg.suffix == ".png" and cfg.seed == -4
+  assert cfg.num_per_label == 8 and cfg.metadata["epsilon"] == 1.5
+  with pytest.raises(sample.dataclasses.FrozenInstanceError):
+    cfg.seed = 0
+  assert os.listdir(tmp_path) == []  # checking writes nothing
+
+
 def test_a_corrupt_saved_model_is_one_line_naming_the_file(model, tmp_path):
   broken = tmp_path / "generator"
   shutil.copytree(model[0], broken)
