@@ -13,6 +13,9 @@ r"""Evaluates an exported DP-Sinkhorn generator the way the paper does.
    paper's way and reports, under "accuracies_paper_protocol", its best real-test accuracy
    over --max_epochs epochs: the test split picks the epoch, so these numbers are
    OPTIMISTIC, for comparison with the paper only; "accuracies" is the strict protocol.
+   "class_structure": the images' within-class spread against the real test split's and
+   the test accuracy of their nearest class mean (`evaluation.class_spread`): classifiers
+   scoring near that accuracy on a generator with a small spread ratio learnt prototypes.
 3. Optionally the Fréchet distance to the real test split (--fid=inception: the standard
    FID, an optional extra; --fid=pixels: pixel features, NOT comparable with published
    FIDs) on the first --fid_num_samples generated images.
@@ -318,6 +321,21 @@ def _write_do_not_publish(path: str, dataset: str) -> str:
   return path
 
 
+def class_structure(images: np.ndarray, labels: np.ndarray, test) -> dict:
+  """eval.json's "class_structure": the classifiers' training images' within-class spread
+  against the real test split's, and the accuracy of their nearest class mean on it."""
+  k = test.num_classes
+  spread = evaluation.class_spread(images, labels, k)
+  real = evaluation.class_spread(test.images, test.labels, k)
+  return {"spread": round(spread, 4), "real_test_spread": round(real, 4),
+          "spread_ratio": round(spread / real, 4),
+          "nearest_class_mean_accuracy": evaluation.nearest_class_mean_accuracy(
+              images, labels, test.images, test.labels, k),
+          "note": "spread: mean L2 distance (pixels in [-1, 1]) of an image to its class mean; "
+                  "nearest_class_mean_accuracy: real test accuracy of the classifier that "
+                  "knows only the class means of the images the classifiers trained on"}
+
+
 def run(cfg: EvalConfig) -> int:
   """The evaluation of `cfg`; raises FlagError / ValueError / FileNotFoundError."""
   kinds = list(cfg.classifiers)
@@ -371,6 +389,11 @@ def run(cfg: EvalConfig) -> int:
       verbose=2 if cfg.show_epochs else 0)
   for kind, acc in accuracies.items():
     _log(f"test accuracy {kind}: {acc:.4f}")
+  structure = class_structure(images, labels, test)
+  _log(f"nearest-class-mean accuracy: {structure['nearest_class_mean_accuracy']:.4f} (a "
+       f"classifier that knows only the class means of the {n} images); within-class spread "
+       f"{structure['spread']:.2f} against {structure['real_test_spread']:.2f} for the real "
+       f"test split (ratio {structure['spread_ratio']:.2f})")
   paper = None
   if cfg.paper_protocol:
     _log("the paper's protocol (epoch chosen by real test accuracy: OPTIMISTIC, for "
@@ -396,7 +419,8 @@ def run(cfg: EvalConfig) -> int:
                                    "patience": cfg.patience, "batch_size": cfg.batch_size,
                                    "learning_rate": cfg.learning_rate},
            "fid_num_samples": None if extractor is None else min(cfg.fid_num_samples, n),
-           "label_names": list(label_names), "seconds": round(time.time() - started, 1)}
+           "label_names": list(label_names), "class_structure": structure,
+           "seconds": round(time.time() - started, 1)}
   if paper is not None:
     extra["accuracies_paper_protocol"] = {k: r.accuracy for k, r in paper.items()}
     extra["paper_protocol"] = {

@@ -121,6 +121,11 @@ def test_end_to_end_on_digits_with_a_saved_model(digits_export, tmp_path, capsys
     assert len(per_epoch) == 15 and paper[kind] == max(per_epoch)
     assert report["paper_protocol"]["best_epochs"][kind] == int(np.argmax(per_epoch)) + 1
   assert "paper-protocol test accuracy logreg" in stdout and "optimistic" in stdout
+  structure = report["class_structure"]
+  assert 0.0 <= structure["nearest_class_mean_accuracy"] <= 1.0
+  assert structure["spread_ratio"] == pytest.approx(
+      structure["spread"] / structure["real_test_spread"], abs=1e-3)
+  assert structure["real_test_spread"] > 0 and "nearest-class-mean accuracy" in stdout
   assert report["num_samples"] == 500 and report["seed"] == 1 and report["test_size"] == 359
   assert report["fid"] > 0 and not report["fid_details"]["standard_inception_fid"]
   assert "not-standard" in report["fid_details"]["backend"]

@@ -267,6 +267,45 @@ def test_unknown_classifier_is_rejected_before_training(quadrants):
 
 # ---- privacy and writers ------------------------------------------------------------------
 
+# ---- class structure ----------------------------------------------------------------------
+
+def test_class_spread_is_the_mean_distance_to_the_class_mean_by_hand():
+  # class 0: (0,0) and (6,8): mean (3,4), each at distance 5; class 1: (1,1) x3: distance 0;
+  # class 2 has no image and is left out of the mean over classes: (5 + 0) / 2.
+  x = np.array([[0, 0], [6, 8], [1, 1], [1, 1], [1, 1]], np.float32).reshape(5, 1, 2, 1)
+  y = np.array([0, 0, 1, 1, 1])
+  np.testing.assert_allclose(evaluation.class_means(x, y, 3)[:2], [[3, 4], [1, 1]])
+  assert np.all(np.isnan(evaluation.class_means(x, y, 3)[2]))
+  assert evaluation.class_spread(x, y, 3) == pytest.approx(2.5)
+  with pytest.raises(ValueError, match="one label per image"):
+    evaluation.class_spread(x, y[:4], 3)
+
+
+def test_nearest_class_mean_accuracy_by_hand():
+  # means: class 0 at (0,0), class 1 at (10,0) (from (8,0),(12,0)); class 2 has no training
+  # image, so a test point sitting on (100,100) still goes to the nearer present mean (class 1).
+  train_x = np.array([[0, 0], [8, 0], [12, 0]], np.float32)
+  train_y = np.array([0, 1, 1])
+  test_x = np.array([[1, 0], [9, 1], [4, 0], [6, 0], [100, 100]], np.float32)
+  test_y = np.array([0, 1, 1, 1, 2])  # (4,0) is nearer class 0: wrong; (6,0) right; last wrong
+  acc = evaluation.nearest_class_mean_accuracy(train_x, train_y, test_x, test_y, 3)
+  assert acc == pytest.approx(3 / 5)
+
+
+def test_class_structure_matches_a_brute_force_computation():
+  rng = np.random.default_rng(3)
+  x, y = rng.standard_normal((300, 4, 4, 1)), rng.integers(0, 5, 300)
+  t, ty = rng.standard_normal((200, 4, 4, 1)), rng.integers(0, 5, 200)
+  flat = x.reshape(300, -1)
+  means = np.stack([flat[y == k].mean(0) for k in range(5)])
+  want_spread = np.mean([np.mean([np.linalg.norm(v - means[k]) for v in flat[y == k]])
+                         for k in range(5)])
+  want_acc = np.mean([np.argmin([np.sum((v - m) ** 2) for m in means]) == label
+                      for v, label in zip(t.reshape(200, -1), ty)])
+  assert evaluation.class_spread(x, y, 5) == pytest.approx(want_spread, rel=1e-12)
+  assert evaluation.nearest_class_mean_accuracy(x, y, t, ty, 5) == pytest.approx(want_acc)
+
+
 def test_privacy_summary_keeps_privacy_fields_and_privacy_json():
   meta = {"epsilon": 3.0, "delta": 1e-5, "label_names": ["a"], "training_flags": "--x"}
   summary = evaluation.privacy_summary(meta, {"finished": True})

@@ -19,6 +19,11 @@ on the REAL test split; plus the Fréchet distance between feature Gaussians (`f
   is its best real-test accuracy over the epochs, i.e. the test split chooses the epoch (as
   the DP-Sinkhorn code does). It is a separate function with its own classifiers, run after
   the strict results exist; `train_classifier` still never sees the test split.
+* Class structure (`class_means`, `class_spread`, `nearest_class_mean_accuracy`): how far a
+  class's images lie from their class mean, against the real test split's, and the accuracy
+  of the classifier that knows only the class means. A generator whose classifiers score
+  near that accuracy and whose spread is far below the real one has learnt the class
+  prototypes and little of the variation within a class.
 * The eval.json payload (`eval_report`, `privacy_summary`). The Fréchet distance is in `fid`;
   the pictures (grids, histograms, the ε curve) are in `io.images`.
 """
@@ -307,6 +312,51 @@ def evaluate_downstream(train_x: np.ndarray, train_y: np.ndarray, test_x, test_y
     trained.append(result)
   test_x, test_y = np.asarray(test_x, np.float32), np.asarray(test_y)  # first read: here
   return {r.kind: accuracy(r.model, test_x, test_y) for r in trained}
+
+
+# ---- class structure ----------------------------------------------------------------------
+
+def _flat(images: np.ndarray, labels: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+  x = np.asarray(images, np.float64).reshape(len(images), -1)
+  y = np.asarray(labels)
+  if len(x) == 0 or y.shape != x.shape[:1]:
+    raise ValueError(f"expected a non-empty set with one label per image, got "
+                     f"{np.shape(images)} and {np.shape(labels)}")
+  return x, y
+
+
+def class_means(images: np.ndarray, labels: np.ndarray, num_classes: int) -> np.ndarray:
+  """μ_k = (1/|I_k|) Σ_{i∈I_k} x_i, I_k = {i : y_i = k}, pixels flattened: [K, D], NaN rows
+  for classes without images."""
+  x, y = _flat(images, labels)
+  means = np.full((num_classes, x.shape[1]), np.nan)
+  for k in range(num_classes):
+    if np.any(y == k):
+      means[k] = x[y == k].mean(axis=0)
+  return means
+
+
+def class_spread(images: np.ndarray, labels: np.ndarray, num_classes: int) -> float:
+  """s = (1/|K'|) Σ_{k∈K'} (1/|I_k|) Σ_{i∈I_k} ‖x_i − μ_k‖₂ over the classes K' that have
+  images: the mean distance of an image to its class mean."""
+  x, y = _flat(images, labels)
+  means = class_means(images, labels, num_classes)
+  per_class = [np.linalg.norm(x[y == k] - means[k], axis=1).mean()
+               for k in range(num_classes) if np.any(y == k)]
+  return float(np.mean(per_class))
+
+
+def nearest_class_mean_accuracy(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray,
+                                test_y: np.ndarray, num_classes: int) -> float:
+  """Fraction of test images with argmin_k ‖t − μ_k‖² = y, μ_k the class means of the
+  training images (`class_means`; classes without training images are never chosen)."""
+  means = class_means(train_x, train_y, num_classes)
+  t, y = _flat(test_x, test_y)
+  present = ~np.isnan(means[:, 0])
+  # ‖t − μ‖² = ‖t‖² − 2⟨t, μ⟩ + ‖μ‖²; ‖t‖² is the same for every k, so it is left out.
+  scores = np.where(present, (np.nan_to_num(means) ** 2).sum(1) - 2 * t @ np.nan_to_num(means).T,
+                    np.inf)
+  return float(np.mean(np.argmin(scores, axis=1) == y))
 
 
 @dataclasses.dataclass
