@@ -14,8 +14,8 @@ r"""Evaluates an exported DP-Sinkhorn generator the way the paper does.
    over --max_epochs epochs: the test split picks the epoch, so these numbers are
    OPTIMISTIC, for comparison with the paper only; "accuracies" is the strict protocol.
    "class_structure": the images' within-class spread against the real test split's and
-   the test accuracy of their nearest class mean (`evaluation.class_spread`): classifiers
-   scoring near that accuracy on a generator with a small spread ratio learnt prototypes.
+   the test accuracy of their nearest class mean (`evaluation.class_spread`): what the
+   classifiers gain over that accuracy is what they learnt beyond the class prototypes.
 3. Optionally the Fréchet distance to the real test split (--fid=inception: the standard
    FID, an optional extra; --fid=pixels: pixel features, NOT comparable with published
    FIDs) on the first --fid_num_samples generated images.

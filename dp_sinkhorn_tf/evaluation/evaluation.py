@@ -21,9 +21,9 @@ on the REAL test split; plus the Fréchet distance between feature Gaussians (`f
   the strict results exist; `train_classifier` still never sees the test split.
 * Class structure (`class_means`, `class_spread`, `nearest_class_mean_accuracy`): how far a
   class's images lie from their class mean, against the real test split's, and the accuracy
-  of the classifier that knows only the class means. A generator whose classifiers score
-  near that accuracy and whose spread is far below the real one has learnt the class
-  prototypes and little of the variation within a class.
+  of the classifier that knows only the class means. What the trained classifiers gain
+  over that accuracy is what the generated variation within a class teaches them; the
+  spread says how much variation there is, not whether it points the right way.
 * The eval.json payload (`eval_report`, `privacy_summary`). The Fréchet distance is in `fid`;
   the pictures (grids, histograms, the ε curve) are in `io.images`.
 """
