@@ -297,6 +297,8 @@ def export_metadata(cfg, plan, result, dataset, flags_text: str) -> dict:
       "steps": ledger.steps_taken if ledger is not None else plan.steps,
       "dataset": cfg.data.dataset, "image_shape": list(dataset.image_shape),
       "label_names": list(dataset.label_names), "training_flags": flags_text,
+      # the checkpoint entry `sampling_generator` is, as the export command names it
+      "weights": "ema_generator" if result.model.ema_generator is not None else "generator",
   }
 
 
