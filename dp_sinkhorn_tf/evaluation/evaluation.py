@@ -328,7 +328,10 @@ def _flat(images: np.ndarray, labels: np.ndarray) -> Tuple[np.ndarray, np.ndarra
 def class_means(images: np.ndarray, labels: np.ndarray, num_classes: int) -> np.ndarray:
   """μ_k = (1/|I_k|) Σ_{i∈I_k} x_i, I_k = {i : y_i = k}, pixels flattened: [K, D], NaN rows
   for classes without images."""
-  x, y = _flat(images, labels)
+  return _class_means(*_flat(images, labels), num_classes)
+
+
+def _class_means(x: np.ndarray, y: np.ndarray, num_classes: int) -> np.ndarray:
   means = np.full((num_classes, x.shape[1]), np.nan)
   for k in range(num_classes):
     if np.any(y == k):
@@ -340,7 +343,7 @@ def class_spread(images: np.ndarray, labels: np.ndarray, num_classes: int) -> fl
   """s = (1/|K'|) Σ_{k∈K'} (1/|I_k|) Σ_{i∈I_k} ‖x_i − μ_k‖₂ over the classes K' that have
   images: the mean distance of an image to its class mean."""
   x, y = _flat(images, labels)
-  means = class_means(images, labels, num_classes)
+  means = _class_means(x, y, num_classes)
   per_class = [np.linalg.norm(x[y == k] - means[k], axis=1).mean()
                for k in range(num_classes) if np.any(y == k)]
   return float(np.mean(per_class))

@@ -519,7 +519,6 @@ def export_run(workdir: str, checkpoint: Optional[str] = None, model_name: Optio
   training's own --export writes); weights as in `restore_run`.
   """
   _check_name_and_version(model_name or "generator", version)
-  check_weights(weights)
   cfg, _ = parse_flags_file(_flags_path(workdir))
   model_name = model_name or cfg.run.model_name
   base_dir = export_dir or os.path.join(workdir, "export")
