@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from dp_sinkhorn_tf.models import generators
+from dp_sinkhorn_tf.models import conv_ops, generators
 
 SHAPES = [(8, 8, 1), (28, 28, 1), (32, 32, 3)]
 TINY = dict(latent_dim=4, embed_dim=3, hidden=4)
@@ -192,3 +192,43 @@ def test_bfloat16_convs_lowers_every_convolution_and_nothing_else(arch):
   # Building one leaves Keras's global policy and later layers alone.
   assert tf.keras.mixed_precision.global_policy().name == "float32"
   assert tf.keras.layers.Conv2D(2, 1).dtype_policy.name == "float32"
+
+
+def _backward_weight_ops(gen):
+  """Conv2DBackpropFilter ops in the graph of `gen`'s parameter gradient."""
+  inputs = [generators.sample_latent(3, gen.latent_dim, 0), tf.range(3)]
+
+  @tf.function
+  def grads():
+    with tf.GradientTape() as tape:
+      out = gen(inputs, training=True)
+    return tape.gradient(out, gen.trainable_variables)
+
+  return sum(op.type == "Conv2DBackpropFilter"
+             for op in grads.get_concrete_function().graph.get_operations())
+
+
+@pytest.mark.parametrize("precision,expected", [("float32", 2), ("bfloat16_convs", 1),
+                                                ("mixed_bfloat16", 1)])
+def test_small_bfloat16_transposed_conv_takes_the_product_filter_gradient(precision, expected,
+                                                                          monkeypatch):
+  # 28×28: seed 7×7 → 14×14 → 28×28. In bfloat16 the 7×7-input ConvT's filter gradient is
+  # conv_ops' product; the 14×14 one and every float32 one stay TensorFlow's op (+1: the
+  # output Conv 3×3's).
+  gen = generators.make_generator("dcgan", (28, 28, 1), 10, latent_dim=4, embed_dim=3,
+                                  hidden=4, precision=precision)
+  assert _backward_weight_ops(gen) == expected + 1
+  # The same generator with the product path off: the same gradient up to bfloat16 rounding.
+  inputs = [generators.sample_latent(6, 4, 1), tf.range(6)]
+  out_grad = tf.random.stateless_normal([6, 28, 28, 1], [5, 6])
+  grads, calls, product = [], [], conv_ops.filter_gradient
+  monkeypatch.setattr(conv_ops, "filter_gradient", lambda *a: calls.append(1) or product(*a))
+  for max_pixels in (conv_ops.USE_MATMUL_MAX_PIXELS, 0):
+    monkeypatch.setattr(conv_ops, "USE_MATMUL_MAX_PIXELS", max_pixels)
+    with tf.GradientTape() as tape:
+      out = gen(inputs, training=True)
+    grads.append(tape.gradient(out, gen.blocks[0].convs[0].kernel, output_gradients=out_grad))
+    calls.append("|")
+  assert "".join(map(str, calls)) == ("1||" if expected == 1 else "||")
+  ours, tf_op = (tf.convert_to_tensor(g).numpy() for g in grads)
+  assert np.linalg.norm(ours - tf_op) / np.linalg.norm(tf_op) < 1e-2
