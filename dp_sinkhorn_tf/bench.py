@@ -2,6 +2,7 @@
 
   python -m dp_sinkhorn_tf.bench sinkhorn [--only NAME[,NAME]] [--jit] [--repeats 5]
   python -m dp_sinkhorn_tf.bench sinkhorn --compile_solver --products=bfloat16
+  python -m dp_sinkhorn_tf.bench sinkhorn --compile_solver --relaxation=1.5   # over-relaxed
   python -m dp_sinkhorn_tf.bench sinkhorn --peer=geomloss [--peer_python=PY]   # side by side
 
 Each configuration runs in a fresh subprocess so that `peak_mb` (the child's peak resident
@@ -142,7 +143,7 @@ def run_geomloss_config(name: str, repeats: int) -> dict:
 
 
 def run_sinkhorn_config(name: str, repeats: int, jit: bool, products: str = "float32",
-                        compile_solver: bool = False) -> dict:
+                        compile_solver: bool = False, relaxation: float = 1.0) -> dict:
   """Times loss + gradient for one configuration in this process."""
   import numpy as np
   import tensorflow as tf
@@ -155,7 +156,7 @@ def run_sinkhorn_config(name: str, repeats: int, jit: bool, products: str = "flo
   # ratio 0.5 stops with marginal error ~0.7, so these configs anneal at 0.9 (as the
   # launch flagfiles do) and converge.
   config = sinkhorn.SinkhornConfig(epsilon=lam, scaling=0.9 if cost_name == "l1l2" else 0.5,
-                                   compile_solver=compile_solver)
+                                   compile_solver=compile_solver, relaxation=relaxation)
   cost = costs.make_cost(cost_name, l1_weight=3.0, products=products)
   fn = sinkhorn.loss_and_gradient_fn(cost, config,
                                      num_primary=n, dim=d, jit_compile=jit)
@@ -176,7 +177,7 @@ def run_sinkhorn_config(name: str, repeats: int, jit: bool, products: str = "flo
       "loss": float(loss), "iterations": int(info.iterations),
       "marginal_error": float(info.marginal_error), "grad_finite": bool(np.isfinite(grad).all()),
       "jit": jit, "compile_solver": compile_solver, "products": products,
-      "repeats": repeats, "target": SINKHORN_TARGETS[name],
+      "relaxation": relaxation, "repeats": repeats, "target": SINKHORN_TARGETS[name],
   }
 
 
@@ -184,9 +185,9 @@ def _child(argv) -> int:
   kind, name, repeats, jit = argv[0], argv[1], int(argv[2]), argv[3] == "1"
   strategy, devices = argv[4], (int(argv[5]) if argv[5] != "0" else None)
   precision = argv[6] if argv[6] != "flagfile" else None
-  products, compile_solver = argv[7], argv[8] == "1"
+  products, compile_solver, relaxation = argv[7], argv[8] == "1", float(argv[9])
   if kind == "sinkhorn":
-    result = run_sinkhorn_config(name, repeats, jit, products, compile_solver)
+    result = run_sinkhorn_config(name, repeats, jit, products, compile_solver, relaxation)
   elif kind == "geomloss":
     result = run_geomloss_config(name, repeats)
   else:
@@ -199,7 +200,7 @@ def _child(argv) -> int:
 def _run_in_child(kind: str, name: str, repeats: int, jit: bool, strategy: str = "default",
                   num_devices: Optional[int] = None, python: Optional[str] = None,
                   precision: str = "flagfile", products: str = "float32",
-                  compile_solver: bool = False) -> dict:
+                  compile_solver: bool = False, relaxation: float = 1.0) -> dict:
   env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
   if python is not None:  # another interpreter (the peer's): it imports this package's file
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -207,7 +208,7 @@ def _run_in_child(kind: str, name: str, repeats: int, jit: bool, strategy: str =
   proc = subprocess.run(
       [python or sys.executable, "-m", "dp_sinkhorn_tf.bench", "_child", kind, name, str(repeats),
        "1" if jit else "0", strategy, str(num_devices or 0), precision, products,
-       "1" if compile_solver else "0"], capture_output=True, text=True,
+       "1" if compile_solver else "0", repr(relaxation)], capture_output=True, text=True,
       env=env)
   for line in proc.stdout.splitlines():
     if line.startswith("RESULT "):
@@ -228,6 +229,9 @@ flags.DEFINE_bool("compile_solver", False, "sinkhorn suite: compile only the pot
 flags.DEFINE_enum("products", "float32", list(PRODUCTS), "sinkhorn suite: format of "
                   "the cost matrices' <x, y> products (costs.inner_products).",
                   flag_values=FLAGS)
+flags.DEFINE_float("relaxation", 1.0, "sinkhorn suite: over-relaxation ω in [1, 2) of the "
+                   "updates at λ (SinkhornConfig.relaxation).", lower_bound=1.0,
+                   upper_bound=1.999, flag_values=FLAGS)
 flags.DEFINE_enum("strategy", "default", ["default", "mirrored"], "train suite: the step "
                   "under this tf.distribute strategy.", flag_values=FLAGS)
 flags.DEFINE_enum("peer", "none", list(PEERS), "sinkhorn suite: also time this library "
@@ -260,6 +264,7 @@ class BenchConfig:
   jit: bool
   compile_solver: bool
   products: str
+  relaxation: float
   strategy: str
   peer: str
   rounds: int
@@ -299,7 +304,7 @@ def run(cfg: BenchConfig) -> int:
     else:
       result = _run_in_child(kind, name, cfg.repeats, cfg.jit, cfg.strategy, cfg.num_devices,
                              precision=cfg.precision, products=cfg.products,
-                             compile_solver=cfg.compile_solver)
+                             compile_solver=cfg.compile_solver, relaxation=cfg.relaxation)
     failed |= "error" in result
     print(json.dumps(result), flush=True)
   return 1 if failed else 0
@@ -310,7 +315,7 @@ def _interleaved(name: str, cfg: BenchConfig) -> dict:
   ours, peer = [], []
   for _ in range(cfg.rounds):
     ours.append(_run_in_child("sinkhorn", name, cfg.repeats, cfg.jit, products=cfg.products,
-                              compile_solver=cfg.compile_solver))
+                              compile_solver=cfg.compile_solver, relaxation=cfg.relaxation))
     peer.append(_run_in_child(cfg.peer, name, cfg.repeats, False, python=cfg.peer_python))
   for result in ours + peer:
     if "error" in result:
@@ -321,9 +326,11 @@ def _interleaved(name: str, cfg: BenchConfig) -> dict:
           "ratio": round(ms / peer_ms, 3),
           "floor_ms": statistics.median(r["floor_ms"] for r in ours),
           "ms_rounds": [r["ms"] for r in ours], "peer_ms_rounds": [r["ms"] for r in peer],
-          "loss": ours[0]["loss"], "peer_loss": peer[0]["loss"], "jit": cfg.jit,
+          "loss": ours[0]["loss"], "peer_loss": peer[0]["loss"],
+          "iterations": ours[0]["iterations"], "marginal_error": ours[0]["marginal_error"],
+          "jit": cfg.jit,
           "compile_solver": cfg.compile_solver, "products": cfg.products,
-          "repeats": cfg.repeats, "target": "ratio <= 0.5"}
+          "relaxation": cfg.relaxation, "repeats": cfg.repeats, "target": "ratio <= 0.5"}
 
 
 def _precision_compare(name: str, cfg: BenchConfig, low: str) -> dict:

@@ -22,6 +22,7 @@ def run_bench(*args):
     (["train", "--only=nosuchconfig"], "--only"),
     (["sinkhorn", "--rounds=0"], "rounds"),
     (["sinkhorn", "--products=float16"], "products"),
+    (["sinkhorn", "--relaxation=2"], "relaxation"),
 ])
 def test_bad_arguments_give_one_line(args, needle):
   proc = run_bench(*args)
@@ -58,3 +59,16 @@ def test_bench_config_holds_every_flag_under_its_own_name():
       cfg.repeats = 1
   finally:
     bench.FLAGS.unparse_flags()
+
+
+def test_relaxation_reaches_the_solver_and_cuts_its_updates():
+  runs = {}
+  for omega in ("1.0", "1.5"):
+    proc = run_bench("sinkhorn", "--only=celeba_l2_n200", "--repeats=1",
+                     f"--relaxation={omega}")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    runs[omega] = json.loads(proc.stdout.strip().splitlines()[-1])
+  assert runs["1.5"]["relaxation"] == 1.5 and runs["1.0"]["relaxation"] == 1.0
+  assert runs["1.5"]["marginal_error"] <= 1e-3 and runs["1.0"]["marginal_error"] <= 1e-3
+  assert runs["1.5"]["iterations"] < runs["1.0"]["iterations"]
+  assert runs["1.5"]["loss"] == pytest.approx(runs["1.0"]["loss"], rel=1e-4)

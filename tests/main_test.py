@@ -65,6 +65,8 @@ BAD_FLAGS = [
     (["--learning_rate=inf"], "--learning_rate"),
     (["--alpha_c=inf"], "--alpha_c"),
     (["--sinkhorn_threshold=nan"], "--sinkhorn_threshold"),
+    (["--sinkhorn_relaxation=2"], "--sinkhorn_relaxation"),
+    (["--sinkhorn_relaxation=0.5"], "--sinkhorn_relaxation"),
     (["--precision=float16"], "precision"),
     (["--precision=mixed_float16", "--mechanism=param_grad"], "--precision"),
 ]

@@ -54,6 +54,10 @@ flags.DEFINE_float("sinkhorn_scaling", 0.5, "ε-scaling schedule: ratio between 
                    "slower, more accurate annealing; use ≈0.9 for λ far below the costs).")
 flags.DEFINE_float("sinkhorn_threshold", 1e-3, "Stop once the L1 marginal error is below this.")
 flags.DEFINE_integer("sinkhorn_max_iterations", 100, "Most Sinkhorn updates at λ.")
+flags.DEFINE_float("sinkhorn_relaxation", 1.0, "Over-relaxation ω in [1, 2) of the updates at "
+                   "λ (same fixed point): 1.5 halves the updates of the l2 problems at λ=50 "
+                   "(cifar, celeba); 1 (plain Sinkhorn) for the l1l2 problems at λ=0.05, which "
+                   "stop at the iteration cap either way.")
 flags.DEFINE_bool("class_matching", False,
                   "Weight generated and private points so that the Sinkhorn plan moves mass "
                   "only within a class (mass per class ∝ its generated count, over the classes "
@@ -142,14 +146,19 @@ flags.DEFINE_enum("if_finished", "fail", ["fail", "skip"],
 
 def config_from_flags(f) -> config_lib.TrainConfig:
   """Builds the frozen run config; raises ValueError naming the bad flag."""
-  for name in ("sinkhorn_epsilon", "sinkhorn_scaling", "sinkhorn_threshold"):
+  for name in ("sinkhorn_epsilon", "sinkhorn_scaling", "sinkhorn_threshold",
+               "sinkhorn_relaxation"):
     value = getattr(f, name)
     if not math.isfinite(value):
       raise ValueError(f"--{name}={value!r}: expected a finite number")
+  if not 1 <= f.sinkhorn_relaxation < 2:
+    raise ValueError(f"--sinkhorn_relaxation={f.sinkhorn_relaxation!r}: expected a number in "
+                     "[1, 2)")
   try:
     solver = transport_options.SinkhornConfig(
         epsilon=f.sinkhorn_epsilon, scaling=f.sinkhorn_scaling,
-        threshold=f.sinkhorn_threshold, max_iterations=f.sinkhorn_max_iterations)
+        threshold=f.sinkhorn_threshold, max_iterations=f.sinkhorn_max_iterations,
+        relaxation=f.sinkhorn_relaxation)
   except ValueError as e:
     raise ValueError(f"--sinkhorn_*: {e}") from None
   return config_lib.TrainConfig(
