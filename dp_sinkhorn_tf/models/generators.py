@@ -39,9 +39,10 @@ on the bfloat16 units while the elementwise work, which CPUs without native bflo
 arithmetic emulate, stays float32 (the paper's DCGAN, forward + backward at batch 70:
 57 ms against 75–80 float32 and 65–77 mixed_bfloat16). In bfloat16 a transposed
 convolution on a small input (the 7×7 seed) takes its filter gradient as one matrix product
-(`conv_ops`, `Conv2DTranspose` below): oneDNN's own ran at 40 % of the matmul rate there. The interface does not change: the
-condition and the output are float32 (the output is cast before its head), so the loss,
-the released gradient and the privacy mechanism downstream never see a low-precision tensor.
+(`conv_ops`, `Conv2DTranspose` below): oneDNN's own ran at 40 % of the matmul rate there.
+The interface does not change: the condition and the output are float32 (the output is cast
+before its head), so the loss, the released gradient and the privacy mechanism downstream
+never see a low-precision tensor.
 
 BatchNorm. The trainer calls the generator with training=True: BN normalises with the
 statistics of the generated batch and updates its moving averages. That batch holds generated
