@@ -85,13 +85,16 @@ def test_matches_pot_with_weights():
   assert value.numpy() == pytest.approx(expected, rel=1e-4)
 
 
-def test_zero_weight_points_are_ignored():
+@pytest.mark.parametrize("stabilized", [True, False])
+@pytest.mark.parametrize("relaxation", [1.0, 1.5])
+def test_zero_weight_points_are_ignored(relaxation, stabilized):
   rng = np.random.default_rng(6)
   x, y = rng.normal(size=(5, 3)), rng.normal(size=(4, 3))
   padded = np.concatenate([y, rng.normal(size=(3, 3)) * 100], axis=0)
   weights = np.array([1, 1, 1, 1, 0, 0, 0], np.float64)
-  plain, _ = sinkhorn.ot_cost(tf.constant(x), tf.constant(y), L2, tight(0.5))
-  masked, _ = sinkhorn.ot_cost(tf.constant(x), tf.constant(padded), L2, tight(0.5), None,
+  config = tight(0.5, relaxation=relaxation, stabilized_kernel=stabilized)
+  plain, _ = sinkhorn.ot_cost(tf.constant(x), tf.constant(y), L2, config)
+  masked, _ = sinkhorn.ot_cost(tf.constant(x), tf.constant(padded), L2, config, None,
                                tf.constant(weights))
   assert masked.numpy() == pytest.approx(plain.numpy(), rel=1e-10)
 

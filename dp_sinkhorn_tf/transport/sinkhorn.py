@@ -167,10 +167,10 @@ def _kernel_phase(cost, log_a, log_b, f, g, config: SinkhornConfig):
     return tf.logical_and(it < config.max_iterations, err > config.threshold)
 
   def relax_scaling(old, full):
-    # log new = log old + ω·(log full − log old); zero-weight points keep full (= 0).
+    # `relax` on the logs; zero-weight points (full = 0, log −inf) keep full.
     if omega == 1:
       return full
-    return tf.where(full > 0, old * tf.pow(tf.math.divide_no_nan(full, old), omega), full)
+    return tf.exp(relax(tf.math.log(old), tf.math.log(full), omega))
 
   def body(f, g, u, v, kernel, it, err):
     row_mass = tf.linalg.matvec(kernel, v)
