@@ -66,6 +66,8 @@ BAD_FLAGS = [
     (["--alpha_c=inf"], "--alpha_c"),
     (["--sinkhorn_threshold=nan"], "--sinkhorn_threshold"),
     (["--sinkhorn_relaxation=2"], "--sinkhorn_relaxation"),
+    (["--sinkhorn_scaling=1"], "--sinkhorn_scaling"),
+    (["--sinkhorn_max_iterations=0"], "--sinkhorn_max_iterations"),
     (["--sinkhorn_relaxation=0.5"], "--sinkhorn_relaxation"),
     (["--precision=float16"], "precision"),
     (["--precision=mixed_float16", "--mechanism=param_grad"], "--precision"),
