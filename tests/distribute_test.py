@@ -1,6 +1,9 @@
 """Tests for dp_sinkhorn_tf.train.distribute: a MirroredStrategy step over 2 and 4 logical CPU
-devices releases what one device releases and updates the weights to the same values; a
-mirrored training run ends with the same ledger and generator as a single-device run.
+devices, with n + n′ = 11 rows that split over neither (6 + 5, 3 + 3 + 3 + 2: padded for the
+all-gather), releases what one device releases and updates the weights to the same values,
+also when the replicas would compute different image gradients (the release is replica 0's,
+broadcast); a mirrored training run ends with the same ledger and generator as a
+single-device run; workers started with different flags refuse to train.
 
 Logical devices must be configured before TensorFlow initialises, so each check runs in a
 fresh process."""
@@ -14,6 +17,7 @@ import numpy as np
 import pytest
 
 from dp_sinkhorn_tf.train import config as config_lib
+from dp_sinkhorn_tf.train import distribute
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -29,19 +33,31 @@ from dp_sinkhorn_tf.privacy import accounting
 distribute.configure_devices("mirrored", 4)
 digits = datasets.load_dataset("digits")
 key = keys.insecure_fixed(3)
-jit = sys.argv[1] == "jit"
+jit = sys.argv[1] != "eager_loss"
+if sys.argv[1] == "jit_disagree":
+  # Replicas that disagree: any replica but 0 would see the opposite image gradient. A
+  # release computed (or clipped, or noised) on every replica would change the update.
+  compiled = trainer.DPSinkhornModel._compiled_loss_and_image_grad
+  def disagreeing(self, *args):
+    loss, grad, info = compiled(self, *args)
+    ctx = tf.distribute.get_replica_context()
+    if ctx is not None and distribute.replica_id(ctx) != 0:
+      grad = -grad
+    return loss, grad, info
+  trainer.DPSinkhornModel._compiled_loss_and_image_grad = disagreeing
 result = {}
 for strategy, n in [("default", None), ("mirrored", 2), ("mirrored", 4)]:
   cfg = config_lib.TrainConfig(
-      batch_size=16, fake_batch_size=10, steps=5,
+      batch_size=16, fake_batch_size=9, steps=5,
       model=config_lib.ModelConfig("dcgan", latent_dim=4, embed_dim=2, hidden=4, output="clip"),
-      loss=config_lib.LossConfig(cost="l1l2", debias_fraction=0.2, class_matching=True,
+      loss=config_lib.LossConfig(cost="l1l2", debias_fraction=0.25, class_matching=True,
                                  jit_compile=jit,
                                  solver=sinkhorn.SinkhornConfig(epsilon=0.5, max_iterations=30)),
       privacy=config_lib.PrivacyConfig(noise_multiplier=1.0, target_epsilon=10.0,
                                        release_blur=0.7),
       optim=config_lib.OptimConfig(ema_decay=0.99),
       run=config_lib.RunConfig(workdir="unused", strategy=strategy, num_devices=n))
+  assert cfg.num_generated == 11
   plan = accounting.plan_privacy(cfg, len(digits.images))
   st = distribute.make_strategy(strategy, n)
   with st.scope():
@@ -49,21 +65,25 @@ for strategy, n in [("default", None), ("mirrored", 2), ("mirrored", 4)]:
   step_fn = trainer.step_function(model, st)
   for t in range(3):
     step_fn(tf.constant(t, tf.int64))
-  # The release of step 3 as every replica computes it (its norm, before and after noise).
+  weights = [v.numpy().tolist() for v in model.generator.variables
+             + model.ema_generator.variables]
+  # Step 3 as every replica computes it: the released norms and the parameter gradients.
   @tf.function
-  def norms(step):
+  def released(step):
     def replica(step):
-      _, logs = model.image_grad_gradients(step)
-      return logs["clean_grad_norm"], logs["noised_grad_norm"]
+      grads, logs = model.image_grad_gradients(step)
+      grads = [tf.convert_to_tensor(g) for g in grads]  # the embedding's are sparse
+      return grads, logs["clean_grad_norm"], logs["noised_grad_norm"]
     return st.run(replica, args=(step,))
   with st.scope():
-    clean, noised = norms(tf.constant(3, tf.int64))
+    grads, clean, noised = released(tf.constant(3, tf.int64))
+  summed = [np.sum([g.numpy() for g in st.experimental_local_results(v)], axis=0).tolist()
+            for v in grads]
   result[f"{strategy}{n or ''}"] = {
       "replicas": st.num_replicas_in_sync,
       "clean": [float(v) for v in st.experimental_local_results(clean)],
       "noised": [float(v) for v in st.experimental_local_results(noised)],
-      "weights": [v.numpy().tolist() for v in model.generator.variables
-                  + model.ema_generator.variables]}
+      "grads": summed, "weights": weights}
 print("RESULT " + json.dumps(result))
 """
 
@@ -77,20 +97,63 @@ def _run_python(code: str, *args, timeout=600):
   return json.loads(line[len("RESULT "):])
 
 
-@pytest.mark.parametrize("path", ["eager_loss", "jit"])
-def test_mirrored_steps_release_and_update_as_one_device(path):
+@pytest.mark.parametrize("path", ["eager_loss", "jit", "jit_disagree"])
+def test_padded_mirrored_steps_release_and_update_as_one_device(path):
   result = _run_python(ONE_STEP, path)
   base = result["default"]
   for name in ("mirrored2", "mirrored4"):
     run = result[name]
     assert run["replicas"] == int(name[-1])
-    # Every replica releases the same G̃ (one global clip, one keyed noise) as one device.
+    # Every replica holds the same G̃ (one global clip, one keyed noise) as one device.
     assert len(set(run["noised"])) == 1 and len(set(run["clean"])) == 1
     assert run["noised"][0] == pytest.approx(base["noised"][0], rel=1e-5)
     assert run["clean"][0] == pytest.approx(base["clean"][0], rel=1e-5)
-    # Three steps later the weights (and their EMA) agree to float32 rounding.
+    # The replicas' parameter gradients of step 3 sum to the single-device ones, and after
+    # three steps the weights (and their EMA) agree to float32 rounding.
+    for a, b in zip(base["grads"], run["grads"]):
+      np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-4, atol=1e-5)
     for a, b in zip(base["weights"], run["weights"]):
       np.testing.assert_allclose(np.asarray(b), np.asarray(a), atol=5e-5)
+
+
+@pytest.mark.parametrize("replicas", [1, 2, 3, 4, 7])
+def test_shares_cover_every_row_once_and_differ_by_at_most_one(replicas):
+  for total in range(1, 24):
+    if total < replicas:
+      with pytest.raises(ValueError, match=f"the {total} generated images .* fewer than the "
+                                           f"{replicas} replicas"):
+        distribute.check_split(total, replicas)
+      continue
+    distribute.check_split(total, replicas)
+    shares = [distribute.share(total, replicas, r) for r in range(replicas)]
+    rows = [i for first, count in shares for i in range(first, first + count)]
+    assert rows == list(range(total))
+    sizes = [count for _, count in shares]
+    assert max(sizes) - min(sizes) <= 1 and max(sizes) == -(-total // replicas)
+    assert sizes == sorted(sizes, reverse=True)
+
+
+def test_the_config_hash_ignores_paths_only():
+  base = config_lib.TrainConfig()
+  same = config_lib.TrainConfig(
+      data=config_lib.DataConfig(data_dir="/mnt/a", idx_dir="/mnt/b"),
+      run=config_lib.RunConfig(workdir="/nfs/elsewhere", privacy_key_file="/keys/k"))
+  assert distribute.config_hash(same) == distribute.config_hash(base)
+  assert len(distribute.config_hash(base)) == 32
+  others = [config_lib.TrainConfig(loss=config_lib.LossConfig(alpha_c=10.0)),
+            config_lib.TrainConfig(privacy=config_lib.PrivacyConfig(l2_norm_clip=0.25)),
+            config_lib.TrainConfig(run=config_lib.RunConfig(seed=1)),
+            config_lib.TrainConfig(run=config_lib.RunConfig(checkpoint_every=100)),
+            config_lib.TrainConfig(fake_batch_size=49)]
+  hashes = {distribute.config_hash(c) for c in others}
+  assert len(hashes) == len(others) and distribute.config_hash(base) not in hashes
+
+
+def test_differing_hashes_name_every_process():
+  assert distribute.differing_configs(["ab", "ab", "ab", "ab"], 2) is None
+  message = distribute.differing_configs(["ab", "ab", "cd", "cd"], 2)
+  assert message.startswith("--flagfile / flags: ") and "\n" not in message
+  assert "process 0: ab, process 1: cd" in message
 
 
 def _main(*args, timeout=600):
@@ -128,13 +191,14 @@ def test_a_mirrored_run_ends_like_a_single_device_run(tmp_path):
   assert (mirrored / "export" / "generator" / "1" / "saved_model.pb").exists()
 
 
-def test_a_batch_that_does_not_split_over_the_replicas_is_refused_before_any_work(tmp_path):
+def test_fewer_generated_rows_than_replicas_is_refused_before_any_work(tmp_path):
   workdir = tmp_path / "run"
-  proc = _main(f"--workdir={workdir}", *TINY, "--strategy=mirrored", "--num_devices=5")
+  proc = _main(f"--workdir={workdir}", *TINY, "--strategy=mirrored", "--num_devices=3",
+               "--fake_batch_size=2", "--debias_fraction=0")
   assert proc.returncode == 2
   lines = proc.stderr.strip().splitlines()
   assert len(lines) == 1 and lines[0].startswith("error: --fake_batch_size")
-  assert "12 generated images" in lines[0] and "5 replicas" in lines[0]
+  assert "2 generated images" in lines[0] and "3 replicas" in lines[0]
   assert not workdir.exists()
 
 
@@ -157,16 +221,18 @@ def _free_ports(count):
   return ports
 
 
-def _start_workers(workdir, *extra, count=2):
+def _start_workers(workdir, *extra, count=2, only=None):
+  """`count` workers on localhost; `only`: {index: extra flags of that worker alone}."""
   ports = _free_ports(count)
   procs = []
   for index in range(count):
+    own = (only or {}).get(index, [])
     tf_config = {"cluster": {"worker": [f"localhost:{p}" for p in ports]},
                  "task": {"type": "worker", "index": index}}
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", TF_CONFIG=json.dumps(tf_config))
     procs.append(subprocess.Popen(
         [sys.executable, "-m", "dp_sinkhorn_tf.main", f"--workdir={workdir}", *TINY,
-         "--strategy=multi_worker", *extra], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+         "--strategy=multi_worker", *extra, *own], cwd=ROOT, env=env, stdout=subprocess.PIPE,
         stderr=subprocess.PIPE, text=True))
   return procs
 
@@ -222,3 +288,17 @@ def test_a_killed_worker_is_a_crash_and_the_run_resumes(tmp_path, single_run):
   a, b = _weights(str(single_run)), _weights(str(workdir))
   for name in a:  # the same key replays the same releases
     np.testing.assert_allclose(b[name], a[name], atol=1e-4, err_msg=name)
+
+
+def test_workers_started_with_different_flags_refuse_before_any_write(tmp_path):
+  workdir = tmp_path / "run"
+  results = _finish(_start_workers(workdir, only={1: ["--alpha_c=10"]}))
+  hashes = set()
+  for code, _, err in results:
+    assert code == 2, err[-3000:]
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: --flagfile / flags: the workers' "
+                                                   "resolved training configurations differ")
+    hashes.add(lines[0])
+  assert len(hashes) == 1  # both name the same two hashes
+  assert not workdir.exists()  # refused before the chief created the run: no ε spent

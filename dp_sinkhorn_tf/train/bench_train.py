@@ -77,7 +77,7 @@ def run(name: str, repeats: int, strategy: str = "default",
   q = cfg.batch_size / size
 
   dist = distribute.make_strategy(strategy, num_devices)
-  distribute.check_divisible(cfg.num_generated, dist.num_replicas_in_sync)
+  distribute.check_split(cfg.num_generated, dist.num_replicas_in_sync)
   with dist.scope():
     dist_gen = trainer.make_generator(cfg, shape, num_classes, build=True)
     model = trainer.DPSinkhornModel(dist_gen, images, labels, num_classes, cfg, sigma, q)

@@ -168,8 +168,10 @@ def run(cfg: config_lib.TrainConfig, flags_text: str, dataset: datasets.Dataset,
       or file; the ledger and the last good checkpoint are intact."""
   try:
     distribute.configure_devices(cfg.run.strategy, cfg.run.num_devices)  # before any TF op
-    distribute.check_divisible(cfg.num_generated, distribute.make_strategy(
-        cfg.run.strategy, cfg.run.num_devices).num_replicas_in_sync)
+    strategy = distribute.make_strategy(cfg.run.strategy, cfg.run.num_devices)
+    if cfg.run.strategy == "multi_worker":  # a collective: every worker, before any write
+      distribute.check_same_config(strategy, cfg)
+    distribute.check_split(cfg.num_generated, strategy.num_replicas_in_sync)
     if cfg.run.export:
       export_lib.check_model_name(cfg.run.model_name)
     if files.exists(cfg.run.workdir) and not files.isdir(cfg.run.workdir):
@@ -571,7 +573,7 @@ def train(cfg: config_lib.TrainConfig, images: np.ndarray, labels: np.ndarray,
     state = open_run(cfg, plan, images, labels, chief)
   ledger = state.ledger
   strategy = distribute.make_strategy(run.strategy, run.num_devices)
-  distribute.check_divisible(cfg.num_generated, strategy.num_replicas_in_sync)
+  distribute.check_split(cfg.num_generated, strategy.num_replicas_in_sync)
   with strategy.scope():
     model, step = trainer.build_model(cfg, images, labels, num_classes, plan, state.key)
   generator, ema_generator = model.generator, model.ema_generator

@@ -105,14 +105,18 @@ def unscale(optimizer, grads):
   return grads
 
 
+# The per-step metrics of a mechanism, in this order (float32 scalars).
+STEP_METRICS = ("loss", "clean_grad_norm", "noised_grad_norm", "sinkhorn_iterations",
+                "marginal_error", "real_batch_size")
+
+
 def _step_metrics(loss, clean_norm, noised_norm, info, real) -> dict:
-  """A mechanism's per-step metrics. Only noised_grad_norm is a released quantity; the loss,
-  the clean norm, the Sinkhorn diagnostics and the batch size are private diagnostics
-  (`summaries` writes them under private_diagnostics/)."""
-  return {"loss": loss, "clean_grad_norm": clean_norm, "noised_grad_norm": noised_norm,
-          "sinkhorn_iterations": tf.cast(info.iterations, tf.float32),
-          "marginal_error": info.marginal_error,
-          "real_batch_size": tf.cast(tf.shape(real)[0], tf.float32)}
+  """A mechanism's per-step metrics (STEP_METRICS, float32 scalars). Only noised_grad_norm
+  is a released quantity; the loss, the clean norm, the Sinkhorn diagnostics and the batch
+  size are private diagnostics (`summaries` writes them under private_diagnostics/)."""
+  values = (loss, clean_norm, noised_norm, info.iterations, info.marginal_error,
+            tf.shape(real)[0])
+  return {k: tf.reshape(tf.cast(v, tf.float32), []) for k, v in zip(STEP_METRICS, values)}
 
 
 class DPSinkhornModel(tf.keras.Model):
@@ -253,25 +257,12 @@ class DPSinkhornModel(tf.keras.Model):
     image_grad = tf.reshape(grad_f[:, :self._image_dim], tf.shape(fake))
     return loss, image_grad, info
 
-  def image_grad_gradients(self, step: tf.Tensor):
-    """Parameter gradients from the privatised image gradient, and the step's metrics.
-
-    Under a multi-replica strategy (`distribute`), this replica generates only its rows
-    of the batch; the rows are all-gathered, every replica computes the same loss, G and
-    release G̃ (one global clip, the key's noise), and back-propagates its own rows of G̃:
-    the returned gradients sum to the single-device ones across replicas.
-    """
+  def released_image_gradient(self, fake, fake_labels, step: tf.Tensor):
+    """(G̃, metrics) of step `step` for the whole generated batch `fake` [n + n′, H, W, C]:
+    the loss against the step's Poisson sample, G = ∂L/∂fake, the mechanism's release (one
+    clip of G[0:n], one keyed noise draw) and its blur. The only place the step reads the
+    private data."""
     real, real_labels = self.private_batch(step)
-    z, fake_labels = self.latent_batch(step)
-    variables = self.generator.trainable_variables
-    ctx, first, rows = distribute.my_rows(self._n_total)
-    with tf.GradientTape() as gen_tape:
-      mine = self.generator([z[first:first + rows], fake_labels[first:first + rows]],
-                            training=True)
-    if ctx is None:
-      fake = mine
-    else:  # across hosts all_gather loses the static shape; the loss needs it back
-      fake = tf.ensure_shape(ctx.all_gather(mine, axis=0), [self._n_total, *mine.shape[1:]])
     if self._loss_and_grad is not None:
       loss, image_grad, info = self._compiled_loss_and_image_grad(fake, fake_labels, real,
                                                                   real_labels)
@@ -282,13 +273,38 @@ class DPSinkhornModel(tf.keras.Model):
       image_grad = loss_tape.gradient(loss, fake)
     released, p_info = self.mechanism.privatize(image_grad, self._n, self.noise_seed(step))
     released = gaussian.blur_release(released, self.cfg.privacy.release_blur)
+    return released, _step_metrics(loss, p_info.clean_norm, p_info.noised_norm, info, real)
+
+  def image_grad_gradients(self, step: tf.Tensor):
+    """Parameter gradients from the privatised image gradient, and the step's metrics.
+
+    Under a multi-replica strategy (`distribute`), this replica generates only its share
+    of the batch (shares differ by at most one row); the shares are all-gathered, replica 0
+    alone computes the loss, G and the release G̃ (`released_image_gradient`) and a
+    broadcast hands G̃ and its metrics to every replica (`distribute.from_first_replica`);
+    each back-propagates its own rows of G̃: the returned gradients sum to the
+    single-device ones across replicas.
+    """
+    z, fake_labels = self.latent_batch(step)
+    variables = self.generator.trainable_variables
+    ctx, first, rows = distribute.my_rows(self._n_total)
+    with tf.GradientTape() as gen_tape:
+      mine = self.generator([z[first:first + rows], fake_labels[first:first + rows]],
+                            training=True)
+    if ctx is None:
+      released, logs = self.released_image_gradient(mine, fake_labels, step)
+    else:
+      fake = distribute.gather_rows(ctx, mine, self._n_total)
+      released, logs = distribute.from_first_replica(
+          ctx, lambda: self.released_image_gradient(fake, fake_labels, step),
+          lambda: (tf.zeros_like(fake), {k: tf.zeros([], tf.float32) for k in STEP_METRICS}))
     # The generator may compute in bfloat16 / float16 (--precision); its output `mine` and
     # everything from the loss to the release are float32. float16 back-propagates the
     # release times the loss scale (post-processing: G̃, weights and latents are public).
     grads = gen_tape.gradient(mine, variables,
                               output_gradients=scale(self.optimizer, released[first:first + rows]))
     grads = unscale(self.optimizer, grads)
-    return grads, _step_metrics(loss, p_info.clean_norm, p_info.noised_norm, info, real)
+    return grads, logs
 
   def param_grad_gradients(self, step: tf.Tensor):
     """The paper's ablation: the whole parameter gradient of the batch loss, clipped to C
@@ -325,8 +341,8 @@ class DPSinkhornModel(tf.keras.Model):
   def train_step(self, data):
     """One DP-Sinkhorn step; `data` is the step index (int64 scalar or [1]). Under a
     multi-replica strategy call it in cross-replica context (inside `strategy.scope()`):
-    it runs the replicas and returns the first replica's metrics (all replicas compute the
-    same loss and release)."""
+    it runs the replicas and returns the first local replica's metrics (every replica
+    holds replica 0's, broadcast with its release)."""
     step = tf.cast(tf.reshape(data, []), tf.int64)
     strategy = tf.distribute.get_strategy()
     if strategy.num_replicas_in_sync > 1:
