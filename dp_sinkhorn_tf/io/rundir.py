@@ -16,13 +16,14 @@
 
   * post-processing of the released gradients and the public initialisation.
 
-Times: no published file carries wall-clock time (which is data-dependent and not covered
-by ε). Every file and folder of a local run directory has the modification time
-`files.FIXED_TIME` (2000-01-01T00:00:00Z; `set_fixed_times` after each chunk, the run and
-the export), the TensorBoard events are timed by their step (`io.events`), the checkpoint
-folder's `checkpoint` file too (`checkpoints.fix_checkpoint_times`), and no file holds a
-timestamp. On gs:// or ram:// the store keeps its own times (`files`). The private
-diagnostics' TensorBoard keeps real times: it is never published.
+Times: no published file carries wall-clock time (which would time the steps between two
+writes: data-dependent, not covered by ε). Every file and folder that training and the
+export write in a local run directory has the modification time `files.FIXED_TIME`
+(2000-01-01T00:00:00Z; `set_fixed_times` after each chunk, the run and the export), the
+TensorBoard events are timed by their step (`io.events`), the checkpoint folder's
+`checkpoint` file too (`checkpoints.fix_checkpoint_times`), and no file holds a timestamp.
+On gs:// or ram:// the store keeps its own times (`files`). The private diagnostics'
+TensorBoard keeps real times: it is never published.
 
 Provenance: run.json is written last when a run is created (after the key and the ledger),
 so a directory with run.json always has its key and, for DP runs, its ledger; every
