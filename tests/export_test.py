@@ -1,7 +1,6 @@
 """Tests for dp_sinkhorn_tf.export: signatures, fresh-process parity, atomicity, run export."""
 
 import dataclasses
-import datetime
 import json
 import os
 import re
@@ -9,12 +8,14 @@ import shutil
 import subprocess
 import sys
 import textwrap
+import time
 
 import numpy as np
 import pytest
 import tensorflow as tf
 
 from dp_sinkhorn_tf import __version__, export
+from dp_sinkhorn_tf.io import files
 from dp_sinkhorn_tf.models import generators
 from dp_sinkhorn_tf.release import export_lib, serving
 
@@ -68,6 +69,24 @@ def parse_show_all(text: str) -> dict:
       sig["method"] = m.group(1)
   return {s: {k: ({n: tuple(v) for n, v in d.items()} if isinstance(d, dict) else d)
               for k, d in entry.items()} for s, entry in sigs.items()}
+
+
+def assert_no_timestamp(meta: dict) -> None:
+  """No export date, no ISO date or time, no epoch seconds of these days in the metadata."""
+  assert "exported_at" not in meta
+  text = json.dumps(meta)
+  assert not re.search(r"\d{4}-\d\d-\d\d|\d\d:\d\d:\d\d", text), text
+  now = time.time()
+  for number in re.findall(r"\d{9,}(?:\.\d+)?", text):
+    assert abs(float(number) - now) > 30 * 86400, number
+
+
+def assert_fixed_times(*roots) -> None:
+  """Every given path and everything under it has the modification time 2000-01-01T00:00Z."""
+  for root in roots:
+    for path in [root] + [os.path.join(d, n) for d, dirs, names in os.walk(root)
+                          for n in dirs + names]:
+      assert os.stat(path).st_mtime == files.FIXED_TIME == 946684800, path
 
 
 def model_entries(model_dir: str) -> list:
@@ -187,8 +206,7 @@ def test_metadata_holds_training_facts_and_export_fields(exported):
   assert meta["image_shape"] == [8, 8, 1] and meta["version"] == 1
   assert meta["dp_sinkhorn_tf_version"] == __version__
   assert meta["tensorflow_version"] == tf.__version__
-  exported_at = datetime.datetime.fromisoformat(meta["exported_at"])
-  assert abs((datetime.datetime.now(datetime.timezone.utc) - exported_at).total_seconds()) < 3600
+  assert_no_timestamp(meta)
   sigs = meta["signatures"]
   assert sigs["serving_default"]["inputs"] == {
       "z": {"dtype": "float32", "shape": [None, LATENT]},
@@ -197,6 +215,15 @@ def test_metadata_holds_training_facts_and_export_fields(exported):
   assert sigs["sample"]["outputs"]["images_uint8"] == {"dtype": "uint8",
                                                        "shape": [None, 8, 8, 1]}
   assert meta["generator"]["family"] == "DCGANGenerator" and meta["generator"]["hidden"] == 8
+
+
+def test_every_file_and_folder_of_an_export_has_the_fixed_time(generator, tmp_path):
+  base = tmp_path / "new" / "export"  # the export creates base and the model folder
+  path = export_lib.export_generator(generator, str(base), "g", None, METADATA)
+  assert len(list(os.walk(path))) >= 3  # the version, variables/, assets.extra/, …
+  assert_fixed_times(path, str(base))
+  assert os.stat(tmp_path / "new").st_mtime == files.FIXED_TIME  # created by the export
+  assert os.stat(tmp_path).st_mtime != files.FIXED_TIME  # not the export's: left alone
 
 
 def test_non_finite_and_numpy_metadata_become_strict_json(generator, tmp_path):
@@ -215,10 +242,11 @@ def test_versions_count_up_and_are_never_overwritten(generator, tmp_path):
   first = export_lib.export_generator(generator, str(tmp_path))
   second = export_lib.export_generator(generator, str(tmp_path))
   assert (os.path.basename(first), os.path.basename(second)) == ("1", "2")
-  stamp = os.path.getmtime(os.path.join(first, "saved_model.pb"))
+  pb = os.path.join(first, "saved_model.pb")
+  before = (os.stat(pb).st_ino, open(pb, "rb").read())  # times are fixed: not a witness
   with pytest.raises(FileExistsError, match=r"--version=1: .* already exists"):
     export_lib.export_generator(generator, str(tmp_path), version=1)
-  assert os.path.getmtime(os.path.join(first, "saved_model.pb")) == stamp
+  assert (os.stat(pb).st_ino, open(pb, "rb").read()) == before
   assert export_lib.export_generator(generator, str(tmp_path), version=7).endswith("7")
   assert export_lib.next_version(str(model_dir)) == 8
   assert model_entries(model_dir) == ["1", "2", "7"]
@@ -330,6 +358,10 @@ def test_cli_exports_a_run_like_training_does(run_dir):
     else:
       assert meta[key] == by_main[key], key
   assert "--hidden=4" in meta["training_flags"]
+  assert_no_timestamp(meta)
+  assert_no_timestamp(by_main)
+  assert os.stat(run_dir).st_mtime == files.FIXED_TIME  # stamped again after the export
+  assert_fixed_times(os.path.join(run_dir, "export"))
 
 
 def test_cli_errors_are_one_line_and_write_nothing(run_dir, tmp_path, capsys):

@@ -91,3 +91,48 @@ def test_json_safe_is_one_rule_and_refuses_what_json_cannot_hold():
   assert safe == {"t": [1, 2.5], "a": ["inf", "-inf"], "nan": None, "b": True}
   with pytest.raises(TypeError, match="set"):
     files.json_safe({"x": {1, 2}})
+
+
+def test_every_local_write_carries_the_fixed_time_from_its_first_moment(tmp_path, monkeypatch):
+  assert files.FIXED_TIME == 946684800  # 2000-01-01T00:00:00Z
+  seen = []
+  replace = os.replace
+
+  def watching_replace(src, dst):  # the time is set before the target appears
+    seen.append(os.stat(src).st_mtime)
+    replace(src, dst)
+
+  monkeypatch.setattr(os, "replace", watching_replace)
+  target = tmp_path / "privacy.json"
+  files.write_json_atomic(str(target), {"eps": 1.0})
+  files.write_text_atomic(str(target), "second", mode=0o600)
+  assert seen == [files.FIXED_TIME] * 2
+  st = os.stat(target)
+  assert (st.st_mtime, st.st_atime) == (files.FIXED_TIME, files.FIXED_TIME)
+
+
+def test_set_fixed_times_stamps_a_tree_with_its_folders_and_nothing_outside(tmp_path):
+  root = tmp_path / "run"
+  (root / "export" / "generator" / "1" / "variables").mkdir(parents=True)
+  (root / "export" / "generator" / "1" / "variables" / "variables.index").write_bytes(b"i")
+  (root / "flags.txt").write_text("--x\n")
+  outside = tmp_path / "neighbour.txt"
+  outside.write_text("not ours")
+  before = os.stat(outside).st_mtime
+  files.set_fixed_times(str(root))
+  stamped = [root] + list(root.rglob("*"))
+  assert len(stamped) == 7
+  assert all(os.stat(p).st_mtime == files.FIXED_TIME for p in stamped)
+  assert os.stat(outside).st_mtime == before != files.FIXED_TIME
+  assert os.stat(tmp_path).st_mtime != files.FIXED_TIME  # the parent is not the run's
+  files.set_fixed_times(str(tmp_path / "missing"))  # nothing there: nothing to do
+  files.set_fixed_time(str(outside))
+  assert os.stat(outside).st_mtime == files.FIXED_TIME
+
+
+def test_fixed_times_are_a_no_op_on_a_gfile_file_system(ram):
+  # tf.io.gfile has no utime; ram:// reports mtime 0 whatever is done.
+  files.write_text_atomic(f"{ram}/run.json", "{}")
+  files.set_fixed_time(f"{ram}/run.json")
+  files.set_fixed_times(ram)
+  assert tf.io.gfile.stat(f"{ram}/run.json").mtime_nsec == 0

@@ -211,6 +211,83 @@ def test_progress_shows_only_publishable_values_and_summary_marks_private_files(
   assert "NOT PRIVATE" not in proc.stdout
 
 
+def _clock_values(blob: bytes, low: float, high: float) -> list:
+  """What in `blob` reads as a time in [low, high] (seconds since the epoch): a little-endian
+  float64 at any offset (TensorBoard's wall_time) or decimal text of epoch seconds."""
+  import re
+
+  import numpy as np
+  found = []
+  for offset in range(8):
+    n = (len(blob) - offset) // 8
+    values = np.frombuffer(blob, "<f8", count=max(n, 0), offset=offset)
+    found += [float(v) for v in values[(values >= low) & (values <= high)]]
+  for text in re.findall(rb"\d{10}(?:\.\d+)?(?:e\+?\d+)?|\d\.\d+e\+0?9", blob):
+    try:
+      value = float(text)
+    except ValueError:
+      continue
+    if low <= value <= high:
+      found.append(value)
+  return found
+
+
+def test_published_files_carry_no_wall_clock_time(tmp_path):
+  import datetime
+  import json
+  import time
+
+  import tensorflow as tf
+
+  from dp_sinkhorn_tf.io import files, rundir
+  fixed = files.FIXED_TIME
+  started = time.time()
+  workdir = tmp_path / "run"
+  proc = run_main(f"--workdir={workdir}", *TINY[:-1], "--steps=12", "--sample_every=4")
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  finished = time.time()
+  # TensorBoard: one session, named without time or host; every event at 2000-01-01 + step.
+  assert os.listdir(workdir / "tensorboard") == [
+      "events.out.tfevents.0946684800.dp_sinkhorn_tf.v2"]
+  events = list(tf.compat.v1.train.summary_iterator(
+      str(workdir / "tensorboard" / "events.out.tfevents.0946684800.dp_sinkhorn_tf.v2")))
+  assert events[0].file_version == "brain.Event:2" and events[0].wall_time == fixed
+  tags = [(e.step, v.tag) for e in events[1:] for v in e.summary.value]
+  assert [step for step, tag in tags if tag == "samples"] == [4, 8, 12]
+  assert [step for step, tag in tags if tag == "epsilon"] == list(range(1, 13))
+  assert all(e.wall_time == fixed + e.step for e in events)
+  assert sorted(os.listdir(workdir / "samples")) == ["final.png", "step_0000004.png",
+                                                     "step_0000008.png"]
+  # Every file and folder of what may be published, and the run directory itself.
+  published = [workdir]
+  for name, publishable, _ in rundir.ARTEFACTS:
+    if publishable and (workdir / name).exists():
+      published += [workdir / name, *(workdir / name).rglob("*")]
+  assert {p.relative_to(workdir).parts[0] for p in published[1:]} == {
+      "export", "privacy.json", "samples", "tensorboard", "flags.txt", "run.json",
+      "checkpoints"}
+  for path in published:
+    assert os.stat(path).st_mtime == fixed, path
+  state = tf.train.get_checkpoint_state(str(workdir / "checkpoints"))
+  assert [fixed + int(p.rsplit("-", 1)[1]) for p in state.all_model_checkpoint_paths] == list(
+      state.all_model_checkpoint_timestamps) and len(state.all_model_checkpoint_paths) >= 2
+  meta = json.loads((workdir / "export" / "generator" / "1" / "assets.extra" /
+                     "metadata.json").read_text())
+  assert "exported_at" not in meta
+  # No time of the run inside any published file, in binary or as text (epoch seconds, ISO
+  # dates); the PNGs hold no tIME chunk.
+  today = datetime.datetime.fromtimestamp(started, datetime.timezone.utc).strftime("%Y-%m-%d")
+  for path in published:
+    if path.is_file():
+      blob = path.read_bytes()
+      assert not _clock_values(blob, started - 60, finished + 60), path
+      assert today.encode() not in blob and b"tIME" not in blob, path
+  # The scan finds the times the private diagnostics keep (never published).
+  private = list((workdir / rundir.PRIVATE_DIR / "tensorboard").iterdir())
+  assert len(private) == 1 and _clock_values(private[0].read_bytes(), started - 60,
+                                             finished + 60)
+
+
 def test_bfloat16_on_a_cpu_without_bfloat16_instructions_is_warned(tmp_path, capsys,
                                                                   monkeypatch):
   from dp_sinkhorn_tf.train import hardware
@@ -299,7 +376,9 @@ def test_signals_stop_at_a_step_boundary_with_a_checkpoint_and_one_line(tmp_path
 
 def test_a_run_killed_after_its_last_step_finishes_its_outputs_on_rerun(tmp_path):
   import json
+  import re
   import shutil
+  import time
   workdir = tmp_path / "run"
   args = [f"--workdir={workdir}", *TINY[:-1], "--steps=6"]
   assert run_main(*args).returncode == 0
@@ -311,10 +390,19 @@ def test_a_run_killed_after_its_last_step_finishes_its_outputs_on_rerun(tmp_path
   report["finished"] = False
   (workdir / "privacy.json").write_text(json.dumps(report))
   os.remove(workdir / "samples" / "final.png")
+  # Killed between a save and the rewrite of the checkpoint file: the clock times are there.
+  state = workdir / "checkpoints" / "checkpoint"
+  state.write_text(re.sub(r"(timestamp: )\S+", lambda m: m.group(1) + repr(time.time()),
+                          state.read_text()))
   ledger_before = (workdir / "privacy_ledger.json").read_text()
   proc = run_main(*args)
   assert proc.returncode == 0, proc.stderr[-2000:]
   assert "no privacy spent" in proc.stdout
+  assert "all_model_checkpoint_timestamps: 946684806.0" in state.read_text()  # no save: scrubbed
+  # The rerun is a second TensorBoard session (the final grid again), named by its first step.
+  assert sorted(os.listdir(workdir / "tensorboard")) == [
+      "events.out.tfevents.0946684800.dp_sinkhorn_tf.v2",
+      "events.out.tfevents.0946684806.dp_sinkhorn_tf.v2"]
   assert sorted(os.listdir(workdir / "export" / "generator")) == ["1"]
   assert json.loads((workdir / "privacy.json").read_text())["finished"] is True
   assert (workdir / "samples" / "final.png").exists()

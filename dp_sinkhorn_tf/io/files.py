@@ -12,12 +12,28 @@ old content or the new one, never a part:
 
 Directories (`rename_dir`, the export's version folder) are moved atomically only on a
 local file system; elsewhere by copying (see there).
+
+Times: a file's modification time is wall-clock, and wall-clock time is data-dependent and
+not covered by ε (a step's duration depends on its Sinkhorn solves). Every file written
+here on a local file system carries FIXED_TIME as its access and modification time (set on
+the temporary file before the rename, so the target never shows another), and
+`set_fixed_times` stamps what other writers (TensorFlow's checkpoints and SavedModels, the
+TensorBoard events) and directories leave. A remote file system has no utime: `ram://`
+reports mtime 0 for everything, GCS the upload time of each object (which cannot be set).
+A file's change time (ctime) cannot be set by any process: GNU tar's default format and zip
+do not store it, but `tar --format=posix` does unless given
+`--pax-option=delete=atime,delete=ctime`.
 """
 
 import errno
 import json
 import os
 from typing import Optional
+
+# 2000-01-01T00:00:00Z in seconds since the Unix epoch: the modification time of every
+# file the project writes locally, and the origin of TensorBoard's step-derived wall times
+# (`io.events`). Not 0: zip cannot store times before 1980.
+FIXED_TIME = 946684800
 
 
 def is_remote(path: str) -> bool:
@@ -67,6 +83,25 @@ def rmtree(path: str) -> None:
   else:
     import shutil
     shutil.rmtree(path, ignore_errors=True)
+
+
+def set_fixed_time(path: str) -> None:
+  """Sets the access and modification times of `path` (a file or a directory) to
+  FIXED_TIME. A no-op for a remote path (tf.io.gfile has no utime; module docstring)."""
+  if not is_remote(path):
+    os.utime(path, (FIXED_TIME, FIXED_TIME))
+
+
+def set_fixed_times(root: str) -> None:
+  """set_fixed_time on `root` and, for a directory, on every file and directory under it
+  (symbolic links are not followed). A missing `root` or a remote path: a no-op. Setting
+  a child's time does not change its directory's, so the order does not matter."""
+  if is_remote(root) or not os.path.lexists(root):
+    return
+  for dirpath, dirnames, filenames in os.walk(root):
+    for name in dirnames + filenames:
+      os.utime(os.path.join(dirpath, name), (FIXED_TIME, FIXED_TIME), follow_symlinks=False)
+  os.utime(root, (FIXED_TIME, FIXED_TIME), follow_symlinks=False)
 
 
 def rename_dir(source: str, target: str) -> None:
@@ -122,7 +157,8 @@ def read_text(path: str) -> str:
 
 def write_bytes_atomic(target: str, payload: bytes, mode: Optional[int] = None) -> None:
   """Writes `payload` to a temp file beside `target` (created with `mode`, e.g. 0o600 for
-  a secret; local paths only) and renames it over `target` (module docstring)."""
+  a secret; local paths only) and renames it over `target` (module docstring). A local
+  target's times are FIXED_TIME from the moment it appears."""
   tmp = f"{target}.tmp-{os.getpid()}"
   if is_remote(target):
     gfile = _gfile()
@@ -145,6 +181,7 @@ def write_bytes_atomic(target: str, payload: bytes, mode: Optional[int] = None) 
       fh.write(payload)
       fh.flush()
       os.fsync(fh.fileno())
+    os.utime(tmp, (FIXED_TIME, FIXED_TIME))
     os.replace(tmp, target)
   except BaseException:
     if os.path.exists(tmp):

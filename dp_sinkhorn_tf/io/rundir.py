@@ -16,6 +16,15 @@
 
   * post-processing of the released gradients and the public initialisation.
 
+Times: no published file carries wall-clock time (which would time the steps between two
+writes: data-dependent, not covered by ε). Every file and folder that training and the
+export write in a local run directory has the modification time `files.FIXED_TIME`
+(2000-01-01T00:00:00Z; `set_fixed_times` after each chunk, the run and the export), the
+TensorBoard events are timed by their step (`io.events`), the checkpoint folder's
+`checkpoint` file too (`checkpoints.fix_checkpoint_times`), and no file holds a timestamp.
+On gs:// or ram:// the store keeps its own times (`files`). The private diagnostics'
+TensorBoard keeps real times: it is never published.
+
 Provenance: run.json is written last when a run is created (after the key and the ledger),
 so a directory with run.json always has its key and, for DP runs, its ledger; every
 checkpoint holds the run_id, and a checkpoint, ledger or export step of another run id is
@@ -57,7 +66,7 @@ ARTEFACTS = (
     (f"{EXPORT_DIR}/", True, "generator: post-processing of released gradients"),
     (REPORT_FILE, True, "plan and ε; states N (the number of private records)"),
     (f"{SAMPLES_DIR}/", True, "generated images only"),
-    (f"{TENSORBOARD_DIR}/", True, "ε, released (noised) norms, generated grids"),
+    (f"{TENSORBOARD_DIR}/", True, "ε, released (noised) norms, generated grids; times = step"),
     (FLAGS_FILE, True, "resolved flags (a key file's path, never a key)"),
     (IDENTITY_FILE, True, "run id, dp, key source"),
     (f"{CHECKPOINT_DIR}/", True, "weights and optimizer state of released updates"),
@@ -76,6 +85,12 @@ def path(workdir: str, name: str) -> str:
 write_bytes_atomic = files.write_bytes_atomic
 write_text_atomic = files.write_text_atomic
 write_json_atomic = files.write_json_atomic
+
+
+def set_fixed_times(workdir: str) -> None:
+  """The run directory and everything in it get the times files.FIXED_TIME (local paths;
+  module docstring)."""
+  files.set_fixed_times(workdir)
 
 
 def ensure_private_dir(workdir: str) -> str:

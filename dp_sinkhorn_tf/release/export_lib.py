@@ -33,6 +33,11 @@ the temporary directory, so a version directory is always whole. An existing ver
 never overwritten. A killed process (SIGKILL) can leave a .tmp-* directory behind; TF Serving
 ignores it and it can be deleted.
 
+Times: the metadata holds no timestamp, and on a local file system every file and folder of
+the version (set before the rename), the model folder and the folders the export created
+have the modification time `files.FIXED_TIME` (2000-01-01T00:00:00Z): when the export was
+made is not published. A remote store keeps its own times (`files`).
+
 From a run directory, the generator is rebuilt from flags.txt (the resolved training flags)
 and restored from the latest checkpoint (or --checkpoint); when the checkpoint holds an
 `ema_generator` (exponential moving average of the weights), that is what is exported
@@ -51,7 +56,6 @@ fingerprint) is copied into the export.
 
 import copy
 import dataclasses
-import datetime
 import json
 import numbers
 import os
@@ -78,10 +82,12 @@ DATASET_IMAGE_SHAPES = {"digits": (8, 8, 1), "mnist": (28, 28, 1),
                         "fashion_mnist": (28, 28, 1), "cifar10": (32, 32, 3),
                         "celeb_a": (32, 32, 3)}
 # Keys the exporter writes itself; passed metadata may repeat them only with equal values.
-_EXPORT_KEYS = ("format_version", "model_name", "version", "exported_at",
-                "dp_sinkhorn_tf_version", "tensorflow_version", "latent_dim", "num_classes",
-                "image_shape", "generator", "signatures", "latent_distribution",
-                "sample_seed_rule", "uint8_rule", "batchnorm")
+# No date: beside any other date it tells how long training took, which depends on the private
+# data and is not covered by ε.
+_EXPORT_KEYS = ("format_version", "model_name", "version", "dp_sinkhorn_tf_version",
+                "tensorflow_version", "latent_dim", "num_classes", "image_shape", "generator",
+                "signatures", "latent_distribution", "sample_seed_rule", "uint8_rule",
+                "batchnorm")
 
 
 class ExportError(ValueError):
@@ -188,8 +194,6 @@ def build_metadata(module: GeneratorServingModule, model_name: str, version: int
     raise ExportError(f"metadata: {e}") from None
   own = {
       "format_version": 1, "model_name": model_name, "version": version,
-      "exported_at": datetime.datetime.now(datetime.timezone.utc).isoformat(
-          timespec="seconds"),
       "dp_sinkhorn_tf_version": __version__, "tensorflow_version": tf.__version__,
       "latent_dim": module.latent_dim, "num_classes": module.num_classes,
       "image_shape": list(module.image_shape), "generator": files.json_safe(generator_config),
@@ -313,6 +317,7 @@ def export_generator(generator: tf.keras.Model, base_dir: str, model_name: str =
     if version in existing_versions(model_dir):  # written meanwhile by another exporter
       raise FileExistsError(f"--version={version}: {final} appeared during the export; "
                             "refusing to overwrite it")
+    files.set_fixed_times(tmp)  # before the rename: the version never shows a clock time
     files.rename_dir(tmp, final)
   except BaseException:
     files.rmtree(tmp)
@@ -322,6 +327,8 @@ def export_generator(generator: tf.keras.Model, base_dir: str, model_name: str =
       except OSError:
         break
     raise
+  for path in (final, model_dir, *created):  # folders whose entries the export changed
+    files.set_fixed_time(path)
   return final
 
 
@@ -525,5 +532,8 @@ def export_run(workdir: str, checkpoint: Optional[str] = None, model_name: Optio
   if version is not None:  # fail before the restore
     _refuse_existing(os.path.join(base_dir, model_name), version)
   run = restore_run(workdir, checkpoint, weights)
-  return export_generator(run.generator, base_dir, model_name, version,
+  path = export_generator(run.generator, base_dir, model_name, version,
                           run_metadata(workdir, run))
+  if export_dir is None:
+    files.set_fixed_time(workdir)  # it may have gained export/
+  return path

@@ -4,6 +4,11 @@ Every function here writes either post-processing of released quantities (the no
 ε, generated images: publishable) or, where named private, diagnostics computed on private
 data before the mechanism (loss, clean norms, batch sizes), which go to
 <workdir>/private_diagnostics/ only (`rundir.ARTEFACTS`).
+
+No wall-clock time in what is published: the TensorBoard events are written by
+`io.events.EventWriter` (wall_time = FIXED_TIME + step, a file name without time or host),
+the PNGs and privacy.json by `io.files` (modification time FIXED_TIME), and privacy.json
+holds no timestamp.
 """
 
 import dataclasses
@@ -14,8 +19,8 @@ from typing import Optional, Sequence
 import numpy as np
 import tensorflow as tf
 
+from dp_sinkhorn_tf.io import events, rundir
 from dp_sinkhorn_tf.io import images as images_lib
-from dp_sinkhorn_tf.io import rundir
 from dp_sinkhorn_tf.privacy import accounting
 from dp_sinkhorn_tf.train import config as config_lib
 
@@ -66,20 +71,19 @@ def privacy_report(cfg: config_lib.TrainConfig, plan: accounting.PrivacyPlan, le
   return report
 
 
-def write_scalars(writer, step: int, logs: dict) -> None:
-  with writer.as_default(step=step):
-    for name, value in logs.items():
-      if math.isfinite(value):
-        tf.summary.scalar(name, value)
+def write_scalars(writer: events.EventWriter, step: int, logs: dict) -> None:
+  """One scalar event per finite value of `logs` (a non-finite one is skipped)."""
+  for name, value in logs.items():
+    if math.isfinite(value):
+      writer.scalar(name, value, step)
 
 
-def write_samples(writer, images: np.ndarray, label_names: Sequence[str], workdir: str,
-                   step: int, final: bool = False) -> str:
-  """Generated (never private) images: a TensorBoard grid and a PNG, one row per class."""
+def write_samples(writer: events.EventWriter, images: np.ndarray, label_names: Sequence[str],
+                  workdir: str, step: int, final: bool = False) -> str:
+  """Generated (never private) images: a TensorBoard grid "samples" and a PNG, one row per
+  class."""
   num_classes, per_class = len(label_names), 10
-  with writer.as_default(step=step):
-    grid = images_lib.tile_rows(np.asarray(images), num_classes)
-    tf.summary.image("samples", grid[np.newaxis], max_outputs=1)
+  writer.image("samples", images_lib.tile_rows(np.asarray(images), num_classes), step)
   name = "final.png" if final else f"step_{step:07d}.png"
   return images_lib.save_class_grid_png(
       images, balanced_grid_labels(num_classes, per_class), label_names,

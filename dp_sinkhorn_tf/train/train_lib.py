@@ -43,7 +43,7 @@ import numpy as np
 import tensorflow as tf
 
 from dp_sinkhorn_tf.data import datasets
-from dp_sinkhorn_tf.io import checkpoints, files, rundir
+from dp_sinkhorn_tf.io import checkpoints, events, files, rundir
 from dp_sinkhorn_tf.privacy import accounting, keys
 from dp_sinkhorn_tf.release import export_lib, serving
 from dp_sinkhorn_tf.train import config as config_lib
@@ -274,6 +274,7 @@ def run(cfg: config_lib.TrainConfig, flags_text: str, dataset: datasets.Dataset,
       if scratch is not None:
         shutil.rmtree(scratch, ignore_errors=True)
     if chief:
+      rundir.set_fixed_times(cfg.run.workdir)  # the folders the export added to
       print(f"exported SavedModel: {path}")
   if not chief:
     print("worker done: the chief wrote the run directory")
@@ -612,12 +613,16 @@ def _train_loop(cfg, plan, state, model, step, manager, strategy, chief: bool, s
   t, steps_run, logs, t_saved = start, 0, {}, start
   train_fn = trainer.step_function(model, strategy)
   if chief:
-    writer = tf.summary.create_file_writer(rundir.path(run.workdir, rundir.TENSORBOARD_DIR))
-    private_writer = tf.summary.create_file_writer(
-        os.path.join(rundir.ensure_private_dir(run.workdir), "tensorboard"))
+    # Published events are timed by their step (io.events); the private diagnostics, never
+    # published, keep the real clock for whoever debugs the run's speed.
+    writer = events.EventWriter(rundir.path(run.workdir, rundir.TENSORBOARD_DIR), start)
+    private_writer = events.EventWriter(
+        os.path.join(rundir.ensure_private_dir(run.workdir), "tensorboard"), start,
+        wall_time=lambda _: time.time())
     files.makedirs(rundir.path(run.workdir, rundir.SAMPLES_DIR))
+    checkpoints.fix_checkpoint_times(manager)  # a process killed right after a save left times
   else:
-    writer = private_writer = tf.summary.create_noop_writer()
+    writer = private_writer = events.EventWriter(None, start)
 
   def save_ledger(updated):
     if chief:
@@ -657,6 +662,8 @@ def _train_loop(cfg, plan, state, model, step, manager, strategy, chief: bool, s
       if stop is not None and t < end and stop():
         end = t  # a step boundary: checkpoint here and stop below
     manager.save(checkpoint_number=t)
+    if chief:
+      checkpoints.fix_checkpoint_times(manager)
     t_saved = t
     if ledger is not None:
       ledger = save_ledger(ledger.checkpointed(t))
@@ -665,9 +672,13 @@ def _train_loop(cfg, plan, state, model, step, manager, strategy, chief: bool, s
     if t < plan.steps and chief:  # the final report follows the loop
       files.write_json_atomic(rundir.path(run.workdir, rundir.REPORT_FILE),
                          summaries.privacy_report(cfg, plan, ledger, False, state.identity))
+    writer.flush()
     private_writer.flush()
+    if chief:
+      rundir.set_fixed_times(run.workdir)
     if stop is not None and t < plan.steps and stop():
-      writer.flush()
+      writer.close()
+      private_writer.close()
       raise Interrupted(t, f"stopped at step {t} of {plan.steps} (checkpoint saved); re-run "
                            "the same command to resume")
   final = summaries.generate_grid(model.sampling_generator, num_classes, 10)  # every worker
@@ -676,6 +687,8 @@ def _train_loop(cfg, plan, state, model, step, manager, strategy, chief: bool, s
     grid = summaries.write_samples(writer, final, names, run.workdir, t, final=True)
     files.write_json_atomic(rundir.path(run.workdir, rundir.REPORT_FILE),
                        summaries.privacy_report(cfg, plan, ledger, True, state.identity))
-  writer.flush()
-  private_writer.flush()
+  writer.close()
+  private_writer.close()
+  if chief:
+    rundir.set_fixed_times(run.workdir)
   return TrainResult(model, ledger, steps_run, logs, grid, state.identity)
