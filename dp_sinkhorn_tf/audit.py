@@ -19,7 +19,17 @@ diluted by nothing) and Y′ = {canary}; the canary is the candidate (constant, 
 or half images, each with every label; never a private record, so audit.json stays
 publishable) that moves the clipped release most. The attacker sees the release BEFORE
 --release_blur: the blur is post-processing, so auditing the unblurred release is the
-stronger attack.
+stronger attack. `--audit_shift=s` replaces the canary pair by two synthetic clean blocks
+s·2C apart (`shifted_setting`): a controlled shift at which a Gaussian allows little.
+
+Adversaries (`adversaries`): each release is attacked by the linear (Neyman–Pearson) test
+and by the lattice test on the noise grids (`noise_grids`: TF's float32 Box–Muller grid, and
+γℤ for a mechanism that declares a `lattice_step`), each bound at its Bonferroni share of
+the confidence. A mechanism or control is flagged when its largest bound exceeds what the
+claimed mechanism allows for the audited pair (the Gaussian at multiplier σ·2C/‖u‖ for a
+one-step claim), which never exceeds the certified ε. The control `float32_gaussian` keeps
+the float32 `tf.random.stateless_normal` noise the mechanism shipped before issue 35: only
+the lattice test can flag it.
 
 Run audit. --audit_canaries block canaries (`auditing.block_canaries`), each added to the
 private training set with probability ½ by a secret audit key from the OS; the draw is kept
@@ -57,6 +67,9 @@ flags.DEFINE_integer("audit_trials", 10000, "Step audit: releases per side (half
                      "test, half measure it).")
 flags.DEFINE_bool("audit_controls", True, "Step audit: also audit the broken mechanisms "
                   "(each must be flagged).")
+flags.DEFINE_float("audit_shift", 0.0, "Step audit: 0 = the neighbouring batches ∅ and "
+                   "{canary}; s in (0, 0.5] = two synthetic clean blocks u and u + shift, "
+                   "‖shift‖ = s·2C (where a Gaussian allows only the ε of multiplier σ/s).")
 flags.DEFINE_float("audit_confidence", 0.95, "Confidence of the lower bounds.")
 flags.DEFINE_integer("audit_canaries", 200, "Run audit: number m of canaries.")
 flags.DEFINE_integer("audit_canary_copies", 1, "Run audit: records per included canary. "
@@ -80,6 +93,7 @@ class AuditConfig:
   out: str
   trials: int  # step audit: releases per side
   controls: bool  # step audit: also audit the broken mechanisms
+  shift: float  # step audit: 0 = the canary pair; s > 0 = synthetic blocks s·2C apart
   confidence: float  # of the lower bounds
   canaries: int  # run audit: m
   canary_copies: int  # run audit: records per included canary (> 1: positive control)
@@ -93,12 +107,13 @@ class AuditConfig:
                 self.canary_copies)
     cli.require(0.5 < self.confidence < 1, "audit_confidence", "a number in (0.5, 1)",
                 self.confidence)
+    cli.require(0 <= self.shift <= 0.5, "audit_shift", "a number in [0, 0.5]", self.shift)
 
 
 def audit_config_from_flags(f, workdir: str) -> AuditConfig:
   """The --audit_* flags of `f` as an AuditConfig (ValueError naming a bad one)."""
   return AuditConfig(kind=f.audit, out=f.audit_out or rundir.path(workdir, rundir.AUDIT_DIR),
-                     trials=f.audit_trials, controls=f.audit_controls,
+                     trials=f.audit_trials, controls=f.audit_controls, shift=f.audit_shift,
                      confidence=f.audit_confidence, canaries=f.audit_canaries,
                      canary_copies=f.audit_canary_copies,
                      samples_per_class=f.audit_samples_per_class)
@@ -124,6 +139,18 @@ class StepSetting:
     """clip_C(G[:n]): the noise-free release, the attack's reference points."""
     from dp_sinkhorn_tf.privacy import gaussian
     return gaussian.clip_record(grad[:self.num_private], self.l2_norm_clip).numpy()
+
+  @property
+  def fraction(self) -> float:
+    """‖clip(G_Y′) − clip(G_Y)‖ / 2C ∈ [0, 1]: how far apart the two clean releases are."""
+    diff = (self.clean(self.grad_in).astype(np.float64)
+            - self.clean(self.grad_out).astype(np.float64))
+    return min(float(np.linalg.norm(diff)) / (2 * self.l2_norm_clip), 1.0)
+
+  @property
+  def noise_stddev(self) -> float:
+    """2σC: the std of the noise the accounting assumes on each private entry."""
+    return 2.0 * self.noise_multiplier * self.l2_norm_clip
 
 
 def _candidates(image_shape):
@@ -167,6 +194,47 @@ def step_setting(cfg, dataset, noise_multiplier: float, sample_rate: float) -> S
         best = (moved, g_out, g_in, canary, label)
   _, g_out, g_in, canary, label = best
   return StepSetting(model, n, clip, noise_multiplier, g_out, g_in, canary, label)
+
+
+def shifted_setting(setting: StepSetting, shift: float) -> StepSetting:
+  """`setting` with two synthetic clipped blocks s·2C apart in place of the canary pair.
+
+  a = C·(√(1 − s²)·ĝ − s·ê) and b = C·(√(1 − s²)·ĝ + s·ê), with ĝ the direction of
+  clip(G_Y) and ê the part of clip(G_Y′) − clip(G_Y) orthogonal to it (the canary's own
+  direction; fixed unit vectors where these vanish): ‖a‖ = ‖b‖ = C and ‖b − a‖ = s·2C. The
+  gradients fed to the mechanism are ρ·a and ρ·b with ρ ≥ 2 (the larger of ‖G_Y[:n]‖ and
+  ‖G_Y′[:n]‖ over C): like a real gradient they are clipped, to a and b up to float32
+  rounding (which `StepSetting.clean` repeats exactly as the mechanism does), so the
+  no_clip control stays broken. The public rows stay those of G_Y and G_Y′. Needs
+  0 < s ≤ ½.
+  """
+  import tensorflow as tf
+
+  if not 0 < shift <= 0.5:
+    raise ValueError(f"--audit_shift={shift}: expected a number in (0, 0.5]")
+  n, clip = setting.num_private, setting.l2_norm_clip
+  out = setting.clean(setting.grad_out).astype(np.float64)
+  move = setting.clean(setting.grad_in).astype(np.float64) - out
+  basis = np.eye(2, out.size).reshape((2,) + out.shape)
+
+  def unit(v, fallback):
+    norm = float(np.linalg.norm(v))
+    return v / norm if norm > 1e-12 * clip else fallback
+
+  g_hat = unit(out, unit(move, basis[0]))
+  e_hat = unit(move - np.vdot(move, g_hat) * g_hat,
+               unit(basis[1] - np.vdot(basis[1], g_hat) * g_hat, basis[0]))
+  a = clip * (math.sqrt(1 - shift**2) * g_hat - shift * e_hat)
+  b = clip * (math.sqrt(1 - shift**2) * g_hat + shift * e_hat)
+  norms = [float(np.linalg.norm(np.asarray(g)[:n])) for g in (setting.grad_out, setting.grad_in)]
+  rho = max(2.0, max(norms) / clip)
+
+  def with_private(block, grad):
+    return tf.concat([tf.constant(rho * block, tf.float32), tf.convert_to_tensor(grad)[n:]],
+                     axis=0)
+
+  return dataclasses.replace(setting, grad_out=with_private(a, setting.grad_out),
+                             grad_in=with_private(b, setting.grad_in))
 
 
 ReleaseFn = Callable[[object, object], np.ndarray]  # (grad, noise seed) → release rows [:n]
@@ -223,6 +291,25 @@ def _half_noise(s: StepSetting) -> ReleaseFn:
   return lambda grad, seed: release(tf.convert_to_tensor(grad), seed).numpy()
 
 
+def _float32_gaussian(s: StepSetting) -> ReleaseFn:
+  """Clip to C, add float32 `tf.random.stateless_normal` noise of std 2σC: the shipped
+  noise until issue 35 (`gaussian.keyed_gaussian_noise` as it was), kept here so it stays
+  audited after the mechanism changes. Gaussian to the linear test; but TF draws it by
+  Box–Muller from 23-bit uniforms, so every pair of entries lies on a finite grid
+  (`auditing.BoxMullerFloat32Grid`) that the lattice adversary finds."""
+  import tensorflow as tf
+
+  from dp_sinkhorn_tf.privacy import gaussian
+
+  @tf.function
+  def release(grad, seed):
+    clipped = gaussian.clip_record(grad[:s.num_private], s.l2_norm_clip)
+    return clipped + tf.random.stateless_normal(tf.shape(clipped), seed,
+                                                stddev=s.noise_stddev, dtype=tf.float32)
+
+  return lambda grad, seed: release(tf.convert_to_tensor(grad), seed).numpy()
+
+
 def _reused_noise(s: StepSetting) -> ReleaseFn:
   """Two steps released with the same noise: their difference is noise-free. The mechanism
   runs at 2σ, so the two steps' certified ε stays below what the trials can measure."""
@@ -240,25 +327,34 @@ def _reused_noise(s: StepSetting) -> ReleaseFn:
   return release
 
 
-def _two_steps_certified(s: StepSetting, cfg, delta: float, sample_rate: float) -> float:
+# A certify function gives the ε the accounting claims for a control, for clean releases
+# `fraction`·2C apart: fraction = 1 is the certified ε (worst pair), the setting's own
+# fraction what the claimed mechanism allows for the audited pair (the flag's reference).
+
+def _two_steps_certified(s: StepSetting, cfg, delta: float, sample_rate: float,
+                         fraction: float = 1.0) -> float:
   """Two independent Gaussian steps at 2σ: one Gaussian at 2σ/√2."""
   del cfg, sample_rate
-  return auditing.gaussian_epsilon(2 * s.noise_multiplier / math.sqrt(2), delta)
+  return auditing.pair_gaussian_epsilon(2 * s.noise_multiplier / math.sqrt(2), fraction, delta)
 
 
-def _one_step_certified(s: StepSetting, cfg, delta: float, sample_rate: float) -> float:
+def _one_step_certified(s: StepSetting, cfg, delta: float, sample_rate: float,
+                        fraction: float = 1.0) -> float:
   del cfg, sample_rate
-  return auditing.gaussian_epsilon(s.noise_multiplier, delta)
+  return auditing.pair_gaussian_epsilon(s.noise_multiplier, fraction, delta)
 
 
-def _subsampled_certified(s: StepSetting, cfg, delta: float, sample_rate: float) -> float:
+def _subsampled_certified(s: StepSetting, cfg, delta: float, sample_rate: float,
+                          fraction: float = 1.0) -> float:
   """What the accountant charges a step: the Gaussian at rate q. An attacker who knows the
   batch faces the unsubsampled Gaussian, which the real mechanism's audit exceeds."""
   import dp_accounting
   del cfg
+  if fraction == 0:
+    return 0.0
   acc = dp_accounting.pld.PLDAccountant(value_discretization_interval=1e-4)
   acc.compose(dp_accounting.PoissonSampledDpEvent(
-      sample_rate, dp_accounting.GaussianDpEvent(s.noise_multiplier)))
+      sample_rate, dp_accounting.GaussianDpEvent(s.noise_multiplier / fraction)))
   return float(acc.get_epsilon(delta))
 
 
@@ -267,6 +363,9 @@ CONTROLS: Dict[str, tuple] = {
     "no_noise": (_no_noise, _one_step_certified, "σ = 0"),
     "no_clip": (_no_clip, _one_step_certified, "clip removed"),
     "half_noise": (_half_noise, _one_step_certified, "noise on half the private rows"),
+    "float32_gaussian": (_float32_gaussian, _one_step_certified,
+                         "float32 tf.random.stateless_normal noise: Box–Muller on a finite "
+                         "grid"),
     "reused_noise": (_reused_noise, _two_steps_certified,
                      "the same noise at two steps (at 2σ, certified as two independent steps)"),
     "known_batches": (real_release, _subsampled_certified,
@@ -274,10 +373,31 @@ CONTROLS: Dict[str, tuple] = {
 }
 
 
+def noise_grids(mechanism) -> tuple:
+  """The grids the lattice adversary tries on `mechanism`'s releases: TF's float32
+  Box–Muller grid (any `tf.random.stateless_normal` noise left in the path), and γℤ for a
+  mechanism that declares it releases on a lattice (attribute `lattice_step` = γ > 0)."""
+  grids = [auditing.BoxMullerFloat32Grid()]
+  step = getattr(mechanism, "lattice_step", None)
+  if step:
+    grids.append(auditing.LatticeGrid(float(step)))
+  return tuple(grids)
+
+
+def adversaries(setting: StepSetting) -> tuple:
+  """Every adversary of the step audit, the same against the real mechanism and each
+  control: the linear (Neyman–Pearson) test and the lattice test on `noise_grids` of the
+  shipped mechanism, at the noise std the accounting assumes (2σC)."""
+  return (auditing.LinearAdversary(),
+          auditing.LatticeAdversary(setting.noise_stddev, noise_grids(setting.model.mechanism)))
+
+
 def audit_release(setting: StepSetting, release: ReleaseFn, trials: int, delta: float,
-                  confidence: float, certified: Optional[float] = None):
-  """(StepAuditResult, scores_out, scores_in): `trials` releases per side, a fresh secret
-  key per trial."""
+                  confidence: float, certified: Optional[float] = None,
+                  reference: Optional[float] = None):
+  """(StepAuditResult, {adversary: (scores_out, scores_in)}): `trials` releases per side,
+  a fresh secret key per trial, every one of `adversaries(setting)`. certified / reference:
+  the claimed ε for the worst pair / for this pair (default: one Gaussian step at σ)."""
   from dp_sinkhorn_tf.privacy import keys
 
   def make(grad):
@@ -285,9 +405,13 @@ def audit_release(setting: StepSetting, release: ReleaseFn, trials: int, delta: 
                                                          keys.STREAM_NOISE))
 
   clean_out, clean_in = setting.clean(setting.grad_out), setting.clean(setting.grad_in)
+  if certified is None:
+    certified = _one_step_certified(setting, None, delta, 0.0)
+    reference = _one_step_certified(setting, None, delta, 0.0, setting.fraction)
   return auditing.step_audit(make(setting.grad_out), make(setting.grad_in), clean_out, clean_in,
                           setting.noise_multiplier, setting.l2_norm_clip, delta, trials,
-                          confidence, certified, return_scores=True)
+                          confidence, certified, return_scores=True,
+                          adversaries=adversaries(setting), reference_epsilon=reference)
 
 
 # ---- the run audit -------------------------------------------------------------------------
@@ -380,6 +504,7 @@ class RocPanel:
   certified: float
   delta: float
   attacks: tuple
+  bound_name: str = "certified"  # what the region's ε is, for the legend
 
 
 def plot_roc(path: str, panels) -> None:
@@ -390,11 +515,12 @@ def plot_roc(path: str, panels) -> None:
 
   fig, axes = plt.subplots(1, len(panels), figsize=(4.8 * len(panels), 4.3), squeeze=False)
   grid = np.logspace(-5, 0, 400)
-  colors = ("tab:red", "tab:purple", "tab:orange", "tab:brown", "tab:blue")
+  colors = ("tab:red", "tab:purple", "tab:orange", "tab:brown", "tab:blue", "tab:olive",
+            "tab:cyan")
   for ax, panel in zip(axes[0], panels):
     certified = panel.certified
     ax.fill_between(grid, 0, dp_region_tpr(grid, certified, panel.delta), color="tab:green",
-                    alpha=0.15, label=("allowed by certified ε=" + (
+                    alpha=0.15, label=(f"allowed by {panel.bound_name} ε=" + (
                         f"{certified:.2f}" if math.isfinite(certified) else "∞ (no DP)")))
     for color, (label, s_out, s_in, measured) in zip(colors, panel.attacks):
       fpr, tpr = roc(np.asarray(s_out), np.asarray(s_in))
@@ -438,6 +564,14 @@ def _result_json(result: auditing.StepAuditResult, what: str) -> dict:
   return out
 
 
+def _verdict_line(result: auditing.StepAuditResult) -> str:
+  """"ε ≥ max [adversary bound, …] vs reference / certified: verdict"."""
+  each = ", ".join(f"{a.name} {a.epsilon_lower_bound:.3f}" for a in result.adversaries)
+  verdict = (f"FLAGGED by {result.strongest}" if result.flagged else "not flagged")
+  return (f"ε ≥ {result.epsilon_lower_bound:.3f} [{each}] vs {result.reference_epsilon:.3f} "
+          f"for this pair (certified {result.certified_epsilon:.3f}): {verdict}")
+
+
 def run_step(cfg, audit_cfg: AuditConfig) -> int:
   """The step audit of `cfg`'s mechanism; 1 if it or a missed control is flagged."""
   from dp_sinkhorn_tf.data import datasets
@@ -447,38 +581,53 @@ def run_step(cfg, audit_cfg: AuditConfig) -> int:
     raise ValueError("--audit=step audits the image_grad mechanism of a --dp config")
   delta, conf, trials = cfg.privacy.delta, audit_cfg.confidence, audit_cfg.trials
   out = audit_cfg.out
-  print(f"step audit: σ={plan.noise_multiplier:.4g} C={cfg.privacy.l2_norm_clip:g} "
-        f"δ={delta:g}, {trials} releases per side, fresh key each")
   setting = step_setting(cfg, dataset, plan.noise_multiplier, plan.sample_rate)
-  result, s_out, s_in = audit_release(setting, real_release(setting), trials, delta, conf)
-  achievable = auditing.gaussian_epsilon(
-      plan.noise_multiplier * result.sensitivity / max(result.difference_norm, 1e-12), delta)
-  print(f"  real mechanism: ε ≥ {result.epsilon_lower_bound:.3f} (certified one step "
-        f"{result.certified_epsilon:.3f}; this canary moves the release by "
-        f"{result.difference_norm / result.sensitivity:.2f}·2C, so ≤ {achievable:.3f} is "
-        "reachable)")
+  if audit_cfg.shift:
+    setting = shifted_setting(setting, audit_cfg.shift)
+  tried = adversaries(setting)
+  names = [a.name for a in tried]
+  grids = [g.name for a in tried for g in getattr(a, "grids", ())]
+  print(f"step audit: σ={plan.noise_multiplier:.4g} C={cfg.privacy.l2_norm_clip:g} "
+        f"δ={delta:g}, {trials} releases per side, fresh key each; adversaries "
+        f"{', '.join(names)} (grids: {', '.join(grids)}), each at confidence "
+        f"{1 - (1 - conf) / len(tried):.4g}")
+  result, scores = audit_release(setting, real_release(setting), trials, delta, conf)
+  achievable = result.reference_epsilon
+  pair = (f"synthetic blocks {audit_cfg.shift:g}·2C apart" if audit_cfg.shift else
+          f"the canary moves the release by {result.difference_norm / result.sensitivity:.2f}·2C")
+  multiplier = plan.noise_multiplier * result.sensitivity / max(result.difference_norm, 1e-12)
+  print(f"  {pair}: a Gaussian step at σ allows ε ≤ {achievable:.3f} here (multiplier "
+        f"σ·2C/‖u‖ = {multiplier:.4g}); certified one step {result.certified_epsilon:.3f}")
+  print(f"  real mechanism: {_verdict_line(result)}")
   payload = {"mechanism": _result_json(result, "real"), "reachable_epsilon": achievable,
+             "adversaries": names, "grids": grids,
+             "pair": {"kind": "shift" if audit_cfg.shift else "canary",
+                      "shift": audit_cfg.shift, "fraction": setting.fraction},
              "canary_label": setting.canary_label, "trials_per_side": trials,
              "controls": {}}
   half = trials // 2  # the ROC of the halves that measured the rates
-  panels = [RocPanel(f"one private step, σ={plan.noise_multiplier:.3g}",
-                     result.certified_epsilon, delta,
-                     (("attack on the real mechanism", s_out[half:], s_in[half:],
-                       result.epsilon_lower_bound),))]
+  panels = [RocPanel(f"one private step, σ={plan.noise_multiplier:.3g}: real mechanism",
+                     achievable, delta,
+                     tuple((f"{a.name} attack", scores[a.name][0][half:],
+                            scores[a.name][1][half:], a.epsilon_lower_bound)
+                           for a in result.adversaries), "a Gaussian at this pair:")]
   broken = []
   if audit_cfg.controls:
     for name, (build, certify, what) in CONTROLS.items():
       certified = certify(setting, cfg, delta, plan.sample_rate)
-      c, c_out, c_in = audit_release(setting, build(setting), trials, delta, conf, certified)
-      verdict = "FLAGGED" if c.flagged else "NOT FLAGGED (the audit failed to detect it)"
-      print(f"  control {name} ({what}): ε ≥ {c.epsilon_lower_bound:.3f} vs certified "
-            f"{c.certified_epsilon:.3f}: {verdict}")
+      reference = certify(setting, cfg, delta, plan.sample_rate, setting.fraction)
+      c, c_scores = audit_release(setting, build(setting), trials, delta, conf, certified,
+                                  reference)
+      print(f"  control {name} ({what}): {_verdict_line(c)}"
+            + ("" if c.flagged else " (the audit failed to detect it)"))
       payload["controls"][name] = dict(_result_json(c, name), broken=what)
       if certify is _one_step_certified:
-        broken.append((name, c_out[half:], c_in[half:], c.epsilon_lower_bound))
+        s_out, s_in = c_scores[c.strongest]
+        broken.append((f"{name} ({c.strongest})", s_out[half:], s_in[half:],
+                       c.epsilon_lower_bound))
   if broken:
-    panels.append(RocPanel("negative controls (must leave the region)",
-                           result.certified_epsilon, delta, tuple(broken)))
+    panels.append(RocPanel("negative controls (must leave the region)", achievable, delta,
+                           tuple(broken), "a Gaussian at this pair:"))
   path = _write_report(out, "step", payload)
   plot_roc(os.path.join(out, "step_" + ROC_FILE), panels)
   print(f"wrote {path} and {os.path.join(out, 'step_' + ROC_FILE)}")

@@ -50,16 +50,31 @@ def setting():
   return audit.StepSetting(model, cfg.num_primary, 0.5, 1.0, g_out, g_in, canary, label)
 
 
-def test_step_audit_of_the_real_mechanism_stays_below_the_certified_epsilon(setting):
-  result, _, _ = audit.audit_release(setting, audit.real_release(setting), TRIALS,
-                                         DELTA, 0.95)
-  assert not result.flagged
-  # The attack is as strong as this canary allows: the clipped releases differ by
-  # ‖u‖ ≤ 2C, i.e. a Gaussian step with multiplier σ·2C/‖u‖; the measured bound must stay
-  # below that step's ε too (else the noise is smaller than claimed) and be informative.
+@pytest.fixture(scope="module")
+def real_audit(setting):
+  return audit.audit_release(setting, audit.real_release(setting), TRIALS, DELTA, 0.95)
+
+
+def test_step_audit_of_the_real_mechanism_tries_every_adversary(real_audit):
+  result, scores = real_audit
+  assert [a.name for a in result.adversaries] == ["linear", "lattice"] == list(scores)
+  assert all(len(s) == TRIALS for pair in scores.values() for s in pair)
+  # The linear attack is as strong as this canary allows: the clipped releases differ by
+  # ‖u‖ ≤ 2C, i.e. a Gaussian step with multiplier σ·2C/‖u‖; its bound must stay below that
+  # step's ε (else the noise is smaller than claimed) and be informative.
   assert 0.3 * result.sensitivity < result.difference_norm <= result.sensitivity + 1e-6
   reachable = auditing.gaussian_epsilon(result.sensitivity / result.difference_norm, DELTA)
-  assert 0.2 < result.epsilon_lower_bound < reachable <= result.certified_epsilon
+  assert result.reference_epsilon == pytest.approx(reachable, rel=1e-3)
+  linear = result.adversaries[0]
+  assert 0.2 < linear.epsilon_lower_bound < reachable <= result.certified_epsilon
+
+
+@pytest.mark.xfail(strict=True, reason="issue 35: the shipped noise is float32 "
+                   "tf.random.stateless_normal, on TF's Box–Muller grid, which the lattice "
+                   "adversary finds; remove this mark when the exact mechanism ships")
+def test_no_adversary_flags_the_real_mechanism(real_audit):
+  result, _ = real_audit
+  assert not result.flagged, [(a.name, a.epsilon_lower_bound) for a in result.adversaries]
 
 
 def test_the_audited_release_is_the_shipped_mechanism_bit_for_bit(setting):
@@ -76,10 +91,43 @@ def test_the_audited_release_is_the_shipped_mechanism_bit_for_bit(setting):
 @pytest.mark.parametrize("name", sorted(audit.CONTROLS))
 def test_every_broken_mechanism_is_flagged(setting, name):
   build, certify, _ = audit.CONTROLS[name]
-  certified = certify(setting, None, DELTA, 8 / len(DIGITS.images))
-  result, _, _ = audit.audit_release(setting, build(setting), TRIALS, DELTA, 0.95,
-                                         certified)
-  assert result.flagged, (name, result.epsilon_lower_bound, certified)
+  q = 8 / len(DIGITS.images)
+  certified = certify(setting, None, DELTA, q)
+  reference = certify(setting, None, DELTA, q, setting.fraction)
+  assert reference <= certified
+  result, _ = audit.audit_release(setting, build(setting), TRIALS, DELTA, 0.95, certified,
+                                  reference)
+  assert result.flagged, (name, result.epsilon_lower_bound, reference)
+
+
+def test_the_float32_control_is_found_by_the_lattice_adversary_alone_at_a_small_shift(setting):
+  # The issue's setting on this step: blocks 0.05·2C apart, σ = 1, C = 0.5, 600 releases
+  # per side. A Gaussian allows ε = 0.160 there; the float32 Box–Muller noise is Gaussian to
+  # the linear test but not to the lattice test.
+  shifted = audit.shifted_setting(setting, 0.05)
+  build, certify, _ = audit.CONTROLS["float32_gaussian"]
+  reference = certify(shifted, None, DELTA, 0.0, shifted.fraction)
+  assert reference == pytest.approx(auditing.pair_gaussian_epsilon(1.0, 0.05, DELTA), rel=1e-3)
+  result, _ = audit.audit_release(shifted, build(shifted), 600, DELTA, 0.95,
+                                  certify(shifted, None, DELTA, 0.0), reference)
+  bounds = {a.name: a.epsilon_lower_bound for a in result.adversaries}
+  assert bounds["lattice"] > reference >= bounds["linear"]
+  assert result.flagged and result.strongest == "lattice"
+
+
+def test_shifted_setting_puts_two_clipped_blocks_the_shift_apart(setting):
+  shifted = audit.shifted_setting(setting, 0.05)
+  n, clip = setting.num_private, setting.l2_norm_clip
+  a, b = shifted.clean(shifted.grad_out), shifted.clean(shifted.grad_in)
+  assert np.linalg.norm(b - a) == pytest.approx(0.05 * 2 * clip, rel=1e-5)
+  assert shifted.fraction == pytest.approx(0.05, rel=1e-5)
+  for block, grad in ((a, shifted.grad_out), (b, shifted.grad_in)):
+    assert np.linalg.norm(block) == pytest.approx(clip, rel=1e-5)
+    assert np.linalg.norm(grad.numpy()[:n]) >= 2 * clip  # clipped, as a real gradient is
+  # The public rows are the step's own.
+  np.testing.assert_array_equal(shifted.grad_in.numpy()[n:], setting.grad_in.numpy()[n:])
+  with pytest.raises(ValueError, match="--audit_shift"):
+    audit.shifted_setting(setting, 0.6)
 
 
 def test_the_roc_region_of_a_dp_mechanism_has_its_closed_form():
@@ -105,8 +153,8 @@ def run_audit(*args, timeout=600):
                         cwd=ROOT, capture_output=True, text=True, timeout=timeout, env=env)
 
 
-GOOD_AUDIT = dict(kind="step", out="/tmp/out", trials=10, controls=True, confidence=0.95,
-                  canaries=10, canary_copies=1, samples_per_class=10)
+GOOD_AUDIT = dict(kind="step", out="/tmp/out", trials=10, controls=True, shift=0.0,
+                  confidence=0.95, canaries=10, canary_copies=1, samples_per_class=10)
 
 
 @pytest.mark.parametrize("field, value, flag", [
@@ -114,6 +162,8 @@ GOOD_AUDIT = dict(kind="step", out="/tmp/out", trials=10, controls=True, confide
     ("samples_per_class", 0, "--audit_samples_per_class=0"),
     ("canary_copies", 0, "--audit_canary_copies=0"),
     ("confidence", 0.5, "--audit_confidence=0.5"), ("confidence", 1.0, "--audit_confidence=1.0"),
+    ("shift", 0.6, "--audit_shift=0.6"), ("shift", -0.1, "--audit_shift=-0.1"),
+    ("shift", float("nan"), "--audit_shift=nan"),
 ])
 def test_audit_config_refuses_a_bad_value_naming_its_flag(field, value, flag):
   audit.AuditConfig(**GOOD_AUDIT)  # the base is valid
@@ -124,6 +174,7 @@ def test_audit_config_refuses_a_bad_value_naming_its_flag(field, value, flag):
 def test_audit_config_from_flags_defaults_out_to_the_workdir():
   class Flags:  # the --audit_* flags at their defaults
     audit, audit_out, audit_trials, audit_controls, audit_confidence = "run", None, 10, 1, 0.9
+    audit_shift = 0.0
     audit_canaries, audit_canary_copies, audit_samples_per_class = 20, 1, 5
   cfg = audit.audit_config_from_flags(Flags, "/runs/x")
   assert cfg.out == "/runs/x/audit" and cfg.kind == "run" and cfg.canaries == 20
@@ -141,15 +192,44 @@ def test_bad_audit_flag_is_one_line_and_writes_nothing(tmp_path):
 def test_step_cli_writes_audit_json_and_roc(tmp_path):
   proc = run_audit("--audit=step", "--audit_trials=400", "--noaudit_controls",
                    f"--audit_out={tmp_path}")
-  assert proc.returncode == 0, proc.stderr[-2000:]
   report = json.loads((tmp_path / "audit.json").read_text())["step"]
   real = report["mechanism"]
-  assert not real["flagged"] and real["info"]["trials_each"] == 200
-  assert real["epsilon_lower_bound"] <= report["reachable_epsilon"] <= \
+  # Exit 1 iff the real mechanism is flagged (today by the lattice adversary: issue 35).
+  assert proc.returncode == int(real["flagged"]), proc.stderr[-2000:]
+  assert report["adversaries"] == ["linear", "lattice"]  # in the order tried
+  assert set(real["adversaries"]) == {"linear", "lattice"}
+  assert "box_muller_float32" in report["grids"] and report["pair"]["kind"] == "canary"
+  linear = real["adversaries"]["linear"]
+  assert not linear["flagged"] and linear["info"]["trials_each"] == 200
+  assert linear["epsilon_lower_bound"] <= report["reachable_epsilon"] <= \
       real["certified_epsilon"]
+  assert real["reference_epsilon"] == report["reachable_epsilon"]
   # The searched canary moves the release at least as much as the fixed white one would.
   assert real["difference_norm"] > 0.3 * real["sensitivity"]
   assert (tmp_path / "step_audit_roc.png").stat().st_size > 10_000
+
+
+def test_step_cli_at_a_small_shift_reports_every_adversary_per_control(tmp_path):
+  # The issue's setting through the audit command (the tests' tiny config;
+  # 300 releases per side, not 600, to keep the test short: still far above 0.160).
+  proc = run_audit("--audit=step", "--audit_trials=300", "--audit_shift=0.05",
+                   f"--audit_out={tmp_path}")
+  report = json.loads((tmp_path / "audit.json").read_text())["step"]
+  assert proc.returncode == 1, proc.stderr[-2000:]  # the float32 noise is flagged
+  assert report["pair"] == {"kind": "shift", "shift": 0.05,
+                            "fraction": pytest.approx(0.05, rel=1e-5)}
+  gaussian = auditing.pair_gaussian_epsilon(1.0, 0.05, DELTA)
+  assert report["reachable_epsilon"] == pytest.approx(gaussian, rel=1e-3)
+  control = report["controls"]["float32_gaussian"]
+  lattice, linear = control["adversaries"]["lattice"], control["adversaries"]["linear"]
+  assert lattice["epsilon_lower_bound"] > gaussian >= linear["epsilon_lower_bound"]
+  assert control["flagged"] and control["strongest"] == "lattice"
+  for name, result in report["controls"].items():
+    assert result["flagged"], name
+    assert set(result["adversaries"]) == {"linear", "lattice"}
+    assert result["epsilon_lower_bound"] == max(
+        a["epsilon_lower_bound"] for a in result["adversaries"].values())
+  assert "float32_gaussian" in proc.stdout and "lattice" in proc.stdout
 
 
 def test_run_cli_trains_on_exactly_the_included_canaries_and_reports_the_bound(tmp_path):

@@ -26,11 +26,22 @@ holds with that confidence. It is a lower bound for this attacker and this canar
 estimate of the true ε: the certified value must lie above it; a bound above the certified
 value means the mechanism (or its accounting) is broken.
 
+Second test, the lattice adversary (`LatticeAdversary`). The projection is optimal only if
+the noise IS Gaussian. A float sampler draws from a finite set: TF's float32 Box–Muller
+puts every pair of noise entries on 2²³ radii × 2²³ angles (`BoxMullerFloat32Grid`), a
+discrete mechanism on γℤ (`LatticeGrid`). Knowing both clean blocks, the attacker counts the
+pairs (entries) of (G̃ − clean)/std that are off the grid under each hypothesis; under the
+true one none is, under the other most are unless the shift is a grid vector. Score:
+#off(out-block) − #off(in-block). Each adversary's bound is taken at confidence
+1 − (1 − c)/k for k adversaries (Bonferroni), so the largest of them holds at c.
+
 Reference: one unsubsampled Gaussian step with multiplier σ is (ε_σ, δ)-DP for
 `gaussian_epsilon(σ, δ)`; the audit forces the canary into the batch (it removes the
 subsampling), so ε_σ is the value to compare with. The attack reaches it only if the two
-clipped gradients sit 2C apart (opposite directions); otherwise the achievable bound
-corresponds to σ·2C/‖u‖.
+clipped gradients sit 2C apart (opposite directions); between blocks ‖u‖ apart a Gaussian
+allows exactly the ε of multiplier σ·2C/‖u‖ (`pair_gaussian_epsilon`), and a bound above
+that (`StepAuditResult.flagged`) refutes the claim that the noise is that Gaussian, even
+when it stays below ε_σ.
 
 Part 2, the run audit (black box, one training run; Steinke, Nasr, Jagielski 2023). m
 canaries are each put in the private set with probability ½, independently, by a secret
@@ -98,9 +109,9 @@ def epsilon_lower_bound(scores_out: np.ndarray, scores_in: np.ndarray, delta: fl
   """(ε lower bound, BoundInfo) from attack scores (high score = "canary in").
 
   scores_out / scores_in: [2m] scores of releases without / with the canary. The first m
-  of each choose the threshold (among those at fixed error rates 0.5–30% there, the one
-  maximising the same bound); the last m measure
-  the error rates; Clopper–Pearson at `confidence`, split over the two rates.
+  of each choose the threshold (among those at fixed error rates 0.5–30% there, and the
+  middle of the gap if the two are separated, the one maximising the same bound); the last
+  m measure the error rates; Clopper–Pearson at `confidence`, split over the two rates.
   """
   scores_out, scores_in = np.asarray(scores_out, float), np.asarray(scores_in, float)
   m = min(len(scores_out), len(scores_in)) // 2
@@ -111,8 +122,10 @@ def epsilon_lower_bound(scores_out: np.ndarray, scores_in: np.ndarray, delta: fl
   # A few thresholds at fixed error rates of the fitting half, not every score: the
   # extreme tails overfit the fitting half (a bound of 0 in ~5% of repeats at d′ = 0.7).
   rates = np.array([0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.3])
-  candidates = np.unique(np.concatenate([np.quantile(fit_out, 1.0 - rates),
-                                         np.quantile(fit_in, rates)]))
+  candidates = np.concatenate([np.quantile(fit_out, 1.0 - rates), np.quantile(fit_in, rates)])
+  if fit_out.max() < fit_in.min():  # separated: the quantiles lie inside, the gap between
+    candidates = np.append(candidates, 0.5 * (fit_out.max() + fit_in.min()))
+  candidates = np.unique(candidates)
 
   alpha = (1.0 - confidence) / 2.0
 
@@ -150,59 +163,309 @@ def projection_scores(releases: np.ndarray, clean_out: np.ndarray, clean_in: np.
   return (flat - 0.5 * (a + b)) @ w
 
 
+# ---- the lattice adversary: where the noise cannot be --------------------------------------
+#
+# A float sampler does not draw from N(0, 1); it draws from a finite set. TF's CPU kernel
+# of `tf.random.stateless_normal` (float32, Philox; tensorflow/core/lib/random/
+# random_distributions_utils.h, BoxMullerFloat; checked bit for bit against glibc's logf,
+# sqrtf and sincosf on 2¹⁵ pairs of TF 2.15.1) turns each pair of Philox words (x₀, x₁)
+# into the pair of outputs (2j, 2j + 1) of the flattened tensor:
+#
+#   u = max(m·2⁻²³, 1e-7f), m = x₀ & (2²³ − 1)    (Uint32ToFloat: the low 23 bits)
+#   v = fl32(2π·k·2⁻²³),     k = x₁ & (2²³ − 1)
+#   r = sqrtf(−2·logf(u)),   out[2j] = fl32(sin v · r),   out[2j + 1] = fl32(cos v · r)
+#
+# so a pair has one of 2²³ radii (none above √(−2 ln 1e-7) = 5.68, a point mass there) and
+# one of 2²³ angles. Whoever knows the clean block of the true hypothesis finds every pair
+# of (release − clean)/std on that grid; under the other hypothesis the pairs are shifted
+# off it, except by chance. The grid is coarse where a float32 grid is not: radially
+# 2⁻²³/(u·r) apart (4e-6 at r = 3, 9e-5 at r = 4, 1e-2 near 5.5), angularly 2π·2⁻²³·r.
+
+BOX_MULLER_BITS = 23
+BOX_MULLER_EPSILON = float(np.float32(1e-7))  # the kernel's clamp of u
+# Kernel rounding, in units of 2⁻²⁴ (relative radius; absolute angle in radians): logf and
+# sqrtf ≤ 1.5 on r, sincosf ≤ √2 on the norm of (sin, cos), the two products ≤ 1 — 3.9 in
+# all on r, 2.4 on the angle; measured ≤ 2.6 and ≤ 1.5 on 2²⁰ pairs. The tolerances below
+# keep a factor 1.5 above the bounds.
+BOX_MULLER_RADIUS_TOLERANCE = 6 * 2.0**-24
+BOX_MULLER_ANGLE_TOLERANCE = 4 * 2.0**-24
+
+
+def float32_ulp(x) -> np.ndarray:
+  """The float32 spacing at |x| (float64 array): half of it bounds the rounding of x."""
+  return np.spacing(np.abs(np.asarray(x, np.float64)).astype(np.float32)).astype(np.float64)
+
+
+def box_muller_radius(m) -> np.ndarray:
+  """r_m = √(−2 ln max(m·2⁻²³, 1e-7f)), m ∈ [0, 2²³): the radii TF's float32 Box–Muller
+  can give a pair (float64; the kernel's own float32 value lies within 1.5·2⁻²⁴·r_m)."""
+  u = np.maximum(np.asarray(m, np.float64) * 2.0**-BOX_MULLER_BITS, BOX_MULLER_EPSILON)
+  return np.sqrt(-2.0 * np.log(u))
+
+
+def box_muller_angle(k) -> np.ndarray:
+  """v_k = fl32(2π·k·2⁻²³), k ∈ [0, 2²³): the angles of TF's float32 Box–Muller, with the
+  kernel's rounding to float32 (the product is a double, the angle a float)."""
+  k = np.asarray(k, np.float64)
+  return (2.0 * math.pi * (k * 2.0**-BOX_MULLER_BITS)).astype(np.float32).astype(np.float64)
+
+
+def _wrap_angle(x: np.ndarray) -> np.ndarray:
+  """x mod 2π in [−π, π)."""
+  return (x + math.pi) % (2 * math.pi) - math.pi
+
+
+@dataclasses.dataclass(frozen=True)
+class BoxMullerFloat32Grid:
+  """The set of noise pairs TF's float32 `stateless_normal` can draw (comment above).
+
+  `off_grid(releases, candidate, stddev)`: z = (release − candidate)/stddev, paired as the
+  kernel pairs the flattened tensor ((z[2j], z[2j+1]) = r·(sin v, cos v)); a pair is off the
+  grid iff its radius is farther than the tolerance from every r_m or its angle from every
+  v_k. Tolerance = kernel rounding (constants above) + what the attacker cannot know: the
+  float32 rounding of the release (½ ulp) and of noise·stddev (½ ulp of the difference),
+  projected on the radial and the tangential direction.
+
+  Guarantee (tests/auditing_test.py): on noise TF drew and the true candidate, no pair is
+  off the grid (0 of 2²⁰ at several stddevs and offsets); a pair shifted by more than the
+  tolerance is off it unless it lands on another grid point by chance.
+  Edge cases: an odd last entry is not paired (ignored); a pair of radius below r_{2²³−1} =
+  4.9e-4 (e.g. zero noise) is off the grid; stddev must be > 0.
+  """
+
+  name: str = "box_muller_float32"
+
+  def off_grid(self, releases: np.ndarray, candidate: np.ndarray, stddev: float) -> np.ndarray:
+    """[trials, pairs] bool: pair j of release i lies off the grid under `candidate`."""
+    if not stddev > 0:
+      raise ValueError(f"the Box–Muller grid needs the noise stddev > 0, got {stddev}")
+    rel = np.asarray(releases).reshape(len(releases), -1)
+    diff = rel.astype(np.float64) - np.ravel(candidate).astype(np.float64)
+    z = diff / stddev
+    err = 0.5 * (float32_ulp(rel) + float32_ulp(diff)) / stddev
+    d = (z.shape[1] // 2) * 2
+    a, b, ea, eb = z[:, 0:d:2], z[:, 1:d:2], err[:, 0:d:2], err[:, 1:d:2]
+    r = np.hypot(a, b)
+    rr = np.maximum(r, 1e-100)  # rr² stays a normal float64
+    top = 2**BOX_MULLER_BITS - 1
+    # Radius: r_m decreases in m; the m with r_m nearest r is within one of e^(−r²/2)·2²³.
+    m0 = np.floor(np.clip(np.exp(-0.5 * r**2) * 2.0**BOX_MULLER_BITS, 0, top))
+    dist_r = np.min([np.abs(r - box_muller_radius(np.clip(m0 + j, 0, top)))
+                     for j in (-1, 0, 1, 2)], axis=0)
+    tol_r = BOX_MULLER_RADIUS_TOLERANCE * r + (np.abs(a) * ea + np.abs(b) * eb) / rr
+    # Angle: atan2(sin, cos); v_k is within half an ulp of 2πk·2⁻²³.
+    theta = np.arctan2(a, b) % (2 * math.pi)
+    k0 = np.round(theta * (2.0**BOX_MULLER_BITS / (2 * math.pi)))
+    dist_t = np.min([np.abs(_wrap_angle(theta - box_muller_angle((k0 + j) % (top + 1))))
+                     for j in (-1, 0, 1)], axis=0)
+    tol_t = BOX_MULLER_ANGLE_TOLERANCE + (np.abs(b) * ea + np.abs(a) * eb) / rr**2
+    return (dist_r > tol_r) | (dist_t > tol_t)
+
+
+@dataclasses.dataclass(frozen=True)
+class LatticeGrid:
+  """The lattice γℤ of a mechanism that releases on it (a discrete Gaussian on γℤ).
+
+  `off_grid(releases, candidate, stddev)`: x = (release − candidate)/γ per entry; off iff
+  |x − round(x)| exceeds the float32 rounding of the release and of the difference
+  ((ulp(release) + ulp(difference))/γ, twice the worst case) plus 2⁻²³·|x| (γ itself
+  rounded to float32). An entry whose tolerance reaches ½ carries no information and is
+  never off. stddev is not used.
+
+  What it finds: a release c + γ·Z (noise on the lattice, the clean block not rounded onto
+  it) is on the lattice under the true c and off it under the other; a release on γℤ
+  (c rounded, deterministically or at random) is off, or on, under both alike: nothing.
+  """
+
+  step: float  # γ > 0
+  name: str = "lattice"
+
+  def __post_init__(self):
+    if not (self.step > 0 and math.isfinite(self.step)):
+      raise ValueError(f"a lattice step must be a finite number > 0, got {self.step}")
+
+  def off_grid(self, releases: np.ndarray, candidate: np.ndarray, stddev: float) -> np.ndarray:
+    """[trials, entries] bool: entry j of release i lies off γℤ under `candidate`."""
+    del stddev
+    rel = np.asarray(releases).reshape(len(releases), -1)
+    diff = rel.astype(np.float64) - np.ravel(candidate).astype(np.float64)
+    x = diff / self.step
+    tol = (float32_ulp(rel) + float32_ulp(diff)) / self.step + 2.0**-23 * np.abs(x)
+    return (np.abs(x - np.round(x)) > tol) & (tol < 0.5)
+
+
+def lattice_scores(releases: np.ndarray, clean_out: np.ndarray, clean_in: np.ndarray,
+                   stddev: float, grids: Sequence) -> np.ndarray:
+  """s = Σ_grids #off(release − clean_out) − #off(release − clean_in) per release.
+
+  High = "canary in": the release fits the grid under the in-block, not the out-block. On a
+  correct mechanism both counts have the same law under either hypothesis (nothing to see).
+  """
+  flat = releases.reshape(len(releases), -1)
+  score = np.zeros(len(flat))
+  for grid in grids:
+    score += grid.off_grid(flat, clean_out, stddev).sum(axis=1)
+    score -= grid.off_grid(flat, clean_in, stddev).sum(axis=1)
+  return score
+
+
+@dataclasses.dataclass(frozen=True)
+class LinearAdversary:
+  """The Neyman–Pearson test of a Gaussian mechanism: `projection_scores` with the
+  per-coordinate variance estimated from the first halves of the trials (the halves that
+  also fit the threshold)."""
+
+  name: str = "linear"
+
+  def scores(self, out: np.ndarray, inn: np.ndarray, clean_out: np.ndarray,
+             clean_in: np.ndarray):
+    half = min(len(out), len(inn)) // 2
+    variance = 0.5 * (out[:half].reshape(half, -1).var(0) + inn[:half].reshape(half, -1).var(0))
+    return (projection_scores(out, clean_out, clean_in, variance),
+            projection_scores(inn, clean_out, clean_in, variance))
+
+
+@dataclasses.dataclass(frozen=True)
+class LatticeAdversary:
+  """The white-box lattice test: `lattice_scores` on each grid of `grids` (the float noise
+  grid of TF's Box–Muller by default), with the mechanism's noise stddev. It has no fitted
+  parameter: the halves of the trials only choose and measure its threshold."""
+
+  stddev: float
+  grids: tuple = (BoxMullerFloat32Grid(),)
+  name: str = "lattice"
+
+  def scores(self, out: np.ndarray, inn: np.ndarray, clean_out: np.ndarray,
+             clean_in: np.ndarray):
+    return (lattice_scores(out, clean_out, clean_in, self.stddev, self.grids),
+            lattice_scores(inn, clean_out, clean_in, self.stddev, self.grids))
+
+
 def run_trials(release_fn: Callable[[int], np.ndarray], trials: int,
                first_trial: int = 0) -> np.ndarray:
   """[trials, ...] releases, release_fn(i) for i = first_trial, …"""
   return np.stack([np.asarray(release_fn(first_trial + i)) for i in range(trials)])
 
 
+def pair_gaussian_epsilon(noise_multiplier: float, fraction: float, delta: float) -> float:
+  """ε that a Gaussian mechanism with multiplier σ allows between two inputs whose clean
+  releases lie fraction·2C apart (fraction = ‖u‖/2C, ≤ 1 for clipped blocks): the Gaussian
+  at σ/fraction.
+
+  The privacy loss of N(a, s²I) against N(b, s²I) depends on ‖a − b‖/s alone, so this is
+  exact for the pair; fraction = 1 is `gaussian_epsilon(σ, δ)`, fraction = 0 gives 0."""
+  if not fraction >= 0:
+    raise ValueError(f"need a fraction of the sensitivity ≥ 0, got {fraction}")
+  if fraction == 0:
+    return 0.0
+  return gaussian_epsilon(noise_multiplier / fraction, delta)
+
+
+@dataclasses.dataclass(frozen=True)
+class AdversaryBound:
+  """One adversary's lower bound, at its share `confidence` of the audit's (Bonferroni)."""
+
+  name: str
+  epsilon_lower_bound: float
+  confidence: float
+  info: BoundInfo
+
+
 @dataclasses.dataclass(frozen=True)
 class StepAuditResult:
-  epsilon_lower_bound: float
-  certified_epsilon: float
+  epsilon_lower_bound: float  # the largest over `adversaries`: holds at the audit's confidence
+  certified_epsilon: float  # what the accounting claims for one step
+  reference_epsilon: float  # what the claimed mechanism allows between these two blocks
   noise_multiplier: float
   delta: float
   difference_norm: float  # ‖clip(G_Y′) − clip(G_Y)‖ (≤ 2C)
   sensitivity: float  # 2C
-  info: BoundInfo
+  info: BoundInfo  # of the adversary with the largest bound
+  adversaries: tuple = ()  # AdversaryBound of each adversary tried, in order
 
   @property
   def flagged(self) -> bool:
-    """The measured bound exceeds the certified ε: the mechanism is broken."""
+    """The measured bound exceeds what the claimed mechanism allows for this pair (≤ the
+    certified ε): the mechanism is not what its accounting assumes."""
+    return self.epsilon_lower_bound > self.reference_epsilon
+
+  @property
+  def exceeds_certified(self) -> bool:
+    """The measured bound exceeds even the certified one-step ε."""
     return self.epsilon_lower_bound > self.certified_epsilon
+
+  @property
+  def strongest(self) -> str:
+    """The name of the adversary with the largest bound."""
+    return max(self.adversaries, key=lambda a: a.epsilon_lower_bound).name
+
+
+def default_adversaries(noise_multiplier: float, l2_norm_clip: float) -> tuple:
+  """Every adversary of the step audit against a Gaussian mechanism with std 2σC: the
+  linear test and the lattice test on TF's float32 Box–Muller grid."""
+  return (LinearAdversary(), LatticeAdversary(2.0 * noise_multiplier * l2_norm_clip))
 
 
 def step_audit(release_out: Callable[[int], np.ndarray],
                release_in: Callable[[int], np.ndarray], clean_out: np.ndarray,
                clean_in: np.ndarray, noise_multiplier: float, l2_norm_clip: float,
                delta: float, trials: int, confidence: float = 0.95,
-               certified_epsilon: Optional[float] = None, return_scores: bool = False):
+               certified_epsilon: Optional[float] = None, return_scores: bool = False,
+               adversaries: Optional[Sequence] = None,
+               reference_epsilon: Optional[float] = None):
   """Runs `trials` releases on each side (trial keys disjoint) and bounds ε.
 
   release_out(i) / release_in(i): the private rows of the release of trial i without /
   with the canary (fresh key per i). clean_out / clean_in: the same without noise
-  (clipped), defining the attack direction. certified_epsilon: default one unsubsampled
-  step, `gaussian_epsilon(σ, δ)`. Returns the StepAuditResult, or with return_scores
-  (result, scores_out, scores_in) over all trials (the second halves measured the rates).
+  (clipped), the attack's reference points. adversaries: objects with `name` and
+  `scores(out, inn, clean_out, clean_in) → (scores_out, scores_in)` (default
+  `default_adversaries`); each is bounded by `epsilon_lower_bound` at confidence
+  1 − (1 − confidence)/len(adversaries), so the largest bound holds at `confidence`.
+  certified_epsilon: default one unsubsampled step, `gaussian_epsilon(σ, δ)`.
+  reference_epsilon: what a correct mechanism allows for this pair; default
+  `pair_gaussian_epsilon(σ, ‖u‖/2C, δ)` when certified_epsilon is None, else
+  certified_epsilon. Returns the StepAuditResult, or with return_scores
+  (result, {adversary name: (scores_out, scores_in)}) over all trials (the second halves
+  measured the rates).
   """
+  if adversaries is None:
+    adversaries = default_adversaries(noise_multiplier, l2_norm_clip)
+  adversaries = tuple(adversaries)
+  if not adversaries or len({a.name for a in adversaries}) != len(adversaries):
+    raise ValueError("need at least one adversary, with distinct names")
   out = run_trials(release_out, trials, 0)
   inn = run_trials(release_in, trials, trials)
-  half = trials // 2  # the variance, like the threshold, comes from the first halves only
-  variance = 0.5 * (out[:half].reshape(half, -1).var(0) + inn[:half].reshape(half, -1).var(0))
-  scores_out = projection_scores(out, clean_out, clean_in, variance)
-  scores_in = projection_scores(inn, clean_out, clean_in, variance)
-  eps, info = epsilon_lower_bound(scores_out, scores_in, delta, confidence)
-  certified = (gaussian_epsilon(noise_multiplier, delta) if certified_epsilon is None
-               else certified_epsilon)
-  diff = float(np.linalg.norm(np.ravel(clean_in) - np.ravel(clean_out)))
-  result = StepAuditResult(eps, certified, noise_multiplier, delta, diff, 2 * l2_norm_clip,
-                           info)
-  return (result, scores_out, scores_in) if return_scores else result
+  each = 1.0 - (1.0 - confidence) / len(adversaries)
+  bounds, scores = [], {}
+  for adversary in adversaries:
+    s_out, s_in = adversary.scores(out, inn, clean_out, clean_in)
+    eps, info = epsilon_lower_bound(s_out, s_in, delta, each)
+    bounds.append(AdversaryBound(adversary.name, eps, each, info))
+    scores[adversary.name] = (s_out, s_in)
+  best = max(bounds, key=lambda b: b.epsilon_lower_bound)
+  diff = float(np.linalg.norm(np.ravel(clean_in).astype(np.float64)
+                              - np.ravel(clean_out).astype(np.float64)))
+  sensitivity = 2 * l2_norm_clip
+  if certified_epsilon is None:
+    certified = gaussian_epsilon(noise_multiplier, delta)
+    if reference_epsilon is None:
+      reference_epsilon = pair_gaussian_epsilon(noise_multiplier, diff / sensitivity, delta)
+  else:
+    certified = certified_epsilon
+  reference = certified if reference_epsilon is None else reference_epsilon
+  result = StepAuditResult(best.epsilon_lower_bound, certified, reference, noise_multiplier,
+                           delta, diff, sensitivity, best.info, tuple(bounds))
+  return (result, scores) if return_scores else result
 
 
 def summary(result: StepAuditResult, name: str) -> dict:
+  """The JSON of a step audit: its fields, the verdicts, and each adversary by name."""
   out = dataclasses.asdict(result)
-  out.update(name=name, flagged=result.flagged,
+  out["adversaries"] = {
+      a.name: dict(dataclasses.asdict(a), flagged=a.epsilon_lower_bound > result.reference_epsilon)
+      for a in result.adversaries}
+  out.update(name=name, flagged=result.flagged, exceeds_certified=result.exceeds_certified,
+             strongest=result.strongest,
              ratio=(result.epsilon_lower_bound / result.certified_epsilon
                     if math.isfinite(result.certified_epsilon) and result.certified_epsilon
                     else None))
@@ -350,6 +613,10 @@ def nearest_distance_scores(canaries: np.ndarray, canary_labels: np.ndarray,
 
 __all__: Sequence[str] = ("clopper_pearson_upper", "gaussian_epsilon", "epsilon_lower_bound",
                           "projection_scores", "step_audit", "StepAuditResult",
+                          "pair_gaussian_epsilon", "AdversaryBound", "default_adversaries",
+                          "LinearAdversary", "LatticeAdversary", "lattice_scores",
+                          "BoxMullerFloat32Grid", "LatticeGrid", "box_muller_radius",
+                          "box_muller_angle", "float32_ulp",
                           "one_run_p_value", "one_run_epsilon_lower_bound", "one_run_audit",
                           "RunAuditResult", "block_canaries", "nearest_distance_scores")
 
