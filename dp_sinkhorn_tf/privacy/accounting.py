@@ -137,6 +137,11 @@ class PrivacyLedger:
 
   run_id ties the ledger to the run's checkpoints; data_fingerprint is HMAC(key, data)
   (`privacy_key.data_fingerprint`): keep the ledger private, like the key.
+
+  gradient_flags are the flags that shape each step's released gradient and update
+  (`train.config.gradient_flags`, {name: value}) and gradient_flags_sha256 their SHA-256:
+  a resume must present the same, so that re-running a step index applies its noise to the
+  gradient it was drawn for. A ledger of an earlier version lacks both (None, "").
   """
 
   sample_rate: float
@@ -151,6 +156,8 @@ class PrivacyLedger:
   run_id: str = ""
   data_fingerprint: str = ""
   checkpoint_step: int = 0
+  gradient_flags: Optional[dict] = None
+  gradient_flags_sha256: str = ""
 
   def __post_init__(self):
     if self.steps_taken < 0 or self.planned_steps < 0:
@@ -189,10 +196,10 @@ class PrivacyLedger:
   def from_json(cls, text: str) -> "PrivacyLedger":
     fields = {f.name for f in dataclasses.fields(cls)}
     data = json.loads(text)
-    missing = fields - set(data)
+    missing = fields - set(data) - set(_ADDED_LATER)
     if missing:
       raise ValueError(f"privacy ledger lacks fields {sorted(missing)}")
-    return cls(**{k: data[k] for k in fields})
+    return cls(**{k: data[k] for k in fields if k in data})
 
   def save(self, path: str) -> None:
     """Atomic write (`files`): a reader sees the old ledger or the new one, never a part."""
@@ -205,6 +212,10 @@ class PrivacyLedger:
     except (json.JSONDecodeError, TypeError, UnicodeDecodeError) as e:
       raise ValueError(f"{path}: not a privacy ledger ({e})") from None
 
+
+# Fields an earlier version's ledger lacks: such a ledger loads with their defaults (and a
+# resume then refuses it: `train_lib.open_run`).
+_ADDED_LATER = ("gradient_flags", "gradient_flags_sha256")
 
 _PLAN_FIELDS = ("sample_rate", "noise_multiplier", "l2_norm_clip", "delta", "target_epsilon",
                 "planned_steps", "accountant", "dataset_size")
@@ -237,6 +248,8 @@ def report(ledger: PrivacyLedger, all_accountants: bool = True) -> dict:
   all_accountants, under the other one too (PLD skipped, with a note, below σ=0.3)."""
   out = dataclasses.asdict(ledger)
   out.pop("data_fingerprint")  # keyed, but privacy.json is for publishing: keep it out
+  for name in _ADDED_LATER:  # public (flags.txt publishes the flags), but checks, not a report
+    out.pop(name)
   names = ACCOUNTANTS if all_accountants else (ledger.accountant,)
   out["epsilon"] = {}
   for acc in names:
