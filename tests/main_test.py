@@ -204,6 +204,9 @@ def test_progress_shows_only_publishable_values_and_summary_marks_private_files(
   proc = run_main(f"--workdir={tmp_path / 'run'}", *TINY, "--steps=3")
   assert proc.returncode == 0, proc.stderr[-2000:]
   assert "epsilon" in proc.stdout and "loss" not in proc.stdout
+  plan_line = next(line for line in proc.stdout.splitlines() if line.startswith("privacy plan"))
+  assert "ε=" in plan_line
+  assert "neighbours: add/remove one record; N treated as public" in plan_line
   assert "step 3/3 (100.0%)" in proc.stdout  # the last step is always reported
   assert "real_batch_size" not in proc.stdout
   tail = proc.stdout.split("DO NOT PUBLISH:")[1]
@@ -235,6 +238,7 @@ def test_insecure_fixed_key_is_announced_as_not_private(tmp_path):
   meta = json.loads((tmp_path / "run" / "export" / "generator" / "1" / "assets.extra" /
                      "metadata.json").read_text())
   assert meta["private"] is False and "insecure_fixed_key" in meta["private_reason"]
+  assert meta["neighbouring_relation"].startswith("add/remove one record")
   proc = run_main(f"--workdir={tmp_path / 'run2'}", *TINY, "--steps=3", "--insecure_fixed_key",
                   f"--privacy_key_file={tmp_path / 'k'}")
   assert proc.returncode == 2 and "--insecure_fixed_key" in _error_lines(proc.stderr)[0]

@@ -711,6 +711,8 @@ def test_privacy_report_states_the_unit_and_whether_the_run_is_private(tmp_path)
   assert report["private"] is True and "private_reason" not in report
   assert "one record" in report["unit_of_privacy"] and "13 writers" in report["unit_of_privacy"]
   assert "data_fingerprint" not in report["ledger"]
+  assert report["neighbouring_relation"] == accounting.NEIGHBOURING_RELATION
+  assert "gradient_flags" not in report["ledger"]  # flags.txt publishes the flags
   _train(_dp_cfg(tmp_path / "fixed", insecure_fixed_key=True))
   report = json.load(open(tmp_path / "fixed" / rundir.REPORT_FILE))
   assert report["private"] is False and "insecure_fixed_key" in report["private_reason"]

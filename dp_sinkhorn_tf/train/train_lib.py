@@ -197,7 +197,8 @@ def run(cfg: config_lib.TrainConfig, flags_text: str, dataset: datasets.Dataset,
   if cfg.privacy.dp:
     print(f"privacy plan: q={plan.sample_rate:.4g} σ={plan.noise_multiplier:.4g} "
           f"C={cfg.privacy.l2_norm_clip:g} steps={plan.steps} → ε={plan.epsilon:.3f} "
-          f"({plan.accountant}), δ={plan.delta:g}")
+          f"({plan.accountant}), δ={plan.delta:g}; neighbours: "
+          f"{accounting.NEIGHBOURING_RELATION}")
     if plan.warning:
       print(f"warning: {plan.warning}")
     if not state.identity.private:
@@ -293,6 +294,7 @@ def export_metadata(cfg, plan, result, dataset, flags_text: str) -> dict:
       "epsilon": ledger.epsilon() if ledger is not None else None,
       "delta": plan.delta if cfg.privacy.dp else None,
       "accountant": plan.accountant if cfg.privacy.dp else None,
+      "neighbouring_relation": accounting.NEIGHBOURING_RELATION if cfg.privacy.dp else None,
       "dp": cfg.privacy.dp, "mechanism": cfg.privacy.mechanism,
       "noise_multiplier": plan.noise_multiplier, "l2_norm_clip": cfg.privacy.l2_norm_clip,
       "sample_rate": plan.sample_rate,
