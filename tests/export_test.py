@@ -350,9 +350,10 @@ def test_cli_exports_a_run_like_training_does(run_dir):
   ledger = json.load(open(os.path.join(run_dir, "privacy_ledger.json")))
   assert meta["steps"] == ledger["steps_taken"] == 2 and meta["checkpoint_step"] == 2
   assert meta["weights"] == "generator" and meta["latent_dim"] == 4
-  for key in ("epsilon", "delta", "accountant", "dp", "mechanism", "noise_multiplier",
-              "l2_norm_clip", "sample_rate", "steps", "dataset", "image_shape", "label_names",
-              "weights"):
+  assert meta["neighbouring_relation"].startswith("add/remove one record")
+  for key in ("epsilon", "delta", "accountant", "neighbouring_relation", "dp", "mechanism",
+              "noise_multiplier", "l2_norm_clip", "sample_rate", "steps", "dataset",
+              "image_shape", "label_names", "weights"):
     if isinstance(by_main[key], float):
       assert meta[key] == pytest.approx(by_main[key]), key
     else:

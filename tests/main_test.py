@@ -204,6 +204,9 @@ def test_progress_shows_only_publishable_values_and_summary_marks_private_files(
   proc = run_main(f"--workdir={tmp_path / 'run'}", *TINY, "--steps=3")
   assert proc.returncode == 0, proc.stderr[-2000:]
   assert "epsilon" in proc.stdout and "loss" not in proc.stdout
+  plan_line = next(line for line in proc.stdout.splitlines() if line.startswith("privacy plan"))
+  assert "ε=" in plan_line
+  assert "neighbours: add/remove one record; N treated as public" in plan_line
   assert "step 3/3 (100.0%)" in proc.stdout  # the last step is always reported
   assert "real_batch_size" not in proc.stdout
   tail = proc.stdout.split("DO NOT PUBLISH:")[1]
@@ -312,6 +315,7 @@ def test_insecure_fixed_key_is_announced_as_not_private(tmp_path):
   meta = json.loads((tmp_path / "run" / "export" / "generator" / "1" / "assets.extra" /
                      "metadata.json").read_text())
   assert meta["private"] is False and "insecure_fixed_key" in meta["private_reason"]
+  assert meta["neighbouring_relation"].startswith("add/remove one record")
   proc = run_main(f"--workdir={tmp_path / 'run2'}", *TINY, "--steps=3", "--insecure_fixed_key",
                   f"--privacy_key_file={tmp_path / 'k'}")
   assert proc.returncode == 2 and "--insecure_fixed_key" in _error_lines(proc.stderr)[0]
@@ -420,6 +424,31 @@ def _kill_after_first_checkpoint(workdir, args):
   _wait_for(lambda: (workdir / "checkpoints" / "checkpoint").exists(), proc)
   proc.send_signal(signal.SIGKILL)
   proc.wait()
+
+
+def test_a_resume_with_other_gradient_flags_is_one_line_and_spends_nothing(tmp_path):
+  import json
+  workdir = tmp_path / "run"
+  args = [f"--workdir={workdir}", *TINY, "--steps=60"]
+  _kill_after_first_checkpoint(workdir, args)
+  ledger = json.loads((workdir / "privacy_ledger.json").read_text())
+  assert 0 < ledger["steps_taken"] < 60  # a run to resume
+  before = {p: p.read_bytes() for p in workdir.rglob("*") if p.is_file()}
+  for flag, then, now in [("learning_rate", "0.001", "0.0005"), ("alpha_c", "15.0", "10.0")]:
+    proc = run_main(*args, f"--{flag}={now}")
+    errors = _error_lines(proc.stderr)
+    assert proc.returncode == 2 and len(errors) == 1, proc.stderr[-2000:]
+    assert errors[0] == (f"error: --workdir={workdir}: the run there was started with other "
+                         "flags that shape the released gradient "
+                         f"(--{flag}: {then} then, {now} now); resume with the same flags or "
+                         "use a new --workdir")
+    assert "Traceback" not in proc.stderr
+    # Nothing written: the ledger's bytes (no ε charged), flags.txt, privacy.json, all.
+    assert {p: p.read_bytes() for p in workdir.rglob("*") if p.is_file()} == before
+  resumed = run_main(*args, "--log_every=2")  # what is logged shapes no gradient
+  assert resumed.returncode == 0, resumed.stderr[-2000:]
+  assert "resuming run" in resumed.stdout
+  assert json.loads((workdir / "privacy_ledger.json").read_text())["steps_taken"] == 60
 
 
 def test_an_unparsable_checkpoint_index_is_refused_not_restarted(tmp_path):

@@ -618,6 +618,58 @@ def test_a_resume_on_different_private_data_is_refused(tmp_path):
     _train(cfg, images=images)
 
 
+def test_a_resume_checks_every_flag_that_shapes_the_release_and_only_those(tmp_path):
+  cfg = _dp_cfg(tmp_path, steps=6)
+  with pytest.raises(_Crash):
+    train_lib.train(cfg, DIGITS.images, DIGITS.labels, 10, accounting.plan_privacy(cfg, 1438),
+                    on_log=_crash_at(4))
+  ledger_path = tmp_path / rundir.LEDGER_FILE
+  stored = json.loads(ledger_path.read_text())
+  assert stored["gradient_flags"]["learning_rate"] == 1e-3
+  assert stored["gradient_flags"]["noise_multiplier"] == 1.0
+  assert stored["gradient_flags"]["steps"] == 6
+  assert "workdir" not in stored["gradient_flags"]  # allow-listed (config.NOT_SHAPING)
+  before = ledger_path.read_bytes()
+
+  def opened(run):
+    return train_lib.open_run(run, accounting.plan_privacy(run, 1438), DIGITS.images,
+                              DIGITS.labels)
+
+  # Flags that write, save or name things differently: the same run.
+  moved = dataclasses.replace(cfg, run=dataclasses.replace(
+      cfg.run, log_every=2, sample_every=5, checkpoint_every=2, keep_checkpoints=1,
+      export=False, model_name="other", if_finished="skip"))
+  assert not opened(moved).created
+  # The public seed (latents, labels, initialisation) and a solver setting no flag sets:
+  # both named, in one line, by flag or by config path.
+  other = dataclasses.replace(
+      cfg, run=dataclasses.replace(cfg.run, seed=1),
+      loss=dataclasses.replace(cfg.loss, solver=dataclasses.replace(cfg.loss.solver,
+                                                                    compile_solver=True)))
+  with pytest.raises(train_lib.ProvenanceError) as info:
+    opened(other)
+  message = str(info.value)
+  assert "\n" not in message and message.startswith(f"--workdir={tmp_path}: ")
+  assert ("(loss.solver.compile_solver: false then, true now; --seed: 0 then, 1 now)"
+          in message)
+  assert ledger_path.read_bytes() == before
+
+  # An earlier version's ledger (no gradient flags): refused, not guessed.
+  old = dict(stored)
+  del old["gradient_flags"], old["gradient_flags_sha256"]
+  ledger_path.write_text(json.dumps(old))
+  with pytest.raises(train_lib.ProvenanceError, match="records no flags .* earlier version"):
+    opened(cfg)
+  # Flags edited in the ledger (to let another command through): their hash gives it away.
+  edited = json.loads(before)
+  edited["gradient_flags"]["learning_rate"] = 0.01
+  ledger_path.write_text(json.dumps(edited))
+  with pytest.raises(train_lib.ProvenanceError, match="do not match their SHA-256"):
+    opened(dataclasses.replace(cfg, optim=dataclasses.replace(cfg.optim, learning_rate=0.01)))
+  ledger_path.write_bytes(before)
+  assert _train(moved).ledger.steps_taken == 6  # and the allowed changes train on
+
+
 def test_the_key_stays_in_its_owner_only_file_and_nowhere_else(tmp_path):
   cfg = _dp_cfg(tmp_path, steps=3)
   cfg = dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, sample_every=2))
@@ -659,6 +711,8 @@ def test_privacy_report_states_the_unit_and_whether_the_run_is_private(tmp_path)
   assert report["private"] is True and "private_reason" not in report
   assert "one record" in report["unit_of_privacy"] and "13 writers" in report["unit_of_privacy"]
   assert "data_fingerprint" not in report["ledger"]
+  assert report["neighbouring_relation"] == accounting.NEIGHBOURING_RELATION
+  assert "gradient_flags" not in report["ledger"]  # flags.txt publishes the flags
   _train(_dp_cfg(tmp_path / "fixed", insecure_fixed_key=True))
   report = json.load(open(tmp_path / "fixed" / rundir.REPORT_FILE))
   assert report["private"] is False and "insecure_fixed_key" in report["private_reason"]

@@ -3,7 +3,7 @@
   <workdir>/
     run.json                 run identity: run_id, dp, key source      publishable
     privacy_key              the run's SECRET key (0600)               NEVER publish
-    privacy_ledger.json      steps charged, plan, run_id, HMAC of data keep private
+    privacy_ledger.json      steps charged, plan, flags, run_id, HMAC  keep private
     privacy.json             plan, ε spent (RDP and PLD), unit         publishable
     flags.txt                the resolved flags (no key, only a path)  publishable
     checkpoints/             weights + optimizer state + run_id        publishable*

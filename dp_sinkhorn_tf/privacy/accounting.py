@@ -8,6 +8,13 @@ library TF Privacy 0.9.0 itself calls) turns it into ε for a given δ with
   * "rdp": Rényi-DP of the subsampled Gaussian (Mironov et al. 2019), converted to (ε, δ);
   * "pld": privacy loss distributions (tighter; slower for very long runs).
 
+Neighbouring data sets differ by adding or removing one record (`NEIGHBOURING_RELATION`),
+the only relation dp_accounting 0.4.3 accounts for Poisson sampling: both its RdpAccountant
+and its PLDAccountant refuse PoissonSampledDpEvent under REPLACE_ONE or REPLACE_SPECIAL
+(UnsupportedEventError: "neighboring_relation must be `ADD_OR_REMOVE_ONE` for
+`PoissonSampledDpEvent`"; rdp_privacy_accountant.py and pld_privacy_accountant.py). N is
+published (privacy.json), so it is treated as public.
+
 Planning inverts ε(T) or ε(σ) by bisection; both are monotone (ε grows with T, falls with
 σ). The ledger records what a run spent; it is written atomically (temp file, fsync,
 rename) so a crash leaves the previous ledger, never a torn one.
@@ -25,6 +32,10 @@ import numpy as np
 from dp_sinkhorn_tf.io import files
 
 ACCOUNTANTS = ("rdp", "pld")
+# What ε is about (printed with the plan, in privacy.json and in the export's metadata).
+NEIGHBOURING_RELATION = ("add/remove one record; N treated as public, as in TF Privacy's "
+                         "compute_dp_sgd_privacy")
+_RELATION = dp_accounting.NeighboringRelation.ADD_OR_REMOVE_ONE
 # PLD discretisation of the privacy loss: finer is tighter and slower. The error is
 # pessimistic and grows with T: at q=1/1200, σ=1, T=2,978,558, δ=1e-5 an interval of 1e-3
 # reports ε=10.20 (worse than RDP's 10.00) where 1e-4 reports 9.32, in ~2 s per evaluation.
@@ -50,7 +61,8 @@ def dp_event(q: float, noise_multiplier: float, steps: int) -> dp_accounting.DpE
 
 def compute_epsilon(q: float, noise_multiplier: float, steps: int, delta: float,
                     accountant: str = "rdp") -> float:
-  """ε such that T steps of the subsampled Gaussian (q, σ) are (ε, δ)-DP."""
+  """ε such that T steps of the subsampled Gaussian (q, σ) are (ε, δ)-DP under add/remove
+  neighbours (`NEIGHBOURING_RELATION`)."""
   _validate(q, noise_multiplier, delta, accountant)
   if steps < 0:
     raise ValueError(f"steps must be ≥ 0, got {steps}")
@@ -59,9 +71,10 @@ def compute_epsilon(q: float, noise_multiplier: float, steps: int, delta: float,
   if noise_multiplier == 0:
     return math.inf
   if accountant == "rdp":
-    acc = dp_accounting.rdp.RdpAccountant()
+    acc = dp_accounting.rdp.RdpAccountant(neighboring_relation=_RELATION)
   else:
-    acc = dp_accounting.pld.PLDAccountant(value_discretization_interval=PLD_DISCRETIZATION)
+    acc = dp_accounting.pld.PLDAccountant(neighboring_relation=_RELATION,
+                                          value_discretization_interval=PLD_DISCRETIZATION)
   acc.compose(dp_event(q, noise_multiplier, steps))
   return float(acc.get_epsilon(delta))
 
@@ -137,6 +150,11 @@ class PrivacyLedger:
 
   run_id ties the ledger to the run's checkpoints; data_fingerprint is HMAC(key, data)
   (`privacy_key.data_fingerprint`): keep the ledger private, like the key.
+
+  gradient_flags are the flags that shape each step's released gradient and update
+  (`train.config.gradient_flags`, {name: value}) and gradient_flags_sha256 their SHA-256:
+  a resume must present the same, so that re-running a step index applies its noise to the
+  gradient it was drawn for. A ledger of an earlier version lacks both (None, "").
   """
 
   sample_rate: float
@@ -151,6 +169,8 @@ class PrivacyLedger:
   run_id: str = ""
   data_fingerprint: str = ""
   checkpoint_step: int = 0
+  gradient_flags: Optional[dict] = None
+  gradient_flags_sha256: str = ""
 
   def __post_init__(self):
     if self.steps_taken < 0 or self.planned_steps < 0:
@@ -189,10 +209,10 @@ class PrivacyLedger:
   def from_json(cls, text: str) -> "PrivacyLedger":
     fields = {f.name for f in dataclasses.fields(cls)}
     data = json.loads(text)
-    missing = fields - set(data)
+    missing = fields - set(data) - set(_ADDED_LATER)
     if missing:
       raise ValueError(f"privacy ledger lacks fields {sorted(missing)}")
-    return cls(**{k: data[k] for k in fields})
+    return cls(**{k: data[k] for k in fields if k in data})
 
   def save(self, path: str) -> None:
     """Atomic write (`files`): a reader sees the old ledger or the new one, never a part."""
@@ -205,6 +225,10 @@ class PrivacyLedger:
     except (json.JSONDecodeError, TypeError, UnicodeDecodeError) as e:
       raise ValueError(f"{path}: not a privacy ledger ({e})") from None
 
+
+# Fields an earlier version's ledger lacks: such a ledger loads with their defaults (and a
+# resume then refuses it: `train_lib.open_run`).
+_ADDED_LATER = ("gradient_flags", "gradient_flags_sha256")
 
 _PLAN_FIELDS = ("sample_rate", "noise_multiplier", "l2_norm_clip", "delta", "target_epsilon",
                 "planned_steps", "accountant", "dataset_size")
@@ -237,6 +261,8 @@ def report(ledger: PrivacyLedger, all_accountants: bool = True) -> dict:
   all_accountants, under the other one too (PLD skipped, with a note, below σ=0.3)."""
   out = dataclasses.asdict(ledger)
   out.pop("data_fingerprint")  # keyed, but privacy.json is for publishing: keep it out
+  for name in _ADDED_LATER:  # public (flags.txt publishes the flags), but checks, not a report
+    out.pop(name)
   names = ACCOUNTANTS if all_accountants else (ledger.accountant,)
   out["epsilon"] = {}
   for acc in names:

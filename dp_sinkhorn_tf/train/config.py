@@ -5,11 +5,17 @@ bad value, so a bad command line fails with one line before any work starts. The
 imports no TensorFlow (the option tables it checks against are TF-free: `models.options`,
 `transport.options`, `privacy.mechanisms`), so that line comes before TensorFlow's start-up
 and within a second (imports_test checks it).
+
+`gradient_flags` names, by flag, every field that shapes a step's released gradient or the
+update made from it (all but `NOT_SHAPING`); the ledger keeps them and their SHA-256, and a
+resume must present the same.
 """
 
 import dataclasses
+import hashlib
+import json
 import math
-from typing import Optional
+from typing import Any, Dict, List, Optional
 
 from dp_sinkhorn_tf import cli
 from dp_sinkhorn_tf.models import options as model_options
@@ -266,3 +272,111 @@ class TrainConfig:
     """n + n′ generated points per step, n′ = ⌊p·n⌋."""
     n = self.num_primary
     return n + transport_options.num_extra(n, self.loss.debias_fraction)
+
+
+# ---- the flags that shape the released gradient (checked on resume) ------------------------
+
+# Fields of TrainConfig that change neither the released gradient G̃ of any step nor the update
+# made from it, so a resume may change them. Every other field, including any added later, is
+# part of `gradient_flags` and must be the same when a run resumes (`train_lib.open_run`).
+# Hashed on purpose although borderline: --sinkhorn_jit, --strategy and --num_devices (the
+# same G̃ only to float32 rounding, and a resume re-runs steps bit for bit), the plan's own
+# flags (--target_epsilon, --delta, --accountant; also compared as the plan) and
+# --insecure_fixed_key (also refused on its own: a run keeps its key).
+NOT_SHAPING = {
+    "data.data_dir": "a path: the data read from it are pinned by the ledger's keyed "
+                     "fingerprint and N",
+    "data.idx_dir": "a path: as --data_dir",
+    "run.workdir": "where the run lives (run.json, not the path, identifies it)",
+    "run.log_every": "how often scalars are written; every step computes the same logs",
+    "run.sample_every": "grids are drawn in inference mode from stateless latents: they read "
+                        "the weights and change nothing",
+    "run.checkpoint_every": "where the loop pauses to charge and save; step t releases the "
+                            "same whatever the chunking (the SIGKILL test in main_test)",
+    "run.keep_checkpoints": "how many saved checkpoints are kept",
+    "run.export": "post-processing at the end",
+    "run.model_name": "the export's name",
+    "run.privacy_key_file": "a path: the key itself is pinned (the run keeps <workdir>/"
+                            "privacy_key, and a given file must hold the same secret)",
+    "run.if_finished": "what to do once every step is taken",
+}
+
+# Config paths whose flag is not the field's own name. Other fields of the sections are set
+# by the flag of their name; a nested field without a flag is named by its config path.
+_FLAG_NAMES = {
+    "loss.jit_compile": "sinkhorn_jit",
+    "loss.products": "sinkhorn_products",
+    "loss.solver.epsilon": "sinkhorn_epsilon",
+    "loss.solver.scaling": "sinkhorn_scaling",
+    "loss.solver.threshold": "sinkhorn_threshold",
+    "loss.solver.max_iterations": "sinkhorn_max_iterations",
+    "loss.solver.relaxation": "sinkhorn_relaxation",
+}
+
+
+def _leaves(obj, prefix: str = ""):
+  """(config path, value) of every non-dataclass field of a config, depth first."""
+  for field in dataclasses.fields(obj):
+    value = getattr(obj, field.name)
+    path = f"{prefix}{field.name}"
+    if dataclasses.is_dataclass(value):
+      yield from _leaves(value, path + ".")
+    else:
+      yield path, value
+
+
+def flag_name(path: str) -> str:
+  """The flag that sets config field `path` ("optim.learning_rate" → "learning_rate");
+  the path itself for a nested field no flag sets ("loss.solver.compile_solver")."""
+  if path in _FLAG_NAMES:
+    return _FLAG_NAMES[path]
+  return path.split(".")[-1] if path.count(".") <= 1 else path
+
+
+def gradient_flags(cfg: TrainConfig) -> Dict[str, Any]:
+  """{flag name: value} of every field of `cfg` not in NOT_SHAPING: what decides a step's
+  released gradient and the update made from it. Pass the config with its plan resolved
+  (steps and noise_multiplier as the planner fixed them), so that an unset flag and the
+  value it resolved to compare equal."""
+  return {flag_name(path): value for path, value in _leaves(cfg) if path not in NOT_SHAPING}
+
+
+def _canonical(value):
+  """A number as a float (the flag 1 and 1.0 are one value; −0.0 is 0.0, as == has it),
+  anything else as is."""
+  if isinstance(value, (int, float)) and not isinstance(value, bool):
+    return float(value) + 0.0
+  return value
+
+
+def flags_sha256(flags: Dict[str, Any]) -> str:
+  """SHA-256 hex of JSON(sorted {name: canonical value}): equal exactly when every value is.
+
+  Raises ValueError for a value JSON cannot hold exactly (inf, NaN, objects)."""
+  text = json.dumps({k: _canonical(v) for k, v in flags.items()}, sort_keys=True,
+                    separators=(",", ":"), allow_nan=False)
+  return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def _show(value) -> str:
+  if value is None:
+    return "unset"
+  if isinstance(value, bool):
+    return str(value).lower()
+  return repr(value) if isinstance(value, float) else str(value)
+
+
+def changed_flags(then: Dict[str, Any], now: Dict[str, Any]) -> List[str]:
+  """"--name: <then> then, <now> now" for every name whose canonical values differ (a name
+  on one side only shows as "absent" on the other), sorted by name."""
+  out = []
+  for name in sorted(set(then) | set(now)):
+    a, b = then.get(name, _ABSENT), now.get(name, _ABSENT)
+    if a is _ABSENT or b is _ABSENT or _canonical(a) != _canonical(b):
+      label = f"--{name}" if "." not in name else name
+      out.append(f"{label}: {'absent' if a is _ABSENT else _show(a)} then, "
+                 f"{'absent' if b is _ABSENT else _show(b)} now")
+  return out
+
+
+_ABSENT = object()

@@ -59,7 +59,8 @@ def privacy_report(cfg: config_lib.TrainConfig, plan: accounting.PrivacyPlan, le
   report = {"dp": cfg.privacy.dp, "mechanism": cfg.privacy.mechanism,
             "dataset": cfg.data.dataset, "finished": finished,
             "plan": dataclasses.asdict(plan), "private": private,
-            "unit_of_privacy": UNIT_OF_PRIVACY}
+            "unit_of_privacy": UNIT_OF_PRIVACY,
+            "neighbouring_relation": accounting.NEIGHBOURING_RELATION}
   if identity is not None:
     report["run_id"] = identity.run_id
     report["key_source"] = identity.key_source

@@ -11,8 +11,10 @@ directory's names in `io.rundir`.
 Privacy bookkeeping (see also `rundir` and `accounting.PrivacyLedger`):
 
   * open_run: a run directory holds one run (run.json: run id, dp, key source); its key,
-    ledger and checkpoints must all belong to it, and the private data must be the data the
-    run started on (keyed fingerprint), or the resume is refused.
+    ledger and checkpoints must all belong to it, the private data must be the data the
+    run started on (keyed fingerprint), and every flag that shapes the released gradient
+    or the update (`config.gradient_flags`, SHA-256 in the ledger) must be the one it
+    started with, or the resume is refused.
   * A chunk of steps [s, e) is charged in the ledger (write-ahead) before it runs, so a crash
     can only over-count. Its publishable outputs (grids, TensorBoard, privacy.json) are held
     back until the chunk's checkpoint is on disk and recorded in the ledger.
@@ -197,7 +199,8 @@ def run(cfg: config_lib.TrainConfig, flags_text: str, dataset: datasets.Dataset,
   if cfg.privacy.dp:
     print(f"privacy plan: q={plan.sample_rate:.4g} σ={plan.noise_multiplier:.4g} "
           f"C={cfg.privacy.l2_norm_clip:g} steps={plan.steps} → ε={plan.epsilon:.3f} "
-          f"({plan.accountant}), δ={plan.delta:g}")
+          f"({plan.accountant}), δ={plan.delta:g}; neighbours: "
+          f"{accounting.NEIGHBOURING_RELATION}")
     if plan.warning:
       print(f"warning: {plan.warning}")
     if not state.identity.private:
@@ -294,6 +297,7 @@ def export_metadata(cfg, plan, result, dataset, flags_text: str) -> dict:
       "epsilon": ledger.epsilon() if ledger is not None else None,
       "delta": plan.delta if cfg.privacy.dp else None,
       "accountant": plan.accountant if cfg.privacy.dp else None,
+      "neighbouring_relation": accounting.NEIGHBOURING_RELATION if cfg.privacy.dp else None,
       "dp": cfg.privacy.dp, "mechanism": cfg.privacy.mechanism,
       "noise_multiplier": plan.noise_multiplier, "l2_norm_clip": cfg.privacy.l2_norm_clip,
       "sample_rate": plan.sample_rate,
@@ -329,14 +333,51 @@ class TrainResult:
   identity: Optional[rundir.RunIdentity] = None
 
 
+def _gradient_flags(cfg: config_lib.TrainConfig, plan: accounting.PrivacyPlan) -> dict:
+  """`config.gradient_flags` of cfg with the plan's steps and σ in place of the flags."""
+  resolved = dataclasses.replace(
+      cfg, steps=plan.steps,
+      privacy=dataclasses.replace(cfg.privacy, noise_multiplier=plan.noise_multiplier))
+  return config_lib.gradient_flags(resolved)
+
+
 def _new_ledger(cfg: config_lib.TrainConfig, plan: accounting.PrivacyPlan, dataset_size: int,
                 run_id: str = "", fingerprint: str = ""):
   p = cfg.privacy
+  flags = _gradient_flags(cfg, plan)
   return accounting.PrivacyLedger(
       sample_rate=plan.sample_rate, noise_multiplier=plan.noise_multiplier,
       l2_norm_clip=p.l2_norm_clip, delta=p.delta, target_epsilon=p.target_epsilon,
       planned_steps=plan.steps, accountant=p.accountant, steps_taken=0,
-      dataset_size=dataset_size, run_id=run_id, data_fingerprint=fingerprint)
+      dataset_size=dataset_size, run_id=run_id, data_fingerprint=fingerprint,
+      gradient_flags=flags, gradient_flags_sha256=config_lib.flags_sha256(flags))
+
+
+def _check_same_flags(wd: str, ledger_path: str, stored: accounting.PrivacyLedger,
+                      requested: accounting.PrivacyLedger) -> None:
+  """Refuses a resume whose flags would give a step index's noise to another gradient.
+
+  A ledger without gradient flags (an earlier version's) is refused too: what it was
+  started with cannot be checked, and a wrong guess would reuse noise; such a run can be
+  finished by the version that started it."""
+  flags, digest = stored.gradient_flags, stored.gradient_flags_sha256
+  if not digest or not isinstance(flags, dict):
+    raise ProvenanceError(f"{ledger_path}: records no flags that shape the released gradient "
+                          "(written by an earlier version), so this resume cannot be checked "
+                          "against them; finish the run with the version that started it, or "
+                          "use a new --workdir")
+  try:
+    intact = config_lib.flags_sha256(flags) == digest
+  except (TypeError, ValueError):
+    intact = False
+  if not intact:
+    raise ProvenanceError(f"{ledger_path}: its gradient_flags do not match their SHA-256 "
+                          "(edited or damaged); restore it or use a new --workdir")
+  if requested.gradient_flags_sha256 != digest:
+    changes = config_lib.changed_flags(flags, requested.gradient_flags)
+    raise ProvenanceError(f"--workdir={wd}: the run there was started with other flags that "
+                          f"shape the released gradient ({'; '.join(changes)}); resume with "
+                          "the same flags or use a new --workdir")
 
 
 class BudgetExhaustedError(RuntimeError):
@@ -411,7 +452,8 @@ def open_run(cfg: config_lib.TrainConfig, plan: accounting.PrivacyPlan, images: 
   Raises:
     ProvenanceError: checkpoints or a charged ledger without run.json; DP and --nodp mixed;
       the key, ledger or data do not belong to the run.
-    ValueError: the ledger's plan differs from this one (names each field);
+    ValueError: the ledger's plan differs from this one (names each field), or (a
+      ProvenanceError) a flag that shapes the released gradient does (names each flag);
       keys.KeyFileError for an unreadable --privacy_key_file.
 
   chief=False (a non-chief worker of a multi-worker run) creates nothing: it waits for the
@@ -484,7 +526,9 @@ def open_run(cfg: config_lib.TrainConfig, plan: accounting.PrivacyPlan, images: 
   if ledger.run_id != identity.run_id:
     raise ProvenanceError(f"{ledger_path}: belongs to run {ledger.run_id or '(none)'}, not to "
                           f"this directory's run {identity.run_id}; use a new --workdir")
-  accounting.check_compatible(ledger, _new_ledger(cfg, plan, len(images)))
+  requested = _new_ledger(cfg, plan, len(images))
+  accounting.check_compatible(ledger, requested)
+  _check_same_flags(wd, ledger_path, ledger, requested)
   if ledger.data_fingerprint != keys.data_fingerprint(key, images, labels):
     raise ProvenanceError(f"--workdir={wd}: the private data differ from those this run "
                           f"started on (keyed fingerprint in {rundir.LEDGER_FILE}); resuming "
