@@ -24,7 +24,7 @@ s·2C apart (`shifted_setting`): a controlled shift at which a Gaussian allows l
 
 Adversaries (`adversaries`): each release is attacked by the linear (Neyman–Pearson) test
 and by the lattice test on the noise grids (`noise_grids`: TF's float32 Box–Muller grid, and
-γℤ for a mechanism that declares a `lattice_step`), each bound at its Bonferroni share of
+γℤ for a mechanism that releases on a lattice), each bound at its Bonferroni share of
 the confidence. A mechanism or control is flagged when its largest bound exceeds what the
 claimed mechanism allows for the audited pair (the Gaussian at multiplier σ·2C/‖u‖ for a
 one-step claim), which never exceeds the certified ε. The control `float32_gaussian` keeps
@@ -261,16 +261,14 @@ def _no_noise(s: StepSetting) -> ReleaseFn:
 
 
 def _no_clip(s: StepSetting) -> ReleaseFn:
-  """Noise for sensitivity 2C, but the gradient is not clipped."""
+  """Noise for sensitivity 2C (float32 Gaussian), but the gradient is not clipped."""
   import tensorflow as tf
-
-  from dp_sinkhorn_tf.privacy import gaussian
 
   @tf.function
   def release(grad, seed):
     g = grad[:s.num_private]
     std = 2 * s.noise_multiplier * s.l2_norm_clip
-    return g + gaussian.keyed_gaussian_noise(tf.shape(g), std, seed)
+    return g + tf.random.stateless_normal(tf.shape(g), seed, stddev=std, dtype=tf.float32)
 
   return lambda grad, seed: release(tf.convert_to_tensor(grad), seed).numpy()
 
@@ -293,7 +291,7 @@ def _half_noise(s: StepSetting) -> ReleaseFn:
 
 def _float32_gaussian(s: StepSetting) -> ReleaseFn:
   """Clip to C, add float32 `tf.random.stateless_normal` noise of std 2σC: the shipped
-  noise until issue 35 (`gaussian.keyed_gaussian_noise` as it was), kept here so it stays
+  noise until issue 35 (the old `gaussian.keyed_gaussian_noise`), kept here so it stays
   audited after the mechanism changes. Gaussian to the linear test; but TF draws it by
   Box–Muller from 23-bit uniforms, so every pair of entries lies on a finite grid
   (`auditing.BoxMullerFloat32Grid`) that the lattice adversary finds."""
@@ -373,14 +371,16 @@ CONTROLS: Dict[str, tuple] = {
 }
 
 
-def noise_grids(mechanism) -> tuple:
-  """The grids the lattice adversary tries on `mechanism`'s releases: TF's float32
-  Box–Muller grid (any `tf.random.stateless_normal` noise left in the path), and γℤ for a
-  mechanism that declares it releases on a lattice (attribute `lattice_step` = γ > 0)."""
+def noise_grids(mechanism, entries: int) -> tuple:
+  """The grids the lattice adversary tries on `mechanism`'s releases of a private block of
+  `entries` values: TF's float32 Box–Muller grid (any `tf.random.stateless_normal` noise
+  left in the path), and γℤ for a mechanism that releases on a lattice
+  (`lattice_params(entries).gamma`, `privacy.lattice`)."""
   grids = [auditing.BoxMullerFloat32Grid()]
-  step = getattr(mechanism, "lattice_step", None)
-  if step:
-    grids.append(auditing.LatticeGrid(float(step)))
+  params = getattr(mechanism, "lattice_params", None)
+  if (params is not None and mechanism.is_private and mechanism.noise_multiplier > 0
+      and mechanism.l2_norm_clip > 0):
+    grids.append(auditing.LatticeGrid(params(entries).gamma))
   return tuple(grids)
 
 
@@ -388,8 +388,10 @@ def adversaries(setting: StepSetting) -> tuple:
   """Every adversary of the step audit, the same against the real mechanism and each
   control: the linear (Neyman–Pearson) test and the lattice test on `noise_grids` of the
   shipped mechanism, at the noise std the accounting assumes (2σC)."""
+  entries = setting.num_private * int(np.prod(setting.grad_out.shape[1:]))
   return (auditing.LinearAdversary(),
-          auditing.LatticeAdversary(setting.noise_stddev, noise_grids(setting.model.mechanism)))
+          auditing.LatticeAdversary(setting.noise_stddev,
+                                    noise_grids(setting.model.mechanism, entries)))
 
 
 def audit_release(setting: StepSetting, release: ReleaseFn, trials: int, delta: float,

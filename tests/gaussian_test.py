@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy import stats
 
-from dp_sinkhorn_tf.privacy import gaussian
+from dp_sinkhorn_tf.privacy import gaussian, lattice
 from dp_sinkhorn_tf.transport import costs, options, sinkhorn
 
 SEED = tf.constant([5, 6], tf.int64)  # a stateless noise seed (in training: key and step)
@@ -132,7 +132,7 @@ def test_no_private_rows_means_no_noise():
 
 def test_tf_function_without_retracing_for_varying_num_private():
   m = gaussian.ImageGradientMechanism(l2_norm_clip=1.0, noise_multiplier=1.0)
-  fn = tf.function(m.privatize, input_signature=[tf.TensorSpec([None, 3]),
+  fn = tf.function(m.privatize, input_signature=[tf.TensorSpec([8, 3]),
                                                  tf.TensorSpec([], tf.int32),
                                                  tf.TensorSpec([2], tf.int64)])
   for n in range(1, 8):
@@ -238,19 +238,31 @@ def test_the_mechanism_refuses_anything_but_float32(dtype):
 
 
 def test_parameter_gradients_are_clipped_as_one_and_get_two_sigma_c_noise():
-  # [−6, 8] and [0] clipped together to C = 5: total norm 10, so ×½ → [−3, 4], [0].
+  """param_grad's query (TF Privacy's DPQuery interface, `lattice`) on a nested record."""
+  def release(grads, clip, sigma, seed=SEED):
+    query = lattice.DiscreteGaussianSumQuery(clip, sigma)
+    state = query.make_global_state(seed)
+    record = query.preprocess_record(query.derive_sample_params(state), grads)
+    sample = query.accumulate_preprocessed_record(query.initial_sample_state(grads), record)
+    return query.get_noised_result(sample, state)[0], query
+
+  # [−6, 8] and [0] clipped together to C = 5: total norm 10, so ×½ → [−3, 4], [0]
+  # (σ = 1e-9: noise of one lattice step).
   grads = [tf.constant([-6.0, 8.0]), tf.constant([0.0])]
-  clean, norm = gaussian.privatize_parameter_gradients(grads, 5.0, 0.0, SEED)
-  np.testing.assert_allclose(clean[0].numpy(), [-3.0, 4.0], rtol=1e-6)
-  assert float(norm) == pytest.approx(10.0)
-  # σ = 1.3, C = 0.5 on a zero gradient: pure noise with std 2σC = 1.3 (KS as above).
+  clean, query = release(grads, 5.0, 1e-9)
+  gamma = query.params_for(3).gamma
+  np.testing.assert_allclose(clean[0].numpy(), [-3.0, 4.0], atol=20 * gamma)
+  # σ = 1.3, C = 0.5 on a zero gradient: pure noise with std ≈ 2σC = 1.3 (KS as above).
   big = [tf.zeros([12000]), tf.zeros([8000])]
-  released, _ = gaussian.privatize_parameter_gradients(big, 0.5, 1.3, SEED)
+  released, query = release(big, 0.5, 1.3)
+  std = query.params_for(20000).noise_stddev
+  assert std == pytest.approx(1.3, rel=1e-4)
   samples = np.concatenate([r.numpy() for r in released])
-  assert stats.kstest(samples, "norm", args=(0, 1.3)).pvalue > 1e-3
+  assert stats.kstest(samples, "norm", args=(0, std)).pvalue > 1e-3
   for factor in (2 / 3, 3 / 2):
-    assert stats.kstest(samples, "norm", args=(0, 1.3 * factor)).pvalue < 1e-6
-  again, _ = gaussian.privatize_parameter_gradients(big, 0.5, 1.3, SEED)
+    assert stats.kstest(samples, "norm", args=(0, std * factor)).pvalue < 1e-6
+  again, _ = release(big, 0.5, 1.3)
   np.testing.assert_array_equal(again[1].numpy(), released[1].numpy())
   # Each variable gets its own draw, not a copy of the first one's.
   assert not np.array_equal(released[0].numpy()[:8000], released[1].numpy())
+

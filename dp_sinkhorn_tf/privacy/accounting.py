@@ -155,6 +155,10 @@ class PrivacyLedger:
   (`train.config.gradient_flags`, {name: value}) and gradient_flags_sha256 their SHA-256:
   a resume must present the same, so that re-running a step index applies its noise to the
   gradient it was drawn for. A ledger of an earlier version lacks both (None, "").
+
+  noise describes the mechanism's exact noise (`privacy.lattice`: γ, the effective
+  multiplier σ_eff ≥ noise_multiplier, …); ε is charged at noise_multiplier ≤ σ_eff, an
+  upper bound. None in a ledger of an earlier version or of a run without noise.
   """
 
   sample_rate: float
@@ -171,6 +175,7 @@ class PrivacyLedger:
   checkpoint_step: int = 0
   gradient_flags: Optional[dict] = None
   gradient_flags_sha256: str = ""
+  noise: Optional[dict] = None
 
   def __post_init__(self):
     if self.steps_taken < 0 or self.planned_steps < 0:
@@ -228,7 +233,8 @@ class PrivacyLedger:
 
 # Fields an earlier version's ledger lacks: such a ledger loads with their defaults (and a
 # resume then refuses it: `train_lib.open_run`).
-_ADDED_LATER = ("gradient_flags", "gradient_flags_sha256")
+_ADDED_LATER = ("gradient_flags", "gradient_flags_sha256", "noise")
+_CHECKS_ONLY = ("gradient_flags", "gradient_flags_sha256")
 
 _PLAN_FIELDS = ("sample_rate", "noise_multiplier", "l2_norm_clip", "delta", "target_epsilon",
                 "planned_steps", "accountant", "dataset_size")
@@ -261,8 +267,10 @@ def report(ledger: PrivacyLedger, all_accountants: bool = True) -> dict:
   all_accountants, under the other one too (PLD skipped, with a note, below σ=0.3)."""
   out = dataclasses.asdict(ledger)
   out.pop("data_fingerprint")  # keyed, but privacy.json is for publishing: keep it out
-  for name in _ADDED_LATER:  # public (flags.txt publishes the flags), but checks, not a report
+  for name in _CHECKS_ONLY:  # public (flags.txt publishes the flags), but checks, not a report
     out.pop(name)
+  if ledger.noise is None:
+    out.pop("noise")
   names = ACCOUNTANTS if all_accountants else (ledger.accountant,)
   out["epsilon"] = {}
   for acc in names:

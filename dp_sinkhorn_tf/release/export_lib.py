@@ -509,10 +509,10 @@ def run_metadata(workdir: str, run: RestoredRun) -> dict:
                         f"{workdir}'s run {run.identity.run_id}; refusing to export")
     out.update(epsilon=ledger.epsilon(), delta=ledger.delta, accountant=ledger.accountant,
                neighbouring_relation=accounting.NEIGHBOURING_RELATION,
-               noise_multiplier=ledger.noise_multiplier, sample_rate=ledger.sample_rate,
-               steps=ledger.steps_taken)
+               noise_multiplier=ledger.noise_multiplier, noise=ledger.noise,
+               sample_rate=ledger.sample_rate, steps=ledger.steps_taken)
   else:
-    out.update(epsilon=None, delta=None, accountant=None, neighbouring_relation=None,
+    out.update(epsilon=None, delta=None, accountant=None, neighbouring_relation=None, noise=None,
                noise_multiplier=plan.get("noise_multiplier", 0.0),
                sample_rate=plan.get("sample_rate"), steps=run.step)
   return out

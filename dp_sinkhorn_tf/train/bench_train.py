@@ -81,7 +81,8 @@ def run(name: str, repeats: int, strategy: str = "default",
   with dist.scope():
     dist_gen = trainer.make_generator(cfg, shape, num_classes, build=True)
     model = trainer.DPSinkhornModel(dist_gen, images, labels, num_classes, cfg, sigma, q)
-    model.compile(optimizer=trainer.build_optimizer(cfg, cfg.steps or 10**6))
+    model.compile(optimizer=trainer.build_optimizer(cfg, cfg.steps or 10**6, sigma,
+                                                    model.noise_seed_now))
   step_fn = trainer.step_function(model, dist)  # pylint: disable=protected-access
   gen = (dist_gen if dist.num_replicas_in_sync == 1
          else trainer.make_generator(cfg, shape, num_classes, build=True))

@@ -201,6 +201,12 @@ def run(cfg: config_lib.TrainConfig, flags_text: str, dataset: datasets.Dataset,
           f"C={cfg.privacy.l2_norm_clip:g} steps={plan.steps} → ε={plan.epsilon:.3f} "
           f"({plan.accountant}), δ={plan.delta:g}; neighbours: "
           f"{accounting.NEIGHBOURING_RELATION}")
+    noise = trainer.noise_description(cfg, plan.noise_multiplier, dataset.image_shape,
+                                      dataset.num_classes)
+    if noise is not None:
+      print(f"noise: exact discrete Gaussian on γℤ, γ=2^{noise['log2_gamma']}, std "
+            f"{noise['noise_stddev']:.6g} over {noise['entries']} values, effective "
+            f"σ={noise['effective_noise_multiplier']:.8g} ≥ σ (ε charged at σ)")
     if plan.warning:
       print(f"warning: {plan.warning}")
     if not state.identity.private:
@@ -300,6 +306,7 @@ def export_metadata(cfg, plan, result, dataset, flags_text: str) -> dict:
       "neighbouring_relation": accounting.NEIGHBOURING_RELATION if cfg.privacy.dp else None,
       "dp": cfg.privacy.dp, "mechanism": cfg.privacy.mechanism,
       "noise_multiplier": plan.noise_multiplier, "l2_norm_clip": cfg.privacy.l2_norm_clip,
+      "noise": ledger.noise if ledger is not None else None,
       "sample_rate": plan.sample_rate,
       "steps": ledger.steps_taken if ledger is not None else plan.steps,
       "dataset": cfg.data.dataset, "image_shape": list(dataset.image_shape),
@@ -622,6 +629,14 @@ def train(cfg: config_lib.TrainConfig, images: np.ndarray, labels: np.ndarray,
   with strategy.scope():
     model, step = trainer.build_model(cfg, images, labels, num_classes, plan, state.key)
   generator, ema_generator = model.generator, model.ema_generator
+  if ledger is not None:  # what the noise is, beside what it is charged as (privacy.json)
+    noise = trainer.noise_description(cfg, plan.noise_multiplier, images.shape[1:],
+                                      num_classes)
+    if ledger.noise != noise:
+      ledger = dataclasses.replace(ledger, noise=noise)
+      if chief:
+        ledger.save(rundir.path(run.workdir, rundir.LEDGER_FILE))
+      state = dataclasses.replace(state, ledger=ledger)
   # Outside the scope: a plain local variable (collectives cannot broadcast strings).
   run_id = tf.Variable(state.identity.run_id, dtype=tf.string, trainable=False, name="run_id")
   tracked = {"ema_generator": ema_generator} if ema_generator is not None else {}

@@ -29,9 +29,10 @@ from typing import Optional
 
 import numpy as np
 import tensorflow as tf
+from tensorflow_privacy.privacy.optimizers import dp_optimizer_keras
 
 from dp_sinkhorn_tf.models import generators
-from dp_sinkhorn_tf.privacy import accounting, gaussian, keys, mechanisms, sampling
+from dp_sinkhorn_tf.privacy import accounting, gaussian, keys, lattice, mechanisms, sampling
 from dp_sinkhorn_tf.train import config as config_lib
 from dp_sinkhorn_tf.train import distribute
 from dp_sinkhorn_tf.transport import costs, features, sinkhorn
@@ -56,15 +57,19 @@ def learning_rate_fn(cfg: config_lib.TrainConfig, total_steps: Optional[int] = N
   return tf.keras.optimizers.schedules.CosineDecay(o.learning_rate, int(total_steps))
 
 
-def build_optimizer(cfg: config_lib.TrainConfig, total_steps: Optional[int] = None):
-  """Adam / AdamW / SGD on already-privatised gradients (both mechanisms).
-
-  param_grad no longer uses TF Privacy's DPKerasAdamOptimizer: its noise is a stateful
-  tf.random op (a function of the public seed, replayed by a resumed process). The step
-  privatises the parameter gradient itself with keyed noise (`privacy.gaussian`).
+def build_optimizer(cfg: config_lib.TrainConfig, total_steps: Optional[int] = None,
+                    noise_multiplier: Optional[float] = None, seed_fn=None):
+  """Adam / AdamW / SGD on the released image gradient's parameter gradients (image_grad,
+  and --nodp); for a DP param_grad run, TF Privacy's DP optimizer (`build_dp_optimizer`),
+  which needs σ and seed_fn (the model's `noise_seed_now`).
 
   total_steps: the run's planned steps T, needed by --lr_schedule=cosine.
   """
+  if cfg.privacy.dp and cfg.privacy.mechanism == "param_grad":
+    if noise_multiplier is None or seed_fn is None:
+      raise ValueError("param_grad's DP optimizer needs the noise multiplier and the step's "
+                       "secret seed")
+    return build_dp_optimizer(cfg, noise_multiplier, seed_fn, total_steps)
   o = cfg.optim
   lr = learning_rate_fn(cfg, total_steps)
   if o.optimizer == "sgd":
@@ -87,6 +92,36 @@ def build_optimizer(cfg: config_lib.TrainConfig, total_steps: Optional[int] = No
     optimizer = tf.keras.mixed_precision.LossScaleOptimizer(
         optimizer, initial_scale=INITIAL_LOSS_SCALE)
   return optimizer
+
+
+_LEGACY = {"adam": lambda lr, o: tf.keras.optimizers.legacy.Adam(
+                learning_rate=lr, beta_1=o.beta_1, beta_2=o.beta_2),
+           "sgd": lambda lr, o: tf.keras.optimizers.legacy.SGD(learning_rate=lr,
+                                                                momentum=o.beta_1)}
+
+
+def build_dp_optimizer(cfg: config_lib.TrainConfig, noise_multiplier: float, seed_fn,
+                       total_steps: Optional[int] = None):
+  """--mechanism=param_grad: TF Privacy's generic DP Keras optimizer
+  (`make_keras_generic_optimizer_class`) over Adam / SGD, whose DPQuery is
+  `lattice.DiscreteGaussianSumQuery(C, σ)` with one microbatch (the batch loss is one
+  record) and the step's secret seed from seed_fn(): TF Privacy's DP machinery, with exact
+  keyed noise instead of its stateful float noise."""
+  o = cfg.optim
+  if o.optimizer not in _LEGACY:
+    raise ValueError(f"--optimizer={o.optimizer}: expected one of {tuple(_LEGACY)} with "
+                     "--mechanism=param_grad (TF Privacy's DP optimizers wrap Keras's legacy "
+                     "optimizers)")
+  query = lattice.DiscreteGaussianSumQuery(cfg.privacy.l2_norm_clip, noise_multiplier,
+                                           seed=seed_fn)
+  dp_class = dp_optimizer_keras.make_keras_generic_optimizer_class(
+      type(_LEGACY[o.optimizer](0.1, o)))
+  kwargs = {"learning_rate": learning_rate_fn(cfg, total_steps)}
+  if o.optimizer == "adam":
+    kwargs.update(beta_1=o.beta_1, beta_2=o.beta_2)
+  else:
+    kwargs.update(momentum=o.beta_1)
+  return dp_class(dp_sum_query=query, num_microbatches=1, **kwargs)
 
 
 def scale(optimizer, output_gradient: tf.Tensor) -> tf.Tensor:
@@ -119,6 +154,13 @@ def _step_metrics(loss, clean_norm, noised_norm, info, real) -> dict:
   return {k: tf.reshape(tf.cast(v, tf.float32), []) for k, v in zip(STEP_METRICS, values)}
 
 
+class _QueryStep:
+  """The step whose secret seed param_grad's DPQuery draws, set inside the traced step
+  (a plain attribute, never a variable: no checkpoint holds anything of the key)."""
+
+  step = None
+
+
 class DPSinkhornModel(tf.keras.Model):
   """Wraps a generator; `train_step(step)` is one private DP-Sinkhorn update.
 
@@ -134,6 +176,7 @@ class DPSinkhornModel(tf.keras.Model):
     """key: the run's secret key (batches and noise); None draws a fresh one."""
     super().__init__()
     self._key = key if key is not None else keys.generate()
+    self._step_for_query = _QueryStep()
     self.generator = generator
     self.ema_generator = ema_generator
     self.cfg = cfg
@@ -189,6 +232,12 @@ class DPSinkhornModel(tf.keras.Model):
   def noise_seed(self, step: tf.Tensor) -> tf.Tensor:
     """The secret seed of step `step`'s mechanism noise."""
     return keys.step_seed(self._key, step, keys.STREAM_NOISE)
+
+  def noise_seed_now(self) -> tf.Tensor:
+    """The noise seed of the step being traced (param_grad's DPQuery reads it)."""
+    if self._step_for_query.step is None:
+      raise ValueError("the DP optimizer asked for noise outside a training step")
+    return self.noise_seed(self._step_for_query.step)
 
   def private_batch(self, step: tf.Tensor):
     """The Poisson sample of step `step`: (images [m,H,W,C], labels [m]); m ~ Bin(N, q),
@@ -307,22 +356,27 @@ class DPSinkhornModel(tf.keras.Model):
     return grads, logs
 
   def param_grad_gradients(self, step: tf.Tensor):
-    """The paper's ablation: the whole parameter gradient of the batch loss, clipped to C
-    and noised with the key's N(0, (2σC)²) (`gaussian.privatize_parameter_gradients`), and
-    the step's metrics."""
+    """The paper's ablation: the whole parameter gradient of the batch loss as one record,
+    clipped to C and released with exact keyed lattice noise by TF Privacy's generic DP
+    optimizer around `lattice.DiscreteGaussianSumQuery` (one microbatch: sensitivity 2C,
+    σ_eff ≥ σ), and the step's metrics. The query's seed is this step's secret noise seed
+    (`_step_for_query`, read when the optimizer asks for it); --nodp takes the plain
+    gradient."""
     real, real_labels = self.private_batch(step)
     z, fake_labels = self.latent_batch(step)
     variables = self.generator.trainable_variables
     with tf.GradientTape() as tape:
       fake = self.generator([z, fake_labels], training=True)
       loss, info = self.sinkhorn_loss(fake, fake_labels, real, real_labels)
-    grads = [tf.zeros_like(v) if g is None else tf.convert_to_tensor(g)
-             for g, v in zip(tape.gradient(loss, variables), variables)]
-    p = self.cfg.privacy
-    if p.dp:
-      grads, clean_norm = gaussian.privatize_parameter_gradients(
-          grads, p.l2_norm_clip, self.noise_multiplier, self.noise_seed(step))
+    if self.cfg.privacy.dp:
+      clean = [tf.zeros_like(v) if g is None else g
+               for g, v in zip(tape.gradient(loss, variables), variables)]
+      self._step_for_query.step = step
+      grads = self.optimizer.get_gradients(tf.reshape(loss, [1]), variables)
+      clean_norm = tf.linalg.global_norm(clean)
     else:
+      grads = [tf.zeros_like(v) if g is None else tf.convert_to_tensor(g)
+               for g, v in zip(tape.gradient(loss, variables), variables)]
       clean_norm = tf.linalg.global_norm(grads)
     return grads, _step_metrics(loss, clean_norm, tf.linalg.global_norm(grads), info, real)
 
@@ -355,6 +409,33 @@ class DPSinkhornModel(tf.keras.Model):
     logs["weights_finite"] = tf.reduce_all(
         [tf.reduce_all(tf.math.is_finite(v)) for v in self.generator.variables])
     return logs
+
+
+def release_entries(cfg: config_lib.TrainConfig, image_shape, num_classes: int) -> int:
+  """N, the number of values the mechanism releases with noise each step: n·H·W·C for
+  image_grad (the private rows of G), the generator's trainable parameters for param_grad."""
+  if mechanisms.get(cfg.privacy.mechanism).releases_image_gradient:
+    return cfg.num_primary * int(np.prod(image_shape))
+  generator = make_generator(cfg, image_shape, num_classes, build=True, precision="float32")
+  return int(sum(int(np.prod(v.shape)) for v in generator.trainable_variables))
+
+
+def noise_description(cfg: config_lib.TrainConfig, noise_multiplier: float, image_shape,
+                      num_classes: int) -> Optional[dict]:
+  """The exact noise of a DP run (`privacy.lattice`), for the ledger, privacy.json, the
+  export and the console; None without noise (--nodp, σ = 0 or C = 0)."""
+  p = cfg.privacy
+  if not p.dp or noise_multiplier == 0 or p.l2_norm_clip == 0:
+    return None
+  entries = release_entries(cfg, image_shape, num_classes)
+  params = lattice.lattice_params(p.l2_norm_clip, noise_multiplier, entries)
+  return {"distribution": "discrete Gaussian on the lattice γℤ, exact (privacy.lattice)",
+          "entries": entries, "log2_gamma": params.log2_gamma, "gamma": params.gamma,
+          "noise_stddev": params.noise_stddev,
+          "effective_noise_multiplier": params.effective_noise_multiplier,
+          "charged_noise_multiplier": float(noise_multiplier),
+          "rounding_inflation": params.inflation,
+          "certified_accountant": "rdp"}
 
 
 def make_generator(cfg: config_lib.TrainConfig, image_shape, num_classes: int,
@@ -407,10 +488,14 @@ def build_model(cfg: config_lib.TrainConfig, images: np.ndarray, labels: np.ndar
   ema_generator = make_ema_generator(cfg, generator) if cfg.optim.ema_decay > 0 else None
   model = DPSinkhornModel(generator, images, labels, num_classes, cfg, plan.noise_multiplier,
                           plan.sample_rate, ema_generator, key=key)
-  model.compile(optimizer=build_optimizer(cfg, plan.steps))
+  optimizer = build_optimizer(cfg, plan.steps, plan.noise_multiplier, model.noise_seed_now)
+  model.compile(optimizer=optimizer)
   # Optimizer slots exist only after a first apply; build them so that a restore can check
   # that every object of the run is in the checkpoint.
-  model.optimizer.build(generator.trainable_variables)
+  if isinstance(optimizer, tf.keras.optimizers.legacy.Optimizer):
+    optimizer._create_all_weights(generator.trainable_variables)  # pylint: disable=protected-access
+  else:
+    optimizer.build(generator.trainable_variables)
   step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
   return model, step
 
