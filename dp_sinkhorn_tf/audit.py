@@ -620,9 +620,14 @@ def run_step(cfg, audit_cfg: AuditConfig) -> int:
       reference = certify(setting, cfg, delta, plan.sample_rate, setting.fraction)
       c, c_scores = audit_release(setting, build(setting), trials, delta, conf, certified,
                                   reference)
+      resolvable = _resolvable(name, setting, half, delta, 1 - (1 - conf) / len(tried),
+                               reference)
       print(f"  control {name} ({what}): {_verdict_line(c)}"
-            + ("" if c.flagged else " (the audit failed to detect it)"))
-      payload["controls"][name] = dict(_result_json(c, name), broken=what)
+            + ("" if c.flagged else " (the audit failed to detect it)" if resolvable else
+               f" (below this audit's resolution: a perfect attack on its unsubsampled "
+               f"Gaussian expects ε ≥ {resolvable.expected:.3f} at {half} releases a side)"))
+      payload["controls"][name] = dict(_result_json(c, name), broken=what,
+                                       resolvable=bool(resolvable))
       if certify is _one_step_certified:
         s_out, s_in = c_scores[c.strongest]
         broken.append((f"{name} ({c.strongest})", s_out[half:], s_in[half:],
@@ -633,8 +638,32 @@ def run_step(cfg, audit_cfg: AuditConfig) -> int:
   path = _write_report(out, "step", payload)
   plot_roc(os.path.join(out, "step_" + ROC_FILE), panels)
   print(f"wrote {path} and {os.path.join(out, 'step_' + ROC_FILE)}")
-  missed = [k for k, v in payload["controls"].items() if not v["flagged"]]
+  missed = [k for k, v in payload["controls"].items()
+            if not v["flagged"] and v["resolvable"]]
   return 1 if result.flagged or missed else 0
+
+
+class _Resolution:
+  """Whether a negative control can be caught at this many trials (truthy), and the bound a
+  perfect attack would expect."""
+
+  def __init__(self, expected: float, needed: float):
+    self.expected, self.needed = expected, needed
+
+  def __bool__(self) -> bool:
+    return self.expected > self.needed
+
+
+def _resolvable(name: str, setting: StepSetting, trials_each: int, delta: float,
+                confidence: float, needed: float) -> _Resolution:
+  """known_batches leaves the unsubsampled Gaussian at multiplier σ/fraction: at a small
+  --audit_shift no attack on so few trials can certify anything above the subsampled
+  value. The other controls' flaws are unbounded (no noise, no clip, a half, a reuse)."""
+  if name != "known_batches":
+    return _Resolution(math.inf, needed)
+  multiplier = setting.noise_multiplier / max(setting.fraction, 1e-12)
+  return _Resolution(auditing.expected_gaussian_bound(multiplier, trials_each, delta,
+                                                      confidence), needed)
 
 
 def certified_run_epsilon(workdir: str) -> float:

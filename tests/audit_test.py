@@ -69,9 +69,6 @@ def test_step_audit_of_the_real_mechanism_tries_every_adversary(real_audit):
   assert 0.2 < linear.epsilon_lower_bound < reachable <= result.certified_epsilon
 
 
-@pytest.mark.xfail(strict=True, reason="issue 35: the shipped noise is float32 "
-                   "tf.random.stateless_normal, on TF's Box–Muller grid, which the lattice "
-                   "adversary finds; remove this mark when the exact mechanism ships")
 def test_no_adversary_flags_the_real_mechanism(real_audit):
   result, _ = real_audit
   assert not result.flagged, [(a.name, a.epsilon_lower_bound) for a in result.adversaries]

@@ -347,6 +347,29 @@ def run_trials(release_fn: Callable[[int], np.ndarray], trials: int,
   return np.stack([np.asarray(release_fn(first_trial + i)) for i in range(trials)])
 
 
+def expected_gaussian_bound(noise_multiplier: float, trials_each: int, delta: float,
+                            confidence: float) -> float:
+  """The bound `epsilon_lower_bound`'s formula gives, at the expected error counts, for the
+  best threshold test between N(0, 1) and N(1/σ, 1) with `trials_each` test releases per
+  side: what a perfect attack on an exact Gaussian mechanism at multiplier σ can certify.
+  A negative control whose flaw leaves such a Gaussian is resolvable only if this exceeds
+  the value it must exceed."""
+  if noise_multiplier <= 0:
+    return math.inf
+  shift = 1.0 / noise_multiplier
+  alpha = (1.0 - confidence) / 2.0
+  best = 0.0
+  for t in np.linspace(-4.0, shift + 4.0, 400):
+    fp = int(round(stats.norm.sf(t) * trials_each))
+    fn = int(round(stats.norm.cdf(t - shift) * trials_each))
+    fpr_u = clopper_pearson_upper(fp, trials_each, alpha)
+    fnr_u = clopper_pearson_upper(fn, trials_each, alpha)
+    for a, b in ((fnr_u, fpr_u), (fpr_u, fnr_u)):
+      if 1 - delta - a > 0:
+        best = max(best, math.log((1 - delta - a) / b))
+  return best
+
+
 def pair_gaussian_epsilon(noise_multiplier: float, fraction: float, delta: float) -> float:
   """ε that a Gaussian mechanism with multiplier σ allows between two inputs whose clean
   releases lie fraction·2C apart (fraction = ‖u‖/2C, ≤ 1 for clipped blocks): the Gaussian
