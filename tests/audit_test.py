@@ -191,8 +191,8 @@ def test_step_cli_writes_audit_json_and_roc(tmp_path):
                    f"--audit_out={tmp_path}")
   report = json.loads((tmp_path / "audit.json").read_text())["step"]
   real = report["mechanism"]
-  # Exit 1 iff the real mechanism is flagged (today by the lattice adversary: issue 35).
-  assert proc.returncode == int(real["flagged"]), proc.stderr[-2000:]
+  # The exact mechanism is not flagged: exit 0.
+  assert proc.returncode == 0 and not real["flagged"], proc.stderr[-2000:]
   assert report["adversaries"] == ["linear", "lattice"]  # in the order tried
   assert set(real["adversaries"]) == {"linear", "lattice"}
   assert "box_muller_float32" in report["grids"] and report["pair"]["kind"] == "canary"
@@ -212,7 +212,13 @@ def test_step_cli_at_a_small_shift_reports_every_adversary_per_control(tmp_path)
   proc = run_audit("--audit=step", "--audit_trials=300", "--audit_shift=0.05",
                    f"--audit_out={tmp_path}")
   report = json.loads((tmp_path / "audit.json").read_text())["step"]
-  assert proc.returncode == 1, proc.stderr[-2000:]  # the float32 noise is flagged
+  # The float32 control is flagged by the lattice adversary, the exact mechanism by none;
+  # every control the audit can resolve is caught, so the command exits 0.
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  real = report["mechanism"]
+  assert not real["flagged"]
+  assert all(a["epsilon_lower_bound"] < report["reachable_epsilon"]
+             for a in real["adversaries"].values())
   assert report["pair"] == {"kind": "shift", "shift": 0.05,
                             "fraction": pytest.approx(0.05, rel=1e-5)}
   gaussian = auditing.pair_gaussian_epsilon(1.0, 0.05, DELTA)
@@ -222,7 +228,9 @@ def test_step_cli_at_a_small_shift_reports_every_adversary_per_control(tmp_path)
   assert lattice["epsilon_lower_bound"] > gaussian >= linear["epsilon_lower_bound"]
   assert control["flagged"] and control["strongest"] == "lattice"
   for name, result in report["controls"].items():
-    assert result["flagged"], name
+    # known_batches leaves the unsubsampled Gaussian at σ/0.05 = 20: no attack on 150
+    # releases a side can resolve it, and the report says so instead of failing.
+    assert result["flagged"] or (name == "known_batches" and not result["resolvable"]), name
     assert set(result["adversaries"]) == {"linear", "lattice"}
     assert result["epsilon_lower_bound"] == max(
         a["epsilon_lower_bound"] for a in result["adversaries"].values())
