@@ -281,6 +281,9 @@ def report(ledger: PrivacyLedger, all_accountants: bool = True) -> dict:
                              f"{PLD_MIN_NOISE_MULTIPLIER} (too costly; RDP is an upper bound)")
       continue
     out["epsilon"][acc] = ledger.epsilon(acc)
+  if ledger.noise is not None and out["epsilon"].get("pld") is not None:
+    out["pld_note"] = ("pld is the continuous Gaussian's curve at σ; for the exact lattice "
+                       "noise the certified figure is rdp (privacy.lattice)")
   out["epsilon_planned"] = compute_epsilon(ledger.sample_rate, ledger.noise_multiplier,
                                            ledger.planned_steps, ledger.delta,
                                            ledger.accountant)
