@@ -256,6 +256,11 @@ class TrainConfig:
                 f"float32 or mixed_bfloat16 with --mechanism={self.privacy.mechanism} (float16 "
                 "loss scaling would make a data-dependent, unprivatised decision per step)",
                 self.model.precision)
+    # param_grad runs on TF Privacy's DP optimizers, which wrap Keras's legacy Adam / SGD.
+    cli.require(self.optim.optimizer in ("adam", "sgd") or self.privacy.mechanism != "param_grad"
+                or not self.privacy.dp, "optimizer",
+                "adam or sgd with --mechanism=param_grad (TF Privacy's DP optimizer wraps "
+                "Keras's legacy optimizers)", self.optim.optimizer)
     if self.run.strategy != "default":
       distributable = [m for m, v in mechanisms.MECHANISMS.items() if v.distributable]
       cli.require(mechanisms.get(self.privacy.mechanism).distributable, "mechanism",
