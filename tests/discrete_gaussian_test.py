@@ -119,6 +119,18 @@ def test_range_is_kept_and_checked():
     dg.sample([4], dg.scale_parameters(1e3), SEED, 2**24)
 
 
+def test_the_mass_left_out_by_the_range_is_below_ten_to_the_minus_347():
+  # max_abs ≥ 40·s: P[|Z| > 40s] ≤ 2e^{−800}/(1 − e^{−40/s}) (module docstring), for the
+  # mechanism's scales (s ~ 2¹⁸) and a small one.
+  for scale in [dg.Scale(0, 1), dg.scale_parameters(235405.9)]:
+    bound = dg.log10_truncated_mass_bound(scale, math.ceil(40 * scale.scale))
+    assert bound < -347
+  # A range of 3s leaves ~1 % out: the bound is not vacuous (> the exact tail 0.27 %).
+  scale = dg.Scale(0, 9)  # s = 3
+  exact = 2 * pmf(9, np.arange(10, 200)).sum()
+  assert exact < 10**dg.log10_truncated_mass_bound(scale, 9) < 0.05
+
+
 def test_scale_parameters_never_below_the_wanted_scale():
   for s in [1.0, 1.5, 6.5, 100.3, 2.0**17 + 0.7, 235405.9]:
     sc = dg.scale_parameters(s)

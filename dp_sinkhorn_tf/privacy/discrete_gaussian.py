@@ -55,7 +55,7 @@ state, and different (key, step, stream) give independent draws.
 
 Range. Integers are int64. A candidate with X > max_abs is rejected, so the output is N_ℤ(0,
 s²) conditioned on |Z| ≤ max_abs — exactly. `max_abs` must be ≥ 40·s (checked), where the
-mass left out is P[|Z| > 40s] < 2·exp(−800) < 10⁻³⁴⁷ (`truncated_mass_bound`); the
+mass left out is P[|Z| > 40s] < 2·exp(−800) < 10⁻³⁴⁷ (`log10_truncated_mass_bound`); the
 mechanism (`privacy.lattice`) accounts for it. All products stay below 2⁶³ because
 max_abs < 2²⁴ and s² < 2⁴⁰ (checked).
 """
@@ -146,21 +146,13 @@ def theta(s2: float) -> float:
 
 
 @tf.autograph.experimental.do_not_convert
-def truncated_mass_bound(scale: Scale, max_abs: int) -> float:
-  """An upper bound on P[|Z| > max_abs] for Z ~ N_ℤ(0, s²): 2·exp(−(max_abs+1)²/(2s²)) /
-  (1 − exp(−(max_abs+1)/s²)) / θ ≤ … (geometric tail bound); returned as a float (it
-  underflows to 0.0 below ~1e-308; see `log10_truncated_mass_bound`)."""
-  return 10.0**log10_truncated_mass_bound(scale, max_abs)
-
-
-@tf.autograph.experimental.do_not_convert
 def log10_truncated_mass_bound(scale: Scale, max_abs: int) -> float:
   """log₁₀ of the tail bound: Σ_{|y|>m} e^{−y²/2s²} ≤ 2e^{−(m+1)²/2s²}/(1 − e^{−(m+1)/s²}),
-  divided by θ ≥ 1 (the ratio of consecutive terms is ≤ e^{−(m+1)/s²} beyond m)."""
+  divided by θ = Σ_y e^{−y²/2s²} (the ratio of consecutive terms is ≤ e^{−(m+1)/s²} beyond m)."""
   s2 = scale.variance_parameter
   m1 = max_abs + 1
   ratio = math.exp(-m1 / s2)
-  log_bound = math.log(2.0) - m1 * m1 / (2.0 * s2) - math.log1p(-ratio)
+  log_bound = math.log(2.0) - m1 * m1 / (2.0 * s2) - math.log1p(-ratio) - math.log(theta(s2))
   return log_bound / math.log(10.0)
 
 
@@ -177,7 +169,9 @@ def _words(shape, seed) -> tf.Tensor:
   return tf.bitwise.bitwise_and(w, tf.constant(_MASK63, tf.int64))
 
 
-def _fold(seed, *values):
+def fold(seed, *values) -> tf.Tensor:
+  """The [2] int64 seed of sub-stream `values` (in order) of `seed`: stateless_fold_in, a
+  Philox hash, so distinct paths give independent streams."""
   seed = tf.cast(tf.convert_to_tensor(seed), tf.int64)
   for v in values:
     seed = tf.random.experimental.stateless_fold_in(seed, tf.cast(v, tf.int32))
@@ -226,28 +220,42 @@ def exp1_successes(target: tf.Tensor, seed, start_k=None) -> tf.Tensor:
   radix 19 (after `exp1_fresh` said _AT19). Runs until every entry is decided (no cap);
   only undecided entries draw words."""
   target = tf.convert_to_tensor(target, tf.int64)
-  count = tf.zeros_like(target)
-  idx = tf.cast(tf.where(target > 0)[:, 0], tf.int32)
-  if start_k is None:
-    k = tf.fill(tf.shape(idx), tf.constant(2, tf.int64))
-  else:
-    k = tf.gather(tf.convert_to_tensor(start_k, tf.int64), idx)
+  idx, k = _pending(target > 0, start_k, 2)
 
   def body(j, count, idx, k):
-    words = _words(tf.shape(idx), _fold(seed, j))
+    words = _words(tf.shape(idx), fold(seed, j))
     decided, result, next_k = _exp1_step(words, k)
     success = decided & result
     cur = tf.gather(count, idx) + tf.cast(success, tf.int64)
     count = tf.tensor_scatter_nd_update(count, idx[:, None], cur)
     keep = ~((decided & ~result) | (success & (cur >= tf.gather(target, idx))))
     next_k = tf.where(success, tf.constant(2, tf.int64), next_k)
-    return j + 1, count, tf.boolean_mask(idx, keep), tf.boolean_mask(next_k, keep)
+    return count, keep, next_k
 
-  _, count, _, _ = tf.while_loop(
-      lambda j, c, i, kk: tf.size(i) > 0, body, [tf.constant(0, tf.int64), count, idx, k],
-      shape_invariants=[tf.TensorShape([]), count.shape, tf.TensorShape([None]),
+  return _until_decided(body, tf.zeros_like(target), idx, k)
+
+
+def _pending(active: tf.Tensor, start_k, default_k: int):
+  """(int32 indices where `active`, their int64 radix: start_k there, else default_k)."""
+  idx = tf.cast(tf.where(active)[:, 0], tf.int32)
+  if start_k is None:
+    return idx, tf.fill(tf.shape(idx), tf.constant(default_k, tf.int64))
+  return idx, tf.gather(tf.convert_to_tensor(start_k, tf.int64), idx)
+
+
+def _until_decided(body, state: tf.Tensor, idx: tf.Tensor, k: tf.Tensor) -> tf.Tensor:
+  """Runs body(j, state, idx, k) → (state, keep, next_k) until no entry is left undecided;
+  iteration j draws words under fold(seed, j), only for the entries still in idx."""
+
+  def step(j, state, idx, k):
+    state, keep, next_k = body(j, state, idx, k)
+    return j + 1, state, tf.boolean_mask(idx, keep), tf.boolean_mask(next_k, keep)
+
+  _, state, _, _ = tf.while_loop(
+      lambda j, s, i, kk: tf.size(i) > 0, step, [tf.constant(0, tf.int64), state, idx, k],
+      shape_invariants=[tf.TensorShape([]), state.shape, tf.TensorShape([None]),
                         tf.TensorShape([None])])
-  return count
+  return state
 
 
 def _frac_draws(words, k, numerator, denominator: int):
@@ -270,29 +278,18 @@ def bernoulli_exp_fraction(numerator: tf.Tensor, denominator: int, active: tf.Te
   if not 1 <= denominator < 2**50:
     raise ValueError(f"denominator must be in [1, 2^50), got {denominator}")
   numerator = tf.convert_to_tensor(numerator, tf.int64)
-  out = tf.zeros(tf.shape(numerator), tf.bool)
-  idx = tf.cast(tf.where(active)[:, 0], tf.int32)
-  if start_k is None:
-    k = tf.ones(tf.shape(idx), tf.int64)
-  else:
-    k = tf.gather(tf.convert_to_tensor(start_k, tf.int64), idx)
+  idx, k = _pending(active, start_k, 1)
 
   def body(j, out, idx, k):
-    words = _words(tf.shape(idx), _fold(seed, j))
+    words = _words(tf.shape(idx), fold(seed, j))
     ok, a = _frac_draws(words, k, tf.gather(numerator, idx), denominator)
     decided = ok & ~a
     result = tf.equal(tf.math.floormod(k, 2), 1)
     out = tf.tensor_scatter_nd_update(out, tf.boolean_mask(idx, decided)[:, None],
                                       tf.boolean_mask(result, decided))
-    keep = ~decided
-    next_k = tf.where(ok & a, k + 1, k)
-    return j + 1, out, tf.boolean_mask(idx, keep), tf.boolean_mask(next_k, keep)
+    return out, ~decided, tf.where(ok & a, k + 1, k)
 
-  _, out, _, _ = tf.while_loop(
-      lambda j, o, i, kk: tf.size(i) > 0, body, [tf.constant(0, tf.int64), out, idx, k],
-      shape_invariants=[tf.TensorShape([]), out.shape, tf.TensorShape([None]),
-                        tf.TensorShape([None])])
-  return out
+  return _until_decided(body, tf.zeros(tf.shape(numerator), tf.bool), idx, k)
 
 
 def _leading(outcome):
@@ -319,33 +316,33 @@ def _scatter_rest(base, pending, values_fn):
 def _chain(count, seed):
   """V ~ P[V = v] = (1 − e⁻¹)e⁻ᵛ for `count` candidates: an unrolled first pass of
   _UNROLL_CHAIN words each, then `exp1_successes` (memoryless) for the chains it left open."""
-  outcome = exp1_fresh(_words(tf.stack([count, _UNROLL_CHAIN]), _fold(seed, _STAGE_CHAIN)))
+  outcome = exp1_fresh(_words(tf.stack([count, _UNROLL_CHAIN]), fold(seed, _STAGE_CHAIN)))
   lead, after = _leading(outcome)
   pending = ~tf.equal(after, _FAIL)
   resume = _resume_k(after)
   return _scatter_rest(lead, pending, lambda i: tf.gather(lead, i) + exp1_successes(
       tf.fill(tf.shape(i), tf.constant(_INT64_MAX, tf.int64)),
-      _fold(seed, _STAGE_CHAIN_REST), tf.gather(resume, i)))
+      fold(seed, _STAGE_CHAIN_REST), tf.gather(resume, i)))
 
 
 def _target(need, valid, seed):
   """[need successive Bernoulli(e⁻¹) successes] where valid (need int64 ≥ 0)."""
   outcome = exp1_fresh(_words(tf.stack([tf.size(need), _UNROLL_TARGET]),
-                              _fold(seed, _STAGE_TARGET)))
+                              fold(seed, _STAGE_TARGET)))
   lead, after = _leading(outcome)
   passed = valid & (lead >= need)
   pending = valid & ~passed & ~tf.equal(after, _FAIL)
   remaining = need - lead
   resume = _resume_k(after)
   return _scatter_rest(passed, pending, lambda i: exp1_successes(
-      tf.gather(remaining, i), _fold(seed, _STAGE_TARGET_REST), tf.gather(resume, i))
+      tf.gather(remaining, i), fold(seed, _STAGE_TARGET_REST), tf.gather(resume, i))
       >= tf.gather(remaining, i))
 
 
 def _fraction(rest, denominator: int, active, seed):
   """Bernoulli(exp(−rest/D)) where active: an unrolled first pass of the K-loop's first
   _UNROLL_FRAC steps, then `bernoulli_exp_fraction` for the loops it left open."""
-  words = _words(tf.stack([tf.size(rest), _UNROLL_FRAC]), _fold(seed, _STAGE_FRAC))
+  words = _words(tf.stack([tf.size(rest), _UNROLL_FRAC]), fold(seed, _STAGE_FRAC))
   k = tf.range(1, _UNROLL_FRAC + 1, dtype=tf.int64)[None, :]
   ok, a = _frac_draws(words, k, rest[:, None], denominator)
   go_on = tf.cast(ok & a, tf.int32)
@@ -358,13 +355,13 @@ def _fraction(rest, denominator: int, active, seed):
   start = tf.cast(lead, tf.int64) + 1
   return _scatter_rest(out, pending, lambda i: bernoulli_exp_fraction(
       tf.gather(rest, i), denominator, tf.ones(tf.shape(i), tf.bool),
-      _fold(seed, _STAGE_FRAC_REST), tf.gather(start, i)))
+      fold(seed, _STAGE_FRAC_REST), tf.gather(start, i)))
 
 
 def _candidates(count, scale: Scale, max_abs: int, seed):
   """`count` i.i.d. candidates: (values Y int64 [count], accepted bool [count])."""
   t, a, L = scale.t, scale.log2_t, scale.L
-  w0 = _words(tf.reshape(count, [1]), _fold(seed, _STAGE_PROPOSAL))
+  w0 = _words(tf.reshape(count, [1]), fold(seed, _STAGE_PROPOSAL))
   u = tf.bitwise.bitwise_and(w0, tf.constant(t - 1, tf.int64))
   sign = tf.bitwise.bitwise_and(tf.bitwise.right_shift(w0, tf.constant(a, tf.int64)), 1)
   v = _chain(count, seed)
@@ -404,7 +401,7 @@ def sample(shape, scale: Scale, seed, max_abs: int = MAX_ABS_LIMIT):
     missing = tf.cast(size - tf.size(out), tf.float64)
     # Enough candidates that one round almost always suffices (mean + 6 sd + 64).
     count = tf.cast(tf.math.ceil(missing / p + 6.0 * tf.sqrt(missing / p) + 64.0), tf.int32)
-    values, accepted = _candidates(count, scale, max_abs, _fold(seed, r))
+    values, accepted = _candidates(count, scale, max_abs, fold(seed, r))
     out = tf.concat([out, tf.boolean_mask(values, accepted)], axis=0)
     return r + 1, out, proposed + tf.cast(count, tf.int64)
 

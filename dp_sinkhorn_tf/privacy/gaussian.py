@@ -72,11 +72,6 @@ class MechanismInfo(NamedTuple):
   public_norm: tf.Tensor
 
 
-def zero_non_finite(t: tf.Tensor) -> tf.Tensor:
-  """Replaces NaN / ±inf entries by 0; the rule does not look at any other entry."""
-  return tf.where(tf.math.is_finite(t), t, tf.zeros_like(t))
-
-
 def clip_to_norm(t: tf.Tensor, clip: float):
   """Rescales t as one tensor to L2 norm ≤ clip: t · min(1, clip / ‖t‖₂).
 
@@ -181,7 +176,7 @@ class ImageGradientMechanism:
       # floating-point Laplace noise). --precision applies to the generator only.
       raise TypeError(f"privatize: the mechanism runs in float32, got a {grad.dtype.name} "
                       "gradient")
-    grad = zero_non_finite(grad)
+    grad = lattice.zero_non_finite(grad)
     n = tf.convert_to_tensor(num_private, tf.int32)
     private, public = grad[:n], grad[n:]
     private_clean_norm = tf.norm(tf.reshape(private, [-1]))

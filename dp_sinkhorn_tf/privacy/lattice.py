@@ -72,7 +72,6 @@ Edge cases (tests in lattice_test / gaussian_test):
 import collections
 import dataclasses
 import math
-from typing import NamedTuple
 
 import dp_accounting
 import tensorflow as tf
@@ -201,7 +200,7 @@ def round_to_lattice(y: tf.Tensor, norm_bound_sq: int, seed) -> tf.Tensor:
   bound = tf.constant(norm_bound_sq, tf.int64)
 
   def attempt(i):
-    u = tf.random.stateless_uniform(tf.shape(y), dg_fold(seed, i), dtype=tf.float64)
+    u = tf.random.stateless_uniform(tf.shape(y), dg.fold(seed, i), dtype=tf.float64)
     return low + tf.cast(u < frac, tf.int64)
 
   def body(i, r, done):
@@ -217,13 +216,6 @@ def round_to_lattice(y: tf.Tensor, norm_bound_sq: int, seed) -> tf.Tensor:
   return tf.where(done, r, fallback)
 
 
-def dg_fold(seed, value) -> tf.Tensor:
-  """The [2] int64 seed of sub-stream `value` of `seed` (a stateless Philox hash)."""
-  seed = tf.cast(tf.convert_to_tensor(seed), tf.int64)
-  return tf.cast(tf.random.experimental.stateless_fold_in(seed, tf.cast(value, tf.int32)),
-                 tf.int64)
-
-
 def release_block(clipped: tf.Tensor, params: LatticeParams, seed) -> tf.Tensor:
   """γ·(R(clipped/γ) + Z) of (1) for a block already clipped to C (any shape, float32);
   returns float32 of the same shape, every entry an exact multiple of γ."""
@@ -233,8 +225,8 @@ def release_block(clipped: tf.Tensor, params: LatticeParams, seed) -> tf.Tensor:
   c = params.l2_norm_clip / params.gamma
   norm = tf.norm(y)
   y = y * tf.minimum(tf.constant(1.0, tf.float64), c / tf.maximum(norm, 1e-300))
-  r = round_to_lattice(y, params.norm_bound_sq, dg_fold(seed, _ROUNDING))
-  z, _ = dg.sample(tf.shape(r), params.scale, dg_fold(seed, _NOISE), params.max_abs)
+  r = round_to_lattice(y, params.norm_bound_sq, dg.fold(seed, _ROUNDING))
+  z, _ = dg.sample(tf.shape(r), params.scale, dg.fold(seed, _NOISE), params.max_abs)
   k = tf.cast(r + z, tf.float32)                         # |r + z| < 2²⁴: exact
   return tf.reshape(k * tf.constant(params.gamma, tf.float32), shape)
 
@@ -322,11 +314,3 @@ class DiscreteGaussianSumQuery(dp_query.SumAggregationDPQuery):
     parts = tf.split(released, sizes, num=len(flat))
     out = [tf.cast(tf.reshape(p, tf.shape(t)), t.dtype) for p, t in zip(parts, flat)]
     return tf.nest.pack_sequence_as(sample_state, out), global_state, params.dp_event()
-
-
-class ReleaseInfo(NamedTuple):
-  """Diagnostics of one release: γ, σ_eff and the rounding inflation (Python floats)."""
-
-  gamma: float
-  effective_noise_multiplier: float
-  inflation: float
