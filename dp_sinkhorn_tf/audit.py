@@ -577,7 +577,7 @@ def _verdict_line(result: auditing.StepAuditResult) -> str:
 def run_step(cfg, audit_cfg: AuditConfig) -> int:
   """The step audit of `cfg`'s mechanism; 1 if it or a missed control is flagged."""
   from dp_sinkhorn_tf.data import datasets
-  dataset = datasets.load_dataset(cfg.data.dataset, cfg.data.data_dir, cfg.data.idx_dir)
+  dataset = datasets.load(cfg.data)
   plan = accounting.plan_privacy(cfg, len(dataset.images))
   if not cfg.privacy.dp or cfg.privacy.mechanism != "image_grad":
     raise ValueError("--audit=step audits the image_grad mechanism of a --dp config")
@@ -681,7 +681,7 @@ def run_run(cfg, audit_cfg: AuditConfig, flags_text: str) -> int:
   then attacks the export; 1 if the bound exceeds the certified ε."""
   from dp_sinkhorn_tf.data import datasets
   from dp_sinkhorn_tf.release import serving
-  dataset = datasets.load_dataset(cfg.data.dataset, cfg.data.data_dir, cfg.data.idx_dir)
+  dataset = datasets.load(cfg.data)
   m, copies, out = audit_cfg.canaries, audit_cfg.canary_copies, audit_cfg.out
   images, labels, included = load_or_draw_canaries(
       os.path.join(cfg.run.workdir, CANARY_FILE), m, dataset)
@@ -726,6 +726,8 @@ def main(argv) -> int:
     cli.fail(f"unexpected arguments {argv[1:]}: all options are --flags")
   try:
     cfg = train_flags.config_from_flags(FLAGS)
+    cli.require(cfg.data.privacy_unit == "record", "privacy_unit", "record (the audit's "
+                "canaries are records)", cfg.data.privacy_unit)
     audit_cfg = audit_config_from_flags(FLAGS, cfg.run.workdir)
     if audit_cfg.kind == "step":
       return run_step(cfg, audit_cfg)

@@ -2,6 +2,14 @@ r"""Evaluates an exported DP-Sinkhorn generator the way the paper does.
 
   python -m dp_sinkhorn_tf.evaluate --model=runs/digits/export/generator \
       --workdir=runs/digits --dataset=digits --out=runs/digits/eval
+  python -m dp_sinkhorn_tf.evaluate --model=runs/mine/export/generator \
+      --data=folder:/data/my_scans_heldout --out=runs/mine/eval
+
+The real data are a held-out split: --dataset=NAME's test split, or --data=SOURCE (your own
+held-out images, `data.spec`; TFDS: split "test"); unset, the built-in set the model was
+trained on. They are brought to the model's data spec (its export metadata): resized /
+converted to its image shape as training's --image_size / --channels did, class folders
+matched to its label names by name (a folder class the model does not know is an error).
 
 1. Draws --num_samples generated images with balanced labels from the SavedModel's `sample`
    signature (--model: a version directory or a model directory; the highest numeric
@@ -51,6 +59,7 @@ from absl import flags
 
 from dp_sinkhorn_tf import cli
 from dp_sinkhorn_tf.data import datasets
+from dp_sinkhorn_tf.data import spec as data_spec
 from dp_sinkhorn_tf.evaluation import evaluation
 from dp_sinkhorn_tf.evaluation import fid as fid_lib
 from dp_sinkhorn_tf.io import files, rundir
@@ -77,8 +86,15 @@ flags.DEFINE_string("model", None, "SavedModel export (version dir or model dir 
                     "versions), or 'real' for the real-training-data baseline.", flag_values=FLAGS)
 flags.DEFINE_string("workdir", None, "Training workdir: privacy_ledger.json for the ε plot and "
                     "privacy.json for eval.json.", flag_values=FLAGS)
-flags.DEFINE_string("dataset", "digits", f"Real data: one of {', '.join(datasets.DATASETS)}.",
-                    flag_values=FLAGS)
+flags.DEFINE_string("dataset", None, "Real data, a built-in set: one of "
+                    f"{', '.join(datasets.DATASETS)} (its test split; unset: the model's own "
+                    "built-in set).", flag_values=FLAGS)
+flags.DEFINE_string("data", None, "Real held-out data of your own instead of --dataset: "
+                    f"{data_spec.SOURCE_HELP} (docs/own-data.md).", flag_values=FLAGS)
+flags.DEFINE_string("image_key", None, "--data=tfds:/tfrecord: the image feature (default "
+                    "image).", flag_values=FLAGS)
+flags.DEFINE_string("label_key", None, "--data=tfds:/tfrecord: the label feature (default "
+                    "label).", flag_values=FLAGS)
 flags.DEFINE_string("data_dir", None, "TFDS data directory.", flag_values=FLAGS)
 flags.DEFINE_string("idx_dir", None, "Folder with MNIST / Fashion-MNIST IDX files.",
                     flag_values=FLAGS)
@@ -148,7 +164,10 @@ class EvalConfig:
   model: str
   out: str
   workdir: Optional[str]
-  dataset: str
+  dataset: Optional[str]
+  data: Optional[str]
+  image_key: Optional[str]
+  label_key: Optional[str]
   data_dir: Optional[str]
   idx_dir: Optional[str]
   num_samples: int
@@ -181,11 +200,14 @@ def config_from_flags(f) -> EvalConfig:
     raise FlagError("--out: required (the output directory)")
   if os.path.exists(f.out) and not os.path.isdir(f.out):
     raise FlagError(f"--out={f.out}: exists and is not a directory")
-  _require(f.dataset in datasets.DATASETS, "dataset", f"one of {', '.join(datasets.DATASETS)}",
-           f.dataset)
-  if f.idx_dir is not None and f.dataset not in datasets.IDX_DATASETS:
-    raise FlagError(f"--idx_dir is for {' / '.join(datasets.IDX_DATASETS)}, not "
-                    f"--dataset={f.dataset}")
+  if f.dataset is not None and f.data is not None:
+    raise FlagError(f"--data={f.data}: expected either --data or --dataset, not both")
+  _require(f.dataset is None or f.dataset in datasets.DATASETS, "dataset",
+           f"one of {', '.join(datasets.DATASETS)} (your own data: --data=SOURCE)", f.dataset)
+  try:
+    real_data(f.dataset, f.data, f.data_dir, f.idx_dir, f.image_key, f.label_key)
+  except ValueError as e:
+    raise FlagError(str(e)) from None
   _require(f.num_samples >= 2, "num_samples", "at least 2", f.num_samples)
   _require(f.fid in fid_lib.FID_BACKENDS, "fid", f"one of {'|'.join(fid_lib.FID_BACKENDS)}",
            f.fid)
@@ -207,8 +229,38 @@ def config_from_flags(f) -> EvalConfig:
   if f.num_samples - val_size < 1:
     raise FlagError(f"--num_samples={f.num_samples}: leaves no training image after the "
                     f"--val_fraction={f.val_fraction} validation split")
+  if f.model == REAL and f.dataset is None:
+    raise FlagError(f"--model={REAL}: needs --dataset=NAME, a built-in set with a training "
+                    "and a test split (the baseline trains on the training split)")
   values = {field.name: getattr(f, field.name) for field in dataclasses.fields(EvalConfig)}
   return EvalConfig(**dict(values, classifiers=tuple(kinds)))
+
+
+def real_data(dataset, data, data_dir, idx_dir, image_key, label_key):
+  """The real data's flags as a train.config.DataConfig (its checks: one flag line), or
+  None when neither --dataset nor --data is given (then the model's own set)."""
+  from dp_sinkhorn_tf.train import config as config_lib
+
+  if dataset is None and data is None:
+    if idx_dir is not None:
+      raise FlagError(f"--idx_dir={idx_dir}: expected with --dataset=mnist or fashion_mnist")
+    return None
+  return config_lib.DataConfig(dataset=dataset, source=data, data_dir=data_dir,
+                               idx_dir=idx_dir, image_key=image_key, label_key=label_key)
+
+
+def model_spec(sampler) -> data_spec.DataSpec:
+  """The data spec a model was trained on: its metadata's "data_spec", or (an export of an
+  older version) one built from its image_shape and label_names."""
+  meta = sampler.metadata
+  where = os.path.join(sampler.path, "assets.extra", "metadata.json")
+  if "data_spec" in meta:
+    try:
+      return data_spec.DataSpec.from_json(meta["data_spec"], where)
+    except ValueError as e:
+      raise FlagError(f"--model={sampler.path}: {e}") from None
+  return data_spec.DataSpec(source=str(meta.get("dataset", "")), image_shape=sampler.image_shape,
+                            label_names=sampler.label_names)
 
 
 def _load_workdir(workdir):
@@ -234,25 +286,23 @@ def _load_workdir(workdir):
   return ledger, privacy_json
 
 
-def _check_compatible(sampler, test: datasets.Dataset, dataset: str) -> None:
-  meta = sampler.metadata
-  if meta.get("dataset") not in (None, dataset):
-    raise FlagError(f"--dataset={dataset}: the model was trained on {meta['dataset']!r} "
-                    f"({sampler.path})")
+def _check_compatible(sampler, test: datasets.Dataset) -> None:
+  """The held-out images (brought to the model's data spec) fit what the model generates."""
   if sampler.image_shape != tuple(test.image_shape):
-    raise FlagError(f"--dataset={dataset}: test images are {tuple(test.image_shape)}, the "
-                    f"model generates {sampler.image_shape} ({sampler.path})")
+    raise FlagError(f"--model={sampler.path}: generates {sampler.image_shape} images, the "
+                    f"test images ({test.name}) are {tuple(test.image_shape)}")
   if sampler.num_classes != test.num_classes:
-    raise FlagError(f"--dataset={dataset}: {test.num_classes} classes, the model has "
-                    f"{sampler.num_classes} ({sampler.path})")
+    raise FlagError(f"--model={sampler.path}: {sampler.num_classes} classes, the test "
+                    f"images ({test.name}) {test.num_classes}")
 
 
-def _load_split(loader, cfg: EvalConfig) -> datasets.Dataset:
-  """loader(--dataset, --data_dir, --idx_dir); its errors re-raised naming a flag."""
+def _load_split(data, split: str, like=None) -> datasets.Dataset:
+  """datasets.load(data, split, like) as float32 images; its errors re-raised naming a flag."""
   try:
-    return loader(cfg.dataset, cfg.data_dir, cfg.idx_dir)
+    return datasets.load(data, split, like).as_float()
   except (ValueError, FileNotFoundError) as e:
-    raise FlagError(str(e) if str(e).startswith("--") else f"--dataset={cfg.dataset}: {e}") \
+    text = cli.first_line(e)
+    raise FlagError(text if text.startswith("--") else f"--data={data.name}: {text}") \
         from None
 
 
@@ -347,13 +397,32 @@ def run(cfg: EvalConfig) -> int:
     except ImportError as e:
       raise FlagError(f"--fid={cfg.fid}: {e}") from None
   ledger, privacy_json = _load_workdir(cfg.workdir)
-
-  test = _load_split(datasets.load_test_split, cfg)
-  _log(f"test split of {cfg.dataset}: {len(test.images)} images {tuple(test.image_shape)}, "
+  real = real_data(cfg.dataset, cfg.data, cfg.data_dir, cfg.idx_dir, cfg.image_key,
+                   cfg.label_key)
+  sampler = spec = None
+  if cfg.model != REAL:
+    try:
+      sampler = evaluation.sampler_from_saved_model(cfg.model)
+    except (ValueError, FileNotFoundError) as e:
+      raise FlagError(f"--model={cfg.model}: {e}") from None
+    spec = model_spec(sampler)
+    trained_on = sampler.metadata.get("dataset")
+    if cfg.dataset is not None and trained_on not in (None, cfg.dataset):
+      raise FlagError(f"--dataset={cfg.dataset}: the model was trained on {trained_on!r} "
+                      f"({sampler.path})")
+    if real is None:
+      if spec.source not in datasets.DATASETS:
+        raise FlagError(f"--data: required: held-out real images like the model's training "
+                        f"data ({spec.source or 'unknown'}), e.g. --data=folder:PATH")
+      real = real_data(spec.source, None, cfg.data_dir, None, None, None)
+  test = _load_split(real, "test", spec)
+  for note in test.notes:
+    _log(note)
+  _log(f"test split of {real.name}: {len(test.images)} images {tuple(test.image_shape)}, "
        f"{test.num_classes} classes")
 
   if cfg.model == REAL:
-    train = _load_split(datasets.load_dataset, cfg)
+    train = _load_split(real, "train")
     n = min(cfg.num_samples, len(train.images))
     chosen = np.random.default_rng(cfg.seed).permutation(len(train.images))[:n]
     images, labels = train.images[chosen], train.labels[chosen]
@@ -363,11 +432,7 @@ def run(cfg: EvalConfig) -> int:
     label_names = train.label_names
     _log(f"baseline: {n} real training images (of {len(train.images)})")
   else:
-    try:
-      sampler = evaluation.sampler_from_saved_model(cfg.model)
-    except (ValueError, FileNotFoundError) as e:
-      raise FlagError(f"--model={cfg.model}: {e}") from None
-    _check_compatible(sampler, test, cfg.dataset)
+    _check_compatible(sampler, test)
     metadata, label_names = sampler.metadata, sampler.label_names
     privacy = evaluation.privacy_summary(metadata, privacy_json)
     _log(f"generating {cfg.num_samples} images from {sampler.path}")
@@ -381,21 +446,34 @@ def run(cfg: EvalConfig) -> int:
     _log(f"  {result.kind}: best epoch {result.best_epoch + 1}/{len(result.history['loss'])}"
          f", validation accuracy {result.val_accuracy:.4f}")
 
-  _log(f"training {', '.join(kinds)} on {n} images (validation fraction {cfg.val_fraction})")
-  accuracies = evaluation.evaluate_downstream(
-      images, labels, test.images, test.labels, test.num_classes, kinds, cfg.seed,
-      on_trained=on_trained, val_fraction=cfg.val_fraction, max_epochs=cfg.max_epochs,
-      patience=cfg.patience, batch_size=cfg.batch_size, learning_rate=cfg.learning_rate,
-      verbose=2 if cfg.show_epochs else 0)
+  one_class = test.num_classes == 1
+  classifier_note = None
+  if one_class:  # an unconditional model: nothing to classify
+    accuracies, kinds = {}, []
+    classifier_note = ("one class (an unconditional model): no classifier is trained; "
+                       "compare images with --fid and class_structure's spread")
+    _log(classifier_note)
+  else:
+    _log(f"training {', '.join(kinds)} on {n} images (validation fraction "
+         f"{cfg.val_fraction})")
+    accuracies = evaluation.evaluate_downstream(
+        images, labels, test.images, test.labels, test.num_classes, kinds, cfg.seed,
+        on_trained=on_trained, val_fraction=cfg.val_fraction, max_epochs=cfg.max_epochs,
+        patience=cfg.patience, batch_size=cfg.batch_size, learning_rate=cfg.learning_rate,
+        verbose=2 if cfg.show_epochs else 0)
   for kind, acc in accuracies.items():
     _log(f"test accuracy {kind}: {acc:.4f}")
   structure = class_structure(images, labels, test)
-  _log(f"nearest-class-mean accuracy: {structure['nearest_class_mean_accuracy']:.4f} (a "
-       f"classifier that knows only the class means of the {n} images); within-class spread "
-       f"{structure['spread']:.2f} against {structure['real_test_spread']:.2f} for the real "
-       f"test split (ratio {structure['spread_ratio']:.2f})")
+  spread = (f"within-class spread {structure['spread']:.2f} against "
+            f"{structure['real_test_spread']:.2f} for the real test split (ratio "
+            f"{structure['spread_ratio']:.2f})")
+  if one_class:
+    _log(spread[0].upper() + spread[1:])
+  else:
+    _log(f"nearest-class-mean accuracy: {structure['nearest_class_mean_accuracy']:.4f} (a "
+         f"classifier that knows only the class means of the {n} images); {spread}")
   paper = None
-  if cfg.paper_protocol:
+  if cfg.paper_protocol and not one_class:
     _log("the paper's protocol (epoch chosen by real test accuracy: OPTIMISTIC, for "
          "comparison only)")
     paper = evaluation.evaluate_paper_protocol(
@@ -420,6 +498,7 @@ def run(cfg: EvalConfig) -> int:
                                    "learning_rate": cfg.learning_rate},
            "fid_num_samples": None if extractor is None else min(cfg.fid_num_samples, n),
            "label_names": list(label_names), "class_structure": structure,
+           "classifiers_note": classifier_note,
            "seconds": round(time.time() - started, 1)}
   if paper is not None:
     extra["accuracies_paper_protocol"] = {k: r.accuracy for k, r in paper.items()}
@@ -433,7 +512,7 @@ def run(cfg: EvalConfig) -> int:
   if metadata is not None:
     extra["export_path"] = os.path.abspath(sampler.path)
   report = evaluation.eval_report(
-      model=cfg.model, dataset=cfg.dataset, accuracies=accuracies, num_samples=n, seed=cfg.seed,
+      model=cfg.model, dataset=real.name, accuracies=accuracies, num_samples=n, seed=cfg.seed,
       test_size=len(test.images), privacy=privacy, fid=fid_value,
       fid_backend=None if extractor is None else extractor.name,
       fid_is_standard=cfg.fid == "inception", fid_reason=fid_reason, extra=extra)

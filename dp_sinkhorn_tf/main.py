@@ -31,13 +31,20 @@ config_from_flags = train_flags.config_from_flags
 def run(cfg: config_lib.TrainConfig, flags_text: str, dataset=None) -> int:
   """train_lib.run(cfg) with its errors as one `error:` line and exit 2 (bad input) or 1.
 
-  The data set is loaded and the privacy plan fixed first, without TensorFlow (except for
-  TFDS data sets, whose loader is TensorFlow's), so a plan the flags make impossible (e.g.
-  more --steps than --target_epsilon allows) is one line before TensorFlow starts up."""
+  The data set is loaded and the privacy plan fixed first, before the run directory is
+  touched and without TensorFlow (except for the sources TensorFlow decodes or reads:
+  folder:, tfrecord:, TFDS, --image_size / --channels), so bad data or a plan the flags make
+  impossible (e.g. more --steps than --target_epsilon allows) is one line, no state written,
+  no ε spent. N for the accountant is the number of privacy units: records, or groups under
+  --privacy_unit=group."""
   try:
     if dataset is None:
-      dataset = datasets.load_dataset(cfg.data.dataset, cfg.data.data_dir, cfg.data.idx_dir)
-    plan = accounting.plan_privacy(cfg, len(dataset.images))
+      dataset = datasets.load(cfg.data)
+    if dataset.groups is not None and cfg.batch_size > dataset.num_units:
+      raise ValueError(f"--batch_size={cfg.batch_size}: expected at most the number of groups "
+                       f"{dataset.num_units} (with --privacy_unit=group, B is the expected "
+                       "number of sampled groups)")
+    plan = accounting.plan_privacy(cfg, dataset.num_units)
   except (ValueError, FileNotFoundError) as e:
     cli.fail(cli.first_line(e))
   from dp_sinkhorn_tf.train import train_lib  # TF loads after the flags and the plan

@@ -9,14 +9,18 @@ from the export's `sample` signature: label = each of --labels repeated --num_pe
 (label-major), z = tf.random.stateless_uniform([B, latent_dim], seed=[--seed, 0]), inference
 mode; the same flags give the same images.
 
+--labels names classes by their names in the export's metadata (the run's data spec: folder
+names, a TFDS builder's ClassLabel names) or by index; unset, every class, which for a model
+trained on unlabelled data (one class) is label 0: the label is optional there.
+
 --out by suffix:
   .png  a grid, one row per entry of --labels, --num_per_label columns (matplotlib, Agg);
   .npz  images (float32 [B, H, W, C] in [−1, 1]), images_uint8 (uint8, the same images as
         clip(round((x + 1)·127.5), 0, 255)), labels (int32 [B]), z (float32 [B, latent_dim])
         and seed (int64).
 The file is written beside its destination and renamed into place, so it is either whole or
-absent. Flags are checked against the export's assets.extra/metadata.json (labels in
-[0, num_classes)) before TensorFlow is loaded; a bad flag exits with status 2 and one
+absent. Flags are checked against the export's assets.extra/metadata.json (label names, or
+indices in [0, num_classes)) before TensorFlow is loaded; a bad flag exits with status 2 and one
 `error:` line naming it, writing nothing.
 """
 
@@ -56,18 +60,31 @@ def read_metadata(version_dir: str, model_flag: str) -> dict:
     raise FlagError(f"--model={model_flag}: {e}") from None
 
 
-def parse_labels(text: Optional[str], num_classes: int) -> List[int]:
-  """"0,1,2" → [0, 1, 2], each in [0, num_classes); None → all classes."""
+def parse_labels(text: Optional[str], label_names: Sequence[str]) -> List[int]:
+  """--labels → class indices: "cat,dog" by name, "0,3" by index, mixed as needed; None →
+  every class (for a one-class, unlabelled model: [0]).
+
+  An item that is one of the export's label names is that class, else it is read as an
+  index in [0, K): with classes named "1", "2", "3" (folders), "1" is class 0, the one named
+  so."""
+  num_classes = len(label_names)
   if text is None:
     return list(range(num_classes))
-  items = [item.strip() for item in text.split(",")]
-  try:
-    labels = [int(item) for item in items]
-  except ValueError:
-    raise FlagError(f"--labels={text}: expected comma-separated integers") from None
-  bad = [label for label in labels if not 0 <= label < num_classes]
-  if bad:
-    raise FlagError(f"--labels={text}: {bad} outside [0, num_classes={num_classes})")
+  names = [str(name) for name in label_names]
+  labels = []
+  for item in (part.strip() for part in text.split(",")):
+    if item in names:
+      labels.append(names.index(item))
+      continue
+    try:
+      index = int(item)
+    except ValueError:
+      shown = ", ".join(names[:20]) + (", …" if len(names) > 20 else "")
+      raise FlagError(f"--labels={text}: {item!r} is neither a class name ({shown}) nor a "
+                      f"class index in [0, {num_classes})") from None
+    if not 0 <= index < num_classes:
+      raise FlagError(f"--labels={text}: {index} outside [0, num_classes={num_classes})")
+    labels.append(index)
   return labels
 
 
@@ -120,8 +137,9 @@ def draw(version_dir: str, labels: Sequence[int], num_per_label: int, seed: int)
 FLAGS = flags.FlagValues()  # private registry (cli): importable beside the training flags
 flags.DEFINE_string("model", None, "Export version directory, or the model directory holding "
                     "numeric versions (the highest is used).", flag_values=FLAGS)
-flags.DEFINE_string("labels", None, "Comma-separated classes, one grid row each (default: "
-                    "every class).", flag_values=FLAGS)
+flags.DEFINE_string("labels", None, "Comma-separated classes by name (cat,dog) or index "
+                    "(0,3), one grid row each (default: every class; an unlabelled model has "
+                    "the one class 0).", flag_values=FLAGS)
 flags.DEFINE_integer("num_per_label", 8, "Samples per label.", lower_bound=1,
                      flag_values=FLAGS)
 flags.DEFINE_integer("seed", 0, "Seed of the latents (int64).", lower_bound=INT64_MIN,
@@ -155,7 +173,7 @@ def config_from_flags(f) -> SampleConfig:
   suffix = check_out(f.out)
   version_dir, version = resolve_version_dir(f.model)
   metadata = read_metadata(version_dir, f.model)
-  labels = parse_labels(f.labels, metadata["num_classes"])
+  labels = parse_labels(f.labels, metadata["label_names"])
   return SampleConfig(model=f.model, version_dir=version_dir, version=version,
                       metadata=metadata, labels=tuple(labels),
                       num_per_label=f.num_per_label, seed=f.seed, out=f.out, suffix=suffix)

@@ -223,7 +223,7 @@ def test_epsilon_curve_asks_the_accountant_at_fifty_distinct_steps(monkeypatch):
     lambda rel: dp_accounting.pld.PLDAccountant(neighboring_relation=rel)])
 @pytest.mark.parametrize("relation", ["REPLACE_ONE", "REPLACE_SPECIAL"])
 def test_dp_accounting_has_no_replace_one_accounting_for_poisson_sampling(make, relation):
-  # Why there is no --neighbouring=replace_one (README, "The unit of privacy"): in
+  # Why there is no --neighbouring=replace_one (docs/privacy.md, "The unit of privacy"): in
   # dp_accounting 0.4.3 neither accountant composes our event under another relation than
   # add/remove. If a release adds it, this fails: then offer the flag.
   acc = make(getattr(dp_accounting.NeighboringRelation, relation))

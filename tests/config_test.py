@@ -24,7 +24,7 @@ def test_every_training_flag_is_hashed_or_allow_listed_never_both():
 
 
 def test_the_hash_changes_with_a_shaping_field_and_not_with_an_allow_listed_one():
-  cfg = config_lib.TrainConfig()
+  cfg = config_lib.TrainConfig(data=config_lib.DataConfig(dataset="mnist"))
   digest = config_lib.flags_sha256(config_lib.gradient_flags(cfg))
 
   def with_(**sections):

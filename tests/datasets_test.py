@@ -48,6 +48,84 @@ def test_dataset_record_checks_its_fields():
     datasets.Dataset("x", images, labels[:1], 2, (4, 4, 1), ("a", "b"))
   with pytest.raises(ValueError, match="label_names"):
     datasets.Dataset("x", images, labels, 3, (4, 4, 1), ("a", "b"))
+  with pytest.raises(ValueError, match="without pixel_max must be float32"):
+    datasets.Dataset("x", images.astype(np.uint8), labels, 2, (4, 4, 1), ("a", "b"))
+  with pytest.raises(ValueError, match="uint8 with pixel_max"):
+    datasets.Dataset("x", images, labels, 2, (4, 4, 1), ("a", "b"), pixel_max=255)
+  with pytest.raises(ValueError, match="groups must be"):  # id 1 unused
+    datasets.Dataset("x", images, labels, 2, (4, 4, 1), ("a", "b"),
+                     groups=np.array([0, 2], np.int64))
+
+
+def test_the_private_set_is_stored_as_uint8_and_scaled_on_demand():
+  train = datasets.load_dataset("digits")
+  assert train.pixels.dtype == np.uint8 and train.pixel_max == 16 and train.pixels.max() == 16
+  # The float32 view is the formula on the stored pixels, bit for bit, and so is every chunk.
+  np.testing.assert_array_equal(train.images,
+                                datasets.scale_to_unit_interval(train.pixels, 16))
+  np.testing.assert_array_equal(np.concatenate(list(datasets.unit_chunks(train.pixels, 16, 100))),
+                                train.images)
+  assert train.pixels.nbytes * 4 == train.images.nbytes
+  assert len(train) == train.num_units == 1438 and train.unit == "record"
+  floats = train.as_float()
+  assert floats.pixel_max is None and floats.pixels.dtype == np.float32
+  np.testing.assert_array_equal(floats.images, train.images)
+
+
+# ---- the entry point: load(DataConfig) ---------------------------------------------------
+
+def _data(**kwargs):
+  from dp_sinkhorn_tf.train import config
+  return config.DataConfig(**kwargs)
+
+
+def test_image_size_and_channels_apply_to_the_built_ins():
+  ds = datasets.load(_data(image_size=(16, 12), channels=3))
+  assert ds.image_shape == (16, 12, 3) and ds.pixel_max == 16 and ds.pixels.max() <= 16
+  plain = datasets.load(_data())
+  np.testing.assert_array_equal(plain.pixels, datasets.load_dataset("digits").pixels)
+  spec = datasets.spec_of(ds, _data(image_size=(16, 12), channels=3))
+  assert spec.image_shape == (16, 12, 3) and spec.image_size == (16, 12) and spec.channels == 3
+  assert spec.source == "digits" and spec.label_names == datasets.DIGIT_LABELS
+
+
+def test_a_held_out_split_takes_the_models_shape_and_names():
+  from dp_sinkhorn_tf.data import spec as data_spec
+  like = data_spec.DataSpec("digits", (12, 12, 1), datasets.DIGIT_LABELS)
+  test = datasets.load(_data(), "test", like=like)
+  assert test.image_shape == (12, 12, 1) and len(test) == 359
+  other = data_spec.DataSpec("folder:x", (8, 8, 1), ("cat", "dog"))
+  with pytest.raises(ValueError, match=r"--dataset=digits: classes \['0'"):
+    datasets.load(_data(), "test", like=other)
+  one = data_spec.DataSpec("folder:x", (8, 8, 1), ("all",), labelled=False)
+  assert set(datasets.load(_data(), "test", like=one).labels) == {0}
+
+
+def test_a_set_that_cannot_fit_is_one_line_with_the_bytes_before_any_decoding(tmp_path,
+                                                                              monkeypatch):
+  import tensorflow as tf
+  for i in range(3):
+    (tmp_path / f"{i}.png").write_bytes(tf.io.encode_png(np.zeros((8, 8, 3), np.uint8)).numpy())
+  monkeypatch.setattr(datasets, "available_memory_bytes", lambda: 1000)
+  # 3 images × 32×32×3 bytes, twice (the array and the training copy) = 18,432 bytes.
+  with pytest.raises(ValueError, match=r"^--data=folder:.*: the private set needs 18,432 "
+                     r"bytes \(3 images × 32×32×3 uint8, twice.*but 1,000 bytes"):
+    datasets.load(_data(dataset=None, source=f"folder:{tmp_path}", image_size=(32, 32)))
+  assert datasets.bytes_needed(200_000, (32, 32, 3)) == 2 * 614_400_000
+  monkeypatch.setattr(datasets, "available_memory_bytes", lambda: 10**9)
+  assert len(datasets.load(_data(dataset=None, source=f"folder:{tmp_path}"))) == 3
+
+
+def test_a_user_source_becomes_a_dataset_with_groups(tmp_path):
+  np.savez(tmp_path / "d.npz", images=np.zeros((4, 8, 8), np.uint8),
+           labels=np.array([0, 1, 0, 1]), groups=np.array([7, 7, 3, 9]))
+  ds = datasets.load(_data(dataset=None, source=f"npz:{tmp_path / 'd.npz'}",
+                           privacy_unit="group", max_per_group=2))
+  assert ds.name == f"npz:{tmp_path / 'd.npz'}" and ds.unit == "group"
+  assert ds.num_groups == ds.num_units == 3 and list(ds.groups) == [1, 1, 0, 2]
+  spec = datasets.spec_of(ds, _data(dataset=None, source=f"npz:{tmp_path / 'd.npz'}",
+                                    privacy_unit="group", max_per_group=2))
+  assert spec.privacy_unit == "group" and spec.max_per_group == 2
 
 
 # ---- digits -------------------------------------------------------------------------------
@@ -198,6 +276,20 @@ def test_celeba_is_32x32_with_the_male_attribute_as_label():
   np.testing.assert_array_equal(ds.labels, [int(ex["attributes"]["Male"]) for ex in raw])
   assert ds.label_names == ("female", "male")
   assert -1.0 <= ds.images.min() and ds.images.max() <= 1.0
+
+
+def test_celeba_at_another_image_size_is_resized_once_from_the_crop():
+  import tensorflow as tf
+
+  from dp_sinkhorn_tf.train import config
+  with tfds.testing.mock_data(num_examples=3):
+    ds = datasets.load(config.DataConfig(dataset="celeb_a", data_dir="/nonexistent",
+                                         image_size=(16, 16)))
+    raw = _raw_mock_examples("celeb_a", "train", 3)
+  crop = tf.image.resize_with_crop_or_pad(np.stack([ex["image"] for ex in raw]), 178, 178)
+  direct = tf.cast(tf.clip_by_value(tf.round(tf.image.resize(crop, [16, 16], antialias=True)),
+                                    0, 255), tf.uint8).numpy()
+  np.testing.assert_array_equal(ds.pixels, direct)  # not 178 → 32 → 16
 
 
 def test_missing_tfds_data_names_data_dir(tmp_path):

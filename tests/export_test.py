@@ -387,7 +387,8 @@ def test_cli_errors_are_one_line_and_write_nothing(run_dir, tmp_path, capsys):
 
 def _copy_run(run_dir, dest, flags_edit=None):
   os.makedirs(dest)
-  for name in ("flags.txt", "privacy.json", "privacy_ledger.json", "run.json"):
+  for name in ("flags.txt", "privacy.json", "privacy_ledger.json", "run.json",
+               "data_spec.json"):
     shutil.copy(os.path.join(run_dir, name), dest)
   if flags_edit:
     path = os.path.join(dest, "flags.txt")
@@ -513,12 +514,27 @@ def test_export_metadata_names_the_run_and_says_it_is_private(run_dir):
   assert "data_fingerprint" not in text and "privacy-key" not in text
 
 
-def test_dataset_image_shapes_match_the_loaders():
-  from dp_sinkhorn_tf.data import datasets
+def test_the_export_builds_the_generator_from_the_runs_data_spec(run_dir, tmp_path):
+  # No table of data-set shapes: the shape and the classes come from data_spec.json.
+  from dp_sinkhorn_tf.data import spec as data_spec
 
-  assert set(export_lib.DATASET_IMAGE_SHAPES) == set(datasets.DATASETS)
-  assert export_lib.DATASET_IMAGE_SHAPES["digits"] == datasets.load_dataset("digits").image_shape
-  assert export_lib.DATASET_IMAGE_SHAPES["celeb_a"] == (datasets.CELEBA_SIZE, datasets.CELEBA_SIZE, 3)
+  spec = data_spec.read_spec(os.path.join(run_dir, "data_spec.json"))
+  assert spec.image_shape == (8, 8, 1) and spec.num_classes == 10 and spec.source == "digits"
+  meta = serving.read_metadata(os.path.join(run_dir, "export", "generator", "1"))
+  assert data_spec.DataSpec.from_json(meta["data_spec"], "metadata") == spec
+  assert meta["privacy_unit"] == "record"
+  checkpoints = os.path.join(run_dir, "checkpoints")
+  missing = _copy_run(run_dir, tmp_path / "nospec")
+  os.remove(os.path.join(missing, "data_spec.json"))
+  with pytest.raises(export_lib.ExportError, match="no data_spec.json .*--if_finished=skip"):
+    export_lib.export_run(missing, checkpoint=checkpoints)
+  # A spec that does not describe the checkpoint's generator is refused, not exported.
+  other = _copy_run(run_dir, tmp_path / "otherspec")
+  bigger = dataclasses.replace(spec, image_shape=(16, 16, 1))
+  open(os.path.join(other, "data_spec.json"), "w").write(bigger.dumps())
+  with pytest.raises(export_lib.ExportError, match="--checkpoint="):
+    export_lib.export_run(other, checkpoint=checkpoints)
+  assert not os.path.exists(os.path.join(other, "export"))
 
 
 def test_a_truncated_or_garbage_checkpoint_is_one_line(run_dir, tmp_path):

@@ -11,7 +11,7 @@ import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PACKAGE = "dp_sinkhorn_tf"
-# No flags, no application modules: the math core (README "Layout").
+# No flags, no application modules: the math core (docs/layout.md).
 # Module ids are paths inside the package: "transport/sinkhorn", "main".
 PURE_PACKAGES = ("transport", "privacy")
 

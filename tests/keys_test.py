@@ -67,8 +67,13 @@ def test_step_seeds_are_key_plus_stream_and_key_plus_step():
       [11, 27])
   top = keys.PrivacyKey((2**62 - 1, 2**62 - 1))  # no int64 overflow at 2⁶⁰ steps
   assert keys.step_seed(top, 2**60, 2).numpy().min() > 0
+  # The group-subset stream: its own first word, so it never shares a seed with a batch
+  # or a noise draw of any step.
+  np.testing.assert_array_equal(
+      keys.step_seed(key, 7, keys.STREAM_GROUP_SUBSET).numpy(), [13, 27])
+  assert len(set(keys.STREAMS)) == 3
   with pytest.raises(ValueError):
-    keys.step_seed(key, 0, 3)
+    keys.step_seed(key, 0, 4)
 
 
 def test_data_fingerprint_sees_one_changed_record_and_depends_on_the_key():
@@ -86,3 +91,32 @@ def test_data_fingerprint_sees_one_changed_record_and_depends_on_the_key():
   relabelled[0] = (relabelled[0] + 1) % 10
   assert keys.data_fingerprint(key, images, relabelled) != base
   assert keys.data_fingerprint(keys.generate(), images, labels) != base
+
+
+def test_a_chunked_fingerprint_of_uint8_pixels_equals_that_of_their_float32_images():
+  # Training hashes uint8 pixels scaled a chunk at a time (no float32 copy of the set): the
+  # digest is that of the float32 images, so runs of earlier versions still resume.
+  rng = np.random.default_rng(1)
+  pixels = rng.integers(0, 256, (37, 4, 4, 3), dtype=np.uint8)
+  labels = rng.integers(0, 3, 37)
+  key = keys.generate()
+  images = (pixels.astype(np.float32) - np.float32(127.5)) / np.float32(127.5)
+  chunks = ((pixels[i:i + 8].astype(np.float32) - np.float32(127.5)) / np.float32(127.5)
+            for i in range(0, 37, 8))
+  assert keys.data_fingerprint(key, pixels, labels, image_chunks=chunks) == \
+      keys.data_fingerprint(key, images, labels)
+
+
+def test_the_fingerprint_covers_the_groups_and_the_unit():
+  rng = np.random.default_rng(2)
+  images = rng.uniform(-1, 1, (12, 4, 4, 1)).astype(np.float32)
+  labels = rng.integers(0, 2, 12)
+  groups = np.repeat(np.arange(4), 3)
+  key = keys.generate()
+  base = keys.data_fingerprint(key, images, labels, groups, "group:max_per_group=2")
+  assert base != keys.data_fingerprint(key, images, labels)
+  moved = groups.copy()
+  moved[0] = 1  # one record moved to another group: another private set of groups
+  assert keys.data_fingerprint(key, images, labels, moved, "group:max_per_group=2") != base
+  # Another m takes other records of a group at the same step: other releases.
+  assert keys.data_fingerprint(key, images, labels, groups, "group:max_per_group=3") != base

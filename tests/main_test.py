@@ -71,6 +71,21 @@ BAD_FLAGS = [
     (["--sinkhorn_relaxation=0.5"], "--sinkhorn_relaxation"),
     (["--precision=float16"], "precision"),
     (["--precision=mixed_float16", "--mechanism=param_grad"], "--precision"),
+    # Data flags: no closed list of names, one line naming the flag.
+    (["--data=/data/my_scans"], "--data='/data/my_scans': expected folder:PATH"),
+    (["--data=folder:x", "--dataset=mnist"], "--data="),
+    (["--dataset=svhn"], "--dataset='svhn': expected one of digits"),
+    (["--image_size=4"], "--image_size='4x4': expected a size the generators build"),
+    (["--image_size=big"], "--image_size"),
+    (["--channels=2"], "--channels"),
+    (["--privacy_unit=person"], "--privacy_unit"),
+    (["--groups=g.csv"], "--groups='g.csv': expected unset unless --privacy_unit=group"),
+    (["--privacy_unit=group"], "--privacy_unit='group': expected record with --dataset"),
+    (["--data=folder:x", "--privacy_unit=group"], "--groups"),
+    (["--data=npz:x.npz", "--privacy_unit=group", "--groups=g.csv"], "--groups"),
+    (["--max_per_group=0"], "--max_per_group"),
+    (["--image_key=img"], "--image_key"),
+    (["--idx_dir=/tmp"], "--idx_dir"),
 ]
 
 
@@ -104,6 +119,75 @@ def test_an_unreadable_data_file_is_one_line_before_any_work(tmp_path, capsys):
   assert _exit_code_in_process("--dataset=fashion_mnist", f"--idx_dir={idx}",
                                 f"--workdir={workdir}", "--steps=10") == 2
   _assert_one_error_naming(capsys.readouterr().err, "train-images-idx3-ubyte", workdir)
+
+
+def _png(path, shape=(8, 8, 3), value=None):
+  import numpy as np
+  import tensorflow as tf
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  pixels = (np.random.default_rng(abs(hash(str(path))) % 2**32).integers(0, 256, shape)
+            if value is None else np.full(shape, value)).astype(np.uint8)
+  with open(path, "wb") as fh:
+    fh.write(tf.io.encode_png(pixels).numpy())
+
+
+def _bad_data(kind, root):
+  """(flags, text the one error line must hold) for each kind of bad data of issue 36."""
+  import numpy as np
+  import tensorflow as tf
+  data = root / "data"
+  if kind == "empty folder":
+    data.mkdir()
+    return [f"--data=folder:{data}"], "no images"
+  if kind == "empty class folder":
+    _png(str(data / "cat" / "0.png"))
+    (data / "dog").mkdir()
+    return [f"--data=folder:{data}"], "class folder 'dog' holds no image"
+  if kind == "corrupt image":
+    _png(str(data / "cat" / "0.png"))
+    (data / "cat" / "1.png").write_bytes(b"\x89PNG\r\n\x1a\ntruncated")
+    return [f"--data=folder:{data}"], "cat/1.png: not a decodable image"
+  if kind == "mixed sizes":
+    _png(str(data / "0.png"), (8, 8, 3))
+    _png(str(data / "1.png"), (9, 8, 3))
+    return [f"--data=folder:{data}"], "1.png: 9×8 pixels where the first image has 8×8"
+  if kind == "npz label out of range":
+    np.savez(root / "d.npz", images=np.zeros((4, 8, 8), np.uint8),
+             labels=np.array([0, 1, 2, 5]), label_names=np.array(["a", "b", "c"]))
+    return [f"--data=npz:{root / 'd.npz'}"], "label 5 outside [0, 3)"
+  if kind == "tfrecord without image key":
+    with tf.io.TFRecordWriter(str(root / "d.rec")) as writer:
+      feature = {"label": tf.train.Feature(int64_list=tf.train.Int64List(value=[1]))}
+      writer.write(tf.train.Example(features=tf.train.Features(feature=feature))
+                   .SerializeToString())
+    return [f"--data=tfrecord:{root / 'd.rec'}"], "d.rec record 0: 0 values of the image"
+  if kind == "group csv naming missing files":
+    _png(str(data / "0.png"))
+    (root / "g.csv").write_text("file,group\n0.png,ann\nmissing.png,bob\n")
+    return [f"--data=folder:{data}", "--privacy_unit=group", f"--groups={root / 'g.csv'}"], \
+        "row 3 names 'missing.png', which is not an image"
+  if kind == "tfds not prepared":
+    (root / "tfds").mkdir()
+    return ["--data=tfds:mnist", f"--data_dir={root / 'tfds'}"], "not prepared under"
+  if kind == "images too large":
+    _png(str(data / "0.png"), (300, 200, 3))
+    return [f"--data=folder:{data}"], "300×200 pixels (the generators take 8 to 128"
+  raise AssertionError(kind)
+
+
+@pytest.mark.parametrize("kind", [
+    "empty folder", "empty class folder", "corrupt image", "mixed sizes",
+    "npz label out of range", "tfrecord without image key", "group csv naming missing files",
+    "tfds not prepared", "images too large"])
+def test_bad_data_is_one_line_with_no_state_written_and_no_epsilon_spent(tmp_path, capsys,
+                                                                         kind):
+  args, text = _bad_data(kind, tmp_path)
+  workdir = tmp_path / "run"
+  assert _exit_code_in_process(f"--workdir={workdir}", *args, "--steps=3",
+                               "--batch_size=1") == 2
+  err = capsys.readouterr().err
+  _assert_one_error_naming(err, text, workdir)  # not workdir.exists(): no key, no ledger
+  assert "Traceback" not in err
 
 
 def test_cifar_flagfile_without_data_names_data_dir(tmp_path):
@@ -268,7 +352,7 @@ def test_published_files_carry_no_wall_clock_time(tmp_path):
       published += [workdir / name, *(workdir / name).rglob("*")]
   assert {p.relative_to(workdir).parts[0] for p in published[1:]} == {
       "export", "privacy.json", "samples", "tensorboard", "flags.txt", "run.json",
-      "checkpoints"}
+      "checkpoints", "data_spec.json"}
   for path in published:
     assert os.stat(path).st_mtime == fixed, path
   state = tf.train.get_checkpoint_state(str(workdir / "checkpoints"))
@@ -347,7 +431,9 @@ def test_workdir_that_is_a_file_is_one_line(tmp_path):
   assert "Traceback" not in proc.stderr and target.read_text() == "x"
 
 
-def _wait_for(predicate, proc, timeout=120):
+def _wait_for(predicate, proc, timeout=900):
+  """Polls `predicate` until it holds or `proc` ends; the timeout only bounds a hung test (a
+  loaded 2-core machine took > 120 s to a first checkpoint)."""
   import time
   start = time.time()
   while not predicate() and proc.poll() is None and time.time() - start < timeout:

@@ -43,3 +43,26 @@ def test_num_extra(n, p, expected):
 def test_num_extra_refuses_bad_arguments(n, p):
   with pytest.raises(ValueError):
     transport_options.num_extra(n, p)
+
+
+@pytest.mark.parametrize("architecture", model_options.ARCHITECTURES)
+def test_the_generators_build_every_size_the_options_promise(architecture):
+  # IMAGE_SIDES' ends, odd sides (an overshoot is centre-cropped), non-square, both channel
+  # counts: the promise the --image_size check makes.
+  import tensorflow as tf
+  low, high = model_options.IMAGE_SIDES
+  for shape in [(low, low, 1), (high, high, 3), (13, 17, 3), (28, 28, 1), (36, 20, 3),
+                (low, high, 1)]:
+    assert model_options.image_shape_problem(shape) == ""
+    gen = generators.make_generator(architecture, shape, 2, latent_dim=2, embed_dim=2,
+                                    hidden=2, depth=1)
+    out = gen([tf.zeros([1, 2]), tf.zeros([1], tf.int32)], training=False)
+    assert tuple(out.shape) == (1, *shape), (architecture, shape)
+
+
+def test_sizes_and_channels_outside_the_range_are_named():
+  low, high = model_options.IMAGE_SIDES
+  assert "7×8 pixels (the generators take 8 to 128" in model_options.image_shape_problem(
+      (low - 1, low, 1))
+  assert "pixels" in model_options.image_shape_problem((low, high + 1, 3))
+  assert "4 channels" in model_options.image_shape_problem((low, low, 4))

@@ -149,3 +149,21 @@ def test_a_corrupt_saved_model_is_one_line_naming_the_file(model, tmp_path):
   assert proc.returncode == 2 and len(errors) == 1, proc.stderr[-2000:]
   assert "saved_model.pb" in errors[0] and "Traceback" not in proc.stderr
   assert not out.exists()
+
+
+def test_labels_by_name_or_index():
+  names = ["cat", "dog", "owl"]
+  assert sample.parse_labels("owl,cat", names) == [2, 0]
+  assert sample.parse_labels("1, owl", names) == [1, 2]  # mixed
+  assert sample.parse_labels(None, names) == [0, 1, 2]
+  # A name wins over an index: folders named "1", "2", "3" are classes 0, 1, 2.
+  assert sample.parse_labels("1,3", ["1", "2", "3"]) == [0, 2]
+  assert sample.parse_labels("0", ["1", "2", "3"]) == [0]
+  # An unlabelled (one-class) model: the label is optional, and 0 or its name work.
+  assert sample.parse_labels(None, ["all"]) == [0]
+  assert sample.parse_labels("all,0", ["all"]) == [0, 0]
+  with pytest.raises(sample.FlagError, match=r"^--labels=emu: 'emu' is neither a class name "
+                     r"\(cat, dog, owl\) nor a class index in \[0, 3\)"):
+    sample.parse_labels("emu", names)
+  with pytest.raises(sample.FlagError, match=r"3 outside \[0, num_classes=3\)"):
+    sample.parse_labels("3", names)

@@ -771,3 +771,147 @@ def test_diverged_weights_stop_the_run_without_saving_them(tmp_path, monkeypatch
     value = tf.train.load_variable(ckpt, name)
     if name.startswith("generator/"):
       assert np.all(np.isfinite(value)), name
+
+
+# ---- the private set as uint8, and groups as the unit of privacy ------------------------
+
+def test_uint8_pixels_give_the_float_models_batches_bit_for_bit():
+  # The set stays uint8 on the device and each batch is scaled as drawn: the same batch,
+  # value for value, as the float32 set gave (and 4× less memory).
+  cfg = tiny_config()
+  key = keys.generate()
+  gen = trainer.make_generator(cfg, DIGITS.image_shape, 10)
+  as_float = trainer.DPSinkhornModel(gen, DIGITS.images, DIGITS.labels, 10, cfg, 1.0,
+                                     16 / 1438, key=key)
+  as_uint8 = trainer.DPSinkhornModel(gen, DIGITS.pixels, DIGITS.labels, 10, cfg, 1.0,
+                                     16 / 1438, key=key, pixel_max=DIGITS.pixel_max)
+  assert as_uint8._images.dtype == tf.uint8
+  for step in range(3):
+    x, y = as_float.private_batch(tf.constant(step, tf.int64))
+    u, v = as_uint8.private_batch(tf.constant(step, tf.int64))
+    assert x.dtype == u.dtype == tf.float32 and len(x) > 0
+    np.testing.assert_array_equal(x.numpy(), u.numpy())
+    np.testing.assert_array_equal(y.numpy(), v.numpy())
+  with pytest.raises(ValueError, match="uint8 with pixel_max"):
+    trainer.DPSinkhornModel(gen, DIGITS.pixels, DIGITS.labels, 10, cfg, 1.0, 0.01)
+
+
+def group_config(max_per_group, batch_size, **overrides):
+  data = config_lib.DataConfig(dataset=None, source="npz:groups.npz", privacy_unit="group",
+                               max_per_group=max_per_group)
+  return tiny_config(data=data, batch_size=batch_size, **overrides)
+
+
+def group_model(groups, max_per_group, sample_rate, key, sigma=1.0, cfg=None, pixels=None,
+                labels=None):
+  groups = np.asarray(groups, np.int64)
+  n = len(groups)
+  cfg = cfg or group_config(max_per_group, 1)
+  pixels = pixels if pixels is not None else (np.arange(n) % 256).astype(np.uint8)[
+      :, None, None, None].repeat(8, 1).repeat(8, 2)
+  labels = labels if labels is not None else np.zeros(n, np.int32)
+  gen = trainer.make_generator(cfg, pixels.shape[1:], int(labels.max()) + 1)
+  return trainer.DPSinkhornModel(gen, pixels, labels, int(labels.max()) + 1, cfg, sigma,
+                                 sample_rate, key=key, pixel_max=255, groups=groups)
+
+
+def test_groups_are_poisson_sampled_and_give_at_most_m_keyed_records():
+  # 5 groups of sizes 1, 2, 6, 6, 12; record i has pixel value i, so a batch names its
+  # records. m = 3.
+  sizes = [1, 2, 6, 6, 12]
+  groups = np.repeat(np.arange(5), sizes)
+  rng = np.random.default_rng(0)
+  groups = groups[rng.permutation(len(groups))]  # records of a group need not be adjacent
+  key = keys.generate()
+  model = group_model(groups, 3, 0.5, key)
+  assert model._dataset_size == 5  # the Poisson sample is over groups
+  seen_in_big = np.zeros(len(groups))
+  steps = 300
+  for step in range(steps):
+    t = tf.constant(step, tf.int64)
+    idx = model.private_indices(t).numpy()
+    # Which groups: exactly the keyed Poisson sample over the 5 groups.
+    sampled = sampling_of(key, t, 5, 0.5)
+    assert set(groups[idx]) == set(sampled.tolist())
+    counts = np.bincount(groups[idx], minlength=5)
+    for g in sampled:
+      assert counts[g] == min(3, sizes[g])  # all of a small group, m of a big one
+    assert len(set(idx.tolist())) == len(idx)  # no record twice
+    images, _ = model.private_batch(t)
+    np.testing.assert_array_equal(  # the images are the records' own
+        images.numpy()[:, 0, 0, 0], (idx.astype(np.float32) - 127.5) / 127.5)
+    seen_in_big[idx] += 1
+  # Each record of the 12-group is taken with probability q·m/12 = 0.125 a step.
+  big = np.flatnonzero(groups == 4)
+  freq = seen_in_big[big] / steps
+  assert abs(freq.mean() - 0.125) < 0.03 and freq.min() > 0.05 and freq.max() < 0.2
+  # The same key and step give the same batch; another key another one.
+  again = group_model(groups, 3, 0.5, key)
+  other = group_model(groups, 3, 0.5, keys.generate())
+  t = tf.constant(7, tf.int64)
+  np.testing.assert_array_equal(again.private_indices(t), model.private_indices(t))
+  assert not all(np.array_equal(other.private_indices(tf.constant(s, tf.int64)),
+                                model.private_indices(tf.constant(s, tf.int64)))
+                 for s in range(5))
+
+
+def sampling_of(key, step, n, q):
+  from dp_sinkhorn_tf.privacy import sampling
+  return sampling.poisson_sample_indices(keys.step_seed(key, step, keys.STREAM_BATCH), n,
+                                         q).numpy()
+
+
+def test_the_group_subset_follows_the_key_not_the_seed():
+  groups = np.zeros(20, np.int64)  # one group of 20, m = 4, always sampled
+  key = keys.generate()
+  a = group_model(groups, 4, 1.0, key, cfg=group_config(4, 1))
+  b = group_model(groups, 4, 1.0, key, cfg=group_config(
+      4, 1, run=config_lib.RunConfig(seed=99)))
+  t = tf.constant(3, tf.int64)
+  np.testing.assert_array_equal(a.private_indices(t), b.private_indices(t))
+  assert len(a.private_indices(t)) == 4
+  # Another step, another subset (keyed by the step too).
+  assert any(not np.array_equal(a.private_indices(tf.constant(s, tf.int64)),
+                                a.private_indices(t)) for s in range(4, 8))
+
+
+def test_one_whole_group_moves_the_released_block_by_at_most_two_c():
+  # Neighbouring data sets D′ = D + group g, g holding 24 copies of an image far from the
+  # rest. Every group is sampled (q = 1), g gives all its records (m = 24), the noise is off:
+  # the released blocks differ by the clip alone. Their clean gradients differ by far more
+  # than 2C, so a clip per record (summed) could not have held the bound.
+  c = 0.01
+  privacy = config_lib.PrivacyConfig(noise_multiplier=1.0, l2_norm_clip=c)
+  cfg = group_config(24, 4, privacy=privacy,
+                     loss=config_lib.LossConfig(cost="l2", jit_compile=False,
+                                                solver=sinkhorn.SinkhornConfig(epsilon=0.5)))
+  rng = np.random.default_rng(1)
+  base = rng.integers(0, 60, (8, 8, 8, 1)).astype(np.uint8)  # 4 groups of 2, dark images
+  base_groups = np.repeat(np.arange(4), 2)
+  far = np.full((24, 8, 8, 1), 255, np.uint8)  # group g: 24 white images
+  pixels_d2 = np.concatenate([base, far])
+  groups_d2 = np.concatenate([base_groups, np.full(24, 4)])
+  labels_d, labels_d2 = np.zeros(8, np.int32), np.zeros(32, np.int32)
+  key = keys.generate()
+  d = group_model(base_groups, 24, 1.0, key, sigma=0.0, cfg=cfg, pixels=base,
+                  labels=labels_d)
+  d2 = group_model(groups_d2, 24, 1.0, key, sigma=0.0, cfg=cfg, pixels=pixels_d2,
+                   labels=labels_d2)
+  d2.generator.set_weights(d.generator.get_weights())
+  clean_cfg = dataclasses.replace(cfg, privacy=config_lib.PrivacyConfig(dp=False), steps=1)
+  clean_d = group_model(base_groups, 24, 1.0, key, sigma=0.0, cfg=clean_cfg, pixels=base,
+                        labels=labels_d)
+  clean_d2 = group_model(groups_d2, 24, 1.0, key, sigma=0.0, cfg=clean_cfg, pixels=pixels_d2,
+                         labels=labels_d2)
+  worst, clean_gap = 0.0, np.inf
+  for step in range(3):
+    t = tf.constant(step, tf.int64)
+    assert len(d2.private_indices(t)) == len(d.private_indices(t)) + 24  # all of g, too
+    z, fake_labels = d.latent_batch(t)
+    fake = d.generator([z, fake_labels], training=False)
+    released = [m.released_image_gradient(fake, fake_labels, t)[0].numpy()
+                for m in (d, d2, clean_d, clean_d2)]
+    worst = max(worst, np.linalg.norm(released[0] - released[1]))
+    clean_gap = min(clean_gap, np.linalg.norm(released[2][:4] - released[3][:4]))
+  assert worst <= 2 * c * (1 + 1e-5)
+  assert clean_gap > 10 * 2 * c  # without the whole-block clip the group would show

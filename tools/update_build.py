@@ -25,6 +25,7 @@ THIRD_PARTY = {
     "numpy": "numpy",
     "absl": "absl-py",
     "matplotlib": "matplotlib",
+    "PIL": "pillow",
     "sklearn": "scikit-learn",
     "scipy": "scipy",
     "ot": "pot",
@@ -36,6 +37,9 @@ THIRD_PARTY = {
 }
 # Modules that read the shipped flagfiles (dp_sinkhorn_tf/launch, linked as launch/).
 DATA_USERS = ("cli",)
+# Tests that read more than the flagfiles: their extra data labels (//:docs is README.md and
+# docs/*.md, a filegroup of the top-level BUILD).
+TEST_DATA = {"docs_test.py": ("//:docs",)}
 BINARIES = ("main", "bench", "export", "sample", "evaluate", "audit")
 
 
@@ -144,8 +148,9 @@ def tests_build() -> str:
   for t in tests():
     internal, external = imports_of(os.path.join(ROOT, "tests", t))
     deps = _deps({label(m) for m in internal}, external | {"pytest"})
+    data = ", ".join(f'"{d}"' for d in ("//dp_sinkhorn_tf/launch:flagfiles", *TEST_DATA.get(t, ())))
     out.append(f'py_test(\n    name = "{t[:-3]}",\n    size = "large",\n    srcs = ["{t}"],\n'
-               f'    data = ["//dp_sinkhorn_tf/launch:flagfiles"],\n    main = "{t}",\n    deps = [{deps}\n    ],\n)')
+               f'    data = [{data}],\n    main = "{t}",\n    deps = [{deps}\n    ],\n)')
   return "\n\n".join(out) + "\n"
 
 

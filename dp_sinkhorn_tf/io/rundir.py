@@ -6,6 +6,7 @@
     privacy_ledger.json      steps charged, plan, flags, run_id, HMAC  keep private
     privacy.json             plan, ε spent (RDP and PLD), unit         publishable
     flags.txt                the resolved flags (no key, only a path)  publishable
+    data_spec.json           source, image shape, label names, unit    publishable**
     checkpoints/             weights + optimizer state + run_id        publishable*
     samples/                 generated grids                           publishable
     tensorboard/             ε, released (noised) norms, grids         publishable
@@ -15,6 +16,10 @@
     audit_canaries.npz       run audit: canaries + inclusion bits      NEVER publish
 
   * post-processing of the released gradients and the public initialisation.
+  ** the source is in flags.txt already, the shape follows from the flags and the data's
+     format, and the label names are the data owner's class names (folder or ClassLabel
+     names), public by assumption: a class named after a person would publish that name.
+     It holds no count (`data.spec`).
 
 Times: no published file carries wall-clock time (which would time the steps between two
 writes: data-dependent, not covered by ε). Every file and folder that training and the
@@ -43,6 +48,7 @@ KEY_FILE = "privacy_key"
 LEDGER_FILE = "privacy_ledger.json"
 REPORT_FILE = "privacy.json"
 FLAGS_FILE = "flags.txt"
+DATA_SPEC_FILE = "data_spec.json"
 CHECKPOINT_DIR = "checkpoints"
 SAMPLES_DIR = "samples"
 TENSORBOARD_DIR = "tensorboard"
@@ -68,6 +74,8 @@ ARTEFACTS = (
     (f"{SAMPLES_DIR}/", True, "generated images only"),
     (f"{TENSORBOARD_DIR}/", True, "ε, released (noised) norms, generated grids; times = step"),
     (FLAGS_FILE, True, "resolved flags (a key file's path, never a key)"),
+    (DATA_SPEC_FILE, True, "source, image shape, label names (your class names: public by "
+     "assumption), unit of privacy"),
     (IDENTITY_FILE, True, "run id, dp, key source"),
     (f"{CHECKPOINT_DIR}/", True, "weights and optimizer state of released updates"),
     (f"{AUDIT_DIR}/", True, "audit lower bounds and ROC plots (synthetic canaries only)"),

@@ -5,6 +5,9 @@ step t — is a stateless function of (key, t):
 
   batch seed(t) = [k₀ + 1, k₁ + t],   noise seed(t) = [k₀ + 2, k₁ + t]   (int64 [2])
 
+and, under --privacy_unit=group, which records of a sampled group the step takes:
+group-subset seed(t) = [k₀ + 3, k₁ + t].
+
 fed to TF's stateless Philox ops, which scramble both seed words into the Philox key and
 counter. So
 
@@ -31,10 +34,13 @@ for bit; a key must never be reused for a run on different data.
 `--insecure_fixed_key` derives the key from `--seed` (public): only for tests and
 debugging. Such a run is marked "private": false in privacy.json and in the export.
 
-This module also computes the data fingerprint HMAC-SHA256(key, images ‖ labels), kept in
-the ledger: a resume on different private data would reuse the run's noise on other data
-(two releases with the same noise differ by a noise-free quantity), so it is refused. Keyed,
-so the fingerprint reveals nothing about the data without the key.
+This module also computes the data fingerprint HMAC-SHA256(key, images ‖ labels [‖ unit ‖
+groups]), kept in the ledger: a resume on different private data would reuse the run's noise
+on other data (two releases with the same noise differ by a noise-free quantity), so it is
+refused. It covers whatever decides a step's batch: the images as training sees them
+(float32 in [−1, 1]), the labels and, under --privacy_unit=group, the group of every record
+and the number of records a sampled group gives (--max_per_group). Keyed, so the fingerprint
+reveals nothing about the data without the key.
 """
 
 import dataclasses
@@ -52,6 +58,8 @@ from dp_sinkhorn_tf.io import files
 KEY_BITS = 62
 STREAM_BATCH = 1
 STREAM_NOISE = 2
+STREAM_GROUP_SUBSET = 3
+STREAMS = (STREAM_BATCH, STREAM_NOISE, STREAM_GROUP_SUBSET)
 _FORMAT = "dp_sinkhorn_tf-privacy-key-v1"
 _PATTERN = re.compile(rf"^{_FORMAT} ([0-9a-f]{{16}}) ([0-9a-f]{{16}})$")
 
@@ -140,19 +148,34 @@ def write_key_file(path: str, key: PrivacyKey) -> None:
 
 def step_seed(key: PrivacyKey, step, stream: int) -> tf.Tensor:
   """The stateless seed [k₀ + stream, k₁ + step] (int64 [2]) of one stream at one step."""
-  if stream not in (STREAM_BATCH, STREAM_NOISE):
+  if stream not in STREAMS:
     raise ValueError(f"unknown key stream {stream}")
   step = tf.cast(step, tf.int64)
   return tf.stack([tf.constant(key.words[0] + stream, tf.int64),
                    tf.constant(key.words[1], tf.int64) + step])
 
 
-def data_fingerprint(key: PrivacyKey, images: np.ndarray, labels: np.ndarray) -> str:
-  """HMAC-SHA256(key, shape ‖ images ‖ labels) as hex: equal iff the data are (w.h.p.)."""
+def data_fingerprint(key: PrivacyKey, images: np.ndarray, labels: np.ndarray,
+                     groups=None, unit: str = "", image_chunks=None) -> str:
+  """HMAC-SHA256(key, shapes ‖ images ‖ labels [‖ unit ‖ groups]) as hex: equal iff the
+  data are (w.h.p.).
+
+  images: [N, …]; its bytes are those of its float32 values, or of `image_chunks` when
+  given (an iterable of float32 arrays whose concatenation along axis 0 the images are, e.g.
+  uint8 pixels scaled a chunk at a time: no float32 copy of the whole set). The digest of
+  a record-level set (groups None, unit "") is the same either way. groups: [N] int group
+  ids; unit: what else decides the batch (e.g. "group:max_per_group=4").
+  """
   mac = hmac.new(to_text(key).encode(), digestmod=hashlib.sha256)
-  images = np.ascontiguousarray(images, np.float32)
   labels = np.ascontiguousarray(labels, np.int64)
-  mac.update(repr((images.shape, labels.shape)).encode())
-  mac.update(images.tobytes())
+  mac.update(repr((tuple(images.shape), labels.shape)).encode())
+  for chunk in (image_chunks if image_chunks is not None else (images,)):
+    mac.update(np.ascontiguousarray(chunk, np.float32).tobytes())
   mac.update(labels.tobytes())
+  if groups is not None or unit:
+    mac.update(f"unit {unit}".encode())
+  if groups is not None:
+    groups = np.ascontiguousarray(groups, np.int64)
+    mac.update(repr(groups.shape).encode())
+    mac.update(groups.tobytes())
   return mac.hexdigest()

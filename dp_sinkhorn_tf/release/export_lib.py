@@ -20,7 +20,9 @@ Signatures (B = batch, L = latent_dim, images in inference mode):
             longer label list extends a shorter one's latents.
 
 Labels outside [0, num_classes) and z / label batches of different sizes fail the request
-(InvalidArgument) instead of silently reading another class's embedding.
+(InvalidArgument) instead of silently reading another class's embedding. A model trained on
+unlabelled data (metadata "data_spec": {"labelled": false}) has the one class 0: its
+signatures are the same, and the label list (all 0) sets the batch size.
 
 BatchNorm: the signatures call the generator with training=False, so BN normalises with its
 moving averages (the statistics of generated batches during training; no private data). A
@@ -39,7 +41,9 @@ have the modification time `files.FIXED_TIME` (2000-01-01T00:00:00Z): when the e
 made is not published. A remote store keeps its own times (`files`).
 
 From a run directory, the generator is rebuilt from flags.txt (the resolved training flags)
-and restored from the latest checkpoint (or --checkpoint); when the checkpoint holds an
+and data_spec.json (the image shape and classes the run trained on: `data.spec`; no table
+of data-set shapes, so a run on the user's own data exports like a built-in one) and
+restored from the latest checkpoint (or --checkpoint); when the checkpoint holds an
 `ema_generator` (exponential moving average of the weights), that is what is exported
 unless `weights` asks for the raw `generator` (both are post-processing of the released
 gradients, so the ledger's ε covers either; the metadata's "weights" says which). The
@@ -77,10 +81,6 @@ EMA_KEY = "ema_generator"
 GENERATOR_KEY = "generator"
 # --weights: which checkpoint entry to export ("auto": the EMA when the checkpoint holds one).
 WEIGHTS = {"auto": None, "ema": EMA_KEY, "raw": GENERATOR_KEY}
-# Image shapes of the training sets (data.py's loaders), so an export needs no dataset files.
-DATASET_IMAGE_SHAPES = {"digits": (8, 8, 1), "mnist": (28, 28, 1),
-                        "fashion_mnist": (28, 28, 1), "cifar10": (32, 32, 3),
-                        "celeb_a": (32, 32, 3)}
 # Keys the exporter writes itself; passed metadata may repeat them only with equal values.
 # No date: beside any other date it tells how long training took, which depends on the private
 # data and is not covered by ε.
@@ -345,6 +345,7 @@ class RestoredRun:
   weights: str  # "generator" or "ema_generator": the checkpoint entry restored
   step: Optional[int]
   flags_text: str
+  spec: Any = None  # data.spec.DataSpec: the run's data_spec.json
 
 
 def parse_flags_file(path: str):
@@ -420,6 +421,22 @@ def pick_weights(keys, weights: str, path: str) -> str:
   return WEIGHTS[weights]
 
 
+def read_run_spec(workdir: str):
+  """The run's data spec (<workdir>/data_spec.json); ExportError naming the file when it is
+  missing or unreadable."""
+  from dp_sinkhorn_tf.data import spec as data_spec
+
+  path = rundir.path(workdir, rundir.DATA_SPEC_FILE)
+  try:
+    return data_spec.read_spec(path)
+  except FileNotFoundError:
+    raise ExportError(f"--workdir={workdir}: no {rundir.DATA_SPEC_FILE} (the image shape and "
+                      "classes of the run's data; runs of older versions lack it): re-run the "
+                      "training command with --if_finished=skip to write it") from None
+  except ValueError as e:
+    raise ExportError(str(e)) from None
+
+
 def restore_run(workdir: str, checkpoint: Optional[str] = None,
                 weights: str = "auto") -> RestoredRun:
   """Rebuilds the run's generator from flags.txt and restores its weights: `weights` is a
@@ -429,7 +446,6 @@ def restore_run(workdir: str, checkpoint: Optional[str] = None,
   is missing or the checkpoint does not hold the generator that flags.txt describes.
   """
   check_weights(weights)
-  from dp_sinkhorn_tf.data import datasets
   from dp_sinkhorn_tf.train import trainer
 
   flags_path = _flags_path(workdir)
@@ -443,12 +459,10 @@ def restore_run(workdir: str, checkpoint: Optional[str] = None,
                       "be tied to this run and its ε (a run of an older version?); refusing "
                       "to export")
   path = resolve_checkpoint(workdir, checkpoint)
-  dataset = cfg.data.dataset
-  if dataset not in DATASET_IMAGE_SHAPES:
-    raise ExportError(f"{flags_path}: --dataset={dataset} has no known image shape")
+  spec = read_run_spec(workdir)
   # float32 whatever --precision trained it: the weights are float32 either way.
-  generator = trainer.make_generator(cfg, DATASET_IMAGE_SHAPES[dataset],
-                                     len(datasets.LABEL_NAMES[dataset]), precision="float32")
+  generator = trainer.make_generator(cfg, spec.image_shape, spec.num_classes,
+                                     precision="float32")
   generator([tf.zeros([1, cfg.model.latent_dim]), tf.zeros([1], tf.int32)], training=False)
   try:
     keys, stored_id, step = checkpoints.read_checkpoint_header(path)
@@ -472,12 +486,11 @@ def restore_run(workdir: str, checkpoint: Optional[str] = None,
   if missing:
     raise ExportError(f"--checkpoint={path}: no finite values for {len(missing)} variable(s) "
                       f"of the {weights} that {flags_path} describes, e.g. {missing[0]}")
-  return RestoredRun(generator, cfg, identity, path, weights, step, flags_text)
+  return RestoredRun(generator, cfg, identity, path, weights, step, flags_text, spec)
 
 
 def run_metadata(workdir: str, run: RestoredRun) -> dict:
   """The same fields as main.export_metadata, read back from the run directory."""
-  from dp_sinkhorn_tf.data import datasets
   from dp_sinkhorn_tf.privacy import accounting
 
   cfg = run.cfg
@@ -489,9 +502,9 @@ def run_metadata(workdir: str, run: RestoredRun) -> dict:
     with open(report_path) as fh:
       plan = json.load(fh).get("plan", {})
   out = {"dp": p.dp, "mechanism": p.mechanism, "l2_norm_clip": p.l2_norm_clip,
-         "dataset": cfg.data.dataset,
-         "image_shape": list(DATASET_IMAGE_SHAPES[cfg.data.dataset]),
-         "label_names": list(datasets.LABEL_NAMES[cfg.data.dataset]),
+         "dataset": run.spec.source, "image_shape": list(run.spec.image_shape),
+         "label_names": list(run.spec.label_names), "data_spec": run.spec.to_json(),
+         "privacy_unit": run.spec.privacy_unit,
          "training_flags": run.flags_text, "checkpoint": os.path.abspath(run.checkpoint),
          "checkpoint_step": run.step, "weights": run.weights,
          "run_id": run.identity.run_id, "private": run.identity.private,

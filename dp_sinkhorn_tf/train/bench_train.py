@@ -26,16 +26,18 @@ import statistics
 import time
 from typing import Optional
 
-# name: (shipped flagfile, synthetic dataset size N). CelebA's 162,770 64×64×3 images would
-# take 8 GB as float32 here; 30,000 keep q·N = B and the same shapes (the Poisson sample's
-# O(N) mask is the only part that grows with N, and it is a small share of the step).
+# name: (shipped flagfile, synthetic dataset size N, synthetic image shape: the shape the
+# flagfile's data load as, i.e. the image_shape of a real run's data_spec.json). CelebA's
+# 162,770 images are replaced by 30,000 here: they keep q·N = B and the same shapes (the
+# Poisson sample's O(N) mask is the only part that grows with N, and it is a small share of
+# the step).
 CONFIGS = {
-    "fashion_mnist_step": ("fashion_mnist.flags", 60000),
-    "fashion_mnist_cpu_step": ("fashion_mnist_cpu.flags", 60000),
-    "digits_demo_step": ("digits.flags", 1438),
-    "mnist_step": ("mnist.flags", 60000),
-    "cifar_step": ("cifar.flags", 50000),
-    "celeba_step": ("celeba.flags", 30000),
+    "fashion_mnist_step": ("fashion_mnist.flags", 60000, (28, 28, 1)),
+    "fashion_mnist_cpu_step": ("fashion_mnist_cpu.flags", 60000, (28, 28, 1)),
+    "digits_demo_step": ("digits.flags", 1438, (8, 8, 1)),
+    "mnist_step": ("mnist.flags", 60000, (28, 28, 1)),
+    "cifar_step": ("cifar.flags", 50000, (32, 32, 3)),
+    "celeba_step": ("celeba.flags", 30000, (32, 32, 3)),
 }
 
 
@@ -64,11 +66,10 @@ def run(name: str, repeats: int, strategy: str = "default",
   from dp_sinkhorn_tf.train import distribute, trainer
 
   distribute.configure_devices(strategy, num_devices)  # before any TF op
-  flagfile, size = CONFIGS[name]
+  flagfile, size, shape = CONFIGS[name]
   cfg, _ = export_lib.parse_flags_file(cli.find_flagfile(flagfile))
   if precision is not None:
     cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, precision=precision))
-  shape = export_lib.DATASET_IMAGE_SHAPES[cfg.data.dataset]
   num_classes = 10
   rng = np.random.default_rng(0)
   images = rng.uniform(-1, 1, (size,) + shape).astype(np.float32)

@@ -15,9 +15,11 @@ import dataclasses
 import hashlib
 import json
 import math
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 from dp_sinkhorn_tf import cli
+from dp_sinkhorn_tf.data import datasets
+from dp_sinkhorn_tf.data import spec as data_spec
 from dp_sinkhorn_tf.models import options as model_options
 from dp_sinkhorn_tf.privacy import mechanisms
 from dp_sinkhorn_tf.transport import options as transport_options
@@ -46,9 +48,76 @@ def _require_finite(obj, *names: str) -> None:
 
 @dataclasses.dataclass(frozen=True)
 class DataConfig:
-  dataset: str = "digits"
+  """The private data (`data.spec` lists the sources): a built-in --dataset or a --data
+  source, and what is done to it before training.
+
+  image_key / label_key: the features of tfds: / tfrecord: sources (None: "image" /
+  "label", the label optional). image_size (H, W) / channels: resize (antialiased) /
+  convert every image; None keeps the data's own, which must then agree. privacy_unit:
+  "record" (one image) or "group" (every record of one group id, `groups`: a CSV of
+  file → group, or "subfolders"; npz: its `groups` array), of which a sampled group gives at
+  most max_per_group records a step.
+  """
+
+  dataset: Optional[str] = "digits"  # --dataset (None when --data is given)
+  source: Optional[str] = None  # --data=SCHEME:ARG
   data_dir: Optional[str] = None
   idx_dir: Optional[str] = None
+  image_key: Optional[str] = None
+  label_key: Optional[str] = None
+  image_size: Optional[Tuple[int, int]] = None
+  channels: Optional[int] = None
+  privacy_unit: str = "record"
+  groups: Optional[str] = None
+  max_per_group: int = 1
+
+  def __post_init__(self):
+    cli.require((self.dataset is None) != (self.source is None), "data",
+                "either --data=SOURCE or --dataset=NAME, not both", self.source)
+    if self.dataset is not None:
+      cli.require(self.dataset in datasets.DATASETS, "dataset",
+                  f"one of {', '.join(datasets.DATASETS)} (your own data: --data="
+                  f"{data_spec.SOURCE_HELP})", self.dataset)
+      scheme = None
+    else:
+      scheme = data_spec.parse_source(self.source).scheme
+    for name in ("image_key", "label_key"):
+      cli.require(getattr(self, name) is None or scheme in ("tfds", "tfrecord"), name,
+                  "unset unless --data=tfds:… or tfrecord:…", getattr(self, name))
+    cli.require(self.idx_dir is None or self.dataset in datasets.IDX_DATASETS, "idx_dir",
+                f"unset unless --dataset is {' or '.join(datasets.IDX_DATASETS)}",
+                self.idx_dir)
+    if self.image_size is not None:
+      size = data_spec.format_size(self.image_size)
+      problem = model_options.image_shape_problem((*self.image_size, 1))
+      cli.require(not problem, "image_size", "a size the generators build: " + problem, size)
+    cli.require(self.channels is None or self.channels in model_options.CHANNELS, "channels",
+                "1 (grayscale) or 3 (RGB), or unset (the data's own)", self.channels)
+    cli.require(self.privacy_unit in data_spec.PRIVACY_UNITS, "privacy_unit",
+                f"one of {data_spec.PRIVACY_UNITS}", self.privacy_unit)
+    cli.require(self.max_per_group >= 1, "max_per_group", "an integer ≥ 1",
+                self.max_per_group)
+    if self.privacy_unit == "record":
+      cli.require(self.groups is None, "groups", "unset unless --privacy_unit=group",
+                  self.groups)
+      return
+    if scheme == "folder":
+      cli.require(bool(self.groups), "groups", "a CSV of file → group id, or "
+                  f"{data_spec.GROUPS_SUBFOLDERS} (one sub-folder level per group), with "
+                  "--privacy_unit=group", self.groups)
+    elif scheme == "npz":
+      cli.require(self.groups is None, "groups", "unset with --data=npz:… (the file's "
+                  "`groups` array holds them)", self.groups)
+    else:
+      cli.require(False, "privacy_unit", "record with "
+                  f"{'--data=' + self.source if scheme else '--dataset=' + self.dataset} "
+                  "(groups come from folder: with --groups, or npz: with a `groups` array)",
+                  self.privacy_unit)
+
+  @property
+  def name(self) -> str:
+    """The data as the user named them: the --dataset name or the --data source."""
+    return self.dataset if self.dataset is not None else self.source
 
 
 @dataclasses.dataclass(frozen=True)
@@ -292,6 +361,8 @@ NOT_SHAPING = {
     "data.data_dir": "a path: the data read from it are pinned by the ledger's keyed "
                      "fingerprint and N",
     "data.idx_dir": "a path: as --data_dir",
+    "data.source": "where the data are read from (--data=SCHEME:PATH): the records read are "
+                   "pinned by the ledger's keyed fingerprint and N, so a moved folder resumes",
     "run.workdir": "where the run lives (run.json, not the path, identifies it)",
     "run.log_every": "how often scalars are written; every step computes the same logs",
     "run.sample_every": "grids are drawn in inference mode from stateless latents: they read "
@@ -309,6 +380,7 @@ NOT_SHAPING = {
 # Config paths whose flag is not the field's own name. Other fields of the sections are set
 # by the flag of their name; a nested field without a flag is named by its config path.
 _FLAG_NAMES = {
+    "data.source": "data",
     "loss.jit_compile": "sinkhorn_jit",
     "loss.products": "sinkhorn_products",
     "loss.solver.epsilon": "sinkhorn_epsilon",

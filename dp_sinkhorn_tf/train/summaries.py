@@ -34,8 +34,27 @@ UNIT_OF_PRIVACY = (
     "one record = one (image, label) pair of the private training split, under add/remove "
     "adjacency. A person who contributed k records is protected only at the group level, "
     "about (k·ε, k·e^((k−1)ε)·δ): e.g. scikit-learn's digits hold 1,438 training images "
-    "from 13 writers (~110 each), so ε is per image, not per writer. The record count N "
-    "(dataset_size, and sample_rate = B/N) is published as is: treat N as public.")
+    "from 13 writers (~110 each), so ε is per image, not per writer (--privacy_unit=group "
+    "protects whole groups). The record count N (dataset_size, and sample_rate = B/N) is "
+    "published as is: treat N as public.")
+UNIT_OF_PRIVACY_GROUP = (
+    "one group = every record of one group id (--groups: e.g. one person's images), under "
+    "add/remove adjacency of whole groups: the released generator's distribution changes by "
+    "at most (ε, δ) when any one group, with all its records, is added or removed. Groups "
+    "are Poisson-sampled (sample_rate = B/N, N = dataset_size = the number of groups) and a "
+    "sampled group gives at most max_per_group of its records a step; the whole released "
+    "gradient block is clipped as one tensor, so the sensitivity is 2C whatever a group "
+    "contributes. The group count N is published as is: treat it as public (the number of "
+    "records is not published).")
+
+
+def unit_of_privacy(cfg: config_lib.TrainConfig) -> dict:
+  """privacy.json's fields on what ε protects: privacy_unit, unit_of_privacy (the text
+  above) and, for groups, max_per_group."""
+  if cfg.data.privacy_unit == "group":
+    return {"privacy_unit": "group", "unit_of_privacy": UNIT_OF_PRIVACY_GROUP,
+            "max_per_group": cfg.data.max_per_group}
+  return {"privacy_unit": "record", "unit_of_privacy": UNIT_OF_PRIVACY}
 
 
 def balanced_grid_labels(num_classes: int, per_class: int) -> np.ndarray:
@@ -54,12 +73,12 @@ def generate_grid(generator: tf.keras.Model, num_classes: int, per_class: int,
 def privacy_report(cfg: config_lib.TrainConfig, plan: accounting.PrivacyPlan, ledger,
                    finished: bool, identity: Optional[rundir.RunIdentity] = None) -> dict:
   """The publishable privacy.json: plan, steps spent, ε under RDP and PLD, the unit of
-  privacy, and whether the run is private at all (never the key or the data fingerprint)."""
+  privacy (ε is per record, or per group: the ledger's dataset_size N counts the units),
+  and whether the run is private at all (never the key or the data fingerprint)."""
   private = cfg.privacy.dp and (identity is None or identity.private)
   report = {"dp": cfg.privacy.dp, "mechanism": cfg.privacy.mechanism,
-            "dataset": cfg.data.dataset, "finished": finished,
-            "plan": dataclasses.asdict(plan), "private": private,
-            "unit_of_privacy": UNIT_OF_PRIVACY,
+            "dataset": cfg.data.name, "finished": finished,
+            "plan": dataclasses.asdict(plan), "private": private, **unit_of_privacy(cfg),
             "neighbouring_relation": accounting.NEIGHBOURING_RELATION}
   if identity is not None:
     report["run_id"] = identity.run_id

@@ -10,19 +10,41 @@ import math
 
 from absl import flags
 
+from dp_sinkhorn_tf.data import datasets
+from dp_sinkhorn_tf.data import spec as data_spec
 from dp_sinkhorn_tf.train import config as config_lib
 from dp_sinkhorn_tf.transport import options as transport_options
 
 FLAGS = flags.FLAGS
 
 # Data.
-flags.DEFINE_enum("dataset", "digits",
-                  ["digits", "mnist", "fashion_mnist", "cifar10", "celeb_a"],
-                  "Private training set. digits ships with scikit-learn; the others come from "
-                  "TFDS under --data_dir or, for (fashion_)mnist, from IDX files in --idx_dir.")
+flags.DEFINE_string("dataset", None,
+                    f"A built-in private training set: {', '.join(datasets.DATASETS)} (unset "
+                    "and no --data: digits). digits ships with scikit-learn; the others come "
+                    "from TFDS under --data_dir or, for (fashion_)mnist, from IDX files in "
+                    "--idx_dir.")
+flags.DEFINE_string("data", None, "Your own private training set (instead of --dataset): "
+                    f"{data_spec.SOURCE_HELP}. See docs/own-data.md.")
 flags.DEFINE_string("data_dir", None, "TFDS data directory holding the prepared dataset.")
 flags.DEFINE_string("idx_dir", None, "Folder with the original MNIST / Fashion-MNIST IDX files "
                     "(gz or raw); overrides TFDS for those datasets.")
+flags.DEFINE_string("image_key", None, "--data=tfds:/tfrecord: the image feature (default "
+                    "image).")
+flags.DEFINE_string("label_key", None, "--data=tfds:/tfrecord: the int label feature (default "
+                    "label, optional: without it the data are one class).")
+flags.DEFINE_string("image_size", None, "Resize every image (antialiased, centre-cropped to "
+                    "the aspect ratio first) to H or HxW pixels; unset: the data's own size, "
+                    "which every image must then have.")
+flags.DEFINE_integer("channels", None, "Convert every image to 1 (grayscale) or 3 (RGB) "
+                     "channels; unset: the data's own (grayscale and colour must not mix).")
+flags.DEFINE_string("privacy_unit", "record", "What ε protects: record (one image, the "
+                    "default) or group (all images of one --groups id: user-level privacy).")
+flags.DEFINE_string("groups", None, "--privacy_unit=group with --data=folder:: a CSV with "
+                    "columns file,group (paths relative to the folder), or 'subfolders' (the "
+                    "first sub-folder level below the classes names the group). npz: the "
+                    "file's `groups` array.")
+flags.DEFINE_integer("max_per_group", 1, "--privacy_unit=group: at most this many records of "
+                     "a sampled group per step (a keyed random subset when it has more).")
 # Model.
 flags.DEFINE_enum("architecture", "dcgan", list(config_lib.ARCHITECTURES), "Generator family.")
 flags.DEFINE_integer("latent_dim", 16, "Dimension of z ~ U(0,1).")
@@ -106,7 +128,9 @@ flags.DEFINE_enum("lr_schedule", "constant", list(config_lib.LR_SCHEDULES),
 flags.DEFINE_float("ema_decay", 0.0, "Decay of an exponential moving average of the generator's "
                    "weights, used for samples and the export (0 = off). Post-processing of "
                    "the released gradients: no privacy cost.")
-flags.DEFINE_integer("batch_size", 50, "B: expected Poisson batch (q = B/N); also n unless --fake_batch_size.")
+flags.DEFINE_integer("batch_size", 50, "B: expected Poisson batch of privacy units (q = B/N; "
+                     "records, or groups with --privacy_unit=group, each giving up to "
+                     "--max_per_group records); also n unless --fake_batch_size.")
 flags.DEFINE_integer("fake_batch_size", None, "n: generated images that meet the private batch "
                      "each step (unset: n = --batch_size, as in the paper). Noise is added to "
                      "an n×d gradient, so a smaller n raises the signal-to-noise ratio.")
@@ -144,6 +168,16 @@ flags.DEFINE_enum("if_finished", "fail", ["fail", "skip"],
                   "and only report the artefacts.")
 
 
+def data_config_from_flags(f) -> config_lib.DataConfig:
+  """The data flags of `f` as a DataConfig (no --data and no --dataset: digits)."""
+  dataset = f.dataset if f.dataset is not None or f.data is not None else "digits"
+  return config_lib.DataConfig(
+      dataset=dataset, source=f.data, data_dir=f.data_dir, idx_dir=f.idx_dir,
+      image_key=f.image_key, label_key=f.label_key,
+      image_size=data_spec.parse_image_size(f.image_size), channels=f.channels,
+      privacy_unit=f.privacy_unit, groups=f.groups, max_per_group=f.max_per_group)
+
+
 def config_from_flags(f) -> config_lib.TrainConfig:
   """Builds the frozen run config; raises ValueError naming the bad flag."""
   for name in ("sinkhorn_epsilon", "sinkhorn_scaling", "sinkhorn_threshold",
@@ -162,7 +196,7 @@ def config_from_flags(f) -> config_lib.TrainConfig:
     raise ValueError(f"--sinkhorn_{str(e).split()[0]}: {e}") from None
   return config_lib.TrainConfig(
       batch_size=f.batch_size, steps=f.steps,
-      data=config_lib.DataConfig(f.dataset, f.data_dir, f.idx_dir),
+      data=data_config_from_flags(f),
       model=config_lib.ModelConfig(f.architecture, f.latent_dim, f.embed_dim, f.hidden, f.depth,
                                    f.output, f.precision),
       loss=config_lib.LossConfig(f.cost, f.l1_weight, f.debias_fraction, f.alpha_c, solver,

@@ -69,15 +69,17 @@ def _tf_error(e: Exception, what: str) -> str:
   return f"{what}: {text.splitlines()[0] if text else type(e).__name__}"
 
 
-def _progress_printer():
-  """on_log for `train`: one progress line (`progress.ProgressLine`) per log step."""
+def _progress_printer(unit: str = "record"):
+  """on_log for `train`: one progress line (`progress.ProgressLine`) per log step; ε is
+  labelled with the unit it protects ("epsilon per record 1.0506")."""
   line = progress.ProgressLine()
 
   def on_log(spent: int, total: int, logs: dict) -> None:
     # DP runs hand over only ε charged (a function of the plan and the step); the loss and
     # the batch size are computed on private data (private_diagnostics/).
-    line.report(spent, total, {k: logs[k] for k in ("epsilon", "noised_grad_norm", "loss")
-                               if k in logs})
+    names = {"epsilon": f"epsilon per {unit}"}
+    line.report(spent, total, {names.get(k, k): logs[k]
+                               for k in ("epsilon", "noised_grad_norm", "loss") if k in logs})
 
   return on_log
 
@@ -162,8 +164,8 @@ def run(cfg: config_lib.TrainConfig, flags_text: str, dataset: datasets.Dataset,
   flags_text: the command line as flags (written to flags.txt and into the export).
 
   dataset: the private data (cfg.data loaded, or with the run audit's canaries); plan:
-  `accounting.plan_privacy(cfg, len(dataset.images))`. `main.run` loads and plans before
-  TensorFlow loads, so those errors are one line before its start-up.
+  `accounting.plan_privacy(cfg, dataset.num_units)` (records, or groups). `main.run` loads
+  and plans before TensorFlow loads, so those errors are one line before its start-up.
 
   Raises:
     RunError: bad input (code 2) or a run that failed (code 1); one line, naming the flag
@@ -179,7 +181,8 @@ def run(cfg: config_lib.TrainConfig, flags_text: str, dataset: datasets.Dataset,
     if files.exists(cfg.run.workdir) and not files.isdir(cfg.run.workdir):
       raise ValueError(f"--workdir={cfg.run.workdir}: exists and is not a directory")
     chief = distribute.is_chief(cfg.run.strategy)
-    state = open_run(cfg, plan, dataset.images, dataset.labels, chief)
+    state = open_run(cfg, plan, dataset.pixels, dataset.labels, chief,
+                     pixel_max=dataset.pixel_max, groups=dataset.groups)
   except (ValueError, FileNotFoundError) as e:
     _fail(str(e))
   except OSError as e:
@@ -190,8 +193,12 @@ def run(cfg: config_lib.TrainConfig, flags_text: str, dataset: datasets.Dataset,
   # Decided once, before training: every worker of a multi-worker run must make the same
   # choice (the export takes part in collectives).
   complete = _outputs_complete(cfg, state.identity.run_id)
-  print(f"dataset {cfg.data.dataset}: {len(dataset.images)} private records, image shape "
-        f"{tuple(dataset.image_shape)}, {dataset.num_classes} classes")
+  spec = datasets.spec_of(dataset, cfg.data)
+  if chief:  # the data spec export, sample and evaluate read (publishable: `data.spec`)
+    _write_data_spec(cfg.run.workdir, spec)
+  for note in dataset.notes:
+    print(note)
+  print(describe_data(dataset))
   slow = hardware.precision_warning(cfg.model.precision, cfg.loss.products,
                                    hardware.read_cpu_flags(), distribute.has_gpu())
   if slow:
@@ -199,7 +206,8 @@ def run(cfg: config_lib.TrainConfig, flags_text: str, dataset: datasets.Dataset,
   if cfg.privacy.dp:
     print(f"privacy plan: q={plan.sample_rate:.4g} σ={plan.noise_multiplier:.4g} "
           f"C={cfg.privacy.l2_norm_clip:g} steps={plan.steps} → ε={plan.epsilon:.3f} "
-          f"({plan.accountant}), δ={plan.delta:g}; neighbours: "
+          f"({plan.accountant}), δ={plan.delta:g}, per {dataset.unit} "
+          f"(N={dataset.num_units} {dataset.unit}s); neighbours: "
           f"{accounting.NEIGHBOURING_RELATION}")
     noise = trainer.noise_description(cfg, plan.noise_multiplier, dataset.image_shape,
                                       dataset.num_classes)
@@ -237,9 +245,10 @@ def run(cfg: config_lib.TrainConfig, flags_text: str, dataset: datasets.Dataset,
   try:
     if chief:
       files.write_text_atomic(rundir.path(cfg.run.workdir, rundir.FLAGS_FILE), flags_text)
-    result = train(cfg, dataset.images, dataset.labels, dataset.num_classes, plan,
-                           on_log=_progress_printer(), label_names=dataset.label_names,
-                           state=state, stop=lambda: bool(stop), finish_only=not complete)
+    result = train(cfg, dataset.pixels, dataset.labels, dataset.num_classes, plan,
+                   on_log=_progress_printer(dataset.unit), label_names=dataset.label_names,
+                   state=state, stop=lambda: bool(stop), finish_only=not complete,
+                   pixel_max=dataset.pixel_max, groups=dataset.groups)
   except Interrupted as e:
     print(f"\ninterrupted: {e}", file=sys.stderr)
     return 128 + (stop.signum or signal.SIGINT)
@@ -294,6 +303,31 @@ def run(cfg: config_lib.TrainConfig, flags_text: str, dataset: datasets.Dataset,
   return 0
 
 
+def _write_data_spec(workdir: str, spec) -> None:
+  """<workdir>/data_spec.json, rewritten only when it differs (a finished run's folder keeps
+  its fixed times; a resume on the same data cannot change it, the fingerprint holds)."""
+  target = rundir.path(workdir, rundir.DATA_SPEC_FILE)
+  try:
+    if files.exists(target) and files.read_text(target) == spec.dumps():
+      return
+  except (OSError, UnicodeDecodeError):
+    pass
+  files.write_text_atomic(target, spec.dumps())
+
+
+def describe_data(dataset: datasets.Dataset) -> str:
+  """The data line of a run: "data digits: 1438 private records, image shape (8, 8, 1), 10
+  classes" (with groups: "… records in G groups (the unit of privacy) …")."""
+  groups = "" if dataset.groups is None else f" in {dataset.num_groups} groups (the unit " \
+      "of privacy)"
+  classes = (f"{dataset.num_classes} classes {list(dataset.label_names)}" if dataset.labelled
+             else "unlabelled (one class: an unconditional generator)")
+  if dataset.labelled and dataset.num_classes > 12:
+    classes = f"{dataset.num_classes} classes"
+  return (f"data {dataset.name}: {len(dataset)} private records{groups}, image shape "
+          f"{tuple(dataset.image_shape)}, {classes}")
+
+
 def export_metadata(cfg, plan, result, dataset, flags_text: str) -> dict:
   ledger = result.ledger
   identity = result.identity
@@ -309,8 +343,10 @@ def export_metadata(cfg, plan, result, dataset, flags_text: str) -> dict:
       "noise": ledger.noise if ledger is not None else None,
       "sample_rate": plan.sample_rate,
       "steps": ledger.steps_taken if ledger is not None else plan.steps,
-      "dataset": cfg.data.dataset, "image_shape": list(dataset.image_shape),
+      "dataset": dataset.name, "image_shape": list(dataset.image_shape),
       "label_names": list(dataset.label_names), "training_flags": flags_text,
+      "data_spec": datasets.spec_of(dataset, cfg.data).to_json(),
+      "privacy_unit": dataset.unit,
       # the checkpoint entry `sampling_generator` is, as the export command names it
       "weights": "ema_generator" if result.model.ema_generator is not None else "generator",
   }
@@ -448,8 +484,20 @@ def _wait_for_chief(wd: str, timeout_s: float) -> Optional[rundir.RunIdentity]:
     time.sleep(0.2)
 
 
+def fingerprint(cfg: config_lib.TrainConfig, key: keys.PrivacyKey, images: np.ndarray,
+                labels: np.ndarray, pixel_max: Optional[int] = None,
+                groups: Optional[np.ndarray] = None) -> str:
+  """The keyed data fingerprint (`keys.data_fingerprint`) of the private set as training
+  sees it (float32 images in [−1, 1], scaled a chunk at a time) and, under
+  --privacy_unit=group, of its groups and --max_per_group."""
+  unit = "" if groups is None else f"group:max_per_group={cfg.data.max_per_group}"
+  return keys.data_fingerprint(key, images, labels, groups, unit,
+                               image_chunks=datasets.unit_chunks(images, pixel_max))
+
+
 def open_run(cfg: config_lib.TrainConfig, plan: accounting.PrivacyPlan, images: np.ndarray,
-             labels: np.ndarray, chief: bool = True) -> RunState:
+             labels: np.ndarray, chief: bool = True, pixel_max: Optional[int] = None,
+             groups: Optional[np.ndarray] = None) -> RunState:
   """Creates the run in cfg.run.workdir, or checks that everything there is one run.
 
   A new run gets a random run id and (DP) a key — from the OS, --privacy_key_file or, with
@@ -465,7 +513,12 @@ def open_run(cfg: config_lib.TrainConfig, plan: accounting.PrivacyPlan, images: 
 
   chief=False (a non-chief worker of a multi-worker run) creates nothing: it waits for the
   chief's run.json and then opens the run read-only, with the same checks.
+
+  images: uint8 pixels in [0, pixel_max] (or float32 in [−1, 1], pixel_max None); groups:
+  the group ids under --privacy_unit=group (the ledger's dataset_size is then the number of
+  groups).
   """
+  num_units = len(images) if groups is None else int(np.max(groups)) + 1
   wd = cfg.run.workdir
   dp = cfg.privacy.dp
   identity = rundir.read_identity(wd)
@@ -494,8 +547,8 @@ def open_run(cfg: config_lib.TrainConfig, plan: accounting.PrivacyPlan, images: 
     ledger = None
     if dp:
       keys.write_key_file(key_path, key)
-      ledger = _new_ledger(cfg, plan, len(images), run_id,
-                           keys.data_fingerprint(key, images, labels))
+      ledger = _new_ledger(cfg, plan, num_units, run_id,
+                           fingerprint(cfg, key, images, labels, pixel_max, groups))
       ledger.save(ledger_path)
       reason = "" if key.private else keys.INSECURE_REASON
       identity = rundir.RunIdentity(run_id, True, key.source, key.private, reason)
@@ -533,10 +586,10 @@ def open_run(cfg: config_lib.TrainConfig, plan: accounting.PrivacyPlan, images: 
   if ledger.run_id != identity.run_id:
     raise ProvenanceError(f"{ledger_path}: belongs to run {ledger.run_id or '(none)'}, not to "
                           f"this directory's run {identity.run_id}; use a new --workdir")
-  requested = _new_ledger(cfg, plan, len(images))
+  requested = _new_ledger(cfg, plan, num_units)
   accounting.check_compatible(ledger, requested)
   _check_same_flags(wd, ledger_path, ledger, requested)
-  if ledger.data_fingerprint != keys.data_fingerprint(key, images, labels):
+  if ledger.data_fingerprint != fingerprint(cfg, key, images, labels, pixel_max, groups):
     raise ProvenanceError(f"--workdir={wd}: the private data differ from those this run "
                           f"started on (keyed fingerprint in {rundir.LEDGER_FILE}); resuming "
                           "would reuse the run's noise on other data: use a new --workdir")
@@ -587,12 +640,14 @@ def train(cfg: config_lib.TrainConfig, images: np.ndarray, labels: np.ndarray,
           label_names: Optional[Sequence[str]] = None,
           state: Optional[RunState] = None,
           stop: Optional[Callable[[], bool]] = None,
-          finish_only: bool = False) -> TrainResult:
+          finish_only: bool = False, pixel_max: Optional[int] = None,
+          groups: Optional[np.ndarray] = None) -> TrainResult:
   """Trains (or resumes) the run in cfg.run.workdir until the plan's steps are taken.
 
   Args:
     cfg: the run.
-    images: [N, H, W, C] float32 in [−1, 1], the private training split.
+    images: [N, H, W, C] uint8 pixels in [0, pixel_max] (kept so on the device, each batch
+      scaled as drawn), or float32 in [−1, 1] with pixel_max None: the private set.
     labels: [N] int.
     num_classes: K.
     plan: from `plan_privacy`.
@@ -607,6 +662,8 @@ def train(cfg: config_lib.TrainConfig, images: np.ndarray, labels: np.ndarray,
     finish_only: for a run whose steps are all taken and checkpointed, write the final grid
       and report from the final checkpoint (no step, no privacy spent) instead of raising
       BudgetExhaustedError.
+    pixel_max: see images.
+    groups: [N] int64 group ids under --privacy_unit=group (None: one record is the unit).
 
   Raises:
     BudgetExhaustedError: the run has taken and checkpointed every planned step.
@@ -622,12 +679,13 @@ def train(cfg: config_lib.TrainConfig, images: np.ndarray, labels: np.ndarray,
     raise ValueError(f"{len(names)} label_names for {num_classes} classes")
   chief = distribute.is_chief(run.strategy)
   if state is None:
-    state = open_run(cfg, plan, images, labels, chief)
+    state = open_run(cfg, plan, images, labels, chief, pixel_max, groups)
   ledger = state.ledger
   strategy = distribute.make_strategy(run.strategy, run.num_devices)
   distribute.check_split(cfg.num_generated, strategy.num_replicas_in_sync)
   with strategy.scope():
-    model, step = trainer.build_model(cfg, images, labels, num_classes, plan, state.key)
+    model, step = trainer.build_model(cfg, images, labels, num_classes, plan, state.key,
+                                      pixel_max, groups)
   generator, ema_generator = model.generator, model.ema_generator
   if ledger is not None:  # what the noise is, beside what it is charged as (privacy.json)
     noise = trainer.noise_description(cfg, plan.noise_multiplier, images.shape[1:],

@@ -166,14 +166,34 @@ class DPSinkhornModel(tf.keras.Model):
 
   The private images live in this object as constants and are reached only through the
   Poisson sample inside `train_step`; they are not variables, so checkpoints and exports
-  never contain them.
+  never contain them. uint8 pixels stay uint8 on the device (4× less than float32) and
+  each batch is scaled to [−1, 1] as it is drawn (`to_unit_interval`).
+
+  The unit of privacy (`private_batch`): one record, or under --privacy_unit=group (groups
+  given) one group: the Poisson sample is over groups, q = B/G, and a sampled group gives
+  at most m = --max_per_group of its records, a uniformly random m-subset keyed by
+  (secret key, step) when it has more. Sensitivity. Let D, D′ differ in one whole group g
+  (add/remove). A step's batch under D′ is the batch under D plus g's records, or the same
+  batch when g is not sampled, and the released private block is clip_C(G) + N(0, (2σC)²)
+  with G the whole n × d gradient of the loss on that batch (`privacy.gaussian`). Whatever
+  g's records do to G, both clipped blocks have norm ≤ C, so
+  ‖clip_C(G_D) − clip_C(G_D′)‖₂ ≤ ‖clip_C(G_D)‖₂ + ‖clip_C(G_D′)‖₂ ≤ 2C: the sensitivity is
+  2C for a group of any size, as for one record, and the accountant's ε for (q = B/G, σ, T)
+  holds per group. (A per-record clip summed over the batch would instead move by 2C per
+  record of g.)
   """
 
   def __init__(self, generator: tf.keras.Model, images: np.ndarray, labels: np.ndarray,
                num_classes: int, cfg: config_lib.TrainConfig, noise_multiplier: float,
                sample_rate: float, ema_generator: Optional[tf.keras.Model] = None,
-               key: Optional[keys.PrivacyKey] = None):
-    """key: the run's secret key (batches and noise); None draws a fresh one."""
+               key: Optional[keys.PrivacyKey] = None, pixel_max: Optional[int] = None,
+               groups: Optional[np.ndarray] = None):
+    """key: the run's secret key (batches and noise); None draws a fresh one.
+
+    images: uint8 pixels in [0, pixel_max], or float32 in [−1, 1] with pixel_max None.
+    groups: [N] int64 group ids 0…G−1 for cfg.data.privacy_unit == "group" (None: the unit
+    is one record); sample_rate is then per group.
+    """
     super().__init__()
     self._key = key if key is not None else keys.generate()
     self._step_for_query = _QueryStep()
@@ -181,9 +201,19 @@ class DPSinkhornModel(tf.keras.Model):
     self.ema_generator = ema_generator
     self.cfg = cfg
     self.num_classes = num_classes
-    self._images = tf.constant(images, tf.float32)
+    if (pixel_max is None) != (images.dtype != np.uint8):
+      raise ValueError(f"images must be uint8 with pixel_max or float32 without it, got "
+                       f"{images.dtype} and pixel_max={pixel_max}")
+    self._pixel_max = pixel_max
+    self._images = tf.constant(images, tf.uint8 if pixel_max is not None else tf.float32)
     self._labels = tf.constant(labels, tf.int32)
+    if (groups is not None) != (cfg.data.privacy_unit == "group"):
+      raise ValueError(f"--privacy_unit={cfg.data.privacy_unit} "
+                       f"{'needs' if groups is None else 'takes no'} group ids")
+    self._groups = None
     self._dataset_size = int(images.shape[0])
+    if groups is not None:
+      self._init_groups(np.asarray(groups, np.int64), cfg.data.max_per_group)
     self._sample_rate = float(sample_rate)
     self._n = cfg.num_primary
     self._n_total = cfg.num_generated
@@ -239,13 +269,66 @@ class DPSinkhornModel(tf.keras.Model):
       raise ValueError("the DP optimizer asked for noise outside a training step")
     return self.noise_seed(self._step_for_query.step)
 
-  def private_batch(self, step: tf.Tensor):
-    """The Poisson sample of step `step`: (images [m,H,W,C], labels [m]); m ~ Bin(N, q),
-    keyed by the secret key (never --seed)."""
-    idx = sampling.poisson_sample_indices(
+  def _init_groups(self, groups: np.ndarray, max_per_group: int) -> None:
+    """The groups as tensors: the record indices sorted by group (stable), each group's
+    start in that order and size."""
+    order = np.argsort(groups, kind="stable")
+    sizes = np.bincount(groups)
+    self._groups = {
+        "order": tf.constant(order, tf.int32),
+        "starts": tf.constant(np.concatenate([[0], np.cumsum(sizes)[:-1]]), tf.int32),
+        "sizes": tf.constant(sizes, tf.int32),
+        # A subset is drawn only when some group has more than m records.
+        "subset": bool(sizes.max() > max_per_group),
+    }
+    self._max_per_group = int(max_per_group)
+    self._dataset_size = len(sizes)  # N of the Poisson sample: the number of groups
+
+  def to_unit_interval(self, pixels: tf.Tensor) -> tf.Tensor:
+    """A gathered batch as float32 in [−1, 1]: (x − m) / m with m = pixel_max / 2 for uint8
+    pixels (`datasets.scale_to_unit_interval`, bit for bit); float32 images unchanged."""
+    if self._pixel_max is None:
+      return pixels
+    half = tf.constant(self._pixel_max / 2.0, tf.float32)
+    return (tf.cast(pixels, tf.float32) - half) / half
+
+  def private_indices(self, step: tf.Tensor) -> tf.Tensor:
+    """The records of step `step`'s batch, int32 [m], keyed by the secret key (never --seed).
+
+    Records: the Poisson sample of the N records at rate q (m ~ Bin(N, q)). Groups: the
+    Poisson sample of the G groups at rate q, then of each sampled group all its records if
+    it has at most M = --max_per_group, else the M with the smallest keyed uniforms
+    u ~ U(0, 1) (STREAM_GROUP_SUBSET, one draw per record at each step): a uniformly random
+    M-subset, drawn independently of the other groups.
+    """
+    units = sampling.poisson_sample_indices(
         keys.step_seed(self._key, step, keys.STREAM_BATCH), self._dataset_size,
         self._sample_rate)
-    return tf.gather(self._images, idx), tf.gather(self._labels, idx)
+    if self._groups is None:
+      return units
+    g = self._groups
+    ranges = tf.ragged.range(tf.gather(g["starts"], units),
+                             tf.gather(g["starts"], units) + tf.gather(g["sizes"], units))
+    positions = ranges.flat_values  # positions in `order` of the sampled groups' records
+    if g["subset"]:
+      rows = ranges.value_rowids()
+      draws = tf.random.stateless_uniform(
+          tf.shape(g["order"]), keys.step_seed(self._key, step, keys.STREAM_GROUP_SUBSET),
+          dtype=tf.float64)
+      u = tf.gather(draws, positions)
+      # Sort by (group, u): a stable sort by u, then a stable sort by the group row.
+      by_u = tf.argsort(u, stable=True)
+      by_row = tf.gather(by_u, tf.argsort(tf.gather(rows, by_u), stable=True))
+      rank = tf.range(tf.size(by_row, tf.int64)) - tf.gather(ranges.row_splits,
+                                                             tf.gather(rows, by_row))
+      positions = tf.gather(positions, tf.boolean_mask(by_row, rank < self._max_per_group))
+    return tf.gather(g["order"], positions)
+
+  def private_batch(self, step: tf.Tensor):
+    """The private sample of step `step` (`private_indices`): (images [m, H, W, C] float32
+    in [−1, 1], labels [m])."""
+    idx = self.private_indices(step)
+    return self.to_unit_interval(tf.gather(self._images, idx)), tf.gather(self._labels, idx)
 
   def latent_batch(self, step: tf.Tensor):
     """z ~ U(0,1) [n+n′, latent] and labels uniform over classes [n+n′], data-independent."""
@@ -478,7 +561,8 @@ def make_ema_generator(cfg: config_lib.TrainConfig, generator: tf.keras.Model):
 
 
 def build_model(cfg: config_lib.TrainConfig, images: np.ndarray, labels: np.ndarray,
-                num_classes: int, plan: accounting.PrivacyPlan, key: keys.PrivacyKey):
+                num_classes: int, plan: accounting.PrivacyPlan, key: keys.PrivacyKey,
+                pixel_max: Optional[int] = None, groups: Optional[np.ndarray] = None):
   """(DPSinkhornModel with its optimizer and slots built, step variable), created in the
   current strategy's scope. --seed steers only data-independent randomness: the
   initialisation here, the latents and generated labels in the step; the batches and the
@@ -487,7 +571,8 @@ def build_model(cfg: config_lib.TrainConfig, images: np.ndarray, labels: np.ndar
   generator = make_generator(cfg, images.shape[1:], num_classes, build=True)
   ema_generator = make_ema_generator(cfg, generator) if cfg.optim.ema_decay > 0 else None
   model = DPSinkhornModel(generator, images, labels, num_classes, cfg, plan.noise_multiplier,
-                          plan.sample_rate, ema_generator, key=key)
+                          plan.sample_rate, ema_generator, key=key, pixel_max=pixel_max,
+                          groups=groups)
   optimizer = build_optimizer(cfg, plan.steps, plan.noise_multiplier, model.noise_seed_now)
   model.compile(optimizer=optimizer)
   # Optimizer slots exist only after a first apply; build them so that a restore can check
