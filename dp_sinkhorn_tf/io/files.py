@@ -61,8 +61,64 @@ def makedirs(path: str) -> None:
     os.makedirs(path, exist_ok=True)
 
 
+def isfile(path: str) -> bool:
+  if is_remote(path):
+    return _gfile().exists(path) and not _gfile().isdir(path)
+  return os.path.isfile(path)
+
+
 def listdir(path: str) -> list:
-  return _gfile().listdir(path) if is_remote(path) else os.listdir(path)
+  """The entries of a directory. On a remote file system only those that exist: `ram://`
+  matches by prefix, so its listing of "d/a" also shows "d/ab.txt" as "b.txt" (a ghost)."""
+  if not is_remote(path):
+    return os.listdir(path)
+  gfile = _gfile()
+  base = path.rstrip("/")
+  return [name.rstrip("/") for name in gfile.listdir(path)
+          if gfile.exists(f"{base}/{name.rstrip('/')}")]
+
+
+def walk(root: str):
+  """os.walk(root, followlinks=True) on any file system: (folder, sub-folders, files) top
+  down, the sub-folders list prunable in place; ghost entries (`listdir`) left out."""
+  if not is_remote(root):
+    yield from os.walk(root, followlinks=True)
+    return
+  gfile = _gfile()
+  base = root.rstrip("/")
+  dirs, names = [], []
+  for name in listdir(base):
+    (dirs if gfile.isdir(f"{base}/{name}") else names).append(name)
+  yield base, dirs, names
+  for name in dirs:
+    yield from walk(f"{base}/{name}")
+
+
+def glob(pattern: str) -> list:
+  """Sorted paths matching a glob pattern (tf.io.gfile.glob on every file system: its `*`
+  does not cross a '/')."""
+  return sorted(_gfile().glob(pattern))
+
+
+def abspath(path: str) -> str:
+  """os.path.abspath for a local path; a remote path is absolute already."""
+  return path if is_remote(path) else os.path.abspath(path)
+
+
+def replace(source: str, target: str) -> None:
+  """Renames a file over `target` (os.replace; tf.io.gfile.rename(overwrite=True))."""
+  if is_remote(source):
+    _gfile().rename(source, target, overwrite=True)
+  else:
+    os.replace(source, target)
+
+
+def rmdir(path: str) -> None:
+  """Removes an empty directory (OSError when it is not empty, locally)."""
+  if is_remote(path):
+    _gfile().remove(path)  # ram://, GCS: a directory is a marker or a prefix
+  else:
+    os.rmdir(path)
 
 
 def remove(path: str) -> None:
@@ -153,6 +209,92 @@ def read_bytes(path: str) -> bytes:
 
 def read_text(path: str) -> str:
   return read_bytes(path).decode("utf-8")
+
+
+def open_binary(path: str):
+  """A seekable binary reader of `path` (for zipfile / np.load): open() locally,
+  tf.io.gfile.GFile elsewhere; a missing file is FileNotFoundError on both."""
+  if not is_remote(path):
+    return open(path, "rb")
+  if not _gfile().exists(path):
+    raise FileNotFoundError(errno.ENOENT, "No such file or directory", path)
+  return _gfile().GFile(path, "rb")
+
+
+def write_bytes(path: str, payload: bytes) -> None:
+  """Writes a file, not atomically: for files inside a folder that is itself published by
+  one rename (`staged_dir`). Local files get FIXED_TIME."""
+  if is_remote(path):
+    with _gfile().GFile(path, "wb") as fh:
+      fh.write(payload)
+    return
+  with open(path, "wb") as fh:
+    fh.write(payload)
+  os.utime(path, (FIXED_TIME, FIXED_TIME))
+
+
+def fsync_tree(root: str) -> None:
+  """fsync every file and directory under `root`, so that a rename publishes durable bytes
+  (local file systems; a remote store's objects are durable once written)."""
+  if is_remote(root):
+    return
+  for dirpath, _, filenames in os.walk(root):
+    for name in filenames:
+      with open(os.path.join(dirpath, name), "rb") as fh:
+        os.fsync(fh.fileno())
+    fd = os.open(dirpath, os.O_RDONLY)
+    try:
+      os.fsync(fd)
+    finally:
+      os.close(fd)
+
+
+class staged_dir:  # noqa: N801 - used as a context manager, like tempfile's
+  """`with staged_dir(target) as tmp:` fill the folder `tmp` (beside `target`, named
+  .<name>.tmp-<pid>); on a normal exit it is fsynced, stamped with FIXED_TIME and moved to
+  `target` by `rename_dir` (one atomic rename locally); on an error it is removed and
+  `target` is untouched. `target` must not exist, or be an empty folder (removed at the
+  move): a folder with content is refused with FileExistsError before anything is written.
+  """
+
+  def __init__(self, target: str):
+    self.target = target.rstrip("/") or target
+    parent, name = os.path.split(self.target)
+    self.tmp = os.path.join(parent, f".{name}.tmp-{os.getpid()}")
+
+  def check(self) -> None:
+    """FileExistsError when the target exists and is not an empty folder."""
+    if not exists(self.target):
+      return
+    if not isdir(self.target):
+      raise FileExistsError(errno.EEXIST, "exists and is not a folder", self.target)
+    if listdir(self.target):
+      raise FileExistsError(errno.EEXIST, "exists and is not empty", self.target)
+
+  def __enter__(self) -> str:
+    self.check()
+    parent = os.path.dirname(self.target)
+    if parent:
+      makedirs(parent)
+    rmtree(self.tmp)  # left by a killed process that had our pid
+    makedirs(self.tmp)
+    return self.tmp
+
+  def __exit__(self, kind, value, traceback) -> bool:
+    if kind is not None:
+      rmtree(self.tmp)
+      return False
+    try:
+      self.check()  # appeared meanwhile?
+      fsync_tree(self.tmp)
+      set_fixed_times(self.tmp)
+      if exists(self.target):
+        rmdir(self.target)  # empty (checked)
+      rename_dir(self.tmp, self.target)
+    except BaseException:
+      rmtree(self.tmp)
+      raise
+    return False
 
 
 def write_bytes_atomic(target: str, payload: bytes, mode: Optional[int] = None) -> None:
