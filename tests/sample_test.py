@@ -167,3 +167,219 @@ def test_labels_by_name_or_index():
     sample.parse_labels("emu", names)
   with pytest.raises(sample.FlagError, match=r"3 outside \[0, num_classes=3\)"):
     sample.parse_labels("3", names)
+
+
+# ---- synthetic data sets: --format=folder|npz|tfrecord ------------------------------------
+
+NAMES = ["owl", "cat", "dog"]  # not sorted: a folder reads them back in sorted order
+
+
+@pytest.fixture(scope="module")
+def named_model(tmp_path_factory):
+  """An 8×8 RGB model of the classes NAMES (a run's metadata: ε, δ, run id, unit, spec)."""
+  base = tmp_path_factory.mktemp("named")
+  tf.keras.utils.set_random_seed(3)
+  gen = generators.make_generator("dcgan", (8, 8, 3), 3, latent_dim=LATENT, embed_dim=3,
+                                  hidden=8)
+  spec = {"source": "folder:/data/pets", "image_shape": [8, 8, 3], "label_names": NAMES,
+          "labelled": True, "privacy_unit": "group", "num_classes": 3}
+  return export_lib.export_generator(
+      gen, str(base), "pets", 4,
+      {"epsilon": 2.5, "delta": 1e-6, "dp": True, "private": True, "run_id": "run-abc",
+       "accountant": "rdp", "label_names": NAMES, "data_spec": spec, "privacy_unit": "group",
+       "dataset": "folder:/data/pets"})
+
+
+@pytest.fixture(scope="module")
+def flat_model(tmp_path_factory):
+  """A model trained on unlabelled data: one class, "all"."""
+  base = tmp_path_factory.mktemp("flat")
+  tf.keras.utils.set_random_seed(4)
+  gen = generators.make_generator("dcgan", (8, 8, 1), 1, latent_dim=LATENT, embed_dim=3,
+                                  hidden=8)
+  spec = {"source": "folder:/data/scans", "image_shape": [8, 8, 1], "label_names": ["all"],
+          "labelled": False, "privacy_unit": "record"}
+  return export_lib.export_generator(gen, str(base), "scans", 1,
+                                     {"epsilon": 1.0, "delta": 1e-5, "dp": True,
+                                      "run_id": "run-flat", "label_names": ["all"],
+                                      "data_spec": spec, "privacy_unit": "record"})
+
+
+def _read_back(fmt, out):
+  from dp_sinkhorn_tf.data import sources
+  from dp_sinkhorn_tf.data import spec as data_spec
+  arg = {"folder": str(out), "npz": f"{out}/synthetic.npz",
+         "tfrecord": f"{out}/*.tfrecord"}[fmt]
+  return sources.load(data_spec.parse_source(f"{fmt}:{arg}"), "train", sources.Options())
+
+
+def _by_class(pixels, labels, names):
+  """{class name: the images of that class, in order}."""
+  return {name: pixels[labels == k] for k, name in enumerate(names)}
+
+
+@pytest.mark.parametrize("fmt", ["folder", "npz", "tfrecord"])
+def test_a_synthetic_data_set_is_read_back_by_its_data_source(named_model, tmp_path, fmt):
+  out = tmp_path / "synthetic"
+  assert sample.main(["sample", f"--model={named_model}", f"--format={fmt}",
+                      "--num_per_label=5", "--seed=7", f"--out={out}"]) == 0
+  # What sample drew: the export's images_uint8, label-major, from seed 7.
+  drawn = sample.draw(named_model, [0, 1, 2], 5, 7)
+  expected = _by_class(drawn["images_uint8"], drawn["labels"], NAMES)
+  loaded = _read_back(fmt, out)
+  assert loaded.pixels.shape == (15, 8, 8, 3) and loaded.pixels.dtype == np.uint8
+  assert loaded.labelled and loaded.notes == ()  # the manifest is no skipped file
+  names = {"folder": ("cat", "dog", "owl"),  # sorted folder names
+           "npz": tuple(NAMES),  # the export's order, with its names
+           "tfrecord": ("0", "1", "2")}[fmt]  # indices in the export's order (names: manifest)
+  assert loaded.label_names == names
+  got = _by_class(loaded.pixels, loaded.labels, loaded.label_names)
+  for k, name in enumerate(NAMES):
+    key = str(k) if fmt == "tfrecord" else name
+    assert len(got[key]) == 5
+    np.testing.assert_array_equal(got[key], expected[name])  # PNG / npz: lossless
+  listing = sorted(os.listdir(out))
+  assert "synthetic_manifest.json" in listing
+  assert sorted(os.listdir(tmp_path)) == ["synthetic"]  # no temporary folder left
+  if fmt == "folder":
+    assert listing == ["cat", "dog", "owl", "synthetic_manifest.json"]
+    assert sorted(os.listdir(out / "owl")) == [f"{i:06d}.png" for i in range(5)]
+  elif fmt == "tfrecord":
+    assert listing == ["synthetic-00000-of-00001.tfrecord", "synthetic_manifest.json"]
+
+
+def test_the_manifest_says_what_the_images_are(named_model, tmp_path):
+  import json
+  out = tmp_path / "s"
+  assert sample.main(["sample", f"--model={named_model}", "--format=folder", "--labels=dog,owl",
+                      "--num_per_label=3", "--seed=-2", f"--out={out}"]) == 0
+  manifest = json.loads((out / "synthetic_manifest.json").read_text())
+  assert manifest["synthetic"] is True and manifest["format"] == "folder"
+  assert (manifest["run_id"], manifest["epsilon"], manifest["delta"]) == ("run-abc", 2.5, 1e-6)
+  assert manifest["privacy_unit"] == "group" and manifest["accountant"] == "rdp"
+  assert manifest["seed"] == -2 and manifest["private"] is True
+  assert manifest["counts"] == {"owl": 3, "cat": 0, "dog": 3} and manifest["num_images"] == 6
+  assert manifest["requested"] == {"num_per_label": 3, "labels": ["dog", "owl"]}
+  assert manifest["label_names"] == NAMES and manifest["image_shape"] == [8, 8, 3]
+  assert manifest["model"]["path"] == named_model and manifest["model"]["version"] == 4
+  assert manifest["model"]["model_name"] == "pets"
+  assert manifest["read_back"] == f"--data=folder:{out}"
+  assert sorted(os.listdir(out)) == ["dog", "owl", "synthetic_manifest.json"]  # no empty cat/
+
+
+def test_an_unlabelled_model_writes_a_flat_folder(flat_model, tmp_path):
+  out = tmp_path / "flat"
+  assert sample.main(["sample", f"--model={flat_model}", "--format=folder", "--num=12",
+                      f"--out={out}"]) == 0
+  assert len([n for n in os.listdir(out) if n.endswith(".png")]) == 12
+  loaded = _read_back("folder", out)
+  assert loaded.pixels.shape == (12, 8, 8, 1) and not loaded.labelled
+  assert loaded.label_names == ("all",) and loaded.notes == ()
+  for fmt in ("npz", "tfrecord"):  # no labels written: read back as unlabelled too
+    assert sample.main(["sample", f"--model={flat_model}", f"--format={fmt}", "--num=4",
+                        f"--out={tmp_path / fmt}"]) == 0
+    again = _read_back(fmt, tmp_path / fmt)
+    assert again.pixels.shape == (4, 8, 8, 1) and not again.labelled
+
+
+def test_proportions_are_rounded_to_sum_to_num(named_model, tmp_path):
+  import json
+  assert sample.largest_remainder(7, [0.3, 0.7]) == [2, 5]
+  assert sample.largest_remainder(10, [1, 1, 1]) == [4, 3, 3]  # a tie: the first listed
+  assert sample.largest_remainder(5, [0.5, 0, 0.5]) == [3, 0, 2]
+  assert sample.largest_remainder(1, [0.2, 0.3, 0.5]) == [0, 0, 1]
+  for total in (1, 2, 9, 100, 1001):
+    assert sum(sample.largest_remainder(total, [0.11, 0.52, 0.37])) == total
+  out = tmp_path / "p"
+  assert sample.main(["sample", f"--model={named_model}", "--format=npz", "--num=7",
+                      "--proportions=cat:0.3,dog:0.7", f"--out={out}"]) == 0
+  loaded = _read_back("npz", out)
+  assert np.bincount(loaded.labels, minlength=3).tolist() == [0, 2, 5]  # owl, cat, dog
+  manifest = json.loads((out / "synthetic_manifest.json").read_text())
+  assert manifest["counts"] == {"owl": 0, "cat": 2, "dog": 5}
+  assert manifest["requested"] == {"num": 7, "proportions": {"cat": 0.3, "dog": 0.7}}
+  # --num alone: as even as the total allows, over --labels (default: every class).
+  out = tmp_path / "even"
+  assert sample.main(["sample", f"--model={named_model}", "--format=tfrecord", "--num=8",
+                      f"--out={out}"]) == 0
+  assert np.bincount(_read_back("tfrecord", out).labels).tolist() == [3, 3, 2]
+
+
+def test_an_existing_destination_is_refused_and_an_empty_one_filled(named_model, tmp_path,
+                                                                    capsys):
+  full = tmp_path / "full"
+  full.mkdir()
+  (full / "keep.txt").write_text("mine")
+  argv = ["sample", f"--model={named_model}", "--format=folder", "--num_per_label=1"]
+  assert sample.main(argv + [f"--out={full}"]) == 2
+  errors = [l for l in capsys.readouterr().err.splitlines() if l.startswith("error:")]
+  assert len(errors) == 1 and f"--out={full}" in errors[0] and "not empty" in errors[0]
+  assert os.listdir(full) == ["keep.txt"]
+  a_file = tmp_path / "a_file"
+  a_file.write_text("x")
+  assert sample.main(argv + [f"--out={a_file}"]) == 2
+  assert "not a folder" in capsys.readouterr().err
+  empty = tmp_path / "empty"
+  empty.mkdir()
+  assert sample.main(argv + [f"--out={empty}"]) == 0
+  assert sorted(os.listdir(empty)) == ["cat", "dog", "owl", "synthetic_manifest.json"]
+  assert sorted(os.listdir(tmp_path)) == ["a_file", "empty", "full"]
+
+
+def test_a_failed_data_set_write_leaves_nothing(named_model, tmp_path, monkeypatch):
+  from dp_sinkhorn_tf.io import files
+  written = []
+  real_write = files.write_bytes
+
+  def fail_on_the_fourth(path, payload):
+    if len(written) == 3:
+      raise OSError(28, "No space left on device", path)
+    written.append(path)
+    real_write(path, payload)
+
+  monkeypatch.setattr(files, "write_bytes", fail_on_the_fourth)
+  with pytest.raises(OSError):
+    sample.main(["sample", f"--model={named_model}", "--format=folder", "--num_per_label=2",
+                 f"--out={tmp_path / 'out'}"])
+  assert len(written) == 3 and os.listdir(tmp_path) == []
+
+
+@pytest.mark.parametrize("args,flag", [
+    (["--proportions=cat:0.5", "--format=npz"], "--proportions=cat:0.5: needs --num"),
+    (["--proportions=cat", "--num=4"], "--proportions=cat: 'cat' is not CLASS:WEIGHT"),
+    (["--proportions=cat:x", "--num=4"], "--proportions=cat:x: weight 'x'"),
+    (["--proportions=cat:-1,dog:2", "--num=4"], "--proportions=cat:-1,dog:2: weight '-1'"),
+    (["--proportions=cat:inf", "--num=4"], "--proportions=cat:inf: weight 'inf'"),
+    (["--proportions=emu:1", "--num=4"], "--proportions=emu:1: 'emu' is neither"),
+    (["--proportions=cat:1,1:2", "--num=4"], "--proportions=cat:1,1:2: class 'cat' is given"),
+    (["--proportions=cat:0,dog:0", "--num=4"], "--proportions=cat:0,dog:0: the weights sum"),
+    (["--proportions=cat:1", "--num=4", "--labels=dog"], "--labels=dog: not with"),
+    (["--num=4", "--num_per_label=2"], "--num_per_label=2: not with --num=4"),
+    (["--num=0"], "--num"),
+    (["--format=grid", "--num=4", "--out={tmp}/g.png"], "--num=4: a grid has"),
+    (["--format=grid"], "--out={tmp}/out: --format=grid writes a .png file"),
+    (["--format=npz", "--out={tmp}/x.npz"], "--out={tmp}/x.npz: --format=npz writes a folder"),
+    (["--format=folder", "--out={tmp}/missing/out"], "--out={tmp}/missing/out: directory"),
+])
+def test_bad_data_set_flags_are_one_line_naming_the_flag(named_model, tmp_path, capsys, args,
+                                                          flag):
+  argv = ["sample", f"--model={named_model}", "--format=folder", f"--out={tmp_path}/out"]
+  argv += [a.format(tmp=tmp_path) for a in args]
+  assert sample.main(argv) == 2
+  errors = [l for l in capsys.readouterr().err.splitlines() if l.startswith("error:")]
+  assert len(errors) == 1 and flag.format(tmp=tmp_path) in errors[0], errors
+  assert os.listdir(tmp_path) == []
+
+
+def test_a_label_name_that_cannot_name_a_folder_is_refused(tmp_path, capsys):
+  tf.keras.utils.set_random_seed(5)
+  gen = generators.make_generator("dcgan", (8, 8, 1), 2, latent_dim=LATENT, embed_dim=3,
+                                  hidden=8)
+  version = export_lib.export_generator(gen, str(tmp_path / "m"), "g", 1,
+                                        {"label_names": ["a/b", "ok"]})
+  argv = ["sample", f"--model={version}", "--num_per_label=1"]
+  assert sample.main(argv + ["--format=folder", f"--out={tmp_path / 'o'}"]) == 2
+  assert "--format=folder: class 'a/b' contains a path separator" in capsys.readouterr().err
+  assert sample.main(argv + ["--format=folder", "--labels=ok", f"--out={tmp_path / 'o'}"]) == 0
+  assert sample.main(argv + ["--format=npz", f"--out={tmp_path / 'n'}"]) == 0
+  assert _read_back("npz", tmp_path / "n").label_names == ("a/b", "ok")

@@ -30,7 +30,8 @@ image without a group), a TFDS builder that is not prepared. Files WITHOUT an im
 (README.txt, Thumbs.db, hidden files) are skipped and counted in a note: a folder of scans
 often holds them, and their names say they are not images; a file whose name says it is an
 image and does not decode is refused, since skipping it would silently shrink the private
-set.
+set. The manifest `sample` writes at the top of a synthetic data set
+(`spec.SYNTHETIC_MANIFEST`) is skipped without a note.
 
 Groups (--privacy_unit=group): folder with --groups=CSV (a header naming the columns `file`
 and `group`; `file` relative to the folder, as listed) or --groups=subfolders (the first
@@ -320,6 +321,8 @@ def _walk_images(root: str, skipped: List[str]) -> List[str]:
     dirs[:] = sorted(d for d in dirs if not d.startswith("."))
     rel = os.path.relpath(folder, root)
     for name in sorted(names):
+      if rel == "." and name == data_spec.SYNTHETIC_MANIFEST:
+        continue  # `sample`'s manifest of a synthetic data set: not one of its images
       path = name if rel == "." else f"{rel.replace(os.sep, '/')}/{name}"
       (found if _is_image_name(name) and not name.startswith(".") else skipped).append(path)
   return sorted(found)

@@ -38,6 +38,9 @@ PRIVACY_UNITS = ("record", "group")
 # folder without classes) names each image's group.
 GROUPS_SUBFOLDERS = "subfolders"
 FORMAT_VERSION = 1
+# Written by `sample --format=folder|npz|tfrecord` beside a synthetic data set; --data=folder:
+# skips it at the folder's top without counting it among the non-image files.
+SYNTHETIC_MANIFEST = "synthetic_manifest.json"
 _SIZE = re.compile(r"^\s*(\d+)\s*(?:[xX×]\s*(\d+))?\s*$")
 SOURCE_HELP = "folder:PATH, tfds:NAME[/CONFIG], tfrecord:GLOB or npz:PATH"
 
