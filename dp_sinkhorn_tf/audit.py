@@ -40,9 +40,14 @@ B/N for its N, which counts the included canaries (a public N then reveals how m
 not which). The attacker then draws --audit_samples_per_class images per label from the
 exported generator only.
 Re-running the command resumes an interrupted run, and on a finished one only re-scores.
+
+--workdir and --audit_out may be local or on any tf.io.gfile file system (gs://, ram://:
+`io.files`); audit_canaries.npz is created 0600 locally, and on a remote store is protected
+only by the store's own access control.
 """
 
 import dataclasses
+import io
 import json
 import math
 import os
@@ -427,12 +432,13 @@ def draw_canaries(count: int, dataset):
 
 def load_or_draw_canaries(path: str, count: int, dataset):
   """The run's canaries: read from `path` on a resume (same count), else drawn and written
-  (atomically, before any training) so a resume trains on the same set."""
-  if os.path.exists(path):
+  (atomically, before any training; owner-only 0600 on a local file system, a remote
+  store's own access control elsewhere) so a resume trains on the same set."""
+  if files.exists(path):
     try:
-      with np.load(path) as z:
+      with files.open_binary(path) as fh, np.load(fh) as z:
         images, labels, included = z["images"], z["labels"], z["included"]
-    except (OSError, ValueError, KeyError) as e:
+    except (OSError, ValueError, KeyError, EOFError) as e:
       raise ValueError(f"{path}: not a canary file of this audit ({type(e).__name__})") \
           from None
     if len(images) != count or images.shape[1:] != tuple(dataset.image_shape):
@@ -440,14 +446,13 @@ def load_or_draw_canaries(path: str, count: int, dataset):
                        f"shape {images.shape[1:]}; use its count or a new --workdir")
     return images, labels.astype(np.int32), included.astype(bool)
   images, labels, included = draw_canaries(count, dataset)
-  os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+  files.makedirs(os.path.dirname(path) or ".")
   rundir.write_bytes_atomic(path, _npz_bytes(images=images, labels=labels, included=included),
                             mode=0o600)
   return images, labels, included
 
 
 def _npz_bytes(**arrays) -> bytes:
-  import io
   buf = io.BytesIO()
   np.savez(buf, **arrays)
   return buf.getvalue()
@@ -539,20 +544,21 @@ def plot_roc(path: str, panels) -> None:
     ax.set_title(panel.title, fontsize=9)
     ax.legend(fontsize=7, loc="upper left")
   fig.tight_layout()
-  tmp = f"{path}.tmp-{os.getpid()}.png"
-  fig.savefig(tmp, dpi=110)
-  plt.close(fig)
-  os.replace(tmp, path)
+  buf = io.BytesIO()
+  try:
+    fig.savefig(buf, dpi=110, format="png")
+  finally:
+    plt.close(fig)
+  files.write_bytes_atomic(path, buf.getvalue())  # local or any tf.io.gfile path
 
 
 def _write_report(out: str, section: str, payload: dict) -> str:
-  os.makedirs(out, exist_ok=True)
+  files.makedirs(out)
   path = os.path.join(out, AUDIT_FILE)
   report = {}
-  if os.path.exists(path):
+  if files.exists(path):
     try:
-      with open(path) as fh:
-        report = json.load(fh)
+      report = json.loads(files.read_text(path))
     except (OSError, ValueError):
       report = {}
   report[section] = payload
@@ -669,8 +675,7 @@ def _resolvable(name: str, setting: StepSetting, trials_each: int, delta: float,
 def certified_run_epsilon(workdir: str) -> float:
   """The tightest ε the run's accountants prove (min over RDP and PLD in privacy.json);
   ∞ for a --nodp run."""
-  with open(rundir.path(workdir, rundir.REPORT_FILE)) as fh:
-    report = json.load(fh)
+  report = json.loads(files.read_text(rundir.path(workdir, rundir.REPORT_FILE)))
   if not report.get("dp"):
     return math.inf
   return float(min(report["ledger"]["epsilon"].values()))

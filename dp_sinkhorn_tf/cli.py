@@ -33,6 +33,8 @@ import os
 import sys
 from typing import List, NoReturn, Optional, Sequence
 
+from dp_sinkhorn_tf.io import files
+
 SHIPPED_FLAGFILES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "launch")
 _FLAGFILE_PREFIXES = ("--flagfile=", "-flagfile=")
 _MAX_DEPTH = 20
@@ -53,6 +55,10 @@ def require(condition: bool, flag: str, expected: str, value,
 def find_flagfile(name: str, relative_to: Optional[str] = None) -> str:
   """The path of flagfile `name`: relative to `relative_to` (the naming file's folder) or
   the working directory, else among the shipped flagfiles."""
+  if files.is_remote(name):  # gs://…, ram://…: that file and no other
+    if files.isfile(name):
+      return name
+    raise FlagfileError(f"--flagfile={name}: no such file")
   base = relative_to if relative_to is not None else os.getcwd()
   candidates = [os.path.join(base, os.path.expanduser(name))]
   if relative_to is not None:
@@ -60,7 +66,10 @@ def find_flagfile(name: str, relative_to: Optional[str] = None) -> str:
   candidates += [os.path.join(SHIPPED_FLAGFILES, name),
                  os.path.join(SHIPPED_FLAGFILES, os.path.basename(name))]
   for path in candidates:
-    if os.path.isfile(path):
+    if files.is_remote(path):  # relative to a remote flagfile's folder
+      if files.isfile(path):
+        return path
+    elif os.path.isfile(path):
       return os.path.normpath(path)
   where = "its folder" if relative_to is not None else "the working directory"
   raise FlagfileError(f"--flagfile={name}: no such file in {where} nor among the shipped "
@@ -76,8 +85,7 @@ def shipped_flagfiles() -> List[str]:
 
 def _read_flagfile(path: str) -> List[str]:
   try:
-    with open(path, encoding="utf-8") as fh:
-      lines = fh.read().splitlines()
+    lines = files.read_text(path).splitlines()  # local, or any tf.io.gfile path
   except (OSError, UnicodeDecodeError) as e:
     raise FlagfileError(f"--flagfile={path}: cannot read it "
                         f"({getattr(e, 'strerror', None) or type(e).__name__})") from None

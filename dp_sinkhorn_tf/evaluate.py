@@ -39,6 +39,9 @@ error with a generated model, whose pictures are publishable) writes them anyway
 sub-folder --out/private_real_images/ next to a DO_NOT_PUBLISH.txt, never to --out itself:
 that folder holds private records and must never be published.
 
+Paths (--model, --workdir, --out, --fid_cache, --data=…) may be local or on any tf.io.gfile
+file system (gs://, hdfs://, ram://: `io.files`).
+
 Errors print one line `error: ...` naming the flag and exit non-zero; --out is only written
 once everything has been computed (every file via a temp file and rename, eval.json last; a
 previous run's outputs this run does not produce, private_real_images/ included, are removed
@@ -48,9 +51,7 @@ just before eval.json).
 import dataclasses
 import json
 import os
-import shutil
 import sys
-import tempfile
 import time
 from typing import Optional, Tuple
 
@@ -198,7 +199,7 @@ def config_from_flags(f) -> EvalConfig:
                     "go to --out without it")
   if not f.out:
     raise FlagError("--out: required (the output directory)")
-  if os.path.exists(f.out) and not os.path.isdir(f.out):
+  if files.exists(f.out) and not files.isdir(f.out):
     raise FlagError(f"--out={f.out}: exists and is not a directory")
   if f.dataset is not None and f.data is not None:
     raise FlagError(f"--data={f.data}: expected either --data or --dataset, not both")
@@ -218,11 +219,11 @@ def config_from_flags(f) -> EvalConfig:
   for name in ("max_epochs", "patience", "batch_size", "epsilon_points"):
     _require(getattr(f, name) >= 1, name, "at least 1", getattr(f, name))
   _require(f.seed >= 0, "seed", "a non-negative integer", f.seed)
-  if f.model != REAL and not os.path.exists(f.model):
+  if f.model != REAL and not files.exists(f.model):
     raise FlagError(f"--model={f.model}: no such export directory")
-  if f.workdir is not None and not os.path.isdir(f.workdir):
+  if f.workdir is not None and not files.isdir(f.workdir):
     raise FlagError(f"--workdir={f.workdir}: not a directory")
-  if f.fid_cache is not None and os.path.isdir(f.fid_cache):
+  if f.fid_cache is not None and files.isdir(f.fid_cache):
     raise FlagError(f"--fid_cache={f.fid_cache}: is a directory; expected an .npz file path")
   kinds = _parse_classifiers(f.classifiers)
   val_size = max(1, round(f.val_fraction * f.num_samples))
@@ -271,17 +272,16 @@ def _load_workdir(workdir):
     return None, None
   ledger = privacy_json = None
   ledger_path = os.path.join(workdir, LEDGER_FILE)
-  if os.path.exists(ledger_path):
+  if files.exists(ledger_path):
     try:
       ledger = accounting.PrivacyLedger.load(ledger_path)
     except ValueError as e:
       raise FlagError(f"--workdir={workdir}: {e}") from None
   report_path = os.path.join(workdir, PRIVACY_FILE)
-  if os.path.exists(report_path):
+  if files.exists(report_path):
     try:
-      with open(report_path) as fh:
-        privacy_json = json.load(fh)
-    except json.JSONDecodeError as e:
+      privacy_json = json.loads(files.read_text(report_path))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
       raise FlagError(f"--workdir={workdir}: {report_path} is not valid JSON ({e})") from None
   return ledger, privacy_json
 
@@ -315,7 +315,7 @@ def _writer(name: str, write):
   the staging directory, maybe in PRIVATE_DIR) → name."""
   def stage(staging: str) -> str:
     path = os.path.join(staging, name)
-    os.makedirs(os.path.dirname(path), exist_ok=True)
+    files.makedirs(os.path.dirname(path))
     write(path)
     return name
   return stage
@@ -328,29 +328,32 @@ def _publish_order(name: str) -> int:
 
 def _stage_and_publish(out: str, writers) -> None:
   """Runs each writer(staging_dir) → file name relative to it, then moves the files into
-  `out` (DO_NOT_PUBLISH.txt before the private pictures, eval.json last, each by os.replace; a
-  previous run's outputs this run lacks are removed just before eval.json, the warning last,
-  and an emptied PRIVATE_DIR with them). A failure while writing leaves `out` as it was."""
-  parent = os.path.dirname(os.path.abspath(out))
-  os.makedirs(parent, exist_ok=True)
-  staging = tempfile.mkdtemp(prefix=f".{os.path.basename(os.path.abspath(out))}.tmp-",
-                             dir=parent)
+  `out` (DO_NOT_PUBLISH.txt before the private pictures, eval.json last, each by one
+  rename, `files.replace`; a previous run's outputs this run lacks are removed just before
+  eval.json, the warning last, and an emptied PRIVATE_DIR with them). The staging folder
+  .<out>.tmp-<pid> sits beside `out` (local or any tf.io.gfile path). A failure while
+  writing leaves `out` as it was."""
+  out = files.abspath(out.rstrip("/") or out)
+  parent, base = os.path.split(out)
+  staging = os.path.join(parent, f".{base}.tmp-{os.getpid()}")
+  files.rmtree(staging)  # left by a killed process that had our pid
+  files.makedirs(staging)
   try:
     names = [writer(staging) for writer in writers]
-    os.makedirs(out, exist_ok=True)
+    files.makedirs(out)
     for name in sorted(names, key=_publish_order):
       if name == EVAL_FILE:  # a previous run's outputs that this run did not produce go
         for stale in sorted(set(OUTPUT_FILES) - set(names), key=_publish_order, reverse=True):
-          if os.path.isfile(os.path.join(out, stale)):
-            os.remove(os.path.join(out, stale))
+          if files.isfile(os.path.join(out, stale)):
+            files.remove(os.path.join(out, stale))
         private_dir = os.path.join(out, PRIVATE_DIR)
-        if os.path.isdir(private_dir) and not os.listdir(private_dir):
-          os.rmdir(private_dir)
+        if files.isdir(private_dir) and not files.listdir(private_dir):
+          files.rmdir(private_dir)
       dest = os.path.join(out, name)
-      os.makedirs(os.path.dirname(dest), exist_ok=True)
-      os.replace(os.path.join(staging, name), dest)
+      files.makedirs(os.path.dirname(dest))
+      files.replace(os.path.join(staging, name), dest)
   finally:
-    shutil.rmtree(staging, ignore_errors=True)
+    files.rmtree(staging)
 
 
 def _write_do_not_publish(path: str, dataset: str) -> str:
@@ -366,8 +369,7 @@ def _write_do_not_publish(path: str, dataset: str) -> str:
       f"Publish the evaluation folder without {PRIVATE_DIR}/ (without --write_private_images "
       "it is never written).",
   ]
-  with open(path, "w") as fh:
-    fh.write("\n".join(lines) + "\n")
+  files.write_text_atomic(path, "\n".join(lines) + "\n")
   return path
 
 
@@ -510,7 +512,7 @@ def run(cfg: EvalConfig) -> int:
         "best_epochs": {k: r.best_epoch + 1 for k, r in paper.items()},
         "test_accuracy_per_epoch": {k: r.test_accuracies for k, r in paper.items()}}
   if metadata is not None:
-    extra["export_path"] = os.path.abspath(sampler.path)
+    extra["export_path"] = files.abspath(sampler.path)
   report = evaluation.eval_report(
       model=cfg.model, dataset=real.name, accuracies=accuracies, num_samples=n, seed=cfg.seed,
       test_size=len(test.images), privacy=privacy, fid=fid_value,

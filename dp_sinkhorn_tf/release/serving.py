@@ -80,22 +80,23 @@ def predict_url(model_name: str, host: str = "localhost", port: int = 8501,
 # ---- the export layout ---------------------------------------------------------------------
 
 def find_version_dir(path: str) -> Tuple[str, Optional[int]]:
-  """(version directory, version) of an export: `path` itself when it holds saved_model.pb,
-  else its highest numeric version subdirectory holding one (TF Serving's
-  <model>/<version>/ layout). The version is None for a SavedModel directory whose name is
-  not a number.
+  """(version directory, version) of an export (local or any tf.io.gfile path): `path`
+  itself when it holds saved_model.pb, else its highest numeric version subdirectory holding
+  one (TF Serving's <model>/<version>/ layout). The version is None for a SavedModel
+  directory whose name is not a number.
 
   Raises:
     FileNotFoundError: "<path>: ..." when `path` is neither.
   """
-  if not os.path.isdir(path):
+  if not files.isdir(path):
     raise FileNotFoundError(f"{path}: no such directory")
-  if os.path.isfile(os.path.join(path, "saved_model.pb")):
-    name = os.path.basename(os.path.normpath(path))
+  if files.isfile(os.path.join(path, "saved_model.pb")):
+    name = os.path.basename(path.rstrip("/") if files.is_remote(path)
+                            else os.path.normpath(path))
     return path, int(name) if name.isascii() and name.isdigit() else None
-  versions = [(int(name), name) for name in os.listdir(path)
+  versions = [(int(name), name) for name in files.listdir(path)
               if name.isascii() and name.isdigit() and
-              os.path.isfile(os.path.join(path, name, "saved_model.pb"))]
+              files.isfile(os.path.join(path, name, "saved_model.pb"))]
   if not versions:
     raise FileNotFoundError(f"{path}: neither a SavedModel directory (no saved_model.pb) nor "
                             "a model directory with numeric version subdirectories")
