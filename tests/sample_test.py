@@ -312,7 +312,8 @@ def test_an_existing_destination_is_refused_and_an_empty_one_filled(named_model,
   (full / "keep.txt").write_text("mine")
   argv = ["sample", f"--model={named_model}", "--format=folder", "--num_per_label=1"]
   assert sample.main(argv + [f"--out={full}"]) == 2
-  errors = [l for l in capsys.readouterr().err.splitlines() if l.startswith("error:")]
+  errors = [line for line in capsys.readouterr().err.splitlines()
+            if line.startswith("error:")]
   assert len(errors) == 1 and f"--out={full}" in errors[0] and "not empty" in errors[0]
   assert os.listdir(full) == ["keep.txt"]
   a_file = tmp_path / "a_file"
@@ -366,7 +367,8 @@ def test_bad_data_set_flags_are_one_line_naming_the_flag(named_model, tmp_path, 
   argv = ["sample", f"--model={named_model}", "--format=folder", f"--out={tmp_path}/out"]
   argv += [a.format(tmp=tmp_path) for a in args]
   assert sample.main(argv) == 2
-  errors = [l for l in capsys.readouterr().err.splitlines() if l.startswith("error:")]
+  errors = [line for line in capsys.readouterr().err.splitlines()
+            if line.startswith("error:")]
   assert len(errors) == 1 and flag.format(tmp=tmp_path) in errors[0], errors
   assert os.listdir(tmp_path) == []
 
