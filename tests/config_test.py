@@ -66,3 +66,12 @@ def test_changed_flags_names_each_difference_as_then_and_now():
       "--public_clip: unset then, 0.25 now",
   ]
   assert config_lib.changed_flags(then, then) == []
+
+
+def test_a_private_run_is_planned_by_rdp_only():
+  # The exact (lattice) noise is certified by RDP; its PLD is not below the continuous
+  # Gaussian's, so a PLD-planned private run would claim an ε nothing certifies.
+  with pytest.raises(ValueError, match=r"^--accountant='?pld'?: expected rdp with --dp"):
+    config_lib.PrivacyConfig(accountant="pld")
+  assert config_lib.PrivacyConfig(accountant="pld", dp=False).accountant == "pld"
+  assert config_lib.PrivacyConfig().accountant == "rdp"

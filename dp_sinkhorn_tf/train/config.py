@@ -222,6 +222,13 @@ class PrivacyConfig:
                 "a number > 0 with --dp", self.noise_multiplier)
     cli.require(self.target_epsilon > 0, "target_epsilon", "a number > 0", self.target_epsilon)
     cli.require(0 < self.delta < 1, "delta", "a number in (0, 1)", self.delta)
+    # The lattice noise (privacy.lattice) is certified through RDP: for integer shifts the
+    # discrete Gaussian's Rényi divergences are the continuous one's. Its privacy-loss
+    # distribution is not below the continuous Gaussian's, so a PLD plan would not be a bound.
+    cli.require(self.accountant == "rdp", "accountant",
+                "rdp with --dp (the exact lattice noise is certified by RDP; privacy.json "
+                "reports the continuous Gaussian's PLD figure for reference only)",
+                self.accountant)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -115,7 +115,8 @@ flags.DEFINE_float("noise_multiplier", None, "σ: noise std / sensitivity. Unset
 flags.DEFINE_float("target_epsilon", 10.0, "ε of the (ε, δ) guarantee.")
 flags.DEFINE_float("delta", 1e-5, "δ of the (ε, δ) guarantee; keep it below 1/N.")
 flags.DEFINE_enum("accountant", "rdp", list(config_lib.ACCOUNTANTS),
-                  "Accountant that plans the budget (privacy.json reports both).")
+                  "Accountant that plans the budget: rdp with --dp (the exact lattice noise is "
+                  "certified by RDP); privacy.json reports the PLD figure for reference.")
 # Optimisation.
 flags.DEFINE_enum("optimizer", "adam", list(config_lib.OPTIMIZERS), "Generator optimiser.")
 flags.DEFINE_float("learning_rate", 1e-3, "Learning rate.")
