@@ -136,9 +136,26 @@ def _print_help(flag_values, program: str) -> None:
   print(flag_values.get_help(include_special_flags=False))
 
 
+def _asks_for_logs(argv: Sequence[str]) -> bool:
+  """Whether the command line sets absl's --verbosity (or -v / --v)."""
+  return any(a.split("=")[0] in ("--verbosity", "-verbosity", "-v", "--v") for a in argv)
+
+
+def quiet_start(argv: Sequence[str]) -> None:
+  """Silences TensorFlow's start-up lines (oneDNN notes, cuDNN / cuFFT / cuBLAS factory
+  registrations logged as errors) and the INFO lines of TF's Python logger, unless the command line asks with --verbosity / -v or TF_CPP_MIN_LOG_LEVEL
+  is set. Called before TensorFlow is imported (its C++ log level is read at import)."""
+  if _asks_for_logs(argv):
+    return
+  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+  import logging  # pylint: disable=g-import-not-at-top
+  logging.getLogger("tensorflow").setLevel(logging.WARNING)
+
+
 def absl_parser(flag_values):
-  """A `flags_parser` for `absl.app.run`: expands flagfiles (as above), then parses with
-  `flag_values`; any error (unknown flag, bad value, missing flagfile) is one line, exit 2."""
+  """A `flags_parser` for `absl.app.run`: quiets TensorFlow's start-up (`quiet_start`),
+  expands flagfiles (as above), then parses with `flag_values`; any error (unknown flag,
+  bad value, missing flagfile) is one line, exit 2."""
   from absl import flags
 
   def parse(argv):
@@ -147,7 +164,14 @@ def absl_parser(flag_values):
       _print_help(flag_values, os.path.basename(str(argv[0])))
       sys.exit(0)
     try:
-      return flag_values([argv[0], *expand_flagfiles(argv[1:])])
+      expanded = expand_flagfiles(argv[1:])
+      quiet_start(expanded)  # a --verbosity in a flagfile counts
+      rest = flag_values([argv[0], *expanded])
+      if not _asks_for_logs(expanded):
+        # absl.app.run raises an unset --verbosity to INFO; keep its WARNING default (an
+        # assignment counts as set). TF's SavedModel code logs through absl.
+        flags.FLAGS.verbosity = -1
+      return rest
     except (flags.Error, FlagfileError) as e:
       text = str(e).strip()
       fail(text.splitlines()[0] if text else type(e).__name__)

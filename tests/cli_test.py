@@ -111,3 +111,18 @@ def test_require_names_the_flag_and_shows_the_value_as_its_repr():
 
   with pytest.raises(FlagError, match=r"^--fid='x': expected one of none\|pixels$"):
     cli.require(False, "fid", "one of none|pixels", "x", error=FlagError)
+
+
+def test_quiet_start_silences_tf_unless_verbosity_is_asked(monkeypatch):
+  import logging
+  monkeypatch.delenv("TF_CPP_MIN_LOG_LEVEL", raising=False)
+  cli.quiet_start(["--verbosity=1", "--steps=3"])
+  assert "TF_CPP_MIN_LOG_LEVEL" not in os.environ
+  cli.quiet_start(["-v", "0"])
+  assert "TF_CPP_MIN_LOG_LEVEL" not in os.environ
+  cli.quiet_start(["--steps=3"])
+  assert os.environ["TF_CPP_MIN_LOG_LEVEL"] == "3"
+  assert logging.getLogger("tensorflow").level == logging.WARNING
+  monkeypatch.setenv("TF_CPP_MIN_LOG_LEVEL", "1")  # the user's own setting wins
+  cli.quiet_start(["--steps=3"])
+  assert os.environ["TF_CPP_MIN_LOG_LEVEL"] == "1"
