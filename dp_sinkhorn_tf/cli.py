@@ -167,7 +167,7 @@ def absl_parser(flag_values):
       expanded = expand_flagfiles(argv[1:])
       quiet_start(expanded)  # a --verbosity in a flagfile counts
       rest = flag_values([argv[0], *expanded])
-      if not _asks_for_logs(expanded):
+      if not _asks_for_logs(expanded) and "verbosity" in flags.FLAGS:
         # absl.app.run raises an unset --verbosity to INFO; keep its WARNING default (an
         # assignment counts as set). TF's SavedModel code logs through absl.
         flags.FLAGS.verbosity = -1

@@ -126,3 +126,18 @@ def test_quiet_start_silences_tf_unless_verbosity_is_asked(monkeypatch):
   monkeypatch.setenv("TF_CPP_MIN_LOG_LEVEL", "1")  # the user's own setting wins
   cli.quiet_start(["--steps=3"])
   assert os.environ["TF_CPP_MIN_LOG_LEVEL"] == "1"
+
+
+@pytest.mark.parametrize("module", ["export", "sample", "evaluate"])
+def test_entry_points_on_a_private_registry_parse_in_a_fresh_process(tmp_path, module):
+  # absl's --verbosity is defined only once absl.logging is imported; the quiet start must
+  # not assume it (a fresh `sample` once failed with "Unknown command line flag 'verbosity'").
+  missing = tmp_path / "missing"
+  flag = "--workdir" if module == "export" else "--model"
+  proc = subprocess.run([sys.executable, "-m", f"dp_sinkhorn_tf.{module}", f"{flag}={missing}"],
+                        capture_output=True, text=True, cwd=ROOT, timeout=300)
+  assert proc.returncode == 2, proc.stderr[-2000:]
+  errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+  # export names the missing --workdir; sample and evaluate first ask for their --out
+  assert len(errors) == 1 and "verbosity" not in proc.stderr
+  assert (str(missing) if module == "export" else "--out") in errors[0]
