@@ -557,10 +557,10 @@ def test_label_names_must_name_every_class(tmp_path):
 # ---- provenance and release hygiene -------------------------------------------------------
 
 def _dp_cfg(workdir, steps=3, **run):
+  run = {"log_every": 1, "sample_every": 10**6, "checkpoint_every": 3, **run}
   return tiny_config(workdir, steps=steps, privacy=config_lib.PrivacyConfig(
       noise_multiplier=1.0, target_epsilon=10.0),
-      run=config_lib.RunConfig(workdir=str(workdir), log_every=1, sample_every=10**6,
-                               checkpoint_every=3, **run))
+      run=config_lib.RunConfig(workdir=str(workdir), **run))
 
 
 def _train(cfg, images=DIGITS.images, labels=DIGITS.labels):
@@ -771,6 +771,144 @@ def test_diverged_weights_stop_the_run_without_saving_them(tmp_path, monkeypatch
     value = tf.train.load_variable(ckpt, name)
     if name.startswith("generator/"):
       assert np.all(np.isfinite(value)), name
+
+
+# ---- many steps per call of the compiled loop (trainer.multi_step_function) -------------
+
+def _optimizer_variables(model):
+  found = model.optimizer.variables
+  return found() if callable(found) else found  # legacy (param_grad) optimizers: a method
+
+
+@pytest.mark.parametrize("mechanism", ["image_grad", "param_grad"])
+def test_k_steps_in_one_call_are_k_single_steps_bit_for_bit(mechanism):
+  # Each step of the loop keys its batch and noise (param_grad: the DPQuery's seed through
+  # noise_seed_now) by its own index, so calls of 2 + 3 steps give the weights, EMA,
+  # optimizer state and metrics of 5 single steps, bit for bit.
+  cfg = tiny_config(
+      privacy=config_lib.PrivacyConfig(noise_multiplier=1.0, target_epsilon=10.0,
+                                       mechanism=mechanism),
+      optim=config_lib.OptimConfig(ema_decay=0.99 if mechanism == "image_grad" else 0.0))
+  plan = accounting.plan_privacy(cfg, len(DIGITS.images))
+  key = keys.generate()
+  strategy = tf.distribute.get_strategy()
+  single, _ = trainer.build_model(cfg, DIGITS.images, DIGITS.labels, 10, plan, key)
+  one_step = trainer.step_function(single, strategy)
+  for t in range(5):
+    logs = one_step(tf.constant(t, tf.int64))
+  looped, step = trainer.build_model(cfg, DIGITS.images, DIGITS.labels, 10, plan, key)
+  run = trainer.multi_step_function(looped, strategy, step)
+  state = run(3, run(2, trainer.initial_loop_state()))
+  assert int(step.numpy()) == 5
+  values = dict(zip(trainer.LOOP_STATE, state.numpy().tolist()))
+  assert values == {k: float(v) for k, v in logs.items()}
+  mine, theirs = (m.variables + _optimizer_variables(m) for m in (looped, single))
+  assert len(mine) == len(theirs) > 10
+  for a, b in zip(mine, theirs):
+    np.testing.assert_array_equal(a.numpy(), b.numpy())
+
+
+class _Watched:
+  """The loop's state as the loop sees it in the test below: reading it is recorded."""
+
+  def __init__(self, tensor, reads, step):
+    self.tensor, self._reads, self._step = tensor, reads, step
+
+  def numpy(self):
+    self._reads.append(self._step)
+    return self.tensor.numpy()
+
+
+def _watch_calls(monkeypatch, start=0):
+  """Wraps trainer.multi_step_function: records (steps reached after each call) and (steps
+  at which the loop read the returned state); any other use of the state fails."""
+  calls, reads = [], []
+  real = trainer.multi_step_function
+
+  def watched_function(model, strategy, step_var):
+    run = real(model, strategy, step_var)
+
+    def call(num_steps, state):
+      if isinstance(state, _Watched):
+        state = state.tensor
+      calls.append((calls[-1] if calls else start) + num_steps)
+      return _Watched(run(num_steps, state), reads, calls[-1])
+
+    return call
+
+  monkeypatch.setattr(trainer, "multi_step_function", watched_function)
+  return calls, reads
+
+
+def test_the_loop_reads_the_device_only_at_log_sample_and_checkpoint_points(tmp_path,
+                                                                            monkeypatch):
+  # log points 4, 8, 12, 14; sample points 5, 10; chunk ends 6, 12, 14. Whatever the
+  # calls, the state is read there and only there, and every K trains the same steps.
+  expected_calls = {
+      None: [4, 5, 6, 8, 10, 12, 14],       # to the next log, sample or checkpoint point
+      3: [3, 4, 5, 6, 8, 10, 12, 14],       # at most 3: the call ending at 3 is not read
+      1: list(range(1, 15)),
+  }
+  weights, ledgers = {}, {}
+  for k, expected in expected_calls.items():
+    cfg = _dp_cfg(tmp_path / str(k), steps=14, insecure_fixed_key=True, log_every=4,
+                  sample_every=5, checkpoint_every=6, steps_per_call=k)
+    with monkeypatch.context() as patch:
+      calls, reads = _watch_calls(patch)
+      logged = []
+      result = train_lib.train(cfg, DIGITS.images, DIGITS.labels, 10,
+                               accounting.plan_privacy(cfg, len(DIGITS.images)),
+                               on_log=lambda s, t, logs: logged.append(s))
+    assert calls == expected
+    assert reads == [4, 5, 6, 8, 10, 12, 14]
+    assert logged == [4, 8, 12, 14]
+    assert (result.calls, result.reads, result.steps_run) == (len(calls), len(reads), 14)
+    assert set(result.final_logs) == set(trainer.STEP_METRICS) | {"epsilon"}
+    weights[k] = _weights(result)
+    ledger = json.loads((tmp_path / str(k) / rundir.LEDGER_FILE).read_text())
+    ledgers[k] = {f: v for f, v in ledger.items() if f != "run_id"}
+  for k in (3, 1):
+    assert ledgers[k] == ledgers[None]
+    for a, b in zip(weights[k], weights[None]):
+      np.testing.assert_array_equal(a, b)
+
+
+def test_between_log_points_the_loop_makes_no_host_round_trip(tmp_path, monkeypatch):
+  # Unset --steps_per_call: one call and one read per log interval, none in between.
+  cfg = _dp_cfg(tmp_path, steps=21, log_every=7, sample_every=10**6, checkpoint_every=100)
+  calls, reads = _watch_calls(monkeypatch)
+  result = _train(cfg)
+  assert calls == reads == [7, 14, 21]
+  assert result.calls - result.reads == 0  # returns to Python between log points
+
+
+def test_a_stop_takes_effect_at_the_end_of_a_call_inside_the_chunk(tmp_path, monkeypatch):
+  cfg = _dp_cfg(tmp_path, steps=12, log_every=4, checkpoint_every=100)
+  plan = accounting.plan_privacy(cfg, len(DIGITS.images))
+  calls, _ = _watch_calls(monkeypatch)
+  with pytest.raises(train_lib.Interrupted, match="stopped at step 4 of 12"):
+    train_lib.train(cfg, DIGITS.images, DIGITS.labels, 10, plan, stop=lambda: True)
+  assert calls == [4]
+  ledger = accounting.PrivacyLedger.load(os.path.join(tmp_path, rundir.LEDGER_FILE))
+  assert (ledger.steps_taken, ledger.checkpoint_step) == (12, 4)
+
+
+def test_weights_that_diverge_inside_a_call_end_it_and_name_their_step(tmp_path, monkeypatch):
+  cfg = _dp_cfg(tmp_path, steps=9, log_every=8, checkpoint_every=8)
+  plan = accounting.plan_privacy(cfg, len(DIGITS.images))
+
+  def poisoned_ema(self, step):  # the weights turn NaN in step index 4 (the 5th step)
+    v = self.generator.variables[0]
+    v.assign(tf.where(step == 4, tf.fill(tf.shape(v), np.nan), v))
+
+  monkeypatch.setattr(trainer.DPSinkhornModel, "update_ema", poisoned_ema)
+  calls, reads = _watch_calls(monkeypatch)
+  with pytest.raises(train_lib.DivergedError, match="step 5: .*NaN or inf.*checkpoint: step 0"):
+    train_lib.train(cfg, DIGITS.images, DIGITS.labels, 10, plan)
+  assert calls == reads == [8]  # the call stopped after step 5; the read at 8 saw it
+  assert tf.train.latest_checkpoint(os.path.join(tmp_path, "checkpoints")) is None
+  ledger = accounting.PrivacyLedger.load(os.path.join(tmp_path, rundir.LEDGER_FILE))
+  assert (ledger.steps_taken, ledger.checkpoint_step) == (8, 0)
 
 
 # ---- the private set as uint8, and groups as the unit of privacy ------------------------

@@ -278,6 +278,9 @@ class RunConfig:
   num_devices: Optional[int] = None
   # A run whose budget is spent and whose outputs exist: "fail" (exit 1) or "skip" (exit 0).
   if_finished: str = "fail"
+  # Steps per call of the compiled loop (train_lib._train_loop), at most; None: every step
+  # up to the next log, sample or checkpoint point, where the loop reads the device anyway.
+  steps_per_call: Optional[int] = None
 
   def __post_init__(self):
     cli.require(bool(self.workdir), "workdir", "a directory path", self.workdir)
@@ -288,6 +291,8 @@ class RunConfig:
                 "an integer ≥ 1 (or unset)", self.num_devices)
     cli.require(not (self.privacy_key_file and self.insecure_fixed_key), "insecure_fixed_key",
                 "unset together with --privacy_key_file (one key source)", self.insecure_fixed_key)
+    cli.require(self.steps_per_call is None or self.steps_per_call >= 1, "steps_per_call",
+                "an integer ≥ 1 (or unset)", self.steps_per_call)
     for name in ("log_every", "sample_every", "checkpoint_every", "keep_checkpoints"):
       cli.require(getattr(self, name) >= 1, name, "an integer ≥ 1", getattr(self, name))
 
@@ -382,6 +387,9 @@ NOT_SHAPING = {
     "run.privacy_key_file": "a path: the key itself is pinned (the run keeps <workdir>/"
                             "privacy_key, and a given file must hold the same secret)",
     "run.if_finished": "what to do once every step is taken",
+    "run.steps_per_call": "how many steps one call of the compiled loop runs; step t keys "
+                          "its batch and noise by t in every call (trainer_test: K steps in "
+                          "one call are K single steps bit for bit)",
 }
 
 # Config paths whose flag is not the field's own name. Other fields of the sections are set

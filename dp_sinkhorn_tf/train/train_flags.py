@@ -162,6 +162,11 @@ flags.DEFINE_integer("log_every", 10, "Steps between progress / TensorBoard scal
 flags.DEFINE_integer("sample_every", 500, "Steps between sample grids.")
 flags.DEFINE_integer("checkpoint_every", 200, "Steps between checkpoints (and ledger writes).")
 flags.DEFINE_integer("keep_checkpoints", 3, "Checkpoints kept.")
+flags.DEFINE_integer("steps_per_call", None, "At most this many steps per call of the "
+                     "compiled training loop (a tf.while_loop on the device). Unset: every "
+                     "step up to the next log, sample or checkpoint point, the only places "
+                     "the loop reads the device; a stop signal takes effect at the end of "
+                     "a call. 1: a return to Python after every step (slower, same steps).")
 flags.DEFINE_bool("export", True, "Export a SavedModel for TF Serving at the end.")
 flags.DEFINE_string("model_name", "generator", "Model name in the export layout.")
 flags.DEFINE_enum("if_finished", "fail", ["fail", "skip"],
@@ -210,7 +215,7 @@ def config_from_flags(f) -> config_lib.TrainConfig:
       run=config_lib.RunConfig(f.workdir, f.seed, f.log_every, f.sample_every,
                                f.checkpoint_every, f.keep_checkpoints, f.export, f.model_name,
                                f.privacy_key_file, f.insecure_fixed_key, f.strategy,
-                               f.num_devices, f.if_finished),
+                               f.num_devices, f.if_finished, f.steps_per_call),
       fake_batch_size=f.fake_batch_size)
 
 

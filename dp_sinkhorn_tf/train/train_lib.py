@@ -374,6 +374,10 @@ class TrainResult:
   final_logs: dict
   sample_grid: Optional[str]
   identity: Optional[rundir.RunIdentity] = None
+  # Host round-trips of the loop: calls of the compiled steps, and reads of their state
+  # (only at log, sample and checkpoint points; calls − reads returned between them).
+  calls: int = 0
+  reads: int = 0
 
 
 def _gradient_flags(cfg: config_lib.TrainConfig, plan: accounting.PrivacyPlan) -> dict:
@@ -657,8 +661,10 @@ def train(cfg: config_lib.TrainConfig, images: np.ndarray, labels: np.ndarray,
       their chunk is checkpointed); --nodp runs get every metric.
     label_names: K names for the rows of the sample grids (default "0", …, "K−1").
     state: from `open_run` (None: opened here).
-    stop: polled after every step (e.g. a signal flag); when it returns True the loop
-      checkpoints that step, writes the held-back outputs and raises Interrupted.
+    stop: polled after every call of the compiled steps (e.g. a signal flag; a call runs
+      to the next log, sample or checkpoint point, at most --steps_per_call steps); when
+      it returns True the loop checkpoints the step reached, writes the held-back outputs
+      and raises Interrupted.
     finish_only: for a run whose steps are all taken and checkpointed, write the final grid
       and report from the final checkpoint (no step, no privacy spent) instead of raising
       BudgetExhaustedError.
@@ -720,15 +726,39 @@ def train(cfg: config_lib.TrainConfig, images: np.ndarray, labels: np.ndarray,
       shutil.rmtree(scratch, ignore_errors=True)
 
 
+def _steps_this_call(t: int, end: int, run: config_lib.RunConfig) -> int:
+  """How many steps the call from step t runs: up to the next log point, sample point or
+  chunk end `end` (where the loop reads the device), at most --steps_per_call."""
+  def next_multiple(every):
+    return (t // every + 1) * every
+
+  k = min(end, next_multiple(run.log_every), next_multiple(run.sample_every)) - t
+  return k if run.steps_per_call is None else min(k, run.steps_per_call)
+
+
+def _read(state) -> dict:
+  """The loop's one device-to-host copy at a read point: `trainer.LOOP_STATE` as floats."""
+  return dict(zip(trainer.LOOP_STATE, (float(v) for v in state.numpy())))
+
+
 def _train_loop(cfg, plan, state, model, step, manager, strategy, chief: bool, start: int,
                 names, num_classes: int, on_log, stop) -> "TrainResult":
   """The chunked loop of `train`: charge (chief), run, checkpoint, publish (chief); the
-  model was built in `strategy`'s scope."""
+  model was built in `strategy`'s scope.
+
+  The steps run on the device, many per call (`trainer.multi_step_function`): a call runs
+  to the next log point, sample point or chunk end (at most --steps_per_call steps), and
+  only there does the loop read the device (`_read`: the last step's metrics and whether
+  the weights stayed finite, one copy). Between those points nothing waits on a step:
+  the state stays on the device and is handed to the next call. stop() is polled between
+  calls: a run stops at the next call boundary inside the charged chunk."""
   run = cfg.run
   ledger = state.ledger
   ledger_path = rundir.path(run.workdir, rundir.LEDGER_FILE)
   t, steps_run, logs, t_saved = start, 0, {}, start
-  train_fn = trainer.step_function(model, strategy)
+  calls = reads = 0
+  train_fn = trainer.multi_step_function(model, strategy, step)
+  loop_state = trainer.initial_loop_state()
   if chief:
     # Published events are timed by their step (io.events); the private diagnostics, never
     # published, keep the real clock for whoever debugs the run's speed.
@@ -753,16 +783,26 @@ def _train_loop(cfg, plan, state, model, step, manager, strategy, chief: bool, s
     epsilon = ledger.epsilon() if ledger is not None else math.inf
     pending = []  # publishable outputs, held back until the chunk's checkpoint is recorded
     while t < end:
-      logs = {k: float(v) for k, v in train_fn(step.read_value()).items()}
-      step.assign_add(1)
-      t += 1
-      steps_run += 1
+      count = _steps_this_call(t, end, run)
+      loop_state = train_fn(count, loop_state)
+      calls += 1
+      t += count
+      steps_run += count
+      if stop is not None and t < end and stop():
+        end = t  # a call boundary: checkpoint here and stop below
+      is_log = t % run.log_every == 0 or t == plan.steps
+      is_sample = t % run.sample_every == 0 and t < plan.steps
+      if not (is_log or is_sample or t == end):
+        continue  # nothing to write: the state stays on the device
+      logs = _read(loop_state)
+      reads += 1
       if not logs.pop("weights_finite"):
+        diverged = int(step.numpy())  # the loop stopped after that step (multi_step_function)
         raise DivergedError(
-            f"step {t}: the generator's weights became NaN or inf; the run stopped without "
-            f"saving them (last good checkpoint: step {t_saved}). Lower --learning_rate or "
-            "check the flags, and train in a new --workdir")
-      if t % run.log_every == 0 or t == plan.steps:
+            f"step {diverged}: the generator's weights became NaN or inf; the run stopped "
+            f"without saving them (last good checkpoint: step {t_saved}). Lower "
+            "--learning_rate or check the flags, and train in a new --workdir")
+      if is_log:
         logs["epsilon"] = epsilon
         public = {k: v for k, v in logs.items() if k in summaries.PUBLIC_METRICS}
         private = {k: v for k, v in logs.items() if k not in summaries.PUBLIC_METRICS}
@@ -770,14 +810,12 @@ def _train_loop(cfg, plan, state, model, step, manager, strategy, chief: bool, s
         summaries.write_scalars(private_writer, t, private)  # never published: written at once
         if on_log is not None:  # at once: the step and the ε charged are data-independent
           on_log(t, plan.steps, dict(logs) if ledger is None else {"epsilon": epsilon})
-      if t % run.sample_every == 0 and t < plan.steps:
+      if is_sample:
         # on every worker, as the final grid below
         images_t = summaries.generate_grid(model.sampling_generator, num_classes, 10)
         if chief:
           pending.append(functools.partial(summaries.write_samples, writer, images_t, names,
                                            run.workdir, t))
-      if stop is not None and t < end and stop():
-        end = t  # a step boundary: checkpoint here and stop below
     manager.save(checkpoint_number=t)
     if chief:
       checkpoints.fix_checkpoint_times(manager)
@@ -808,4 +846,4 @@ def _train_loop(cfg, plan, state, model, step, manager, strategy, chief: bool, s
   private_writer.close()
   if chief:
     rundir.set_fixed_times(run.workdir)
-  return TrainResult(model, ledger, steps_run, logs, grid, state.identity)
+  return TrainResult(model, ledger, steps_run, logs, grid, state.identity, calls, reads)

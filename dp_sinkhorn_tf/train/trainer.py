@@ -596,3 +596,55 @@ def step_function(model: DPSinkhornModel, strategy: tf.distribute.Strategy):
   return run
 
 
+# The state `multi_step_function` carries from call to call: whether every weight is still
+# finite (1.0 or 0.0), then the STEP_METRICS of the last step run (float32).
+LOOP_STATE = ("weights_finite",) + STEP_METRICS
+
+
+def initial_loop_state() -> tf.Tensor:
+  """The state before a run's first call: finite weights, no metrics yet."""
+  return tf.constant([1.0] + [0.0] * len(STEP_METRICS), tf.float32)
+
+
+def multi_step_function(model: DPSinkhornModel, strategy: tf.distribute.Strategy,
+                        step_var: tf.Variable):
+  """run(num_steps, state) → state: up to num_steps steps in one call of one compiled function
+  (a tf.while_loop around `train_step`; the trip count is a tensor, so any num_steps runs
+  the same trace), entered in the strategy's scope as `step_function`.
+
+  Iteration i trains step t = step_var + i, the index that keys its batch and noise (and
+  that param_grad's DPQuery reads through `noise_seed_now`: the loop's own tensor, set as
+  the body is traced), so k steps of one call release and update exactly what k calls of
+  `step_function` do; step_var holds the next step index on return. state (LOOP_STATE, a
+  float32 vector that stays on the device until the caller reads it) ANDs weights_finite
+  over the steps and holds the last step's metrics. The loop stops after the first step
+  that leaves a weight NaN or inf, and a call whose state says so runs no step: step_var
+  then names that step (its index + 1), whatever num_steps the later calls asked for.
+  """
+
+  def steps(num_steps, state):
+    def cond(i, t, finite, logs):
+      del t, logs
+      return tf.logical_and(i < num_steps, finite)
+
+    def body(i, t, finite, logs):
+      del finite, logs
+      out = model.train_step(t)
+      return i + 1, t + 1, out["weights_finite"], [out[k] for k in STEP_METRICS]
+
+    _, t, finite, logs = tf.while_loop(
+        cond, body, (tf.constant(0, tf.int64), step_var.read_value(), state[0] > 0,
+                     tf.unstack(state[1:])))
+    step_var.assign(t)
+    return tf.stack([tf.cast(finite, tf.float32)] + logs)
+
+  compiled = tf.function(steps, input_signature=[
+      tf.TensorSpec([], tf.int64), tf.TensorSpec([len(LOOP_STATE)], tf.float32)])
+
+  def run(num_steps: int, state: tf.Tensor) -> tf.Tensor:
+    with strategy.scope():
+      return compiled(tf.constant(num_steps, tf.int64), state)
+
+  return run
+
+
