@@ -116,6 +116,53 @@ def test_padded_mirrored_steps_release_and_update_as_one_device(path):
       np.testing.assert_allclose(np.asarray(b), np.asarray(a), atol=5e-5)
 
 
+MULTI_STEP = r"""
+import json
+import numpy as np
+import tensorflow as tf
+from dp_sinkhorn_tf.data import datasets
+from dp_sinkhorn_tf.privacy import accounting, keys
+from dp_sinkhorn_tf.train import config as config_lib, distribute, trainer
+from dp_sinkhorn_tf.transport import sinkhorn
+distribute.configure_devices("mirrored", 2)
+digits = datasets.load_dataset("digits")
+cfg = config_lib.TrainConfig(
+    batch_size=16, fake_batch_size=9, steps=5,
+    model=config_lib.ModelConfig("dcgan", latent_dim=4, embed_dim=2, hidden=4, output="clip"),
+    loss=config_lib.LossConfig(cost="l1l2", debias_fraction=0.25, class_matching=True,
+                               solver=sinkhorn.SinkhornConfig(epsilon=0.5, max_iterations=30)),
+    privacy=config_lib.PrivacyConfig(noise_multiplier=1.0, target_epsilon=10.0),
+    optim=config_lib.OptimConfig(ema_decay=0.99),
+    run=config_lib.RunConfig(workdir="unused", strategy="mirrored", num_devices=2))
+plan = accounting.plan_privacy(cfg, len(digits.images))
+key = keys.insecure_fixed(3)
+st = distribute.make_strategy("mirrored", 2)
+weights = {}
+for how in ("single", "loop"):
+  with st.scope():
+    model, step = trainer.build_model(cfg, digits.images, digits.labels, 10, plan, key)
+  if how == "single":
+    one = trainer.step_function(model, st)
+    for t in range(5):
+      one(tf.constant(t, tf.int64))
+  else:
+    run = trainer.multi_step_function(model, st, step)
+    run(3, run(2, trainer.initial_loop_state()))
+  weights[how] = [np.concatenate([r.numpy().ravel() for r in
+                                  st.experimental_local_results(v)]).tolist()
+                  for v in model.generator.variables + model.ema_generator.variables]
+  weights[how + "_step"] = int(step.numpy())
+print("RESULT " + json.dumps(weights))
+"""
+
+
+def test_mirrored_steps_in_one_call_are_single_steps_bit_for_bit():
+  # The while loop runs strategy.run (and its all-gather and broadcast) per iteration.
+  result = _run_python(MULTI_STEP)
+  assert result["loop_step"] == 5
+  assert result["loop"] == result["single"]
+
+
 @pytest.mark.parametrize("replicas", [1, 2, 3, 4, 7])
 def test_shares_cover_every_row_once_and_differ_by_at_most_one(replicas):
   for total in range(1, 24):
