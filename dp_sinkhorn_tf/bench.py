@@ -4,6 +4,11 @@
   python -m dp_sinkhorn_tf.bench sinkhorn --compile_solver --products=bfloat16
   python -m dp_sinkhorn_tf.bench sinkhorn --compile_solver --relaxation=1.5   # over-relaxed
   python -m dp_sinkhorn_tf.bench sinkhorn --peer=geomloss [--peer_python=PY]   # side by side
+  python -m dp_sinkhorn_tf.bench loop [--rounds 3]   # the training loop, K=1 vs unset
+
+`train` (train/bench_train.py) times one step; `loop` (train/bench_loop.py) a launch
+flagfile's whole loop, one call per step (--steps_per_call=1) against the unset flag (a
+call per log interval), interleaved in fresh processes, with the loop's host syncs.
 
 Each configuration runs in a fresh subprocess so that `peak_mb` (the child's peak resident
 set size, TensorFlow's own ~0.5 GB included) belongs to that configuration alone. `ms` is the
@@ -182,6 +187,11 @@ def run_sinkhorn_config(name: str, repeats: int, jit: bool, products: str = "flo
 
 
 def _child(argv) -> int:
+  if argv[0] == "loop":
+    from dp_sinkhorn_tf.train import bench_loop
+    steps_per_call = None if argv[2] == "unset" else int(argv[2])
+    print("RESULT " + json.dumps(bench_loop.run(argv[1], steps_per_call)), flush=True)
+    return 0
   kind, name, repeats, jit = argv[0], argv[1], int(argv[2]), argv[3] == "1"
   strategy, devices = argv[4], (int(argv[5]) if argv[5] != "0" else None)
   precision = argv[6] if argv[6] != "flagfile" else None
@@ -201,15 +211,19 @@ def _run_in_child(kind: str, name: str, repeats: int, jit: bool, strategy: str =
                   num_devices: Optional[int] = None, python: Optional[str] = None,
                   precision: str = "flagfile", products: str = "float32",
                   compile_solver: bool = False, relaxation: float = 1.0) -> dict:
+  return _child_result(name, [kind, name, str(repeats), "1" if jit else "0", strategy,
+                              str(num_devices or 0), precision, products,
+                              "1" if compile_solver else "0", repr(relaxation)], python)
+
+
+def _child_result(name: str, args, python: Optional[str] = None) -> dict:
+  """The RESULT line of `bench _child ARGS` in a fresh process (or an error entry)."""
   env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
   if python is not None:  # another interpreter (the peer's): it imports this package's file
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, env.get("PYTHONPATH")]))
-  proc = subprocess.run(
-      [python or sys.executable, "-m", "dp_sinkhorn_tf.bench", "_child", kind, name, str(repeats),
-       "1" if jit else "0", strategy, str(num_devices or 0), precision, products,
-       "1" if compile_solver else "0", repr(relaxation)], capture_output=True, text=True,
-      env=env)
+  proc = subprocess.run([python or sys.executable, "-m", "dp_sinkhorn_tf.bench", "_child",
+                         *args], capture_output=True, text=True, env=env)
   for line in proc.stdout.splitlines():
     if line.startswith("RESULT "):
       return json.loads(line[len("RESULT "):])
@@ -237,8 +251,9 @@ flags.DEFINE_enum("strategy", "default", ["default", "mirrored"], "train suite: 
 flags.DEFINE_enum("peer", "none", list(PEERS), "sinkhorn suite: also time this library "
                   "on the same data, interleaved (ours, peer, ours, peer, …, --peer_rounds "
                   "each), and print both medians and the ratio in one line.", flag_values=FLAGS)
-flags.DEFINE_integer("rounds", 3, "Interleaved rounds (fresh processes) with --peer or "
-                     "--precision=compare.", lower_bound=1, flag_values=FLAGS)
+flags.DEFINE_integer("rounds", 3, "Interleaved rounds (fresh processes) with --peer, "
+                     "--precision=compare and the loop suite.", lower_bound=1,
+                     flag_values=FLAGS)
 flags.DEFINE_enum("precision", "flagfile", ["flagfile", *PRECISIONS, "compare"],
                   "train suite: the generator's policy (flagfile: the flagfile's --precision); "
                   "compare: float32 and --compare_with interleaved, both medians and the "
@@ -249,7 +264,7 @@ flags.DEFINE_string("peer_python", None, "Interpreter that has the peer installe
                     "this one; e.g. a venv with torch + geomloss).", flag_values=FLAGS)
 flags.DEFINE_integer("num_devices", None, "train suite, --strategy=mirrored: devices (logical "
                      "CPUs here).", lower_bound=1, flag_values=FLAGS)
-SUITES = ("sinkhorn", "train", "all")
+SUITES = ("sinkhorn", "train", "loop", "all")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -288,6 +303,9 @@ def run(cfg: BenchConfig) -> int:
   if cfg.suite in ("train", "all"):
     from dp_sinkhorn_tf.train import bench_train
     jobs += [("train", name) for name in bench_train.CONFIGS]
+  if cfg.suite in ("loop", "all"):
+    from dp_sinkhorn_tf.train import bench_loop
+    jobs += [("loop", name) for name in bench_loop.CONFIGS]
   unknown = set(cfg.only) - {name for _, name in jobs}
   if unknown:
     raise ValueError(f"--only: unknown config(s) {sorted(unknown)} for suite {cfg.suite}")
@@ -301,6 +319,8 @@ def run(cfg: BenchConfig) -> int:
       result = _interleaved(name, cfg)
     elif kind == "train" and cfg.precision == "compare":
       result = _precision_compare(name, cfg, cfg.compare_with)
+    elif kind == "loop":
+      result = _loop_compare(name, cfg.rounds)
     else:
       result = _run_in_child(kind, name, cfg.repeats, cfg.jit, cfg.strategy, cfg.num_devices,
                              precision=cfg.precision, products=cfg.products,
@@ -360,8 +380,39 @@ def _precision_compare(name: str, cfg: BenchConfig, low: str) -> dict:
   return out
 
 
+def _loop_compare(name: str, rounds: int) -> dict:
+  """The whole training loop with one call per step (--steps_per_call=1) and with the flag
+  unset (a call per log interval), alternating fresh processes `rounds` times: the medians
+  of ms/step, the speed-up (K=1 / unset) and each variant's host syncs between log points."""
+  from dp_sinkhorn_tf.train import bench_loop
+
+  runs = {"1": [], "unset": []}
+  for _ in range(rounds):
+    for k in runs:
+      runs[k].append(_child_result(name, ["loop", name, k]))
+  for result in runs["1"] + runs["unset"]:
+    if "error" in result:
+      return {"config": name, "error": result["error"]}
+  first = runs["unset"][0]
+  ms = {k: round(statistics.median(r["ms_per_step"] for r in rs), 3) for k, rs in runs.items()}
+  return {
+      "config": name, "flagfile": first["flagfile"], "data": first["data"],
+      "steps": first["steps"], "log_every": first["log_every"],
+      "ms_per_step_k1": ms["1"], "ms_per_step": ms["unset"],
+      "speedup": round(ms["1"] / ms["unset"], 2),
+      "ms_per_step_k1_rounds": [r["ms_per_step"] for r in runs["1"]],
+      "ms_per_step_rounds": [r["ms_per_step"] for r in runs["unset"]],
+      "calls_k1": runs["1"][0]["calls"], "calls": first["calls"], "reads": first["reads"],
+      "syncs_per_step_between_log_points_k1":
+          runs["1"][0]["syncs_per_step_between_log_points"],
+      "syncs_per_step_between_log_points": first["syncs_per_step_between_log_points"],
+      "rounds": rounds, "target": bench_loop.TARGETS[name],
+  }
+
+
 def main(argv=None) -> int:
-  """python -m dp_sinkhorn_tf.bench SUITE [--flags]: SUITE is one of sinkhorn, train, all."""
+  """python -m dp_sinkhorn_tf.bench SUITE [--flags]: SUITE is one of sinkhorn, train, loop,
+  all."""
   argv = list(sys.argv if argv is None else argv)
   if len(argv) > 1 and argv[1] == "_child":
     return _child(argv[2:])

@@ -20,6 +20,7 @@ def run_bench(*args):
     (["nosuchsuite"], "suite"),
     (["train", "--precision=float8"], "precision"),
     (["train", "--only=nosuchconfig"], "--only"),
+    (["loop", "--only=digits_demo_step"], "--only"),
     (["sinkhorn", "--rounds=0"], "rounds"),
     (["sinkhorn", "--products=float16"], "products"),
     (["sinkhorn", "--relaxation=2"], "relaxation"),
@@ -43,6 +44,23 @@ def test_precision_compare_prints_both_medians_and_their_ratio_in_one_line():
   assert result["step_ms_low_rounds"] == [result["step_ms_low"]]
   assert result["step_speedup"] == pytest.approx(result["step_ms"] / result["step_ms_low"],
                                                  abs=0.01)
+
+
+def test_loop_suite_prints_both_loops_their_ratio_and_host_syncs_in_one_line():
+  proc = run_bench("loop", "--only=digits_loop", "--rounds=1")
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  lines = proc.stdout.strip().splitlines()
+  assert len(lines) == 1
+  result = json.loads(lines[0])
+  assert result["config"] == "digits_loop" and result["rounds"] == 1
+  assert result["ms_per_step_k1_rounds"] == [result["ms_per_step_k1"]]
+  assert result["speedup"] == pytest.approx(result["ms_per_step_k1"] / result["ms_per_step"],
+                                            abs=0.01)
+  steps, log_every = result["steps"], result["log_every"]
+  assert result["calls_k1"] == steps  # one call per step: a host sync at every step
+  assert result["syncs_per_step_between_log_points_k1"] > 0.9
+  assert result["calls"] == result["reads"] == steps // log_every  # one per log interval
+  assert result["syncs_per_step_between_log_points"] == 0
 
 
 def test_bench_config_holds_every_flag_under_its_own_name():
