@@ -531,7 +531,8 @@ def test_a_resume_with_other_gradient_flags_is_one_line_and_spends_nothing(tmp_p
     assert "Traceback" not in proc.stderr
     # Nothing written: the ledger's bytes (no ε charged), flags.txt, privacy.json, all.
     assert {p: p.read_bytes() for p in workdir.rglob("*") if p.is_file()} == before
-  resumed = run_main(*args, "--log_every=2")  # what is logged shapes no gradient
+  # What is logged and how many steps a call runs shape no gradient.
+  resumed = run_main(*args, "--log_every=2", "--steps_per_call=3")
   assert resumed.returncode == 0, resumed.stderr[-2000:]
   assert "resuming run" in resumed.stdout
   assert json.loads((workdir / "privacy_ledger.json").read_text())["steps_taken"] == 60

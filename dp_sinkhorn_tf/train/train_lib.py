@@ -26,6 +26,9 @@ Privacy bookkeeping (see also `rundir` and `accounting.PrivacyLedger`):
     anyone could have seen (held back), so even a bit-level difference between the two
     executions (another machine) exposes nothing beyond a single run.
   * Under a multi-worker strategy only the chief writes; a worker that dies is a crash.
+  * The steps run on the device, many per call (`_train_loop`); the loop reads the device
+    only at log, sample and checkpoint points, and stops (signals) at the end of a call,
+    always inside the charged chunk. A call of k steps releases what k single steps do.
 """
 
 import dataclasses
@@ -147,8 +150,9 @@ class _StopFlag:
     del frame
     if self.signum is None:
       self.signum = signum
-      print(f"\n{signal.Signals(signum).name}: stopping at the next step boundary "
-            "(checkpoint, then exit)", file=sys.stderr, flush=True)
+      print(f"\n{signal.Signals(signum).name}: stopping when the running call of the "
+            "training loop returns (a step boundary; checkpoint, then exit)",
+            file=sys.stderr, flush=True)
     elif signum == signal.SIGINT:
       raise KeyboardInterrupt
 
