@@ -5,6 +5,7 @@ statistical tests compare ≥ 10⁶ draws with the exact pmf P[Z = z] ∝ exp(�
 """
 
 import math
+from fractions import Fraction
 
 import numpy as np
 import pytest
@@ -152,34 +153,185 @@ def test_candidates_per_sample_match_the_acceptance_probability():
   assert 0.42 < p < 0.49
   n = 200_000
   _, info = draw(scale, n)
-  # One round proposes n/p + 6√(n/p) + 64 candidates and almost always suffices.
+  # One round proposes n/p + 6√(n/p) + 64 candidates, rounded up to m·2^j (8 ≤ m < 16), and
+  # almost always suffices.
+  wanted = math.ceil(n / p + 6 * math.sqrt(n / p) + 64)
+  step = 2**(wanted.bit_length() - 4)
   assert int(info.rounds) == 1
-  assert int(info.candidates) == math.ceil(n / p + 6 * math.sqrt(n / p) + 64)
+  assert int(info.candidates) == -(-wanted // step) * step
+  assert wanted <= int(info.candidates) <= 1.125 * wanted
+  for missing in [1, 100, 12544, 10**6, 10**8]:
+    size = int(dg.round_size(missing, p))
+    wanted = min(math.ceil(missing / p + 6 * math.sqrt(missing / p) + 64), dg.MAX_ROUND)
+    assert wanted <= size <= 1.125 * wanted and size <= dg.MAX_ROUND
+    assert size // 2**max(size.bit_length() - 4, 0) < 16
 
 
-def test_exp1_word_outcomes_by_hand():
-  """Words at the factorial thresholds: w < M·18!/k! ⇔ d₂ = … = d_k = 0."""
-  t = dg._EXP1_THRESHOLDS  # ascending: k = 18, …, 2
-  t2, t3 = t[-1], t[-2]
-  words = tf.constant([t2, t2 - 1, t3 - 1, 0, dg._EXP1_LIMIT, dg._EXP1_LIMIT - 1], tf.int64)
-  out = dg.exp1_fresh(words).numpy()
-  # t2: d₂ ≠ 0 → K = 2 (even) → 0; t2−1: d₂ = 0, d₃ ≠ 0 → K = 3 → 1; t3−1: K = 4 → 0;
-  # 0: every digit 0 → on at k = 19; the limit: rejected; just below it: K = 2 → 0.
-  assert out.tolist() == [dg._FAIL, dg._SUCCESS, dg._FAIL, dg._AT19, dg._REDRAW, dg._FAIL]
+def test_trial_field_outcomes_by_hand():
+  """A 16-bit field f is the first bits of W; K = min{k ≥ 2 : W ≥ 1/k!} and the trial
+  succeeds iff K is odd. m_k = ⌊2¹⁶/k!⌋; f = m_k (k ≥ 3) leaves K ∈ {k, k + 1}, f < m_8 K > 8."""
+  m, k_max, rho, fact = dg.trial_table(16)
+  assert m == [32768, 10922, 2730, 546, 91, 13, 1] and k_max == 8
+  assert rho[3] == 2**16 - 10922 * 6 and fact[8] == 40320
+  f = tf.constant([32768, 65535, 32767, 10923, 10922, 10921, 2731, 2730, 2729, 14, 13, 12, 2, 1,
+                   0], tf.int32)
+  success, failure = [t.numpy().tolist() for t in dg._trial_codes(f)]
+  # K:        2    2    3    3   3|4   4    4   4|5   5    7   7|8   8    8   8|9  >8
+  expect = ["F", "F", "S", "S", "?", "F", "F", "?", "S", "S", "?", "F", "F", "?", "?"]
+  got = ["S" if s else "F" if fl else "?" for s, fl in zip(success, failure)]
+  assert got == expect
 
 
-def test_geometric_chain_and_bernoulli_exp():
-  n = 200_000
-  v = dg.exp1_successes(tf.fill([n], tf.constant(2**62, tf.int64)), SEED).numpy()
+def test_trial_field_law_is_exact():
+  """Over all 2¹⁶ fields (with a cell's pending comparison taken at its exact probability),
+  P[K > k] = 1/k! for k ≤ 8: the fields realise CKS Algorithm 1's loop for γ = 1 exactly."""
+  m, k_max, rho, fact = dg.trial_table(16)
+  f = np.arange(2**16)
+  below = sum((f < mk).astype(int) for mk in m)           # K − 2 where decided
+  for k in range(2, k_max + 1):
+    # Fields with K > k surely (beyond, f < m_8, counts as K > 8), plus the cell at m_k, where
+    # K = k + 1 with probability ρ_k/k! (a cell at m_j is K > k surely for j > k, never j < k).
+    exceed = Fraction(int(np.sum(below + 2 > k)), 2**16)
+    if k >= 3:
+      exceed += Fraction(rho[k], fact[k]) / 2**16
+    assert exceed == Fraction(1, math.factorial(k)), k
+
+
+@pytest.mark.parametrize("num,den", [(1, 3), (0, 7), (6, 7), (1, 2), (123456789, 2**40 - 3),
+                                     (2**46 - 1, 2**46 + 5)])
+def test_lazy_comparison_is_exact(num, den):
+  """[W < num/den] from a 16-bit field: yes/no where decided, else the pending comparison
+  num′/den with num′ = num·2¹⁶ − f·den; the three add up to num/den exactly."""
+  f = tf.range(2**16, dtype=tf.int64)
+  yes, no, scaled = dg.compare_field(f, tf.constant(num, tf.int64), tf.constant(den, tf.int64))
+  yes, no = yes.numpy(), no.numpy()
+  assert not np.any(yes & no)
+  pending = np.nonzero(~yes & ~no)[0]
+  assert len(pending) <= 1
+  total = Fraction(int(yes.sum()), 2**16)
+  for fp in pending:
+    rest = int(scaled.numpy()) - int(fp) * den
+    assert 0 < rest < den
+    total += Fraction(rest, den) / 2**16
+  assert total == Fraction(num, den)
+
+
+SCALES = [dg.Scale(18, 211400),           # the Fashion-MNIST release's s ≈ 2.35·10⁵
+          dg.scale_parameters(6.5), dg.Scale(0, 1), dg.Scale(30, 3)]
+
+
+def _max_abs(scale):
+  return max(64, int(dg.MIN_STDS_KEPT * scale.scale) + 1)
+
+
+@pytest.mark.parametrize("scale", SCALES)
+def test_phase1_agrees_with_the_state_machine(scale):
+  """Phase 1 decides most candidates without the machine; every outcome it gives must be the
+  machine's (decide(phase1=False) runs every candidate through the machine from its first
+  field, with the same words)."""
+  max_abs = _max_abs(scale)
+  c = dg._consts(scale, max_abs)
+  n = 20_000
+  for seed in range(2):
+    s = tf.constant([4, seed], tf.int64)
+    words, packed = dg._phase1(n, s, c)
+    status, _, _, v = [t.numpy() for t in dg._unpack(packed)]
+    machine, x, _ = [t.numpy() for t in dg.decide(n, scale, max_abs, s, phase1=False)]
+    decided = status != dg._UNDECIDED
+    assert decided.mean() > 0.99
+    np.testing.assert_array_equal(status[decided], machine[decided])
+    u = words.numpy()[:, 0] & (scale.t - 1)
+    accepted = decided & (status == dg._ACCEPT)
+    np.testing.assert_array_equal((u + scale.t * v)[accepted], x[accepted])
+
+
+@pytest.mark.parametrize("scale", [SCALES[0], SCALES[1]])
+@pytest.mark.parametrize("phase1", [True, False])
+def test_candidates_chain_acceptance_and_values(scale, phase1):
+  """Every candidate decided by phase 1 and 2 (phase1=True) or by the state machine alone
+  (False: exercises cells, the K-loop past k = 8 and pending comparisons): V is geometric,
+  the acceptance rate is `acceptance_probability`, the accepted values follow the pmf."""
+  n = 400_000 if phase1 else 100_000
+  status, x, sign = [t.numpy() for t in dg.decide(n, scale, _max_abs(scale),
+                                                  tf.constant([8, 1], tf.int64), phase1=phase1)]
+  v = x // scale.t
   counts = np.bincount(np.minimum(v, 8), minlength=9)
   probs = (1 - math.exp(-1)) * np.exp(-np.arange(9.0))
   probs[8] = math.exp(-8)
   assert stats.chisquare(counts, probs * n).pvalue > 1e-3
-  capped = dg.exp1_successes(tf.fill([n], tf.constant(2, tf.int64)), SEED).numpy()
-  assert capped.max() == 2 and abs(np.mean(capped == 2) - math.exp(-2)) < 5 * math.sqrt(
-      math.exp(-2) / n)
-  for r, d in [(1, 3), (0, 7), (6, 7), (123456789, 2**40 - 3)]:
-    hits = dg.bernoulli_exp_fraction(tf.fill([n], tf.constant(r, tf.int64)), d,
-                                     tf.ones([n], tf.bool), SEED).numpy()
-    p = math.exp(-r / d)
-    assert abs(hits.mean() - p) <= 5 * math.sqrt(p * (1 - p) / n) + 1e-12, (r, d)
+  p = dg.acceptance_probability(scale)
+  accepted = status == dg._ACCEPT
+  assert abs(accepted.mean() - p) < 5 * math.sqrt(p * (1 - p) / n)
+  z = ((1 - 2 * sign) * x)[accepted]
+  _, _, pvalue = chi_square(z, scale.variance_parameter)
+  assert pvalue > 1e-3
+
+
+def _run_machine(state, c, seed, max_steps=200):
+  """Steps a state (dict of int64 [n]) with fresh 16-bit fields until every entry is done."""
+  step = tf.function(lambda st, i: dg._step(
+      st, dg._field(dg._words(tf.shape(st["stage"]), dg.fold(seed, i)), 0), c))
+  for i in range(max_steps):
+    if not np.any(state["stage"].numpy() < dg._REJECT):
+      return state
+    state = step(state, tf.constant(i))
+  raise AssertionError("undecided after max_steps")
+
+
+def _fraction_state(n, rest, k, c):
+  zeros = tf.zeros([n], tf.int64)
+  st = {key: zeros for key in dg._STATE}
+  st.update(stage=zeros + dg._FRACTION, prim=zeros + dg._FRAC, k=zeros + k, rest=zeros + rest)
+  return st
+
+
+@pytest.mark.parametrize("rest,den", [(1, 3), (0, 7), (6, 7), (123456789, 2**40 - 3)])
+def test_fraction_loop_accepts_with_exp_minus_r_over_d(rest, den):
+  c = dg._Consts(t=1, log2_t=0, L=1, D=den, max_abs=64, v_max=64)
+  n = 200_000
+  st = _run_machine(_fraction_state(n, rest, 1, c), c, tf.constant([5, 6], tf.int64))
+  hits = st["stage"].numpy() == dg._ACCEPT
+  p = math.exp(-rest / den)
+  assert abs(hits.mean() - p) <= 5 * math.sqrt(p * (1 - p) / n) + 1e-12
+
+
+def test_fraction_loop_past_the_direct_steps():
+  """From step k = 64 (A_k in one comparison) the loop goes on as Bernoulli(1/k) then
+  Bernoulli(r/D) (products stay below 2⁶³): K = 64 + (number of further successes),
+  accepted iff K is odd, P[accept] = Σ_{K odd} P[K]."""
+  c = dg._Consts(t=1, log2_t=0, L=1, D=2**40 - 3, max_abs=64, v_max=64)
+  rest = 2**40 - 10**9
+  f = rest / c.D
+  n = 10**6
+  st = _run_machine(_fraction_state(n, rest, 64, c), c, tf.constant([7, 7], tf.int64))
+  # P[K = k | at step 64] = Π_{i=64}^{k−1} (f/i) · (1 − f/k).
+  p_accept, reach = 0.0, 1.0
+  for k in range(64, 80):
+    if k % 2:
+      p_accept += reach * (1 - f / k)
+    reach *= f / k
+  hits = (st["stage"].numpy() == dg._ACCEPT).mean()
+  assert abs(hits - p_accept) < 5 * math.sqrt(p_accept / n)
+  assert hits > 0  # the split steps (k > 64) were taken
+
+
+def test_fraction_steps_by_hand():
+  """A_64 = 1 → Bernoulli(1/65) next (_FRACK), then Bernoulli(r/D) (_FRACF), then k = 66."""
+  c = dg._Consts(t=1, log2_t=0, L=1, D=1000, max_abs=64, v_max=64)
+  st = _fraction_state(1, 999, 64, c)
+  st = dg._step(st, tf.constant([0], tf.int64), c)      # W < 999/64000: A_64 = 1
+  assert int(st["prim"][0]) == dg._FRACK and int(st["k"][0]) == 65
+  st = dg._step(st, tf.constant([0], tf.int64), c)      # W < 1/65
+  assert int(st["prim"][0]) == dg._FRACF and int(st["k"][0]) == 65
+  st = dg._step(st, tf.constant([0], tf.int64), c)      # W < 999/1000
+  assert int(st["prim"][0]) == dg._FRACK and int(st["k"][0]) == 66
+  st = dg._step(st, tf.constant([2**16 - 1], tf.int64), c)  # W ≥ 1/66: K = 66, even
+  assert int(st["stage"][0]) == dg._REJECT
+
+
+def test_jit_and_plain_tensorflow_draw_the_same_values():
+  """XLA and TensorFlow's kernels give the same Philox words and integer results."""
+  scale = dg.scale_parameters(300.0)
+  a, _ = dg.sample([20_000], scale, SEED, 64 * 300, jit=True)
+  b, _ = dg.sample([20_000], scale, SEED, 64 * 300, jit=False)
+  np.testing.assert_array_equal(a.numpy(), b.numpy())

@@ -9,18 +9,17 @@ Here s² = t·L with t = 2^a a power of two and L ≥ 1 an integer (`scale_param
 them for a wanted s; s is then never below the wanted value).
 
 The sampler is CKS Algorithm 3 (rejection from a discrete Laplace proposal) with the
-Laplace's own rejection step merged into the final one, every Bernoulli decided by
-integer comparisons of uniform integers (no floating point anywhere):
+Laplace's own rejection step merged into the final one:
 
-  1. U uniform on {0, …, t−1} and a sign bit B, from one 63-bit word (a power-of-two range:
-     no rejection).
-  2. V ~ Geometric: the number of successes of Bernoulli(e⁻¹) before the first failure
+  1. U uniform on {0, …, t−1} and a sign bit B (a + 1 bits of a word: no rejection).
+  2. V ~ Geometric: the number of successes of Bernoulli(e⁻¹) trials before the first failure
      (P[V = v] = (1 − e⁻¹)·e⁻ᵛ); X = U + t·V, Y = (1 − 2B)·X; (B = 1, X = 0) is rejected.
   3. Accept Y with probability exp(−E),
 
-       E = U/t + (X − L)²/(2tL) = (2L·U + (X − L)²) / (2tL)            (a rational number),
+       E = U/t + (X − L)²/(2tL) = (2L·U + (X − L)²) / D,   D = 2tL      (a rational number),
 
-     decided as ⌊E⌋ successive Bernoulli(e⁻¹) successes and one Bernoulli(exp(−{E})).
+     decided as ⌊E⌋ successive Bernoulli(e⁻¹) successes and one Bernoulli(exp(−r/D)),
+     r = (2L·U + (X − L)²) mod D.
 
 Why it is exact. P[U = u, V = v, B = b]·exp(−E) = (1 − e⁻¹)/(2t) · exp(−v − u/t) ·
 exp(−(x − L)²/(2tL)) with x = u + tv, and x/t + (x − L)²/(2tL) = (x² + L²)/(2tL), so an
@@ -32,35 +31,72 @@ probabilities multiply into exp(−E). The acceptance probability of one candida
 the t = 2^a nearest s.
 
 Bernoulli(exp(−γ)) for rational γ ∈ [0, 1] is CKS Algorithm 1: K ← 1; while
-Bernoulli(γ/K) = 1: K ← K + 1; return [K odd]. Bernoulli(γ/K) = Bernoulli(γ)·Bernoulli(1/K),
-each decided by a uniform integer: for γ = 1 the draws Bernoulli(1/2), …, Bernoulli(1/18) of
-one K-loop are the digits d₂ … d₁₈ of one uniform R ∈ [0, 18!) in the factorial number
-system (R = Σ d_k·(k−1)!, d_k uniform on [0, k) and independent), so the loop stops at the
-first k with d_k ≠ 0, found from R mod k! = 0 ⇔ d₂ = … = d_k = 0; past 18 it goes on one
-digit per word. A uniform integer on [0, M) comes from a 63-bit word w by rejection
-(w < ⌊2⁶³/M⌋·M, then w mod M): exact, and rejected words are simply drawn again.
+Bernoulli(γ/K) = 1: K ← K + 1; return [K odd]; so P[K > k] = γᵏ/k!.
 
-Vectorised. Candidates are drawn in rounds (`tf.while_loop`): each round proposes enough
-i.i.d. candidates for the samples still missing, decides every one of them (each loop runs
-until every candidate in it is decided, with no cap), and appends the accepted ones in
+Every Bernoulli is decided exactly by integer comparisons, no floating point anywhere:
+
+  * Lazy comparison. A c-bit field f of random bits is the first c bits of a uniform
+    W ∈ [0, 1), W = (f + W′)/2ᶜ with W′ uniform and independent of f. Bernoulli(p/q) for
+    integers 0 ≤ p < q is [W < p/q]: it is 1 if (f + 1)·q ≤ p·2ᶜ, 0 if f·q ≥ p·2ᶜ, and
+    otherwise (one value of f, probability < 2⁻ᶜ) it equals [W′ < p′/q] with
+    p′ = p·2ᶜ − f·q ∈ (0, q): a Bernoulli of the same kind, decided by the next field
+    (`_PENDING`). Exact for every outcome, with no cap: a pending comparison waits for
+    fresh fields until it is decided.
+  * A Bernoulli(e⁻¹) trial (γ = 1) from one field: with W uniform, K = min{k ≥ 2 : W ≥ 1/k!}
+    has P[K > k] = 1/k!, CKS Algorithm 1's law for γ = 1, and the trial succeeds iff K is
+    odd. With m_k = ⌊2ᶜ/k!⌋ (k = 2 … k_max, the last k with m_k ≥ 1) a field f < m_k means
+    W < 1/k! and f > m_k means W > 1/k!, so f decides K unless f = m_k for some k ≥ 3
+    (then K ∈ {k, k + 1}, K = k + 1 with probability ρ_k/k!, ρ_k = 2ᶜ − m_k·k!: a pending
+    comparison, `_CELL`) or f < m_{k_max} (K > k_max: the loop goes on at radix k_max + 1,
+    one Bernoulli(1/k) per field, P[K > k | K > k − 1] = 1/k).
+  * A step of Bernoulli(exp(−r/D))'s loop, A_k ~ Bernoulli(r/(D·k)), is one lazy comparison
+    for k ≤ 64; beyond (probability < 1/64!), it is Bernoulli(1/k) then Bernoulli(r/D),
+    two comparisons, so every product stays below 2⁶³ (D < 2⁴¹; a radix k would need 2⁴⁷
+    steps to reach 2⁴⁷).
+
+Each candidate is a small state machine (`_step`: stage chain, target, fraction or done, and
+the comparison in progress) that consumes one 16-bit field per step, in a fixed order:
+which decision a field serves depends only on the fields before it, so every field is a
+fresh uniform when it is used (fields of decided candidates are simply left unread).
+
+Vectorised, in two phases with fixed shapes, so that XLA compiles them
+(`tf.function(jit_compile=True)`; `jit=False` runs the same ops, with the same values,
+without XLA):
+
+  Phase 1 (`_fast`). Every candidate gets three 64-bit words: U and B from the low a + 1
+    bits, then ten 16-bit fields (for t = 2¹⁸). The outcome is computed field by field
+    without the machine's state: the chain is the run of leading trial successes, then
+    the target's trials and the fraction's steps on the fields after it. It equals the
+    machine's outcome wherever it decides (tested); a candidate that meets a cell, a
+    pending comparison or the end of its fields (~0.1 %) is left undecided, with where
+    the machine goes on (stage, field, V).
+  Phase 2 (`_phase2`). The undecided candidates, in index order, in chunks of 128: the
+    machine resumes each from the state phase 1 left it in, reads the rest of its own
+    fields, then one fresh field per step, until every one is decided (an XLA while loop,
+    no cap).
+
+Candidates are drawn in rounds: each round proposes `count` i.i.d. candidates (enough for
+the samples still missing with a margin, rounded up to one of a few sizes so that XLA
+compiles a handful of shapes), decides every one of them, and appends the accepted ones in
 candidate order. The accepted candidates of an i.i.d. sequence are i.i.d. draws of the
-target, so the first `size` accepted ones are exact samples. Within a loop only undecided
-candidates draw words.
+target, so the first `size` accepted ones are exact samples, whatever the count.
 
 Randomness. Every word is a `tf.random.stateless_uniform` (Philox) output under a seed
 derived by `stateless_fold_in` from the caller's [2] int64 `seed` (for the mechanism: the
 run's secret key, the step and a stream name, `privacy.keys`) and the position (round,
-loop, iteration): the samples are a deterministic function of the seed, never of process
-state, and different (key, step, stream) give independent draws.
+phase, chunk, iteration): the samples are a deterministic function of the seed, never of
+process state, and different (key, step, stream) give independent draws.
 
-Range. Integers are int64. A candidate with X > max_abs is rejected, so the output is N_ℤ(0,
-s²) conditioned on |Z| ≤ max_abs — exactly. `max_abs` must be ≥ 40·s (checked), where the
-mass left out is P[|Z| > 40s] < 2·exp(−800) < 10⁻³⁴⁷ (`log10_truncated_mass_bound`); the
-mechanism (`privacy.lattice`) accounts for it. All products stay below 2⁶³ because
-max_abs < 2²⁴ and s² < 2⁴⁰ (checked).
+Range. Integers are int64. A candidate with X > max_abs is rejected (as soon as V shows
+it), so the output is N_ℤ(0, s²) conditioned on |Z| ≤ max_abs — exactly. `max_abs` must be
+≥ 40·s (checked), where the mass left out is P[|Z| > 40s] < 2·exp(−800) < 10⁻³⁴⁷
+(`log10_truncated_mass_bound`); the mechanism (`privacy.lattice`) accounts for it. All
+products stay below 2⁶³: max_abs < 2²⁴, s² < 2⁴⁰ (checked), so 2L·U + (X − L)² < 2⁴⁹ and
+D < 2⁴¹.
 """
 
 import dataclasses
+import functools
 import math
 from typing import NamedTuple
 
@@ -68,21 +104,19 @@ import tensorflow as tf
 
 MAX_ABS_LIMIT = 2**24 - 1      # |Z| ≤ this: every value is an exact float32 integer
 MIN_STDS_KEPT = 40             # max_abs ≥ 40·s
-_MASK63 = 2**63 - 1
-_INT64_MAX = 2**63 - 1
-_F18 = math.factorial(18)
-_M18 = 2**63 // _F18
-# Bernoulli(e⁻¹) from one word w < _M18·18!: w = (Σ_k d_k·18!/k!)·_M18 + d₀ with d_k uniform
-# on [0, k) (most significant first) and d₀ uniform on [0, _M18), so d₂ = … = d_k = 0 ⇔
-# w < _M18·18!/k!. Ascending thresholds _M18·18!/k! for k = 18, 17, …, 2.
-_EXP1_LIMIT = _M18 * _F18
-_EXP1_THRESHOLDS = [_M18 * _F18 // math.factorial(k) for k in range(18, 1, -1)]
-# Outcomes of one word of a Bernoulli(e⁻¹) K-loop.
-_FAIL, _SUCCESS, _REDRAW, _AT19 = 0, 1, 2, 3
-# Words per candidate in the unrolled first pass of each stage.
-_UNROLL_CHAIN, _UNROLL_TARGET, _UNROLL_FRAC = 5, 4, 3
-_STAGE_PROPOSAL, _STAGE_CHAIN, _STAGE_TARGET, _STAGE_FRAC = 0, 1, 2, 3
-_STAGE_CHAIN_REST, _STAGE_TARGET_REST, _STAGE_FRAC_REST = 4, 5, 6
+MAX_ROUND = 2**19              # candidates per round at most (bounds memory and compiles)
+PHASE1_WORDS = 3               # 64-bit words per candidate in phase 1
+_FIELD = 16                    # bits of a field
+_FIELDS_PER_WORD = 4
+PHASE2_CAPACITY = 128          # candidates per phase-2 chunk
+_FRAC_DIRECT_MAX = 64          # A_k in one comparison for k ≤ this (D·k·2¹⁶ < 2⁶³)
+# Stages of a candidate.
+_CHAIN, _TARGET, _FRACTION, _REJECT, _ACCEPT, _UNDECIDED = 0, 1, 2, 3, 4, 5
+# The comparison in progress: _TRIAL (radix k: 2 = a fresh trial, ≥ 3 Bernoulli(1/k)),
+# _FRAC (A_k in one comparison), _FRACK / _FRACF (A_k as Bernoulli(1/k), then Bernoulli(r/D)),
+# _PENDING (a lazy comparison [W < num/den] started by `origin`, or by a fresh trial's cell:
+# _CELL).
+_TRIAL, _FRAC, _FRACK, _FRACF, _PENDING, _CELL = 0, 1, 2, 3, 4, 5
 
 
 @dataclasses.dataclass(frozen=True)
@@ -163,221 +197,397 @@ class SamplerInfo(NamedTuple):
   candidates: tf.Tensor
 
 
-def _words(shape, seed) -> tf.Tensor:
-  """Uniform 63-bit integers (int64 in [0, 2⁶³)) of `shape` under a stateless seed."""
-  w = tf.random.stateless_uniform(shape, seed, minval=None, maxval=None, dtype=tf.int64)
-  return tf.bitwise.bitwise_and(w, tf.constant(_MASK63, tf.int64))
-
-
 def fold(seed, *values) -> tf.Tensor:
   """The [2] int64 seed of sub-stream `values` (in order) of `seed`: stateless_fold_in, a
-  Philox hash, so distinct paths give independent streams."""
+  Philox hash, so distinct paths give independent streams. fold_in's int32 words are
+  zero-extended: a non-negative seed gives the same Philox key in XLA as in TensorFlow's
+  kernels (a negative one does not), so jit and non-jit runs draw the same words."""
   seed = tf.cast(tf.convert_to_tensor(seed), tf.int64)
   for v in values:
     seed = tf.random.experimental.stateless_fold_in(seed, tf.cast(v, tf.int32))
+    seed = tf.bitwise.bitwise_and(tf.cast(seed, tf.int64), tf.constant(2**32 - 1, tf.int64))
   return seed
 
 
-def exp1_fresh(words: tf.Tensor) -> tf.Tensor:
-  """The outcome of a fresh Bernoulli(e⁻¹) K-loop (CKS Alg. 1, γ = 1) from one word each.
-
-  A word w < _EXP1_LIMIT gives the digits d₂…d₁₈ (module docstring); the loop stops at the
-  first k with d_k ≠ 0, K = 1 + #{k ≥ 2 : d₂ = … = d_k = 0}, and returns [K odd].
-
-  Returns int32 of words' shape: _SUCCESS (1), _FAIL (0), _REDRAW (the word is rejected:
-  draw again) or _AT19 (d₂ = … = d₁₈ = 0: the loop goes on at k = 19).
-  """
-  flat = tf.reshape(words, [-1])
-  passed = tf.searchsorted(tf.constant(_EXP1_THRESHOLDS, tf.int64), flat, side="right")
-  # #{k : w < threshold_k} = 17 − #{thresholds ≤ w}; K = that + 2.
-  zeros = 17 - tf.reshape(tf.cast(passed, tf.int32), tf.shape(words))
-  outcome = tf.where(tf.equal(tf.math.floormod(zeros, 2), 1), _SUCCESS, _FAIL)
-  outcome = tf.where(zeros >= 17, _AT19, outcome)
-  return tf.where(words < _EXP1_LIMIT, outcome, _REDRAW)
+def _I(value: int) -> tf.Tensor:
+  return tf.constant(value, tf.int64)
 
 
-def _exp1_step(words, k):
-  """One word of a Bernoulli(e⁻¹) K-loop standing at radix k (2: fresh; ≥ 19: the loop
-  went past d₁₈ and draws d_k alone, by rejection: w < k·⌊2⁶³/k⌋, d_k = 0 ⇔ w < ⌊2⁶³/k⌋).
-  Returns (decided, result, next_k)."""
-  fresh = tf.equal(k, 2)
-  outcome = exp1_fresh(words)
-  f_decided = tf.equal(outcome, _SUCCESS) | tf.equal(outcome, _FAIL)
-  f_next = tf.where(tf.equal(outcome, _AT19), tf.constant(19, tf.int64), k)
-  share = tf.math.floordiv(tf.constant(_INT64_MAX, tf.int64), k)
-  ok = words < share * k
-  zero = words < share
-  decided = tf.where(fresh, f_decided, ok & ~zero)
-  result = tf.where(fresh, tf.equal(outcome, _SUCCESS), tf.equal(tf.math.floormod(k, 2), 1))
-  next_k = tf.where(fresh, f_next, tf.where(ok & zero, k + 1, k))
-  return decided, result, next_k
+def _words(shape, seed) -> tf.Tensor:
+  """Uniform 64-bit words (int64, all bits random) of `shape` under a stateless seed."""
+  return tf.random.stateless_uniform(shape, seed, minval=None, maxval=None, dtype=tf.int64)
 
 
-def exp1_successes(target: tf.Tensor, seed, start_k=None) -> tf.Tensor:
-  """Successes of independent Bernoulli(e⁻¹) trials before the first failure, stopping at
-  `target` (int64 [P], ≥ 0): min(V, target) for V ~ P[V = v] = (1 − e⁻¹)e⁻ᵛ. Entries with
-  target 0 draw nothing. start_k (int64 [P], default 2) resumes the first trial's K-loop at
-  radix 19 (after `exp1_fresh` said _AT19). Runs until every entry is decided (no cap);
-  only undecided entries draw words."""
-  target = tf.convert_to_tensor(target, tf.int64)
-  idx, k = _pending(target > 0, start_k, 2)
-
-  def body(j, count, idx, k):
-    words = _words(tf.shape(idx), fold(seed, j))
-    decided, result, next_k = _exp1_step(words, k)
-    success = decided & result
-    cur = tf.gather(count, idx) + tf.cast(success, tf.int64)
-    count = tf.tensor_scatter_nd_update(count, idx[:, None], cur)
-    keep = ~((decided & ~result) | (success & (cur >= tf.gather(target, idx))))
-    next_k = tf.where(success, tf.constant(2, tf.int64), next_k)
-    return count, keep, next_k
-
-  return _until_decided(body, tf.zeros_like(target), idx, k)
+def _field(words: tf.Tensor, shift, width: int = 16) -> tf.Tensor:
+  """Bits shift … shift + width − 1 of each word, as an int64 in [0, 2^width)."""
+  return tf.bitwise.bitwise_and(tf.bitwise.right_shift(words, tf.cast(shift, tf.int64)),
+                                tf.constant(2**width - 1, tf.int64))
 
 
-def _pending(active: tf.Tensor, start_k, default_k: int):
-  """(int32 indices where `active`, their int64 radix: start_k there, else default_k)."""
-  idx = tf.cast(tf.where(active)[:, 0], tf.int32)
-  if start_k is None:
-    return idx, tf.fill(tf.shape(idx), tf.constant(default_k, tf.int64))
-  return idx, tf.gather(tf.convert_to_tensor(start_k, tf.int64), idx)
+@functools.lru_cache(maxsize=None)
+def trial_table(width: int = 16):
+  """For a Bernoulli(e⁻¹) trial from a `width`-bit field (module docstring): (m, k_max,
+  rho, fact) with m = [m_2, …, m_{k_max}], m_k = ⌊2^width/k!⌋, and rho[k] = 2^width − m_k·k!,
+  fact[k] = k! for k ≤ k_max (indexable by k)."""
+  m = []
+  while 2**width // math.factorial(len(m) + 2) >= 1:
+    m.append(2**width // math.factorial(len(m) + 2))
+  k_max = len(m) + 1
+  # Each cell [m_k, m_k + 1) holds the threshold 2^width/k! and no other one (so a field at
+  # m_k leaves K ∈ {k, k + 1}); 2^width/2 is exact (m_2 decides K = 2 alone).
+  if k_max < 3 or any(m[i] < m[i + 1] + 1 for i in range(len(m) - 1)):
+    raise ValueError(f"field width {width} too small for a Bernoulli(e^-1) trial")
+  rho = [0, 0] + [2**width - m[k - 2] * math.factorial(k) for k in range(2, k_max + 1)]
+  fact = [1, 1] + [math.factorial(k) for k in range(2, k_max + 1)]
+  return m, k_max, rho, fact
 
 
-def _until_decided(body, state: tf.Tensor, idx: tf.Tensor, k: tf.Tensor) -> tf.Tensor:
-  """Runs body(j, state, idx, k) → (state, keep, next_k) until no entry is left undecided;
-  iteration j draws words under fold(seed, j), only for the entries still in idx."""
+class _Consts(NamedTuple):
+  t: int
+  log2_t: int
+  L: int
+  D: int
+  max_abs: int
+  v_max: int
 
-  def step(j, state, idx, k):
-    state, keep, next_k = body(j, state, idx, k)
-    return j + 1, state, tf.boolean_mask(idx, keep), tf.boolean_mask(next_k, keep)
+  @property
+  def first_field(self) -> int:
+    """The first 16-bit field of a candidate's words above U and B (its low a + 1 bits)."""
+    return -(-(self.log2_t + 1) // _FIELD)
 
-  _, state, _, _ = tf.while_loop(
-      lambda j, s, i, kk: tf.size(i) > 0, step, [tf.constant(0, tf.int64), state, idx, k],
-      shape_invariants=[tf.TensorShape([]), state.shape, tf.TensorShape([None]),
-                        tf.TensorShape([None])])
+  @property
+  def phase1_fields(self) -> int:
+    return _FIELDS_PER_WORD * PHASE1_WORDS - self.first_field
+
+
+def _consts(scale: Scale, max_abs: int) -> _Consts:
+  return _Consts(scale.t, scale.log2_t, scale.L, 2 * scale.t * scale.L, max_abs,
+                 max_abs // scale.t)
+
+
+def _candidate_field(words: tf.Tensor, j) -> tf.Tensor:
+  """Field j (16 bits) of each row of words [n, PHASE1_WORDS]: bits 16·(j mod 4) … of word
+  ⌊j/4⌋ (j may be a tensor)."""
+  word = tf.gather(words, j // _FIELDS_PER_WORD, axis=1)
+  return _field(word, _FIELD * (j % _FIELDS_PER_WORD))
+
+
+_STATE = ("stage", "prim", "k", "v", "need", "rest", "num", "den", "origin", "u", "sign")
+
+
+def _initial_state(words: tf.Tensor, c: _Consts) -> dict:
+  """Candidates at the start of their chain: U and B from the low a + 1 bits of words[:, 0]."""
+  first = words[:, 0]
+  zeros = tf.zeros_like(first)
+  state = {key: zeros for key in _STATE}
+  state["stage"] = zeros + _CHAIN
+  state["prim"] = zeros + _TRIAL
+  state["k"] = zeros + 2
+  state["u"] = _field(first, 0, c.log2_t) if c.log2_t else zeros
+  state["sign"] = _field(first, c.log2_t, 1)
   return state
 
 
-def _frac_draws(words, k, numerator, denominator: int):
-  """Step k of Bernoulli(exp(−r/D))'s K-loop from one word: A_k ~ Bernoulli(r/(D·k)) as
-  [U < r] ∧ [d = 0], U = w mod D uniform on [0, D) and d = ⌊w/D⌋ mod k uniform on [0, k),
-  for w < q·D (q = ⌊2⁶³/D⌋) and ⌊w/D⌋ < ⌊q/k⌋·k (else the word is rejected).
-  Returns (ok, a)."""
-  q = 2**63 // denominator
-  quotient = tf.math.floordiv(words, denominator)
-  ok = (words <= q * denominator - 1) & (quotient < tf.math.floordiv(tf.constant(q, tf.int64), k) * k)
-  below = tf.math.floormod(words, denominator) < numerator
-  return ok, below & tf.equal(tf.math.floormod(quotient, k), 0)
+def _chain_end(u, sign, v, c: _Consts):
+  """At the chain's first failure with V = v: (x, valid, ⌊E⌋, r) (int64), E = e/D,
+  e = 2L·U + (X − L)², r = e mod D; `valid` is False for X > max_abs and for (B = 1, X = 0)."""
+  x = u + c.t * v                                    # ≤ max_abs + t: no overflow
+  valid = (x <= c.max_abs) & ~(tf.equal(sign, 1) & tf.equal(x, 0))
+  w = tf.minimum(x, c.max_abs) - c.L
+  e = 2 * c.L * u + w * w                            # < 2⁴⁹
+  return x, valid, tf.math.floordiv(e, c.D), tf.math.floormod(e, c.D)
+def _step(st: dict, f: tf.Tensor, c: _Consts) -> dict:
+  """One step of every running candidate's state machine, deciding with the 16-bit field f
+  (int64 [n]): the reference semantics of the sampler (phase 2 runs it; phase 1 computes
+  the same outcomes for the candidates it decides)."""
+  width = _FIELD
+  i64 = tf.int64
+  stage, prim, k = st["stage"], st["prim"], st["k"]
+  running = stage < _REJECT
+  m, k_max, rho, fact = trial_table(width)
+
+  # A fresh trial: K from the thresholds m_k.
+  fresh = running & tf.equal(prim, _TRIAL) & tf.equal(k, 2)
+  cell_k = 2 + tf.add_n([tf.cast(f < mk, i64) for mk in m])
+  at_cell = tf.zeros_like(fresh)
+  for mk in m[1:]:
+    at_cell = at_cell | tf.equal(f, mk)
+  beyond = f < m[-1]
+  fresh_done = fresh & ~at_cell & ~beyond
+
+  # Every other step: one lazy comparison [W < num/den].
+  pending = tf.equal(prim, _PENDING)
+  origin = tf.where(pending, st["origin"], prim)
+  uses_rest = tf.equal(prim, _FRAC) | tf.equal(prim, _FRACF)
+  num = tf.where(pending, st["num"], tf.where(uses_rest, st["rest"], tf.ones_like(k)))
+  den = tf.where(pending, st["den"],
+                 tf.where(tf.equal(prim, _FRAC), c.D * k,
+                          tf.where(tf.equal(prim, _FRACF), _I(c.D), k)))
+  compare = running & ~fresh
+  yes, no, scaled = compare_field(f, num, den)
+  decided = compare & (yes | no)
+  undecided = compare & ~yes & ~no
+
+  # Trial results (chain and target stages) and the radix steps of a trial's K-loop.
+  radix = decided & tf.equal(origin, _TRIAL)
+  cell = decided & tf.equal(origin, _CELL)
+  trial_done = fresh_done | (radix & no) | cell
+  trial_k = tf.where(fresh_done, cell_k, tf.where(cell & yes, k + 1, k))
+  radix_on = radix & yes
+  odd = tf.equal(tf.bitwise.bitwise_and(trial_k, 1), 1)
+  success, failure = trial_done & odd, trial_done & ~odd
+
+  # Fraction steps: A_k = 0 ends the loop at K = k.
+  frac = decided & (tf.equal(origin, _FRAC) | tf.equal(origin, _FRACK) |
+                    tf.equal(origin, _FRACF))
+  frac_end = frac & no
+  frac_on = frac & yes
+  k_odd = tf.equal(tf.bitwise.bitwise_and(k, 1), 1)
+
+  # Stage transitions.
+  chain, target = tf.equal(stage, _CHAIN), tf.equal(stage, _TARGET)
+  c_success, c_failure = success & chain, failure & chain
+  t_success, t_failure = success & target, failure & target
+  v = st["v"] + tf.cast(c_success, i64)
+  too_far = c_success & (v > c.v_max)                # X > max_abs whatever U
+  _, valid, need0, rest0 = _chain_end(st["u"], st["sign"], st["v"], c)
+  end_reject = c_failure & ~valid
+  end_frac = c_failure & valid & tf.equal(need0, 0)
+  end_target = c_failure & valid & (need0 > 0)
+  need = tf.where(end_target, need0, st["need"] - tf.cast(t_success, i64))
+  to_frac = end_frac | (t_success & tf.equal(need, 0))
+  new_trial = (c_success & ~too_far) | end_target | (t_success & ~to_frac)
+  rest = tf.where(c_failure, rest0, st["rest"])
+
+  reject = too_far | end_reject | t_failure | (frac_end & ~k_odd)
+  accept = frac_end & k_odd
+  stage = tf.where(reject, _I(_REJECT), tf.where(accept, _I(_ACCEPT), tf.where(
+      to_frac, _I(_FRACTION), tf.where(end_target, _I(_TARGET), stage))))
+
+  # The next comparison of each candidate.
+  p = tf.where(to_frac, _I(_FRAC), tf.where(new_trial | radix_on, _I(_TRIAL), prim))
+  kk = tf.where(to_frac, _I(1), tf.where(new_trial, _I(2), tf.where(radix_on, k + 1, k)))
+  direct = tf.equal(origin, _FRAC)
+  p = tf.where(frac_on, tf.where(direct & (k < _FRAC_DIRECT_MAX), _I(_FRAC), tf.where(
+      tf.equal(origin, _FRACK), _I(_FRACF), _I(_FRACK))), p)
+  kk = tf.where(frac_on & ~tf.equal(origin, _FRACK), k + 1, kk)
+  to_cell = fresh & at_cell
+  to_beyond = fresh & beyond
+  p = tf.where(to_cell | undecided, _I(_PENDING), tf.where(to_beyond, _I(_TRIAL), p))
+  kk = tf.where(to_cell, cell_k, tf.where(to_beyond, _I(k_max + 1), kk))
+  num = tf.where(to_cell, tf.gather(tf.constant(rho, i64), tf.minimum(cell_k, k_max)),
+                 tf.where(undecided, scaled - f * den, st["num"]))
+  den = tf.where(to_cell, tf.gather(tf.constant(fact, i64), tf.minimum(cell_k, k_max)),
+                 tf.where(undecided, den, st["den"]))
+  new_origin = tf.where(to_cell, _I(_CELL), tf.where(undecided, origin, st["origin"]))
+
+  out = dict(st)
+  out.update(stage=stage, prim=p, k=kk, v=v, need=need, rest=rest, num=num, den=den,
+             origin=new_origin)
+  return out
 
 
-def bernoulli_exp_fraction(numerator: tf.Tensor, denominator: int, active: tf.Tensor,
-                           seed, start_k=None) -> tf.Tensor:
-  """Bernoulli(exp(−r/D)) for integers 0 ≤ r < D (CKS Alg. 1) where `active`; False
-  elsewhere. The loop stops at the first A_k = 0 (`_frac_draws`) and returns [k odd];
-  start_k (int64 [P], default 1) resumes loops whose A_1 … A_{k−1} were all 1. No cap."""
-  if not 1 <= denominator < 2**50:
-    raise ValueError(f"denominator must be in [1, 2^50), got {denominator}")
-  numerator = tf.convert_to_tensor(numerator, tf.int64)
-  idx, k = _pending(active, start_k, 1)
 
-  def body(j, out, idx, k):
-    words = _words(tf.shape(idx), fold(seed, j))
-    ok, a = _frac_draws(words, k, tf.gather(numerator, idx), denominator)
-    decided = ok & ~a
-    result = tf.equal(tf.math.floormod(k, 2), 1)
-    out = tf.tensor_scatter_nd_update(out, tf.boolean_mask(idx, decided)[:, None],
-                                      tf.boolean_mask(result, decided))
-    return out, ~decided, tf.where(ok & a, k + 1, k)
-
-  return _until_decided(body, tf.zeros(tf.shape(numerator), tf.bool), idx, k)
+def compare_field(f, num, den):
+  """The lazy comparison [W < num/den] (0 ≤ num < den < 2⁴⁷) from the 16-bit field f, the
+  first bits of W: (yes, no, num·2¹⁶). Neither: W′ < (num·2¹⁶ − f·den)/den decides."""
+  scaled = num * 2**_FIELD
+  return (f + 1) * den <= scaled, f * den >= scaled, scaled
 
 
-def _leading(outcome):
-  """(number of leading _SUCCESS outcomes along axis 1, the outcome after them or −1)."""
-  run = tf.math.cumprod(tf.cast(tf.equal(outcome, _SUCCESS), tf.int32), axis=1)
-  lead = tf.reduce_sum(run, axis=1)
-  width = int(outcome.shape[1])
-  after = tf.gather(tf.pad(outcome, [[0, 0], [0, 1]], constant_values=-1),
-                    tf.minimum(lead, width)[:, None], batch_dims=1)[:, 0]
-  return tf.cast(lead, tf.int64), after
+def _trial_codes(f):
+  """Fresh Bernoulli(e⁻¹) trials from 16-bit fields f (int32, any shape): (success, failure);
+  neither where f sits on a cell or below m_{k_max} (the machine then goes on)."""
+  m, _, _, _ = trial_table(_FIELD)
+  below = tf.add_n([tf.cast(f < mk, tf.int32) for mk in m])        # K − 2
+  irregular = f < m[-1]
+  for mk in m[1:]:
+    irregular = irregular | tf.equal(f, mk)
+  odd = tf.equal(tf.bitwise.bitwise_and(below, 1), 1)              # K = below + 2 odd
+  return ~irregular & odd, ~irregular & ~odd
 
 
-def _resume_k(after):
-  """Where a pending Bernoulli(e⁻¹) chain resumes: radix 19 after _AT19, else a fresh trial."""
-  return tf.where(tf.equal(after, _AT19), tf.constant(19, tf.int64), tf.constant(2, tf.int64))
+def _pack(status, stage, start, v) -> tf.Tensor:
+  """One int64 per candidate: status (3 bits), the stage (3) and field `start` (10) where
+  phase 2 resumes an undecided one, and V (the chain's successes) from bit 16. XLA would
+  recompute phase 1 once per output array: one output computes it once."""
+  parts = [tf.cast(p, tf.int64) for p in (status, stage, start, v)]
+  return parts[0] + parts[1] * 2**3 + parts[2] * 2**6 + parts[3] * 2**16
 
 
-def _scatter_rest(base, pending, values_fn):
-  """base with the entries where `pending` replaced by values_fn(indices) (a [m] tensor)."""
-  idx = tf.where(pending)
-  return tf.tensor_scatter_nd_update(base, idx, values_fn(idx[:, 0]))
+def _unpack(packed):
+  """(status, stage, start, v) of `_pack`."""
+  bits = lambda shift, width: _field(packed, shift, width)
+  return bits(0, 3), bits(3, 3), bits(6, 10), tf.bitwise.right_shift(packed, _I(16))
 
 
-def _chain(count, seed):
-  """V ~ P[V = v] = (1 − e⁻¹)e⁻ᵛ for `count` candidates: an unrolled first pass of
-  _UNROLL_CHAIN words each, then `exp1_successes` (memoryless) for the chains it left open."""
-  outcome = exp1_fresh(_words(tf.stack([count, _UNROLL_CHAIN]), fold(seed, _STAGE_CHAIN)))
-  lead, after = _leading(outcome)
-  pending = ~tf.equal(after, _FAIL)
-  resume = _resume_k(after)
-  return _scatter_rest(lead, pending, lambda i: tf.gather(lead, i) + exp1_successes(
-      tf.fill(tf.shape(i), tf.constant(_INT64_MAX, tf.int64)),
-      fold(seed, _STAGE_CHAIN_REST), tf.gather(resume, i)))
+def _fast(words: tf.Tensor, c: _Consts):
+  """Phase 1: the outcome of every candidate that the state machine (`_step`) decides within
+  the candidate's own words with no pending comparison, computed field by field without the
+  machine's state, `_pack`ed: status _ACCEPT, _REJECT or _UNDECIDED, and V; for an
+  undecided candidate, the stage (_CHAIN, _TARGET or _FRACTION) and the phase-1 field
+  `start` at which the machine goes on (the field phase 1 could not decide, or
+  phase1_fields when they ran out), from which its state follows (`_resume`): every field
+  before it was a chain trial, a target trial or a fraction step, in that order."""
+  i32 = tf.int32
+  n_fields = c.phase1_fields
+  first = words[:, 0]
+  u = _field(first, 0, c.log2_t) if c.log2_t else tf.zeros_like(first)
+  sign = _field(first, c.log2_t, 1)
+  fields = [tf.cast(_candidate_field(words, c.first_field + j), i32) for j in range(n_fields)]
+  codes = [_trial_codes(f) for f in fields]
+
+  # The chain: V = the leading successes, ended by a failure (else undecided).
+  lead = tf.zeros_like(fields[0])
+  going = tf.ones_like(fields[0], tf.bool)
+  for success, _ in codes:
+    going = going & success
+    lead += tf.cast(going, i32)
+  ended = tf.zeros_like(going)
+  for j, (_, failure) in enumerate(codes):
+    ended = ended | (tf.equal(lead, j) & failure)
+  too_far = lead > c.v_max
+  _, valid, need, rest = _chain_end(u, sign, tf.cast(lead, tf.int64), c)
+  # A_k = [W < rest/(D·k)] ⇔ [W·k < rest/D]: yes iff (f + 1)·k ≤ g, no iff f·k ≥ g + [h > 0],
+  # g = ⌊rest·2¹⁶/D⌋, h = rest·2¹⁶ mod D (the machine's comparison with both sides over D).
+  g = tf.math.floordiv(rest * 2**_FIELD, c.D)
+  g_up = tf.cast(g + tf.cast(tf.math.floormod(rest * 2**_FIELD, c.D) > 0, tf.int64), i32)
+  g = tf.cast(g, i32)
+  no_need = tf.equal(need, 0)
+  # mode: _CHAIN for a chain still undecided at field `lead` (irregular, or past the fields).
+  mode = tf.where(too_far | (ended & ~valid), _REJECT, tf.where(
+      ended, tf.where(no_need, _FRACTION, _TARGET), _CHAIN))
+  stuck = tf.equal(mode, _CHAIN)
+  start = lead
+  # count: successes still needed (target), or k (fraction); need > n_fields cannot pass here.
+  count = tf.where(no_need, 1, tf.cast(tf.minimum(need, n_fields + 1), i32))
+
+  # Then the target's trials and the fraction's steps on the fields after the chain's end.
+  for j, (f, (success, failure)) in enumerate(zip(fields, codes)):
+    after = (lead < j) & ~stuck
+    target = after & tf.equal(mode, _TARGET)
+    frac = after & tf.equal(mode, _FRACTION)
+    yes = (f + 1) * count <= g
+    no = f * count >= g_up
+    odd = tf.equal(tf.bitwise.bitwise_and(count, 1), 1)
+    met = target & success & tf.equal(count, 1)
+    now_stuck = (target & ~success & ~failure) | (frac & ~yes & ~no)
+    stuck = stuck | now_stuck
+    start = tf.where(now_stuck, j, start)
+    mode = tf.where(target & failure, _REJECT, tf.where(
+        met, _FRACTION, tf.where(frac & no, tf.where(odd, _ACCEPT, _REJECT), mode)))
+    count = tf.where(met, 1, tf.where((target & success) | (frac & yes), count + tf.where(
+        target, -1, 1), count))
+  running = tf.equal(mode, _TARGET) | tf.equal(mode, _FRACTION)
+  start = tf.where(running & ~stuck, n_fields, start)
+  status = tf.where(stuck | running, _UNDECIDED, mode)
+  return _pack(status, mode, start, lead)
 
 
-def _target(need, valid, seed):
-  """[need successive Bernoulli(e⁻¹) successes] where valid (need int64 ≥ 0)."""
-  outcome = exp1_fresh(_words(tf.stack([tf.size(need), _UNROLL_TARGET]),
-                              fold(seed, _STAGE_TARGET)))
-  lead, after = _leading(outcome)
-  passed = valid & (lead >= need)
-  pending = valid & ~passed & ~tf.equal(after, _FAIL)
-  remaining = need - lead
-  resume = _resume_k(after)
-  return _scatter_rest(passed, pending, lambda i: exp1_successes(
-      tf.gather(remaining, i), fold(seed, _STAGE_TARGET_REST), tf.gather(resume, i))
-      >= tf.gather(remaining, i))
+def _resume(own, stage, start, v, c: _Consts) -> dict:
+  """The state machine's state at field `start` of candidates with words `own`, left by
+  phase 1 in `stage` after V = v chain successes (int64 [m] each)."""
+  st = _initial_state(own, c)
+  _, _, need, rest = _chain_end(st["u"], st["sign"], v, c)
+  target, frac = tf.equal(stage, _TARGET), tf.equal(stage, _FRACTION)
+  st.update(stage=stage, v=v,
+            need=tf.where(target, need - (start - v - 1), 0),    # successes since field v + 1
+            rest=tf.where(target | frac, rest, 0),
+            prim=tf.where(frac, _I(_FRAC), _I(_TRIAL)),
+            k=tf.where(frac, start - v - need, 2))               # A_1 at field v + 1 + need
+  return st
 
 
-def _fraction(rest, denominator: int, active, seed):
-  """Bernoulli(exp(−rest/D)) where active: an unrolled first pass of the K-loop's first
-  _UNROLL_FRAC steps, then `bernoulli_exp_fraction` for the loops it left open."""
-  words = _words(tf.stack([tf.size(rest), _UNROLL_FRAC]), fold(seed, _STAGE_FRAC))
-  k = tf.range(1, _UNROLL_FRAC + 1, dtype=tf.int64)[None, :]
-  ok, a = _frac_draws(words, k, rest[:, None], denominator)
-  go_on = tf.cast(ok & a, tf.int32)
-  lead = tf.reduce_sum(tf.math.cumprod(go_on, axis=1), axis=1)            # A_1 … A_lead = 1
-  stop_ok = tf.gather(tf.pad(ok, [[0, 0], [0, 1]]), lead[:, None], batch_dims=1)[:, 0]
-  decided = stop_ok                               # word lead+1 valid with A = 0: K = lead+1
-  result = tf.equal(tf.math.floormod(lead, 2), 0)
-  out = active & decided & result
-  pending = active & ~decided
-  start = tf.cast(lead, tf.int64) + 1
-  return _scatter_rest(out, pending, lambda i: bernoulli_exp_fraction(
-      tf.gather(rest, i), denominator, tf.ones(tf.shape(i), tf.bool),
-      fold(seed, _STAGE_FRAC_REST), tf.gather(start, i)))
+def _phase1(count, seed, c: _Consts):
+  """The words of `count` candidates and their `_fast` outcomes (packed)."""
+  count = tf.convert_to_tensor(count, tf.int32)
+  words = _words(tf.stack([count, PHASE1_WORDS]), fold(seed, 0))
+  return words, _fast(words, c)
 
 
-def _candidates(count, scale: Scale, max_abs: int, seed):
-  """`count` i.i.d. candidates: (values Y int64 [count], accepted bool [count])."""
-  t, a, L = scale.t, scale.log2_t, scale.L
-  w0 = _words(tf.reshape(count, [1]), fold(seed, _STAGE_PROPOSAL))
-  u = tf.bitwise.bitwise_and(w0, tf.constant(t - 1, tf.int64))
-  sign = tf.bitwise.bitwise_and(tf.bitwise.right_shift(w0, tf.constant(a, tf.int64)), 1)
-  v = _chain(count, seed)
-  in_range = v <= (max_abs // t)              # else X > max_abs (and t·V could overflow)
-  x = tf.where(in_range, u + t * tf.minimum(v, max_abs // t), 0)
-  valid = in_range & (x <= max_abs) & ~(tf.equal(sign, 1) & tf.equal(x, 0))
-  w = x - L
-  numerator = 2 * L * u + w * w               # < 2⁴⁹: x ≤ 2²⁴, L, u < 2²⁴
-  denominator = 2 * t * L
-  whole = tf.where(valid, tf.math.floordiv(numerator, denominator), 0)
-  rest = tf.math.floormod(numerator, denominator)
-  passed = _target(whole, valid, seed)
-  return (1 - 2 * sign) * x, passed & _fraction(rest, denominator, passed, seed)
+def _phase2(words, packed, seed, c: _Consts):
+  """Steps the undecided candidates among the rows (words [m, PHASE1_WORDS], packed [m])
+  through the state machine from the state phase 1 left them in (`_resume`): first their
+  own remaining phase-1 fields, in order, then one fresh 16-bit field per step (the i-th
+  under fold(seed, i)), until every one of them is decided. Returns `packed` with every
+  status decided and V final; decided rows are left as they are."""
+  n_fields = c.phase1_fields
+  status, stage, start, v = _unpack(packed)
+  undecided = tf.equal(status, _UNDECIDED)
+  st = _resume(words, tf.where(undecided, stage, _I(_REJECT)), start, v, c)
+
+  def steps(i, st):
+    fresh = _field(_words(tf.shape(packed), fold(seed, i)), 0)
+    j = tf.minimum(start + i, n_fields - 1) + c.first_field
+    word = tf.gather(words, j // _FIELDS_PER_WORD, batch_dims=1)
+    replay = _field(word, _FIELD * (j % _FIELDS_PER_WORD))
+    return i + 1, _step(st, tf.where(start + i < n_fields, replay, fresh), c)
+
+  _, st = tf.while_loop(lambda i, st: tf.reduce_any(st["stage"] < _REJECT), steps,
+                        [tf.constant(0, tf.int64), st])
+  return tf.where(undecided, _pack(st["stage"], 0, 0, st["v"]), packed)
 
 
-def sample(shape, scale: Scale, seed, max_abs: int = MAX_ABS_LIMIT):
+@functools.lru_cache(maxsize=None)
+def _kernels(scale: Scale, max_abs: int, jit: bool):
+  """The two phases as tf.functions, XLA-compiled when jit: phase 1 once per count (a few
+  sizes, `round_size`), phase 2 once (its chunks have PHASE2_CAPACITY rows)."""
+  c = _consts(scale, max_abs)
+  return (tf.function(lambda count, seed: _phase1(count, seed, c), jit_compile=jit,
+                      autograph=False),
+          tf.function(lambda words, packed, seed: _phase2(words, packed, seed, c),
+                      jit_compile=jit, autograph=False))
+
+
+def decide(count, scale: Scale, max_abs: int, seed, jit: bool = True, phase1: bool = True):
+  """Decides `count` i.i.d. candidates: (status int64 [count]: _ACCEPT or _REJECT, X, B).
+  The undecided ones after phase 1 go through phase 2 in chunks of PHASE2_CAPACITY, in
+  index order (chunk o under fold(seed, 1, o)). phase1=False sends every candidate through
+  the state machine from its first field (for tests: phase 1 must agree with it)."""
+  c = _consts(scale, max_abs)
+  first_phase, second_phase = _kernels(scale, max_abs, bool(jit))
+  words, packed = first_phase(count, seed)
+  if not phase1:
+    packed = _pack(tf.fill(tf.shape(packed), _UNDECIDED), _CHAIN, 0, 0)
+  todo = tf.cast(tf.where(tf.equal(_field(packed, 0, 3), _UNDECIDED))[:, 0], tf.int32)
+  cap = PHASE2_CAPACITY
+
+  def chunk(o, packed):
+    rows = todo[o * cap:(o + 1) * cap]
+    rows = tf.pad(rows, [[0, cap - tf.size(rows)]], constant_values=-1)
+    real = rows >= 0
+    safe = tf.maximum(rows, 0)
+    sub = tf.where(real, tf.gather(packed, safe), _pack(_REJECT, 0, 0, 0))
+    done = second_phase(tf.gather(words, safe), sub, fold(seed, 1, o))
+    return o + 1, tf.tensor_scatter_nd_update(packed, tf.boolean_mask(rows, real)[:, None],
+                                              tf.boolean_mask(done, real))
+
+  _, packed = tf.while_loop(lambda o, p: o * cap < tf.size(todo), chunk,
+                            [tf.constant(0, tf.int32), packed])
+  status, _, _, v = _unpack(packed)
+  first = words[:, 0]
+  u = _field(first, 0, c.log2_t) if c.log2_t else tf.zeros_like(first)
+  return status, u + c.t * v, _field(first, c.log2_t, 1)
+
+
+def _candidates(count, scale: Scale, max_abs: int, seed, jit: bool):
+  """(values Y int64 [count], accepted bool [count]) of `count` i.i.d. candidates."""
+  status, x, sign = decide(count, scale, max_abs, seed, jit)
+  return (1 - 2 * sign) * x, tf.equal(status, _ACCEPT)
+
+
+def round_size(missing, p: float) -> tf.Tensor:
+  """Candidates for one round: mean + 6 sd + 64 for the `missing` samples, rounded up to
+  m·2^j with 8 ≤ m < 16 (≤ 12.5 % more; few sizes, so few XLA compiles), ≤ MAX_ROUND."""
+  missing = tf.cast(missing, tf.float64)
+  wanted = tf.math.ceil(missing / p + 6.0 * tf.sqrt(missing / p) + 64.0)
+  wanted = tf.minimum(wanted, float(MAX_ROUND))
+  octave = tf.math.floor(tf.math.log(wanted) / math.log(2.0))
+  step = tf.pow(tf.constant(2.0, tf.float64), tf.maximum(octave - 3.0, 0.0))
+  return tf.cast(tf.math.ceil(wanted / step) * step, tf.int32)
+
+
+def sample(shape, scale: Scale, seed, max_abs: int = MAX_ABS_LIMIT, jit: bool = True):
   """i.i.d. N_ℤ(0, s²) conditioned on |Z| ≤ max_abs, of `shape`, from the stateless seed.
 
   Args:
@@ -385,6 +595,7 @@ def sample(shape, scale: Scale, seed, max_abs: int = MAX_ABS_LIMIT):
     scale: s² = t·L (`scale_parameters`).
     seed: [2] int64 stateless seed (the mechanism passes the step's secret-key seed).
     max_abs: the largest |Z| kept, 40·s ≤ max_abs ≤ 2²⁴ − 1.
+    jit: decide the candidates in an XLA-compiled function (same values, faster).
 
   Returns:
     (samples int64 of `shape`, SamplerInfo).
@@ -398,10 +609,8 @@ def sample(shape, scale: Scale, seed, max_abs: int = MAX_ABS_LIMIT):
   p = acceptance_probability(scale)
 
   def body(r, out, proposed):
-    missing = tf.cast(size - tf.size(out), tf.float64)
-    # Enough candidates that one round almost always suffices (mean + 6 sd + 64).
-    count = tf.cast(tf.math.ceil(missing / p + 6.0 * tf.sqrt(missing / p) + 64.0), tf.int32)
-    values, accepted = _candidates(count, scale, max_abs, fold(seed, r))
+    count = round_size(size - tf.size(out), p)
+    values, accepted = _candidates(count, scale, int(max_abs), fold(seed, r), jit)
     out = tf.concat([out, tf.boolean_mask(values, accepted)], axis=0)
     return r + 1, out, proposed + tf.cast(count, tf.int64)
 
