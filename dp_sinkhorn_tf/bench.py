@@ -395,11 +395,15 @@ def _loop_compare(name: str, rounds: int) -> dict:
       return {"config": name, "error": result["error"]}
   first = runs["unset"][0]
   ms = {k: round(statistics.median(r["ms_per_step"] for r in rs), 3) for k, rs in runs.items()}
+  cpu = {k: round(statistics.median(r["cpu_ms_per_step"] for r in rs), 3)
+         for k, rs in runs.items()}
   return {
       "config": name, "flagfile": first["flagfile"], "data": first["data"],
       "steps": first["steps"], "log_every": first["log_every"],
       "ms_per_step_k1": ms["1"], "ms_per_step": ms["unset"],
       "speedup": round(ms["1"] / ms["unset"], 2),
+      "cpu_ms_per_step_k1": cpu["1"], "cpu_ms_per_step": cpu["unset"],
+      "cpu_speedup": round(cpu["1"] / cpu["unset"], 2),
       "ms_per_step_k1_rounds": [r["ms_per_step"] for r in runs["1"]],
       "ms_per_step_rounds": [r["ms_per_step"] for r in runs["unset"]],
       "calls_k1": runs["1"][0]["calls"], "calls": first["calls"], "reads": first["reads"],

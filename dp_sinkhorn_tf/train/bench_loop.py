@@ -9,6 +9,8 @@ cut to `steps` steps with that σ kept, and --log_every=`log_every` (digits' own
 CPU logs every 1000, which would give its calls 10× more steps). ms_per_step is the time
 from the first log point to the last divided by the steps between them: the loop as a run
 sees it (calls, reads, logging) without start-up, tracing and the final checkpoint.
+cpu_ms_per_step is the same for the process's CPU time (every thread): on a machine that
+other jobs load, the wall clock measures them too, the CPU time mostly this run's work.
 
 The loop's host round-trips (`train_lib.TrainResult`): `calls` of the compiled steps and
 `reads` of their state (at log, sample and checkpoint points only); a call that returns
@@ -78,12 +80,16 @@ def run(name: str, steps_per_call: Optional[int]) -> dict:
     logged = {}
     result = train_lib.train(cfg, images, labels, num_classes, plan, pixel_max=pixel_max,
                              on_log=lambda step, total, logs: logged.setdefault(
-                                 step, time.perf_counter()))
+                                 step, (time.perf_counter(), time.process_time())))
   first, last = min(logged), max(logged)
+
+  def per_step(clock):
+    return round(1000 * (logged[last][clock] - logged[first][clock]) / (last - first), 3)
+
   return {
       "config": name, "flagfile": flagfile, "data": source,
       "steps_per_call": steps_per_call, "steps": result.steps_run, "log_every": log_every,
-      "ms_per_step": round(1000 * (logged[last] - logged[first]) / (last - first), 3),
+      "ms_per_step": per_step(0), "cpu_ms_per_step": per_step(1),
       "calls": result.calls, "reads": result.reads,
       "syncs_per_step_between_log_points": round((result.calls - result.reads) /
                                                  result.steps_run, 4),
