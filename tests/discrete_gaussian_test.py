@@ -153,18 +153,22 @@ def test_candidates_per_sample_match_the_acceptance_probability():
   assert 0.42 < p < 0.49
   n = 200_000
   _, info = draw(scale, n)
-  # One round proposes n/p + 6√(n/p) + 64 candidates, rounded up to m·2^j (8 ≤ m < 16), and
-  # almost always suffices.
+  # One round proposes n/p + 6√(n/p) + 64 candidates, rounded up to m·2^j (8 ≤ m < 16) (to a
+  # power of two below 2^13), and almost always suffices.
   wanted = math.ceil(n / p + 6 * math.sqrt(n / p) + 64)
   step = 2**(wanted.bit_length() - 4)
   assert int(info.rounds) == 1
   assert int(info.candidates) == -(-wanted // step) * step
   assert wanted <= int(info.candidates) <= 1.125 * wanted
-  for missing in [1, 100, 12544, 10**6, 10**8]:
-    size = int(dg.round_size(missing, p))
+  for missing in [1, 100, 3000, 12544, 10**6, 10**8]:
+    size = dg.round_size(missing, p)
+    assert size == int(dg.round_size(tf.constant(missing), p))
     wanted = min(math.ceil(missing / p + 6 * math.sqrt(missing / p) + 64), dg.MAX_ROUND)
-    assert wanted <= size <= 1.125 * wanted and size <= dg.MAX_ROUND
-    assert size // 2**max(size.bit_length() - 4, 0) < 16
+    if wanted <= 2**13:
+      assert size == 2**(wanted - 1).bit_length()
+    else:
+      assert wanted <= size <= 1.125 * wanted and size <= dg.MAX_ROUND
+      assert size // 2**(size.bit_length() - 4) < 16
 
 
 def test_trial_field_outcomes_by_hand():
@@ -234,7 +238,8 @@ def test_phase1_agrees_with_the_state_machine(scale):
   n = 20_000
   for seed in range(2):
     s = tf.constant([4, seed], tf.int64)
-    words, packed = dg._phase1(n, s, c)
+    words = dg._words(tf.stack([n, dg.PHASE1_WORDS]), dg.fold(s, 0))
+    packed = dg._fast(words, c)
     status, _, _, v = [t.numpy() for t in dg._unpack(packed)]
     machine, x, _ = [t.numpy() for t in dg.decide(n, scale, max_abs, s, phase1=False)]
     decided = status != dg._UNDECIDED

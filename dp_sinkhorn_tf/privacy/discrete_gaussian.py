@@ -70,10 +70,11 @@ without XLA):
     machine's outcome wherever it decides (tested); a candidate that meets a cell, a
     pending comparison or the end of its fields (~0.1 %) is left undecided, with where
     the machine goes on (stage, field, V).
-  Phase 2 (`_phase2`). The undecided candidates, in index order, in chunks of 128: the
-    machine resumes each from the state phase 1 left it in, reads the rest of its own
-    fields, then one fresh field per step, until every one is decided (an XLA while loop,
-    no cap).
+  Phase 2 (`_settle`, in the same XLA program). The undecided candidates, in index order,
+    in chunks of 64: the machine resumes each from the state phase 1 left it in, reads the
+    rest of its own fields, then one fresh field per step, until every one is decided (a
+    while loop, no cap). Fixed shapes throughout: the chunks are found by a running count
+    and a binary search, and the results gathered back by rank.
 
 Candidates are drawn in rounds: each round proposes `count` i.i.d. candidates (enough for
 the samples still missing with a margin, rounded up to one of a few sizes so that XLA
@@ -100,15 +101,17 @@ import functools
 import math
 from typing import NamedTuple
 
+import numpy as np
 import tensorflow as tf
 
 MAX_ABS_LIMIT = 2**24 - 1      # |Z| ≤ this: every value is an exact float32 integer
 MIN_STDS_KEPT = 40             # max_abs ≥ 40·s
 MAX_ROUND = 2**19              # candidates per round at most (bounds memory and compiles)
+_SMALL_ROUND_LOG2 = 13         # rounds of ≤ 2^13 candidates: powers of two
 PHASE1_WORDS = 3               # 64-bit words per candidate in phase 1
 _FIELD = 16                    # bits of a field
 _FIELDS_PER_WORD = 4
-PHASE2_CAPACITY = 128          # candidates per phase-2 chunk
+PHASE2_CAPACITY = 64           # candidates per phase-2 chunk
 _FRAC_DIRECT_MAX = 64          # A_k in one comparison for k ≤ this (D·k·2¹⁶ < 2⁶³)
 # Stages of a candidate.
 _CHAIN, _TARGET, _FRACTION, _REJECT, _ACCEPT, _UNDECIDED = 0, 1, 2, 3, 4, 5
@@ -257,6 +260,7 @@ class _Consts(NamedTuple):
 
   @property
   def phase1_fields(self) -> int:
+    """Fields of a candidate's phase-1 words after U and B (ten for a ≤ 31)."""
     return _FIELDS_PER_WORD * PHASE1_WORDS - self.first_field
 
 
@@ -296,6 +300,8 @@ def _chain_end(u, sign, v, c: _Consts):
   w = tf.minimum(x, c.max_abs) - c.L
   e = 2 * c.L * u + w * w                            # < 2⁴⁹
   return x, valid, tf.math.floordiv(e, c.D), tf.math.floormod(e, c.D)
+
+
 def _step(st: dict, f: tf.Tensor, c: _Consts) -> dict:
   """One step of every running candidate's state machine, deciding with the 16-bit field f
   (int64 [n]): the reference semantics of the sampler (phase 2 runs it; phase 1 computes
@@ -385,7 +391,6 @@ def _step(st: dict, f: tf.Tensor, c: _Consts) -> dict:
   out.update(stage=stage, prim=p, k=kk, v=v, need=need, rest=rest, num=num, den=den,
              origin=new_origin)
   return out
-
 
 
 def compare_field(f, num, den):
@@ -498,13 +503,6 @@ def _resume(own, stage, start, v, c: _Consts) -> dict:
   return st
 
 
-def _phase1(count, seed, c: _Consts):
-  """The words of `count` candidates and their `_fast` outcomes (packed)."""
-  count = tf.convert_to_tensor(count, tf.int32)
-  words = _words(tf.stack([count, PHASE1_WORDS]), fold(seed, 0))
-  return words, _fast(words, c)
-
-
 def _phase2(words, packed, seed, c: _Consts):
   """Steps the undecided candidates among the rows (words [m, PHASE1_WORDS], packed [m])
   through the state machine from the state phase 1 left them in (`_resume`): first their
@@ -528,62 +526,120 @@ def _phase2(words, packed, seed, c: _Consts):
   return tf.where(undecided, _pack(st["stage"], 0, 0, st["v"]), packed)
 
 
-@functools.lru_cache(maxsize=None)
-def _kernels(scale: Scale, max_abs: int, jit: bool):
-  """The two phases as tf.functions, XLA-compiled when jit: phase 1 once per count (a few
-  sizes, `round_size`), phase 2 once (its chunks have PHASE2_CAPACITY rows)."""
-  c = _consts(scale, max_abs)
-  return (tf.function(lambda count, seed: _phase1(count, seed, c), jit_compile=jit,
-                      autograph=False),
-          tf.function(lambda words, packed, seed: _phase2(words, packed, seed, c),
-                      jit_compile=jit, autograph=False))
+def _block_prefix(x: tf.Tensor) -> tf.Tensor:
+  """Inclusive running sums of small non-negative int32 [n] (n ≤ 128³, sums < 2²⁴) in fixed
+  shapes: within blocks of 128 by a product with a triangular 0/1 matrix (exact in
+  float32), the block totals likewise, then a log-step scan of ≤ 128 totals. (XLA's cumsum
+  is quadratic on CPU, its scatter and sort serial.)"""
+  block = 128
+  triangle = tf.cast(tf.range(block)[:, None] <= tf.range(block)[None, :], tf.float32)
+
+  def within_blocks(y):
+    n = tf.shape(y)[0]
+    padded = tf.pad(y, [[0, (-n) % block]])
+    sums = tf.matmul(tf.reshape(tf.cast(padded, tf.float32), [-1, block]), triangle)
+    return tf.cast(sums, tf.int32), n
+
+  level1, n = within_blocks(x)                      # [b1, 128]
+  level2, b1 = within_blocks(level1[:, -1])         # [b2, 128]
+  top = level2[:, -1]                               # [b2], b2 ≤ 128
+  b2 = tf.shape(top)[0]
+  for j in range(7):
+    top += tf.pad(top, [[2**j, 0]])[:b2]
+  before2 = tf.reshape(level2 + (top - level2[:, -1])[:, None], [-1])[:b1]
+  before1 = before2 - level1[:, -1]                 # totals of the blocks before each block
+  return tf.reshape(level1 + before1[:, None], [-1])[:n]
 
 
-def decide(count, scale: Scale, max_abs: int, seed, jit: bool = True, phase1: bool = True):
-  """Decides `count` i.i.d. candidates: (status int64 [count]: _ACCEPT or _REJECT, X, B).
-  The undecided ones after phase 1 go through phase 2 in chunks of PHASE2_CAPACITY, in
-  index order (chunk o under fold(seed, 1, o)). phase1=False sends every candidate through
-  the state machine from its first field (for tests: phase 1 must agree with it)."""
-  c = _consts(scale, max_abs)
-  first_phase, second_phase = _kernels(scale, max_abs, bool(jit))
-  words, packed = first_phase(count, seed)
+def _lower_bound(sorted_values: tf.Tensor, targets: tf.Tensor) -> tf.Tensor:
+  """For each target, the first index of the non-decreasing int32 [n] (n < 2²¹) whose value
+  is ≥ it, n if none: a vectorised binary search (gathers only)."""
+  n = tf.shape(sorted_values)[0]
+  low, high = tf.zeros_like(targets), tf.fill(tf.shape(targets), n)
+  for _ in range(21):
+    mid = (low + high) // 2
+    right = tf.gather(sorted_values, tf.minimum(mid, n - 1)) < targets
+    low, high = tf.where(right & (low < high), mid + 1, low), tf.where(right, high, mid)
+  return low
+
+
+def _settle(words, packed, seed, c: _Consts):
+  """Phase 2 for every undecided candidate: PHASE2_CAPACITY at a time, in index order (chunk
+  o under fold(seed, 1, o)); narrow chunks keep XLA's CPU loops single-threaded."""
+  n = tf.shape(packed)[0]
+  cap = PHASE2_CAPACITY
+  undecided = tf.equal(_field(packed, 0, 3), _UNDECIDED)
+  rank = _block_prefix(tf.cast(undecided, tf.int32))   # 1 + position among the undecided
+  total = rank[-1]
+
+  def chunk(o, results):
+    index = _lower_bound(rank, o * cap + 1 + tf.range(cap))
+    real = index < n
+    safe = tf.minimum(index, n - 1)
+    sub = tf.where(real, tf.gather(packed, safe), _pack(_REJECT, 0, 0, 0))
+    done = _phase2(tf.gather(words, safe), sub, fold(seed, 1, o), c)
+    return o + 1, tf.tensor_scatter_nd_update(results, (o * cap + tf.range(cap))[:, None], done)
+
+  _, results = tf.while_loop(lambda o, r: o * cap < total, chunk,
+                             [tf.constant(0, tf.int32), tf.zeros([n + cap], tf.int64)])
+  return tf.where(undecided, tf.gather(results, tf.maximum(rank - 1, 0)), packed)
+
+
+def _round(count, seed, c: _Consts, phase1: bool = True):
+  """Decides `count` i.i.d. candidates: (status, X, B) int64 [count]. phase1=False sends
+  every candidate through the state machine from its first field (for tests)."""
+  words = _words(tf.stack([tf.convert_to_tensor(count, tf.int32), PHASE1_WORDS]),
+                 fold(seed, 0))
+  packed = _fast(words, c)
   if not phase1:
     packed = _pack(tf.fill(tf.shape(packed), _UNDECIDED), _CHAIN, 0, 0)
-  todo = tf.cast(tf.where(tf.equal(_field(packed, 0, 3), _UNDECIDED))[:, 0], tf.int32)
-  cap = PHASE2_CAPACITY
-
-  def chunk(o, packed):
-    rows = todo[o * cap:(o + 1) * cap]
-    rows = tf.pad(rows, [[0, cap - tf.size(rows)]], constant_values=-1)
-    real = rows >= 0
-    safe = tf.maximum(rows, 0)
-    sub = tf.where(real, tf.gather(packed, safe), _pack(_REJECT, 0, 0, 0))
-    done = second_phase(tf.gather(words, safe), sub, fold(seed, 1, o))
-    return o + 1, tf.tensor_scatter_nd_update(packed, tf.boolean_mask(rows, real)[:, None],
-                                              tf.boolean_mask(done, real))
-
-  _, packed = tf.while_loop(lambda o, p: o * cap < tf.size(todo), chunk,
-                            [tf.constant(0, tf.int32), packed])
-  status, _, _, v = _unpack(packed)
+  status, _, _, v = _unpack(_settle(words, packed, seed, c))
   first = words[:, 0]
   u = _field(first, 0, c.log2_t) if c.log2_t else tf.zeros_like(first)
   return status, u + c.t * v, _field(first, c.log2_t, 1)
 
 
-def _candidates(count, scale: Scale, max_abs: int, seed, jit: bool):
-  """(values Y int64 [count], accepted bool [count]) of `count` i.i.d. candidates."""
-  status, x, sign = decide(count, scale, max_abs, seed, jit)
-  return (1 - 2 * sign) * x, tf.equal(status, _ACCEPT)
+@functools.lru_cache(maxsize=None)
+def _round_fn(scale: Scale, max_abs: int, jit: bool, phase1: bool = True):
+  """A round of `count` candidates as a tf.function, XLA-compiled when jit (once per count:
+  `round_size` keeps to a few sizes): (values Y, accepted)."""
+  c = _consts(scale, max_abs)
+
+  def candidates(count, seed):
+    status, x, sign = _round(count, seed, c, phase1)
+    return (1 - 2 * sign) * x, tf.equal(status, _ACCEPT)
+
+  return tf.function(candidates, jit_compile=jit, autograph=False)
 
 
-def round_size(missing, p: float) -> tf.Tensor:
-  """Candidates for one round: mean + 6 sd + 64 for the `missing` samples, rounded up to
-  m·2^j with 8 ≤ m < 16 (≤ 12.5 % more; few sizes, so few XLA compiles), ≤ MAX_ROUND."""
+@functools.lru_cache(maxsize=None)
+def _decide_fn(scale: Scale, max_abs: int, jit: bool, phase1: bool):
+  c = _consts(scale, max_abs)
+  return tf.function(lambda count, seed: _round(count, seed, c, phase1), jit_compile=jit,
+                     autograph=False)
+
+
+def decide(count, scale: Scale, max_abs: int, seed, jit: bool = True, phase1: bool = True):
+  """(status, X, B) of `count` i.i.d. candidates (for tests)."""
+  return _decide_fn(scale, int(max_abs), bool(jit), bool(phase1))(
+      tf.constant(count, tf.int32), tf.cast(seed, tf.int64))
+
+
+def round_size(missing, p: float):
+  """Candidates for one round: mean + 6 sd + 64 for the `missing` samples, rounded up to a
+  power of two below 2¹³, else to m·2^j with 8 ≤ m < 16 (≤ 12.5 % more), at most MAX_ROUND:
+  few sizes, so few XLA compiles. A Python int for a Python int, else an int32 tensor."""
+  if isinstance(missing, int):
+    wanted = min(math.ceil(missing / p + 6.0 * math.sqrt(missing / p) + 64.0), MAX_ROUND)
+    octave = (wanted - 1).bit_length()                       # 2^octave ≥ wanted
+    step = 2**octave if octave <= _SMALL_ROUND_LOG2 else 2**(wanted.bit_length() - 4)
+    return -(-wanted // step) * step
   missing = tf.cast(missing, tf.float64)
   wanted = tf.math.ceil(missing / p + 6.0 * tf.sqrt(missing / p) + 64.0)
   wanted = tf.minimum(wanted, float(MAX_ROUND))
-  octave = tf.math.floor(tf.math.log(wanted) / math.log(2.0))
-  step = tf.pow(tf.constant(2.0, tf.float64), tf.maximum(octave - 3.0, 0.0))
+  octave = tf.math.ceil(tf.math.log(wanted) / math.log(2.0) - 1e-9)
+  step = tf.pow(tf.constant(2.0, tf.float64), tf.where(
+      octave <= _SMALL_ROUND_LOG2, octave, tf.math.floor(tf.math.log(wanted) / math.log(2.0)) - 3.0))
   return tf.cast(tf.math.ceil(wanted / step) * step, tf.int32)
 
 
@@ -605,17 +661,24 @@ def sample(shape, scale: Scale, seed, max_abs: int = MAX_ABS_LIMIT, jit: bool = 
                      f"{scale.scale:.6g}")
   seed = tf.cast(tf.convert_to_tensor(seed), tf.int64)
   shape = tf.convert_to_tensor(shape, tf.int32)
-  size = tf.reduce_prod(shape)
+  static_shape = tf.get_static_value(shape)
+  size = int(np.prod(static_shape)) if static_shape is not None else tf.reduce_prod(shape)
   p = acceptance_probability(scale)
+  decide_round = _round_fn(scale, int(max_abs), bool(jit))
+
+  # Round 0 (almost always the only one), then rounds until `size` candidates are accepted.
+  count = round_size(size, p)
+  values, accepted = decide_round(count, fold(seed, 0))
+  first = tf.boolean_mask(values, accepted)
 
   def body(r, out, proposed):
     count = round_size(size - tf.size(out), p)
-    values, accepted = _candidates(count, scale, int(max_abs), fold(seed, r), jit)
+    values, accepted = decide_round(count, fold(seed, r))
     out = tf.concat([out, tf.boolean_mask(values, accepted)], axis=0)
     return r + 1, out, proposed + tf.cast(count, tf.int64)
 
   rounds, out, proposed = tf.while_loop(
       lambda r, out, c: tf.size(out) < size, body,
-      [tf.constant(0, tf.int64), tf.zeros([0], tf.int64), tf.constant(0, tf.int64)],
+      [tf.constant(1, tf.int64), first, tf.cast(count, tf.int64)],
       shape_invariants=[tf.TensorShape([]), tf.TensorShape([None]), tf.TensorShape([])])
   return tf.reshape(out[:size], shape), SamplerInfo(rounds, proposed)
