@@ -422,8 +422,8 @@ def _pack(status, stage, start, v) -> tf.Tensor:
 
 def _unpack(packed):
   """(status, stage, start, v) of `_pack`."""
-  bits = lambda shift, width: _field(packed, shift, width)
-  return bits(0, 3), bits(3, 3), bits(6, 10), tf.bitwise.right_shift(packed, _I(16))
+  return (_field(packed, 0, 3), _field(packed, 3, 3), _field(packed, 6, 10),
+          tf.bitwise.right_shift(packed, _I(16)))
 
 
 def _fast(words: tf.Tensor, c: _Consts):
@@ -637,9 +637,10 @@ def round_size(missing, p: float):
   missing = tf.cast(missing, tf.float64)
   wanted = tf.math.ceil(missing / p + 6.0 * tf.sqrt(missing / p) + 64.0)
   wanted = tf.minimum(wanted, float(MAX_ROUND))
-  octave = tf.math.ceil(tf.math.log(wanted) / math.log(2.0) - 1e-9)
-  step = tf.pow(tf.constant(2.0, tf.float64), tf.where(
-      octave <= _SMALL_ROUND_LOG2, octave, tf.math.floor(tf.math.log(wanted) / math.log(2.0)) - 3.0))
+  log2 = tf.math.log(wanted) / math.log(2.0)
+  octave = tf.math.ceil(log2 - 1e-9)
+  step = tf.where(octave <= _SMALL_ROUND_LOG2, octave, tf.math.floor(log2) - 3.0)
+  step = tf.pow(tf.constant(2.0, tf.float64), step)
   return tf.cast(tf.math.ceil(wanted / step) * step, tf.int32)
 
 
