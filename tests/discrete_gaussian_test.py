@@ -251,6 +251,32 @@ def test_phase1_agrees_with_the_state_machine(scale):
 
 
 @pytest.mark.parametrize("scale", [SCALES[0], SCALES[1]])
+def test_phase2_resumes_in_the_machines_state(scale):
+  """For every candidate phase 1 leaves undecided, `_resume` gives the state the machine
+  reaches after the candidate's first `start` fields (so phase 2 goes on exactly where the
+  machine would be)."""
+  max_abs = _max_abs(scale)
+  c = dg._consts(scale, max_abs)
+  words = dg._words([60_000, dg.PHASE1_WORDS], tf.constant([6, 2], tf.int64))
+  status, stage, start, v = dg._unpack(dg._fast(words, c))
+  rows = np.nonzero(status.numpy() == dg._UNDECIDED)[0]
+  assert len(rows) > 10
+  own = tf.gather(words, rows)
+  start = tf.gather(start, rows)
+  resumed = dg._resume(own, tf.gather(stage, rows), start, tf.gather(v, rows), c)
+  machine = dg._initial_state(own, c)
+  for i in range(c.phase1_fields):
+    stepped = dg._step(machine, dg._candidate_field(own, c.first_field + i), c)
+    machine = {key: tf.where(i < start, stepped[key], machine[key]) for key in machine}
+  for key in ("stage", "prim", "k", "v", "u", "sign"):
+    np.testing.assert_array_equal(resumed[key].numpy(), machine[key].numpy(), err_msg=key)
+  target = resumed["stage"].numpy() == dg._TARGET
+  np.testing.assert_array_equal(resumed["need"].numpy()[target], machine["need"].numpy()[target])
+  later = resumed["stage"].numpy() != dg._CHAIN
+  np.testing.assert_array_equal(resumed["rest"].numpy()[later], machine["rest"].numpy()[later])
+
+
+@pytest.mark.parametrize("scale", [SCALES[0], SCALES[1]])
 @pytest.mark.parametrize("phase1", [True, False])
 def test_candidates_chain_acceptance_and_values(scale, phase1):
   """Every candidate decided by phase 1 and 2 (phase1=True) or by the state machine alone
