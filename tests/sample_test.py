@@ -174,35 +174,36 @@ def test_labels_by_name_or_index():
 NAMES = ["owl", "cat", "dog"]  # not sorted: a folder reads them back in sorted order
 
 
+def _export_model(base, name, version, seed, shape, names, labelled, unit, metadata):
+  """Export a small DCGAN of `shape` for the classes `names` with a run's metadata (its data
+  spec built from the same arguments); returns the model directory."""
+  tf.keras.utils.set_random_seed(seed)
+  gen = generators.make_generator("dcgan", shape, len(names), latent_dim=LATENT, embed_dim=3,
+                                  hidden=8)
+  spec = {"source": metadata["dataset"], "image_shape": list(shape), "label_names": names,
+          "labelled": labelled, "privacy_unit": unit}
+  if labelled:
+    spec["num_classes"] = len(names)
+  return export_lib.export_generator(
+      gen, str(base), name, version,
+      {**metadata, "dp": True, "label_names": names, "data_spec": spec, "privacy_unit": unit})
+
+
 @pytest.fixture(scope="module")
 def named_model(tmp_path_factory):
   """An 8×8 RGB model of the classes NAMES (a run's metadata: ε, δ, run id, unit, spec)."""
-  base = tmp_path_factory.mktemp("named")
-  tf.keras.utils.set_random_seed(3)
-  gen = generators.make_generator("dcgan", (8, 8, 3), 3, latent_dim=LATENT, embed_dim=3,
-                                  hidden=8)
-  spec = {"source": "folder:/data/pets", "image_shape": [8, 8, 3], "label_names": NAMES,
-          "labelled": True, "privacy_unit": "group", "num_classes": 3}
-  return export_lib.export_generator(
-      gen, str(base), "pets", 4,
-      {"epsilon": 2.5, "delta": 1e-6, "dp": True, "private": True, "run_id": "run-abc",
-       "accountant": "rdp", "label_names": NAMES, "data_spec": spec, "privacy_unit": "group",
-       "dataset": "folder:/data/pets"})
+  return _export_model(tmp_path_factory.mktemp("named"), "pets", 4, 3, (8, 8, 3), NAMES, True,
+                       "group", {"epsilon": 2.5, "delta": 1e-6, "private": True,
+                                 "run_id": "run-abc", "accountant": "rdp",
+                                 "dataset": "folder:/data/pets"})
 
 
 @pytest.fixture(scope="module")
 def flat_model(tmp_path_factory):
   """A model trained on unlabelled data: one class, "all"."""
-  base = tmp_path_factory.mktemp("flat")
-  tf.keras.utils.set_random_seed(4)
-  gen = generators.make_generator("dcgan", (8, 8, 1), 1, latent_dim=LATENT, embed_dim=3,
-                                  hidden=8)
-  spec = {"source": "folder:/data/scans", "image_shape": [8, 8, 1], "label_names": ["all"],
-          "labelled": False, "privacy_unit": "record"}
-  return export_lib.export_generator(gen, str(base), "scans", 1,
-                                     {"epsilon": 1.0, "delta": 1e-5, "dp": True,
-                                      "run_id": "run-flat", "label_names": ["all"],
-                                      "data_spec": spec, "privacy_unit": "record"})
+  return _export_model(tmp_path_factory.mktemp("flat"), "scans", 1, 4, (8, 8, 1), ["all"],
+                       False, "record", {"epsilon": 1.0, "delta": 1e-5, "run_id": "run-flat",
+                                         "dataset": "folder:/data/scans"})
 
 
 def _read_back(fmt, out):
