@@ -5,6 +5,7 @@
   python -m dp_sinkhorn_tf.bench sinkhorn --compile_solver --relaxation=1.5   # over-relaxed
   python -m dp_sinkhorn_tf.bench sinkhorn --peer=geomloss [--peer_python=PY]   # side by side
   python -m dp_sinkhorn_tf.bench loop [--rounds 3]   # the training loop, K=1 vs unset
+  python -m dp_sinkhorn_tf.bench noise [--steps_timed 60]   # the step, exact vs float32 noise
 
 `train` (train/bench_train.py) times one step; `loop` (train/bench_loop.py) a launch
 flagfile's whole loop, one call per step (--steps_per_call=1) against the unset flag (a
@@ -187,6 +188,10 @@ def run_sinkhorn_config(name: str, repeats: int, jit: bool, products: str = "flo
 
 
 def _child(argv) -> int:
+  if argv[0] == "noise":
+    from dp_sinkhorn_tf.train import bench_train
+    print("RESULT " + json.dumps(bench_train.noise_compare(argv[1], int(argv[2]))), flush=True)
+    return 0
   if argv[0] == "loop":
     from dp_sinkhorn_tf.train import bench_loop
     steps_per_call = None if argv[2] == "unset" else int(argv[2])
@@ -254,6 +259,9 @@ flags.DEFINE_enum("peer", "none", list(PEERS), "sinkhorn suite: also time this l
 flags.DEFINE_integer("rounds", 3, "Interleaved rounds (fresh processes) with --peer, "
                      "--precision=compare and the loop suite.", lower_bound=1,
                      flag_values=FLAGS)
+flags.DEFINE_integer("steps_timed", 60, "noise suite: timed steps of each variant (exact and "
+                     "float32 noise, interleaved in one process).", lower_bound=1,
+                     flag_values=FLAGS)
 flags.DEFINE_enum("precision", "flagfile", ["flagfile", *PRECISIONS, "compare"],
                   "train suite: the generator's policy (flagfile: the flagfile's --precision); "
                   "compare: float32 and --compare_with interleaved, both medians and the "
@@ -264,7 +272,7 @@ flags.DEFINE_string("peer_python", None, "Interpreter that has the peer installe
                     "this one; e.g. a venv with torch + geomloss).", flag_values=FLAGS)
 flags.DEFINE_integer("num_devices", None, "train suite, --strategy=mirrored: devices (logical "
                      "CPUs here).", lower_bound=1, flag_values=FLAGS)
-SUITES = ("sinkhorn", "train", "loop", "all")
+SUITES = ("sinkhorn", "train", "loop", "noise", "all")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -283,6 +291,7 @@ class BenchConfig:
   strategy: str
   peer: str
   rounds: int
+  steps_timed: int
   precision: str
   compare_with: str
   peer_python: Optional[str]
@@ -306,6 +315,9 @@ def run(cfg: BenchConfig) -> int:
   if cfg.suite in ("loop", "all"):
     from dp_sinkhorn_tf.train import bench_loop
     jobs += [("loop", name) for name in bench_loop.CONFIGS]
+  if cfg.suite in ("noise", "all"):
+    from dp_sinkhorn_tf.train import bench_train
+    jobs += [("noise", name) for name in bench_train.NOISE_CONFIGS]
   unknown = set(cfg.only) - {name for _, name in jobs}
   if unknown:
     raise ValueError(f"--only: unknown config(s) {sorted(unknown)} for suite {cfg.suite}")
@@ -321,6 +333,8 @@ def run(cfg: BenchConfig) -> int:
       result = _precision_compare(name, cfg, cfg.compare_with)
     elif kind == "loop":
       result = _loop_compare(name, cfg.rounds)
+    elif kind == "noise":
+      result = _child_result(name, ["noise", name, str(cfg.steps_timed)])
     else:
       result = _run_in_child(kind, name, cfg.repeats, cfg.jit, cfg.strategy, cfg.num_devices,
                              precision=cfg.precision, products=cfg.products,
@@ -416,7 +430,7 @@ def _loop_compare(name: str, rounds: int) -> dict:
 
 def main(argv=None) -> int:
   """python -m dp_sinkhorn_tf.bench SUITE [--flags]: SUITE is one of sinkhorn, train, loop,
-  all."""
+  noise, all."""
   argv = list(sys.argv if argv is None else argv)
   if len(argv) > 1 and argv[1] == "_child":
     return _child(argv[2:])

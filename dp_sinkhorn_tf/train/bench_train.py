@@ -3,6 +3,7 @@
   python -m dp_sinkhorn_tf.bench train     (one JSON line per configuration)
   python -m dp_sinkhorn_tf.bench train --strategy=mirrored --num_devices=2
   python -m dp_sinkhorn_tf.bench train --precision=compare   (float32 vs mixed_bfloat16)
+  python -m dp_sinkhorn_tf.bench noise [--steps_timed 60]   (exact noise vs float32 noise)
 
 For a launch flagfile's model, on synthetic data of the flagfile's image shape and dataset
 size (so q and the Poisson batch match the real run), this times, each as the median of
@@ -19,8 +20,18 @@ size (so q and the Poisson batch match the real run), this times, each as the me
                     --sinkhorn_jit);
   * overhead_ms   — step_ms − generator_ms − sinkhorn_ms (sampling, mechanism, optimiser,
                     Python / tf.function dispatch).
+
+`noise_compare` (the `noise` suite) prices the exact noise (issue 35): one model, two step
+functions traced from it — the shipped one, whose release draws N_ℤ(0, s²) with the exact
+integer sampler, and one traced while `discrete_gaussian.sample` is replaced by
+round(s · `tf.random.stateless_normal`), TF's float32 normal as the noise was drawn before
+(the lattice rounding and clip stay, so the two differ in the sampler alone). They are called
+in turn, the order rotating every step (A B, B A, …), so the machine's load falls on both
+alike; the line gives both medians, the median of the paired differences and exact / float.
+The float step is a price tag only: it is never a release.
 """
 
+import contextlib
 import resource
 import statistics
 import time
@@ -51,15 +62,17 @@ def _median_ms(fn, repeats: int) -> float:
   return round(statistics.median(times), 2)
 
 
-def run(name: str, repeats: int, strategy: str = "default",
-        num_devices: Optional[int] = None, precision: Optional[str] = None) -> dict:
-  """strategy / num_devices: the step under tf.distribute (`distribute`); the generator
-  and Sinkhorn parts are timed on one device either way. precision: the generator's
-  policy (None: the flagfile's --precision)."""
+# The noise suite's configs and its issue-35 target: exact noise costs at most 10 % of the
+# Fashion-MNIST CPU step.
+NOISE_CONFIGS = ("digits_demo_step", "fashion_mnist_cpu_step")
+NOISE_TARGETS = {"fashion_mnist_cpu_step": "exact_over_float <= 1.10"}
+
+
+def _build(name: str, strategy: str, num_devices: Optional[int], precision: Optional[str]):
+  """(cfg, flagfile, shape, images, labels, dist, model) of config `name`."""
   import dataclasses
 
   import numpy as np
-  import tensorflow as tf
 
   from dp_sinkhorn_tf import cli
   from dp_sinkhorn_tf.release import export_lib
@@ -84,6 +97,23 @@ def run(name: str, repeats: int, strategy: str = "default",
     model = trainer.DPSinkhornModel(dist_gen, images, labels, num_classes, cfg, sigma, q)
     model.compile(optimizer=trainer.build_optimizer(cfg, cfg.steps or 10**6, sigma,
                                                     model.noise_seed_now))
+  return cfg, flagfile, shape, images, labels, dist, model
+
+
+def run(name: str, repeats: int, strategy: str = "default",
+        num_devices: Optional[int] = None, precision: Optional[str] = None) -> dict:
+  """strategy / num_devices: the step under tf.distribute (`distribute`); the generator
+  and Sinkhorn parts are timed on one device either way. precision: the generator's
+  policy (None: the flagfile's --precision)."""
+  import numpy as np
+  import tensorflow as tf
+
+  from dp_sinkhorn_tf.train import trainer
+
+  cfg, flagfile, shape, images, labels, dist, model = _build(name, strategy, num_devices,
+                                                             precision)
+  num_classes = 10
+  dist_gen = model.generator
   step_fn = trainer.step_function(model, dist)  # pylint: disable=protected-access
   gen = (dist_gen if dist.num_replicas_in_sync == 1
          else trainer.make_generator(cfg, shape, num_classes, build=True))
@@ -134,4 +164,61 @@ def run(name: str, repeats: int, strategy: str = "default",
       "params": int(sum(np.prod(v.shape) for v in gen.trainable_variables)),
       "peak_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
       "repeats": repeats,
+  }
+
+
+@contextlib.contextmanager
+def float_noise():
+  """While active, `discrete_gaussian.sample` returns round(s · N(0, 1)) from TF's float32
+  normal (the noise before issue 35) instead of exact N_ℤ(0, s²): for pricing only."""
+  import tensorflow as tf
+
+  from dp_sinkhorn_tf.privacy import discrete_gaussian
+
+  exact = discrete_gaussian.sample
+
+  def stand_in(shape, scale, seed, max_abs=discrete_gaussian.MAX_ABS_LIMIT, jit=True):
+    del max_abs, jit
+    normal = tf.random.stateless_normal(shape, seed)
+    return tf.cast(tf.round(normal * scale.scale), tf.int64), None
+
+  discrete_gaussian.sample = stand_in
+  try:
+    yield
+  finally:
+    discrete_gaussian.sample = exact
+
+
+def noise_compare(name: str, steps: int) -> dict:
+  """The train step with exact and with float32 noise, `steps` calls each, interleaved in one
+  process (module docstring): medians, paired difference and exact / float."""
+  import numpy as np
+  import tensorflow as tf
+
+  from dp_sinkhorn_tf.train import trainer
+
+  cfg, flagfile, shape, _, _, dist, model = _build(name, "default", None, None)
+  with float_noise():
+    float_fn = trainer.step_function(model, dist)
+    float_fn(tf.constant(1, tf.int64))              # trace with the stand-in sampler
+  exact_fn = trainer.step_function(model, dist)
+  exact_fn(tf.constant(2, tf.int64))
+  fns = {"exact": exact_fn, "float": float_fn}
+  times = {k: [] for k in fns}
+  step = 2
+  for i in range(steps):
+    for k in (("exact", "float") if i % 2 == 0 else ("float", "exact")):
+      step += 1
+      start = time.perf_counter()
+      float(fns[k](tf.constant(step, tf.int64))["loss"])
+      times[k].append(1000 * (time.perf_counter() - start))
+  med = {k: statistics.median(v) for k, v in times.items()}
+  paired = statistics.median(np.subtract(times["exact"], times["float"]))
+  return {
+      "config": name, "flagfile": flagfile,
+      "released_values": cfg.batch_size * int(np.prod(shape)),
+      "exact_ms": round(med["exact"], 2), "float_ms": round(med["float"], 2),
+      "paired_diff_ms": round(paired, 2),
+      "exact_over_float": round(med["exact"] / med["float"], 3),
+      "steps_each": steps, "target": NOISE_TARGETS.get(name),
   }
