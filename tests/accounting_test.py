@@ -1,5 +1,6 @@
 """Tests for dp_sinkhorn_tf.privacy.accounting."""
 
+import dataclasses
 import json
 import math
 import os
@@ -265,3 +266,105 @@ def test_an_earlier_ledger_without_gradient_flags_loads_and_they_stay_out_of_the
     accounting.PrivacyLedger.load(str(path))
   rep = accounting.report(ledger, all_accountants=False)
   assert "gradient_flags" not in rep and "gradient_flags_sha256" not in rep
+
+
+# ---- stages: several mechanisms, one budget --------------------------------------------------
+
+def test_composed_epsilon_of_a_release_then_steps_matches_dp_accounting_directly():
+  release = accounting.Stage("warm_start", 5.0)
+  steps = accounting.Stage("dp_sinkhorn", 0.9, sample_rate=0.01, steps=2000)
+  acc = dp_accounting.rdp.RdpAccountant()
+  acc.compose(dp_accounting.GaussianDpEvent(5.0))
+  acc.compose(dp_accounting.PoissonSampledDpEvent(0.01, dp_accounting.GaussianDpEvent(0.9)),
+              2000)
+  expected = acc.get_epsilon(1e-5)
+  assert accounting.composed_epsilon([release, steps], 1e-5) == pytest.approx(expected,
+                                                                              rel=1e-12)
+  # The composition is tighter than adding the parts, and costlier than either part.
+  alone = [accounting.composed_epsilon([s], 1e-5) for s in (release, steps)]
+  assert max(alone) < expected < sum(alone)
+  # One stage is the single-mechanism accountant: the training steps alone.
+  assert alone[1] == pytest.approx(accounting.compute_epsilon(0.01, 0.9, 2000, 1e-5),
+                                   rel=1e-12)
+
+
+def test_composed_epsilon_under_pld_matches_dp_accounting_directly():
+  stages = [accounting.Stage("a", 3.0), accounting.Stage("b", 1.1, 0.01, 500)]
+  acc = dp_accounting.pld.PLDAccountant(
+      value_discretization_interval=accounting.PLD_DISCRETIZATION)
+  acc.compose(dp_accounting.GaussianDpEvent(3.0))
+  acc.compose(dp_accounting.SelfComposedDpEvent(
+      dp_accounting.PoissonSampledDpEvent(0.01, dp_accounting.GaussianDpEvent(1.1)), 500))
+  assert accounting.composed_epsilon(stages, 1e-5, "pld") == pytest.approx(
+      acc.get_epsilon(1e-5), rel=1e-9)
+
+
+# A release once, then steps of the subsampled Gaussian (each plan takes seconds: the
+# planner bisects c around bisections of each stage's σ).
+TEMPLATE = (accounting.Stage("warm_start", None),
+            accounting.Stage("dp_sinkhorn", None, sample_rate=0.01, steps=1000))
+PLAN_TOLERANCE = 1e-3
+
+
+@pytest.fixture(scope="module")
+def plans():
+  return {shares: accounting.plan_stages(TEMPLATE, shares, 8.0, 1e-5, tolerance=PLAN_TOLERANCE)
+          for shares in ((1, 4), (1, 1))}
+
+
+def test_plan_stages_spends_the_target_in_the_given_proportion(plans):
+  for shares, plan in plans.items():
+    # Round trip: the solved stages compose to the target, from below, within c's tolerance.
+    assert plan.epsilon == pytest.approx(
+        accounting.composed_epsilon(plan.stages, 1e-5), rel=1e-12)
+    assert 0.99 * 8.0 < plan.epsilon <= 8.0
+    # Each stage alone spends its share of one larger budget c·target (c ≥ 1).
+    c = [eps / (w / sum(shares) * 8.0) for eps, w in zip(plan.stage_epsilons, shares)]
+    assert min(c) >= 1.0 and c[0] == pytest.approx(c[1], rel=0.02), (shares, c)
+    # Each σ is the least for its stage's ε: a σ one tolerance step lower overspends it.
+    for stage, eps in zip(plan.stages, plan.stage_epsilons):
+      lower = dataclasses.replace(stage, noise_multiplier=stage.noise_multiplier - 2e-3)
+      assert accounting.composed_epsilon([lower], 1e-5) > eps
+
+
+def test_plan_stages_more_share_means_less_noise(plans):
+  small, large = plans[(1, 4)], plans[(1, 1)]
+  assert large.stages[0].noise_multiplier < small.stages[0].noise_multiplier
+  assert large.stages[1].noise_multiplier > small.stages[1].noise_multiplier
+
+
+def test_plan_stages_solves_steps_at_a_fixed_sigma_and_keeps_fixed_stages():
+  fixed = accounting.Stage("release", 8.0)
+  free = accounting.Stage("steps", 2.0, sample_rate=0.1, steps=None)
+  plan = accounting.plan_stages([fixed, free], (1, 1), 4.0, 1e-5, tolerance=PLAN_TOLERANCE)
+  assert plan.stages[0] == fixed
+  steps = plan.stages[1].steps
+  assert steps > 0 and plan.epsilon <= 4.0
+  # The most steps: one more overspends the target.
+  more = [fixed, dataclasses.replace(plan.stages[1], steps=steps + 1)]
+  assert accounting.composed_epsilon(more, 1e-5) > 4.0
+
+
+@pytest.mark.parametrize("kwargs,needle", [
+    ({"shares": (1,)}, "one share per stage"),
+    ({"shares": (1, 0)}, "share"),
+    ({"target_epsilon": 0.0}, "target_epsilon"),
+    ({"stages": [accounting.Stage("r", 0.1), accounting.Stage("s", 0.1)]}, "exceed"),
+    ({"stages": [accounting.Stage("r", 0.3), accounting.Stage("s", 1.0, 0.01, None)]},
+     "not one step"),
+])
+def test_plan_stages_refuses_bad_input(kwargs, needle):
+  args = {"stages": [accounting.Stage("r", None), accounting.Stage("s", 1.0, 0.01, None)],
+          "shares": (1, 1), "target_epsilon": 5.0, "delta": 1e-5}
+  args.update(kwargs)
+  with pytest.raises(ValueError, match=needle):
+    accounting.plan_stages(**args)
+
+
+def test_a_stage_needs_one_free_parameter_at_most_and_a_valid_rate():
+  with pytest.raises(ValueError, match="fix σ or the steps"):
+    accounting.Stage("x", None, 0.1, None)
+  with pytest.raises(ValueError, match="sample rate"):
+    accounting.Stage("x", 1.0, 0.0)
+  with pytest.raises(ValueError, match="plan_stages first"):
+    accounting.Stage("x", None).dp_event()

@@ -362,3 +362,173 @@ def plan_privacy(cfg, dataset_size: int) -> PrivacyPlan:
                        f"{p.target_epsilon} allows no step at q={q:.3g}; raise σ")
   eps = compute_epsilon(q, sigma, steps, p.delta, p.accountant)
   return PrivacyPlan(q, sigma, steps, eps, p.delta, p.accountant, warning)
+
+
+# ---- several mechanisms, one budget (stages) ------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class Stage:
+  """One mechanism of a run: `steps` Gaussian releases with noise multiplier σ (noise std
+  over L2 sensitivity), each on a Poisson sample of rate q; q = 1 is the whole data set, so
+  Stage(name, σ) is a single Gaussian release (e.g. a warm start's statistics, released
+  once), and Stage("dp_sinkhorn", σ, q, T) the training steps. σ = None or steps = None: the
+  free parameter `plan_stages` solves for."""
+
+  name: str
+  noise_multiplier: Optional[float] = None
+  sample_rate: float = 1.0
+  steps: Optional[int] = 1
+
+  def __post_init__(self):
+    if not 0 < self.sample_rate <= 1:
+      raise ValueError(f"stage {self.name}: sample rate q must be in (0, 1], got "
+                       f"{self.sample_rate}")
+    if self.noise_multiplier is not None and not self.noise_multiplier >= 0:
+      raise ValueError(f"stage {self.name}: noise_multiplier must be ≥ 0, got "
+                       f"{self.noise_multiplier}")
+    if self.steps is not None and self.steps < 0:
+      raise ValueError(f"stage {self.name}: steps must be ≥ 0, got {self.steps}")
+    if self.noise_multiplier is None and self.steps is None:
+      raise ValueError(f"stage {self.name}: fix σ or the steps (the planner solves for one)")
+
+  def dp_event(self) -> dp_accounting.DpEvent:
+    """Gaussian(σ) if q = 1, else PoissonSampled(q, Gaussian(σ)), self-composed T times."""
+    if self.noise_multiplier is None or self.steps is None:
+      raise ValueError(f"stage {self.name}: σ and steps must be set (plan_stages first)")
+    event = dp_accounting.GaussianDpEvent(self.noise_multiplier)
+    if self.sample_rate < 1:
+      event = dp_accounting.PoissonSampledDpEvent(self.sample_rate, event)
+    return dp_accounting.SelfComposedDpEvent(event, self.steps)
+
+
+def composed_event(stages) -> dp_accounting.DpEvent:
+  """The stages run one after the other (adaptively: each may depend on the releases
+  before it): ComposedDpEvent of their events, in order."""
+  return dp_accounting.ComposedDpEvent([s.dp_event() for s in stages])
+
+
+def composed_epsilon(stages, delta: float, accountant: str = "rdp") -> float:
+  """ε of all stages together at δ: one accountant composes them exactly (for RDP, orders
+  add; for PLD, the loss distributions convolve), tighter than adding each stage's ε."""
+  _validate(1.0, 1.0, delta, accountant)
+  stages = [s for s in stages if s.steps]
+  if not stages:
+    return 0.0
+  if any(s.noise_multiplier == 0 for s in stages):
+    return math.inf
+  if accountant == "rdp":
+    acc = dp_accounting.rdp.RdpAccountant(neighboring_relation=_RELATION)
+  else:
+    acc = dp_accounting.pld.PLDAccountant(neighboring_relation=_RELATION,
+                                          value_discretization_interval=PLD_DISCRETIZATION)
+  acc.compose(composed_event(stages))
+  return float(acc.get_epsilon(delta))
+
+
+def _solve_stage(stage: Stage, epsilon: float, delta: float, accountant: str) -> Stage:
+  """The stage with its free parameter set so that it alone spends ≤ epsilon: the smallest
+  σ for its steps, or the most steps at its σ (0 if one step exceeds epsilon)."""
+  if stage.noise_multiplier is None:
+    sigma = min_noise_multiplier(epsilon, delta, stage.sample_rate, stage.steps, accountant)
+    return dataclasses.replace(stage, noise_multiplier=sigma)
+  steps = max_steps(epsilon, delta, stage.sample_rate, stage.noise_multiplier, accountant)
+  return dataclasses.replace(stage, steps=steps)
+
+
+@dataclasses.dataclass(frozen=True)
+class StagePlan:
+  """The solved stages, the ε of all of them composed, and each stage's ε alone (its share
+  of the budget as printed; the shares add to more than the composed ε)."""
+
+  stages: Tuple[Stage, ...]
+  epsilon: float
+  stage_epsilons: Tuple[float, ...]
+  delta: float
+  accountant: str
+
+
+def plan_stages(stages, shares, target_epsilon: float, delta: float,
+                accountant: str = "rdp", tolerance: float = 1e-3) -> StagePlan:
+  """Solves each stage's free parameter (σ or T) so that the composed ε is at most
+  target_epsilon and the stages split it in proportion to `shares`.
+
+  Stage i alone spends ε_i = c·wᵢ·target (wᵢ = sharesᵢ/Σ shares) for one factor c ≥ 1:
+  composition costs less than the sum of the parts, so c > 1 hands the saving back to every
+  stage in the same proportion. The search runs over one stage's free parameter, the pivot
+  (the first free stage with q < 1, whose ε is the costly one to evaluate; else the first
+  free stage): its value fixes ε_pivot and so c = ε_pivot/(w_pivot·target); every other free
+  stage is then solved for its c·wᵢ·target. The composed ε is monotone in the pivot (a smaller
+  σ or more steps raises ε_pivot, so c, so every stage's ε), so bisection finds the pivot's
+  least σ (to `tolerance`) or most steps within the target. Stages given both σ and T are
+  fixed: they take their own ε and their share is ignored.
+  """
+  stages = tuple(stages)
+  shares = tuple(float(w) for w in shares)
+  if len(shares) != len(stages) or not stages:
+    raise ValueError(f"expected one share per stage, got {len(shares)} for {len(stages)}")
+  if any(not w > 0 for w in shares):
+    raise ValueError(f"every share must be > 0, got {shares}")
+  if not target_epsilon > 0:
+    raise ValueError(f"target_epsilon must be > 0, got {target_epsilon}")
+  _validate(1.0, 1.0, delta, accountant)
+  weights = [w / sum(shares) for w in shares]
+  free = [i for i, s in enumerate(stages) if s.noise_multiplier is None or s.steps is None]
+
+  def finish(solved):
+    eps = composed_epsilon(solved, delta, accountant)
+    if eps > target_epsilon:
+      raise ValueError(f"the fixed stages alone exceed target ε={target_epsilon}")
+    alone = tuple(composed_epsilon([s], delta, accountant) for s in solved)
+    return StagePlan(tuple(solved), eps, alone, delta, accountant)
+
+  if not free:
+    return finish(stages)
+  pivot = next((i for i in free if stages[i].sample_rate < 1), free[0])
+  by_sigma = stages[pivot].noise_multiplier is None
+
+  def solve(x):
+    """(stages with the pivot at x and the others solved for its c, their composed ε)."""
+    p = dataclasses.replace(stages[pivot], **({"noise_multiplier": x} if by_sigma
+                                              else {"steps": x}))
+    c = composed_epsilon([p], delta, accountant) / (weights[pivot] * target_epsilon)
+    out = [p if i == pivot else
+           _solve_stage(s, c * weights[i] * target_epsilon, delta, accountant) if i in free
+           else s for i, s in enumerate(stages)]
+    return out, composed_epsilon(out, delta, accountant)
+
+  if by_sigma:  # the least σ within the target: ok(hi), not ok(lo)
+    lo, hi = 0.0, 1.0
+    best, eps = solve(hi)
+    while eps > target_epsilon:
+      lo, hi = hi, 2 * hi
+      if hi > 1e6:
+        raise ValueError(f"no noise multiplier reaches ε={target_epsilon}")
+      best, eps = solve(hi)
+    while hi - lo > tolerance:
+      mid = 0.5 * (lo + hi)
+      solved, eps = solve(mid)
+      if eps <= target_epsilon:
+        hi, best = mid, solved
+      else:
+        lo = mid
+    return finish(best)
+  lo, hi = 0, 1  # the most steps within the target: ok(lo), not ok(hi)
+  best = None
+  while True:
+    solved, eps = solve(hi)
+    if eps > target_epsilon:
+      break
+    lo, hi, best = hi, 2 * hi, solved
+    if hi > 10**9:
+      break
+  while hi - lo > 1:
+    mid = (lo + hi) // 2
+    solved, eps = solve(mid)
+    if eps <= target_epsilon:
+      lo, best = mid, solved
+    else:
+      hi = mid
+  if best is None:
+    raise ValueError(f"stage {stages[pivot].name}: not one step fits target "
+                     f"ε={target_epsilon}")
+  return finish(best)
