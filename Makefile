@@ -33,11 +33,11 @@ bench: install
 	$(PY) -m dp_sinkhorn_tf.bench all
 
 demo: install
-	TF_CPP_MIN_LOG_LEVEL=2 $(PY) -m dp_sinkhorn_tf.main --verbosity=-1 --flagfile=launch/digits.flags --workdir=$(WORKDIR) --if_finished=skip
+	$(PY) -m dp_sinkhorn_tf.main --flagfile=launch/digits.flags --workdir=$(WORKDIR) --if_finished=skip
 
 # The white-box audit of one private step of the demo's config, with its negative controls.
 audit: install
-	TF_CPP_MIN_LOG_LEVEL=2 $(PY) -m dp_sinkhorn_tf.audit --verbosity=-1 --audit=step --flagfile=launch/digits.flags --audit_out=runs/audit
+	$(PY) -m dp_sinkhorn_tf.audit --audit=step --flagfile=launch/digits.flags --audit_out=runs/audit
 
 lint: dev
 	$(VENV)/bin/ruff check dp_sinkhorn_tf tests

@@ -33,7 +33,7 @@ import os
 import sys
 from typing import List, NoReturn, Optional, Sequence
 
-from dp_sinkhorn_tf.io import files
+from dp_sinkhorn_tf.io import files, log_filter
 
 SHIPPED_FLAGFILES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "launch")
 _FLAGFILE_PREFIXES = ("--flagfile=", "-flagfile=")
@@ -141,12 +141,24 @@ def _asks_for_logs(argv: Sequence[str]) -> bool:
   return any(a.split("=")[0] in ("--verbosity", "-verbosity", "-v", "--v") for a in argv)
 
 
+def _main_module() -> str:
+  """The dotted name `python -m` ran (e.g. 'dp_sinkhorn_tf.main'), '' for a script/REPL."""
+  spec = getattr(sys.modules.get("__main__"), "__spec__", None)
+  return getattr(spec, "name", "") or ""
+
+
 def quiet_start(argv: Sequence[str]) -> None:
   """Silences TensorFlow's start-up lines (oneDNN notes, cuDNN / cuFFT / cuBLAS factory
-  registrations logged as errors) and the INFO lines of TF's Python logger, unless the command line asks with --verbosity / -v or TF_CPP_MIN_LOG_LEVEL
-  is set. Called before TensorFlow is imported (its C++ log level is read at import)."""
+  registrations logged as errors) and the INFO lines of TF's Python logger, unless the
+  command line asks with --verbosity / -v (a TF_CPP_MIN_LOG_LEVEL already set is kept). Called before TensorFlow is imported (its C++ log level is read at import). In a
+  process started as one of this package's commands (`python -m dp_sinkhorn_tf.…`, not a
+  caller's process such as a test runner), XLA's absl-logged lines are filtered out of
+  stderr as well (`io.log_filter`)."""
   if _asks_for_logs(argv):
     return
+  if (os.environ.get("TF_CPP_MIN_LOG_LEVEL") != "0"
+      and _main_module().startswith("dp_sinkhorn_tf.")):
+    log_filter.filter_stderr()
   os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
   import logging  # pylint: disable=g-import-not-at-top
   logging.getLogger("tensorflow").setLevel(logging.WARNING)

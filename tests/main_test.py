@@ -284,6 +284,14 @@ def test_sigkill_at_random_moments_then_resume_gives_the_same_generator_and_ledg
   assert led_b["checkpoint_step"] == 60
 
 
+def test_a_run_leaves_stderr_empty_at_the_users_default_log_level(tmp_path):
+  # TF's start-up lines (TF_CPP_MIN_LOG_LEVEL) and XLA's absl-logged "Compiled cluster using
+  # XLA!" of the exact noise sampler (io.log_filter) are both quiet without --verbosity.
+  proc = run_main(f"--workdir={tmp_path / 'run'}", *TINY, "--steps=2", quiet_tf=False)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  assert proc.stderr == "", proc.stderr[-2000:]
+
+
 def test_progress_shows_only_publishable_values_and_summary_marks_private_files(tmp_path):
   proc = run_main(f"--workdir={tmp_path / 'run'}", *TINY, "--steps=3")
   assert proc.returncode == 0, proc.stderr[-2000:]
