@@ -370,7 +370,7 @@ class TrainConfig:
 
 # Fields of TrainConfig that change neither the released gradient G̃ of any step nor the update
 # made from it, so a resume may change them. Every other field, including any added later, is
-# part of `gradient_flags` and must be the same when a run resumes (`train_lib.open_run`).
+# part of `gradient_flags` and must be the same when a run resumes (`provenance.open_run`).
 # Hashed on purpose although borderline: --sinkhorn_jit, --strategy and --num_devices (the
 # same G̃ only to float32 rounding, and a resume re-runs steps bit for bit), the plan's own
 # flags (--target_epsilon, --delta, --accountant; also compared as the plan) and

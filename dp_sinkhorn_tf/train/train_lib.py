@@ -1,20 +1,16 @@
-"""The train library: a run from a frozen config to a finished, exported run directory.
+"""The train library: the loop of a run, from an opened run directory to its final
+checkpoint, grid and report.
 
-  python -m dp_sinkhorn_tf.main  →  train_flags.config_from_flags  →  train_lib.run(cfg)
+  python -m dp_sinkhorn_tf.main  →  console.run (prints, signals, exit codes, export)
+      →  train_lib.train(cfg, …)  →  provenance.open_run / restore_checkpoint, then the loop
 
-`run` loads the data, fixes the privacy plan (`accounting.plan_privacy`), opens the run
-directory (`open_run`), trains (`train`: restore, then the chunked loop around the step of
-`trainer.DPSinkhornModel`), and exports the generator (`export_lib`). The step itself, the
-model and its optimizer live in `trainer`; summaries and grids in `summaries`; the run
-directory's names in `io.rundir`.
+`train` builds the model and its step (`trainer`), opens or resumes the run
+(`provenance`), and runs `_train_loop`: for each chunk of steps, charge the ledger, run the
+compiled steps, checkpoint, then publish what the chunk held back. Summaries and grids live
+in `summaries`, the run directory's names in `io.rundir`.
 
-Privacy bookkeeping (see also `rundir` and `accounting.PrivacyLedger`):
+Privacy bookkeeping (with `provenance` and `accounting.PrivacyLedger`):
 
-  * open_run: a run directory holds one run (run.json: run id, dp, key source); its key,
-    ledger and checkpoints must all belong to it, the private data must be the data the
-    run started on (keyed fingerprint), and every flag that shapes the released gradient
-    or the update (`config.gradient_flags`, SHA-256 in the ledger) must be the one it
-    started with, or the resume is refused.
   * A chunk of steps [s, e) is charged in the ledger (write-ahead) before it runs, so a crash
     can only over-count. Its publishable outputs (grids, TensorBoard, privacy.json) are held
     back until the chunk's checkpoint is on disk and recorded in the ledger.
@@ -27,347 +23,26 @@ Privacy bookkeeping (see also `rundir` and `accounting.PrivacyLedger`):
     executions (another machine) exposes nothing beyond a single run.
   * Under a multi-worker strategy only the chief writes; a worker that dies is a crash.
   * The steps run on the device, many per call (`_train_loop`); the loop reads the device
-    only at log, sample and checkpoint points, and stops (signals) at the end of a call,
+    only at log, sample and checkpoint points, and stops (stop()) at the end of a call,
     always inside the charged chunk. A call of k steps releases what k single steps do.
 """
 
 import dataclasses
 import functools
-import json
 import math
 import os
 import shutil
-import signal
-import sys
 import tempfile
 import time
-import uuid
 from typing import Callable, Optional, Sequence
 
 import numpy as np
 import tensorflow as tf
 
-from dp_sinkhorn_tf.data import datasets
 from dp_sinkhorn_tf.io import checkpoints, events, files, rundir
-from dp_sinkhorn_tf.privacy import accounting, keys
-from dp_sinkhorn_tf.release import export_lib, serving
+from dp_sinkhorn_tf.privacy import accounting
 from dp_sinkhorn_tf.train import config as config_lib
-from dp_sinkhorn_tf.train import distribute, hardware, progress, summaries, trainer
-
-
-class RunError(Exception):
-  """A run that cannot start (code 2: bad input) or failed (code 1); one line."""
-
-  def __init__(self, message: str, code: int = 2):
-    super().__init__(message)
-    self.code = code
-
-
-def _fail(message: str, code: int = 2):
-  raise RunError(message, code)
-
-
-def _tf_error(e: Exception, what: str) -> str:
-  text = str(e).strip()
-  return f"{what}: {text.splitlines()[0] if text else type(e).__name__}"
-
-
-def _progress_printer(unit: str = "record"):
-  """on_log for `train`: one progress line (`progress.ProgressLine`) per log step; ε is
-  labelled with the unit it protects ("epsilon per record 1.0506")."""
-  line = progress.ProgressLine()
-
-  def on_log(spent: int, total: int, logs: dict) -> None:
-    # DP runs hand over only ε charged (a function of the plan and the step); the loss and
-    # the batch size are computed on private data (private_diagnostics/).
-    names = {"epsilon": f"epsilon per {unit}"}
-    line.report(spent, total, {names.get(k, k): logs[k]
-                               for k in ("epsilon", "noised_grad_norm", "loss") if k in logs})
-
-  return on_log
-
-
-def _remove_stale_temps(workdir: str, model_name: str) -> None:
-  """Deletes what a killed process left: checkpoint '*_temp*' and export '.tmp-*-PID' dirs."""
-  if files.is_remote(workdir):
-    return  # no local process ids to go by on a shared file system
-  ckpt_dir = rundir.path(workdir, rundir.CHECKPOINT_DIR)
-  if os.path.isdir(ckpt_dir):
-    for name in os.listdir(ckpt_dir):
-      if "_temp" in name:
-        shutil.rmtree(os.path.join(ckpt_dir, name), ignore_errors=True)
-  model_dir = os.path.join(workdir, rundir.EXPORT_DIR, model_name)
-  if os.path.isdir(model_dir):
-    for name in os.listdir(model_dir):
-      pid = name.rsplit("-", 1)[-1]
-      if name.startswith(export_lib.TMP_PREFIX) and pid.isdigit() and not _alive(int(pid)):
-        shutil.rmtree(os.path.join(model_dir, name), ignore_errors=True)
-
-
-def _alive(pid: int) -> bool:
-  if pid == os.getpid():
-    return False  # ours from an earlier life of this pid: nothing is writing it now
-  try:
-    os.kill(pid, 0)
-  except ProcessLookupError:
-    return False
-  except PermissionError:
-    return True
-  return True
-
-
-def _outputs_complete(cfg: config_lib.TrainConfig, run_id: str) -> bool:
-  """The final report, grid and (with --export) an export of this run exist."""
-  workdir = cfg.run.workdir
-  try:
-    report = json.loads(files.read_text(rundir.path(workdir, rundir.REPORT_FILE)))
-  except (OSError, ValueError):
-    return False
-  if not report.get("finished") or report.get("run_id") != run_id:
-    return False
-  if not files.exists(rundir.path(workdir, f"{rundir.SAMPLES_DIR}/final.png")):
-    return False
-  if not cfg.run.export:
-    return True
-  model_dir = rundir.path(workdir, f"{rundir.EXPORT_DIR}/{cfg.run.model_name}")
-  for name in files.listdir(model_dir) if files.isdir(model_dir) else []:
-    if name.isdigit():
-      try:
-        if serving.read_metadata(os.path.join(model_dir, name)).get("run_id") == run_id:
-          return True
-      except Exception:  # noqa: BLE001 - an unreadable version is not this run's export
-        continue
-  return False
-
-
-class _StopFlag:
-  """SIGINT / SIGTERM handler: the first signal asks the loop to stop at a step boundary."""
-
-  def __init__(self):
-    self.signum = None
-
-  def __call__(self, signum, frame):
-    del frame
-    if self.signum is None:
-      self.signum = signum
-      print(f"\n{signal.Signals(signum).name}: stopping when the running call of the "
-            "training loop returns (a step boundary; checkpoint, then exit)",
-            file=sys.stderr, flush=True)
-    elif signum == signal.SIGINT:
-      raise KeyboardInterrupt
-
-  def __bool__(self):
-    return self.signum is not None
-
-
-def run(cfg: config_lib.TrainConfig, flags_text: str, dataset: datasets.Dataset,
-        plan: accounting.PrivacyPlan) -> int:
-  """Trains and exports the run of `cfg` under `plan`; returns the process exit code (0, or
-  128 + the signal that stopped it at a step boundary).
-
-  flags_text: the command line as flags (written to flags.txt and into the export).
-
-  dataset: the private data (cfg.data loaded, or with the run audit's canaries); plan:
-  `accounting.plan_privacy(cfg, dataset.num_units)` (records, or groups). `main.run` loads
-  and plans before TensorFlow loads, so those errors are one line before its start-up.
-
-  Raises:
-    RunError: bad input (code 2) or a run that failed (code 1); one line, naming the flag
-      or file; the ledger and the last good checkpoint are intact."""
-  try:
-    distribute.configure_devices(cfg.run.strategy, cfg.run.num_devices)  # before any TF op
-    strategy = distribute.make_strategy(cfg.run.strategy, cfg.run.num_devices)
-    if cfg.run.strategy == "multi_worker":  # a collective: every worker, before any write
-      distribute.check_same_config(strategy, cfg)
-    distribute.check_split(cfg.num_generated, strategy.num_replicas_in_sync)
-    if cfg.run.export:
-      export_lib.check_model_name(cfg.run.model_name)
-    if files.exists(cfg.run.workdir) and not files.isdir(cfg.run.workdir):
-      raise ValueError(f"--workdir={cfg.run.workdir}: exists and is not a directory")
-    chief = distribute.is_chief(cfg.run.strategy)
-    state = open_run(cfg, plan, dataset.pixels, dataset.labels, chief,
-                     pixel_max=dataset.pixel_max, groups=dataset.groups)
-  except (ValueError, FileNotFoundError) as e:
-    _fail(str(e))
-  except OSError as e:
-    _fail(f"--workdir={cfg.run.workdir}: {files.os_error(e, cfg.run.workdir)}")
-  ledger = state.ledger
-  if chief:
-    _remove_stale_temps(cfg.run.workdir, cfg.run.model_name)
-  # Decided once, before training: every worker of a multi-worker run must make the same
-  # choice (the export takes part in collectives).
-  complete = _outputs_complete(cfg, state.identity.run_id)
-  spec = datasets.spec_of(dataset, cfg.data)
-  if chief:  # the data spec export, sample and evaluate read (publishable: `data.spec`)
-    _write_data_spec(cfg.run.workdir, spec)
-  for note in dataset.notes:
-    print(note)
-  print(describe_data(dataset))
-  slow = hardware.precision_warning(cfg.model.precision, cfg.loss.products,
-                                   hardware.read_cpu_flags(), distribute.has_gpu())
-  if slow:
-    print(f"warning: {slow}")
-  if cfg.privacy.dp:
-    print(f"privacy plan: q={plan.sample_rate:.4g} σ={plan.noise_multiplier:.4g} "
-          f"C={cfg.privacy.l2_norm_clip:g} steps={plan.steps} → ε={plan.epsilon:.3f} "
-          f"({plan.accountant}), δ={plan.delta:g}, per {dataset.unit} "
-          f"(N={dataset.num_units} {dataset.unit}s); neighbours: "
-          f"{accounting.NEIGHBOURING_RELATION}")
-    noise = trainer.noise_description(cfg, plan.noise_multiplier, dataset.image_shape,
-                                      dataset.num_classes)
-    if noise is not None:
-      print(f"noise: exact discrete Gaussian on γℤ, γ=2^{noise['log2_gamma']}, std "
-            f"{noise['noise_stddev']:.6g} over {noise['entries']} values, effective "
-            f"σ={noise['effective_noise_multiplier']:.8g} ≥ σ (ε charged at σ)")
-    if plan.warning:
-      print(f"warning: {plan.warning}")
-    if not state.identity.private:
-      print(f"WARNING: NOT PRIVATE: {state.identity.reason}")
-    if state.finished and complete:
-      message = (f"{cfg.run.workdir}: the privacy budget is spent ({ledger.steps_taken}/"
-                 f"{ledger.planned_steps} steps, ε={ledger.epsilon():.3f}); refusing to train "
-                 "further. Use a new --workdir.")
-      if cfg.run.if_finished == "skip":
-        print(message)
-        _print_artefacts(cfg.run.workdir)
-        return 0
-      _fail(message, code=1)
-    if state.finished:
-      print(f"run {state.identity.run_id}: every step is taken; finishing its outputs "
-            "(final grid, report, export) from the final checkpoint: no privacy spent")
-    elif not state.created:
-      print(f"resuming run {state.identity.run_id}: {ledger.steps_taken}/"
-            f"{ledger.planned_steps} steps charged, {ledger.checkpoint_step} checkpointed")
-    else:
-      print(f"new run {state.identity.run_id}: secret key in "
-            f"{os.path.join(cfg.run.workdir, 'privacy_key')} ({state.key.source})")
-  else:
-    print(f"NON-PRIVATE run (--nodp): {plan.steps} steps, no privacy guarantee")
-
-  stop = _StopFlag()
-  previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
-  try:
-    if chief:
-      files.write_text_atomic(rundir.path(cfg.run.workdir, rundir.FLAGS_FILE), flags_text)
-    result = train(cfg, dataset.pixels, dataset.labels, dataset.num_classes, plan,
-                   on_log=_progress_printer(dataset.unit), label_names=dataset.label_names,
-                   state=state, stop=lambda: bool(stop), finish_only=not complete,
-                   pixel_max=dataset.pixel_max, groups=dataset.groups)
-  except Interrupted as e:
-    print(f"\ninterrupted: {e}", file=sys.stderr)
-    return 128 + (stop.signum or signal.SIGINT)
-  except KeyboardInterrupt:
-    print("\ninterrupted before a step boundary: the ledger and the last checkpoint are "
-          "intact; re-run the same command to resume", file=sys.stderr)
-    return 130
-  except BudgetExhaustedError as e:
-    if cfg.run.if_finished == "skip":
-      print(e)
-      _print_artefacts(cfg.run.workdir)
-      return 0
-    _fail(str(e), code=1)
-  except (DivergedError, ValueError) as e:
-    _fail(str(e), code=1)
-  except OSError as e:
-    _remove_stale_temps(cfg.run.workdir, cfg.run.model_name)
-    _fail(f"{files.os_error(e, cfg.run.workdir)}; the ledger and the last good checkpoint are "
-          "intact: free the space / fix the path and re-run the same command", code=1)
-  except tf.errors.OpError as e:
-    _remove_stale_temps(cfg.run.workdir, cfg.run.model_name)
-    _fail(_tf_error(e, cfg.run.workdir) + "; the ledger and the last good checkpoint are "
-          "intact: fix the cause and re-run the same command", code=1)
-  finally:
-    for sig, handler in previous.items():
-      signal.signal(sig, handler)
-  if cfg.run.export and not complete:
-    metadata = export_metadata(cfg, plan, result, dataset, flags_text)
-    # A non-chief worker exports too (collectives), to a folder it deletes.
-    scratch = None if chief else tempfile.mkdtemp(prefix="dp_sinkhorn_worker_export_")
-    try:
-      path = export_lib.export_generator(trainer.local_copy(cfg, result.model.sampling_generator),
-                                     scratch or os.path.join(cfg.run.workdir, "export"),
-                                     cfg.run.model_name, None, metadata)
-    except (export_lib.ExportError, FileExistsError) as e:
-      _fail(str(e), code=1)
-    except OSError as e:
-      _fail(f"export: {files.os_error(e, cfg.run.workdir)}; re-run the same command to finish "
-            "(no privacy is spent)", code=1)
-    finally:
-      if scratch is not None:
-        shutil.rmtree(scratch, ignore_errors=True)
-    if chief:
-      rundir.set_fixed_times(cfg.run.workdir)  # the folders the export added to
-      print(f"exported SavedModel: {path}")
-  if not chief:
-    print("worker done: the chief wrote the run directory")
-    return 0
-  _print_artefacts(cfg.run.workdir)
-  if not result.identity.private:
-    print(f"NOT PRIVATE: {result.identity.reason}")
-  return 0
-
-
-def _write_data_spec(workdir: str, spec) -> None:
-  """<workdir>/data_spec.json, rewritten only when it differs (a finished run's folder keeps
-  its fixed times; a resume on the same data cannot change it, the fingerprint holds)."""
-  target = rundir.path(workdir, rundir.DATA_SPEC_FILE)
-  try:
-    if files.exists(target) and files.read_text(target) == spec.dumps():
-      return
-  except (OSError, UnicodeDecodeError):
-    pass
-  files.write_text_atomic(target, spec.dumps())
-
-
-def describe_data(dataset: datasets.Dataset) -> str:
-  """The data line of a run: "data digits: 1438 private records, image shape (8, 8, 1), 10
-  classes" (with groups: "… records in G groups (the unit of privacy) …")."""
-  groups = "" if dataset.groups is None else f" in {dataset.num_groups} groups (the unit " \
-      "of privacy)"
-  classes = (f"{dataset.num_classes} classes {list(dataset.label_names)}" if dataset.labelled
-             else "unlabelled (one class: an unconditional generator)")
-  if dataset.labelled and dataset.num_classes > 12:
-    classes = f"{dataset.num_classes} classes"
-  return (f"data {dataset.name}: {len(dataset)} private records{groups}, image shape "
-          f"{tuple(dataset.image_shape)}, {classes}")
-
-
-def export_metadata(cfg, plan, result, dataset, flags_text: str) -> dict:
-  ledger = result.ledger
-  identity = result.identity
-  return {
-      "run_id": identity.run_id, "private": identity.private,
-      "private_reason": identity.reason or None,
-      "epsilon": ledger.epsilon() if ledger is not None else None,
-      "delta": plan.delta if cfg.privacy.dp else None,
-      "accountant": plan.accountant if cfg.privacy.dp else None,
-      "neighbouring_relation": accounting.NEIGHBOURING_RELATION if cfg.privacy.dp else None,
-      "dp": cfg.privacy.dp, "mechanism": cfg.privacy.mechanism,
-      "noise_multiplier": plan.noise_multiplier, "l2_norm_clip": cfg.privacy.l2_norm_clip,
-      "noise": ledger.noise if ledger is not None else None,
-      "sample_rate": plan.sample_rate,
-      "steps": ledger.steps_taken if ledger is not None else plan.steps,
-      "dataset": dataset.name, "image_shape": list(dataset.image_shape),
-      "label_names": list(dataset.label_names), "training_flags": flags_text,
-      "data_spec": datasets.spec_of(dataset, cfg.data).to_json(),
-      "privacy_unit": dataset.unit,
-      # the checkpoint entry `sampling_generator` is, as the export command names it
-      "weights": "ema_generator" if result.model.ema_generator is not None else "generator",
-  }
-
-
-def _print_artefacts(workdir: str) -> None:
-  print("artefacts (safe to publish):")
-  for name, publishable, why in rundir.ARTEFACTS:
-    if publishable and files.exists(os.path.join(workdir, name)):
-      print(f"  {os.path.join(workdir, name)}  ({why})")
-  print("DO NOT PUBLISH:")
-  for name, publishable, why in rundir.ARTEFACTS:
-    if not publishable and files.exists(os.path.join(workdir, name)):
-      print(f"  {os.path.join(workdir, name)}  ({why})")
-
-
-# ---- the run directory and the loop ----------------------------------------------------------
+from dp_sinkhorn_tf.train import distribute, provenance, summaries, trainer
 
 
 @dataclasses.dataclass
@@ -382,53 +57,6 @@ class TrainResult:
   # (only at log, sample and checkpoint points; calls − reads returned between them).
   calls: int = 0
   reads: int = 0
-
-
-def _gradient_flags(cfg: config_lib.TrainConfig, plan: accounting.PrivacyPlan) -> dict:
-  """`config.gradient_flags` of cfg with the plan's steps and σ in place of the flags."""
-  resolved = dataclasses.replace(
-      cfg, steps=plan.steps,
-      privacy=dataclasses.replace(cfg.privacy, noise_multiplier=plan.noise_multiplier))
-  return config_lib.gradient_flags(resolved)
-
-
-def _new_ledger(cfg: config_lib.TrainConfig, plan: accounting.PrivacyPlan, dataset_size: int,
-                run_id: str = "", fingerprint: str = ""):
-  p = cfg.privacy
-  flags = _gradient_flags(cfg, plan)
-  return accounting.PrivacyLedger(
-      sample_rate=plan.sample_rate, noise_multiplier=plan.noise_multiplier,
-      l2_norm_clip=p.l2_norm_clip, delta=p.delta, target_epsilon=p.target_epsilon,
-      planned_steps=plan.steps, accountant=p.accountant, steps_taken=0,
-      dataset_size=dataset_size, run_id=run_id, data_fingerprint=fingerprint,
-      gradient_flags=flags, gradient_flags_sha256=config_lib.flags_sha256(flags))
-
-
-def _check_same_flags(wd: str, ledger_path: str, stored: accounting.PrivacyLedger,
-                      requested: accounting.PrivacyLedger) -> None:
-  """Refuses a resume whose flags would give a step index's noise to another gradient.
-
-  A ledger without gradient flags (an earlier version's) is refused too: what it was
-  started with cannot be checked, and a wrong guess would reuse noise; such a run can be
-  finished by the version that started it."""
-  flags, digest = stored.gradient_flags, stored.gradient_flags_sha256
-  if not digest or not isinstance(flags, dict):
-    raise ProvenanceError(f"{ledger_path}: records no flags that shape the released gradient "
-                          "(written by an earlier version), so this resume cannot be checked "
-                          "against them; finish the run with the version that started it, or "
-                          "use a new --workdir")
-  try:
-    intact = config_lib.flags_sha256(flags) == digest
-  except (TypeError, ValueError):
-    intact = False
-  if not intact:
-    raise ProvenanceError(f"{ledger_path}: its gradient_flags do not match their SHA-256 "
-                          "(edited or damaged); restore it or use a new --workdir")
-  if requested.gradient_flags_sha256 != digest:
-    changes = config_lib.changed_flags(flags, requested.gradient_flags)
-    raise ProvenanceError(f"--workdir={wd}: the run there was started with other flags that "
-                          f"shape the released gradient ({'; '.join(changes)}); resume with "
-                          "the same flags or use a new --workdir")
 
 
 class BudgetExhaustedError(RuntimeError):
@@ -447,206 +75,11 @@ class Interrupted(Exception):
     self.step = step
 
 
-ProvenanceError = rundir.ProvenanceError
-
-
-@dataclasses.dataclass(frozen=True)
-class RunState:
-  """An opened run directory: who it is, its secret key, its ledger (None for --nodp)."""
-
-  identity: rundir.RunIdentity
-  key: keys.PrivacyKey
-  ledger: Optional[accounting.PrivacyLedger]
-  created: bool
-
-  @property
-  def finished(self) -> bool:
-    """Every planned step charged and checkpointed (DP runs; --nodp: see train)."""
-    return (self.ledger is not None and self.ledger.is_exhausted and
-            self.ledger.checkpoint_step >= self.ledger.planned_steps)
-
-
-def _requested_key(cfg: config_lib.TrainConfig) -> keys.PrivacyKey:
-  if cfg.run.privacy_key_file:
-    return keys.read_key_file(cfg.run.privacy_key_file, keys.SOURCE_FILE)
-  if cfg.run.insecure_fixed_key or not cfg.privacy.dp:
-    return keys.insecure_fixed(cfg.run.seed)
-  return keys.generate()
-
-
-def _load_ledger(ledger_path: str) -> accounting.PrivacyLedger:
-  try:
-    return accounting.PrivacyLedger.load(ledger_path)
-  except (OSError, ValueError, TypeError) as e:
-    raise ProvenanceError(f"{ledger_path}: unreadable privacy ledger ({e}); the privacy "
-                          "spent is unknown: restore it or use a new --workdir") from None
-
-
-def _wait_for_chief(wd: str, timeout_s: float) -> Optional[rundir.RunIdentity]:
-  """A non-chief worker's view of the run: run.json once the chief has written it."""
-  deadline = time.monotonic() + timeout_s
-  while True:
-    identity = rundir.read_identity(wd)
-    if identity is not None or time.monotonic() > deadline:
-      return identity
-    time.sleep(0.2)
-
-
-def fingerprint(cfg: config_lib.TrainConfig, key: keys.PrivacyKey, images: np.ndarray,
-                labels: np.ndarray, pixel_max: Optional[int] = None,
-                groups: Optional[np.ndarray] = None) -> str:
-  """The keyed data fingerprint (`keys.data_fingerprint`) of the private set as training
-  sees it (float32 images in [−1, 1], scaled a chunk at a time) and, under
-  --privacy_unit=group, of its groups and --max_per_group."""
-  unit = "" if groups is None else f"group:max_per_group={cfg.data.max_per_group}"
-  return keys.data_fingerprint(key, images, labels, groups, unit,
-                               image_chunks=datasets.unit_chunks(images, pixel_max))
-
-
-def open_run(cfg: config_lib.TrainConfig, plan: accounting.PrivacyPlan, images: np.ndarray,
-             labels: np.ndarray, chief: bool = True, pixel_max: Optional[int] = None,
-             groups: Optional[np.ndarray] = None) -> RunState:
-  """Creates the run in cfg.run.workdir, or checks that everything there is one run.
-
-  A new run gets a random run id and (DP) a key — from the OS, --privacy_key_file or, with
-  --insecure_fixed_key, --seed — written to <workdir>/privacy_key (0600), then a ledger
-  holding the run id and the keyed data fingerprint, then run.json last.
-
-  Raises:
-    ProvenanceError: checkpoints or a charged ledger without run.json; DP and --nodp mixed;
-      the key, ledger or data do not belong to the run.
-    ValueError: the ledger's plan differs from this one (names each field), or (a
-      ProvenanceError) a flag that shapes the released gradient does (names each flag);
-      keys.KeyFileError for an unreadable --privacy_key_file.
-
-  chief=False (a non-chief worker of a multi-worker run) creates nothing: it waits for the
-  chief's run.json and then opens the run read-only, with the same checks.
-
-  images: uint8 pixels in [0, pixel_max] (or float32 in [−1, 1], pixel_max None); groups:
-  the group ids under --privacy_unit=group (the ledger's dataset_size is then the number of
-  groups).
-  """
-  num_units = len(images) if groups is None else int(np.max(groups)) + 1
-  wd = cfg.run.workdir
-  dp = cfg.privacy.dp
-  identity = rundir.read_identity(wd)
-  if identity is None and not chief:
-    identity = _wait_for_chief(wd, 5 * distribute.COLLECTIVE_TIMEOUT_S)
-    if identity is None:
-      raise ProvenanceError(f"--workdir={wd}: the chief created no run there within "
-                            f"{5 * distribute.COLLECTIVE_TIMEOUT_S} s (is --workdir on a file "
-                            "system every worker shares?)")
-  ledger_path = rundir.path(wd, rundir.LEDGER_FILE)
-  key_path = rundir.path(wd, rundir.KEY_FILE)
-  if identity is None:
-    if rundir.checkpoint_files_exist(wd):
-      raise ProvenanceError(
-          f"{rundir.path(wd, rundir.CHECKPOINT_DIR)}: checkpoints without "
-          f"{rundir.IDENTITY_FILE}: they belong to no run that can be vouched for (another "
-          "version's run or a damaged directory); refusing to restore them: use a new "
-          "--workdir")
-    if files.exists(ledger_path) and _load_ledger(ledger_path).steps_taken > 0:
-      raise ProvenanceError(f"{ledger_path}: steps charged but no {rundir.IDENTITY_FILE}; "
-                            "refusing to start a fresh run on spent budget: use a new "
-                            "--workdir")
-    key = _requested_key(cfg)  # before anything is written: a bad key file fails clean
-    files.makedirs(wd)
-    run_id = uuid.uuid4().hex
-    ledger = None
-    if dp:
-      keys.write_key_file(key_path, key)
-      ledger = _new_ledger(cfg, plan, num_units, run_id,
-                           fingerprint(cfg, key, images, labels, pixel_max, groups))
-      ledger.save(ledger_path)
-      reason = "" if key.private else keys.INSECURE_REASON
-      identity = rundir.RunIdentity(run_id, True, key.source, key.private, reason)
-    else:
-      identity = rundir.RunIdentity(run_id, False, "", False,
-                                    "--nodp: no clipping, no noise, no privacy guarantee")
-    rundir.write_identity(wd, identity)
-    return RunState(identity, key, ledger, created=True)
-
-  if identity.dp != dp:
-    held = "a DP run" if identity.dp else "a --nodp run"
-    raise ProvenanceError(f"--workdir={wd}: holds {held} ({rundir.IDENTITY_FILE}); DP and "
-                          "--nodp runs never share a workdir: use a new --workdir")
-  if not dp:
-    return RunState(identity, keys.insecure_fixed(cfg.run.seed), None, created=False)
-  was_insecure = identity.key_source == keys.SOURCE_INSECURE
-  if cfg.run.insecure_fixed_key != was_insecure:
-    raise ProvenanceError(f"--insecure_fixed_key={cfg.run.insecure_fixed_key}: the run in "
-                          f"{wd} was started {'with' if was_insecure else 'without'} it; a run "
-                          "keeps its key")
-  if not files.exists(key_path):
-    raise ProvenanceError(f"{key_path}: missing: the run's secret key is gone, so its batches "
-                          "and noise cannot be continued; use a new --workdir")
-  key = keys.read_key_file(key_path, identity.key_source)
-  if cfg.run.privacy_key_file:
-    given = keys.read_key_file(cfg.run.privacy_key_file, keys.SOURCE_FILE)
-    if not given.same_secret(key):
-      raise ProvenanceError(f"--privacy_key_file={cfg.run.privacy_key_file}: not the key the "
-                            f"run in {wd} started with; a run keeps its key")
-  if not files.exists(ledger_path):
-    raise ProvenanceError(f"{ledger_path}: missing beside {rundir.IDENTITY_FILE}: the privacy "
-                          "already spent is unknown; refusing to start a fresh ledger: "
-                          "restore it or use a new --workdir")
-  ledger = _load_ledger(ledger_path)
-  if ledger.run_id != identity.run_id:
-    raise ProvenanceError(f"{ledger_path}: belongs to run {ledger.run_id or '(none)'}, not to "
-                          f"this directory's run {identity.run_id}; use a new --workdir")
-  requested = _new_ledger(cfg, plan, num_units)
-  accounting.check_compatible(ledger, requested)
-  _check_same_flags(wd, ledger_path, ledger, requested)
-  if ledger.data_fingerprint != fingerprint(cfg, key, images, labels, pixel_max, groups):
-    raise ProvenanceError(f"--workdir={wd}: the private data differ from those this run "
-                          f"started on (keyed fingerprint in {rundir.LEDGER_FILE}); resuming "
-                          "would reuse the run's noise on other data: use a new --workdir")
-  return RunState(identity, key, ledger, created=False)
-
-
-def _restore(cfg, state: RunState, ckpt, manager, step_var) -> int:
-  """Restores the newest checkpoint of this run; returns its step (0 from scratch)."""
-  wd = cfg.run.workdir
-  ledger = state.ledger
-  latest = manager.latest_checkpoint
-  if latest is None:
-    if rundir.checkpoint_files_exist(wd):
-      raise ProvenanceError(f"{rundir.path(wd, rundir.CHECKPOINT_DIR)}: checkpoint files but "
-                            "no readable checkpoint index; refusing to start over on spent "
-                            "budget: restore the directory or use a new --workdir")
-    if ledger is not None and ledger.checkpoint_step > 0:
-      raise ProvenanceError(f"{rundir.path(wd, rundir.CHECKPOINT_DIR)}: no checkpoint, but the "
-                            f"ledger records one at step {ledger.checkpoint_step}; refusing to "
-                            "start over on spent budget: use a new --workdir")
-    return 0
-  try:
-    _, stored_id, stored_step = checkpoints.read_checkpoint_header(latest)
-  except checkpoints.CHECKPOINT_READ_ERRORS as e:
-    raise ProvenanceError(f"{latest}: unreadable checkpoint ({str(e).splitlines()[0]}); "
-                          "restore it or use a new --workdir") from None
-  if stored_step is None:
-    raise ProvenanceError(f"{latest}: unreadable checkpoint (no step); restore it or use a "
-                          "new --workdir")
-  if stored_id != state.identity.run_id:
-    raise ProvenanceError(f"{latest}: written by run {stored_id or '(no run id)'}, not by this "
-                          f"directory's run {state.identity.run_id}; refusing to restore it")
-  if ledger is not None and not ledger.checkpoint_step <= stored_step <= ledger.steps_taken:
-    raise ProvenanceError(
-        f"{latest}: step {stored_step} is outside the ledger's [{ledger.checkpoint_step}, "
-        f"{ledger.steps_taken}] (checkpointed, charged); an older checkpoint would re-run "
-        "steps whose outputs may have been published: use a new --workdir")
-  try:
-    ckpt.restore(latest).expect_partial().assert_existing_objects_matched()
-  except checkpoints.CHECKPOINT_READ_ERRORS + (AssertionError,) as e:
-    raise ProvenanceError(f"{latest}: cannot be restored ({str(e).splitlines()[0]})") from None
-  return int(step_var.numpy())
-
-
 def train(cfg: config_lib.TrainConfig, images: np.ndarray, labels: np.ndarray,
           num_classes: int, plan: accounting.PrivacyPlan,
           on_log: Optional[Callable[[int, int, dict], None]] = None,
           label_names: Optional[Sequence[str]] = None,
-          state: Optional[RunState] = None,
+          state: Optional[provenance.RunState] = None,
           stop: Optional[Callable[[], bool]] = None,
           finish_only: bool = False, pixel_max: Optional[int] = None,
           groups: Optional[np.ndarray] = None) -> TrainResult:
@@ -664,7 +97,7 @@ def train(cfg: config_lib.TrainConfig, images: np.ndarray, labels: np.ndarray,
       plan and the step (released values such as the noised norm go to TensorBoard once
       their chunk is checkpointed); --nodp runs get every metric.
     label_names: K names for the rows of the sample grids (default "0", …, "K−1").
-    state: from `open_run` (None: opened here).
+    state: from `provenance.open_run` (None: opened here).
     stop: polled after every call of the compiled steps (e.g. a signal flag; a call runs
       to the next log, sample or checkpoint point, at most --steps_per_call steps); when
       it returns True the loop checkpoints the step reached, writes the held-back outputs
@@ -679,7 +112,8 @@ def train(cfg: config_lib.TrainConfig, images: np.ndarray, labels: np.ndarray,
     BudgetExhaustedError: the run has taken and checkpointed every planned step.
     DivergedError: the weights became non-finite (the chunk is not checkpointed).
     Interrupted: stop() returned True (checkpointed at the step it names).
-    ProvenanceError: the directory's checkpoint, ledger, key or data are not this run's.
+    provenance.ProvenanceError: the directory's checkpoint, ledger, key or data are not
+      this run's.
     ValueError: the workdir holds a run whose privacy plan differs from this one, or
       label_names does not hold num_classes names.
   """
@@ -689,7 +123,7 @@ def train(cfg: config_lib.TrainConfig, images: np.ndarray, labels: np.ndarray,
     raise ValueError(f"{len(names)} label_names for {num_classes} classes")
   chief = distribute.is_chief(run.strategy)
   if state is None:
-    state = open_run(cfg, plan, images, labels, chief, pixel_max, groups)
+    state = provenance.open_run(cfg, plan, images, labels, chief, pixel_max, groups)
   ledger = state.ledger
   strategy = distribute.make_strategy(run.strategy, run.num_devices)
   distribute.check_split(cfg.num_generated, strategy.num_replicas_in_sync)
@@ -712,7 +146,7 @@ def train(cfg: config_lib.TrainConfig, images: np.ndarray, labels: np.ndarray,
                              run_id=run_id, **tracked)
   manager = tf.train.CheckpointManager(ckpt, rundir.path(run.workdir, rundir.CHECKPOINT_DIR),
                                        max_to_keep=run.keep_checkpoints)
-  start = _restore(cfg, state, ckpt, manager, step)
+  start = provenance.restore_checkpoint(cfg, state, ckpt, manager, step)
   if start >= plan.steps and not finish_only:
     eps = f"ε={ledger.epsilon():.3f}, δ={ledger.delta:g}" if ledger is not None else "--nodp"
     raise BudgetExhaustedError(
