@@ -156,9 +156,19 @@ def train(cfg: config_lib.TrainConfig, images: np.ndarray, labels: np.ndarray,
   if not chief:  # its saves take part in the collectives; the chief's are the run's
     scratch = tempfile.mkdtemp(prefix="dp_sinkhorn_worker_")
     manager = tf.train.CheckpointManager(ckpt, scratch, max_to_keep=1)
+  else:
+    checkpoints.fix_checkpoint_times(manager)  # a process killed right after a save left times
+    manager = _FixedTimeManager(manager)
+  ledger_path = rundir.path(run.workdir, rundir.LEDGER_FILE) if chief else None
   try:
-    return _train_loop(cfg, plan, state, model, step, manager, strategy, chief, start,
-                       names, num_classes, on_log, stop)
+    steps = DeviceSteps(model, strategy, step)
+    outputs = RunOutputs(cfg, plan, state.identity, model.sampling_generator, names,
+                         num_classes, chief, start)
+    ledger, steps_run, logs = _train_loop(steps, ledger, ledger_path, manager, outputs, run,
+                                          start, plan.steps, on_log, stop)
+    grid = outputs.finish(start + steps_run, ledger)
+    return TrainResult(model, ledger, steps_run, logs, grid, state.identity, steps.calls,
+                       steps.reads)
   finally:
     if scratch is not None:
       shutil.rmtree(scratch, ignore_errors=True)
@@ -174,114 +184,177 @@ def _steps_this_call(t: int, end: int, run: config_lib.RunConfig) -> int:
   return k if run.steps_per_call is None else min(k, run.steps_per_call)
 
 
-def _read(state) -> dict:
-  """The loop's one device-to-host copy at a read point: `trainer.LOOP_STATE` as floats."""
-  return dict(zip(trainer.LOOP_STATE, (float(v) for v in state.numpy())))
+class DeviceSteps:
+  """The compiled steps (`trainer.multi_step_function`) and their state on the device.
+
+  run(k) runs k steps in one call and hands the state (`trainer.LOOP_STATE`: whether the
+  weights stayed finite and the last step's metrics) to the next call without waiting on it;
+  read() is the one device-to-host copy, at a log, sample or checkpoint point. calls and
+  reads count the loop's host round-trips (`TrainResult`)."""
+
+  def __init__(self, model, strategy, step_var):
+    self._fn = trainer.multi_step_function(model, strategy, step_var)
+    self._state = trainer.initial_loop_state()
+    self._step_var = step_var
+    self.calls = self.reads = 0
+
+  def run(self, count: int) -> None:
+    self._state = self._fn(count, self._state)
+    self.calls += 1
+
+  def read(self) -> dict:
+    self.reads += 1
+    return dict(zip(trainer.LOOP_STATE, (float(v) for v in self._state.numpy())))
+
+  def step_reached(self) -> int:
+    """The step the compiled loop stopped after (it stops at the first non-finite one)."""
+    return int(self._step_var.numpy())
 
 
-def _train_loop(cfg, plan, state, model, step, manager, strategy, chief: bool, start: int,
-                names, num_classes: int, on_log, stop) -> "TrainResult":
-  """The chunked loop of `train`: charge (chief), run, checkpoint, publish (chief); the
-  model was built in `strategy`'s scope.
+class RunOutputs:
+  """What the loop writes besides checkpoints and the ledger: TensorBoard scalars, sample
+  grids, privacy.json. Publishable outputs are held back (`log`, `sample`) until `publish`,
+  which the loop calls once the chunk's checkpoint is saved and recorded in the ledger; the
+  private diagnostics are written at once (never published). Only the chief writes; the
+  other workers generate the grids too (collectives) and write nothing."""
 
-  The steps run on the device, many per call (`trainer.multi_step_function`): a call runs
-  to the next log point, sample point or chunk end (at most --steps_per_call steps), and
-  only there does the loop read the device (`_read`: the last step's metrics and whether
-  the weights stayed finite, one copy). Between those points nothing waits on a step:
-  the state stays on the device and is handed to the next call. stop() is polled between
-  calls: a run stops at the next call boundary inside the charged chunk."""
-  run = cfg.run
-  ledger = state.ledger
-  ledger_path = rundir.path(run.workdir, rundir.LEDGER_FILE)
-  t, steps_run, logs, t_saved = start, 0, {}, start
-  calls = reads = 0
-  train_fn = trainer.multi_step_function(model, strategy, step)
-  loop_state = trainer.initial_loop_state()
-  if chief:
-    # Published events are timed by their step (io.events); the private diagnostics, never
-    # published, keep the real clock for whoever debugs the run's speed.
-    writer = events.EventWriter(rundir.path(run.workdir, rundir.TENSORBOARD_DIR), start)
-    private_writer = events.EventWriter(
-        os.path.join(rundir.ensure_private_dir(run.workdir), "tensorboard"), start,
-        wall_time=lambda _: time.time())
-    files.makedirs(rundir.path(run.workdir, rundir.SAMPLES_DIR))
-    checkpoints.fix_checkpoint_times(manager)  # a process killed right after a save left times
-  else:
-    writer = private_writer = events.EventWriter(None, start)
-
-  def save_ledger(updated):
+  def __init__(self, cfg, plan, identity, sampling_generator, names, num_classes: int,
+               chief: bool, start: int):
+    self._cfg, self._plan, self._identity = cfg, plan, identity
+    self._generator, self._names, self._num_classes = sampling_generator, names, num_classes
+    self._chief = chief
+    self._workdir = cfg.run.workdir
+    self._pending = []
     if chief:
-      updated.save(ledger_path)
-    return updated
+      # Published events are timed by their step (io.events); the private diagnostics,
+      # never published, keep the real clock for whoever debugs the run's speed.
+      self._writer = events.EventWriter(rundir.path(self._workdir, rundir.TENSORBOARD_DIR),
+                                        start)
+      self._private_writer = events.EventWriter(
+          os.path.join(rundir.ensure_private_dir(self._workdir), "tensorboard"), start,
+          wall_time=lambda _: time.time())
+      files.makedirs(rundir.path(self._workdir, rundir.SAMPLES_DIR))
+    else:
+      self._writer = self._private_writer = events.EventWriter(None, start)
 
-  while t < plan.steps:
-    end = min((t // run.checkpoint_every + 1) * run.checkpoint_every, plan.steps)
+  def log(self, t: int, logs: dict) -> None:
+    public = {k: v for k, v in logs.items() if k in summaries.PUBLIC_METRICS}
+    private = {k: v for k, v in logs.items() if k not in summaries.PUBLIC_METRICS}
+    self._pending.append(functools.partial(summaries.write_scalars, self._writer, t, public))
+    summaries.write_scalars(self._private_writer, t, private)  # never published: at once
+
+  def sample(self, t: int) -> None:
+    images_t = summaries.generate_grid(self._generator, self._num_classes, 10)
+    if self._chief:
+      self._pending.append(functools.partial(summaries.write_samples, self._writer, images_t,
+                                             self._names, self._workdir, t))
+
+  def publish(self, t: int, ledger) -> None:
+    """After the checkpoint of step t is recorded: the held-back outputs, the interim
+    privacy.json (the final one is `finish`'s), flushed, with fixed times."""
+    pending, self._pending = self._pending, []
+    for write in pending:
+      write()
+    if t < self._plan.steps and self._chief:
+      self._report(ledger, False)
+    self._writer.flush()
+    self._private_writer.flush()
+    if self._chief:
+      rundir.set_fixed_times(self._workdir)
+
+  def finish(self, t: int, ledger) -> Optional[str]:
+    """The final grid and privacy.json; returns the grid's path (None on a worker)."""
+    final = summaries.generate_grid(self._generator, self._num_classes, 10)  # every worker
+    grid = None
+    if self._chief:
+      grid = summaries.write_samples(self._writer, final, self._names, self._workdir, t,
+                                     final=True)
+      self._report(ledger, True)
+    self.close()
+    if self._chief:
+      rundir.set_fixed_times(self._workdir)
+    return grid
+
+  def close(self) -> None:
+    self._writer.close()
+    self._private_writer.close()
+
+  def _report(self, ledger, finished: bool) -> None:
+    files.write_json_atomic(rundir.path(self._workdir, rundir.REPORT_FILE),
+                            summaries.privacy_report(self._cfg, self._plan, ledger, finished,
+                                                     self._identity))
+
+
+def _train_loop(steps: DeviceSteps, ledger, ledger_path: Optional[str], manager,
+                outputs: RunOutputs, run: config_lib.RunConfig, start: int, total: int,
+                on_log=None, stop=None):
+  """The chunked loop: for each chunk [t, end) charge the ledger (write-ahead), run the
+  steps, checkpoint, record the checkpoint in the ledger, then publish the chunk's outputs.
+  Returns (ledger, steps run, the last logs).
+
+  steps: the compiled steps on the device; a call runs to the next log point, sample point
+    or chunk end (at most --steps_per_call steps), and only there does the loop read the
+    device (one copy: the last step's metrics and whether the weights stayed finite).
+  ledger: the privacy ledger (None for --nodp), saved to ledger_path (None: a worker that
+    does not write it). manager: saves the checkpoint of a step (`save(checkpoint_number)`;
+    the chief's with fixed times, a worker's to a scratch folder).
+  stop: polled between calls: a run stops at the next call boundary inside the charged
+    chunk, checkpoints there and raises Interrupted."""
+  t, logs, t_saved = start, {}, start
+  while t < total:
+    end = min((t // run.checkpoint_every + 1) * run.checkpoint_every, total)
     if ledger is not None:  # write-ahead: step indices < end count as spent before they run
-      ledger = save_ledger(ledger.charged_through(end))
+      ledger = _saved(ledger.charged_through(end), ledger_path)
     epsilon = ledger.epsilon() if ledger is not None else math.inf
-    pending = []  # publishable outputs, held back until the chunk's checkpoint is recorded
     while t < end:
       count = _steps_this_call(t, end, run)
-      loop_state = train_fn(count, loop_state)
-      calls += 1
+      steps.run(count)
       t += count
-      steps_run += count
       if stop is not None and t < end and stop():
         end = t  # a call boundary: checkpoint here and stop below
-      is_log = t % run.log_every == 0 or t == plan.steps
-      is_sample = t % run.sample_every == 0 and t < plan.steps
+      is_log = t % run.log_every == 0 or t == total
+      is_sample = t % run.sample_every == 0 and t < total
       if not (is_log or is_sample or t == end):
         continue  # nothing to write: the state stays on the device
-      logs = _read(loop_state)
-      reads += 1
+      logs = steps.read()
       if not logs.pop("weights_finite"):
-        diverged = int(step.numpy())  # the loop stopped after that step (multi_step_function)
         raise DivergedError(
-            f"step {diverged}: the generator's weights became NaN or inf; the run stopped "
-            f"without saving them (last good checkpoint: step {t_saved}). Lower "
+            f"step {steps.step_reached()}: the generator's weights became NaN or inf; the run "
+            f"stopped without saving them (last good checkpoint: step {t_saved}). Lower "
             "--learning_rate or check the flags, and train in a new --workdir")
       if is_log:
         logs["epsilon"] = epsilon
-        public = {k: v for k, v in logs.items() if k in summaries.PUBLIC_METRICS}
-        private = {k: v for k, v in logs.items() if k not in summaries.PUBLIC_METRICS}
-        pending.append(functools.partial(summaries.write_scalars, writer, t, public))
-        summaries.write_scalars(private_writer, t, private)  # never published: written at once
+        outputs.log(t, logs)
         if on_log is not None:  # at once: the step and the ε charged are data-independent
-          on_log(t, plan.steps, dict(logs) if ledger is None else {"epsilon": epsilon})
+          on_log(t, total, dict(logs) if ledger is None else {"epsilon": epsilon})
       if is_sample:
-        # on every worker, as the final grid below
-        images_t = summaries.generate_grid(model.sampling_generator, num_classes, 10)
-        if chief:
-          pending.append(functools.partial(summaries.write_samples, writer, images_t, names,
-                                           run.workdir, t))
+        outputs.sample(t)  # on every worker, as the final grid
     manager.save(checkpoint_number=t)
-    if chief:
-      checkpoints.fix_checkpoint_times(manager)
     t_saved = t
     if ledger is not None:
-      ledger = save_ledger(ledger.checkpointed(t))
-    for write in pending:
-      write()
-    if t < plan.steps and chief:  # the final report follows the loop
-      files.write_json_atomic(rundir.path(run.workdir, rundir.REPORT_FILE),
-                         summaries.privacy_report(cfg, plan, ledger, False, state.identity))
-    writer.flush()
-    private_writer.flush()
-    if chief:
-      rundir.set_fixed_times(run.workdir)
-    if stop is not None and t < plan.steps and stop():
-      writer.close()
-      private_writer.close()
-      raise Interrupted(t, f"stopped at step {t} of {plan.steps} (checkpoint saved); re-run "
+      ledger = _saved(ledger.checkpointed(t), ledger_path)
+    outputs.publish(t, ledger)
+    if stop is not None and t < total and stop():
+      outputs.close()
+      raise Interrupted(t, f"stopped at step {t} of {total} (checkpoint saved); re-run "
                            "the same command to resume")
-  final = summaries.generate_grid(model.sampling_generator, num_classes, 10)  # every worker
-  grid = None
-  if chief:
-    grid = summaries.write_samples(writer, final, names, run.workdir, t, final=True)
-    files.write_json_atomic(rundir.path(run.workdir, rundir.REPORT_FILE),
-                       summaries.privacy_report(cfg, plan, ledger, True, state.identity))
-  writer.close()
-  private_writer.close()
-  if chief:
-    rundir.set_fixed_times(run.workdir)
-  return TrainResult(model, ledger, steps_run, logs, grid, state.identity, calls, reads)
+  return ledger, t - start, logs
+
+
+class _FixedTimeManager:
+  """The chief's checkpoint manager: every save leaves the fixed times, not the clock's
+  (`checkpoints.fix_checkpoint_times`)."""
+
+  def __init__(self, manager: tf.train.CheckpointManager):
+    self._manager = manager
+
+  def save(self, checkpoint_number: int) -> str:
+    path = self._manager.save(checkpoint_number=checkpoint_number)
+    checkpoints.fix_checkpoint_times(self._manager)
+    return path
+
+
+def _saved(ledger, path: Optional[str]):
+  if path is not None:
+    ledger.save(path)
+  return ledger
