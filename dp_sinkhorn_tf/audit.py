@@ -34,7 +34,7 @@ the lattice test can flag it.
 Run audit. --audit_canaries block canaries (`auditing.block_canaries`), each added to the
 private training set with probability ½ by a secret audit key from the OS; the draw is kept
 in <workdir>/audit_canaries.npz (DO NOT PUBLISH: its inclusion bits are the membership
-secret) and reused on a resume. Training is `train_lib.run` (through `main.run`) on the
+secret) and reused on a resume. Training is `console.run` (through `main.run`) on the
 augmented set, so the run has its own privacy key, ledger and export; the q of that run is
 B/N for its N, which counts the included canaries (a public N then reveals how many are in,
 not which). The attacker then draws --audit_samples_per_class images per label from the

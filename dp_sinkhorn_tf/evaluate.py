@@ -549,8 +549,10 @@ def run(cfg: EvalConfig) -> int:
     writers.append(_writer(histogram_file, lambda p: images_lib.save_label_histogram_png(
         labels, label_names, p, reference_labels=test.labels, title=f"labels: {what}")))
   if ledger is not None:
+    from dp_sinkhorn_tf.privacy import accounting  # TF loads only for this plot
+
     writers.append(_writer(EPSILON_FILE, lambda p: images_lib.save_epsilon_plot_png(
-        ledger, p, cfg.epsilon_points)))
+        ledger, accounting.epsilon_curve(ledger, cfg.epsilon_points), p)))
   report["pictures"] = {
       "written": pictures + ([EPSILON_FILE] if ledger is not None else []),
       "private": pictures if private else [],

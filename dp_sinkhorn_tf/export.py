@@ -4,8 +4,8 @@ r"""Exports a run's generator as a SavedModel in TF Serving's versioned layout.
       [--checkpoint=PATH] [--model_name=generator] [--version=N] [--export_dir=DIR]
       [--weights=auto|ema|raw]
 
-The layout, the signatures and the metadata are described in `release.export_lib`; this
-is its command line. --workdir, --checkpoint and --export_dir may be local or on any
+The layout, the signatures and the metadata are described in `release.export_lib`, the
+restore from a run directory in `train.run_export`; this is their command line. --workdir, --checkpoint and --export_dir may be local or on any
 tf.io.gfile file system (gs://, hdfs://, ram://: `io.files`). Exit status: 0 (prints the version directory), 2 for a bad flag or run
 directory, 1 when the version exists; errors are one `error:` line naming the flag or file.
 """
@@ -28,7 +28,7 @@ flags.DEFINE_integer("version", None, "Version number ≥ 1 (default: the next f
                      flag_values=FLAGS)
 flags.DEFINE_string("export_dir", None, "Export root (default: <workdir>/export).",
                     flag_values=FLAGS)
-WEIGHTS = ("auto", "ema", "raw")  # export_lib.WEIGHTS' keys, without loading TensorFlow
+WEIGHTS = ("auto", "ema", "raw")  # run_export.WEIGHTS' keys, without loading TensorFlow
 flags.DEFINE_enum("weights", "auto", WEIGHTS, "Which weights: auto (the EMA when the "
                   "checkpoint holds one, else the raw generator), ema or raw. Either is "
                   "post-processing of the released gradients: the run's ε covers both.",
@@ -61,10 +61,10 @@ def config_from_flags(f) -> ExportConfig:
 
 def run(cfg: ExportConfig) -> int:
   """Exports the run; prints the version directory. 1 when the version exists."""
-  from dp_sinkhorn_tf.release import export_lib  # TF loads after the flags are checked
+  from dp_sinkhorn_tf.train import run_export  # TF loads after the flags are checked
 
   try:
-    path = export_lib.export_run(cfg.workdir, cfg.checkpoint, cfg.model_name, cfg.version,
+    path = run_export.export_run(cfg.workdir, cfg.checkpoint, cfg.model_name, cfg.version,
                                  cfg.export_dir, cfg.weights)
   except FileExistsError as e:
     print(f"error: {cli.first_line(e)}", file=sys.stderr)

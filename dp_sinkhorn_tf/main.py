@@ -2,12 +2,12 @@ r"""Trains a DP-Sinkhorn generator.
 
   python -m dp_sinkhorn_tf.main --flagfile=launch/digits.flags --workdir=runs/digits
 
-Flags become a frozen `config.TrainConfig` at once (`train_flags`), and `train_lib.run(cfg)`
-does the rest: the privacy plan (q, σ, steps, ε) is
-fixed and printed before the first step; the run directory then holds checkpoints, the
-privacy ledger, privacy.json, flags.txt, TensorBoard summaries, sample grids and (with
---export) a SavedModel in TF Serving's layout (`rundir` lists them and what is safe to
-publish). Re-running the same command resumes.
+Flags become a frozen `config.TrainConfig` at once (`train_flags`), and `console.run(cfg)`
+(prints, signals and exit codes over the train library `train_lib`) does the rest: the
+privacy plan (q, σ, steps, ε) is fixed and printed before the first step; the run
+directory then holds checkpoints, the privacy ledger, privacy.json, flags.txt, TensorBoard
+summaries, sample grids and (with --export) a SavedModel in TF Serving's layout (`rundir`
+lists them and what is safe to publish). Re-running the same command resumes.
 
 The noise and the Poisson batches come from a secret key drawn from the OS at the first
 start and kept in <workdir>/privacy_key (0600), never from --seed; --privacy_key_file
@@ -29,7 +29,7 @@ config_from_flags = train_flags.config_from_flags
 
 
 def run(cfg: config_lib.TrainConfig, flags_text: str, dataset=None) -> int:
-  """train_lib.run(cfg) with its errors as one `error:` line and exit 2 (bad input) or 1.
+  """console.run(cfg) with its errors as one `error:` line and exit 2 (bad input) or 1.
 
   The data set is loaded and the privacy plan fixed first, before the run directory is
   touched and without TensorFlow (except for the sources TensorFlow decodes or reads:
@@ -47,11 +47,11 @@ def run(cfg: config_lib.TrainConfig, flags_text: str, dataset=None) -> int:
     plan = accounting.plan_privacy(cfg, dataset.num_units)
   except (ValueError, FileNotFoundError) as e:
     cli.fail(cli.first_line(e))
-  from dp_sinkhorn_tf.train import train_lib  # TF loads after the flags and the plan
+  from dp_sinkhorn_tf.train import console  # TF loads after the flags and the plan
 
   try:
-    return train_lib.run(cfg, flags_text, dataset, plan)
-  except train_lib.RunError as e:
+    return console.run(cfg, flags_text, dataset, plan)
+  except console.RunError as e:
     cli.fail(str(e), e.code)
 
 

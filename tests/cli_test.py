@@ -1,5 +1,5 @@
-"""Tests for dp_sinkhorn_tf.cli: flagfile lookup (working directory, the naming file's folder,
-the shipped flagfiles; also from an installed package) and one-line errors."""
+"""Tests for dp_sinkhorn_tf.cli: flagfiles from any directory and from an installed package
+(the lookup itself: flagfiles_test), and one-line errors."""
 
 import os
 import shutil
@@ -11,48 +11,6 @@ import pytest
 from dp_sinkhorn_tf import cli
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def test_a_shipped_flagfile_is_found_by_name_from_any_directory(tmp_path, monkeypatch):
-  monkeypatch.chdir(tmp_path)
-  args = cli.expand_flagfiles(["--flagfile=digits.flags", "--steps=3"])
-  # digits.flags names common.flags, which resolves beside it (not in the working dir).
-  common = cli._read_flagfile(os.path.join(cli.SHIPPED_FLAGFILES, "common.flags"))
-  assert args[:len(common)] == common and "--dataset=digits" in args
-  assert args[-1] == "--steps=3"  # later flags still override the file's
-  # The repository spelling works from anywhere too.
-  assert cli.expand_flagfiles(["--flagfile=launch/digits.flags"]) == args[:-1]
-
-
-def test_a_file_in_the_working_directory_wins_over_the_shipped_one(tmp_path, monkeypatch):
-  monkeypatch.chdir(tmp_path)
-  (tmp_path / "digits.flags").write_text("--dataset=mnist\n")
-  assert cli.expand_flagfiles(["--flagfile=digits.flags"]) == ["--dataset=mnist"]
-
-
-def test_nested_flagfiles_resolve_relative_to_the_file_that_names_them(tmp_path, monkeypatch):
-  (tmp_path / "conf").mkdir()
-  (tmp_path / "conf" / "base.flags").write_text("# base\n--batch_size=7\n\n// absl comment\n")
-  (tmp_path / "conf" / "run.flags").write_text("--flagfile=base.flags\n--hidden=5\n")
-  (tmp_path / "base.flags").write_text("--batch_size=99\n")  # a decoy in the working dir
-  monkeypatch.chdir(tmp_path)
-  assert cli.expand_flagfiles(["--flagfile=conf/run.flags"]) == ["--batch_size=7",
-                                                                 "--hidden=5"]
-  # A user's own file may build on the shipped defaults by name.
-  (tmp_path / "conf" / "mine.flags").write_text("--flagfile=common.flags\n--seed=3\n")
-  args = cli.expand_flagfiles([f"--flagfile={tmp_path}/conf/mine.flags"])
-  assert "--target_epsilon=10" in args and args[-1] == "--seed=3"
-
-
-def test_missing_and_self_including_flagfiles_are_errors_naming_the_file(tmp_path,
-                                                                         monkeypatch):
-  monkeypatch.chdir(tmp_path)
-  with pytest.raises(cli.FlagfileError, match=r"--flagfile=nope.flags: no such file.*"
-                     r"digits.flags"):
-    cli.expand_flagfiles(["--flagfile=nope.flags"])
-  (tmp_path / "loop.flags").write_text("--flagfile=loop.flags\n")
-  with pytest.raises(cli.FlagfileError, match="includes itself"):
-    cli.expand_flagfiles(["--flagfile=loop.flags"])
 
 
 def _run(args, cwd, env=None):

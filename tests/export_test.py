@@ -18,6 +18,7 @@ from dp_sinkhorn_tf import __version__, export
 from dp_sinkhorn_tf.io import files
 from dp_sinkhorn_tf.models import generators
 from dp_sinkhorn_tf.release import export_lib, serving
+from dp_sinkhorn_tf.train import run_export
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
@@ -339,7 +340,7 @@ def test_cli_exports_a_run_like_training_does(run_dir):
   assert proc.returncode == 0, proc.stderr[-3000:]
   path = proc.stdout.strip().splitlines()[-1]
   assert path == os.path.join(model_dir, "2") and model_entries(model_dir) == ["1", "2"]
-  restored = export_lib.restore_run(run_dir)
+  restored = run_export.restore_run(run_dir)
   z = generators.sample_latent(5, 4, 3).numpy()
   labels = np.array([0, 2, 4, 6, 8], np.int32)
   expected = restored.generator([z, labels], training=False).numpy()
@@ -399,7 +400,7 @@ def _copy_run(run_dir, dest, flags_edit=None):
 
 def test_checkpoint_with_ema_exports_the_ema_weights(run_dir, tmp_path):
   workdir = _copy_run(run_dir, tmp_path / "ema")
-  restored = export_lib.restore_run(run_dir)
+  restored = run_export.restore_run(run_dir)
   raw = restored.generator
   ema = generators.make_generator("dcgan", (8, 8, 1), 10, latent_dim=4, embed_dim=2, hidden=4)
   for var in ema.variables:
@@ -409,7 +410,7 @@ def test_checkpoint_with_ema_exports_the_ema_weights(run_dir, tmp_path):
                              step=tf.Variable(5, dtype=tf.int64),
                              run_id=tf.Variable(run_id, dtype=tf.string))
   prefix = ckpt.write(os.path.join(workdir, "chk", "ckpt-5"))
-  path = export_lib.export_run(workdir, checkpoint=prefix, model_name="ema_model")
+  path = run_export.export_run(workdir, checkpoint=prefix, model_name="ema_model")
   assert path == os.path.join(workdir, "export", "ema_model", "1")
   z = generators.sample_latent(4, 4, 0).numpy()
   labels = np.array([1, 2, 3, 4], np.int32)
@@ -422,7 +423,7 @@ def test_checkpoint_with_ema_exports_the_ema_weights(run_dir, tmp_path):
 
 def test_weights_picks_the_raw_or_the_ema_generator(run_dir, tmp_path):
   workdir = _copy_run(run_dir, tmp_path / "both")
-  raw = export_lib.restore_run(run_dir).generator
+  raw = run_export.restore_run(run_dir).generator
   ema = generators.make_generator("dcgan", (8, 8, 1), 10, latent_dim=4, embed_dim=2, hidden=4)
   for ema_var, var in zip(ema.variables, raw.variables):
     ema_var.assign(var - 0.25)
@@ -437,7 +438,7 @@ def test_weights_picks_the_raw_or_the_ema_generator(run_dir, tmp_path):
           "ema": ema([z, labels], training=False).numpy()}
   assert np.abs(want["raw"] - want["ema"]).max() > 1e-3
   for weights, key in [("raw", "generator"), ("ema", "ema_generator"), ("auto", "ema_generator")]:
-    path = export_lib.export_run(workdir, checkpoint=prefix, model_name=weights, weights=weights)
+    path = run_export.export_run(workdir, checkpoint=prefix, model_name=weights, weights=weights)
     np.testing.assert_allclose(_images(path, z, labels), want["ema" if key != "generator"
                                                               else "raw"], atol=1e-5)
     assert serving.read_metadata(path)["weights"] == key
@@ -445,16 +446,16 @@ def test_weights_picks_the_raw_or_the_ema_generator(run_dir, tmp_path):
 
 def test_ema_weights_from_a_checkpoint_without_them_are_refused(run_dir):
   with pytest.raises(export_lib.ExportError, match="^--weights=ema: .*no ema_generator"):
-    export_lib.restore_run(run_dir, weights="ema")
+    run_export.restore_run(run_dir, weights="ema")
   with pytest.raises(export_lib.ExportError, match="^--weights='best': expected one of"):
-    export_lib.restore_run(run_dir, weights="best")
-  assert export_lib.restore_run(run_dir, weights="raw").weights == "generator"
+    run_export.restore_run(run_dir, weights="best")
+  assert run_export.restore_run(run_dir, weights="raw").weights == "generator"
 
 
 def test_export_config_holds_every_flag_under_its_own_name():
   names = {f.name for f in dataclasses.fields(export.ExportConfig)}
   assert names == set(export.FLAGS)
-  assert tuple(export_lib.WEIGHTS) == export.WEIGHTS  # the CLI's copy, kept TF-free
+  assert tuple(run_export.WEIGHTS) == export.WEIGHTS  # the CLI's copy, kept TF-free
   export.FLAGS(["export", "--workdir=/some/run", "--weights=raw", "--version=3"])
   try:
     cfg = export.config_from_flags(export.FLAGS)
@@ -475,7 +476,7 @@ def test_export_config_holds_every_flag_under_its_own_name():
 def test_flags_that_do_not_fit_the_checkpoint_are_refused(run_dir, tmp_path, edit, match):
   workdir = _copy_run(run_dir, tmp_path / "bad", edit)
   with pytest.raises(export_lib.ExportError, match=match):
-    export_lib.export_run(workdir, checkpoint=os.path.join(run_dir, "checkpoints"))
+    run_export.export_run(workdir, checkpoint=os.path.join(run_dir, "checkpoints"))
   assert not os.path.exists(os.path.join(workdir, "export"))
 
 
@@ -483,7 +484,7 @@ def test_dp_run_without_ledger_is_refused(run_dir, tmp_path):
   workdir = _copy_run(run_dir, tmp_path / "noledger")
   os.remove(os.path.join(workdir, "privacy_ledger.json"))
   with pytest.raises(export_lib.ExportError, match="privacy_ledger.json"):
-    export_lib.export_run(workdir, checkpoint=os.path.join(run_dir, "checkpoints"))
+    run_export.export_run(workdir, checkpoint=os.path.join(run_dir, "checkpoints"))
   assert not os.path.exists(os.path.join(workdir, "export"))
 
 
@@ -493,16 +494,16 @@ def test_a_checkpoint_of_another_run_is_not_stamped_with_this_runs_epsilon(run_d
   proc = run_module("dp_sinkhorn_tf.main", f"--workdir={other}", *TRAIN_FLAGS, "--noexport")
   assert proc.returncode == 0, proc.stderr[-3000:]
   with pytest.raises(export_lib.ExportError, match="written by run .* not by"):
-    export_lib.export_run(run_dir, checkpoint=os.path.join(other, "checkpoints"))
+    run_export.export_run(run_dir, checkpoint=os.path.join(other, "checkpoints"))
   proc = run_module("dp_sinkhorn_tf.export", f"--workdir={run_dir}",
                     f"--checkpoint={os.path.join(other, 'checkpoints')}")
   errors = error_lines(proc.stderr)
   assert proc.returncode == 2 and len(errors) == 1 and "written by run" in errors[0]
   # A checkpoint written without any run id (an older version) is refused too.
-  restored = export_lib.restore_run(run_dir)
+  restored = run_export.restore_run(run_dir)
   prefix = tf.train.Checkpoint(generator=restored.generator).write(str(tmp_path / "old" / "c"))
   with pytest.raises(export_lib.ExportError, match="no run id"):
-    export_lib.export_run(run_dir, checkpoint=prefix, export_dir=str(tmp_path / "x"))
+    run_export.export_run(run_dir, checkpoint=prefix, export_dir=str(tmp_path / "x"))
 
 
 def test_export_metadata_names_the_run_and_says_it_is_private(run_dir):
@@ -527,13 +528,13 @@ def test_the_export_builds_the_generator_from_the_runs_data_spec(run_dir, tmp_pa
   missing = _copy_run(run_dir, tmp_path / "nospec")
   os.remove(os.path.join(missing, "data_spec.json"))
   with pytest.raises(export_lib.ExportError, match="no data_spec.json .*--if_finished=skip"):
-    export_lib.export_run(missing, checkpoint=checkpoints)
+    run_export.export_run(missing, checkpoint=checkpoints)
   # A spec that does not describe the checkpoint's generator is refused, not exported.
   other = _copy_run(run_dir, tmp_path / "otherspec")
   bigger = dataclasses.replace(spec, image_shape=(16, 16, 1))
   open(os.path.join(other, "data_spec.json"), "w").write(bigger.dumps())
   with pytest.raises(export_lib.ExportError, match="--checkpoint="):
-    export_lib.export_run(other, checkpoint=checkpoints)
+    run_export.export_run(other, checkpoint=checkpoints)
   assert not os.path.exists(os.path.join(other, "export"))
 
 

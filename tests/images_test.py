@@ -37,7 +37,8 @@ def test_writers_are_atomic_and_produce_pngs(tmp_path):
                                      per_class=3, title="t"),
       images.save_label_histogram_png(labels, ["a", "b", "c"], str(tmp_path / "h.png"),
                                           reference_labels=labels),
-      images.save_epsilon_plot_png(_ledger(100), str(tmp_path / "e.png"), num_points=3),
+      images.save_epsilon_plot_png(_ledger(100), accounting.epsilon_curve(_ledger(100), 3),
+                                   str(tmp_path / "e.png")),
   ]
   for png in written:
     with open(png, "rb") as fh:

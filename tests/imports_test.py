@@ -1,9 +1,11 @@
-"""The package's import graph: no cycles (function-level imports included), the pure
-math modules import neither flags nor the application layer, and the command lines check
-their flags before TensorFlow loads."""
+"""The package's import graph: a one-way stack of layers (`LAYERS`, the README's layer
+diagram), no cycles (function-level imports included), the pure math modules import neither
+flags nor the application layer, and the command lines check their flags before TensorFlow
+loads."""
 
 import ast
 import os
+import re
 import subprocess
 import sys
 
@@ -34,7 +36,23 @@ def _module_id(dotted: str) -> str:
 
 
 def _layer(module_id: str) -> str:
+  """The top-level id of a module: its package ("train/trainer" → "train"), or the module
+  itself for a top-level one ("main")."""
   return module_id.split("/")[0]
+
+
+# The stack, from the bottom: a top-level id may import its own layer's and the layers below
+# it, never one above, and no two top-level ids import each other (directly or round about).
+# The README's "Layout" diagram draws the same table (test_the_readme_draws_the_layers).
+LAYERS = (
+    {"io"},
+    {"transport", "privacy"},
+    {"models"},
+    {"data", "release"},
+    {"train"},
+    {"evaluation"},
+    {"main", "export", "sample", "evaluate", "audit", "bench", "cli"},
+)
 
 
 PURE = tuple(m for m in _modules() if _layer(m) in PURE_PACKAGES)
@@ -90,6 +108,71 @@ def test_the_cycle_finder_finds_a_cycle():
 
 def test_no_import_cycles():
   assert _cycles(GRAPH) == []
+
+
+def _layer_index(layers):
+  return {top: i for i, layer in enumerate(layers) for top in layer}
+
+
+def _package_edges(graph):
+  """{(importer, imported): [module → module, …]} between different top-level ids."""
+  edges = {}
+  for module, deps in graph.items():
+    for dep in deps:
+      if _layer(module) != _layer(dep):
+        edges.setdefault((_layer(module), _layer(dep)), []).append(f"{module} → {dep}")
+  return edges
+
+
+def _stack_violations(graph, layers):
+  """One line per upward edge between top-level ids (with the module edges that make it),
+  per cycle between them, and per top-level id that is in no layer."""
+  index = _layer_index(layers)
+  edges = _package_edges(graph)
+  problems = [f"{top}: in no layer of LAYERS" for top in sorted({_layer(m) for m in graph})
+              if top not in index]
+  for (a, b), via in sorted(edges.items()):
+    if a in index and b in index and index[b] > index[a]:
+      problems.append(f"upward {a} (layer {index[a]}) → {b} (layer {index[b]}): "
+                      f"{', '.join(sorted(via))}")
+  package_graph = {}
+  for a, b in edges:
+    package_graph.setdefault(a, set()).add(b)
+  for cycle in _cycles(package_graph):
+    via = [", ".join(sorted(edges[(u, v)])) for u, v in zip(cycle, cycle[1:])]
+    problems.append(f"cycle {' → '.join(cycle)}: {'; '.join(via)}")
+  return problems
+
+
+def test_the_stack_check_names_upward_edges_cycles_and_strays():
+  layers = ({"io"}, {"train"}, {"main", "cli"})
+  assert _stack_violations({"train/x": {"io/files"}, "main": {"cli", "train/x"}, "cli": set(),
+                            "io/files": set()}, layers) == []
+  problems = _stack_violations({"io/files": {"train/x"}, "train/x": {"io/files"},
+                                "cli": {"main"}, "main": {"cli"}, "odd": set()}, layers)
+  assert "odd: in no layer of LAYERS" in problems
+  assert "upward io (layer 0) → train (layer 1): io/files → train/x" in problems
+  assert "cycle cli → main → cli: cli → main; main → cli" in problems
+  assert "cycle io → train → io: io/files → train/x; train/x → io/files" in problems
+
+
+def test_the_package_is_a_one_way_stack():
+  problems = _stack_violations(GRAPH, LAYERS)
+  assert not problems, "imports against the stack (LAYERS):\n  " + "\n  ".join(problems)
+
+
+def _readme_layers():
+  """The README's layer diagram (the first code block under "## Layout"), bottom first:
+  each line `name │ top-level ids`, the top layer first."""
+  text = open(os.path.join(ROOT, "README.md"), encoding="utf-8").read()
+  section = text[text.index("\n## Layout\n"):]
+  block = re.search(r"```\n(.*?)```", section, flags=re.S).group(1)
+  rows = [line.split("│", 1)[1].split() for line in block.splitlines() if "│" in line]
+  return tuple(set(row) for row in reversed(rows))
+
+
+def test_the_readme_draws_the_layers():
+  assert _readme_layers() == LAYERS
 
 
 def test_the_graph_sees_the_layers():

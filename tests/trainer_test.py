@@ -15,7 +15,7 @@ from dp_sinkhorn_tf.io import rundir
 from dp_sinkhorn_tf.models import generators
 from dp_sinkhorn_tf.privacy import accounting, gaussian, keys
 from dp_sinkhorn_tf.train import config as config_lib
-from dp_sinkhorn_tf.train import summaries, train_lib, trainer
+from dp_sinkhorn_tf.train import provenance, summaries, train_lib, trainer
 from dp_sinkhorn_tf.transport import sinkhorn
 
 DIGITS = datasets.load_dataset("digits")
@@ -571,12 +571,12 @@ def test_nodp_and_dp_runs_never_share_a_workdir(tmp_path):
   nodp = tiny_config(tmp_path, steps=3, privacy=config_lib.PrivacyConfig(dp=False))
   _train(nodp)
   # Before: the DP command restored the 3 non-private steps and stamped ε on them.
-  with pytest.raises(train_lib.ProvenanceError, match="holds a --nodp run"):
+  with pytest.raises(provenance.ProvenanceError, match="holds a --nodp run"):
     _train(_dp_cfg(tmp_path))
   assert not os.path.exists(tmp_path / rundir.LEDGER_FILE)
   dp_dir = tmp_path / "dp"
   _train(_dp_cfg(dp_dir, steps=6))
-  with pytest.raises(train_lib.ProvenanceError, match="holds a DP run"):
+  with pytest.raises(provenance.ProvenanceError, match="holds a DP run"):
     _train(tiny_config(dp_dir, steps=3, privacy=config_lib.PrivacyConfig(dp=False)))
 
 
@@ -587,11 +587,11 @@ def test_a_missing_ledger_beside_a_checkpoint_is_refused_never_restarted(tmp_pat
     train_lib.train(cfg, DIGITS.images, DIGITS.labels, 10, plan,
                   on_log=_crash_at(4))
   os.remove(tmp_path / rundir.LEDGER_FILE)
-  with pytest.raises(train_lib.ProvenanceError, match="privacy_ledger.json: missing"):
+  with pytest.raises(provenance.ProvenanceError, match="privacy_ledger.json: missing"):
     _train(cfg)
   # Also without run.json: checkpoints that no identity vouches for are refused.
   os.remove(tmp_path / rundir.IDENTITY_FILE)
-  with pytest.raises(train_lib.ProvenanceError, match="checkpoints without run.json"):
+  with pytest.raises(provenance.ProvenanceError, match="checkpoints without run.json"):
     _train(cfg)
 
 
@@ -605,7 +605,7 @@ def test_a_checkpoint_of_another_run_is_never_restored(tmp_path):
   import shutil
   shutil.rmtree(tmp_path / "b" / "checkpoints")
   shutil.copytree(tmp_path / "a" / "checkpoints", tmp_path / "b" / "checkpoints")
-  with pytest.raises(train_lib.ProvenanceError, match="written by run .*not by this"):
+  with pytest.raises(provenance.ProvenanceError, match="written by run .*not by this"):
     _train(b)
 
 
@@ -618,7 +618,7 @@ def test_a_resume_on_different_private_data_is_refused(tmp_path):
   # other data, and two releases with equal noise differ by a noise-free quantity.
   images = DIGITS.images.copy()
   images[17] = -images[17]
-  with pytest.raises(train_lib.ProvenanceError, match="private data differ"):
+  with pytest.raises(provenance.ProvenanceError, match="private data differ"):
     _train(cfg, images=images)
 
 
@@ -636,8 +636,8 @@ def test_a_resume_checks_every_flag_that_shapes_the_release_and_only_those(tmp_p
   before = ledger_path.read_bytes()
 
   def opened(run):
-    return train_lib.open_run(run, accounting.plan_privacy(run, 1438), DIGITS.images,
-                              DIGITS.labels)
+    return provenance.open_run(run, accounting.plan_privacy(run, 1438), DIGITS.images,
+                               DIGITS.labels)
 
   # Flags that write, save or name things differently: the same run.
   moved = dataclasses.replace(cfg, run=dataclasses.replace(
@@ -650,7 +650,7 @@ def test_a_resume_checks_every_flag_that_shapes_the_release_and_only_those(tmp_p
       cfg, run=dataclasses.replace(cfg.run, seed=1),
       loss=dataclasses.replace(cfg.loss, solver=dataclasses.replace(cfg.loss.solver,
                                                                     compile_solver=True)))
-  with pytest.raises(train_lib.ProvenanceError) as info:
+  with pytest.raises(provenance.ProvenanceError) as info:
     opened(other)
   message = str(info.value)
   assert "\n" not in message and message.startswith(f"--workdir={tmp_path}: ")
@@ -662,13 +662,13 @@ def test_a_resume_checks_every_flag_that_shapes_the_release_and_only_those(tmp_p
   old = dict(stored)
   del old["gradient_flags"], old["gradient_flags_sha256"]
   ledger_path.write_text(json.dumps(old))
-  with pytest.raises(train_lib.ProvenanceError, match="records no flags .* earlier version"):
+  with pytest.raises(provenance.ProvenanceError, match="records no flags .* earlier version"):
     opened(cfg)
   # Flags edited in the ledger (to let another command through): their hash gives it away.
   edited = json.loads(before)
   edited["gradient_flags"]["learning_rate"] = 0.01
   ledger_path.write_text(json.dumps(edited))
-  with pytest.raises(train_lib.ProvenanceError, match="do not match their SHA-256"):
+  with pytest.raises(provenance.ProvenanceError, match="do not match their SHA-256"):
     opened(dataclasses.replace(cfg, optim=dataclasses.replace(cfg.optim, learning_rate=0.01)))
   ledger_path.write_bytes(before)
   assert _train(moved).ledger.steps_taken == 6  # and the allowed changes train on
@@ -728,7 +728,7 @@ def test_insecure_fixed_key_is_reproducible_from_the_seed(tmp_path):
   b = _train(_dp_cfg(tmp_path / "b", insecure_fixed_key=True))
   for x, y in zip(_weights(a), _weights(b)):
     np.testing.assert_array_equal(x, y)
-  with pytest.raises(train_lib.ProvenanceError, match="insecure_fixed_key"):
+  with pytest.raises(provenance.ProvenanceError, match="insecure_fixed_key"):
     _train(_dp_cfg(tmp_path / "a", steps=3))  # a run keeps its key source
 
 

@@ -1,5 +1,5 @@
 """A checkpoint's header (variable names, run id, step), read without restoring it: what
-`train_lib.open_run` and `export` check before they trust a checkpoint; and the checkpoint
+`provenance.open_run` and `export` check before they trust a checkpoint; and the checkpoint
 folder without wall-clock times (`fix_checkpoint_times`).
 
 Kept out of `rundir` (the run directory's layout), which the CLIs read before their flags

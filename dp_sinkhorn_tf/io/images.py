@@ -129,12 +129,11 @@ def save_label_histogram_png(labels: np.ndarray, label_names: Sequence[str], pat
   return save_figure_atomic(fig, path)
 
 
-def save_epsilon_plot_png(ledger, path: str, num_points: int = 50) -> str:
-  """ε(t) for t = 1..steps_taken under the ledger's accountant, δ fixed (`epsilon_curve`)."""
+def save_epsilon_plot_png(ledger, curve, path: str) -> str:
+  """ε(t) of `curve` = (steps, ε) as `accounting.epsilon_curve(ledger, n)` gives it (the
+  caller computes it: io sits below privacy); the ledger names δ, the accountant, q and σ."""
   plt = _pyplot()
-  from dp_sinkhorn_tf.privacy import accounting  # TF loads only for this plot
-
-  steps, eps = accounting.epsilon_curve(ledger, num_points)
+  steps, eps = curve
   fig, ax = plt.subplots(figsize=(5.0, 3.2), dpi=100)
   ax.plot(steps, eps, marker=".", markersize=3)
   ax.set_xlabel("training step")

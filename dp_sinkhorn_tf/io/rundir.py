@@ -33,7 +33,7 @@ TensorBoard keeps real times: it is never published.
 Provenance: run.json is written last when a run is created (after the key and the ledger),
 so a directory with run.json always has its key and, for DP runs, its ledger; every
 checkpoint holds the run_id, and a checkpoint, ledger or export step of another run id is
-refused (`train_lib.open_run`, `export`).
+refused (`provenance.open_run`, `export`).
 """
 
 import dataclasses

@@ -232,7 +232,7 @@ class PrivacyLedger:
 
 
 # Fields an earlier version's ledger lacks: such a ledger loads with their defaults (and a
-# resume then refuses it: `train_lib.open_run`).
+# resume then refuses it: `provenance.open_run`).
 _ADDED_LATER = ("gradient_flags", "gradient_flags_sha256", "noise")
 _CHECKS_ONLY = ("gradient_flags", "gradient_flags_sha256")
 

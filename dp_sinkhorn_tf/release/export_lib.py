@@ -1,5 +1,6 @@
 r"""The export layout: a trained generator as a SavedModel in TF Serving's versioned layout
-(the command line is `dp_sinkhorn_tf.export`; training's --export calls `export_generator`).
+(the command line is `dp_sinkhorn_tf.export` over `train.run_export`; training's --export
+calls `export_generator` too).
 
 Layout: <export_dir>/<model_name>/<version>/ holding saved_model.pb, variables/ and
 assets.extra/metadata.json. TF Serving (--model_base_path=<export_dir>/<model_name>) loads
@@ -40,47 +41,24 @@ the version (set before the rename), the model folder and the folders the export
 have the modification time `files.FIXED_TIME` (2000-01-01T00:00:00Z): when the export was
 made is not published. A remote store keeps its own times (`files`).
 
-From a run directory, the generator is rebuilt from flags.txt (the resolved training flags)
-and data_spec.json (the image shape and classes the run trained on: `data.spec`; no table
-of data-set shapes, so a run on the user's own data exports like a built-in one) and
-restored from the latest checkpoint (or --checkpoint); when the checkpoint holds an
-`ema_generator` (exponential moving average of the weights), that is what is exported
-unless `weights` asks for the raw `generator` (both are post-processing of the released
-gradients, so the ledger's ε covers either; the metadata's "weights" says which). The
-privacy fields of the metadata come from privacy_ledger.json: ε is that of every step the
-ledger has charged (write-ahead, so an upper bound for any checkpoint of the run).
-
-Provenance: a checkpoint is exported only if its run id (stored in every checkpoint) is the
-run id of the directory's run.json and, for DP runs, of its ledger; a checkpoint of another
-run (`--checkpoint=` elsewhere, a --nodp run, an older version) is refused rather than
-stamped with this ledger's ε. The metadata says "private": false, with the reason, for
---nodp and --insecure_fixed_key runs. Nothing secret (the key, the ledger's data
-fingerprint) is copied into the export.
+From a run directory (flags.txt, data_spec.json, a checkpoint, the ledger) the generator is
+rebuilt, checked and stamped by `train.run_export`, which calls `export_generator`; this
+module knows nothing of training, flags or ledgers (the layer below `train`).
 """
 
-import copy
-import dataclasses
 import json
 import numbers
 import os
 from typing import Any, Dict, List, Optional
 
-import numpy as np
 import tensorflow as tf
 
 from dp_sinkhorn_tf import __version__
-from dp_sinkhorn_tf.io import checkpoints, files, rundir
+from dp_sinkhorn_tf.io import files
 from dp_sinkhorn_tf.models import generators
 from dp_sinkhorn_tf.release import serving
 
 TMP_PREFIX = ".tmp-"
-FLAGS_FILE = rundir.FLAGS_FILE
-LEDGER_FILE = rundir.LEDGER_FILE
-REPORT_FILE = rundir.REPORT_FILE
-EMA_KEY = "ema_generator"
-GENERATOR_KEY = "generator"
-# --weights: which checkpoint entry to export ("auto": the EMA when the checkpoint holds one).
-WEIGHTS = {"auto": None, "ema": EMA_KEY, "raw": GENERATOR_KEY}
 # Keys the exporter writes itself; passed metadata may repeat them only with equal values.
 # No date: beside any other date it tells how long training took, which depends on the private
 # data and is not covered by ε.
@@ -242,10 +220,10 @@ def _makedirs(path: str) -> List[str]:
 
 def check_model_name(model_name: str) -> None:
   """ExportError unless --model_name is a plain directory name (checked before training)."""
-  _check_name_and_version(model_name, None)
+  check_name_and_version(model_name, None)
 
 
-def _check_name_and_version(model_name: str, version) -> None:
+def check_name_and_version(model_name: str, version) -> None:
   if (not isinstance(model_name, str) or not model_name or model_name in (".", "..") or
       "/" in model_name or os.sep in model_name or model_name.startswith(".")):
     raise ExportError(f"--model_name={model_name!r}: expected a plain directory name")
@@ -255,7 +233,7 @@ def _check_name_and_version(model_name: str, version) -> None:
                       "next free version)")
 
 
-def _refuse_existing(model_dir: str, version: int) -> None:
+def refuse_existing(model_dir: str, version: int) -> None:
   if version in existing_versions(model_dir):
     raise FileExistsError(f"--version={version}: {os.path.join(model_dir, str(version))} "
                           "already exists; refusing to overwrite it (omit --version for the "
@@ -280,7 +258,7 @@ def export_generator(generator: tf.keras.Model, base_dir: str, model_name: str =
     FileExistsError: the version exists (it is never overwritten).
     Anything from saving, after removing the partial temporary directory.
   """
-  _check_name_and_version(model_name, version)
+  check_name_and_version(model_name, version)
   model_dir = os.path.join(base_dir, model_name)
   module = GeneratorServingModule(generator)
   generator_config = generator.get_config() if hasattr(generator, "get_config") else {}
@@ -288,7 +266,7 @@ def export_generator(generator: tf.keras.Model, base_dir: str, model_name: str =
   if version is None:
     version = next_version(model_dir)
   final = os.path.join(model_dir, str(version))
-  _refuse_existing(model_dir, version)
+  refuse_existing(model_dir, version)
   payload = build_metadata(module, model_name, version, generator_config, metadata)
   created = _makedirs(model_dir)
   tmp = os.path.join(model_dir, f"{TMP_PREFIX}{version}-{os.getpid()}")
@@ -314,228 +292,3 @@ def export_generator(generator: tf.keras.Model, base_dir: str, model_name: str =
   for path in (final, model_dir, *created):  # folders whose entries the export changed
     files.set_fixed_time(path)
   return final
-
-
-# ---- from a run directory -----------------------------------------------------------------
-
-@dataclasses.dataclass
-class RestoredRun:
-  """A generator restored from a run directory, and what the export metadata needs."""
-
-  generator: tf.keras.Model
-  cfg: Any  # config.TrainConfig
-  identity: Any  # rundir.RunIdentity
-  checkpoint: str
-  weights: str  # "generator" or "ema_generator": the checkpoint entry restored
-  step: Optional[int]
-  flags_text: str
-  spec: Any = None  # data.spec.DataSpec: the run's data_spec.json
-
-
-def parse_flags_file(path: str):
-  """flags.txt (absl flagfile of dp_sinkhorn_tf.main) → (TrainConfig, text).
-
-  Parsed on a fresh FlagValues holding copies of main's flags (the process's own flags are
-  left alone); lines for flags main does not define (absl's own) are ignored.
-  """
-  from absl import flags
-
-  from dp_sinkhorn_tf import cli
-  from dp_sinkhorn_tf.train import train_flags
-
-  fresh = flags.FlagValues()
-  for flag in train_flags.flags_of(train_flags.FLAGS):
-    fresh[flag.name] = copy.deepcopy(flag)
-  try:
-    text = files.read_text(path)
-  except (OSError, UnicodeDecodeError) as e:
-    raise ExportError(f"{path}: unreadable ({_first_line(e)})") from None
-  try:
-    fresh(["flags.txt", *cli.expand_flagfiles([f"--flagfile={path}"])], known_only=True)
-    return train_flags.config_from_flags(fresh), text
-  except (flags.Error, ValueError) as e:  # cli.FlagfileError is a ValueError
-    raise ExportError(f"{path}: {_first_line(e)}") from None
-
-
-def _first_line(error: BaseException) -> str:
-  text = str(error).strip()
-  return text.splitlines()[0] if text else type(error).__name__
-
-
-def resolve_checkpoint(workdir: str, checkpoint: Optional[str]) -> str:
-  """--checkpoint as a prefix (PATH.index exists) or a directory (its latest); unset: the
-  latest checkpoint in <workdir>/checkpoints."""
-  if checkpoint is None:
-    found = tf.train.latest_checkpoint(os.path.join(workdir, "checkpoints"))
-    if found is None:
-      raise ExportError(f"--workdir={workdir}: no checkpoint in "
-                        f"{os.path.join(workdir, 'checkpoints')}")
-    return found
-  if files.exists(checkpoint + ".index"):
-    return checkpoint
-  if files.isdir(checkpoint):
-    found = tf.train.latest_checkpoint(checkpoint)
-    if found is not None:
-      return found
-  raise ExportError(f"--checkpoint={checkpoint}: neither a checkpoint prefix (no "
-                    f"{os.path.basename(checkpoint)}.index) nor a directory with a checkpoint")
-
-
-def _flags_path(workdir: str) -> str:
-  if not files.isdir(workdir):
-    raise ExportError(f"--workdir={workdir}: no such directory")
-  flags_path = os.path.join(workdir, FLAGS_FILE)
-  if not files.isfile(flags_path):
-    raise ExportError(f"--workdir={workdir}: no {FLAGS_FILE} (not a training run directory)")
-  return flags_path
-
-
-def check_weights(weights: str) -> None:
-  if weights not in WEIGHTS:
-    raise ExportError(f"--weights={weights!r}: expected one of {'|'.join(WEIGHTS)}")
-
-
-def pick_weights(keys, weights: str, path: str) -> str:
-  """The checkpoint entry to restore: `WEIGHTS[weights]`, or for "auto" the EMA when the
-  checkpoint's `keys` hold one, else the raw generator."""
-  has_ema = any(k.startswith(EMA_KEY + "/") for k in keys)
-  if weights == "auto":
-    return EMA_KEY if has_ema else GENERATOR_KEY
-  if weights == "ema" and not has_ema:
-    raise ExportError(f"--weights=ema: the checkpoint {path} holds no {EMA_KEY} (trained "
-                      "without --ema_decay); use --weights=raw or auto")
-  return WEIGHTS[weights]
-
-
-def read_run_spec(workdir: str):
-  """The run's data spec (<workdir>/data_spec.json); ExportError naming the file when it is
-  missing or unreadable."""
-  from dp_sinkhorn_tf.data import spec as data_spec
-
-  path = rundir.path(workdir, rundir.DATA_SPEC_FILE)
-  try:
-    return data_spec.read_spec(path)
-  except FileNotFoundError:
-    raise ExportError(f"--workdir={workdir}: no {rundir.DATA_SPEC_FILE} (the image shape and "
-                      "classes of the run's data; runs of older versions lack it): re-run the "
-                      "training command with --if_finished=skip to write it") from None
-  except ValueError as e:
-    raise ExportError(str(e)) from None
-
-
-def restore_run(workdir: str, checkpoint: Optional[str] = None,
-                weights: str = "auto") -> RestoredRun:
-  """Rebuilds the run's generator from flags.txt and restores its weights: `weights` is a
-  key of WEIGHTS ("auto": the EMA when the checkpoint holds one).
-
-  Raises ExportError naming --workdir / --checkpoint / --weights / the file when something
-  is missing or the checkpoint does not hold the generator that flags.txt describes.
-  """
-  check_weights(weights)
-  from dp_sinkhorn_tf.train import trainer
-
-  flags_path = _flags_path(workdir)
-  cfg, flags_text = parse_flags_file(flags_path)
-  try:
-    identity = rundir.read_identity(workdir)
-  except rundir.ProvenanceError as e:
-    raise ExportError(str(e)) from None
-  if identity is None:
-    raise ExportError(f"--workdir={workdir}: no {rundir.IDENTITY_FILE}, so no checkpoint can "
-                      "be tied to this run and its ε (a run of an older version?); refusing "
-                      "to export")
-  path = resolve_checkpoint(workdir, checkpoint)
-  spec = read_run_spec(workdir)
-  # float32 whatever --precision trained it: the weights are float32 either way.
-  generator = trainer.make_generator(cfg, spec.image_shape, spec.num_classes,
-                                     precision="float32")
-  generator([tf.zeros([1, cfg.model.latent_dim]), tf.zeros([1], tf.int32)], training=False)
-  try:
-    keys, stored_id, step = checkpoints.read_checkpoint_header(path)
-  except checkpoints.CHECKPOINT_READ_ERRORS as e:
-    raise ExportError(f"--checkpoint={path}: unreadable ({_first_line(e)})") from None
-  if stored_id != identity.run_id:
-    raise ExportError(f"--checkpoint={path}: written by run {stored_id or '(no run id)'}, not "
-                      f"by {workdir}'s run {identity.run_id}; refusing to stamp this run's "
-                      "privacy on it")
-  weights = pick_weights(keys, weights, path)
-  # NaN sentinels: a variable the checkpoint does not restore stays NaN and is reported.
-  for var in generator.variables:
-    var.assign(tf.fill(tf.shape(var), tf.constant(np.nan, var.dtype)))
-  try:
-    tf.train.Checkpoint(**{weights: generator}).restore(path).expect_partial()
-  except checkpoints.CHECKPOINT_READ_ERRORS as e:
-    raise ExportError(f"--checkpoint={path}: does not hold the {weights} that {flags_path} "
-                      f"describes ({_first_line(e)})") from None
-  missing = [var.name for var in generator.variables
-             if not np.all(np.isfinite(var.numpy()))]
-  if missing:
-    raise ExportError(f"--checkpoint={path}: no finite values for {len(missing)} variable(s) "
-                      f"of the {weights} that {flags_path} describes, e.g. {missing[0]}")
-  return RestoredRun(generator, cfg, identity, path, weights, step, flags_text, spec)
-
-
-def run_metadata(workdir: str, run: RestoredRun) -> dict:
-  """The same fields as main.export_metadata, read back from the run directory."""
-  from dp_sinkhorn_tf.privacy import accounting
-
-  cfg = run.cfg
-  p = cfg.privacy
-  ledger_path = os.path.join(workdir, LEDGER_FILE)
-  plan = {}
-  report_path = os.path.join(workdir, REPORT_FILE)
-  if files.isfile(report_path):
-    try:
-      plan = json.loads(files.read_text(report_path)).get("plan", {})
-    except (OSError, ValueError, AttributeError) as e:
-      raise ExportError(f"{report_path}: unreadable ({_first_line(e)})") from None
-  out = {"dp": p.dp, "mechanism": p.mechanism, "l2_norm_clip": p.l2_norm_clip,
-         "dataset": run.spec.source, "image_shape": list(run.spec.image_shape),
-         "label_names": list(run.spec.label_names), "data_spec": run.spec.to_json(),
-         "privacy_unit": run.spec.privacy_unit,
-         "training_flags": run.flags_text, "checkpoint": files.abspath(run.checkpoint),
-         "checkpoint_step": run.step, "weights": run.weights,
-         "run_id": run.identity.run_id, "private": run.identity.private,
-         "private_reason": run.identity.reason or None}
-  if p.dp:
-    if not files.isfile(ledger_path):
-      raise ExportError(f"--workdir={workdir}: no {LEDGER_FILE}, so the model's ε is unknown; "
-                        "refusing to export a DP run without its privacy ledger")
-    try:
-      ledger = accounting.PrivacyLedger.load(ledger_path)
-    except (ValueError, KeyError, TypeError) as e:
-      raise ExportError(f"{ledger_path}: {_first_line(e)}") from None
-    if ledger.run_id != run.identity.run_id:
-      raise ExportError(f"{ledger_path}: belongs to run {ledger.run_id or '(none)'}, not to "
-                        f"{workdir}'s run {run.identity.run_id}; refusing to export")
-    out.update(epsilon=ledger.epsilon(), delta=ledger.delta, accountant=ledger.accountant,
-               neighbouring_relation=accounting.NEIGHBOURING_RELATION,
-               noise_multiplier=ledger.noise_multiplier, noise=ledger.noise,
-               sample_rate=ledger.sample_rate, steps=ledger.steps_taken)
-  else:
-    out.update(epsilon=None, delta=None, accountant=None, neighbouring_relation=None, noise=None,
-               noise_multiplier=plan.get("noise_multiplier", 0.0),
-               sample_rate=plan.get("sample_rate"), steps=run.step)
-  return out
-
-
-def export_run(workdir: str, checkpoint: Optional[str] = None, model_name: Optional[str] = None,
-               version: Optional[int] = None, export_dir: Optional[str] = None,
-               weights: str = "auto") -> str:
-  """Restores a run directory's generator and exports it; returns the version directory.
-
-  model_name defaults to the run's --model_name, export_dir to <workdir>/export (where
-  training's own --export writes); weights as in `restore_run`.
-  """
-  _check_name_and_version(model_name or "generator", version)
-  cfg, _ = parse_flags_file(_flags_path(workdir))
-  model_name = model_name or cfg.run.model_name
-  base_dir = export_dir or os.path.join(workdir, "export")
-  if version is not None:  # fail before the restore
-    _refuse_existing(os.path.join(base_dir, model_name), version)
-  run = restore_run(workdir, checkpoint, weights)
-  path = export_generator(run.generator, base_dir, model_name, version,
-                          run_metadata(workdir, run))
-  if export_dir is None:
-    files.set_fixed_time(workdir)  # it may have gained export/
-  return path

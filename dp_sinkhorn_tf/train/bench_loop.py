@@ -61,13 +61,13 @@ def _data(cfg, synthetic):
 
 def run(name: str, steps_per_call: Optional[int]) -> dict:
   """One timed run of config `name` with --steps_per_call=steps_per_call (None: unset)."""
-  from dp_sinkhorn_tf import cli
+  from dp_sinkhorn_tf.io import flagfiles
   from dp_sinkhorn_tf.privacy import accounting
-  from dp_sinkhorn_tf.release import export_lib
+  from dp_sinkhorn_tf.train import flagfile as flagfile_lib
   from dp_sinkhorn_tf.train import train_lib
 
   flagfile, steps, log_every, synthetic = CONFIGS[name]
-  cfg, _ = export_lib.parse_flags_file(cli.find_flagfile(flagfile))
+  cfg, _ = flagfile_lib.parse_flags_file(flagfiles.find_flagfile(flagfile))
   images, labels, num_classes, pixel_max, source = _data(cfg, synthetic)
   sigma = accounting.plan_privacy(cfg, len(images)).noise_multiplier  # the flagfile's σ
   with tempfile.TemporaryDirectory(prefix="dp_sinkhorn_bench_loop_") as workdir:

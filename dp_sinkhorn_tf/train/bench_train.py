@@ -74,13 +74,13 @@ def _build(name: str, strategy: str, num_devices: Optional[int], precision: Opti
 
   import numpy as np
 
-  from dp_sinkhorn_tf import cli
-  from dp_sinkhorn_tf.release import export_lib
+  from dp_sinkhorn_tf.io import flagfiles
   from dp_sinkhorn_tf.train import distribute, trainer
+  from dp_sinkhorn_tf.train import flagfile as flagfile_lib
 
   distribute.configure_devices(strategy, num_devices)  # before any TF op
   flagfile, size, shape = CONFIGS[name]
-  cfg, _ = export_lib.parse_flags_file(cli.find_flagfile(flagfile))
+  cfg, _ = flagfile_lib.parse_flags_file(flagfiles.find_flagfile(flagfile))
   if precision is not None:
     cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, precision=precision))
   num_classes = 10

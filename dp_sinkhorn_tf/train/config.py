@@ -17,7 +17,6 @@ import json
 import math
 from typing import Any, Dict, List, Optional, Tuple
 
-from dp_sinkhorn_tf import cli
 from dp_sinkhorn_tf.data import datasets
 from dp_sinkhorn_tf.data import spec as data_spec
 from dp_sinkhorn_tf.models import options as model_options
@@ -37,13 +36,20 @@ STRATEGIES = ("default", "mirrored", "multi_worker")
 IF_FINISHED = ("fail", "skip")
 
 
+def require(condition: bool, flag: str, expected: str, value) -> None:
+  """ValueError("--flag=value: expected …") unless `condition`: the one line a bad flag
+  value gives (the config's own check; the command lines' `cli.require` words it the same)."""
+  if not condition:
+    raise ValueError(f"--{flag}={value!r}: expected {expected}")
+
+
 def _require_finite(obj, *names: str) -> None:
   """Every named float field is a finite number (or None): inf and NaN are refused up front
   (--target_epsilon=inf once trained a whole run at σ ≈ 0.001)."""
   for name in names:
     value = getattr(obj, name)
-    cli.require(value is None or (isinstance(value, (int, float)) and math.isfinite(value)),
-                name, "a finite number", value)
+    require(value is None or (isinstance(value, (int, float)) and math.isfinite(value)),
+            name, "a finite number", value)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,47 +78,47 @@ class DataConfig:
   max_per_group: int = 1
 
   def __post_init__(self):
-    cli.require((self.dataset is None) != (self.source is None), "data",
-                "either --data=SOURCE or --dataset=NAME, not both", self.source)
+    require((self.dataset is None) != (self.source is None), "data",
+            "either --data=SOURCE or --dataset=NAME, not both", self.source)
     if self.dataset is not None:
-      cli.require(self.dataset in datasets.DATASETS, "dataset",
-                  f"one of {', '.join(datasets.DATASETS)} (your own data: --data="
-                  f"{data_spec.SOURCE_HELP})", self.dataset)
+      require(self.dataset in datasets.DATASETS, "dataset",
+              f"one of {', '.join(datasets.DATASETS)} (your own data: --data="
+              f"{data_spec.SOURCE_HELP})", self.dataset)
       scheme = None
     else:
       scheme = data_spec.parse_source(self.source).scheme
     for name in ("image_key", "label_key"):
-      cli.require(getattr(self, name) is None or scheme in ("tfds", "tfrecord"), name,
-                  "unset unless --data=tfds:… or tfrecord:…", getattr(self, name))
-    cli.require(self.idx_dir is None or self.dataset in datasets.IDX_DATASETS, "idx_dir",
-                f"unset unless --dataset is {' or '.join(datasets.IDX_DATASETS)}",
-                self.idx_dir)
+      require(getattr(self, name) is None or scheme in ("tfds", "tfrecord"), name,
+              "unset unless --data=tfds:… or tfrecord:…", getattr(self, name))
+    require(self.idx_dir is None or self.dataset in datasets.IDX_DATASETS, "idx_dir",
+            f"unset unless --dataset is {' or '.join(datasets.IDX_DATASETS)}",
+            self.idx_dir)
     if self.image_size is not None:
       size = data_spec.format_size(self.image_size)
       problem = model_options.image_shape_problem((*self.image_size, 1))
-      cli.require(not problem, "image_size", "a size the generators build: " + problem, size)
-    cli.require(self.channels is None or self.channels in model_options.CHANNELS, "channels",
-                "1 (grayscale) or 3 (RGB), or unset (the data's own)", self.channels)
-    cli.require(self.privacy_unit in data_spec.PRIVACY_UNITS, "privacy_unit",
-                f"one of {data_spec.PRIVACY_UNITS}", self.privacy_unit)
-    cli.require(self.max_per_group >= 1, "max_per_group", "an integer ≥ 1",
-                self.max_per_group)
+      require(not problem, "image_size", "a size the generators build: " + problem, size)
+    require(self.channels is None or self.channels in model_options.CHANNELS, "channels",
+            "1 (grayscale) or 3 (RGB), or unset (the data's own)", self.channels)
+    require(self.privacy_unit in data_spec.PRIVACY_UNITS, "privacy_unit",
+            f"one of {data_spec.PRIVACY_UNITS}", self.privacy_unit)
+    require(self.max_per_group >= 1, "max_per_group", "an integer ≥ 1",
+            self.max_per_group)
     if self.privacy_unit == "record":
-      cli.require(self.groups is None, "groups", "unset unless --privacy_unit=group",
-                  self.groups)
+      require(self.groups is None, "groups", "unset unless --privacy_unit=group",
+              self.groups)
       return
     if scheme == "folder":
-      cli.require(bool(self.groups), "groups", "a CSV of file → group id, or "
-                  f"{data_spec.GROUPS_SUBFOLDERS} (one sub-folder level per group), with "
-                  "--privacy_unit=group", self.groups)
+      require(bool(self.groups), "groups", "a CSV of file → group id, or "
+              f"{data_spec.GROUPS_SUBFOLDERS} (one sub-folder level per group), with "
+              "--privacy_unit=group", self.groups)
     elif scheme == "npz":
-      cli.require(self.groups is None, "groups", "unset with --data=npz:… (the file's "
-                  "`groups` array holds them)", self.groups)
+      require(self.groups is None, "groups", "unset with --data=npz:… (the file's "
+              "`groups` array holds them)", self.groups)
     else:
-      cli.require(False, "privacy_unit", "record with "
-                  f"{'--data=' + self.source if scheme else '--dataset=' + self.dataset} "
-                  "(groups come from folder: with --groups, or npz: with a `groups` array)",
-                  self.privacy_unit)
+      require(False, "privacy_unit", "record with "
+              f"{'--data=' + self.source if scheme else '--dataset=' + self.dataset} "
+              "(groups come from folder: with --groups, or npz: with a `groups` array)",
+              self.privacy_unit)
 
   @property
   def name(self) -> str:
@@ -133,12 +139,12 @@ class ModelConfig:
   precision: str = "float32"
 
   def __post_init__(self):
-    cli.require(self.precision in PRECISIONS, "precision", f"one of {PRECISIONS}", self.precision)
-    cli.require(self.architecture in ARCHITECTURES, "architecture", f"one of {ARCHITECTURES}",
-                self.architecture)
-    cli.require(self.output in OUTPUTS, "output", f"one of {OUTPUTS}", self.output)
+    require(self.precision in PRECISIONS, "precision", f"one of {PRECISIONS}", self.precision)
+    require(self.architecture in ARCHITECTURES, "architecture", f"one of {ARCHITECTURES}",
+            self.architecture)
+    require(self.output in OUTPUTS, "output", f"one of {OUTPUTS}", self.output)
     for name in ("latent_dim", "embed_dim", "hidden", "depth"):
-      cli.require(getattr(self, name) >= 1, name, "an integer ≥ 1", getattr(self, name))
+      require(getattr(self, name) >= 1, name, "an integer ≥ 1", getattr(self, name))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -166,13 +172,13 @@ class LossConfig:
   def __post_init__(self):
     _require_finite(self, "l1_weight", "debias_fraction", "alpha_c")
     names = transport_options.COST_NAMES
-    cli.require(self.cost in names, "cost", f"one of {names}", self.cost)
-    cli.require(self.products in PRODUCTS, "sinkhorn_products", f"one of {PRODUCTS}",
-                self.products)
-    cli.require(self.l1_weight >= 0, "l1_weight", "a number ≥ 0", self.l1_weight)
-    cli.require(0 <= self.debias_fraction <= 1, "debias_fraction", "a number in [0, 1]",
-                self.debias_fraction)
-    cli.require(self.alpha_c >= 0, "alpha_c", "a number ≥ 0", self.alpha_c)
+    require(self.cost in names, "cost", f"one of {names}", self.cost)
+    require(self.products in PRODUCTS, "sinkhorn_products", f"one of {PRODUCTS}",
+            self.products)
+    require(self.l1_weight >= 0, "l1_weight", "a number ≥ 0", self.l1_weight)
+    require(0 <= self.debias_fraction <= 1, "debias_fraction", "a number in [0, 1]",
+            self.debias_fraction)
+    require(self.alpha_c >= 0, "alpha_c", "a number ≥ 0", self.alpha_c)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -199,36 +205,36 @@ class PrivacyConfig:
   def __post_init__(self):
     _require_finite(self, "l2_norm_clip", "noise_multiplier", "target_epsilon", "delta",
                     "release_blur", "public_clip")
-    cli.require(self.public_clip is None or 0 <= self.public_clip < float("inf"), "public_clip",
-                "a finite number ≥ 0 (or unset: --l2_norm_clip)", self.public_clip)
-    cli.require(self.mechanism in mechanisms.MECHANISMS, "mechanism",
-                f"one of {tuple(mechanisms.MECHANISMS)}", self.mechanism)
+    require(self.public_clip is None or 0 <= self.public_clip < float("inf"), "public_clip",
+            "a finite number ≥ 0 (or unset: --l2_norm_clip)", self.public_clip)
+    require(self.mechanism in mechanisms.MECHANISMS, "mechanism",
+            f"one of {tuple(mechanisms.MECHANISMS)}", self.mechanism)
     image = mechanisms.get(self.mechanism).releases_image_gradient
-    cli.require(self.public_clip is None or image, "public_clip",
-                f"unset with --mechanism={self.mechanism} (it clips rows of the image gradient)",
-                self.public_clip)
-    cli.require(0 <= self.release_blur <= 10, "release_blur", "a number of pixels in [0, 10]",
-                self.release_blur)
-    cli.require(self.release_blur == 0 or image, "release_blur",
-                f"0 with --mechanism={self.mechanism} (it smooths the released image gradient)",
-                self.release_blur)
-    cli.require(self.accountant in ACCOUNTANTS, "accountant", f"one of {ACCOUNTANTS}",
-                self.accountant)
+    require(self.public_clip is None or image, "public_clip",
+            f"unset with --mechanism={self.mechanism} (it clips rows of the image gradient)",
+            self.public_clip)
+    require(0 <= self.release_blur <= 10, "release_blur", "a number of pixels in [0, 10]",
+            self.release_blur)
+    require(self.release_blur == 0 or image, "release_blur",
+            f"0 with --mechanism={self.mechanism} (it smooths the released image gradient)",
+            self.release_blur)
+    require(self.accountant in ACCOUNTANTS, "accountant", f"one of {ACCOUNTANTS}",
+            self.accountant)
     if not self.dp:
       return
-    cli.require(self.l2_norm_clip > 0 and self.l2_norm_clip != float("inf"), "l2_norm_clip",
-                "a finite number > 0 with --dp", self.l2_norm_clip)
-    cli.require(self.noise_multiplier is None or self.noise_multiplier > 0, "noise_multiplier",
-                "a number > 0 with --dp", self.noise_multiplier)
-    cli.require(self.target_epsilon > 0, "target_epsilon", "a number > 0", self.target_epsilon)
-    cli.require(0 < self.delta < 1, "delta", "a number in (0, 1)", self.delta)
+    require(self.l2_norm_clip > 0 and self.l2_norm_clip != float("inf"), "l2_norm_clip",
+            "a finite number > 0 with --dp", self.l2_norm_clip)
+    require(self.noise_multiplier is None or self.noise_multiplier > 0, "noise_multiplier",
+            "a number > 0 with --dp", self.noise_multiplier)
+    require(self.target_epsilon > 0, "target_epsilon", "a number > 0", self.target_epsilon)
+    require(0 < self.delta < 1, "delta", "a number in (0, 1)", self.delta)
     # The lattice noise (privacy.lattice) is certified through RDP: for integer shifts the
     # discrete Gaussian's Rényi divergences are the continuous one's. Its privacy-loss
     # distribution is not below the continuous Gaussian's, so a PLD plan would not be a bound.
-    cli.require(self.accountant == "rdp", "accountant",
-                "rdp with --dp (the exact lattice noise is certified by RDP; privacy.json "
-                "reports the continuous Gaussian's PLD figure for reference only)",
-                self.accountant)
+    require(self.accountant == "rdp", "accountant",
+            "rdp with --dp (the exact lattice noise is certified by RDP; privacy.json "
+            "reports the continuous Gaussian's PLD figure for reference only)",
+            self.accountant)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -244,16 +250,16 @@ class OptimConfig:
 
   def __post_init__(self):
     _require_finite(self, "learning_rate", "beta_1", "beta_2", "weight_decay", "ema_decay")
-    cli.require(self.optimizer in OPTIMIZERS, "optimizer", f"one of {OPTIMIZERS}", self.optimizer)
-    cli.require(self.learning_rate > 0, "learning_rate", "a number > 0", self.learning_rate)
-    cli.require(0 <= self.beta_1 < 1, "beta_1", "a number in [0, 1)", self.beta_1)
-    cli.require(0 <= self.beta_2 < 1, "beta_2", "a number in [0, 1)", self.beta_2)
-    cli.require(self.weight_decay >= 0, "weight_decay", "a number ≥ 0", self.weight_decay)
-    cli.require(self.weight_decay == 0 or self.optimizer == "adamw", "weight_decay",
-                "0 unless --optimizer=adamw", self.weight_decay)
-    cli.require(0 <= self.ema_decay < 1, "ema_decay", "a number in [0, 1)", self.ema_decay)
-    cli.require(self.lr_schedule in LR_SCHEDULES, "lr_schedule", f"one of {LR_SCHEDULES}",
-                self.lr_schedule)
+    require(self.optimizer in OPTIMIZERS, "optimizer", f"one of {OPTIMIZERS}", self.optimizer)
+    require(self.learning_rate > 0, "learning_rate", "a number > 0", self.learning_rate)
+    require(0 <= self.beta_1 < 1, "beta_1", "a number in [0, 1)", self.beta_1)
+    require(0 <= self.beta_2 < 1, "beta_2", "a number in [0, 1)", self.beta_2)
+    require(self.weight_decay >= 0, "weight_decay", "a number ≥ 0", self.weight_decay)
+    require(self.weight_decay == 0 or self.optimizer == "adamw", "weight_decay",
+            "0 unless --optimizer=adamw", self.weight_decay)
+    require(0 <= self.ema_decay < 1, "ema_decay", "a number in [0, 1)", self.ema_decay)
+    require(self.lr_schedule in LR_SCHEDULES, "lr_schedule", f"one of {LR_SCHEDULES}",
+            self.lr_schedule)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -283,18 +289,18 @@ class RunConfig:
   steps_per_call: Optional[int] = None
 
   def __post_init__(self):
-    cli.require(bool(self.workdir), "workdir", "a directory path", self.workdir)
-    cli.require(self.if_finished in IF_FINISHED, "if_finished", f"one of {IF_FINISHED}",
-                self.if_finished)
-    cli.require(self.strategy in STRATEGIES, "strategy", f"one of {STRATEGIES}", self.strategy)
-    cli.require(self.num_devices is None or self.num_devices >= 1, "num_devices",
-                "an integer ≥ 1 (or unset)", self.num_devices)
-    cli.require(not (self.privacy_key_file and self.insecure_fixed_key), "insecure_fixed_key",
-                "unset together with --privacy_key_file (one key source)", self.insecure_fixed_key)
-    cli.require(self.steps_per_call is None or self.steps_per_call >= 1, "steps_per_call",
-                "an integer ≥ 1 (or unset)", self.steps_per_call)
+    require(bool(self.workdir), "workdir", "a directory path", self.workdir)
+    require(self.if_finished in IF_FINISHED, "if_finished", f"one of {IF_FINISHED}",
+            self.if_finished)
+    require(self.strategy in STRATEGIES, "strategy", f"one of {STRATEGIES}", self.strategy)
+    require(self.num_devices is None or self.num_devices >= 1, "num_devices",
+            "an integer ≥ 1 (or unset)", self.num_devices)
+    require(not (self.privacy_key_file and self.insecure_fixed_key), "insecure_fixed_key",
+            "unset together with --privacy_key_file (one key source)", self.insecure_fixed_key)
+    require(self.steps_per_call is None or self.steps_per_call >= 1, "steps_per_call",
+            "an integer ≥ 1 (or unset)", self.steps_per_call)
     for name in ("log_every", "sample_every", "checkpoint_every", "keep_checkpoints"):
-      cli.require(getattr(self, name) >= 1, name, "an integer ≥ 1", getattr(self, name))
+      require(getattr(self, name) >= 1, name, "an integer ≥ 1", getattr(self, name))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -319,34 +325,34 @@ class TrainConfig:
   fake_batch_size: Optional[int] = None
 
   def __post_init__(self):
-    cli.require(self.batch_size >= 1, "batch_size", "an integer ≥ 1", self.batch_size)
-    cli.require(self.fake_batch_size is None or self.fake_batch_size >= 1, "fake_batch_size",
-                "an integer ≥ 1 (or unset: the same as --batch_size)", self.fake_batch_size)
-    cli.require(self.steps is None or self.steps >= 1, "steps", "an integer ≥ 1 (or unset)",
-                self.steps)
+    require(self.batch_size >= 1, "batch_size", "an integer ≥ 1", self.batch_size)
+    require(self.fake_batch_size is None or self.fake_batch_size >= 1, "fake_batch_size",
+            "an integer ≥ 1 (or unset: the same as --batch_size)", self.fake_batch_size)
+    require(self.steps is None or self.steps >= 1, "steps", "an integer ≥ 1 (or unset)",
+            self.steps)
     if not self.privacy.dp:
-      cli.require(self.steps is not None, "steps", "a step count when --dp=false (no budget "
-                  "decides it)", self.steps)
+      require(self.steps is not None, "steps", "a step count when --dp=false (no budget "
+              "decides it)", self.steps)
     # Dynamic loss scaling skips a step and shrinks its scale when a gradient overflows.
     # param_grad back-propagates the loss on the private batch, so that decision (and the
     # scale, which is checkpointed) would depend on the private data outside the mechanism.
     # image_grad back-propagates only the released G̃: there it is post-processing.
-    cli.require(self.model.precision != "mixed_float16"
-                or mechanisms.get(self.privacy.mechanism).releases_image_gradient or
-                not self.privacy.dp, "precision",
-                f"float32 or mixed_bfloat16 with --mechanism={self.privacy.mechanism} (float16 "
-                "loss scaling would make a data-dependent, unprivatised decision per step)",
-                self.model.precision)
+    require(self.model.precision != "mixed_float16"
+            or mechanisms.get(self.privacy.mechanism).releases_image_gradient or
+            not self.privacy.dp, "precision",
+            f"float32 or mixed_bfloat16 with --mechanism={self.privacy.mechanism} (float16 "
+            "loss scaling would make a data-dependent, unprivatised decision per step)",
+            self.model.precision)
     # param_grad runs on TF Privacy's DP optimizers, which wrap Keras's legacy Adam / SGD.
-    cli.require(self.optim.optimizer in ("adam", "sgd") or self.privacy.mechanism != "param_grad"
-                or not self.privacy.dp, "optimizer",
-                "adam or sgd with --mechanism=param_grad (TF Privacy's DP optimizer wraps "
-                "Keras's legacy optimizers)", self.optim.optimizer)
+    require(self.optim.optimizer in ("adam", "sgd") or self.privacy.mechanism != "param_grad"
+            or not self.privacy.dp, "optimizer",
+            "adam or sgd with --mechanism=param_grad (TF Privacy's DP optimizer wraps "
+            "Keras's legacy optimizers)", self.optim.optimizer)
     if self.run.strategy != "default":
       distributable = [m for m, v in mechanisms.MECHANISMS.items() if v.distributable]
-      cli.require(mechanisms.get(self.privacy.mechanism).distributable, "mechanism",
-                  f"one of {distributable} with --strategy={self.run.strategy} (the others run "
-                  "on one device)", self.privacy.mechanism)
+      require(mechanisms.get(self.privacy.mechanism).distributable, "mechanism",
+              f"one of {distributable} with --strategy={self.run.strategy} (the others run "
+              "on one device)", self.privacy.mechanism)
 
   @property
   def num_primary(self) -> int:
@@ -364,7 +370,7 @@ class TrainConfig:
 
 # Fields of TrainConfig that change neither the released gradient G̃ of any step nor the update
 # made from it, so a resume may change them. Every other field, including any added later, is
-# part of `gradient_flags` and must be the same when a run resumes (`train_lib.open_run`).
+# part of `gradient_flags` and must be the same when a run resumes (`provenance.open_run`).
 # Hashed on purpose although borderline: --sinkhorn_jit, --strategy and --num_devices (the
 # same G̃ only to float32 rounding, and a resume re-runs steps bit for bit), the plan's own
 # flags (--target_epsilon, --delta, --accountant; also compared as the plan) and

@@ -202,7 +202,7 @@ def from_first_replica(ctx: tf.distribute.ReplicaContext, compute: Callable[[], 
 
 # Fields of TrainConfig that may differ between the workers of one run: paths, which a
 # shared file system may mount at different places (the data themselves are checked by the
-# keyed fingerprint in the ledger, the key by `train_lib.open_run`).
+# keyed fingerprint in the ledger, the key by `provenance.open_run`).
 HOST_LOCAL_FIELDS = (("run", "workdir"), ("run", "privacy_key_file"), ("data", "data_dir"),
                      ("data", "idx_dir"))
 

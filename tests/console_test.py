@@ -1,0 +1,46 @@
+"""Tests for dp_sinkhorn_tf.train.console's pieces: the data line, the progress callback, the
+stop flag of SIGINT / SIGTERM and the artefact list (whole runs through `main`: main_test)."""
+
+import signal
+
+import pytest
+
+from dp_sinkhorn_tf.data import datasets
+from dp_sinkhorn_tf.io import rundir
+from dp_sinkhorn_tf.train import console
+
+
+def test_the_data_line_names_the_set_its_size_shape_and_classes():
+  digits = datasets.load_dataset("digits")
+  assert console.describe_data(digits) == (
+      "data digits: 1438 private records, image shape (8, 8, 1), 10 classes "
+      "['0', '1', '2', '3', '4', '5', '6', '7', '8', '9']")
+
+
+def test_the_progress_line_labels_epsilon_with_the_unit_it_protects(capsys):
+  on_log = console._progress_printer("group")
+  on_log(5, 5, {"epsilon": 1.25, "secret": 3.0})
+  out = capsys.readouterr().out
+  assert "step 5/5" in out and "epsilon per group 1.25" in out and "secret" not in out
+
+
+def test_the_first_signal_asks_for_a_stop_and_a_second_ctrl_c_interrupts(capsys):
+  stop = console._StopFlag()
+  assert not stop
+  stop(signal.SIGTERM, None)
+  assert stop and stop.signum == signal.SIGTERM
+  assert "SIGTERM: stopping when the running call" in capsys.readouterr().err
+  stop(signal.SIGTERM, None)  # a repeated SIGTERM changes nothing
+  assert stop.signum == signal.SIGTERM
+  with pytest.raises(KeyboardInterrupt):
+    stop(signal.SIGINT, None)
+
+
+def test_the_artefacts_are_listed_as_publishable_or_not(tmp_path, capsys):
+  (tmp_path / rundir.REPORT_FILE).write_text("{}")
+  (tmp_path / rundir.KEY_FILE).write_text("secret")
+  console._print_artefacts(str(tmp_path))
+  out = capsys.readouterr().out
+  safe, unsafe = out.split("DO NOT PUBLISH:")
+  assert rundir.REPORT_FILE in safe and rundir.KEY_FILE not in safe
+  assert rundir.KEY_FILE in unsafe and rundir.REPORT_FILE not in unsafe
