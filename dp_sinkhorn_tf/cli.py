@@ -33,7 +33,7 @@ import os
 import sys
 from typing import List, NoReturn, Optional, Sequence
 
-from dp_sinkhorn_tf.io import files
+from dp_sinkhorn_tf.io import errors, files
 
 SHIPPED_FLAGFILES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "launch")
 _FLAGFILE_PREFIXES = ("--flagfile=", "-flagfile=")
@@ -44,12 +44,9 @@ class FlagfileError(ValueError):
   """A --flagfile that cannot be found or read (the message names it)."""
 
 
-def require(condition: bool, flag: str, expected: str, value,
-            error: type = ValueError) -> None:
-  """Raises `error("--flag=value: expected …")` unless `condition`: the one-line form of a bad
-  flag value that every entry point prints (the value as its repr, so '' and ' ' show)."""
-  if not condition:
-    raise error(f"--{flag}={value!r}: expected {expected}")
+# The one-line forms of an error (`io.errors`, where the layers below raise them too).
+require = errors.require
+first_line = errors.first_line
 
 
 def find_flagfile(name: str, relative_to: Optional[str] = None) -> str:
@@ -121,16 +118,6 @@ def fail(message: str, code: int = 2) -> NoReturn:
   sys.exit(code)
 
 
-def first_line(e: BaseException) -> str:
-  text = str(e).strip()
-  return text.splitlines()[0] if text else type(e).__name__
-
-
-def tf_error(e: Exception, what: str) -> str:
-  text = str(e).strip()
-  return f"{what}: {text.splitlines()[0] if text else type(e).__name__}"
-
-
 def _print_help(flag_values, program: str) -> None:
   print(f"usage: python -m {program} --flag=value …\n")
   print(flag_values.get_help(include_special_flags=False))
@@ -173,8 +160,7 @@ def absl_parser(flag_values):
         flags.FLAGS.verbosity = -1
       return rest
     except (flags.Error, FlagfileError) as e:
-      text = str(e).strip()
-      fail(text.splitlines()[0] if text else type(e).__name__)
+      fail(first_line(e))
 
   return parse
 
@@ -201,8 +187,7 @@ def main_of(run, flag_values, program: Optional[str] = None):
         return 2
       return run(flag_values)
     except (ValueError, FileNotFoundError) as e:
-      text = str(e).strip()
-      print(f"error: {text.splitlines()[0] if text else type(e).__name__}", file=sys.stderr)
+      print(f"error: {first_line(e)}", file=sys.stderr)
       return 2
     except KeyboardInterrupt:
       print("\ninterrupted: nothing was published; re-run the command", file=sys.stderr)

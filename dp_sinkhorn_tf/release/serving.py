@@ -40,7 +40,7 @@ from typing import Any, Dict, Mapping, Optional, Tuple, Union
 
 import numpy as np
 
-from dp_sinkhorn_tf.io import files
+from dp_sinkhorn_tf.io import errors, files
 
 SERVING_DEFAULT = "serving_default"
 SAMPLE = "sample"
@@ -131,10 +131,8 @@ def load_saved_model(version_dir: str):
   try:
     return tf.saved_model.load(version_dir)
   except (OSError, ValueError, IndexError, KeyError, RuntimeError, tf.errors.OpError) as e:
-    text = str(e).strip()
-    first = text.splitlines()[0] if text else type(e).__name__
     raise ValueError(f"{os.path.join(version_dir, 'saved_model.pb')}: not a loadable "
-                     f"SavedModel ({first[:200]})") from None
+                     f"SavedModel ({errors.first_line(e)[:200]})") from None
   except Exception as e:  # noqa: BLE001 - protobuf's DecodeError has no common TF base
     raise ValueError(f"{os.path.join(version_dir, 'saved_model.pb')}: not a loadable "
                      f"SavedModel ({type(e).__name__})") from None
