@@ -51,7 +51,7 @@ import numpy as np
 from dp_sinkhorn_tf.data import spec as data_spec
 from dp_sinkhorn_tf.io import errors
 from dp_sinkhorn_tf.io import files as files_lib
-from dp_sinkhorn_tf.models import options as model_options
+from dp_sinkhorn_tf.models import generator_options
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
 DEFAULT_IMAGE_KEY = "image"
@@ -449,7 +449,7 @@ def load_folder(path: str, opts: Options) -> Loaded:
 
 def check_image_shape(shape, what: str) -> None:
   """ValueError naming `what` and the flags when the generators cannot build `shape`."""
-  problem = model_options.image_shape_problem(shape)
+  problem = generator_options.image_shape_problem(shape)
   if problem:
     raise ValueError(f"{what}: images of {problem}; pass --image_size=H[xW] / --channels=1|3 "
                      "to resize / convert them")
