@@ -29,9 +29,9 @@ Run audit. --audit_canaries block canaries (`auditing.block_canaries`), each add
 private training set with probability ½ by a secret audit key from the OS; the draw is kept
 in <workdir>/audit_canaries.npz (DO NOT PUBLISH: its inclusion bits are the membership
 secret) and reused on a resume. Training is the `train` the command passes (`main.run`,
-hence `train_lib.run`) on the augmented set, so the run has its own privacy key, ledger and
-export; the q of that run is B/N for its N, which counts the included canaries (a public N then reveals how many are in,
-not which). The attacker then draws --audit_samples_per_class images per label from the
+as `python -m dp_sinkhorn_tf.main` trains) on the augmented set, so the run has its own
+privacy key, ledger and export; the q of that run is B/N for its N, which counts the
+included canaries (a public N then reveals how many are in, not which). The attacker then draws --audit_samples_per_class images per label from the
 exported generator only.
 Re-running the command resumes an interrupted run, and on a finished one only re-scores.
 
