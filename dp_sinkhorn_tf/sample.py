@@ -94,7 +94,7 @@ BATCH = 1024  # images per call of the generator
 INT64_MIN, INT64_MAX = -2**63, 2**63 - 1
 
 
-FlagError = errors.FlagError
+FlagError = errors.FlagError  # the one class of a bad flag (io.errors), by its short name
 
 
 def resolve_version_dir(model: str) -> Tuple[str, Optional[int]]:

@@ -541,8 +541,9 @@ def run_step(cfg, audit_cfg: AuditConfig, log: Log) -> int:
       f"σ·2C/‖u‖ = {multiplier:.4g}); certified one step {result.certified_epsilon:.3f}")
   log(f"  real mechanism: {_verdict_line(result)}")
   half = trials // 2  # the ROC of the halves that measured the rates
+  each_confidence = 1 - (1 - conf) / len(tried)  # an adversary's Bonferroni share
   controls, broken = ({}, []) if not audit_cfg.controls else _audit_controls(
-      cfg, setting, plan.sample_rate, audit_cfg, half, log)
+      cfg, setting, plan.sample_rate, audit_cfg, each_confidence, log)
   payload = {"mechanism": _result_json(result, "real"), "reachable_epsilon": achievable,
              "adversaries": names, "grids": grids,
              "pair": {"kind": "shift" if audit_cfg.shift else "canary",
@@ -565,11 +566,12 @@ def run_step(cfg, audit_cfg: AuditConfig, log: Log) -> int:
 
 
 def _audit_controls(cfg, setting: StepSetting, sample_rate: float, audit_cfg: AuditConfig,
-                    half: int, log: Log):
+                    each_confidence: float, log: Log):
   """({control: its audit.json entry}, [ROC attacks of the one-step controls]): every one of
-  CONTROLS audited as the real mechanism is, one `log` line each."""
+  CONTROLS audited as the real mechanism is, one `log` line each; each_confidence is one
+  adversary's share of the confidence (whether a control is resolvable at all)."""
   delta, conf, trials = cfg.privacy.delta, audit_cfg.confidence, audit_cfg.trials
-  each_confidence = 1 - (1 - conf) / len(adversaries(setting))
+  half = trials // 2  # the releases a side that measure the rates
   controls, broken = {}, []
   for name, (build, certify, what) in CONTROLS.items():
     certified = certify(setting, cfg, delta, sample_rate)

@@ -52,7 +52,7 @@ from dp_sinkhorn_tf.evaluation import fid as fid_lib
 from dp_sinkhorn_tf.io import errors, files, rundir
 from dp_sinkhorn_tf.io import images as images_lib
 
-FlagError = errors.FlagError
+FlagError = errors.FlagError  # the one class of a bad flag (io.errors), by its short name
 Log = Callable[[str], None]  # one line of the command's output
 
 REAL = "real"
