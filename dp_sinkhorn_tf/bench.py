@@ -43,7 +43,7 @@ from typing import Optional, Tuple
 from absl import flags
 
 from dp_sinkhorn_tf import cli
-from dp_sinkhorn_tf.models import options as model_options
+from dp_sinkhorn_tf.models import generator_options
 from dp_sinkhorn_tf.transport import options as transport_options
 
 SINKHORN_CONFIGS = {
@@ -103,7 +103,7 @@ def product_floor_ms(x, y, n: int, repeats: int) -> float:
 
 PEERS = ("none", "geomloss")
 # From the TF-free option tables, so that parsing the flags imports no TensorFlow.
-PRECISIONS = model_options.PRECISIONS
+PRECISIONS = generator_options.PRECISIONS
 PRODUCTS = transport_options.PRODUCTS
 # geomloss cannot hold the l1l2 cost's n × m × d tensor at n = 2000 (out of memory, 24 GB).
 PEER_SKIP = {"cifar_l1l2_n2000"}

@@ -33,35 +33,22 @@ import os
 import sys
 from typing import NoReturn, Optional, Sequence
 
-from dp_sinkhorn_tf.io import flagfiles, log_filter
+from dp_sinkhorn_tf.io import errors, flagfiles, log_filter
 
 # Every command line's flagfile lookup (the layer below: `train.flagfile` reads them too).
 FlagfileError = flagfiles.FlagfileError
 expand_flagfiles = flagfiles.expand_flagfiles
 find_flagfile = flagfiles.find_flagfile
 
-def require(condition: bool, flag: str, expected: str, value,
-            error: type = ValueError) -> None:
-  """Raises `error("--flag=value: expected …")` unless `condition`: the one-line form of a bad
-  flag value that every entry point prints (the value as its repr, so '' and ' ' show)."""
-  if not condition:
-    raise error(f"--{flag}={value!r}: expected {expected}")
+# The one-line forms of an error (`io.errors`, where the layers below raise them too).
+require = errors.require
+first_line = errors.first_line
 
 
 def fail(message: str, code: int = 2) -> NoReturn:
   """Prints `error: message` (one line) and exits with `code`."""
   print(f"error: {message}", file=sys.stderr)
   sys.exit(code)
-
-
-def first_line(e: BaseException) -> str:
-  text = str(e).strip()
-  return text.splitlines()[0] if text else type(e).__name__
-
-
-def tf_error(e: Exception, what: str) -> str:
-  text = str(e).strip()
-  return f"{what}: {text.splitlines()[0] if text else type(e).__name__}"
 
 
 def _print_help(flag_values, program: str) -> None:
@@ -118,8 +105,7 @@ def absl_parser(flag_values):
         flags.FLAGS.verbosity = -1
       return rest
     except (flags.Error, FlagfileError) as e:
-      text = str(e).strip()
-      fail(text.splitlines()[0] if text else type(e).__name__)
+      fail(first_line(e))
 
   return parse
 
@@ -146,8 +132,7 @@ def main_of(run, flag_values, program: Optional[str] = None):
         return 2
       return run(flag_values)
     except (ValueError, FileNotFoundError) as e:
-      text = str(e).strip()
-      print(f"error: {text.splitlines()[0] if text else type(e).__name__}", file=sys.stderr)
+      print(f"error: {first_line(e)}", file=sys.stderr)
       return 2
     except KeyboardInterrupt:
       print("\ninterrupted: nothing was published; re-run the command", file=sys.stderr)

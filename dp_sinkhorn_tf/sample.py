@@ -77,7 +77,7 @@ from absl import flags
 
 from dp_sinkhorn_tf import __version__, cli
 from dp_sinkhorn_tf.data import spec as data_spec
-from dp_sinkhorn_tf.io import files, images
+from dp_sinkhorn_tf.io import errors, files, images
 from dp_sinkhorn_tf.release import serving
 
 SUFFIXES = (".png", ".npz")
@@ -94,8 +94,7 @@ BATCH = 1024  # images per call of the generator
 INT64_MIN, INT64_MAX = -2**63, 2**63 - 1
 
 
-class FlagError(ValueError):
-  """A bad flag; the message is one line starting with --flag=value."""
+FlagError = errors.FlagError  # the one class of a bad flag (io.errors), by its short name
 
 
 def resolve_version_dir(model: str) -> Tuple[str, Optional[int]]:

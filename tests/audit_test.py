@@ -1,5 +1,5 @@
-"""Tests for dp_sinkhorn_tf.audit: the step audit of the real mechanism, negative
-controls that must be flagged, and `python -m dp_sinkhorn_tf.audit` end to end."""
+"""Tests for `python -m dp_sinkhorn_tf.audit` end to end (the library it runs:
+audit_lib_test): its flags, one-line errors, and the reports of the step and run audits."""
 
 import json
 import os
@@ -12,131 +12,12 @@ import pytest
 
 from dp_sinkhorn_tf import audit
 from dp_sinkhorn_tf.data import datasets
+from dp_sinkhorn_tf.evaluation import audit_lib
 from dp_sinkhorn_tf.privacy import auditing, keys
-from dp_sinkhorn_tf.train import config as config_lib
-from dp_sinkhorn_tf.train import trainer
-from dp_sinkhorn_tf.transport import sinkhorn
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DELTA = 1e-5
-TRIALS = 4000  # per side: 2000 choose the threshold, 2000 measure the error rates
 DIGITS = datasets.load_dataset("digits")
-
-
-@pytest.fixture(scope="module")
-def setting():
-  """A tiny generator at σ = 1, C = 0.5; Y the empty batch (a valid Poisson sample; the
-  canary's gradient is diluted by nothing); the canary: an all-white image of the class
-  generated most (no search: fast)."""
-  import tensorflow as tf
-  cfg = config_lib.TrainConfig(
-      batch_size=8, steps=None,
-      model=config_lib.ModelConfig("dcgan", latent_dim=4, embed_dim=2, hidden=4,
-                                   output="clip"),
-      loss=config_lib.LossConfig(cost="l1l2", class_matching=True,
-                                 solver=sinkhorn.SinkhornConfig(epsilon=0.5,
-                                                                max_iterations=30)),
-      privacy=config_lib.PrivacyConfig(noise_multiplier=1.0, target_epsilon=10.0))
-  tf.keras.utils.set_random_seed(0)
-  gen = trainer.make_generator(cfg, DIGITS.image_shape, 10, build=True)
-  model = trainer.DPSinkhornModel(gen, DIGITS.images, DIGITS.labels, 10, cfg, 1.0,
-                                  8 / len(DIGITS.images))
-  empty = np.zeros((0,) + DIGITS.image_shape, np.float32)
-  no_labels = np.zeros([0], np.int64)
-  _, _, fake_labels = auditing.canary_gradients(model, empty, no_labels, DIGITS.images[0], 0)
-  label = int(np.bincount(fake_labels.numpy()[:cfg.num_primary], minlength=10).argmax())
-  canary = np.ones(DIGITS.image_shape, np.float32)
-  g_out, g_in, _ = auditing.canary_gradients(model, empty, no_labels, canary, label)
-  return audit.StepSetting(model, cfg.num_primary, 0.5, 1.0, g_out, g_in, canary, label)
-
-
-@pytest.fixture(scope="module")
-def real_audit(setting):
-  return audit.audit_release(setting, audit.real_release(setting), TRIALS, DELTA, 0.95)
-
-
-def test_step_audit_of_the_real_mechanism_tries_every_adversary(real_audit):
-  result, scores = real_audit
-  assert [a.name for a in result.adversaries] == ["linear", "lattice"] == list(scores)
-  assert all(len(s) == TRIALS for pair in scores.values() for s in pair)
-  # The linear attack is as strong as this canary allows: the clipped releases differ by
-  # ‖u‖ ≤ 2C, i.e. a Gaussian step with multiplier σ·2C/‖u‖; its bound must stay below that
-  # step's ε (else the noise is smaller than claimed) and be informative.
-  assert 0.3 * result.sensitivity < result.difference_norm <= result.sensitivity + 1e-6
-  reachable = auditing.gaussian_epsilon(result.sensitivity / result.difference_norm, DELTA)
-  assert result.reference_epsilon == pytest.approx(reachable, rel=1e-3)
-  linear = result.adversaries[0]
-  assert 0.2 < linear.epsilon_lower_bound < reachable <= result.certified_epsilon
-
-
-def test_no_adversary_flags_the_real_mechanism(real_audit):
-  result, _ = real_audit
-  assert not result.flagged, [(a.name, a.epsilon_lower_bound) for a in result.adversaries]
-
-
-def test_the_audited_release_is_the_shipped_mechanism_bit_for_bit(setting):
-  # The audit runs the mechanism compiled (for speed); it must release exactly what the
-  # mechanism releases, or it would attack other code than the one that ships.
-  release, n = audit.real_release(setting), setting.num_private
-  for trial, grad in enumerate([setting.grad_out, setting.grad_in, setting.grad_out]):
-    seed = keys.step_seed(keys.generate(), trial, keys.STREAM_NOISE)
-    shipped = setting.model.mechanism.privatize(grad, n, seed)[0].numpy()[:n]
-    np.testing.assert_array_equal(release(grad, seed), shipped)
-    assert not np.array_equal(shipped, setting.clean(grad))  # noised: the check means something
-
-
-@pytest.mark.parametrize("name", sorted(audit.CONTROLS))
-def test_every_broken_mechanism_is_flagged(setting, name):
-  build, certify, _ = audit.CONTROLS[name]
-  q = 8 / len(DIGITS.images)
-  certified = certify(setting, None, DELTA, q)
-  reference = certify(setting, None, DELTA, q, setting.fraction)
-  assert reference <= certified
-  result, _ = audit.audit_release(setting, build(setting), TRIALS, DELTA, 0.95, certified,
-                                  reference)
-  assert result.flagged, (name, result.epsilon_lower_bound, reference)
-
-
-def test_the_float32_control_is_found_by_the_lattice_adversary_alone_at_a_small_shift(setting):
-  # The issue's setting on this step: blocks 0.05·2C apart, σ = 1, C = 0.5, 600 releases
-  # per side. A Gaussian allows ε = 0.160 there; the float32 Box–Muller noise is Gaussian to
-  # the linear test but not to the lattice test.
-  shifted = audit.shifted_setting(setting, 0.05)
-  build, certify, _ = audit.CONTROLS["float32_gaussian"]
-  reference = certify(shifted, None, DELTA, 0.0, shifted.fraction)
-  assert reference == pytest.approx(auditing.pair_gaussian_epsilon(1.0, 0.05, DELTA), rel=1e-3)
-  result, _ = audit.audit_release(shifted, build(shifted), 600, DELTA, 0.95,
-                                  certify(shifted, None, DELTA, 0.0), reference)
-  bounds = {a.name: a.epsilon_lower_bound for a in result.adversaries}
-  assert bounds["lattice"] > reference >= bounds["linear"]
-  assert result.flagged and result.strongest == "lattice"
-
-
-def test_shifted_setting_puts_two_clipped_blocks_the_shift_apart(setting):
-  shifted = audit.shifted_setting(setting, 0.05)
-  n, clip = setting.num_private, setting.l2_norm_clip
-  a, b = shifted.clean(shifted.grad_out), shifted.clean(shifted.grad_in)
-  assert np.linalg.norm(b - a) == pytest.approx(0.05 * 2 * clip, rel=1e-5)
-  assert shifted.fraction == pytest.approx(0.05, rel=1e-5)
-  for block, grad in ((a, shifted.grad_out), (b, shifted.grad_in)):
-    assert np.linalg.norm(block) == pytest.approx(clip, rel=1e-5)
-    assert np.linalg.norm(grad.numpy()[:n]) >= 2 * clip  # clipped, as a real gradient is
-  # The public rows are the step's own.
-  np.testing.assert_array_equal(shifted.grad_in.numpy()[n:], setting.grad_in.numpy()[n:])
-  with pytest.raises(ValueError, match="--audit_shift"):
-    audit.shifted_setting(setting, 0.6)
-
-
-def test_the_roc_region_of_a_dp_mechanism_has_its_closed_form():
-  fpr = np.array([0.0, 1e-3, 0.5, 1.0])
-  tpr = audit.dp_region_tpr(fpr, 1.0, 0.0)
-  np.testing.assert_allclose(tpr, [0.0, np.e * 1e-3, 1 - 0.5 / np.e, 1.0])
-  # The attack's ROC on separable scores reaches (0, 1); on identical ones the diagonal.
-  fpr, tpr = audit.roc(np.array([0.0, 1.0]), np.array([2.0, 3.0]))
-  assert (0.0, 1.0) in set(zip(fpr, tpr))
-
-
-# ---- the CLI -------------------------------------------------------------------------------
 
 TINY = ["--dataset=digits", "--batch_size=16", "--hidden=4", "--latent_dim=4", "--embed_dim=2",
         "--noise_multiplier=1", "--target_epsilon=10", "--checkpoint_every=50",
@@ -148,24 +29,6 @@ def run_audit(*args, timeout=600):
   env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
   return subprocess.run([sys.executable, "-m", "dp_sinkhorn_tf.audit", *TINY, *args],
                         cwd=ROOT, capture_output=True, text=True, timeout=timeout, env=env)
-
-
-GOOD_AUDIT = dict(kind="step", out="/tmp/out", trials=10, controls=True, shift=0.0,
-                  confidence=0.95, canaries=10, canary_copies=1, samples_per_class=10)
-
-
-@pytest.mark.parametrize("field, value, flag", [
-    ("trials", 1, "--audit_trials=1"), ("canaries", 1, "--audit_canaries=1"),
-    ("samples_per_class", 0, "--audit_samples_per_class=0"),
-    ("canary_copies", 0, "--audit_canary_copies=0"),
-    ("confidence", 0.5, "--audit_confidence=0.5"), ("confidence", 1.0, "--audit_confidence=1.0"),
-    ("shift", 0.6, "--audit_shift=0.6"), ("shift", -0.1, "--audit_shift=-0.1"),
-    ("shift", float("nan"), "--audit_shift=nan"),
-])
-def test_audit_config_refuses_a_bad_value_naming_its_flag(field, value, flag):
-  audit.AuditConfig(**GOOD_AUDIT)  # the base is valid
-  with pytest.raises(ValueError, match=f"^{flag}: expected"):
-    audit.AuditConfig(**dict(GOOD_AUDIT, **{field: value}))
 
 
 def test_audit_config_from_flags_defaults_out_to_the_workdir():
@@ -249,7 +112,7 @@ def test_run_cli_trains_on_exactly_the_included_canaries_and_reports_the_bound(t
     images, labels, included = z["images"], z["labels"], z["included"]
   # The run's data fingerprint is that of the digits plus exactly the included canaries.
   key = keys.read_key_file(str(workdir / "privacy_key"))
-  trained = audit.with_canaries(DIGITS, images, labels, included)
+  trained = audit_lib.with_canaries(DIGITS, images, labels, included)
   ledger = json.loads((workdir / "privacy_ledger.json").read_text())
   assert ledger["data_fingerprint"] == keys.data_fingerprint(key, trained.images,
                                                                     trained.labels)

@@ -301,3 +301,24 @@ def test_separated_scores_are_cut_in_the_gap():
   p = 1 - 0.025**(1 / 300)
   assert info.false_positives == info.false_negatives == 0 and -1 < info.threshold < 1
   assert eps == pytest.approx(math.log((1 - DELTA - p) / p))
+
+
+def test_the_roc_region_of_a_dp_mechanism_has_its_closed_form():
+  fpr = np.array([0.0, 1e-3, 0.5, 1.0])
+  tpr = auditing.dp_region_tpr(fpr, 1.0, 0.0)
+  np.testing.assert_allclose(tpr, [0.0, np.e * 1e-3, 1 - 0.5 / np.e, 1.0])
+  # The attack's ROC on separable scores reaches (0, 1); on identical ones the diagonal.
+  fpr, tpr = auditing.roc(np.array([0.0, 1.0]), np.array([2.0, 3.0]))
+  assert (0.0, 1.0) in set(zip(fpr, tpr))
+
+
+def test_the_canary_candidates_are_eight_distinct_synthetic_images():
+  candidates = auditing.canary_candidates((6, 4, 3))
+  assert len(candidates) == 8
+  for image in candidates:
+    assert image.shape == (6, 4, 3) and image.dtype == np.float32
+    assert set(np.unique(image)) <= {-1.0, 1.0}
+  flat = {image.tobytes() for image in candidates}
+  assert len(flat) == 8  # each a different canary
+  np.testing.assert_array_equal(candidates[1], -candidates[0])  # each comes with its negative
+  assert np.all(candidates[0] == 1.0)  # white

@@ -3,6 +3,7 @@ SavedModel, the real-data baseline (which writes no picture of private training 
 unless --write_private_images asks, and then only to private_real_images/), and bad flags
 failing in one line with nothing written."""
 
+import dataclasses
 import json
 import os
 import shutil
@@ -15,6 +16,8 @@ import tensorflow as tf
 
 from dp_sinkhorn_tf import evaluate
 from dp_sinkhorn_tf.data import datasets
+from dp_sinkhorn_tf.evaluation import evaluate_lib
+from dp_sinkhorn_tf.io import errors
 from dp_sinkhorn_tf.privacy import accounting
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -299,17 +302,17 @@ def test_a_corrupt_saved_model_is_one_line_naming_the_file(digits_export, tmp_pa
 
 def test_eval_config_holds_every_flag_and_refuses_a_bad_one(tmp_path):
   # Every evaluate flag reaches the frozen config under its own name (run reads nothing else).
-  names = {f.name for f in evaluate.dataclasses.fields(evaluate.EvalConfig)}
+  names = {f.name for f in dataclasses.fields(evaluate_lib.EvalConfig)}
   assert names == set(evaluate.FLAGS)  # its private registry holds only its own flags
   evaluate.FLAGS.unparse_flags()
   evaluate.FLAGS(["evaluate", *FAST_REAL, "--classifiers=mlp,logreg", f"--out={tmp_path}"])
   try:
     cfg = evaluate.config_from_flags(evaluate.FLAGS)
     assert cfg.classifiers == ("mlp", "logreg") and cfg.out == str(tmp_path)
-    with pytest.raises(evaluate.dataclasses.FrozenInstanceError):
+    with pytest.raises(dataclasses.FrozenInstanceError):
       cfg.seed = 1
     evaluate.FLAGS.classifiers = "logreg,logreg"
-    with pytest.raises(evaluate.FlagError, match="^--classifiers=logreg,logreg: .* twice"):
+    with pytest.raises(errors.FlagError, match="^--classifiers=logreg,logreg: .* twice"):
       evaluate.config_from_flags(evaluate.FLAGS)
   finally:
     evaluate.FLAGS.unparse_flags()

@@ -24,6 +24,7 @@ from dp_sinkhorn_tf import audit, evaluate, export, sample
 from dp_sinkhorn_tf import main as main_lib
 from dp_sinkhorn_tf.data import sources
 from dp_sinkhorn_tf.data import spec as data_spec
+from dp_sinkhorn_tf.evaluation import audit_lib
 from dp_sinkhorn_tf.io import files
 
 TINY = ["--dataset=digits", "--batch_size=16", "--hidden=4", "--latent_dim=4", "--embed_dim=2",
@@ -159,10 +160,10 @@ def test_audit_writes_its_report_to_ram(root):
   # writers, called here directly: the command itself spends ~45 s here on its canary search
   # (80 gradients), which tests/audit_test.py runs on a local folder.
   out = f"{root}/audit_step"
-  audit._write_report(out, "step", {"trials_per_side": 200})
-  audit.plot_roc(f"{out}/step_audit_roc.png", [audit.RocPanel(
+  audit_lib._write_report(out, "step", {"trials_per_side": 200})
+  audit_lib.plot_roc(f"{out}/step_audit_roc.png", [audit_lib.RocPanel(
       "t", 1.0, 1e-5, (("a", np.arange(10.0), np.arange(10.0) + 3, 0.5),))])
-  audit._write_report(out, "run", {"canaries": 3})  # one audit keeps the other's section
+  audit_lib._write_report(out, "run", {"canaries": 3})  # one audit keeps the other's section
   assert json.loads(files.read_text(f"{out}/audit.json")) == {
       "step": {"trials_per_side": 200}, "run": {"canaries": 3}}
   assert files.read_bytes(f"{out}/step_audit_roc.png")[:4] == b"\x89PNG"

@@ -211,3 +211,25 @@ def test_bad_metadata_names_the_file_and_the_field(tmp_path, payload, match):
 def test_missing_metadata_says_where_it_looked(tmp_path):
   with pytest.raises(FileNotFoundError, match="not exported by dp_sinkhorn_tf.export"):
     serving.read_metadata(str(tmp_path))
+
+
+def test_version_dirs_are_the_numeric_subdirectories_sorted_by_number(tmp_path):
+  for name in ("2", "10", "007", "latest", "3a", "١"):  # ١: a digit, but not ASCII
+    (tmp_path / name).mkdir()
+  (tmp_path / "5").write_text("a file, not a version")
+  assert serving.version_dirs(str(tmp_path)) == [(2, "2"), (7, "007"), (10, "10")]
+  assert serving.version_dirs(str(tmp_path / "missing")) == []
+
+
+def test_find_version_dir_takes_the_highest_version_holding_a_saved_model(tmp_path):
+  for name in ("1", "2", "3"):
+    (tmp_path / name).mkdir()
+  for name in ("1", "2"):
+    (tmp_path / name / "saved_model.pb").write_bytes(b"")
+  # Version 3 is still being written (no saved_model.pb): version 2 is the newest.
+  assert serving.find_version_dir(str(tmp_path)) == (str(tmp_path / "2"), 2)
+  assert serving.find_version_dir(str(tmp_path / "1")) == (str(tmp_path / "1"), 1)
+  with pytest.raises(FileNotFoundError, match="neither a SavedModel directory"):
+    serving.find_version_dir(str(tmp_path / "3"))
+  with pytest.raises(FileNotFoundError, match="no such directory"):
+    serving.find_version_dir(str(tmp_path / "missing"))

@@ -45,7 +45,7 @@ import numpy as np
 
 from dp_sinkhorn_tf.data import sources
 from dp_sinkhorn_tf.data import spec as data_spec
-from dp_sinkhorn_tf.io import files
+from dp_sinkhorn_tf.io import errors, files
 
 DIGIT_LABELS = tuple(str(i) for i in range(10))
 FASHION_LABELS = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt",
@@ -394,9 +394,7 @@ def load(data, split: str = "train", like: Optional[data_spec.DataSpec] = None) 
   except Exception as e:  # noqa: BLE001 - TensorFlow's and TFDS's own errors, as one line
     if not type(e).__module__.startswith(("tensorflow", "tensorflow_datasets", "etils")):
       raise
-    text = str(getattr(e, "message", None) or e).strip()
-    raise ValueError(f"--data={source}: {text.splitlines()[0] if text else type(e).__name__}"
-                     ) from None
+    raise ValueError(f"--data={source}: {errors.first_line(e)}") from None
   return Dataset(str(source), loaded.pixels, loaded.labels, len(loaded.label_names),
                  tuple(loaded.pixels.shape[1:]), loaded.label_names, pixel_max=255,
                  groups=loaded.groups, labelled=loaded.labelled, notes=loaded.notes)

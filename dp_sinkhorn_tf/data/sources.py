@@ -49,8 +49,9 @@ from typing import Callable, List, Optional, Sequence, Tuple
 import numpy as np
 
 from dp_sinkhorn_tf.data import spec as data_spec
+from dp_sinkhorn_tf.io import errors
 from dp_sinkhorn_tf.io import files as files_lib
-from dp_sinkhorn_tf.models import options as model_options
+from dp_sinkhorn_tf.models import generator_options
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
 DEFAULT_IMAGE_KEY = "image"
@@ -249,17 +250,12 @@ def materialize(elements, n: int, first: Tuple[int, int, int], opts: Options, wh
       labels[index] = batch_labels
       seen[index] = True
   except tf.errors.OpError as e:
-    _fail(what, f"cannot read the data ({_first_line(e)})")
+    _fail(what, f"cannot read the data ({errors.first_line(e)})")
   if not seen.all():
     bad = np.flatnonzero(~seen)
     _fail(what, f"{origin(int(bad[0]))}: not a decodable image (unreadable, corrupt, truncated "
           f"or not an image); {len(bad)} such file(s) in all: fix or remove them")
   return (out, labels) if with_labels else out
-
-
-def _first_line(e: BaseException) -> str:
-  text = str(getattr(e, "message", None) or e).strip()
-  return text.splitlines()[0] if text else type(e).__name__
 
 
 def _probe(encoded: bytes, what: str, where: str) -> Tuple[int, int, int]:
@@ -270,7 +266,7 @@ def _probe(encoded: bytes, what: str, where: str) -> Tuple[int, int, int]:
   try:
     image = decode(tf.constant(encoded))
   except (tf.errors.OpError, ValueError) as e:
-    _fail(what, f"{where}: not a decodable image ({_first_line(e)})")
+    _fail(what, f"{where}: not a decodable image ({errors.first_line(e)})")
   return tuple(int(s) for s in image.shape)
 
 
@@ -453,7 +449,7 @@ def load_folder(path: str, opts: Options) -> Loaded:
 
 def check_image_shape(shape, what: str) -> None:
   """ValueError naming `what` and the flags when the generators cannot build `shape`."""
-  problem = model_options.image_shape_problem(shape)
+  problem = generator_options.image_shape_problem(shape)
   if problem:
     raise ValueError(f"{what}: images of {problem}; pass --image_size=H[xW] / --channels=1|3 "
                      "to resize / convert them")
@@ -495,7 +491,7 @@ def load_npz(path: str, opts: Options) -> Loaded:
   except (zipfile.BadZipFile, OSError, ValueError, EOFError) as e:
     if isinstance(e, ValueError) and str(e).startswith(what):
       raise
-    _fail(what, f"not a readable .npz file ({_first_line(e)})")
+    _fail(what, f"not a readable .npz file ({errors.first_line(e)})")
   if dtype != np.uint8 or len(shape) not in (3, 4) or (len(shape) == 4 and
                                                        shape[3] not in (1, 3)):
     _fail(what, f"images must be uint8 [N, H, W] or [N, H, W, C] with C 1 or 3, got "
@@ -511,7 +507,7 @@ def load_npz(path: str, opts: Options) -> Loaded:
       names = data["label_names"] if "label_names" in data.files else None
       groups = data["groups"] if "groups" in data.files else None
   except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
-    _fail(what, f"not a readable .npz file ({_first_line(e)})")
+    _fail(what, f"not a readable .npz file ({errors.first_line(e)})")
   if pixels.ndim == 3:
     pixels = pixels[..., np.newaxis]
   n = len(pixels)
@@ -575,7 +571,7 @@ def load_tfrecord(pattern: str, opts: Options) -> Loaded:
       n_labels.append(nl)
       labels.append(y)
   except tf.errors.OpError as e:
-    _fail(what, f"cannot read the records ({_first_line(e)}); an image is a bytes feature "
+    _fail(what, f"cannot read the records ({errors.first_line(e)}); an image is a bytes feature "
           f"(--image_key={image_key}), a label an int64 feature (--label_key={label_key})")
   if not where:
     _fail(what, f"no record in {len(files)} file(s)")
@@ -639,7 +635,7 @@ def load_tfds(name: str, split: str, opts: Options) -> Loaded:
     splits = builder.info.splits
     available = list(splits.keys())
   except Exception as e:  # noqa: BLE001 - TFDS raises many types for a missing dataset
-    raise DataNotFoundError(f"{not_prepared} ({_first_line(e)[:200]})") from None
+    raise DataNotFoundError(f"{not_prepared} ({errors.first_line(e)[:200]})") from None
   if split not in available:
     raise DataNotFoundError(not_prepared + (f"; it has splits {available}" if available
                                             else ""))
@@ -658,7 +654,7 @@ def load_tfds(name: str, split: str, opts: Options) -> Loaded:
   try:
     ds = builder.as_dataset(split=split, shuffle_files=False)
   except Exception as e:  # noqa: BLE001
-    raise DataNotFoundError(f"{not_prepared} ({_first_line(e)[:200]})") from None
+    raise DataNotFoundError(f"{not_prepared} ({errors.first_line(e)[:200]})") from None
 
   def pick(example):
     image = example[image_key]

@@ -60,7 +60,7 @@ from typing import List, Sequence, Tuple, Union
 import tensorflow as tf
 
 from dp_sinkhorn_tf.models import conv_ops
-from dp_sinkhorn_tf.models.options import ARCHITECTURES, OUTPUTS, PRECISIONS
+from dp_sinkhorn_tf.models.generator_options import ARCHITECTURES, OUTPUTS, PRECISIONS
 
 # The policy of the convolution layers being created: None (the global policy) except under
 # policy_scope("bfloat16_convs").

@@ -601,6 +601,23 @@ def one_run_audit(scores: np.ndarray, included: np.ndarray, delta: float,
                         tuple(per_count))
 
 
+def canary_candidates(image_shape: Sequence[int]) -> list:
+  """The step audit's synthetic canary candidates [H, W, C] in {−1, 1} (no private record,
+  so the audit's outputs stay publishable): white, a checkerboard, a white top half, a white
+  left half, and the negative of each."""
+  shape = tuple(int(d) for d in image_shape)
+  height, width = shape[:2]
+  rows, cols = np.indices((height, width))
+  masks = [np.ones((height, width), bool), (rows + cols) % 2 == 0, rows < height // 2,
+           cols < width // 2]
+  out = []
+  for mask in masks:
+    for sign in (1.0, -1.0):
+      image = np.where(mask, sign, -sign)[..., None]
+      out.append(np.broadcast_to(image, shape).astype(np.float32))
+  return out
+
+
 def block_canaries(count: int, image_shape: Sequence[int], num_classes: int,
                    rng: np.random.Generator, block: int = 3):
   """(images [count, H, W, C] in {−1, 1}, labels [count]): a block×block square of +1 on
@@ -634,6 +651,25 @@ def nearest_distance_scores(canaries: np.ndarray, canary_labels: np.ndarray,
   return scores
 
 
+# ---- ROC --------------------------------------------------------------------------------
+
+def roc(scores_out: np.ndarray, scores_in: np.ndarray):
+  """(FPR, TPR) of "score ≥ τ means in" over every τ, from (0, 0)."""
+  taus = np.unique(np.concatenate([scores_out, scores_in]))[::-1]
+  fpr = np.array([0.0] + [np.mean(scores_out >= t) for t in taus])
+  tpr = np.array([0.0] + [np.mean(scores_in >= t) for t in taus])
+  return fpr, tpr
+
+
+def dp_region_tpr(fpr: np.ndarray, epsilon: float, delta: float) -> np.ndarray:
+  """The highest TPR any test can reach at FPR against an (ε, δ)-DP mechanism:
+  min(e^ε·FPR + δ, 1 − e^(−ε)·(1 − δ − FPR)), clipped to [0, 1]; 1 for ε = ∞."""
+  if not math.isfinite(epsilon):
+    return np.ones_like(fpr)
+  return np.clip(np.minimum(math.exp(epsilon) * fpr + delta,
+                            1 - math.exp(-epsilon) * (1 - delta - fpr)), 0, 1)
+
+
 __all__: Sequence[str] = ("clopper_pearson_upper", "gaussian_epsilon", "epsilon_lower_bound",
                           "projection_scores", "step_audit", "StepAuditResult",
                           "pair_gaussian_epsilon", "AdversaryBound", "default_adversaries",
@@ -641,5 +677,6 @@ __all__: Sequence[str] = ("clopper_pearson_upper", "gaussian_epsilon", "epsilon_
                           "BoxMullerFloat32Grid", "LatticeGrid", "box_muller_radius",
                           "box_muller_angle", "float32_ulp",
                           "one_run_p_value", "one_run_epsilon_lower_bound", "one_run_audit",
-                          "RunAuditResult", "block_canaries", "nearest_distance_scores")
+                          "RunAuditResult", "canary_candidates", "block_canaries",
+                          "nearest_distance_scores", "roc", "dp_region_tpr")
 

@@ -36,11 +36,11 @@ mirror TF Serving's own JSON ↔ tensor mapping, for tests and debugging without
 import json
 import numbers
 import os
-from typing import Any, Dict, Mapping, Optional, Tuple, Union
+from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
 
 import numpy as np
 
-from dp_sinkhorn_tf.io import files
+from dp_sinkhorn_tf.io import errors, files
 
 SERVING_DEFAULT = "serving_default"
 SAMPLE = "sample"
@@ -79,6 +79,18 @@ def predict_url(model_name: str, host: str = "localhost", port: int = 8501,
 
 # ---- the export layout ---------------------------------------------------------------------
 
+def version_dirs(model_dir: str) -> List[Tuple[int, str]]:
+  """[(version, directory name)] of `model_dir` (local or any tf.io.gfile path), sorted by
+  version: its subdirectories named by ASCII digits, the versions TF Serving would load
+  (whether they hold a SavedModel yet or not). [] when `model_dir` does not exist."""
+  if not files.isdir(model_dir):
+    return []
+  names = [name.rstrip("/") for name in files.listdir(model_dir)]  # gfile marks dirs with /
+  return sorted((int(name), name) for name in names
+                if name.isascii() and name.isdigit() and
+                files.isdir(os.path.join(model_dir, name)))
+
+
 def find_version_dir(path: str) -> Tuple[str, Optional[int]]:
   """(version directory, version) of an export (local or any tf.io.gfile path): `path`
   itself when it holds saved_model.pb, else its highest numeric version subdirectory holding
@@ -94,9 +106,8 @@ def find_version_dir(path: str) -> Tuple[str, Optional[int]]:
     name = os.path.basename(path.rstrip("/") if files.is_remote(path)
                             else os.path.normpath(path))
     return path, int(name) if name.isascii() and name.isdigit() else None
-  versions = [(int(name), name) for name in files.listdir(path)
-              if name.isascii() and name.isdigit() and
-              files.isfile(os.path.join(path, name, "saved_model.pb"))]
+  versions = [(version, name) for version, name in version_dirs(path)
+              if files.isfile(os.path.join(path, name, "saved_model.pb"))]
   if not versions:
     raise FileNotFoundError(f"{path}: neither a SavedModel directory (no saved_model.pb) nor "
                             "a model directory with numeric version subdirectories")
@@ -131,10 +142,8 @@ def load_saved_model(version_dir: str):
   try:
     return tf.saved_model.load(version_dir)
   except (OSError, ValueError, IndexError, KeyError, RuntimeError, tf.errors.OpError) as e:
-    text = str(e).strip()
-    first = text.splitlines()[0] if text else type(e).__name__
     raise ValueError(f"{os.path.join(version_dir, 'saved_model.pb')}: not a loadable "
-                     f"SavedModel ({first[:200]})") from None
+                     f"SavedModel ({errors.first_line(e)[:200]})") from None
   except Exception as e:  # noqa: BLE001 - protobuf's DecodeError has no common TF base
     raise ValueError(f"{os.path.join(version_dir, 'saved_model.pb')}: not a loadable "
                      f"SavedModel ({type(e).__name__})") from None

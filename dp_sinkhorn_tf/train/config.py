@@ -2,9 +2,9 @@
 
 Each dataclass validates its own fields in `__post_init__` and names the flag that set the
 bad value, so a bad command line fails with one line before any work starts. The module
-imports no TensorFlow (the option tables it checks against are TF-free: `models.options`,
-`transport.options`, `privacy.mechanisms`), so that line comes before TensorFlow's start-up
-and within a second (imports_test checks it).
+imports no TensorFlow (the option tables it checks against are TF-free:
+`models.generator_options`, `transport.options`, `privacy.mechanisms`), so that line comes
+before TensorFlow's start-up and within a second (imports_test checks it).
 
 `gradient_flags` names, by flag, every field that shapes a step's released gradient or the
 update made from it (all but `NOT_SHAPING`); the ledger keeps them and their SHA-256, and a
@@ -19,7 +19,7 @@ from typing import Any, Dict, List, Optional, Tuple
 
 from dp_sinkhorn_tf.data import datasets
 from dp_sinkhorn_tf.data import spec as data_spec
-from dp_sinkhorn_tf.models import options as model_options
+from dp_sinkhorn_tf.models import generator_options as model_options
 from dp_sinkhorn_tf.privacy import mechanisms
 from dp_sinkhorn_tf.transport import options as transport_options
 
