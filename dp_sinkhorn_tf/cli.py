@@ -33,11 +33,18 @@ import os
 import sys
 from typing import List, NoReturn, Optional, Sequence
 
-from dp_sinkhorn_tf.io import files
+from dp_sinkhorn_tf.io import files, flagdefs
 
 SHIPPED_FLAGFILES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "launch")
 _FLAGFILE_PREFIXES = ("--flagfile=", "-flagfile=")
 _MAX_DEPTH = 20
+
+
+# The flags several command lines share (--workdir, --seed, --model): one type and one
+# validation each, the help saying what the flag means to the command line that defines it:
+#   cli.define_shared("workdir", "Run directory of dp_sinkhorn_tf.main.", flag_values=FLAGS)
+# The training flags define theirs from their config fields (`train.config.option`).
+define_shared = flagdefs.define_shared
 
 
 class FlagfileError(ValueError):

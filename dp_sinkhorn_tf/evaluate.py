@@ -83,10 +83,10 @@ OUTPUT_FILES = (EVAL_FILE, GRID_FILE, HISTOGRAM_FILE, EPSILON_FILE, PRIVATE_GRID
                 PRIVATE_HISTOGRAM_FILE, PRIVATE_WARNING_FILE)  # paths relative to --out
 
 FLAGS = flags.FlagValues()  # private registry: importable next to main.py's flags
-flags.DEFINE_string("model", None, "SavedModel export (version dir or model dir with numeric "
-                    "versions), or 'real' for the real-training-data baseline.", flag_values=FLAGS)
-flags.DEFINE_string("workdir", None, "Training workdir: privacy_ledger.json for the ε plot and "
-                    "privacy.json for eval.json.", flag_values=FLAGS)
+cli.define_shared("model", "SavedModel export (version dir or model dir with numeric "
+                  "versions), or 'real' for the real-training-data baseline.", flag_values=FLAGS)
+cli.define_shared("workdir", "Training workdir: privacy_ledger.json for the ε plot and "
+                  "privacy.json for eval.json.", flag_values=FLAGS)
 flags.DEFINE_string("dataset", None, "Real data, a built-in set: one of "
                     f"{', '.join(datasets.DATASETS)} (its test split; unset: the model's own "
                     "built-in set).", flag_values=FLAGS)
@@ -101,8 +101,8 @@ flags.DEFINE_string("idx_dir", None, "Folder with MNIST / Fashion-MNIST IDX file
                     flag_values=FLAGS)
 flags.DEFINE_integer("num_samples", 60000, "Generated training images (balanced labels).",
                      flag_values=FLAGS)
-flags.DEFINE_integer("seed", 0, "Seed of generation, validation split and classifiers.",
-                     flag_values=FLAGS)
+cli.define_shared("seed", "Seed of generation, validation split and classifiers.", 0,
+                  flag_values=FLAGS)
 flags.DEFINE_string("classifiers", ",".join(evaluation.CLASSIFIERS),
                     f"Comma-separated subset of {','.join(evaluation.CLASSIFIERS)}.",
                     flag_values=FLAGS)
