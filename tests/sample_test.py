@@ -16,12 +16,12 @@ from dp_sinkhorn_tf.release import export_lib
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
 LATENT = 5
+WIDTHS = dict(embed_dim=3, hidden=8, depth=1, output="tanh", precision="float32")
 
 
 def _generator(seed):
   tf.keras.utils.set_random_seed(seed)
-  return generators.make_generator("dcgan", (8, 8, 1), 10, latent_dim=LATENT, embed_dim=3,
-                               hidden=8)
+  return generators.make_generator("dcgan", (8, 8, 1), 10, latent_dim=LATENT, **WIDTHS)
 
 
 @pytest.fixture(scope="module")
@@ -179,8 +179,7 @@ def named_model(tmp_path_factory):
   """An 8×8 RGB model of the classes NAMES (a run's metadata: ε, δ, run id, unit, spec)."""
   base = tmp_path_factory.mktemp("named")
   tf.keras.utils.set_random_seed(3)
-  gen = generators.make_generator("dcgan", (8, 8, 3), 3, latent_dim=LATENT, embed_dim=3,
-                                  hidden=8)
+  gen = generators.make_generator("dcgan", (8, 8, 3), 3, latent_dim=LATENT, **WIDTHS)
   spec = {"source": "folder:/data/pets", "image_shape": [8, 8, 3], "label_names": NAMES,
           "labelled": True, "privacy_unit": "group", "num_classes": 3}
   return export_lib.export_generator(
@@ -195,8 +194,7 @@ def flat_model(tmp_path_factory):
   """A model trained on unlabelled data: one class, "all"."""
   base = tmp_path_factory.mktemp("flat")
   tf.keras.utils.set_random_seed(4)
-  gen = generators.make_generator("dcgan", (8, 8, 1), 1, latent_dim=LATENT, embed_dim=3,
-                                  hidden=8)
+  gen = generators.make_generator("dcgan", (8, 8, 1), 1, latent_dim=LATENT, **WIDTHS)
   spec = {"source": "folder:/data/scans", "image_shape": [8, 8, 1], "label_names": ["all"],
           "labelled": False, "privacy_unit": "record"}
   return export_lib.export_generator(gen, str(base), "scans", 1,
@@ -375,8 +373,7 @@ def test_bad_data_set_flags_are_one_line_naming_the_flag(named_model, tmp_path, 
 
 def test_a_label_name_that_cannot_name_a_folder_is_refused(tmp_path, capsys):
   tf.keras.utils.set_random_seed(5)
-  gen = generators.make_generator("dcgan", (8, 8, 1), 2, latent_dim=LATENT, embed_dim=3,
-                                  hidden=8)
+  gen = generators.make_generator("dcgan", (8, 8, 1), 2, latent_dim=LATENT, **WIDTHS)
   version = export_lib.export_generator(gen, str(tmp_path / "m"), "g", 1,
                                         {"label_names": ["a/b", "ok"]})
   argv = ["sample", f"--model={version}", "--num_per_label=1"]
