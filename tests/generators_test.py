@@ -233,3 +233,10 @@ def test_small_bfloat16_transposed_conv_takes_the_product_filter_gradient(precis
   # Both in bfloat16 (8-bit mantissa), summed in different orders: 1.98 % apart on an
   # AVX2-only CPU (2026-12-07), < 1 % with AVX-512-BF16.
   assert np.linalg.norm(ours - tf_op) / np.linalg.norm(tf_op) < 3e-2
+
+
+def test_the_widths_have_no_defaults_here():
+  # They are the training config's (train.config.ModelConfig): one place for each default.
+  with pytest.raises(TypeError, match="depth"):
+    generators.make_generator("dcgan", (8, 8, 1), 10, latent_dim=4, embed_dim=3, hidden=4,
+                              output="tanh", precision="float32")
