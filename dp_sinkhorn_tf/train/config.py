@@ -1,5 +1,12 @@
 """Frozen run configuration. `main.py` turns flags into these once; nothing mutates them.
 
+Each field is declared once, with its flag: `lr: float = option(1e-3, "Learning rate.")`
+gives the type, the default, the help and (by default) the flag's name, which is the field's;
+`flag_meta` lists the rest (another name, enum choices, a reason it shapes no gradient).
+`flag_specs` reads the table (train_flags defines the absl flags from it, `io.flagdefs`) and
+`from_flags` builds the config from the parsed values by the same table, so a new flag is one
+field here and nothing elsewhere.
+
 Each dataclass validates its own fields in `__post_init__` and names the flag that set the
 bad value, so a bad command line fails with one line before any work starts. The module
 imports no TensorFlow (the option tables it checks against are TF-free: `models.options`,
