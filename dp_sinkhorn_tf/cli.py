@@ -33,7 +33,7 @@ import os
 import sys
 from typing import NoReturn, Optional, Sequence
 
-from dp_sinkhorn_tf.io import errors, flagfiles, log_filter
+from dp_sinkhorn_tf.io import errors, flagdefs, flagfiles, log_filter
 
 # Every command line's flagfile lookup (the layer below: `train.flagfile` reads them too).
 FlagfileError = flagfiles.FlagfileError
@@ -43,6 +43,12 @@ find_flagfile = flagfiles.find_flagfile
 # The one-line forms of an error (`io.errors`, where the layers below raise them too).
 require = errors.require
 first_line = errors.first_line
+
+# The flags several command lines share (--workdir, --seed, --model): one type and one
+# validation each, the help saying what the flag means to the command line that defines it:
+#   cli.define_shared("workdir", "Run directory of dp_sinkhorn_tf.main.", flag_values=FLAGS)
+# The training flags define theirs from their config fields (`train.config.option`).
+define_shared = flagdefs.define_shared
 
 
 def fail(message: str, code: int = 2) -> NoReturn:
@@ -70,10 +76,11 @@ def _main_module() -> str:
 def quiet_start(argv: Sequence[str]) -> None:
   """Silences TensorFlow's start-up lines (oneDNN notes, cuDNN / cuFFT / cuBLAS factory
   registrations logged as errors) and the INFO lines of TF's Python logger, unless the
-  command line asks with --verbosity / -v (a TF_CPP_MIN_LOG_LEVEL already set is kept). Called before TensorFlow is imported (its C++ log level is read at import). In a
-  process started as one of this package's commands (`python -m dp_sinkhorn_tf.…`, not a
-  caller's process such as a test runner), XLA's absl-logged lines are filtered out of
-  stderr as well (`io.log_filter`)."""
+  command line asks with --verbosity / -v (a TF_CPP_MIN_LOG_LEVEL already set is kept).
+  Called before TensorFlow is imported (its C++ log level is read at import). In a process
+  started as one of this package's commands (`python -m dp_sinkhorn_tf.…`, not a caller's
+  process such as a test runner), XLA's absl-logged lines are filtered out of stderr as
+  well (`io.log_filter`)."""
   if _asks_for_logs(argv):
     return
   if (os.environ.get("TF_CPP_MIN_LOG_LEVEL") != "0"

@@ -37,10 +37,10 @@ from dp_sinkhorn_tf.evaluation import fid as fid_lib
 PRIVATE_DIR = evaluate_lib.PRIVATE_DIR  # named in --write_private_images' help
 
 FLAGS = flags.FlagValues()  # private registry: importable next to main.py's flags
-flags.DEFINE_string("model", None, "SavedModel export (version dir or model dir with numeric "
-                    "versions), or 'real' for the real-training-data baseline.", flag_values=FLAGS)
-flags.DEFINE_string("workdir", None, "Training workdir: privacy_ledger.json for the ε plot and "
-                    "privacy.json for eval.json.", flag_values=FLAGS)
+cli.define_shared("model", "SavedModel export (version dir or model dir with numeric "
+                  "versions), or 'real' for the real-training-data baseline.", flag_values=FLAGS)
+cli.define_shared("workdir", "Training workdir: privacy_ledger.json for the ε plot and "
+                  "privacy.json for eval.json.", flag_values=FLAGS)
 flags.DEFINE_string("dataset", None, "Real data, a built-in set: one of "
                     f"{', '.join(datasets.DATASETS)} (its test split; unset: the model's own "
                     "built-in set).", flag_values=FLAGS)
@@ -55,8 +55,8 @@ flags.DEFINE_string("idx_dir", None, "Folder with MNIST / Fashion-MNIST IDX file
                     flag_values=FLAGS)
 flags.DEFINE_integer("num_samples", 60000, "Generated training images (balanced labels).",
                      flag_values=FLAGS)
-flags.DEFINE_integer("seed", 0, "Seed of generation, validation split and classifiers.",
-                     flag_values=FLAGS)
+cli.define_shared("seed", "Seed of generation, validation split and classifiers.", 0,
+                  flag_values=FLAGS)
 flags.DEFINE_string("classifiers", ",".join(evaluation.CLASSIFIERS),
                     f"Comma-separated subset of {','.join(evaluation.CLASSIFIERS)}.",
                     flag_values=FLAGS)

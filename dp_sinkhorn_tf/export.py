@@ -19,7 +19,7 @@ from absl import flags
 from dp_sinkhorn_tf import cli
 
 FLAGS = flags.FlagValues()  # private registry (cli): importable beside the training flags
-flags.DEFINE_string("workdir", None, "Run directory of dp_sinkhorn_tf.main.", flag_values=FLAGS)
+cli.define_shared("workdir", "Run directory of dp_sinkhorn_tf.main.", flag_values=FLAGS)
 flags.DEFINE_string("checkpoint", None, "Checkpoint prefix or directory (default: the latest "
                     "in <workdir>/checkpoints).", flag_values=FLAGS)
 flags.DEFINE_string("model_name", None, "Model directory name (default: the run's "

@@ -91,7 +91,6 @@ TFRECORD_PREFIX = "synthetic"
 RECORDS_PER_FILE = 10_000
 IMAGE_KEY, LABEL_KEY = "image", "label"  # --data=tfrecord:'s default keys
 BATCH = 1024  # images per call of the generator
-INT64_MIN, INT64_MAX = -2**63, 2**63 - 1
 
 
 FlagError = errors.FlagError  # the one class of a bad flag (io.errors), by its short name
@@ -272,8 +271,8 @@ def draw(version_dir: str, labels: Sequence[int], counts, seed: int,
 
 
 FLAGS = flags.FlagValues()  # private registry (cli): importable beside the training flags
-flags.DEFINE_string("model", None, "Export version directory, or the model directory holding "
-                    "numeric versions (the highest is used).", flag_values=FLAGS)
+cli.define_shared("model", "Export version directory, or the model directory holding numeric "
+                  "versions (the highest is used).", flag_values=FLAGS)
 flags.DEFINE_string("labels", None, "Comma-separated classes by name (cat,dog) or index "
                     "(0,3), one grid row each (default: every class; an unlabelled model has "
                     "the one class 0).", flag_values=FLAGS)
@@ -286,8 +285,7 @@ flags.DEFINE_string("proportions", None, "With --num: class weights, e.g. cat:0.
                     "(normalised; a class left out gets no image). Your choice, published in "
                     "the manifest: never the private set's class counts unless public.",
                     flag_values=FLAGS)
-flags.DEFINE_integer("seed", 0, "Seed of the latents (int64).", lower_bound=INT64_MIN,
-                     upper_bound=INT64_MAX, flag_values=FLAGS)
+cli.define_shared("seed", "Seed of the latents (int64).", 0, flag_values=FLAGS)
 flags.DEFINE_enum("format", None, list(FORMATS), "grid (a .png), arrays (an .npz), or a "
                   "synthetic data set in a new folder --out: folder (PNGs in class "
                   "folders), npz or tfrecord, with synthetic_manifest.json (default: by "

@@ -1,13 +1,20 @@
-"""Tests for dp_sinkhorn_tf.train.config: the flags that shape the released gradient."""
+"""Tests for dp_sinkhorn_tf.train.config: each field declares its flag once, and the flags that
+shape the released gradient."""
 
 import dataclasses
 import hashlib
+import os
+import re
+import subprocess
+import sys
 
 import pytest
 from absl import flags
 
 from dp_sinkhorn_tf.train import config as config_lib
 from dp_sinkhorn_tf.train import train_flags
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def test_every_training_flag_is_hashed_or_allow_listed_never_both():
@@ -75,3 +82,98 @@ def test_a_private_run_is_planned_by_rdp_only():
     config_lib.PrivacyConfig(accountant="pld")
   assert config_lib.PrivacyConfig(accountant="pld", dp=False).accountant == "pld"
   assert config_lib.PrivacyConfig().accountant == "rdp"
+
+
+# ---- each field declared once: its flag comes from it ---------------------------------------
+
+SPECS = config_lib.flag_specs(config_lib.TrainConfig)
+
+
+def _leaf_paths(cls, prefix=""):
+  for field in dataclasses.fields(cls):
+    if dataclasses.is_dataclass(field.type):
+      yield from _leaf_paths(field.type, f"{prefix}{field.name}.")
+    else:
+      yield prefix + field.name
+
+
+def test_every_config_field_has_exactly_one_flag_and_every_flag_one_field():
+  paths = [spec.path for spec in SPECS]
+  names = [spec.name for spec in SPECS]
+  assert len(set(paths)) == len(paths) and len(set(names)) == len(names)
+  unflagged = set(_leaf_paths(config_lib.TrainConfig)) - set(paths)
+  # Only the solver's internals have no flag (they are hashed under their path, above).
+  assert unflagged == {"loss.solver.stabilized_kernel", "loss.solver.absorb_threshold",
+                       "loss.solver.compile_solver"}
+  assert {f.name for f in train_flags.flags_of(flags.FLAGS)} == set(names)
+  assert all(config_lib.flag_name(spec.path) == spec.name for spec in SPECS)
+
+
+@pytest.mark.parametrize("spec", SPECS, ids=lambda spec: spec.name)
+def test_each_flag_is_its_field_default_help_and_choices(spec):
+  flag = flags.FLAGS[spec.name]
+  enum = f"<{'|'.join(spec.choices)}>: " if spec.choices else ""  # absl's prefix of an enum
+  assert flag.help == enum + spec.help and spec.help.strip()
+  assert flag.default == spec.default
+  assert getattr(flag.parser, "enum_values", None) == (list(spec.choices) if spec.choices
+                                                       else None)
+  field_default = config_lib.TrainConfig()
+  for part in spec.path.split("."):
+    field_default = getattr(field_default, part)
+  # The flag's default is the field's, but for --dataset: unset, the data default to digits.
+  assert spec.default == (None if spec.name == "dataset" else field_default)
+
+
+def test_the_flags_defaults_build_the_default_config():
+  defaults = {spec.name: spec.default for spec in SPECS}
+  assert config_lib.from_flags(config_lib.TrainConfig, defaults.__getitem__) == \
+      config_lib.TrainConfig()
+
+
+def test_from_flags_reads_each_field_from_its_own_flag():
+  values = {spec.name: spec.default for spec in SPECS}
+  values.update(data="npz:x.npz", image_size="32x24", sinkhorn_jit=False,
+                sinkhorn_relaxation=1.5, hidden=7, workdir="w", steps_per_call=4)
+  cfg = config_lib.from_flags(config_lib.TrainConfig, values.__getitem__)
+  assert (cfg.data.dataset, cfg.data.source, cfg.data.image_size) == (None, "npz:x.npz", (32, 24))
+  assert (cfg.loss.jit_compile, cfg.loss.solver.relaxation, cfg.model.hidden) == (False, 1.5, 7)
+  assert (cfg.run.workdir, cfg.run.steps_per_call) == ("w", 4)
+  with pytest.raises(ValueError, match=r"^--sinkhorn_relaxation: relaxation must be"):
+    config_lib.from_flags(config_lib.TrainConfig,
+                          {**values, "sinkhorn_relaxation": 2.0}.__getitem__)
+  with pytest.raises(ValueError, match=r"^--sinkhorn_epsilon=inf: expected a finite number"):
+    config_lib.from_flags(config_lib.TrainConfig,
+                          {**values, "sinkhorn_epsilon": float("inf")}.__getitem__)
+
+
+def test_not_shaping_is_the_fields_that_give_a_reason():
+  assert set(config_lib.NOT_SHAPING) == {
+      "data.data_dir", "data.idx_dir", "data.source", "run.workdir", "run.log_every",
+      "run.sample_every", "run.checkpoint_every", "run.keep_checkpoints", "run.export",
+      "run.model_name", "run.privacy_key_file", "run.if_finished", "run.steps_per_call"}
+  assert all(reason.strip() for reason in config_lib.NOT_SHAPING.values())
+
+
+@pytest.mark.parametrize("cls", [config_lib.DataConfig, config_lib.ModelConfig,
+                                 config_lib.LossConfig, config_lib.PrivacyConfig,
+                                 config_lib.OptimConfig, config_lib.RunConfig,
+                                 config_lib.TrainConfig])
+def test_configs_are_keyword_only(cls):
+  first = dataclasses.fields(cls)[0]
+  with pytest.raises(TypeError, match="positional"):
+    cls(getattr(cls(), first.name))
+
+
+def test_helpfull_of_main_lists_every_field(tmp_path):
+  out = subprocess.run([sys.executable, "-m", "dp_sinkhorn_tf.main", "--helpfull"],
+                       capture_output=True, text=True, cwd=tmp_path, timeout=300,
+                       env=dict(os.environ, PYTHONPATH=ROOT))
+  # absl prints the help and exits 1; the training flags are listed under their module.
+  text = out.stdout.split("dp_sinkhorn_tf.train.train_flags:\n", 1)[-1]
+  listed = set(re.findall(r"^  --(?:\[no\])?(\w+):", text, re.M))
+  assert {spec.name for spec in SPECS} <= listed, out.stdout[-2000:] + out.stderr
+  words = " ".join(text.split())
+  for spec in SPECS:  # each with the first words of its help
+    enum = f"<{'|'.join(spec.choices)}>: " if spec.choices else ""
+    head = " ".join(spec.help.split()[:3])
+    assert f"--{'[no]' if spec.type is bool else ''}{spec.name}: {enum}{head}" in words

@@ -49,7 +49,8 @@ result = {}
 for strategy, n in [("default", None), ("mirrored", 2), ("mirrored", 4)]:
   cfg = config_lib.TrainConfig(
       batch_size=16, fake_batch_size=9, steps=5,
-      model=config_lib.ModelConfig("dcgan", latent_dim=4, embed_dim=2, hidden=4, output="clip"),
+      model=config_lib.ModelConfig(architecture="dcgan",
+                                   latent_dim=4, embed_dim=2, hidden=4, output="clip"),
       loss=config_lib.LossConfig(cost="l1l2", debias_fraction=0.25, class_matching=True,
                                  jit_compile=jit,
                                  solver=sinkhorn.SinkhornConfig(epsilon=0.5, max_iterations=30)),
@@ -128,7 +129,8 @@ distribute.configure_devices("mirrored", 2)
 digits = datasets.load_dataset("digits")
 cfg = config_lib.TrainConfig(
     batch_size=16, fake_batch_size=9, steps=5,
-    model=config_lib.ModelConfig("dcgan", latent_dim=4, embed_dim=2, hidden=4, output="clip"),
+    model=config_lib.ModelConfig(architecture="dcgan",
+                                 latent_dim=4, embed_dim=2, hidden=4, output="clip"),
     loss=config_lib.LossConfig(cost="l1l2", debias_fraction=0.25, class_matching=True,
                                solver=sinkhorn.SinkhornConfig(epsilon=0.5, max_iterations=30)),
     privacy=config_lib.PrivacyConfig(noise_multiplier=1.0, target_epsilon=10.0),

@@ -98,7 +98,8 @@ def test_generate_dataset_rejects_a_sampler_returning_the_wrong_count():
 
 
 def test_keras_sampler_is_deterministic_per_seed():
-  gen = generators.make_generator("dcgan", (8, 8, 1), 3, latent_dim=4, embed_dim=2, hidden=8)
+  gen = generators.make_generator("dcgan", (8, 8, 1), 3, latent_dim=4, embed_dim=2, hidden=8,
+                                  depth=1, output="tanh", precision="float32")
   sample = evaluation.sampler_from_keras(gen)
   labels = np.array([0, 1, 2, 2], np.int32)
   a, b, c = sample(labels, 5), sample(labels, 5), sample(labels, 6)

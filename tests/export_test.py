@@ -33,7 +33,7 @@ def make_tiny_generator(seed: int = 0) -> tf.keras.Model:
   """An 8×8×1 DCGAN with random BatchNorm statistics, so inference mode is visible."""
   tf.keras.utils.set_random_seed(seed)
   gen = generators.make_generator("dcgan", SHAPE, CLASSES, latent_dim=LATENT, embed_dim=4,
-                              hidden=8, depth=1)
+                              hidden=8, depth=1, output="tanh", precision="float32")
   rng = np.random.default_rng(seed)
   for var in gen.variables:
     if "moving_mean" in var.name or "beta" in var.name:
@@ -402,7 +402,8 @@ def test_checkpoint_with_ema_exports_the_ema_weights(run_dir, tmp_path):
   workdir = _copy_run(run_dir, tmp_path / "ema")
   restored = run_export.restore_run(run_dir)
   raw = restored.generator
-  ema = generators.make_generator("dcgan", (8, 8, 1), 10, latent_dim=4, embed_dim=2, hidden=4)
+  ema = generators.make_generator("dcgan", (8, 8, 1), 10, latent_dim=4, embed_dim=2, hidden=4,
+                                  depth=1, output="tanh", precision="float32")
   for var in ema.variables:
     var.assign(var + 0.25)
   run_id = json.load(open(os.path.join(run_dir, "run.json")))["run_id"]
@@ -424,7 +425,8 @@ def test_checkpoint_with_ema_exports_the_ema_weights(run_dir, tmp_path):
 def test_weights_picks_the_raw_or_the_ema_generator(run_dir, tmp_path):
   workdir = _copy_run(run_dir, tmp_path / "both")
   raw = run_export.restore_run(run_dir).generator
-  ema = generators.make_generator("dcgan", (8, 8, 1), 10, latent_dim=4, embed_dim=2, hidden=4)
+  ema = generators.make_generator("dcgan", (8, 8, 1), 10, latent_dim=4, embed_dim=2, hidden=4,
+                                  depth=1, output="tanh", precision="float32")
   for ema_var, var in zip(ema.variables, raw.variables):
     ema_var.assign(var - 0.25)
   run_id = json.load(open(os.path.join(run_dir, "run.json")))["run_id"]

@@ -23,7 +23,7 @@ def test_the_generators_build_every_size_the_options_promise(architecture):
                 (low, high, 1)]:
     assert generator_options.image_shape_problem(shape) == ""
     gen = generators.make_generator(architecture, shape, 2, latent_dim=2, embed_dim=2,
-                                    hidden=2, depth=1)
+                                    hidden=2, depth=1, output="tanh", precision="float32")
     out = gen([tf.zeros([1, 2]), tf.zeros([1], tf.int32)], training=False)
     assert tuple(out.shape) == (1, *shape), (architecture, shape)
 

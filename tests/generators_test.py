@@ -7,7 +7,7 @@ import tensorflow as tf
 from dp_sinkhorn_tf.models import conv_ops, generators
 
 SHAPES = [(8, 8, 1), (28, 28, 1), (32, 32, 3)]
-TINY = dict(latent_dim=4, embed_dim=3, hidden=4)
+TINY = dict(latent_dim=4, embed_dim=3, hidden=4, depth=1, output="tanh", precision="float32")
 
 
 def _tiny(arch, shape=(8, 8, 1), **kw):
@@ -17,7 +17,7 @@ def _tiny(arch, shape=(8, 8, 1), **kw):
 @pytest.mark.parametrize("arch", generators.ARCHITECTURES)
 @pytest.mark.parametrize("shape", SHAPES)
 def test_output_shape_range_and_attributes(arch, shape):
-  gen = generators.make_generator(arch, shape, num_classes=10, latent_dim=6, embed_dim=3, hidden=4)
+  gen = generators.make_generator(arch, shape, num_classes=10, **{**TINY, "latent_dim": 6})
   z = generators.sample_latent(5, 6, [0, 1])
   for training in (True, False):
     out = gen([z, tf.range(5)], training=training)
@@ -139,7 +139,7 @@ def test_sample_latent_is_uniform_and_reproducible():
     (dict(depth=0), "depth"),
     (dict(output="sigmoid"), "output")])
 def test_bad_arguments_raise_value_error_naming_them(kwargs, match):
-  args = dict(architecture="dcgan", image_shape=(8, 8, 1), num_classes=10)
+  args = dict(architecture="dcgan", image_shape=(8, 8, 1), num_classes=10, **TINY)
   args.update(kwargs)
   with pytest.raises(ValueError, match=match):
     generators.make_generator(**args)
@@ -172,7 +172,7 @@ def test_clip_head_is_in_range_and_passes_gradients_where_tanh_saturates(arch):
 
 @pytest.mark.parametrize("arch", generators.ARCHITECTURES)
 def test_bfloat16_convs_lowers_every_convolution_and_nothing_else(arch):
-  gen = generators.make_generator(arch, (16, 16, 3), 10, hidden=8, precision="bfloat16_convs")
+  gen = _tiny(arch, (16, 16, 3), hidden=8, precision="bfloat16_convs")
   layers = list(gen._flatten_layers(include_self=False))
   convs = ([*gen.dense, gen.to_image] if arch == "mlp"  # the MLP's products are its layers
            else [c for c in layers if isinstance(c, tf.keras.layers.Conv2D)])  # ConvT too
@@ -182,7 +182,7 @@ def test_bfloat16_convs_lowers_every_convolution_and_nothing_else(arch):
   assert all(v.dtype == tf.float32 for v in gen.variables)
   assert generators.precision_of(gen) == "bfloat16_convs"
   # The same weights in float32 give the same images up to bfloat16 rounding.
-  ref = generators.make_generator(arch, (16, 16, 3), 10, hidden=8)
+  ref = _tiny(arch, (16, 16, 3), hidden=8)
   for a, b in zip(ref.variables, gen.variables):
     a.assign(b)
   inputs = [generators.sample_latent(6, gen.latent_dim, 0), tf.range(6)]
@@ -215,8 +215,7 @@ def test_small_bfloat16_transposed_conv_takes_the_product_filter_gradient(precis
   # 28×28: seed 7×7 → 14×14 → 28×28. In bfloat16 the 7×7-input ConvT's filter gradient is
   # conv_ops' product; the 14×14 one and every float32 one stay TensorFlow's op (+1: the
   # output Conv 3×3's).
-  gen = generators.make_generator("dcgan", (28, 28, 1), 10, latent_dim=4, embed_dim=3,
-                                  hidden=4, precision=precision)
+  gen = _tiny("dcgan", (28, 28, 1), precision=precision)
   assert _backward_weight_ops(gen) == expected + 1
   # The same generator with the product path off: the same gradient up to bfloat16 rounding.
   inputs = [generators.sample_latent(6, 4, 1), tf.range(6)]
@@ -234,3 +233,10 @@ def test_small_bfloat16_transposed_conv_takes_the_product_filter_gradient(precis
   # Both in bfloat16 (8-bit mantissa), summed in different orders: 1.98 % apart on an
   # AVX2-only CPU (2026-12-07), < 1 % with AVX-512-BF16.
   assert np.linalg.norm(ours - tf_op) / np.linalg.norm(tf_op) < 3e-2
+
+
+def test_the_widths_have_no_defaults_here():
+  # They are the training config's (train.config.ModelConfig): one place for each default.
+  with pytest.raises(TypeError, match="depth"):
+    generators.make_generator("dcgan", (8, 8, 1), 10, latent_dim=4, embed_dim=3, hidden=4,
+                              output="tanh", precision="float32")

@@ -41,7 +41,7 @@ def test_a_new_mechanism_is_one_table_entry(monkeypatch):
   digits = datasets.load_dataset("digits")
   cfg = config_lib.TrainConfig(
       batch_size=8, steps=3,
-      model=config_lib.ModelConfig("dcgan", latent_dim=4, embed_dim=2, hidden=4),
+      model=config_lib.ModelConfig(architecture="dcgan", latent_dim=4, embed_dim=2, hidden=4),
       loss=config_lib.LossConfig(solver=sinkhorn.SinkhornConfig(max_iterations=5),
                                  jit_compile=False),
       privacy=config_lib.PrivacyConfig(mechanism="frozen", noise_multiplier=1.0))

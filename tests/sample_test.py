@@ -16,12 +16,12 @@ from dp_sinkhorn_tf.release import export_lib
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
 LATENT = 5
+WIDTHS = dict(embed_dim=3, hidden=8, depth=1, output="tanh", precision="float32")
 
 
 def _generator(seed):
   tf.keras.utils.set_random_seed(seed)
-  return generators.make_generator("dcgan", (8, 8, 1), 10, latent_dim=LATENT, embed_dim=3,
-                               hidden=8)
+  return generators.make_generator("dcgan", (8, 8, 1), 10, latent_dim=LATENT, **WIDTHS)
 
 
 @pytest.fixture(scope="module")
@@ -178,8 +178,7 @@ def _export_model(base, name, version, seed, shape, names, labelled, unit, metad
   """Export a small DCGAN of `shape` for the classes `names` with a run's metadata (its data
   spec built from the same arguments); returns the model directory."""
   tf.keras.utils.set_random_seed(seed)
-  gen = generators.make_generator("dcgan", shape, len(names), latent_dim=LATENT, embed_dim=3,
-                                  hidden=8)
+  gen = generators.make_generator("dcgan", shape, len(names), latent_dim=LATENT, **WIDTHS)
   spec = {"source": metadata["dataset"], "image_shape": list(shape), "label_names": names,
           "labelled": labelled, "privacy_unit": unit}
   if labelled:
@@ -376,8 +375,7 @@ def test_bad_data_set_flags_are_one_line_naming_the_flag(named_model, tmp_path, 
 
 def test_a_label_name_that_cannot_name_a_folder_is_refused(tmp_path, capsys):
   tf.keras.utils.set_random_seed(5)
-  gen = generators.make_generator("dcgan", (8, 8, 1), 2, latent_dim=LATENT, embed_dim=3,
-                                  hidden=8)
+  gen = generators.make_generator("dcgan", (8, 8, 1), 2, latent_dim=LATENT, **WIDTHS)
   version = export_lib.export_generator(gen, str(tmp_path / "m"), "g", 1,
                                         {"label_names": ["a/b", "ok"]})
   argv = ["sample", f"--model={version}", "--num_per_label=1"]

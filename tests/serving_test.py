@@ -16,7 +16,8 @@ LATENT = 6
 @pytest.fixture(scope="module")
 def loaded(tmp_path_factory):
   tf.keras.utils.set_random_seed(3)
-  gen = generators.make_generator("dcgan", (8, 8, 1), 10, latent_dim=LATENT, embed_dim=4, hidden=8)
+  gen = generators.make_generator("dcgan", (8, 8, 1), 10, latent_dim=LATENT, embed_dim=4, hidden=8,
+                                  depth=1, output="tanh", precision="float32")
   path = export_lib.export_generator(gen, str(tmp_path_factory.mktemp("export")))
   return tf.saved_model.load(path)
 

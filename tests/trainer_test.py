@@ -24,7 +24,7 @@ DIGITS = datasets.load_dataset("digits")
 def tiny_config(workdir="unused", **overrides) -> config_lib.TrainConfig:
   cfg = config_lib.TrainConfig(
       batch_size=16, steps=None,
-      model=config_lib.ModelConfig("dcgan", latent_dim=4, embed_dim=2, hidden=4),
+      model=config_lib.ModelConfig(architecture="dcgan", latent_dim=4, embed_dim=2, hidden=4),
       loss=config_lib.LossConfig(cost="l1l2", solver=sinkhorn.SinkhornConfig(
           epsilon=0.5, max_iterations=20)),
       privacy=config_lib.PrivacyConfig(noise_multiplier=1.0, target_epsilon=2.0),
@@ -138,7 +138,7 @@ class _SpyMechanism:
 
 
 def _precision_config(precision, dp=True):
-  model = config_lib.ModelConfig("dcgan", latent_dim=4, embed_dim=2, hidden=8,
+  model = config_lib.ModelConfig(architecture="dcgan", latent_dim=4, embed_dim=2, hidden=8,
                                  precision=precision)
   privacy = (config_lib.PrivacyConfig(noise_multiplier=1.0, target_epsilon=2.0) if dp
              else config_lib.PrivacyConfig(dp=False))

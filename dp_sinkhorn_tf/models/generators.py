@@ -90,8 +90,8 @@ def center_crop(x: tf.Tensor, height: int, width: int) -> tf.Tensor:
 class _ConditionalGenerator(tf.keras.Model):
   """Shared input handling and output head: [z, labels] → h; x → crop → tanh or clip."""
 
-  def __init__(self, image_shape: Sequence[int], num_classes: int, latent_dim: int,
-               embed_dim: int, hidden: int, depth: int, output: str = "tanh", **kwargs):
+  def __init__(self, image_shape: Sequence[int], num_classes: int, *, latent_dim: int,
+               embed_dim: int, hidden: int, depth: int, output: str, **kwargs):
     super().__init__(**kwargs)
     if output not in OUTPUTS:
       raise ValueError(f"output must be one of {OUTPUTS}, got {output!r}")
@@ -184,11 +184,8 @@ class DCGANUpBlock(tf.keras.layers.Layer):
 class DCGANGenerator(_ConditionalGenerator):
   """DCGAN-style conditional generator (see the module docstring)."""
 
-  def __init__(self, image_shape: Sequence[int], num_classes: int, latent_dim: int = 16,
-               embed_dim: int = 8, hidden: int = 64, depth: int = 1, output: str = "tanh",
-               **kwargs):
-    super().__init__(image_shape, num_classes, latent_dim, embed_dim, hidden, depth, output,
-                     **kwargs)
+  def __init__(self, image_shape: Sequence[int], num_classes: int, **kwargs):
+    super().__init__(image_shape, num_classes, **kwargs)
     L = tf.keras.layers
     seed_channels = self.hidden * 2**self.num_up
     self.project = L.Dense(self.seed_hw[0] * self.seed_hw[1] * seed_channels, use_bias=False)
@@ -254,11 +251,8 @@ class ResBlock(tf.keras.layers.Layer):
 class BigGANGenerator(_ConditionalGenerator):
   """BigGAN-style conditional generator with class-conditional BatchNorm (module docstring)."""
 
-  def __init__(self, image_shape: Sequence[int], num_classes: int, latent_dim: int = 32,
-               embed_dim: int = 16, hidden: int = 64, depth: int = 1, output: str = "tanh",
-               **kwargs):
-    super().__init__(image_shape, num_classes, latent_dim, embed_dim, hidden, depth, output,
-                     **kwargs)
+  def __init__(self, image_shape: Sequence[int], num_classes: int, **kwargs):
+    super().__init__(image_shape, num_classes, **kwargs)
     L = tf.keras.layers
     top = self.hidden * 2**self.num_up
     self.project = L.Dense(self.seed_hw[0] * self.seed_hw[1] * top)
@@ -287,11 +281,8 @@ class BigGANGenerator(_ConditionalGenerator):
 class MLPGenerator(_ConditionalGenerator):
   """Fully connected conditional generator (see the module docstring)."""
 
-  def __init__(self, image_shape: Sequence[int], num_classes: int, latent_dim: int = 16,
-               embed_dim: int = 8, hidden: int = 256, depth: int = 2, output: str = "tanh",
-               **kwargs):
-    super().__init__(image_shape, num_classes, latent_dim, embed_dim, hidden, depth, output,
-                     **kwargs)
+  def __init__(self, image_shape: Sequence[int], num_classes: int, **kwargs):
+    super().__init__(image_shape, num_classes, **kwargs)
     L = tf.keras.layers
     self.dense = [L.Dense(self.hidden, use_bias=False, dtype=_conv_policy())
                   for _ in range(self.depth)]
@@ -322,11 +313,13 @@ def _check_image_shape(image_shape) -> None:
                      f"got {image_shape!r}")
 
 
-def make_generator(architecture: str, image_shape: Sequence[int], num_classes: int,
-                   latent_dim: int = 16, embed_dim: int = 8, hidden: int = 64,
-                   depth: int = 1, output: str = "tanh",
-                   precision: str = "float32") -> _ConditionalGenerator:
+def make_generator(architecture: str, image_shape: Sequence[int], num_classes: int, *,
+                   latent_dim: int, embed_dim: int, hidden: int, depth: int, output: str,
+                   precision: str) -> _ConditionalGenerator:
   """A built generator (variables exist) for `image_shape` = (H, W, C).
+
+  Every width has to be given: the defaults are the training config's (`train.config.
+  ModelConfig`, which `trainer.make_generator` passes on), not this module's.
 
   architecture: "dcgan" | "biggan" | "mlp"; hidden: channels at the finest resolution
   (doubling per coarser level), or the MLP's units per layer; depth ≥ 1: conv (DCGAN) or
