@@ -149,12 +149,7 @@ def signature_summary(module: GeneratorServingModule) -> Dict[str, dict]:
 
 def existing_versions(model_dir: str) -> List[int]:
   """Sorted versions in `model_dir`: the subdirectories TF Serving would load (all digits)."""
-  if not files.isdir(model_dir):
-    return []
-  names = [name.rstrip("/") for name in files.listdir(model_dir)]
-  return sorted(int(name) for name in names
-                if name.isascii() and name.isdigit() and
-                files.isdir(os.path.join(model_dir, name)))
+  return [version for version, _ in serving.version_dirs(model_dir)]
 
 
 def next_version(model_dir: str) -> int:

@@ -15,7 +15,7 @@ import tempfile
 import tensorflow as tf
 
 from dp_sinkhorn_tf.data import datasets
-from dp_sinkhorn_tf.io import files, rundir
+from dp_sinkhorn_tf.io import errors, files, rundir
 from dp_sinkhorn_tf.privacy import accounting
 from dp_sinkhorn_tf.release import export_lib
 from dp_sinkhorn_tf.train import config as config_lib
@@ -40,11 +40,6 @@ class RunError(Exception):
 
 def _fail(message: str, code: int = 2):
   raise RunError(message, code)
-
-
-def _tf_error(e: Exception, what: str) -> str:
-  text = str(e).strip()
-  return f"{what}: {text.splitlines()[0] if text else type(e).__name__}"
 
 
 def _progress_printer(unit: str = "record"):
@@ -196,8 +191,8 @@ def run(cfg: config_lib.TrainConfig, flags_text: str, dataset: datasets.Dataset,
           "intact: free the space / fix the path and re-run the same command", code=1)
   except tf.errors.OpError as e:
     provenance.remove_stale_temps(cfg.run.workdir, cfg.run.model_name)
-    _fail(_tf_error(e, cfg.run.workdir) + "; the ledger and the last good checkpoint are "
-          "intact: fix the cause and re-run the same command", code=1)
+    _fail(f"{cfg.run.workdir}: {errors.first_line(e)}; the ledger and the last good "
+          "checkpoint are intact: fix the cause and re-run the same command", code=1)
   finally:
     for sig, handler in previous.items():
       signal.signal(sig, handler)

@@ -10,7 +10,7 @@ import copy
 
 from absl import flags
 
-from dp_sinkhorn_tf.io import files, flagfiles
+from dp_sinkhorn_tf.io import errors, files, flagfiles
 from dp_sinkhorn_tf.train import train_flags
 
 
@@ -31,14 +31,11 @@ def parse_flags_file(path: str):
   try:
     text = files.read_text(path)
   except (OSError, UnicodeDecodeError) as e:
-    raise FlagsFileError(f"{path}: unreadable ({_first_line(e)})") from None
+    raise FlagsFileError(f"{path}: unreadable ({errors.first_line(e)})") from None
   try:
     fresh(["flags.txt", *flagfiles.expand_flagfiles([f"--flagfile={path}"])], known_only=True)
     return train_flags.config_from_flags(fresh), text
   except (flags.Error, ValueError) as e:  # flagfiles.FlagfileError is a ValueError
-    raise FlagsFileError(f"{path}: {_first_line(e)}") from None
+    raise FlagsFileError(f"{path}: {errors.first_line(e)}") from None
 
 
-def _first_line(error: BaseException) -> str:
-  text = str(error).strip()
-  return text.splitlines()[0] if text else type(error).__name__

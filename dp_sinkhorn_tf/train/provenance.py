@@ -27,7 +27,7 @@ from typing import Optional
 import numpy as np
 
 from dp_sinkhorn_tf.data import datasets
-from dp_sinkhorn_tf.io import checkpoints, files, rundir
+from dp_sinkhorn_tf.io import checkpoints, errors, files, rundir
 from dp_sinkhorn_tf.privacy import accounting, keys
 from dp_sinkhorn_tf.release import export_lib, serving
 from dp_sinkhorn_tf.train import config as config_lib
@@ -255,7 +255,7 @@ def restore_checkpoint(cfg, state: RunState, ckpt, manager, step_var) -> int:
   try:
     _, stored_id, stored_step = checkpoints.read_checkpoint_header(latest)
   except checkpoints.CHECKPOINT_READ_ERRORS as e:
-    raise ProvenanceError(f"{latest}: unreadable checkpoint ({str(e).splitlines()[0]}); "
+    raise ProvenanceError(f"{latest}: unreadable checkpoint ({errors.first_line(e)}); "
                           "restore it or use a new --workdir") from None
   if stored_step is None:
     raise ProvenanceError(f"{latest}: unreadable checkpoint (no step); restore it or use a "
@@ -271,7 +271,7 @@ def restore_checkpoint(cfg, state: RunState, ckpt, manager, step_var) -> int:
   try:
     ckpt.restore(latest).expect_partial().assert_existing_objects_matched()
   except checkpoints.CHECKPOINT_READ_ERRORS + (AssertionError,) as e:
-    raise ProvenanceError(f"{latest}: cannot be restored ({str(e).splitlines()[0]})") from None
+    raise ProvenanceError(f"{latest}: cannot be restored ({errors.first_line(e)})") from None
   return int(step_var.numpy())
 
 
@@ -289,13 +289,12 @@ def outputs_complete(cfg: config_lib.TrainConfig, run_id: str) -> bool:
   if not cfg.run.export:
     return True
   model_dir = rundir.path(workdir, f"{rundir.EXPORT_DIR}/{cfg.run.model_name}")
-  for name in files.listdir(model_dir) if files.isdir(model_dir) else []:
-    if name.isdigit():
-      try:
-        if serving.read_metadata(os.path.join(model_dir, name)).get("run_id") == run_id:
-          return True
-      except Exception:  # noqa: BLE001 - an unreadable version is not this run's export
-        continue
+  for _, name in serving.version_dirs(model_dir):
+    try:
+      if serving.read_metadata(os.path.join(model_dir, name)).get("run_id") == run_id:
+        return True
+    except Exception:  # noqa: BLE001 - an unreadable version is not this run's export
+      continue
   return False
 
 

@@ -30,7 +30,7 @@ import tensorflow as tf
 
 from dp_sinkhorn_tf.data import datasets
 from dp_sinkhorn_tf.data import spec as data_spec
-from dp_sinkhorn_tf.io import checkpoints, files, rundir
+from dp_sinkhorn_tf.io import checkpoints, errors, files, rundir
 from dp_sinkhorn_tf.privacy import accounting
 from dp_sinkhorn_tf.release import export_lib
 from dp_sinkhorn_tf.train import flagfile, trainer
@@ -83,11 +83,6 @@ class RestoredRun:
   step: Optional[int]
   flags_text: str
   spec: Any = None  # data.spec.DataSpec: the run's data_spec.json
-
-
-def _first_line(error: BaseException) -> str:
-  text = str(error).strip()
-  return text.splitlines()[0] if text else type(error).__name__
 
 
 def resolve_checkpoint(workdir: str, checkpoint: Optional[str]) -> str:
@@ -177,7 +172,7 @@ def restore_run(workdir: str, checkpoint: Optional[str] = None,
   try:
     keys, stored_id, step = checkpoints.read_checkpoint_header(path)
   except checkpoints.CHECKPOINT_READ_ERRORS as e:
-    raise ExportError(f"--checkpoint={path}: unreadable ({_first_line(e)})") from None
+    raise ExportError(f"--checkpoint={path}: unreadable ({errors.first_line(e)})") from None
   if stored_id != identity.run_id:
     raise ExportError(f"--checkpoint={path}: written by run {stored_id or '(no run id)'}, not "
                       f"by {workdir}'s run {identity.run_id}; refusing to stamp this run's "
@@ -190,7 +185,7 @@ def restore_run(workdir: str, checkpoint: Optional[str] = None,
     tf.train.Checkpoint(**{weights: generator}).restore(path).expect_partial()
   except checkpoints.CHECKPOINT_READ_ERRORS as e:
     raise ExportError(f"--checkpoint={path}: does not hold the {weights} that {flags_path} "
-                      f"describes ({_first_line(e)})") from None
+                      f"describes ({errors.first_line(e)})") from None
   missing = [var.name for var in generator.variables
              if not np.all(np.isfinite(var.numpy()))]
   if missing:
@@ -210,7 +205,7 @@ def run_metadata(workdir: str, run: RestoredRun) -> dict:
     try:
       plan = json.loads(files.read_text(report_path)).get("plan", {})
     except (OSError, ValueError, AttributeError) as e:
-      raise ExportError(f"{report_path}: unreadable ({_first_line(e)})") from None
+      raise ExportError(f"{report_path}: unreadable ({errors.first_line(e)})") from None
   out = {"dp": p.dp, "mechanism": p.mechanism, "l2_norm_clip": p.l2_norm_clip,
          "dataset": run.spec.source, "image_shape": list(run.spec.image_shape),
          "label_names": list(run.spec.label_names), "data_spec": run.spec.to_json(),
@@ -226,7 +221,7 @@ def run_metadata(workdir: str, run: RestoredRun) -> dict:
     try:
       ledger = accounting.PrivacyLedger.load(ledger_path)
     except (ValueError, KeyError, TypeError) as e:
-      raise ExportError(f"{ledger_path}: {_first_line(e)}") from None
+      raise ExportError(f"{ledger_path}: {errors.first_line(e)}") from None
     if ledger.run_id != run.identity.run_id:
       raise ExportError(f"{ledger_path}: belongs to run {ledger.run_id or '(none)'}, not to "
                         f"{workdir}'s run {run.identity.run_id}; refusing to export")
