@@ -41,9 +41,9 @@ class SinkhornConfig:
       likewise g (Thibault et al. 2017): the same fixed point, reached in fewer updates where
       plain Sinkhorn converges slowly but surely. ω = 1.5 at λ = 50 on the benchmark's l2
       problems (n = 1000 / 2000) took 35 / 28 updates to the threshold where ω = 1 took
-      84 / 58, with the value equal to 1e-6. On the l1l2 problems at λ = 0.05, which stop at
-      `max_iterations`, it left a larger final error (0.33 against 0.16), so the default is
-      plain Sinkhorn (1).
+      84 / 58, with the value equal to 1e-6. On the l1l2 problems at λ = 0.05, which then
+      (one update per annealing level) stopped at `max_iterations`, it left a larger final
+      error (0.33 against 0.16), so the default is plain Sinkhorn (1).
     anneal_threshold: each ε-scaling level above λ runs alternating updates until its own
       L1 marginal error is ≤ this, so that λ's updates start near their fixed point (one
       update per level left the λ = 0.05 l1l2 solves far from it: docs/benchmarks.md).
