@@ -21,7 +21,8 @@ def test_the_libraries_read_the_tables():
 
 @pytest.mark.parametrize("kwargs", [dict(epsilon=0), dict(scaling=1.0), dict(scaling=0),
                                     dict(max_iterations=0), dict(threshold=-1),
-                                    dict(absorb_threshold=100)])
+                                    dict(absorb_threshold=100), dict(anneal_threshold=-1),
+                                    dict(anneal_max_iterations=0)])
 def test_solver_config_rejects_bad_values(kwargs):
   name = next(iter(kwargs))
   with pytest.raises(ValueError, match=name.split("_")[0]):

@@ -246,10 +246,11 @@ def test_padding_with_zero_weights_changes_nothing():
 
 
 @pytest.mark.parametrize("near_fixed_point", [True, False])
-def test_symmetric_softmin_equals_the_two_log_sum_exps(near_fixed_point):
-  # Eq. (4) from one kernel against eq. (3) twice, with a zero-weight (padded) point on each
-  # side. Far from a fixed point (potentials off by 10⁴/ε) the kernel overflows and the
-  # log-sum-exp fallback must give the same numbers.
+def test_alternating_softmin_equals_the_two_log_sum_exps(near_fixed_point):
+  # Eq. (4) from one kernel against eq. (3) twice (g′ from the new f′), with a zero-weight
+  # (padded) point on each side, and its error against the column sums of the plan
+  # P(f′, g) built directly. Far from a fixed point (potentials off by 10⁴/ε) the kernel
+  # overflows and the log-sum-exp fallback must give the same numbers.
   rng = np.random.default_rng(3)
   cost = tf.constant(rng.uniform(0, 50, (7, 9)), tf.float32)
   a = np.r_[rng.uniform(0.5, 1, 6), 0.0]
@@ -261,15 +262,84 @@ def test_symmetric_softmin_equals_the_two_log_sum_exps(near_fixed_point):
   if near_fixed_point:
     f, _, _ = sinkhorn.solve_potentials(cost, log_a, log_b,
                                         sinkhorn.SinkhornConfig(epsilon=5.0))
-    g = sinkhorn.softmin_cols(cost, log_a, f, eps) + 0.3  # a little off the fixed point
+    # A little off the fixed point (a uniform shift would only move f′ by as much).
+    g = sinkhorn.softmin_cols(cost, log_a, f, eps) + rng.uniform(0, 2, 9).astype(np.float32)
   else:
     f = tf.constant(rng.uniform(0, 1e4, 7), tf.float32)
     g = tf.constant(rng.uniform(0, 1e4, 9), tf.float32)
   want_f = sinkhorn.softmin_rows(cost, log_b, g, eps)
-  want_g = sinkhorn.softmin_cols(cost, log_a, f, eps)
-  got_f, got_g = sinkhorn.symmetric_softmin(cost, log_a, log_b, f, g, eps)
+  want_g = sinkhorn.softmin_cols(cost, log_a, want_f, eps)
+  got_f, got_g, err = sinkhorn.alternating_softmin(cost, log_a, log_b, f, g, eps)
   np.testing.assert_allclose(got_f, want_f, rtol=1e-5, atol=1e-3)
   np.testing.assert_allclose(got_g, want_g, rtol=1e-5, atol=1e-3)
+  if near_fixed_point:  # (far from it the plan's column sums overflow float64 too)
+    plan = (a / a.sum())[:, None] * (b / b.sum())[None, :] * np.exp(
+        (want_f.numpy()[:, None] + g.numpy()[None, :] - cost.numpy()) / 5.0)
+    want_err = np.abs(plan.sum(axis=0) - b / b.sum()).sum()
+    assert want_err > 1e-3  # not at the fixed point: the error is a number to compare
+    assert float(err) == pytest.approx(want_err, rel=1e-3)
+
+
+def _logsumexp(z, axis):
+  top = np.max(z, axis=axis, keepdims=True)
+  return np.squeeze(top, axis) + np.log(np.sum(np.exp(z - top), axis=axis))
+
+
+def _float64_l1l2_reference(x, y, lam):
+  """W_λ and ∂W_λ/∂x for uniform weights by an independent float64 numpy solve: pure
+  log-domain alternating updates, ε-scaling by ½ with every level solved to 1e-3, then
+  updates at λ until both marginals are within 1e-8 (checked on the plan itself)."""
+  x, y = x.astype(np.float64), y.astype(np.float64)
+  diff = x[:, None, :] - y[None, :, :]
+  cost = (diff ** 2).sum(-1) + 3.0 * np.abs(diff).sum(-1)
+  n, m = cost.shape
+  log_a, log_b = np.full(n, -np.log(n)), np.full(m, -np.log(m))
+  f, g, eps = np.zeros(n), np.zeros(m), cost.max()
+
+  def update(f, g, eps):
+    f = -eps * _logsumexp(log_b[None] + (g[None] - cost) / eps, 1)
+    g_new = -eps * _logsumexp(log_a[:, None] + (f[:, None] - cost) / eps, 0)
+    return f, g_new, np.abs(np.expm1((g - g_new) / eps)).sum() / m
+
+  while True:
+    eps = max(eps / 2, lam)
+    for _ in range(20000):
+      f, g, err = update(f, g, eps)
+      if err < (1e-10 if eps == lam else 1e-3):
+        break
+    if eps == lam:
+      break
+  f = -lam * _logsumexp(log_b[None] + (g[None] - cost) / lam, 1)
+  plan = np.exp(log_a[:, None] + log_b[None] + (f[:, None] + g[None] - cost) / lam)
+  assert np.abs(plan.sum(1) - 1 / n).sum() <= 1e-8 and np.abs(plan.sum(0) - 1 / m).sum() <= 1e-8
+  value = f.mean() + g.mean()
+  return value, np.einsum("ij,ijd->id", plan, 2 * diff + 3.0 * np.sign(diff))
+
+
+@pytest.mark.parametrize("stabilized", [True, False])
+@pytest.mark.parametrize("scaling", [0.5, 0.9])
+def test_l1l2_at_paper_lambda_converges_to_the_float64_solution(scaling, stabilized):
+  # The launch flagfiles' problem: λ = 0.05, the l1l2 cost, 784 pixels in [−1, 1] and a
+  # 15·one-hot label block, so the costs are ~2·10³ and the plan nearly a permutation. With
+  # one update per annealing level the solve stopped at the 100-update cap with marginal
+  # error 0.72 (scaling 0.5) / 0.16 (0.9) and its gradient 80 % / 48 % off; solving every
+  # level brings it to the float64 solution within the default iteration budget, the
+  # gradient within what the 1e-3 marginal error of the stopping threshold leaves (≤ 1 %).
+  rng = np.random.default_rng(7)
+  n, d = 40, 794
+  x = rng.uniform(-1, 1, (n, d)).astype(np.float32)
+  y = rng.uniform(-1, 1, (n, d)).astype(np.float32)
+  for points in (x, y):
+    points[:, -10:] = 15 * np.eye(10, dtype=np.float32)[rng.integers(0, 10, n)]
+  want_value, want_grad = _float64_l1l2_reference(x, y, 0.05)
+  config = sinkhorn.SinkhornConfig(epsilon=0.05, scaling=scaling, stabilized_kernel=stabilized)
+  value, grad = value_and_gradient(
+      lambda xt: sinkhorn.ot_cost(xt, tf.constant(y), L1L2, config)[0], x)
+  _, info = sinkhorn.ot_cost(tf.constant(x), tf.constant(y), L1L2, config)
+  assert info.marginal_error.numpy() <= config.threshold
+  assert info.iterations.numpy() < 500
+  assert value == pytest.approx(want_value, rel=1e-6)
+  assert np.linalg.norm(grad - want_grad) <= 1e-2 * np.linalg.norm(want_grad)
 
 
 def test_stabilized_kernel_agrees_with_log_domain():
@@ -432,7 +502,10 @@ def test_no_shared_class_makes_the_cross_term_zero():
 @pytest.mark.parametrize("seed", [0, 1])
 @pytest.mark.parametrize("cost_name,lam,scaling,grad_tol", [
     ("l2", 50.0, 0.5, 0.01),     # CIFAR / CelebA flagfiles: measured 0.34 %
-    ("l1l2", 0.05, 0.9, 0.15),   # Fashion-MNIST's sharp plan: measured 3–7 %
+    # Fashion-MNIST's sharp plan: the rounding of ⟨x, y⟩ (2⁻⁸ of ~10³) is ~100·λ, and with
+    # converged solves the plan follows it: measured 18 % at seed 1 (3–7 % when the solves
+    # stopped unconverged at the cap, before every annealing level was solved).
+    ("l1l2", 0.05, 0.9, 0.3),
 ])
 def test_bfloat16_products_keep_the_loss_within_1e_3(seed, cost_name, lam, scaling, grad_tol):
   # Features like the trainer's: pixels in [−1, 1] and a 15·one-hot label block. The cost

@@ -41,9 +41,13 @@ class SinkhornConfig:
       likewise g (Thibault et al. 2017): the same fixed point, reached in fewer updates where
       plain Sinkhorn converges slowly but surely. ω = 1.5 at λ = 50 on the benchmark's l2
       problems (n = 1000 / 2000) took 35 / 28 updates to the threshold where ω = 1 took
-      84 / 58, with the value equal to 1e-6. On the l1l2 problems at λ = 0.05, which stop at
-      `max_iterations`, it left a larger final error (0.33 against 0.16), so the default is
-      plain Sinkhorn (1).
+      84 / 58, with the value equal to 1e-6. On the l1l2 problems at λ = 0.05, which then
+      (one update per annealing level) stopped at `max_iterations`, it left a larger final
+      error (0.33 against 0.16), so the default is plain Sinkhorn (1).
+    anneal_threshold: each ε-scaling level above λ runs alternating updates until its own
+      L1 marginal error is ≤ this, so that λ's updates start near their fixed point (one
+      update per level left the λ = 0.05 l1l2 solves far from it: docs/benchmarks.md).
+    anneal_max_iterations: most updates per ε-scaling level (≥ 1).
   """
 
   epsilon: float = 0.05
@@ -54,6 +58,8 @@ class SinkhornConfig:
   absorb_threshold: float = 10.0
   compile_solver: bool = False
   relaxation: float = 1.0
+  anneal_threshold: float = 1e-2
+  anneal_max_iterations: int = 30
 
   def __post_init__(self):
     if not self.epsilon > 0:
@@ -66,6 +72,10 @@ class SinkhornConfig:
       raise ValueError(f"max_iterations must be ≥ 1, got {self.max_iterations}")
     if not 0 < self.absorb_threshold <= 30:
       raise ValueError(f"absorb_threshold must be in (0, 30], got {self.absorb_threshold}")
+    if not self.anneal_threshold >= 0:
+      raise ValueError(f"anneal_threshold must be ≥ 0, got {self.anneal_threshold}")
+    if self.anneal_max_iterations < 1:
+      raise ValueError(f"anneal_max_iterations must be ≥ 1, got {self.anneal_max_iterations}")
     if not 1 <= self.relaxation < 2:
       raise ValueError(f"relaxation must be in [1, 2), got {self.relaxation}")
 

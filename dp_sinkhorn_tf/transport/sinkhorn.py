@@ -16,12 +16,21 @@ Solver. The potentials solve f = T_C(g), g = T_Cᵀ(f) with the soft-min
   T_C(g)_i = −λ · log Σ_j b_j exp((g_j − C_ij)/λ)                                   (3)
 
 evaluated with log-sum-exp, so no exp(−C/λ) kernel ever under- or overflows. The loop runs
-with ε-scaling (the temperature starts at the cost's largest entry and shrinks by
-`scaling` per step down to λ, one symmetric update f, g ← ½(f + T_C(g)), ½(g + T_Cᵀ(f))
-per temperature, both soft-mins from one kernel pass: eq. (4) of `symmetric_softmin`), then alternating updates at λ until the marginal error
+with ε-scaling: the temperature starts at the cost's largest entry and shrinks by `scaling`
+per level down to λ; at each level above λ, alternating updates f ← T_C(g), g ← T_Cᵀ(f)
+(both from one kernel pass: eq. (4) of `alternating_softmin`) run until that level's
+marginal error is ≤ `anneal_threshold` (at most `anneal_max_iterations`), so each level
+starts near its own fixed point. Then alternating updates at λ run until the marginal error
 Σ_j |(Pᵀ1)_j − b_j| falls under `threshold` or `max_iterations` is reached. Those updates
 may be over-relaxed, f ← f + ω·(T_C(g) − f) with ω = `relaxation` ∈ [1, 2) (`relax`): the
 same fixed point in fewer updates where plain Sinkhorn converges slowly.
+
+Why each level is solved: when λ is tiny against the cost's spread (λ = 0.05 against the
+l1l2 costs of image features, 10³ and more) the plan is nearly a permutation, and plain
+Sinkhorn at λ from a far start converges very slowly, in float64 as in float32. One
+(averaged) update per level, the schedule before, reached λ far from its fixed point, and
+the solves stopped at `max_iterations` with a large marginal error and a biased gradient
+(measurements: docs/benchmarks.md, "The solve at λ = 0.05").
 
 Gradients. The loop runs on tf.stop_gradient(C). The returned value is
 ⟨a, T_C(g*)⟩ + ⟨b, g*⟩ with g* held fixed: one last differentiable update, whose gradient
@@ -70,39 +79,48 @@ def softmin_cols(cost: tf.Tensor, log_a: tf.Tensor, f: tf.Tensor,
                                     axis=0)
 
 
-# Smallest row / column mass the kernel form of `symmetric_softmin` trusts: above it the
+# Smallest row / column mass the kernel form of `alternating_softmin` trusts: above it the
 # mass is a normal float32 with full relative precision (normal floats start at 1.2e-38).
 MIN_KERNEL_MASS = 1e-30
 
 
-def symmetric_softmin(cost: tf.Tensor, log_a: tf.Tensor, log_b: tf.Tensor, f: tf.Tensor,
-                      g: tf.Tensor, eps: tf.Tensor):
-  """(T_C(g), T_Cᵀ(f)) of eq. (3) at temperature ε, both from the current (f, g).
+def alternating_softmin(cost: tf.Tensor, log_a: tf.Tensor, log_b: tf.Tensor, f: tf.Tensor,
+                        g: tf.Tensor, eps: tf.Tensor):
+  """One alternating update f′ = T_C(g), g′ = T_Cᵀ(f′) of eq. (3) at temperature ε, and the
+  marginal error Σ_j |(Pᵀ1)_j − b_j| of the plan P(f′, g) before g moves.
 
-  With the kernel E_ij = exp((f_i + g_j − C_ij)/ε) of the current potentials,
+  With the kernel E_ij = exp((f_i + g_j − C_ij)/ε) of the incoming potentials,
 
-    T_C(g)_i  = f_i − ε·log Σ_j b_j E_ij,    T_Cᵀ(f)_j = g_j − ε·log Σ_i a_i E_ij,       (4)
+    r = E·b,   f′ = f − ε·log r,   c = Eᵀ·(a / r),   g′ = g − ε·log c,                 (4)
 
-  one exponential pass over [n, m] and two matrix–vector products, where the two
-  log-sum-exps of `softmin_rows` / `softmin_cols` take about twice the time. Potentials near
-  a fixed point keep E in range (E_ij ≤ 1/(a_i b_j) there). Whenever a row or column mass is
-  not finite or below MIN_KERNEL_MASS, both are computed by log-sum-exp instead, so the
-  result is eq. (3) up to round-off either way. Zero-weight (padded) points have E rows and
+  since P(f′, g) = diag(a / r)·E·diag(b) has column sums b ⊙ c (so the error is
+  Σ_j b_j |c_j − 1|): one exponential pass over [n, m] and two matrix–vector products,
+  where the two log-sum-exps of `softmin_rows` / `softmin_cols` take about twice the time.
+  Every term a_i E_ij / r_i of c is at most 1/b_j, so nothing overflows once r is in range.
+  Whenever a row or column mass is not finite or below MIN_KERNEL_MASS (potentials far from
+  this temperature's fixed point), the update is done by log-sum-exp instead, so the result
+  is eq. (3) up to round-off either way. Zero-weight (padded) points have E rows and
   columns like any other; their weight only multiplies.
   """
   kernel = tf.exp((f[:, tf.newaxis] + g[tf.newaxis, :] - cost) / eps)
   row = tf.linalg.matvec(kernel, tf.exp(log_b))
-  col = tf.linalg.matvec(kernel, tf.exp(log_a), transpose_a=True)
+  col = tf.linalg.matvec(kernel, tf.math.divide_no_nan(tf.exp(log_a), row), transpose_a=True)
   masses = tf.concat([row, col], axis=0)
   usable = tf.reduce_all(tf.math.is_finite(masses) & (masses >= MIN_KERNEL_MASS))
 
   def from_kernel():
-    return f - eps * tf.math.log(row), g - eps * tf.math.log(col)
+    err = tf.reduce_sum(tf.exp(log_b) * tf.abs(col - 1.0))
+    return f - eps * tf.math.log(row), g - eps * tf.math.log(col), err
 
   def from_logsumexp():
-    return softmin_rows(cost, log_b, g, eps), softmin_cols(cost, log_a, f, eps)
+    f_new = softmin_rows(cost, log_b, g, eps)
+    g_new = softmin_cols(cost, log_a, f_new, eps)
+    return f_new, g_new, _column_marginal_error(log_b, g, g_new, eps)
 
-  return tf.cond(usable, from_kernel, from_logsumexp)
+  f_new, g_new, err = tf.cond(usable, from_kernel, from_logsumexp)
+  f_new.set_shape(f.shape)
+  g_new.set_shape(g.shape)
+  return f_new, g_new, err
 
 
 def _column_marginal_error(log_b, g_old, g_new, eps):
@@ -236,20 +254,25 @@ def solve_potentials(cost: tf.Tensor, log_a: tf.Tensor, log_b: tf.Tensor,
   target = tf.constant(config.epsilon, dtype)
   scaling = tf.constant(config.scaling, dtype)
   # Start at the largest cost: at that temperature the plan is nearly a⊗b and one update
-  # is close to converged; every later temperature starts from the previous potentials.
+  # is close to converged. Each temperature starts from the previous one's potentials and
+  # runs alternating updates until its own marginal error is ≤ anneal_threshold (or
+  # anneal_max_iterations), so λ's phase starts near its fixed point.
   eps0 = tf.maximum(tf.reduce_max(cost), target)
-  f, g = symmetric_softmin(cost, log_a, log_b, tf.zeros_like(log_a), tf.zeros_like(log_b),
-                           eps0)
+  level_threshold = tf.constant(config.anneal_threshold, dtype)
 
-  def anneal_cond(eps, f, g, it):
+  def anneal_cond(eps, f, g, level_iterations, it):
     return eps > target
 
-  def anneal_body(eps, f, g, it):
-    eps = tf.maximum(eps * scaling, target)
-    f_new, g_new = symmetric_softmin(cost, log_a, log_b, f, g, eps)
-    return eps, 0.5 * (f + f_new), 0.5 * (g + g_new), it + 1
+  def anneal_body(eps, f, g, level_iterations, it):
+    f, g, err = alternating_softmin(cost, log_a, log_b, f, g, eps)
+    level_iterations += 1
+    done = tf.logical_or(err <= level_threshold,
+                         level_iterations >= config.anneal_max_iterations)
+    eps = tf.where(done, tf.maximum(eps * scaling, target), eps)
+    return eps, f, g, tf.where(done, 0, level_iterations), it + 1
 
-  _, f, g, iterations = tf.while_loop(anneal_cond, anneal_body, (eps0, f, g, 1))
+  _, f, g, _, iterations = tf.while_loop(
+      anneal_cond, anneal_body, (eps0, tf.zeros_like(log_a), tf.zeros_like(log_b), 0, 0))
   if config.stabilized_kernel:
     f, g, final_iterations, err = _kernel_phase(cost, log_a, log_b, f, g, config)
   else:
