@@ -71,9 +71,12 @@ def test_step_seeds_are_key_plus_stream_and_key_plus_step():
   # or a noise draw of any step.
   np.testing.assert_array_equal(
       keys.step_seed(key, 7, keys.STREAM_GROUP_SUBSET).numpy(), [13, 27])
-  assert len(set(keys.STREAMS)) == 3
+  # The mean-embedding release: its own first word too.
+  np.testing.assert_array_equal(
+      keys.step_seed(key, 0, keys.STREAM_MEAN_EMBEDDING).numpy(), [14, 20])
+  assert len(set(keys.STREAMS)) == 4
   with pytest.raises(ValueError):
-    keys.step_seed(key, 0, 4)
+    keys.step_seed(key, 0, 5)
 
 
 def test_data_fingerprint_sees_one_changed_record_and_depends_on_the_key():

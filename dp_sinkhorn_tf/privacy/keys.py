@@ -6,7 +6,8 @@ step t — is a stateless function of (key, t):
   batch seed(t) = [k₀ + 1, k₁ + t],   noise seed(t) = [k₀ + 2, k₁ + t]   (int64 [2])
 
 and, under --privacy_unit=group, which records of a sampled group the step takes:
-group-subset seed(t) = [k₀ + 3, k₁ + t].
+group-subset seed(t) = [k₀ + 3, k₁ + t]; the mean-embedding release (`mean_embedding`, one
+release) takes [k₀ + 4, k₁].
 
 fed to TF's stateless Philox ops, which scramble both seed words into the Philox key and
 counter. So
@@ -59,7 +60,8 @@ KEY_BITS = 62
 STREAM_BATCH = 1
 STREAM_NOISE = 2
 STREAM_GROUP_SUBSET = 3
-STREAMS = (STREAM_BATCH, STREAM_NOISE, STREAM_GROUP_SUBSET)
+STREAM_MEAN_EMBEDDING = 4  # the one release of `mean_embedding` (step 0)
+STREAMS = (STREAM_BATCH, STREAM_NOISE, STREAM_GROUP_SUBSET, STREAM_MEAN_EMBEDDING)
 _FORMAT = "dp_sinkhorn_tf-privacy-key-v1"
 _PATTERN = re.compile(rf"^{_FORMAT} ([0-9a-f]{{16}}) ([0-9a-f]{{16}})$")
 

@@ -1,0 +1,269 @@
+"""DP-MERF (Harder et al. 2021) as a run: one release of the class-conditional
+random-feature sums (`privacy.mean_embedding`), then generator training against it.
+
+The loss compares the generator's class-conditional random-feature means with the released
+ones (`privacy.mean_embedding`):
+
+  L(G) = Σ_c p̃_c ‖ m_c(G) − μ̃_c ‖²,   m_c(G) = mean_{i : y_i = c} φ(G(z_i, y_i)),      (1)
+
+over a batch of z_i ~ U(0, 1) and labels y_i ~ p̃ (classes absent from the batch contribute a
+constant). With labels drawn from p̃ this is, up to the batch's label noise, DP-MERF's
+‖ (1/B) Σ_i e_{y_i} ⊗ φ(G(z_i, y_i)) − p̃ ⊗ μ̃ ‖².
+
+A run (`run`): the secret key (read from <workdir>/privacy_key, or drawn and written there,
+0600, never published), σ for the target (ε, δ) of the one release, the release itself
+(kept as <workdir>/release.npz: it is the DP output, publishable, and a re-run reuses it
+instead of spending again), privacy.json, the training, the SavedModel export.
+
+Privacy: `train_generator` takes the released μ̃ and p̃ (and the public frequencies and seed)
+and nothing else; everything here is post-processing of the one release, whose ε
+`privacy.mean_embedding.dp_event` states. Training can run for any number of steps.
+"""
+
+import dataclasses
+import io
+import os
+from typing import Callable, NamedTuple, Optional, Sequence
+
+import dp_accounting
+import numpy as np
+import tensorflow as tf
+
+from dp_sinkhorn_tf.data import datasets
+from dp_sinkhorn_tf.data import spec as data_spec
+from dp_sinkhorn_tf.io import files, rundir
+from dp_sinkhorn_tf.models import generators
+from dp_sinkhorn_tf.privacy import accounting, keys, mean_embedding
+from dp_sinkhorn_tf.release import export_lib
+
+RELEASE_FILE = "release.npz"
+MECHANISM = "mean_embedding"
+
+
+@dataclasses.dataclass(frozen=True)
+class MerfTrainConfig:
+  """The generator (`models.generators.make_generator`'s arguments) and its Adam schedule:
+  `steps` batches of `batch_size`, the learning rate decayed by `lr_decay` every
+  `decay_every` steps (DP-MERF: 0.9 per epoch)."""
+
+  architecture: str = "dcgan"
+  latent_dim: int = 16
+  embed_dim: int = 8
+  hidden: int = 64
+  depth: int = 1
+  output: str = "tanh"
+  batch_size: int = 500
+  steps: int = 3000
+  learning_rate: float = 1e-3
+  lr_decay: float = 0.9
+  decay_every: int = 300
+  seed: int = 0
+
+  def __post_init__(self):
+    for name in ("latent_dim", "embed_dim", "hidden", "depth", "batch_size", "steps",
+                 "decay_every"):
+      if getattr(self, name) < 1:
+        raise ValueError(f"{name} must be ≥ 1, got {getattr(self, name)}")
+    if not self.learning_rate > 0 or not 0 < self.lr_decay <= 1:
+      raise ValueError("learning_rate must be > 0 and lr_decay in (0, 1]")
+
+
+class TrainInfo(NamedTuple):
+  """losses: [steps] float32, the loss (1) at each step."""
+
+  losses: np.ndarray
+
+
+def merf_loss(images: tf.Tensor, labels: tf.Tensor, means: tf.Tensor, proportions: tf.Tensor,
+              frequencies: tf.Tensor) -> tf.Tensor:
+  """L of (1) for a generated batch: images [B, ...] float32, labels [B] int32, means μ̃
+  [K, 2F] float32, proportions p̃ [K] float32, frequencies [F, d] float32."""
+  num_classes = tf.shape(means)[0]
+  flat = tf.reshape(images, [tf.shape(images)[0], -1])
+  phi = mean_embedding.fourier_features(flat, frequencies)
+  sums = tf.math.unsorted_segment_sum(phi, labels, num_classes)
+  counts = tf.math.unsorted_segment_sum(tf.ones_like(labels, tf.float32), labels, num_classes)
+  batch_means = sums / tf.maximum(counts, 1.0)[:, None]
+  return tf.reduce_sum(proportions * tf.reduce_sum((batch_means - means)**2, axis=1))
+
+
+def make_generator(cfg: MerfTrainConfig, image_shape: Sequence[int], num_classes: int):
+  tf.keras.utils.set_random_seed(cfg.seed)     # public: the initialisation only
+  return generators.make_generator(cfg.architecture, tuple(image_shape), num_classes,
+                                   latent_dim=cfg.latent_dim, embed_dim=cfg.embed_dim,
+                                   hidden=cfg.hidden, depth=cfg.depth, output=cfg.output)
+
+
+def train_generator(released: mean_embedding.ClassEmbeddings, frequencies: np.ndarray,
+                    image_shape: Sequence[int], cfg: MerfTrainConfig,
+                    on_step: Optional[Callable[[int, float], None]] = None):
+  """Trains a new generator on (1); returns (generator, TrainInfo). on_step(t, loss) is
+  called after each step (progress for a command line).
+
+  released: the post-processed release (μ̃, p̃); frequencies: the public W [F, d] with
+  d = prod(image_shape). Deterministic given its arguments (stateless latents and labels
+  from cfg.seed), so a test can compare two calls bit for bit.
+  """
+  means = tf.constant(released.means, tf.float32)
+  proportions = tf.constant(released.proportions, tf.float32)
+  num_classes = int(means.shape[0])
+  w = tf.constant(frequencies, tf.float32)
+  generator = make_generator(cfg, image_shape, num_classes)
+  schedule = tf.keras.optimizers.schedules.ExponentialDecay(
+      cfg.learning_rate, cfg.decay_every, cfg.lr_decay, staircase=True)
+  optimizer = tf.keras.optimizers.Adam(schedule)
+  log_p = tf.math.log(tf.maximum(proportions, 1e-12))[None, :]
+
+  @tf.function(jit_compile=False)
+  def step(t):
+    seed = tf.stack([tf.constant(cfg.seed, tf.int64), tf.cast(t, tf.int64)])
+    z = generators.sample_latent(cfg.batch_size, cfg.latent_dim, seed)
+    labels = tf.random.stateless_categorical(log_p, cfg.batch_size, seed + [0, 2**40],
+                                             dtype=tf.int32)[0]
+    with tf.GradientTape() as tape:
+      images = generator([z, labels], training=True)
+      loss = merf_loss(images, labels, means, proportions, w)
+    grads = tape.gradient(loss, generator.trainable_variables)
+    optimizer.apply_gradients(zip(grads, generator.trainable_variables))
+    return loss
+
+  losses = np.zeros([cfg.steps], np.float32)
+  for t in range(cfg.steps):
+    losses[t] = step(tf.constant(t, tf.int64)).numpy()
+    if on_step is not None:
+      on_step(t, float(losses[t]))
+  return generator, TrainInfo(losses)
+
+
+@dataclasses.dataclass(frozen=True)
+class ReleaseConfig:
+  """The one release: target (ε, δ) under add/remove (RDP accountant), F frequencies of
+  length scale ℓ (pixels in [−1, 1]; DP-MERF's 127 = ℓ² on [0, 1] pixels is ℓ ≈ 22.5 here)
+  drawn from the public `seed`, and the count entry's weight b."""
+
+  epsilon: float = 10.0
+  delta: float = 1e-5
+  num_frequencies: int = 5000
+  length_scale: float = 22.5
+  count_weight: float = 0.1
+  seed: int = 0
+
+  def __post_init__(self):
+    if not self.epsilon > 0 or not 0 < self.delta < 1:
+      raise ValueError(f"--epsilon must be > 0 and --delta in (0, 1), got {self.epsilon}, "
+                       f"{self.delta}")
+    if self.num_frequencies < 1:
+      raise ValueError(f"--num_frequencies must be ≥ 1, got {self.num_frequencies}")
+    if not 0 < self.count_weight < 1:
+      raise ValueError(f"--count_weight must be in (0, 1), got {self.count_weight}")
+    if not self.length_scale > 0:
+      raise ValueError(f"--length_scale must be > 0, got {self.length_scale}")
+
+
+@dataclasses.dataclass(frozen=True)
+class RunConfig:
+  """A whole run: where, which data (`datasets.load_dataset`), the release, the training."""
+
+  workdir: str
+  dataset: str = "fashion_mnist"
+  idx_dir: Optional[str] = None
+  data_dir: Optional[str] = None
+  insecure_fixed_key: bool = False
+  release: ReleaseConfig = ReleaseConfig()
+  train: MerfTrainConfig = MerfTrainConfig()
+
+
+def release_epsilon(params, delta: float) -> float:
+  """ε of the one release (RDP accountant, add/remove), from its dp_event."""
+  acc = dp_accounting.rdp.RdpAccountant(
+      neighboring_relation=dp_accounting.NeighboringRelation.ADD_OR_REMOVE_ONE)
+  acc.compose(mean_embedding.dp_event(params))
+  return float(acc.get_epsilon(delta))
+
+
+def plan_release(cfg: ReleaseConfig, input_dim: int):
+  """(frequencies W [F, d] float64, lattice params): σ is the smallest multiplier whose
+  release meets cfg.epsilon (`accounting.min_noise_multiplier` at q = 1, one step)."""
+  sigma = accounting.min_noise_multiplier(cfg.epsilon, cfg.delta, 1.0, 1, "rdp")
+  frequencies = mean_embedding.fourier_frequencies(input_dim, cfg.num_frequencies,
+                                                   cfg.length_scale, cfg.seed)
+  return frequencies, mean_embedding.release_params(sigma, 2 * cfg.num_frequencies + 1)
+
+
+def open_key(workdir: str, insecure_fixed_key: bool, seed: int) -> keys.PrivacyKey:
+  """The run's key: <workdir>/privacy_key if it exists, else a fresh one written there."""
+  path = os.path.join(workdir, rundir.KEY_FILE)
+  if files.exists(path):
+    source = keys.SOURCE_INSECURE if insecure_fixed_key else keys.SOURCE_OS
+    return keys.read_key_file(path, source)
+  key = keys.insecure_fixed(seed) if insecure_fixed_key else keys.generate()
+  files.makedirs(workdir)
+  keys.write_key_file(path, key)
+  return key
+
+
+def _read_npz(path: str) -> np.ndarray:
+  with np.load(io.BytesIO(files.read_bytes(path))) as z:
+    return z["released"]
+
+
+def _write_npz(path: str, released: np.ndarray) -> None:
+  buf = io.BytesIO()
+  np.savez(buf, released=released)
+  files.write_bytes_atomic(path, buf.getvalue())
+
+
+def privacy_report(cfg: ReleaseConfig, params, dataset_size: int, key) -> dict:
+  """privacy.json of a run: what was released, at which noise, and its ε."""
+  return {
+      "dp": True, "private": key.private, "mechanism": MECHANISM,
+      "epsilon": release_epsilon(params, cfg.delta), "delta": cfg.delta,
+      "target_epsilon": cfg.epsilon, "accountant": "rdp",
+      "noise_multiplier": params.noise_multiplier * 2.0,
+      "effective_noise_multiplier": mean_embedding.effective_noise_multiplier(params),
+      "dp_event": repr(mean_embedding.dp_event(params)), "steps": 1, "sample_rate": 1.0,
+      "dataset_size": dataset_size, "neighbouring_relation": accounting.NEIGHBOURING_RELATION,
+      "released": "S̃ = Σ e_y ⊗ [a·φ(x), b] + lattice noise (release.npz)",
+      "num_frequencies": cfg.num_frequencies, "length_scale": cfg.length_scale,
+      "count_weight": cfg.count_weight, "frequency_seed": cfg.seed,
+      "lattice_gamma": params.gamma, "key_source": key.source,
+  }
+
+
+def release_once(cfg: RunConfig, dataset, key) -> tuple:
+  """(S̃, frequencies, params, privacy report): S̃ read from <workdir>/release.npz when a
+  previous attempt made it, else released now (and written before anything else)."""
+  frequencies, params = plan_release(cfg.release, int(np.prod(dataset.image_shape)))
+  path = os.path.join(cfg.workdir, RELEASE_FILE)
+  if files.exists(path):
+    released = _read_npz(path)
+  else:
+    seed = keys.step_seed(key, 0, keys.STREAM_MEAN_EMBEDDING)
+    released = mean_embedding.release(dataset.images, dataset.labels, frequencies,
+                                      dataset.num_classes, cfg.release.count_weight, params,
+                                      seed)
+    _write_npz(path, released)
+  report = privacy_report(cfg.release, params, len(dataset), key)
+  files.write_json_atomic(os.path.join(cfg.workdir, rundir.REPORT_FILE), report)
+  return released, frequencies, params, report
+
+
+def run(cfg: RunConfig, on_step: Optional[Callable[[int, float], None]] = None) -> dict:
+  """The whole run; returns {"export": path, "privacy": report, "final_loss": float}."""
+  dataset = datasets.load_dataset(cfg.dataset, cfg.data_dir, cfg.idx_dir)
+  key = open_key(cfg.workdir, cfg.insecure_fixed_key, cfg.release.seed)
+  released, frequencies, _, report = release_once(cfg, dataset, key)
+  spec = data_spec.DataSpec(source=cfg.dataset, image_shape=tuple(dataset.image_shape),
+                            label_names=tuple(dataset.label_names))
+  del dataset                 # training below sees the release and public values only
+  embeddings = mean_embedding.class_embeddings(released, cfg.release.count_weight)
+  generator, info = train_generator(embeddings, frequencies, spec.image_shape, cfg.train,
+                                    on_step)
+  metadata = {k: report[k] for k in ("dp", "epsilon", "delta", "accountant", "mechanism",
+                                     "noise_multiplier", "steps", "target_epsilon",
+                                     "dataset_size")}
+  metadata.update(dataset=cfg.dataset, label_names=list(spec.label_names),
+                  data_spec=spec.to_json(), private=report["private"])
+  path = export_lib.export_generator(generator, os.path.join(cfg.workdir, "export"),
+                                     metadata=metadata)
+  return {"export": path, "privacy": report, "final_loss": float(info.losses[-1])}
