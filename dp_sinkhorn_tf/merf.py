@@ -20,7 +20,7 @@ from absl import flags
 from dp_sinkhorn_tf import cli
 
 FLAGS = flags.FlagValues()  # private registry (cli)
-flags.DEFINE_string("workdir", None, "Run directory (created).", flag_values=FLAGS)
+cli.define_shared("workdir", "Run directory (created).", flag_values=FLAGS)
 flags.DEFINE_string("dataset", "fashion_mnist", "Built-in private set (its training split).",
                     flag_values=FLAGS)
 flags.DEFINE_string("idx_dir", None, "Folder with MNIST / Fashion-MNIST IDX files.",
@@ -34,8 +34,8 @@ flags.DEFINE_float("length_scale", 22.5, "Gaussian kernel length scale ℓ (pixe
                    flag_values=FLAGS)
 flags.DEFINE_float("count_weight", 0.1, "Weight b of the class-count entry of each record's "
                    "embedding (the features get √(1 − b²)).", flag_values=FLAGS)
-flags.DEFINE_integer("seed", 0, "Public seed: frequencies, initialisation, latents, labels.",
-                     flag_values=FLAGS)
+cli.define_shared("seed", "Public seed: frequencies, initialisation, latents, labels.", 0,
+                  flag_values=FLAGS)
 flags.DEFINE_boolean("insecure_fixed_key", False, "Derive the key from --seed (tests only: NO "
                      "privacy).", flag_values=FLAGS)
 flags.DEFINE_string("architecture", "dcgan", "Generator: dcgan | biggan | mlp.",

@@ -91,7 +91,8 @@ def make_generator(cfg: MerfTrainConfig, image_shape: Sequence[int], num_classes
   tf.keras.utils.set_random_seed(cfg.seed)     # public: the initialisation only
   return generators.make_generator(cfg.architecture, tuple(image_shape), num_classes,
                                    latent_dim=cfg.latent_dim, embed_dim=cfg.embed_dim,
-                                   hidden=cfg.hidden, depth=cfg.depth, output=cfg.output)
+                                   hidden=cfg.hidden, depth=cfg.depth, output=cfg.output,
+                                   precision="float32")
 
 
 def train_generator(released: mean_embedding.ClassEmbeddings, frequencies: np.ndarray,
