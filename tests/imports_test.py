@@ -51,7 +51,7 @@ LAYERS = (
     {"data", "release"},
     {"train"},
     {"evaluation"},
-    {"main", "export", "sample", "evaluate", "audit", "bench", "cli"},
+    {"main", "export", "sample", "evaluate", "audit", "merf", "bench", "cli"},
 )
 
 
@@ -195,7 +195,7 @@ def test_pure_math_modules_import_no_flags_and_no_application_code(module):
 _FLAG_CHECK = """
 import sys
 from absl import flags
-from dp_sinkhorn_tf import audit, bench, evaluate, export, main, sample
+from dp_sinkhorn_tf import audit, bench, evaluate, export, main, merf, sample
 flags.FLAGS.unparse_flags()
 main.parse_flags(["main", "--flagfile=launch/fashion_mnist_cpu.flags", "--workdir=unused"])
 cfg = main.config_from_flags(flags.FLAGS)
