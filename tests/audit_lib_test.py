@@ -30,7 +30,7 @@ def setting():
   import tensorflow as tf
   cfg = config_lib.TrainConfig(
       batch_size=8, steps=None,
-      model=config_lib.ModelConfig("dcgan", latent_dim=4, embed_dim=2, hidden=4,
+      model=config_lib.ModelConfig(architecture="dcgan", latent_dim=4, embed_dim=2, hidden=4,
                                    output="clip"),
       loss=config_lib.LossConfig(cost="l1l2", class_matching=True,
                                  solver=sinkhorn.SinkhornConfig(epsilon=0.5,
