@@ -70,12 +70,17 @@ def compute_epsilon(q: float, noise_multiplier: float, steps: int, delta: float,
     return 0.0
   if noise_multiplier == 0:
     return math.inf
+  return _epsilon_of(dp_event(q, noise_multiplier, steps), delta, accountant)
+
+
+def _epsilon_of(event: dp_accounting.DpEvent, delta: float, accountant: str) -> float:
+  """ε at δ of `event` under add/remove neighbours, by the named accountant."""
   if accountant == "rdp":
     acc = dp_accounting.rdp.RdpAccountant(neighboring_relation=_RELATION)
   else:
     acc = dp_accounting.pld.PLDAccountant(neighboring_relation=_RELATION,
                                           value_discretization_interval=PLD_DISCRETIZATION)
-  acc.compose(dp_event(q, noise_multiplier, steps))
+  acc.compose(event)
   return float(acc.get_epsilon(delta))
 
 
@@ -416,13 +421,7 @@ def composed_epsilon(stages, delta: float, accountant: str = "rdp") -> float:
     return 0.0
   if any(s.noise_multiplier == 0 for s in stages):
     return math.inf
-  if accountant == "rdp":
-    acc = dp_accounting.rdp.RdpAccountant(neighboring_relation=_RELATION)
-  else:
-    acc = dp_accounting.pld.PLDAccountant(neighboring_relation=_RELATION,
-                                          value_discretization_interval=PLD_DISCRETIZATION)
-  acc.compose(composed_event(stages))
-  return float(acc.get_epsilon(delta))
+  return _epsilon_of(composed_event(stages), delta, accountant)
 
 
 def _solve_stage(stage: Stage, epsilon: float, delta: float, accountant: str) -> Stage:
