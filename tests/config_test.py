@@ -17,6 +17,13 @@ from dp_sinkhorn_tf.train import train_flags
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+# The solver's internals: no flag, hashed under their config path (a resume that changes one,
+# e.g. a run started before the annealing levels were solved, is refused).
+SOLVER_INTERNALS = {"loss.solver.stabilized_kernel", "loss.solver.absorb_threshold",
+                    "loss.solver.compile_solver", "loss.solver.anneal_threshold",
+                    "loss.solver.anneal_max_iterations"}
+
+
 def test_every_training_flag_is_hashed_or_allow_listed_never_both():
   cfg = config_lib.TrainConfig()
   hashed = {name for name in config_lib.gradient_flags(cfg) if "." not in name}
@@ -26,8 +33,7 @@ def test_every_training_flag_is_hashed_or_allow_listed_never_both():
   assert not hashed & allowed
   # The nested fields no flag sets are hashed under their config path.
   nested = {name for name in config_lib.gradient_flags(cfg) if "." in name}
-  assert nested == {"loss.solver.stabilized_kernel", "loss.solver.absorb_threshold",
-                    "loss.solver.compile_solver"}
+  assert nested == SOLVER_INTERNALS
 
 
 def test_the_hash_changes_with_a_shaping_field_and_not_with_an_allow_listed_one():
@@ -103,8 +109,7 @@ def test_every_config_field_has_exactly_one_flag_and_every_flag_one_field():
   assert len(set(paths)) == len(paths) and len(set(names)) == len(names)
   unflagged = set(_leaf_paths(config_lib.TrainConfig)) - set(paths)
   # Only the solver's internals have no flag (they are hashed under their path, above).
-  assert unflagged == {"loss.solver.stabilized_kernel", "loss.solver.absorb_threshold",
-                       "loss.solver.compile_solver"}
+  assert unflagged == SOLVER_INTERNALS
   assert {f.name for f in train_flags.flags_of(flags.FLAGS)} == set(names)
   assert all(config_lib.flag_name(spec.path) == spec.name for spec in SPECS)
 

@@ -97,7 +97,7 @@ class _ZeroMechanism:
                                        "bfloat16_convs"])
 def test_no_leak_zero_release_leaves_weights_unmoved(precision):
   model = build_model(tiny_config(model=config_lib.ModelConfig(
-      "dcgan", latent_dim=4, embed_dim=2, hidden=4, precision=precision)))
+      architecture="dcgan", latent_dim=4, embed_dim=2, hidden=4, precision=precision)))
   model.mechanism = _ZeroMechanism()
   before = [v.numpy().copy() for v in model.generator.trainable_variables]
   step = tf.function(model.train_step)
