@@ -215,6 +215,16 @@ def test_roc_plot_is_a_png_with_one_panel_per_roc_panel(tmp_path):
   assert width == round(2 * 4.8 * 110)  # two panels of 4.8 inches at 110 dpi
 
 
+def test_roc_plot_draws_a_panel_whose_attack_has_an_empty_side(tmp_path):
+  # A run audit draws each canary in with probability 1/2: with few canaries, every one may be
+  # in, and the "out" scores are empty (this once divided by zero in a full-suite run).
+  path = str(tmp_path / "roc.png")
+  audit_lib.plot_roc(path, [audit_lib.RocPanel("a", 1.0, 1e-5,
+                                               (("x", np.zeros(0), np.arange(3.0), 0.0),))])
+  with open(path, "rb") as fh:
+    assert fh.read(8) == b"\x89PNG\r\n\x1a\n"
+
+
 def test_a_failed_training_ends_the_run_audit_with_its_code_and_no_report(tmp_path):
   cfg = config_lib.TrainConfig(batch_size=8, steps=10,
                                run=config_lib.RunConfig(workdir=str(tmp_path / "run")))

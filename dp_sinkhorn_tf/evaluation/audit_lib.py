@@ -461,6 +461,8 @@ def plot_roc(path: str, panels) -> None:
     ax.fill_between(grid, 0, region, color="tab:green", alpha=0.15,
                     label=f"allowed by {panel.bound_name} ε={bound}")
     for color, (label, s_out, s_in, measured) in zip(colors, panel.attacks):
+      if not len(s_out) or not len(s_in):  # e.g. every canary drawn in: no curve to draw
+        continue
       fpr, tpr = auditing.roc(np.asarray(s_out), np.asarray(s_in))
       # FPR 0 drawn at half a trial (a log axis has no 0): a perfect attack shows in the
       # corner instead of vanishing.

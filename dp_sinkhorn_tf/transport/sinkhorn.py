@@ -157,7 +157,8 @@ def _log_phase(cost, log_a, log_b, f, g, config: SinkhornConfig):
     return f, relax(g, g_full, omega), it + 1, _column_marginal_error(log_b, g, g_full, eps)
 
   inf = tf.constant(float("inf"), cost.dtype)
-  return tf.while_loop(cond, body, (f, g, 0, inf))
+  return tf.while_loop(cond, body, (f, g, 0, inf),
+                       shape_invariants=(_VECTOR, _VECTOR, _SCALAR, _SCALAR))
 
 
 def _plan(cost, log_a, log_b, f, g, eps):
@@ -223,8 +224,15 @@ def _kernel_phase(cost, log_a, log_b, f, g, config: SinkhornConfig):
   f = softmin_rows(cost, log_b, g, eps)
   kernel = _plan(cost, log_a, log_b, f, g, eps)
   state = (f, g, tf.ones_like(log_a), tf.ones_like(log_b), kernel, 0, inf)
-  f, g, u, v, _, it, err = tf.while_loop(cond, body, state)
+  f, g, u, v, _, it, err = tf.while_loop(
+      cond, body, state,
+      shape_invariants=(_VECTOR, _VECTOR, _VECTOR, _VECTOR, _MATRIX, _SCALAR, _SCALAR))
   return f + eps * _safe_log(u), g + eps * _safe_log(v), it, err
+
+
+# The loops' shape invariants: a potential's length may be static on entry and unknown after
+# a step (a bucket-padded batch traces with partly unknown shapes), so none is promised.
+_VECTOR, _MATRIX, _SCALAR = tf.TensorShape([None]), tf.TensorShape([None, None]), tf.TensorShape([])
 
 
 def _safe_log(scaling: tf.Tensor) -> tf.Tensor:
@@ -272,7 +280,8 @@ def solve_potentials(cost: tf.Tensor, log_a: tf.Tensor, log_b: tf.Tensor,
     return eps, f, g, tf.where(done, 0, level_iterations), it + 1
 
   _, f, g, _, iterations = tf.while_loop(
-      anneal_cond, anneal_body, (eps0, tf.zeros_like(log_a), tf.zeros_like(log_b), 0, 0))
+      anneal_cond, anneal_body, (eps0, tf.zeros_like(log_a), tf.zeros_like(log_b), 0, 0),
+      shape_invariants=(_SCALAR, _VECTOR, _VECTOR, _SCALAR, _SCALAR))
   if config.stabilized_kernel:
     f, g, final_iterations, err = _kernel_phase(cost, log_a, log_b, f, g, config)
   else:
