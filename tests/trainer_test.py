@@ -170,11 +170,13 @@ def test_mixed_precision_lowers_the_generator_and_never_the_mechanism(precision,
 @pytest.mark.parametrize("precision,rtol", [("mixed_bfloat16", 0.08), ("mixed_float16", 0.04),
                                             ("bfloat16_convs", 0.08)])
 def test_mixed_precision_gradients_match_float32(precision, rtol):
-  # Same weights, same step: the parameter gradients agree to the format's precision (the
-  # bfloat16 mantissa has 8 bits, float16's 11; measured 2–3 % through BN, Sinkhorn and
-  # back). float16 back-propagates G̃ times the loss scale (64 here): without the unscale
-  # the gradients would be 64 times too large.
-  key = keys.generate()  # the same private batch for both
+  # Same weights, same steps: the parameter gradients agree to the format's precision (the
+  # bfloat16 mantissa has 8 bits, float16's 11). One batch's error has a long tail (float16:
+  # median 1.4 %, 6.7 % seen once in 30 keys, through BN, the converged Sinkhorn and back), so
+  # the median over seven batches is compared; over 12 fresh keys it was at most 1.8 % (float16),
+  # 6.1 % (mixed_bfloat16), 5.3 % (bfloat16_convs). float16 back-propagates G̃ times the loss
+  # scale (64 here): without the unscale the gradients would be 64 times too large.
+  key = keys.generate()  # the same private batches for both
   reference = build_model(_precision_config("float32", dp=False), key=key)
   mixed = build_model(_precision_config(precision, dp=False), key=key)
   for target, source in zip(mixed.generator.variables, reference.generator.variables):
@@ -183,13 +185,15 @@ def test_mixed_precision_gradients_match_float32(precision, rtol):
     assert float(mixed.optimizer.loss_scale) == trainer.INITIAL_LOSS_SCALE
     mixed.compile(optimizer=tf.keras.mixed_precision.LossScaleOptimizer(
         tf.keras.optimizers.Adam(), dynamic=False, initial_scale=64.0))
-  step = tf.constant(1, tf.int64)
-  want, _ = reference.image_grad_gradients(step)
-  got, _ = mixed.image_grad_gradients(step)
-  got = np.concatenate([tf.reshape(g, [-1]).numpy() for g in got])
-  want = np.concatenate([tf.reshape(w, [-1]).numpy() for w in want])
-  assert got.dtype == np.float32
-  assert np.linalg.norm(got - want) <= rtol * np.linalg.norm(want)
+  errors = []
+  for step in range(1, 8):
+    want, _ = reference.image_grad_gradients(tf.constant(step, tf.int64))
+    got, _ = mixed.image_grad_gradients(tf.constant(step, tf.int64))
+    got = np.concatenate([tf.reshape(g, [-1]).numpy() for g in got])
+    want = np.concatenate([tf.reshape(w, [-1]).numpy() for w in want])
+    assert got.dtype == np.float32
+    errors.append(np.linalg.norm(got - want) / np.linalg.norm(want))
+  assert np.median(errors) <= rtol, errors
 
 
 def test_mixed_float16_is_refused_where_loss_scaling_would_see_private_data():
