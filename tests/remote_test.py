@@ -26,6 +26,7 @@ from dp_sinkhorn_tf.data import sources
 from dp_sinkhorn_tf.data import spec as data_spec
 from dp_sinkhorn_tf.evaluation import audit_lib
 from dp_sinkhorn_tf.io import files
+from dp_sinkhorn_tf.release import synthetic
 
 TINY = ["--dataset=digits", "--batch_size=16", "--hidden=4", "--latent_dim=4", "--embed_dim=2",
         "--noise_multiplier=1", "--target_epsilon=10", "--checkpoint_every=5",
@@ -116,7 +117,7 @@ def test_sample_writes_a_grid_and_a_synthetic_folder_read_back_from_ram(root, tr
   loaded = sources.load(data_spec.parse_source(f"folder:{out}"), "train", sources.Options())
   assert loaded.pixels.shape == (30, 8, 8, 1) and loaded.notes == ()
   assert np.bincount(loaded.labels).tolist() == [3] * 10
-  drawn = sample.draw(f"{model}/1", list(range(10)), 3, 5)
+  drawn = synthetic.draw(f"{model}/1", list(range(10)), 3, 5)
   np.testing.assert_array_equal(loaded.pixels, drawn["images_uint8"])  # same order here
   # npz and TFRecords on ram:// too, read back by their sources.
   for fmt, arg in (("npz", f"{root}/syn_npz/synthetic.npz"),

@@ -1,5 +1,6 @@
 """Tests for the dp_sinkhorn_tf.sample command line: PNG / NPZ output, flag errors."""
 
+import dataclasses
 import os
 import shutil
 import subprocess
@@ -11,7 +12,7 @@ import tensorflow as tf
 
 from dp_sinkhorn_tf import sample
 from dp_sinkhorn_tf.models import generators
-from dp_sinkhorn_tf.release import export_lib
+from dp_sinkhorn_tf.release import export_lib, synthetic
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
@@ -91,7 +92,7 @@ def test_failed_write_leaves_no_file(model, tmp_path, monkeypatch):
   def boom(*args, **kwargs):
     raise OSError("disk full")
 
-  monkeypatch.setattr(sample.np, "savez", boom)
+  monkeypatch.setattr(synthetic.np, "savez", boom)
   with pytest.raises(OSError, match="disk full"):
     sample.main(["sample", f"--model={model_dir}", "--labels=1", "--num_per_label=1",
                  f"--out={tmp_path / 'x.npz'}"])
@@ -122,7 +123,7 @@ def test_bad_flags_fail_in_one_line_and_write_nothing(model, tmp_path, args, fla
 
 def test_sample_config_is_the_checked_flags(model, tmp_path):
   model_dir, _ = model
-  names = {f.name for f in sample.dataclasses.fields(sample.SampleConfig)}
+  names = {f.name for f in dataclasses.fields(synthetic.SampleConfig)}
   assert set(sample.FLAGS) <= names  # every flag, plus what checking it resolved
   out = str(tmp_path / "grid.PNG")
   sample.FLAGS(["sample", f"--model={model_dir}", "--labels=3, 1", f"--out={out}", "--seed=-4"])
@@ -133,7 +134,7 @@ def test_sample_config_is_the_checked_flags(model, tmp_path):
   assert cfg.version_dir == os.path.join(model_dir, "2") and cfg.version == 2
   assert cfg.labels == (3, 1) and cfg.suffix == ".png" and cfg.seed == -4
   assert cfg.num_per_label == 8 and cfg.metadata["epsilon"] == 1.5
-  with pytest.raises(sample.dataclasses.FrozenInstanceError):
+  with pytest.raises(dataclasses.FrozenInstanceError):
     cfg.seed = 0
   assert os.listdir(tmp_path) == []  # checking writes nothing
 
@@ -149,24 +150,6 @@ def test_a_corrupt_saved_model_is_one_line_naming_the_file(model, tmp_path):
   assert proc.returncode == 2 and len(errors) == 1, proc.stderr[-2000:]
   assert "saved_model.pb" in errors[0] and "Traceback" not in proc.stderr
   assert not out.exists()
-
-
-def test_labels_by_name_or_index():
-  names = ["cat", "dog", "owl"]
-  assert sample.parse_labels("owl,cat", names) == [2, 0]
-  assert sample.parse_labels("1, owl", names) == [1, 2]  # mixed
-  assert sample.parse_labels(None, names) == [0, 1, 2]
-  # A name wins over an index: folders named "1", "2", "3" are classes 0, 1, 2.
-  assert sample.parse_labels("1,3", ["1", "2", "3"]) == [0, 2]
-  assert sample.parse_labels("0", ["1", "2", "3"]) == [0]
-  # An unlabelled (one-class) model: the label is optional, and 0 or its name work.
-  assert sample.parse_labels(None, ["all"]) == [0]
-  assert sample.parse_labels("all,0", ["all"]) == [0, 0]
-  with pytest.raises(sample.FlagError, match=r"^--labels=emu: 'emu' is neither a class name "
-                     r"\(cat, dog, owl\) nor a class index in \[0, 3\)"):
-    sample.parse_labels("emu", names)
-  with pytest.raises(sample.FlagError, match=r"3 outside \[0, num_classes=3\)"):
-    sample.parse_labels("3", names)
 
 
 # ---- synthetic data sets: --format=folder|npz|tfrecord ------------------------------------
@@ -224,7 +207,7 @@ def test_a_synthetic_data_set_is_read_back_by_its_data_source(named_model, tmp_p
   assert sample.main(["sample", f"--model={named_model}", f"--format={fmt}",
                       "--num_per_label=5", "--seed=7", f"--out={out}"]) == 0
   # What sample drew: the export's images_uint8, label-major, from seed 7.
-  drawn = sample.draw(named_model, [0, 1, 2], 5, 7)
+  drawn = synthetic.draw(named_model, [0, 1, 2], 5, 7)
   expected = _by_class(drawn["images_uint8"], drawn["labels"], NAMES)
   loaded = _read_back(fmt, out)
   assert loaded.pixels.shape == (15, 8, 8, 3) and loaded.pixels.dtype == np.uint8
@@ -284,12 +267,6 @@ def test_an_unlabelled_model_writes_a_flat_folder(flat_model, tmp_path):
 
 def test_proportions_are_rounded_to_sum_to_num(named_model, tmp_path):
   import json
-  assert sample.largest_remainder(7, [0.3, 0.7]) == [2, 5]
-  assert sample.largest_remainder(10, [1, 1, 1]) == [4, 3, 3]  # a tie: the first listed
-  assert sample.largest_remainder(5, [0.5, 0, 0.5]) == [3, 0, 2]
-  assert sample.largest_remainder(1, [0.2, 0.3, 0.5]) == [0, 0, 1]
-  for total in (1, 2, 9, 100, 1001):
-    assert sum(sample.largest_remainder(total, [0.11, 0.52, 0.37])) == total
   out = tmp_path / "p"
   assert sample.main(["sample", f"--model={named_model}", "--format=npz", "--num=7",
                       "--proportions=cat:0.3,dog:0.7", f"--out={out}"]) == 0
