@@ -195,7 +195,8 @@ def _child(argv) -> int:
   if argv[0] == "loop":
     from dp_sinkhorn_tf.train import bench_loop
     steps_per_call = None if argv[2] == "unset" else int(argv[2])
-    print("RESULT " + json.dumps(bench_loop.run(argv[1], steps_per_call)), flush=True)
+    steps = int(argv[3]) if len(argv) > 3 and argv[3] else None
+    print("RESULT " + json.dumps(bench_loop.run(argv[1], steps_per_call, steps)), flush=True)
     return 0
   kind, name, repeats, jit = argv[0], argv[1], int(argv[2]), argv[3] == "1"
   strategy, devices = argv[4], (int(argv[5]) if argv[5] != "0" else None)
@@ -262,6 +263,9 @@ flags.DEFINE_integer("rounds", 3, "Interleaved rounds (fresh processes) with --p
 flags.DEFINE_integer("steps_timed", 60, "noise suite: timed steps of each variant (exact and "
                      "float32 noise, interleaved in one process).", lower_bound=1,
                      flag_values=FLAGS)
+flags.DEFINE_integer("loop_steps", None, "loop suite: steps of each loop (default: the "
+                     "config's, `train/bench_loop.CONFIGS`).", lower_bound=200,
+                     flag_values=FLAGS)
 flags.DEFINE_enum("precision", "flagfile", ["flagfile", *PRECISIONS, "compare"],
                   "train suite: the generator's policy (flagfile: the flagfile's --precision); "
                   "compare: float32 and --compare_with interleaved, both medians and the "
@@ -292,6 +296,7 @@ class BenchConfig:
   peer: str
   rounds: int
   steps_timed: int
+  loop_steps: Optional[int]
   precision: str
   compare_with: str
   peer_python: Optional[str]
@@ -332,7 +337,7 @@ def run(cfg: BenchConfig) -> int:
     elif kind == "train" and cfg.precision == "compare":
       result = _precision_compare(name, cfg, cfg.compare_with)
     elif kind == "loop":
-      result = _loop_compare(name, cfg.rounds)
+      result = _loop_compare(name, cfg.rounds, cfg.loop_steps)
     elif kind == "noise":
       result = _child_result(name, ["noise", name, str(cfg.steps_timed)])
     else:
@@ -394,7 +399,7 @@ def _precision_compare(name: str, cfg: BenchConfig, low: str) -> dict:
   return out
 
 
-def _loop_compare(name: str, rounds: int) -> dict:
+def _loop_compare(name: str, rounds: int, steps: Optional[int]) -> dict:
   """The whole training loop with one call per step (--steps_per_call=1) and with the flag
   unset (a call per log interval), alternating fresh processes `rounds` times: the medians
   of ms/step, the speed-up (K=1 / unset) and each variant's host syncs between log points."""
@@ -403,7 +408,7 @@ def _loop_compare(name: str, rounds: int) -> dict:
   runs = {"1": [], "unset": []}
   for _ in range(rounds):
     for k in runs:
-      runs[k].append(_child_result(name, ["loop", name, k]))
+      runs[k].append(_child_result(name, ["loop", name, k, str(steps or "")]))
   for result in runs["1"] + runs["unset"]:
     if "error" in result:
       return {"config": name, "error": result["error"]}

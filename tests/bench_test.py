@@ -53,8 +53,8 @@ def test_precision_compare_prints_both_medians_and_their_ratio_in_one_line():
 
 
 def test_loop_suite_prints_both_loops_their_ratio_and_host_syncs_in_one_line():
-  result = one_line(run_bench("loop", "--only=digits_loop", "--rounds=1"))
-  assert result["config"] == "digits_loop" and result["rounds"] == 1
+  result = one_line(run_bench("loop", "--only=digits_loop", "--rounds=1", "--loop_steps=400"))
+  assert result["config"] == "digits_loop" and result["rounds"] == 1 and result["steps"] == 400
   assert result["ms_per_step_k1_rounds"] == [result["ms_per_step_k1"]]
   assert result["speedup"] == pytest.approx(result["ms_per_step_k1"] / result["ms_per_step"],
                                             abs=0.01)
