@@ -42,7 +42,7 @@ import tensorflow as tf
 from dp_sinkhorn_tf.io import checkpoints, events, files, rundir
 from dp_sinkhorn_tf.privacy import accounting
 from dp_sinkhorn_tf.train import config as config_lib
-from dp_sinkhorn_tf.train import distribute, provenance, summaries, trainer
+from dp_sinkhorn_tf.train import distribute, provenance, summaries, trainer, warm_start
 
 
 @dataclasses.dataclass
@@ -125,6 +125,11 @@ def train(cfg: config_lib.TrainConfig, images: np.ndarray, labels: np.ndarray,
   if state is None:
     state = provenance.open_run(cfg, plan, images, labels, chief, pixel_max, groups)
   ledger = state.ledger
+  if ledger is not None and warm_start.stage_of(plan) is not None:  # before step 0 (charged)
+    _, ledger = warm_start.ensure_release(run.workdir, plan, ledger, state.key, images, labels,
+                                          num_classes, cfg.privacy.warm_start_resolution,
+                                          pixel_max)
+    state = dataclasses.replace(state, ledger=ledger)
   strategy = distribute.make_strategy(run.strategy, run.num_devices)
   distribute.check_split(cfg.num_generated, strategy.num_replicas_in_sync)
   with strategy.scope():
