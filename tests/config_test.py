@@ -189,7 +189,8 @@ def test_warm_start_flags_are_checked_and_hashed():
   assert cfg.privacy.warm_start == "none"
   for bad in ({"warm_start_share": 0.0}, {"warm_start_share": 1.0},
               {"warm_start_share": float("nan")}, {"warm_start_resolution": 0},
-              {"warm_start": "other"}, {"warm_start": "class_means", "dp": False}):
+              {"warm_start_steps": -1}, {"warm_start": "other"},
+              {"warm_start": "class_means", "dp": False}):
     with pytest.raises(ValueError, match="--warm_start"):
       config_lib.PrivacyConfig(**bad)
   with pytest.raises(ValueError, match="--warm_start"):

@@ -7,12 +7,13 @@ import os
 
 import numpy as np
 import pytest
+import tensorflow as tf
 
 from dp_sinkhorn_tf.data import datasets
 from dp_sinkhorn_tf.io import rundir
 from dp_sinkhorn_tf.privacy import accounting, class_means
 from dp_sinkhorn_tf.train import config as config_lib
-from dp_sinkhorn_tf.train import provenance, train_lib, trainer, warm_start
+from dp_sinkhorn_tf.train import merf_lib, provenance, train_lib, trainer, warm_start
 from dp_sinkhorn_tf.transport import sinkhorn
 
 RNG = np.random.default_rng(0)
@@ -133,7 +134,7 @@ def _digits_config(workdir):
       loss=config_lib.LossConfig(cost="l1l2", solver=sinkhorn.SinkhornConfig(
           epsilon=0.5, max_iterations=20)),
       privacy=config_lib.PrivacyConfig(target_epsilon=3.0, warm_start="class_means",
-                                       warm_start_resolution=4),
+                                       warm_start_resolution=4, warm_start_steps=20),
       run=config_lib.RunConfig(workdir=str(workdir), log_every=1, sample_every=10**6,
                                checkpoint_every=3, insecure_fixed_key=True, export=False))
 
@@ -170,3 +171,60 @@ def test_a_kill_between_the_release_and_the_first_step_then_a_resume(tmp_path, m
   fresh = dataclasses.replace(final, stages=[dict(s, steps_taken=s["steps"])
                                              for s in plan.ledger_stages()])
   assert fresh.epsilon() == final.epsilon()
+
+
+def _weights(model):
+  return [v.numpy() for v in model.variables]
+
+
+def test_pretraining_is_a_function_of_the_release_alone_and_is_the_step_zero_checkpoint(
+    tmp_path, monkeypatch):
+  """The run is killed at its first DP-Sinkhorn call; its step-0 checkpoint holds the
+  pre-trained generator. Pre-training a fresh generator again from the release file and the
+  public flags, with no private data anywhere in reach, gives the same weights; a resume
+  restores them instead of pre-training again."""
+  cfg = _digits_config(tmp_path / "run")
+  plan = accounting.plan_privacy(cfg, len(DIGITS.images))
+
+  def killed(*args, **kwargs):
+    raise _Crash()
+
+  monkeypatch.setattr(train_lib.DeviceSteps, "run", killed)
+  with pytest.raises(_Crash):
+    train_lib.train(cfg, DIGITS.images, DIGITS.labels, 10, plan)
+  ckpt_dir = rundir.path(cfg.run.workdir, rundir.CHECKPOINT_DIR)
+  latest = tf.train.latest_checkpoint(ckpt_dir)
+  assert latest.endswith("-0")
+  stored = trainer.make_generator(cfg, DIGITS.image_shape, 10, build=True)
+  tf.train.Checkpoint(generator=stored).restore(latest).expect_partial()
+
+  # No private data from here on: the release file and public flags only.
+  released = merf_lib.read_release(rundir.path(cfg.run.workdir, rundir.WARM_START_FILE))
+  central = warm_start.central_images(released, DIGITS.image_shape, 4)
+  tf.keras.utils.set_random_seed(cfg.run.seed)   # build_model's initialisation
+  fresh = trainer.make_generator(cfg, DIGITS.image_shape, 10, build=True)
+  initial = _weights(fresh)
+  losses = warm_start.pretrain(fresh, central, 20, cfg.run.seed)
+  assert losses[-1] < losses[0]
+  for got, want, init in zip(_weights(stored), _weights(fresh), initial):
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+  assert max(np.abs(a - b).max() for a, b in zip(_weights(fresh), initial)) > 1e-3
+
+  monkeypatch.undo()
+  monkeypatch.setattr(warm_start, "pretrain", killed)   # a resume must not fit again
+  result = train_lib.train(cfg, DIGITS.images, DIGITS.labels, 10, plan)
+  assert result.steps_run == 6
+
+
+def test_augmented_targets_are_shifted_noisy_upsampled_central_images():
+  central = -np.ones((2, 2, 2, 1), np.float32)
+  central[1, 0, 0, 0] = 1.0                    # class 1: a white top-left cell
+  labels = tf.constant([0, 1, 1], tf.int32)
+  out = warm_start.augmented_targets(tf.constant(central), labels, (8, 8, 1),
+                                     tf.constant([3, 4], tf.int64)).numpy()
+  assert out.shape == (3, 8, 8, 1) and out.min() >= -1 and out.max() <= 1
+  assert out[0].mean() < -0.9                  # black stays black (noise, clamped)
+  assert out[1, :4, :4].mean() > out[1, 4:, 4:].mean() + 0.5
+  again = warm_start.augmented_targets(tf.constant(central), labels, (8, 8, 1),
+                                       tf.constant([3, 4], tf.int64)).numpy()
+  np.testing.assert_array_equal(out, again)

@@ -399,6 +399,9 @@ class PrivacyConfig:
       "steps plan with the rest; composed, the two spend --target_epsilon).")
   warm_start_resolution: int = option(
       7, "r: the warm start releases r×r mean images (must divide the image height and width).")
+  warm_start_steps: int = option(
+      300, "Non-private steps that fit the generator to augmented copies of the released "
+      "central images before DP-Sinkhorn step 0 (post-processing: no privacy cost).")
   # They see generated data only.
   public_clip: Optional[float] = option(
       None, "Clip norm of the released gradient of the generated images that meet no private "
@@ -431,6 +434,8 @@ class PrivacyConfig:
             self.warm_start_share)
     require(self.warm_start_resolution >= 1, "warm_start_resolution", "an integer ≥ 1",
             self.warm_start_resolution)
+    require(self.warm_start_steps >= 0, "warm_start_steps", "an integer ≥ 0",
+            self.warm_start_steps)
     require(self.dp or self.warm_start == "none", "warm_start",
             "none with --nodp (the warm start is a private release)", self.warm_start)
     if not self.dp:
@@ -604,9 +609,12 @@ class TrainConfig:
             or not self.privacy.dp, "optimizer",
             "adam or sgd with --mechanism=param_grad (TF Privacy's DP optimizer wraps "
             "Keras's legacy optimizers)", self.optim.optimizer)
-    require(self.privacy.warm_start == "none" or self.run.strategy != "multi_worker",
-            "warm_start", "none with --strategy=multi_worker (the chief alone would charge "
-            "and release it)", self.privacy.warm_start)
+    require(self.privacy.warm_start == "none" or self.run.strategy == "default",
+            "warm_start", "none with --strategy other than default (the release is charged "
+            "and the generator pre-trained on one device)", self.privacy.warm_start)
+    require(self.privacy.warm_start == "none" or self.data.privacy_unit == "record",
+            "warm_start", "none with --privacy_unit=group (its sensitivity is one record's)",
+            self.privacy.warm_start)
     if self.run.strategy != "default":
       distributable = [m for m, v in mechanisms.MECHANISMS.items() if v.distributable]
       require(mechanisms.get(self.privacy.mechanism).distributable, "mechanism",

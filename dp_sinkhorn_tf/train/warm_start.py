@@ -12,11 +12,19 @@ Order (the same guarantees as the DP-Sinkhorn steps, `train_lib`):
 
 A warm-start file in a workdir whose ledger never charged the stage belongs to no release this
 run made: it is refused.
+
+Pre-training (`pretrain`, post-processing only): before DP-Sinkhorn step 0 the generator is
+fitted for --warm_start_steps Adam steps to augmented copies of the released central images
+(upsampled bilinearly to H × W, shifted by up to ⌈H/14⌉ pixels, plus N(0, 0.05²) pixel noise,
+clamped to [−1, 1]), by the mean squared error to G(z, y) with y ~ p̃. It sees the release,
+the public config and its stateless seeds, nothing else; `train_lib` saves the result as
+the step-0 checkpoint, so a resume restores it instead of fitting again.
 """
 
 from typing import Optional, Sequence, Tuple
 
 import numpy as np
+import tensorflow as tf
 
 from dp_sinkhorn_tf.data import datasets
 from dp_sinkhorn_tf.io import files, rundir
@@ -81,3 +89,52 @@ def central_images(released: np.ndarray, image_shape: Sequence[int],
                    resolution: int) -> class_means.CentralImages:
   """The post-processed release: per-class r×r images in [−1, 1], p̃, ñ."""
   return class_means.central_images(released, image_shape, resolution, COUNT_WEIGHT)
+
+
+PRETRAIN_BATCH = 64
+PRETRAIN_LEARNING_RATE = 1e-3
+PIXEL_NOISE = 0.05
+
+
+def augmented_targets(central: tf.Tensor, labels: tf.Tensor, image_shape: Sequence[int],
+                      seed: tf.Tensor) -> tf.Tensor:
+  """Augmented copies of the central images of `labels`: central [K, r, r, C] float32 in
+  [−1, 1], labels [B] int32, seed [2] int64 → [B, H, W, C] float32 in [−1, 1]."""
+  height, width = int(image_shape[0]), int(image_shape[1])
+  pad = max(1, -(-height // 14))
+  up = tf.image.resize(tf.gather(central, labels), [height, width], method="bilinear")
+  padded = tf.pad(up, [[0, 0], [pad, pad], [pad, pad], [0, 0]], constant_values=-1.0)
+  batch = tf.shape(labels)[0]
+  shifts = tf.random.stateless_uniform([batch, 2], seed, 0, 2 * pad + 1, dtype=tf.int32)
+  rows = shifts[:, :1] + tf.range(height)[None, :]
+  cols = shifts[:, 1:] + tf.range(width)[None, :]
+  shifted = tf.gather(tf.gather(padded, rows, axis=1, batch_dims=1), cols, axis=2,
+                      batch_dims=1)
+  noise = tf.random.stateless_normal(tf.shape(shifted), seed + [0, 1]) * PIXEL_NOISE
+  return tf.clip_by_value(shifted + noise, -1.0, 1.0)
+
+
+def pretrain(generator: tf.keras.Model, central: class_means.CentralImages, steps: int,
+             seed: int) -> np.ndarray:
+  """Fits `generator` in place to augmented central images (module docstring); returns the
+  losses [steps] float32. Uses the release (`central`) and the public `seed` only, so two
+  calls on generators of equal weights give equal weights."""
+  images = tf.constant(central.images, tf.float32)
+  log_p = tf.math.log(tf.maximum(tf.constant(central.proportions, tf.float32), 1e-12))[None]
+  optimizer = tf.keras.optimizers.Adam(PRETRAIN_LEARNING_RATE)
+  shape = tuple(int(s) for s in generator.image_shape)
+
+  @tf.function
+  def step(t):
+    s = tf.stack([tf.constant(seed, tf.int64) + 7, tf.cast(t, tf.int64)])
+    labels = tf.random.stateless_categorical(log_p, PRETRAIN_BATCH, s, dtype=tf.int32)[0]
+    z = tf.random.stateless_uniform([PRETRAIN_BATCH, generator.latent_dim], s + [0, 2**40])
+    target = augmented_targets(images, labels, shape, s + [0, 2**41])
+    with tf.GradientTape() as tape:
+      out = tf.cast(generator([z, labels], training=True), tf.float32)
+      loss = tf.reduce_mean(tf.square(out - target))
+    grads = tape.gradient(loss, generator.trainable_variables)
+    optimizer.apply_gradients(zip(grads, generator.trainable_variables))
+    return loss
+
+  return np.array([step(tf.constant(t, tf.int64)).numpy() for t in range(steps)], np.float32)
