@@ -4,6 +4,7 @@ import dataclasses
 import json
 import math
 import os
+import types
 
 import dp_accounting
 import numpy as np
@@ -368,3 +369,114 @@ def test_a_stage_needs_one_free_parameter_at_most_and_a_valid_rate():
     accounting.Stage("x", 1.0, 0.0)
   with pytest.raises(ValueError, match="plan_stages first"):
     accounting.Stage("x", None).dp_event()
+
+
+# ---- the ledger of a run with a warm start ---------------------------------------------------
+
+WARM = {"name": "warm_start", "noise_multiplier": 6.0, "sample_rate": 1.0, "steps": 1,
+        "steps_taken": 0, "share": 0.1}
+
+
+def _by_hand(q, sigma, steps, warm_sigma, delta=1e-5):
+  """ε of Gaussian(warm σ) then T Poisson-sampled Gaussians, composed by dp_accounting."""
+  acc = dp_accounting.rdp.RdpAccountant()
+  acc.compose(dp_accounting.ComposedDpEvent([
+      dp_accounting.GaussianDpEvent(warm_sigma),
+      dp_accounting.SelfComposedDpEvent(
+          dp_accounting.PoissonSampledDpEvent(q, dp_accounting.GaussianDpEvent(sigma)), steps)]))
+  return acc.get_epsilon(delta)
+
+
+def test_ledger_composes_the_charged_warm_start_with_the_steps_taken():
+  ledger = _ledger(stages=[dict(WARM)], steps_taken=60)
+  # Not charged yet: the steps alone, exactly as a ledger without stages.
+  assert ledger.epsilon() == pytest.approx(_ledger(steps_taken=60).epsilon(), rel=1e-12)
+  assert not ledger.stage_charged("warm_start")
+  charged = ledger.charged_stage("warm_start")
+  assert charged.stage_charged("warm_start") and charged.charged_stage("warm_start") == charged
+  assert charged.epsilon() == pytest.approx(_by_hand(0.01, 1.0, 60, 6.0), rel=1e-9)
+  assert charged.epsilon() > ledger.epsilon()
+  # Charged, no step taken: the release alone, ε of one Gaussian at σ = 6.
+  only = dataclasses.replace(charged, steps_taken=0)
+  acc = dp_accounting.rdp.RdpAccountant()
+  acc.compose(dp_accounting.GaussianDpEvent(6.0))
+  assert only.epsilon() == pytest.approx(acc.get_epsilon(1e-5), rel=1e-9) and only.epsilon() > 0
+  with pytest.raises(KeyError):
+    ledger.charged_stage("nope")
+
+
+def test_ledger_with_stages_round_trips_and_an_old_one_loads_without(tmp_path):
+  path = str(tmp_path / "ledger.json")
+  ledger = _ledger(stages=[dict(WARM)]).charged_stage("warm_start").advanced(5)
+  ledger.save(path)
+  assert accounting.PrivacyLedger.load(path) == ledger
+  old = json.loads(_ledger(steps_taken=7).to_json())
+  del old["stages"]
+  (tmp_path / "old.json").write_text(json.dumps(old))
+  loaded = accounting.PrivacyLedger.load(str(tmp_path / "old.json"))
+  assert loaded.stages is None
+  assert loaded.epsilon() == accounting.compute_epsilon(0.01, 1.0, 7, 1e-5)
+  assert "stages" not in accounting.report(loaded, all_accountants=False)
+
+
+def test_report_shows_each_stage_its_share_and_epsilon_alone():
+  ledger = _ledger(stages=[dict(WARM)], steps_taken=60).charged_stage("warm_start")
+  rep = accounting.report(ledger, all_accountants=False)
+  warm, steps = rep["stages"]
+  assert (warm["name"], warm["share"], warm["steps_taken"]) == ("warm_start", 0.1, 1)
+  assert (steps["name"], steps["steps_taken"]) == ("dp_sinkhorn", 60)
+  assert steps["share"] == pytest.approx(0.9)
+  assert steps["epsilon_alone"] == pytest.approx(accounting.compute_epsilon(0.01, 1.0, 60, 1e-5))
+  assert max(warm["epsilon_alone"], steps["epsilon_alone"]) < rep["epsilon"]["rdp"] < (
+      warm["epsilon_alone"] + steps["epsilon_alone"])
+  assert rep["epsilon_planned"] == pytest.approx(_by_hand(0.01, 1.0, 100, 6.0), rel=1e-9)
+  # The curve starts from the charged release.
+  _, eps = accounting.epsilon_curve(ledger, num_points=3)
+  assert eps[0] == pytest.approx(_by_hand(0.01, 1.0, 1, 6.0), rel=1e-9)
+
+
+def test_a_resume_with_another_stage_plan_is_refused():
+  stored = _ledger(stages=[dict(WARM)]).charged_stage("warm_start").advanced(5)
+  accounting.check_compatible(stored, _ledger(stages=[dict(WARM)]))   # charged: same plan
+  with pytest.raises(ValueError, match="stages"):
+    accounting.check_compatible(stored, _ledger(stages=[dict(WARM, noise_multiplier=5.0)]))
+  with pytest.raises(ValueError, match="stages"):
+    accounting.check_compatible(stored, _ledger())
+
+
+def _cfg(steps=None, sigma=None, warm_start="class_means", share=0.1, batch=50):
+  privacy = types.SimpleNamespace(dp=True, noise_multiplier=sigma, target_epsilon=4.0,
+                                  delta=1e-5, accountant="rdp", warm_start=warm_start,
+                                  warm_start_share=share)
+  return types.SimpleNamespace(batch_size=batch, steps=steps, privacy=privacy)
+
+
+@pytest.mark.parametrize("steps, sigma", [(300, None), (None, 1.5)])
+def test_plan_privacy_splits_the_target_and_round_trips(steps, sigma):
+  plan = accounting.plan_privacy(_cfg(steps, sigma), 5000)
+  warm, dp = plan.stages
+  assert (warm.name, warm.sample_rate, warm.steps) == ("warm_start", 1.0, 1)
+  assert (dp.noise_multiplier, dp.steps) == (plan.noise_multiplier, plan.steps)
+  assert plan.stage_shares == (0.1, 0.9)
+  # Round trip: the plan's stages, composed by hand, spend the target from below.
+  by_hand = _by_hand(plan.sample_rate, plan.noise_multiplier, plan.steps, warm.noise_multiplier)
+  assert plan.epsilon == pytest.approx(by_hand, rel=1e-9) and 0.97 * 4.0 < plan.epsilon <= 4.0
+  # The split: each stage alone spends its share of one budget c·target.
+  c = [e / (w * 4.0) for e, w in zip(plan.stage_epsilons, plan.stage_shares)]
+  assert c[0] == pytest.approx(c[1], rel=0.05) and min(c) >= 1.0
+  # The same run without the warm start: more DP-Sinkhorn budget than with it.
+  alone = accounting.plan_privacy(_cfg(steps, sigma, warm_start="none"), 5000)
+  assert alone.stages == () and alone.ledger_stages() is None
+  assert (alone.noise_multiplier < plan.noise_multiplier if steps else
+          alone.steps > plan.steps)
+  assert plan.ledger_stages() == [{"name": "warm_start", "noise_multiplier":
+                                   warm.noise_multiplier, "sample_rate": 1.0, "steps": 1,
+                                   "steps_taken": 0, "share": 0.1}]
+
+
+def test_plan_privacy_with_fixed_steps_and_sigma_gives_the_rest_to_the_warm_start():
+  plan = accounting.plan_privacy(_cfg(200, 2.0), 5000)
+  assert (plan.steps, plan.noise_multiplier) == (200, 2.0)
+  assert 0.99 * 4.0 < plan.epsilon <= 4.0
+  with pytest.raises(ValueError, match="nothing for --warm_start"):
+    accounting.plan_privacy(_cfg(100000, 0.6), 5000)

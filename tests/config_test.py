@@ -182,3 +182,22 @@ def test_helpfull_of_main_lists_every_field(tmp_path):
     enum = f"<{'|'.join(spec.choices)}>: " if spec.choices else ""
     head = " ".join(spec.help.split()[:3])
     assert f"--{'[no]' if spec.type is bool else ''}{spec.name}: {enum}{head}" in words
+
+
+def test_warm_start_flags_are_checked_and_hashed():
+  cfg = config_lib.TrainConfig()
+  assert cfg.privacy.warm_start == "none"
+  for bad in ({"warm_start_share": 0.0}, {"warm_start_share": 1.0},
+              {"warm_start_share": float("nan")}, {"warm_start_resolution": 0},
+              {"warm_start_steps": -1}, {"warm_start": "other"},
+              {"warm_start": "class_means", "dp": False}):
+    with pytest.raises(ValueError, match="--warm_start"):
+      config_lib.PrivacyConfig(**bad)
+  with pytest.raises(ValueError, match="--warm_start"):
+    config_lib.TrainConfig(privacy=config_lib.PrivacyConfig(warm_start="class_means"),
+                           run=config_lib.RunConfig(strategy="multi_worker"))
+  digest = config_lib.flags_sha256(config_lib.gradient_flags(cfg))
+  for change in ({"warm_start": "class_means"}, {"warm_start_share": 0.2},
+                 {"warm_start_resolution": 14}):
+    other = dataclasses.replace(cfg, privacy=dataclasses.replace(cfg.privacy, **change))
+    assert config_lib.flags_sha256(config_lib.gradient_flags(other)) != digest, change

@@ -7,6 +7,7 @@ import pytest
 
 from dp_sinkhorn_tf.data import datasets
 from dp_sinkhorn_tf.io import rundir
+from dp_sinkhorn_tf.privacy import accounting
 from dp_sinkhorn_tf.train import console
 
 
@@ -22,6 +23,20 @@ def test_the_progress_line_labels_epsilon_with_the_unit_it_protects(capsys):
   on_log(5, 5, {"epsilon": 1.25, "secret": 3.0})
   out = capsys.readouterr().out
   assert "step 5/5" in out and "epsilon per group 1.25" in out and "secret" not in out
+
+
+def test_the_progress_line_shows_each_stage_share_of_a_run_with_stages(capsys):
+  plan = accounting.PrivacyPlan(
+      0.01, 1.2, 100, 4.0, 1e-5, "rdp",
+      stages=(accounting.Stage("warm_start", 6.0), accounting.Stage("dp_sinkhorn", 1.2, 0.01,
+                                                                    100)),
+      stage_epsilons=(0.9, 3.6), stage_shares=(0.25, 0.75))
+  console._progress_printer("record", plan)(5, 5, {"epsilon": 1.5})
+  out = capsys.readouterr().out
+  assert "epsilon per record 1.5000 · share warm_start 0.2500 · share dp_sinkhorn 0.7500" in out
+  console._progress_printer("record", accounting.PrivacyPlan(0.01, 1.2, 9, 4.0, 1e-5, "rdp"))(
+      5, 5, {"epsilon": 1.5})
+  assert "share" not in capsys.readouterr().out
 
 
 def test_the_first_signal_asks_for_a_stop_and_a_second_ctrl_c_interrupts(capsys):

@@ -74,9 +74,11 @@ def test_step_seeds_are_key_plus_stream_and_key_plus_step():
   # The mean-embedding release: its own first word too.
   np.testing.assert_array_equal(
       keys.step_seed(key, 0, keys.STREAM_MEAN_EMBEDDING).numpy(), [14, 20])
-  assert len(set(keys.STREAMS)) == 4
+  np.testing.assert_array_equal(
+      keys.step_seed(key, 0, keys.STREAM_WARM_START).numpy(), [15, 20])
+  assert len(set(keys.STREAMS)) == 5
   with pytest.raises(ValueError):
-    keys.step_seed(key, 0, 5)
+    keys.step_seed(key, 0, 6)
 
 
 def test_data_fingerprint_sees_one_changed_record_and_depends_on_the_key():

@@ -55,6 +55,7 @@ TENSORBOARD_DIR = "tensorboard"
 PRIVATE_DIR = "private_diagnostics"
 EXPORT_DIR = "export"
 DO_NOT_PUBLISH = "DO_NOT_PUBLISH.txt"
+WARM_START_FILE = "warm_start.npz"  # the warm start's one release (`train.warm_start`)
 AUDIT_DIR = "audit"  # `python -m dp_sinkhorn_tf.audit`'s default --audit_out
 AUDIT_CANARY_FILE = "audit_canaries.npz"
 
@@ -78,6 +79,7 @@ ARTEFACTS = (
      "assumption), unit of privacy"),
     (IDENTITY_FILE, True, "run id, dp, key source"),
     (f"{CHECKPOINT_DIR}/", True, "weights and optimizer state of released updates"),
+    (WARM_START_FILE, True, "the warm start's one DP release (per-class mean images + noise)"),
     (f"{AUDIT_DIR}/", True, "audit lower bounds and ROC plots (synthetic canaries only)"),
     (LEDGER_FILE, False, "keep: holds a keyed fingerprint of the data"),
     (KEY_FILE, False, "SECRET: whoever has it can remove the noise"),

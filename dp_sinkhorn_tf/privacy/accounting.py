@@ -40,6 +40,9 @@ _RELATION = dp_accounting.NeighboringRelation.ADD_OR_REMOVE_ONE
 # pessimistic and grows with T: at q=1/1200, σ=1, T=2,978,558, δ=1e-5 an interval of 1e-3
 # reports ε=10.20 (worse than RDP's 10.00) where 1e-4 reports 9.32, in ~2 s per evaluation.
 PLD_DISCRETIZATION = 1e-4
+# The stage names of a run's mechanisms (`Stage`, the ledger's `stages`, privacy.json).
+DP_SINKHORN_STAGE = "dp_sinkhorn"
+WARM_START_STAGE = "warm_start"
 
 
 def _validate(q: float, noise_multiplier: float, delta: float, accountant: str) -> None:
@@ -181,6 +184,7 @@ class PrivacyLedger:
   gradient_flags: Optional[dict] = None
   gradient_flags_sha256: str = ""
   noise: Optional[dict] = None
+  stages: Optional[list] = None
 
   def __post_init__(self):
     if self.steps_taken < 0 or self.planned_steps < 0:
@@ -190,8 +194,32 @@ class PrivacyLedger:
                        f"[0, steps_taken={self.steps_taken}]")
 
   def epsilon(self, accountant: Optional[str] = None) -> float:
-    return compute_epsilon(self.sample_rate, self.noise_multiplier, self.steps_taken,
-                           self.delta, accountant or self.accountant)
+    """ε spent: the DP-Sinkhorn steps taken, composed with every stage charged before them."""
+    if not self.stages:
+      return compute_epsilon(self.sample_rate, self.noise_multiplier, self.steps_taken,
+                             self.delta, accountant or self.accountant)
+    return composed_epsilon(self.spent_stages(), self.delta, accountant or self.accountant)
+
+  def spent_stages(self, planned: bool = False) -> list:
+    """The run's mechanisms as `Stage`s, in order: each extra stage (charged or, with
+    planned, as planned), then the DP-Sinkhorn steps (taken, or planned)."""
+    out = [Stage(s["name"], s["noise_multiplier"], s["sample_rate"],
+                 s["steps"] if planned else s["steps_taken"]) for s in self.stages or ()]
+    steps = self.planned_steps if planned else self.steps_taken
+    return out + [Stage(DP_SINKHORN_STAGE, self.noise_multiplier, self.sample_rate, steps)]
+
+  def stage_charged(self, name: str) -> bool:
+    """Whether stage `name` is charged in full (its release may have been made)."""
+    return any(s["name"] == name and s["steps_taken"] >= s["steps"] for s in self.stages or ())
+
+  def charged_stage(self, name: str) -> "PrivacyLedger":
+    """The ledger with stage `name` charged in full (write-ahead: save it before the
+    release is computed). KeyError for a stage the ledger does not plan."""
+    if not any(s["name"] == name for s in self.stages or ()):
+      raise KeyError(f"the privacy ledger plans no stage {name!r}")
+    stages = [dict(s, steps_taken=s["steps"]) if s["name"] == name else dict(s)
+              for s in self.stages]
+    return dataclasses.replace(self, stages=stages)
 
   @property
   def is_exhausted(self) -> bool:
@@ -238,7 +266,7 @@ class PrivacyLedger:
 
 # Fields an earlier version's ledger lacks: such a ledger loads with their defaults (and a
 # resume then refuses it: `provenance.open_run`).
-_ADDED_LATER = ("gradient_flags", "gradient_flags_sha256", "noise")
+_ADDED_LATER = ("gradient_flags", "gradient_flags_sha256", "noise", "stages")
 _CHECKS_ONLY = ("gradient_flags", "gradient_flags_sha256")
 
 _PLAN_FIELDS = ("sample_rate", "noise_multiplier", "l2_norm_clip", "delta", "target_epsilon",
@@ -250,9 +278,17 @@ def check_compatible(stored: PrivacyLedger, requested: PrivacyLedger) -> None:
   diffs = [f"{name}: {getattr(stored, name)!r} in the workdir vs {getattr(requested, name)!r} "
            "now" for name in _PLAN_FIELDS
            if not _same(getattr(stored, name), getattr(requested, name))]
+  if _planned(stored.stages) != _planned(requested.stages):
+    diffs.append(f"stages: {_planned(stored.stages)} in the workdir vs "
+                 f"{_planned(requested.stages)} now")
   if diffs:
     raise ValueError("the workdir holds a run with a different privacy plan (" +
                      "; ".join(diffs) + "); use a new --workdir or the same flags")
+
+
+def _planned(stages) -> list:
+  """The plan of a ledger's extra stages (what they spend), without what is charged."""
+  return [{k: v for k, v in s.items() if k != "steps_taken"} for s in stages or ()]
 
 
 def _same(a, b) -> bool:
@@ -289,20 +325,46 @@ def report(ledger: PrivacyLedger, all_accountants: bool = True) -> dict:
   if ledger.noise is not None and out["epsilon"].get("pld") is not None:
     out["pld_note"] = ("pld is the continuous Gaussian's curve at σ; for the exact lattice "
                        "noise the certified figure is rdp (privacy.lattice)")
-  out["epsilon_planned"] = compute_epsilon(ledger.sample_rate, ledger.noise_multiplier,
-                                           ledger.planned_steps, ledger.delta,
-                                           ledger.accountant)
+  if not ledger.stages:
+    out.pop("stages")
+    out["epsilon_planned"] = compute_epsilon(ledger.sample_rate, ledger.noise_multiplier,
+                                             ledger.planned_steps, ledger.delta,
+                                             ledger.accountant)
+    return out
+  out["epsilon_planned"] = composed_epsilon(ledger.spent_stages(planned=True), ledger.delta,
+                                            ledger.accountant)
+  out["stages"] = stage_report(ledger)
+  out["stages_note"] = ("each stage's epsilon_alone is its own ε at δ (spent so far); one "
+                        "accountant composes them into epsilon, less than their sum")
   return out
 
 
+def stage_epsilons(ledger: PrivacyLedger) -> dict:
+  """{stage name: its ε alone at the ledger's δ, spent so far} (the run's accountant)."""
+  return {s.name: composed_epsilon([s], ledger.delta, ledger.accountant)
+          for s in ledger.spent_stages()}
+
+
+def stage_report(ledger: PrivacyLedger) -> list:
+  """privacy.json's stages: each one's plan, steps taken, share of the target and ε alone;
+  the DP-Sinkhorn steps last, with the share the extra stages leave."""
+  alone = stage_epsilons(ledger)
+  extra = [dict(s, epsilon_alone=alone[s["name"]]) for s in ledger.stages or ()]
+  rest = 1.0 - sum(s.get("share", 0.0) for s in extra)
+  return extra + [{"name": DP_SINKHORN_STAGE, "noise_multiplier": ledger.noise_multiplier,
+                   "sample_rate": ledger.sample_rate, "steps": ledger.planned_steps,
+                   "steps_taken": ledger.steps_taken, "share": rest,
+                   "epsilon_alone": alone[DP_SINKHORN_STAGE]}]
+
+
 def epsilon_curve(ledger, num_points: int = 50) -> Tuple[np.ndarray, np.ndarray]:
-  """(steps, ε): ε after t steps of the ledger's (q, σ, δ, accountant) at ≤ num_points
+  """(steps, ε): ε after t steps of the ledger's (q, σ, δ, accountant), composed with its
+  charged stages, at ≤ num_points
   distinct integer t from 1 to steps_taken (linearly spaced, both ends included)."""
   if ledger.steps_taken < 1:
     raise ValueError("the privacy ledger records no step taken")
   steps = np.unique(np.round(np.linspace(1, ledger.steps_taken, num_points)).astype(np.int64))
-  eps = np.array([compute_epsilon(ledger.sample_rate, ledger.noise_multiplier,
-                                             int(t), ledger.delta, ledger.accountant)
+  eps = np.array([dataclasses.replace(ledger, steps_taken=int(t), checkpoint_step=0).epsilon()
                   for t in steps])
   return steps, eps
 
@@ -320,6 +382,21 @@ class PrivacyPlan:
   delta: float
   accountant: str
   warning: Optional[str] = None
+  # With a warm start (--warm_start): every stage as solved, the DP-Sinkhorn steps last
+  # (σ and T as above), each stage's ε alone and its share of the target; epsilon is theirs
+  # composed. Empty for a run of DP-Sinkhorn steps alone.
+  stages: Tuple["Stage", ...] = ()
+  stage_epsilons: Tuple[float, ...] = ()
+  stage_shares: Tuple[float, ...] = ()
+
+  def ledger_stages(self) -> Optional[list]:
+    """The ledger's `stages` for this plan: every stage but the DP-Sinkhorn steps, none
+    charged yet (None without extra stages, as an earlier version's ledger has it)."""
+    if not self.stages:
+      return None
+    return [{"name": s.name, "noise_multiplier": s.noise_multiplier,
+             "sample_rate": s.sample_rate, "steps": s.steps, "steps_taken": 0, "share": w}
+            for s, w in zip(self.stages[:-1], self.stage_shares)]
 
 
 def inclusion_probability(sample_rate: float) -> float:
@@ -351,6 +428,8 @@ def plan_privacy(cfg, dataset_size: int) -> PrivacyPlan:
   if p.noise_multiplier is None and cfg.steps is None:
     raise ValueError("--noise_multiplier / --steps: expected at least one of them with --dp "
                      "(the other follows from --target_epsilon)")
+  if getattr(p, "warm_start", "none") != "none":
+    return _plan_with_warm_start(cfg, q, warning)
   if p.noise_multiplier is None:
     sigma = min_noise_multiplier(p.target_epsilon, p.delta, q, cfg.steps,
                                             p.accountant)
@@ -531,3 +610,32 @@ def plan_stages(stages, shares, target_epsilon: float, delta: float,
     raise ValueError(f"stage {stages[pivot].name}: not one step fits target "
                      f"ε={target_epsilon}")
   return finish(best)
+
+
+def _plan_with_warm_start(cfg, q: float, warning: Optional[str]) -> PrivacyPlan:
+  """`plan_privacy` for a run that first releases the warm start's statistics once
+  (Stage(q = 1, T = 1), σ solved) and then takes the DP-Sinkhorn steps, whose free parameter
+  is the one `plan_privacy` has without a warm start (T at a given σ, σ for given steps; both
+  given: fixed, and the warm start gets what they leave). The target ε is split by
+  --warm_start_share with `plan_stages`; the plan's ε is the two composed."""
+  p = cfg.privacy
+  share = p.warm_start_share
+  dp_stage = Stage(DP_SINKHORN_STAGE, p.noise_multiplier, q, cfg.steps)
+  fixed = dp_stage.noise_multiplier is not None and dp_stage.steps is not None
+  if fixed and compute_epsilon(q, dp_stage.noise_multiplier, dp_stage.steps, p.delta,
+                               p.accountant) >= p.target_epsilon:
+    raise ValueError(f"--steps={cfg.steps}: with --noise_multiplier={p.noise_multiplier} the "
+                     f"DP-Sinkhorn steps alone spend --target_epsilon={p.target_epsilon}, "
+                     "leaving nothing for --warm_start; lower --steps or raise σ")
+  try:
+    solved = plan_stages([Stage(WARM_START_STAGE, None), dp_stage], [share, 1.0 - share],
+                         p.target_epsilon, p.delta, p.accountant)
+  except ValueError as e:
+    raise ValueError(f"--warm_start_share={share:g}: {e} at q={q:.3g}") from None
+  warm, steps = solved.stages
+  if steps.steps < 1:
+    raise ValueError(f"--noise_multiplier={p.noise_multiplier}: the DP-Sinkhorn share of "
+                     f"--target_epsilon={p.target_epsilon} allows no step at q={q:.3g}")
+  return PrivacyPlan(q, steps.noise_multiplier, steps.steps, solved.epsilon, p.delta,
+                     p.accountant, warning, solved.stages, solved.stage_epsilons,
+                     (share, 1.0 - share))

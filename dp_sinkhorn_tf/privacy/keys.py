@@ -7,7 +7,7 @@ step t — is a stateless function of (key, t):
 
 and, under --privacy_unit=group, which records of a sampled group the step takes:
 group-subset seed(t) = [k₀ + 3, k₁ + t]; the mean-embedding release (`mean_embedding`, one
-release) takes [k₀ + 4, k₁].
+release) takes [k₀ + 4, k₁], the warm start's (`class_means`, one release) [k₀ + 5, k₁].
 
 fed to TF's stateless Philox ops, which scramble both seed words into the Philox key and
 counter. So
@@ -61,7 +61,9 @@ STREAM_BATCH = 1
 STREAM_NOISE = 2
 STREAM_GROUP_SUBSET = 3
 STREAM_MEAN_EMBEDDING = 4  # the one release of `mean_embedding` (step 0)
-STREAMS = (STREAM_BATCH, STREAM_NOISE, STREAM_GROUP_SUBSET, STREAM_MEAN_EMBEDDING)
+STREAM_WARM_START = 5  # the warm start's one release of `class_means` (step 0)
+STREAMS = (STREAM_BATCH, STREAM_NOISE, STREAM_GROUP_SUBSET, STREAM_MEAN_EMBEDDING,
+           STREAM_WARM_START)
 _FORMAT = "dp_sinkhorn_tf-privacy-key-v1"
 _PATTERN = re.compile(rf"^{_FORMAT} ([0-9a-f]{{16}}) ([0-9a-f]{{16}})$")
 

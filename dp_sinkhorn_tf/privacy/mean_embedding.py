@@ -42,6 +42,10 @@ certified one (`lattice` (d)). The noise's truncation at |Z| ≤ m ≥ 40s adds
 ≤ (1 + e^ε)·K(2F+1)·10⁻³⁴⁷ to δ. Entries stay below 2⁵³ (N·(c + √(2F+1)) + m, c < 2²⁴, for any N
 below 2²⁸), so the float64 release is exact.
 
+Nothing in (4) or its argument uses what φ′ is, only ‖φ′(x)‖ ≤ 1: `release_class_sums` takes
+any per-record embedding of norm ≤ 1 (`class_means` releases pooled images through it), and
+`class_means` post-processes any release whose records end with the count entry b.
+
 Post-processing (`class_embeddings`): ñ_c = S̃[c, −1]/b, μ̃_c = S̃[c, :−1]/(a·max(ñ_c, 1)),
 p̃_c = max(ñ_c, 0)/Σ max(ñ, 0) (uniform if every ñ_c ≤ 0).
 
@@ -111,7 +115,8 @@ def record_embeddings(x: tf.Tensor, frequencies, count_weight: float) -> tf.Tens
   return rows / tf.maximum(norms, 1.0)
 
 
-def _check_labels(labels: np.ndarray, num_classes: int) -> np.ndarray:
+def check_labels(labels: np.ndarray, num_classes: int) -> np.ndarray:
+  """labels [N] as int32, each in [0, K); ValueError before anything is released."""
   labels = np.asarray(labels)
   if labels.ndim != 1:
     raise ValueError(f"labels must be [N], got shape {labels.shape}")
@@ -120,21 +125,32 @@ def _check_labels(labels: np.ndarray, num_classes: int) -> np.ndarray:
   return labels.astype(np.int32)
 
 
-def _flat(images: np.ndarray) -> np.ndarray:
+def flat(images: np.ndarray) -> np.ndarray:
+  """[N, ...] → [N, prod(...)] (a view when it can be)."""
   return np.reshape(images, (len(images), int(np.prod(np.shape(images)[1:]))))
+
+
+def exact_class_sums(images: np.ndarray, labels: np.ndarray, embed, entries: int,
+                     num_classes: int) -> np.ndarray:
+  """Σ_i e_{y_i} ⊗ embed(x_i) without noise: [K, entries] float64 (tests and diagnostics
+  only: it is the private statistic itself). embed: x [b, d] float64 → [b, entries]."""
+  labels = check_labels(labels, num_classes)
+  out = np.zeros((num_classes, entries))
+  rows = flat(images)
+  for start in range(0, len(rows), CHUNK):
+    e = embed(tf.constant(rows[start:start + CHUNK], tf.float64))
+    np.add.at(out, labels[start:start + CHUNK], e.numpy())
+  return out
 
 
 def embedding_sum(images: np.ndarray, labels: np.ndarray, frequencies, num_classes: int,
                   count_weight: float) -> np.ndarray:
   """S(D) of (3), without noise: [K, 2F + 1] float64 (for tests and diagnostics only; it is
   the private statistic itself)."""
-  labels = _check_labels(labels, num_classes)
-  out = np.zeros((num_classes, 2 * len(frequencies) + 1))
-  flat = _flat(images)
-  for start in range(0, len(flat), CHUNK):
-    e = record_embeddings(tf.constant(flat[start:start + CHUNK]), frequencies, count_weight)
-    np.add.at(out, labels[start:start + CHUNK], e.numpy())
-  return out
+  _check_count_weight(count_weight)
+  return exact_class_sums(images, labels,
+                          lambda x: record_embeddings(x, frequencies, count_weight),
+                          2 * len(frequencies) + 1, num_classes)
 
 
 def release_params(noise_multiplier: float, entries: int) -> lattice.LatticeParams:
@@ -156,26 +172,59 @@ def dp_event(params: lattice.LatticeParams) -> dp_accounting.DpEvent:
   return dp_accounting.GaussianDpEvent(effective_noise_multiplier(params))
 
 
-def _rounded_chunk_fn(frequencies, num_classes: int, count_weight: float,
+def _rounded_chunk_fn(embed, input_dim: int, num_classes: int,
                       params: lattice.LatticeParams):
-  """A compiled (x [b, d], labels [b], first index, seed) → int64 [K, 2F + 1]: the chunk's
-  records rounded (record i keyed by fold(seed, i)) and summed by class."""
+  """A compiled (x [b, d], labels [b], first index, seed) → int64 [K, entries]: the chunk's
+  records embedded (`embed`: float64 rows of norm ≤ 1), rounded (record i keyed by
+  fold(seed, i)) and summed by class."""
   inv_gamma = 1.0 / params.gamma       # exact: γ is a power of two
   bound_sq = params.norm_bound_sq
-  d = int(frequencies.shape[1])
 
-  @tf.function(input_signature=[tf.TensorSpec([None, d], tf.float32),
+  @tf.function(input_signature=[tf.TensorSpec([None, input_dim], tf.float32),
                                 tf.TensorSpec([None], tf.int32),
                                 tf.TensorSpec([], tf.int64),
                                 tf.TensorSpec([2], tf.int64)])
   def rounded(x, labels, first, seed):
-    y = record_embeddings(x, frequencies, count_weight) * inv_gamma
+    y = embed(tf.cast(x, tf.float64)) * inv_gamma
     index = first + tf.range(tf.shape(y)[0], dtype=tf.int64)
     r = tf.map_fn(lambda a: lattice.round_to_lattice(a[0], bound_sq, dg.fold(seed, a[1])),
                   (y, index), fn_output_signature=tf.int64, parallel_iterations=16)
     return tf.math.unsorted_segment_sum(r, labels, num_classes)
 
   return rounded
+
+
+def release_class_sums(chunks, labels: np.ndarray, embed, entries: int, num_classes: int,
+                       params: lattice.LatticeParams, seed) -> np.ndarray:
+  """γ·(Σ_i e_{y_i} ⊗ R(embed(x_i)/γ) + Z) of (4) for any per-record embedding: [K, entries]
+  float64, every entry an exact multiple of γ.
+
+  chunks: the images, flattened to [b, d] float32 a chunk at a time (each ≤ CHUNK rows, in
+  record order); labels: [N] int in [0, K); embed: x [b, d] float64 → [b, entries] float64,
+  every row of norm ≤ 1 (the release's sensitivity argument rests on it: the caller clips);
+  params: `release_params(σ, entries)`; seed: [2] int64, the release's secret seed.
+  """
+  labels = check_labels(labels, num_classes)
+  if params.entries != entries:
+    raise ValueError(f"params are for blocks of {params.entries} entries, the embedding has "
+                     f"{entries}")
+  seed = tf.cast(tf.convert_to_tensor(seed), tf.int64)
+  total = np.zeros((num_classes, entries), np.int64)
+  rounding_seed = dg.fold(seed, _ROUNDING)
+  rounded, start = None, 0
+  for chunk in chunks:
+    chunk = np.asarray(chunk, np.float32)
+    if start + len(chunk) > len(labels):
+      raise ValueError(f"more images than the {len(labels)} labels")
+    if rounded is None:
+      rounded = _rounded_chunk_fn(embed, int(chunk.shape[1]), num_classes, params)
+    total += rounded(chunk, labels[start:start + len(chunk)], tf.constant(start, tf.int64),
+                     rounding_seed).numpy()
+    start += len(chunk)
+  if start != len(labels):
+    raise ValueError(f"{start} images for {len(labels)} labels")
+  z, _ = dg.sample([num_classes, entries], params.scale, dg.fold(seed, _NOISE), params.max_abs)
+  return (total + z.numpy()).astype(np.float64) * params.gamma
 
 
 def release(images: np.ndarray, labels: np.ndarray, frequencies, num_classes: int,
@@ -187,22 +236,11 @@ def release(images: np.ndarray, labels: np.ndarray, frequencies, num_classes: in
   secret seed (`keys.step_seed(key, 0, keys.STREAM_MEAN_EMBEDDING)`).
   """
   _check_count_weight(count_weight)
-  labels = _check_labels(labels, num_classes)
-  entries = 2 * len(frequencies) + 1
-  if params.entries != entries:
-    raise ValueError(f"params are for blocks of {params.entries} entries, the embedding has "
-                     f"{entries}")
-  seed = tf.cast(tf.convert_to_tensor(seed), tf.int64)
-  rounded = _rounded_chunk_fn(tf.constant(frequencies, tf.float64), num_classes, count_weight,
-                              params)
-  flat = _flat(images).astype(np.float32, copy=False)
-  total = np.zeros((num_classes, entries), np.int64)
-  rounding_seed = dg.fold(seed, _ROUNDING)
-  for start in range(0, len(flat), CHUNK):
-    total += rounded(flat[start:start + CHUNK], labels[start:start + CHUNK],
-                     tf.constant(start, tf.int64), rounding_seed).numpy()
-  z, _ = dg.sample([num_classes, entries], params.scale, dg.fold(seed, _NOISE), params.max_abs)
-  return (total + z.numpy()).astype(np.float64) * params.gamma
+  rows = flat(images)
+  w = tf.constant(frequencies, tf.float64)
+  return release_class_sums((rows[s:s + CHUNK] for s in range(0, len(rows), CHUNK)),
+                            labels, lambda x: record_embeddings(x, w, count_weight),
+                            2 * len(frequencies) + 1, num_classes, params, seed)
 
 
 class ClassEmbeddings(NamedTuple):
@@ -214,8 +252,11 @@ class ClassEmbeddings(NamedTuple):
   counts: np.ndarray
 
 
-def class_embeddings(released: np.ndarray, count_weight: float) -> ClassEmbeddings:
-  """μ̃_c, p̃_c and ñ_c from S̃ [K, 2F + 1] (module docstring); uses nothing else."""
+def class_means(released: np.ndarray, count_weight: float):
+  """(mean feature rows [K, entries − 1] float64, noisy counts ñ [K] float64, proportions p̃
+  [K] float64) of a release whose records were [a·f(x), b] (a = √(1 − b²)): ñ_c =
+  S̃[c, −1]/b, mean_c = S̃[c, :−1]/(a·max(ñ_c, 1)), p̃_c = max(ñ_c, 0)/Σ max(ñ, 0) (uniform if
+  every ñ_c ≤ 0). Post-processing: uses nothing but S̃ and the public b."""
   _check_count_weight(count_weight)
   released = np.asarray(released, np.float64)
   a = math.sqrt(1.0 - count_weight**2)
@@ -226,4 +267,10 @@ def class_embeddings(released: np.ndarray, count_weight: float) -> ClassEmbeddin
     proportions = positive / positive.sum()
   else:
     proportions = np.full(len(counts), 1.0 / len(counts))
+  return means, counts, proportions
+
+
+def class_embeddings(released: np.ndarray, count_weight: float) -> ClassEmbeddings:
+  """μ̃_c, p̃_c and ñ_c from S̃ [K, 2F + 1] (module docstring); uses nothing else."""
+  means, counts, proportions = class_means(released, count_weight)
   return ClassEmbeddings(means.astype(np.float32), proportions.astype(np.float32), counts)

@@ -43,6 +43,7 @@ COSTS = transport_options.COST_NAMES
 PRODUCTS = transport_options.PRODUCTS
 STRATEGIES = ("default", "mirrored", "multi_worker")
 IF_FINISHED = ("fail", "skip")
+WARM_STARTS = ("none", "class_means")
 
 
 # ValueError("--flag=value: expected …") unless a condition holds: the one line a bad flag
@@ -388,6 +389,19 @@ class PrivacyConfig:
       0.0, "Blur the released (clipped + noised) image gradient with a Gaussian of this many "
       "pixels before it reaches the generator: post-processing at no privacy cost that damps "
       "the white noise (std × 0.28 at 1 pixel). 0 = off.")
+  warm_start: str = option(
+      "none", "class_means: before the DP-Sinkhorn steps, release the per-class mean images "
+      "pooled to --warm_start_resolution once (exact lattice Gaussian, `privacy.class_means`; "
+      "written to warm_start.npz), paid from --warm_start_share of --target_epsilon.",
+      choices=WARM_STARTS)
+  warm_start_share: float = option(
+      0.1, "Share of --target_epsilon planned for the warm-start release (the DP-Sinkhorn "
+      "steps plan with the rest; composed, the two spend --target_epsilon).")
+  warm_start_resolution: int = option(
+      7, "r: the warm start releases r×r mean images (must divide the image height and width).")
+  warm_start_steps: int = option(
+      300, "Non-private steps that fit the generator to augmented copies of the released "
+      "central images before DP-Sinkhorn step 0 (post-processing: no privacy cost).")
   # They see generated data only.
   public_clip: Optional[float] = option(
       None, "Clip norm of the released gradient of the generated images that meet no private "
@@ -398,7 +412,7 @@ class PrivacyConfig:
 
   def __post_init__(self):
     _require_finite(self, "l2_norm_clip", "noise_multiplier", "target_epsilon", "delta",
-                    "release_blur", "public_clip")
+                    "release_blur", "public_clip", "warm_start_share")
     require(self.public_clip is None or 0 <= self.public_clip < float("inf"), "public_clip",
             "a finite number ≥ 0 (or unset: --l2_norm_clip)", self.public_clip)
     require(self.mechanism in mechanisms.MECHANISMS, "mechanism",
@@ -414,6 +428,16 @@ class PrivacyConfig:
             self.release_blur)
     require(self.accountant in ACCOUNTANTS, "accountant", f"one of {ACCOUNTANTS}",
             self.accountant)
+    require(self.warm_start in WARM_STARTS, "warm_start", f"one of {WARM_STARTS}",
+            self.warm_start)
+    require(0 < self.warm_start_share < 1, "warm_start_share", "a number in (0, 1)",
+            self.warm_start_share)
+    require(self.warm_start_resolution >= 1, "warm_start_resolution", "an integer ≥ 1",
+            self.warm_start_resolution)
+    require(self.warm_start_steps >= 0, "warm_start_steps", "an integer ≥ 0",
+            self.warm_start_steps)
+    require(self.dp or self.warm_start == "none", "warm_start",
+            "none with --nodp (the warm start is a private release)", self.warm_start)
     if not self.dp:
       return
     require(self.l2_norm_clip > 0 and self.l2_norm_clip != float("inf"), "l2_norm_clip",
@@ -585,6 +609,12 @@ class TrainConfig:
             or not self.privacy.dp, "optimizer",
             "adam or sgd with --mechanism=param_grad (TF Privacy's DP optimizer wraps "
             "Keras's legacy optimizers)", self.optim.optimizer)
+    require(self.privacy.warm_start == "none" or self.run.strategy == "default",
+            "warm_start", "none with --strategy other than default (the release is charged "
+            "and the generator pre-trained on one device)", self.privacy.warm_start)
+    require(self.privacy.warm_start == "none" or self.data.privacy_unit == "record",
+            "warm_start", "none with --privacy_unit=group (its sensitivity is one record's)",
+            self.privacy.warm_start)
     if self.run.strategy != "default":
       distributable = [m for m, v in mechanisms.MECHANISMS.items() if v.distributable]
       require(mechanisms.get(self.privacy.mechanism).distributable, "mechanism",

@@ -11,6 +11,7 @@ import shutil
 import signal
 import sys
 import tempfile
+from typing import Optional
 
 import tensorflow as tf
 
@@ -42,17 +43,22 @@ def _fail(message: str, code: int = 2):
   raise RunError(message, code)
 
 
-def _progress_printer(unit: str = "record"):
+def _progress_printer(unit: str = "record", plan: Optional[accounting.PrivacyPlan] = None):
   """on_log for `train_lib.train`: one progress line (`progress.ProgressLine`) per log
-  step; ε is labelled with the unit it protects ("epsilon per record 1.0506")."""
+  step; ε is labelled with the unit it protects ("epsilon per record 1.0506"), followed, for
+  a run of several stages, by each stage's planned share of the target ("share warm_start
+  0.1000 · share dp_sinkhorn 0.9000": ε is all of them composed)."""
   line = progress.ProgressLine()
+  shares = {} if plan is None else {f"share {s.name}": w
+                                    for s, w in zip(plan.stages, plan.stage_shares)}
 
   def on_log(spent: int, total: int, logs: dict) -> None:
     # DP runs hand over only ε charged (a function of the plan and the step); the loss and
     # the batch size are computed on private data (private_diagnostics/).
     names = {"epsilon": f"epsilon per {unit}"}
-    line.report(spent, total, {names.get(k, k): logs[k]
-                               for k in ("epsilon", "noised_grad_norm", "loss") if k in logs})
+    values = {names.get(k, k): logs[k]
+              for k in ("epsilon", "noised_grad_norm", "loss") if k in logs}
+    line.report(spent, total, {**values, **shares} if "epsilon" in logs else values)
 
   return on_log
 
@@ -130,6 +136,9 @@ def run(cfg: config_lib.TrainConfig, flags_text: str, dataset: datasets.Dataset,
           f"({plan.accountant}), δ={plan.delta:g}, per {dataset.unit} "
           f"(N={dataset.num_units} {dataset.unit}s); neighbours: "
           f"{accounting.NEIGHBOURING_RELATION}")
+    for stage, alone, share in zip(plan.stages, plan.stage_epsilons, plan.stage_shares):
+      print(f"  stage {stage.name}: share {share:g} of ε, σ={stage.noise_multiplier:.4g} "
+            f"q={stage.sample_rate:.4g} steps={stage.steps} → ε={alone:.3f} alone")
     noise = trainer.noise_description(cfg, plan.noise_multiplier, dataset.image_shape,
                                       dataset.num_classes)
     if noise is not None:
@@ -167,7 +176,7 @@ def run(cfg: config_lib.TrainConfig, flags_text: str, dataset: datasets.Dataset,
     if chief:
       files.write_text_atomic(rundir.path(cfg.run.workdir, rundir.FLAGS_FILE), flags_text)
     result = train_lib.train(cfg, dataset.pixels, dataset.labels, dataset.num_classes, plan,
-                   on_log=_progress_printer(dataset.unit), label_names=dataset.label_names,
+                   on_log=_progress_printer(dataset.unit, plan), label_names=dataset.label_names,
                    state=state, stop=lambda: bool(stop), finish_only=not complete,
                    pixel_max=dataset.pixel_max, groups=dataset.groups)
   except train_lib.Interrupted as e:

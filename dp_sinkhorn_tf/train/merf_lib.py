@@ -203,12 +203,14 @@ def open_key(workdir: str, insecure_fixed_key: bool, seed: int) -> keys.PrivacyK
   return key
 
 
-def _read_npz(path: str) -> np.ndarray:
+def read_release(path: str) -> np.ndarray:
+  """The array `write_release` wrote to `path` (any `io.files` path)."""
   with np.load(io.BytesIO(files.read_bytes(path))) as z:
     return z["released"]
 
 
-def _write_npz(path: str, released: np.ndarray) -> None:
+def write_release(path: str, released: np.ndarray) -> None:
+  """Writes a released array as .npz (key "released"), atomically (`io.files`)."""
   buf = io.BytesIO()
   np.savez(buf, released=released)
   files.write_bytes_atomic(path, buf.getvalue())
@@ -237,13 +239,13 @@ def release_once(cfg: RunConfig, dataset, key) -> tuple:
   frequencies, params = plan_release(cfg.release, int(np.prod(dataset.image_shape)))
   path = os.path.join(cfg.workdir, RELEASE_FILE)
   if files.exists(path):
-    released = _read_npz(path)
+    released = read_release(path)
   else:
     seed = keys.step_seed(key, 0, keys.STREAM_MEAN_EMBEDDING)
     released = mean_embedding.release(dataset.images, dataset.labels, frequencies,
                                       dataset.num_classes, cfg.release.count_weight, params,
                                       seed)
-    _write_npz(path, released)
+    write_release(path, released)
   report = privacy_report(cfg.release, params, len(dataset), key)
   files.write_json_atomic(os.path.join(cfg.workdir, rundir.REPORT_FILE), report)
   return released, frequencies, params, report

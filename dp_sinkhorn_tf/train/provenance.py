@@ -69,7 +69,8 @@ def _new_ledger(cfg: config_lib.TrainConfig, plan: accounting.PrivacyPlan, datas
       l2_norm_clip=p.l2_norm_clip, delta=p.delta, target_epsilon=p.target_epsilon,
       planned_steps=plan.steps, accountant=p.accountant, steps_taken=0,
       dataset_size=dataset_size, run_id=run_id, data_fingerprint=fingerprint,
-      gradient_flags=flags, gradient_flags_sha256=config_lib.flags_sha256(flags))
+      gradient_flags=flags, gradient_flags_sha256=config_lib.flags_sha256(flags),
+      stages=plan.ledger_stages())
 
 
 def _check_same_flags(wd: str, ledger_path: str, stored: accounting.PrivacyLedger,

@@ -42,7 +42,7 @@ import tensorflow as tf
 from dp_sinkhorn_tf.io import checkpoints, events, files, rundir
 from dp_sinkhorn_tf.privacy import accounting
 from dp_sinkhorn_tf.train import config as config_lib
-from dp_sinkhorn_tf.train import distribute, provenance, summaries, trainer
+from dp_sinkhorn_tf.train import distribute, provenance, summaries, trainer, warm_start
 
 
 @dataclasses.dataclass
@@ -125,6 +125,12 @@ def train(cfg: config_lib.TrainConfig, images: np.ndarray, labels: np.ndarray,
   if state is None:
     state = provenance.open_run(cfg, plan, images, labels, chief, pixel_max, groups)
   ledger = state.ledger
+  released = None
+  if ledger is not None and warm_start.stage_of(plan) is not None:  # before step 0 (charged)
+    released, ledger = warm_start.ensure_release(run.workdir, plan, ledger, state.key, images, labels,
+                                          num_classes, cfg.privacy.warm_start_resolution,
+                                          pixel_max)
+    state = dataclasses.replace(state, ledger=ledger)
   strategy = distribute.make_strategy(run.strategy, run.num_devices)
   distribute.check_split(cfg.num_generated, strategy.num_replicas_in_sync)
   with strategy.scope():
@@ -147,6 +153,7 @@ def train(cfg: config_lib.TrainConfig, images: np.ndarray, labels: np.ndarray,
   manager = tf.train.CheckpointManager(ckpt, rundir.path(run.workdir, rundir.CHECKPOINT_DIR),
                                        max_to_keep=run.keep_checkpoints)
   start = provenance.restore_checkpoint(cfg, state, ckpt, manager, step)
+  pretrain = released is not None and manager.latest_checkpoint is None
   if start >= plan.steps and not finish_only:
     eps = f"ε={ledger.epsilon():.3f}, δ={ledger.delta:g}" if ledger is not None else "--nodp"
     raise BudgetExhaustedError(
@@ -160,6 +167,14 @@ def train(cfg: config_lib.TrainConfig, images: np.ndarray, labels: np.ndarray,
     checkpoints.fix_checkpoint_times(manager)  # a process killed right after a save left times
     manager = _FixedTimeManager(manager)
   ledger_path = rundir.path(run.workdir, rundir.LEDGER_FILE) if chief else None
+  if pretrain:  # post-processing of the release; its result is the step-0 checkpoint
+    central = warm_start.central_images(released, images.shape[1:],
+                                        cfg.privacy.warm_start_resolution)
+    warm_start.pretrain(generator, central, cfg.privacy.warm_start_steps, run.seed)
+    if ema_generator is not None:
+      for ema_var, var in zip(ema_generator.variables, generator.variables):
+        ema_var.assign(var)
+    manager.save(checkpoint_number=0)
   try:
     steps = DeviceSteps(model, strategy, step)
     outputs = RunOutputs(cfg, plan, state.identity, model.sampling_generator, names,
