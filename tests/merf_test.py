@@ -29,3 +29,27 @@ def test_tiny_run_writes_privacy_json_and_an_export(tmp_path, capsys):
   report = json.load(open(os.path.join(tmp_path, "privacy.json")))
   assert f"ε = {report['epsilon']:.4f}" in out and report["epsilon"] <= 3
   assert os.path.isdir(os.path.join(tmp_path, "export", "generator", "1"))
+
+
+def test_every_flag_keeps_its_name_and_default():
+  # The hand-written flags before they came from merf_config's table (plus --depth).
+  expected = {"workdir": None, "dataset": "fashion_mnist", "idx_dir": None, "data_dir": None,
+              "epsilon": 10.0, "delta": 1e-5, "num_frequencies": 5000, "length_scale": 22.5,
+              "count_weight": 0.1, "seed": 0, "insecure_fixed_key": False,
+              "architecture": "dcgan", "hidden": 32, "latent_dim": 16, "embed_dim": 8,
+              "output": "tanh", "batch_size": 500, "steps": 3000, "learning_rate": 1e-3,
+              "lr_decay": 0.9, "decay_every": 300, "depth": 1}
+  assert {name: merf.FLAGS[name].default for name in expected} == expected
+  assert set(merf.FLAGS.get_flags_for_module(merf.__name__)) >= {merf.FLAGS[n] for n in expected}
+
+
+def test_the_config_of_the_flags_sets_both_seeds(tmp_path):
+  merf.FLAGS(["merf", f"--workdir={tmp_path}", "--seed=5", "--num_frequencies=7",
+              "--steps=9", "--architecture=mlp"])
+  try:
+    cfg = merf.config_from_flags(merf.FLAGS)
+  finally:
+    merf.FLAGS.unparse_flags()
+  assert (cfg.release.seed, cfg.train.seed) == (5, 5)
+  assert (cfg.release.num_frequencies, cfg.train.steps, cfg.train.architecture) == (7, 9, "mlp")
+  assert cfg.workdir == str(tmp_path)

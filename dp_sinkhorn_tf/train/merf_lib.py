@@ -20,7 +20,6 @@ and nothing else; everything here is post-processing of the one release, whose �
 `privacy.mean_embedding.dp_event` states. Training can run for any number of steps.
 """
 
-import dataclasses
 import io
 import os
 from typing import Callable, NamedTuple, Optional, Sequence
@@ -35,37 +34,15 @@ from dp_sinkhorn_tf.io import files, rundir
 from dp_sinkhorn_tf.models import generators
 from dp_sinkhorn_tf.privacy import accounting, keys, mean_embedding
 from dp_sinkhorn_tf.release import export_lib
+from dp_sinkhorn_tf.train import merf_config
 
 RELEASE_FILE = "release.npz"
 MECHANISM = "mean_embedding"
 
-
-@dataclasses.dataclass(frozen=True)
-class MerfTrainConfig:
-  """The generator (`models.generators.make_generator`'s arguments) and its Adam schedule:
-  `steps` batches of `batch_size`, the learning rate decayed by `lr_decay` every
-  `decay_every` steps (DP-MERF: 0.9 per epoch)."""
-
-  architecture: str = "dcgan"
-  latent_dim: int = 16
-  embed_dim: int = 8
-  hidden: int = 64
-  depth: int = 1
-  output: str = "tanh"
-  batch_size: int = 500
-  steps: int = 3000
-  learning_rate: float = 1e-3
-  lr_decay: float = 0.9
-  decay_every: int = 300
-  seed: int = 0
-
-  def __post_init__(self):
-    for name in ("latent_dim", "embed_dim", "hidden", "depth", "batch_size", "steps",
-                 "decay_every"):
-      if getattr(self, name) < 1:
-        raise ValueError(f"{name} must be ≥ 1, got {getattr(self, name)}")
-    if not self.learning_rate > 0 or not 0 < self.lr_decay <= 1:
-      raise ValueError("learning_rate must be > 0 and lr_decay in (0, 1]")
+# The frozen configs (declared with their flags in `train.merf_config`, TF-free).
+ReleaseConfig = merf_config.ReleaseConfig
+MerfTrainConfig = merf_config.MerfTrainConfig
+RunConfig = merf_config.RunConfig
 
 
 class TrainInfo(NamedTuple):
@@ -134,44 +111,6 @@ def train_generator(released: mean_embedding.ClassEmbeddings, frequencies: np.nd
     if on_step is not None:
       on_step(t, float(losses[t]))
   return generator, TrainInfo(losses)
-
-
-@dataclasses.dataclass(frozen=True)
-class ReleaseConfig:
-  """The one release: target (ε, δ) under add/remove (RDP accountant), F frequencies of
-  length scale ℓ (pixels in [−1, 1]; DP-MERF's 127 = ℓ² on [0, 1] pixels is ℓ ≈ 22.5 here)
-  drawn from the public `seed`, and the count entry's weight b."""
-
-  epsilon: float = 10.0
-  delta: float = 1e-5
-  num_frequencies: int = 5000
-  length_scale: float = 22.5
-  count_weight: float = 0.1
-  seed: int = 0
-
-  def __post_init__(self):
-    if not self.epsilon > 0 or not 0 < self.delta < 1:
-      raise ValueError(f"--epsilon must be > 0 and --delta in (0, 1), got {self.epsilon}, "
-                       f"{self.delta}")
-    if self.num_frequencies < 1:
-      raise ValueError(f"--num_frequencies must be ≥ 1, got {self.num_frequencies}")
-    if not 0 < self.count_weight < 1:
-      raise ValueError(f"--count_weight must be in (0, 1), got {self.count_weight}")
-    if not self.length_scale > 0:
-      raise ValueError(f"--length_scale must be > 0, got {self.length_scale}")
-
-
-@dataclasses.dataclass(frozen=True)
-class RunConfig:
-  """A whole run: where, which data (`datasets.load_dataset`), the release, the training."""
-
-  workdir: str
-  dataset: str = "fashion_mnist"
-  idx_dir: Optional[str] = None
-  data_dir: Optional[str] = None
-  insecure_fixed_key: bool = False
-  release: ReleaseConfig = ReleaseConfig()
-  train: MerfTrainConfig = MerfTrainConfig()
 
 
 def release_epsilon(params, delta: float) -> float:
