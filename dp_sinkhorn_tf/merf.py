@@ -7,9 +7,10 @@ generator trained against it for as long as wanted (no further privacy cost).
   python -m dp_sinkhorn_tf.evaluate --model=runs/merf_fashion/export/generator
 
 Writes <workdir>/privacy_key (SECRET, 0600: never publish), release.npz (the DP release),
-privacy.json (ε of the one Gaussian release) and export/generator/<version>/ (SavedModel).
-The flags: `train.merf_config`; the mechanism and its sensitivity: `privacy.mean_embedding`;
-the run: `train.merf_lib`.
+release_check.json (PRIVATE, 0600: the keyed data fingerprint and the release's flags, which
+a re-run checks before it reuses release.npz), privacy.json (ε of the one Gaussian release)
+and export/generator/<version>/ (SavedModel). The flags: `train.merf_config`; the mechanism
+and its sensitivity: `privacy.mean_embedding`; the run: `train.merf_lib`.
 Exit status 0, 2 for a bad flag (one `error:` line), 1 when the work fails.
 """
 

@@ -53,3 +53,22 @@ def test_the_config_of_the_flags_sets_both_seeds(tmp_path):
   assert (cfg.release.seed, cfg.train.seed) == (5, 5)
   assert (cfg.release.num_frequencies, cfg.train.steps, cfg.train.architecture) == (7, 9, "mlp")
   assert cfg.workdir == str(tmp_path)
+
+
+def test_a_reuse_with_another_release_flag_is_one_line_and_spends_nothing(tmp_path, capsys):
+  assert merf.main(["merf", f"--workdir={tmp_path}"] + TINY) == 0
+  capsys.readouterr()
+  before = sorted(os.listdir(tmp_path)) + sorted(os.listdir(tmp_path / "export" / "generator"))
+  release = open(os.path.join(tmp_path, "release.npz"), "rb").read()
+  assert merf.main(["merf", f"--workdir={tmp_path}"] + TINY + ["--num_frequencies=9"]) == 2
+  captured = capsys.readouterr()
+  assert captured.err.startswith("error: --num_frequencies=9: ") and \
+      captured.err.count("\n") == 1 and "Traceback" not in captured.err
+  assert "release.npz was released with --num_frequencies=8" in captured.err
+  assert "step" not in captured.out                  # no training started
+  after = sorted(os.listdir(tmp_path)) + sorted(os.listdir(tmp_path / "export" / "generator"))
+  assert after == before
+  assert open(os.path.join(tmp_path, "release.npz"), "rb").read() == release
+  # The same flags (and longer training) reuse it.
+  assert merf.main(["merf", f"--workdir={tmp_path}"] + TINY + ["--steps=3"]) == 0
+  assert open(os.path.join(tmp_path, "release.npz"), "rb").read() == release
