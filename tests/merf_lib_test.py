@@ -213,3 +213,16 @@ def test_a_crash_after_the_check_file_releases_the_same_values(tmp_path):
   os.remove(os.path.join(tmp_path, "release.npz"))     # as if killed before it was written
   merf_lib.run(_run_config(tmp_path))
   assert open(os.path.join(tmp_path, "release.npz"), "rb").read() == release_bytes
+
+
+def test_the_readme_marks_the_check_file_private_and_the_release_publishable():
+  readme = open(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                             "README.md")).read()
+  table = readme.split("## What is safe to publish")[1].split("\n## ")[0]
+  verdicts = {}
+  for line in table.splitlines():
+    cells = [c.strip() for c in line.strip().strip("|").split("|")]
+    if len(cells) == 3 and cells[0].startswith("`"):
+      verdicts[cells[0].split("`")[1]] = cells[2].split(":")[0]
+  assert verdicts[merf_lib.CHECK_FILE] == "**no**"
+  assert verdicts[merf_lib.RELEASE_FILE] == "**yes**"
