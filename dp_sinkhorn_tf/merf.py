@@ -7,8 +7,10 @@ generator trained against it for as long as wanted (no further privacy cost).
   python -m dp_sinkhorn_tf.evaluate --model=runs/merf_fashion/export/generator
 
 Writes <workdir>/privacy_key (SECRET, 0600: never publish), release.npz (the DP release),
-privacy.json (ε of the one Gaussian release) and export/generator/<version>/ (SavedModel).
-The mechanism and its sensitivity: `privacy.mean_embedding`; the run: `train.merf_lib`.
+release_check.json (PRIVATE, 0600: the keyed data fingerprint and the release's flags, which
+a re-run checks before it reuses release.npz), privacy.json (ε of the one Gaussian release)
+and export/generator/<version>/ (SavedModel). The flags: `train.merf_config`; the mechanism
+and its sensitivity: `privacy.mean_embedding`; the run: `train.merf_lib`.
 Exit status 0, 2 for a bad flag (one `error:` line), 1 when the work fails.
 """
 
@@ -18,58 +20,17 @@ import time
 from absl import flags
 
 from dp_sinkhorn_tf import cli
+from dp_sinkhorn_tf.io import flagdefs
+from dp_sinkhorn_tf.train import merf_config
 
 FLAGS = flags.FlagValues()  # private registry (cli)
-cli.define_shared("workdir", "Run directory (created).", flag_values=FLAGS)
-flags.DEFINE_string("dataset", "fashion_mnist", "Built-in private set (its training split).",
-                    flag_values=FLAGS)
-flags.DEFINE_string("idx_dir", None, "Folder with MNIST / Fashion-MNIST IDX files.",
-                    flag_values=FLAGS)
-flags.DEFINE_string("data_dir", None, "TFDS data directory.", flag_values=FLAGS)
-flags.DEFINE_float("epsilon", 10.0, "Target ε of the one release.", flag_values=FLAGS)
-flags.DEFINE_float("delta", 1e-5, "δ.", flag_values=FLAGS)
-flags.DEFINE_integer("num_frequencies", 5000, "Random Fourier frequencies F (2F features).",
-                     flag_values=FLAGS)
-flags.DEFINE_float("length_scale", 22.5, "Gaussian kernel length scale ℓ (pixels in [−1, 1]).",
-                   flag_values=FLAGS)
-flags.DEFINE_float("count_weight", 0.1, "Weight b of the class-count entry of each record's "
-                   "embedding (the features get √(1 − b²)).", flag_values=FLAGS)
-cli.define_shared("seed", "Public seed: frequencies, initialisation, latents, labels.", 0,
-                  flag_values=FLAGS)
-flags.DEFINE_boolean("insecure_fixed_key", False, "Derive the key from --seed (tests only: NO "
-                     "privacy).", flag_values=FLAGS)
-flags.DEFINE_string("architecture", "dcgan", "Generator: dcgan | biggan | mlp.",
-                    flag_values=FLAGS)
-flags.DEFINE_integer("hidden", 32, "Generator width.", flag_values=FLAGS)
-flags.DEFINE_integer("latent_dim", 16, "Latent dimension.", flag_values=FLAGS)
-flags.DEFINE_integer("embed_dim", 8, "Class embedding dimension.", flag_values=FLAGS)
-flags.DEFINE_string("output", "tanh", "Output head: tanh | clip.", flag_values=FLAGS)
-flags.DEFINE_integer("batch_size", 500, "Generated batch per step.", flag_values=FLAGS)
-flags.DEFINE_integer("steps", 3000, "Training steps (free: post-processing).",
-                     flag_values=FLAGS)
-flags.DEFINE_float("learning_rate", 1e-3, "Adam learning rate.", flag_values=FLAGS)
-flags.DEFINE_float("lr_decay", 0.9, "Learning-rate factor every --decay_every steps.",
-                   flag_values=FLAGS)
-flags.DEFINE_integer("decay_every", 300, "Steps between learning-rate decays.",
-                     flag_values=FLAGS)
+# One flag per field of merf_config.RunConfig, as the fields declare them (config.option).
+flagdefs.define_all(merf_config.flag_specs(), FLAGS, __name__)
 
 
-def config_from_flags(f):
-  """The frozen `merf_lib.RunConfig` of the flags (ValueError naming a bad one)."""
-  from dp_sinkhorn_tf.train import merf_lib
-
-  cli.require(bool(f.workdir), "workdir", "a run directory", f.workdir)
-  release = merf_lib.ReleaseConfig(
-      epsilon=f.epsilon, delta=f.delta, num_frequencies=f.num_frequencies,
-      length_scale=f.length_scale, count_weight=f.count_weight, seed=f.seed)
-  train = merf_lib.MerfTrainConfig(
-      architecture=f.architecture, latent_dim=f.latent_dim, embed_dim=f.embed_dim,
-      hidden=f.hidden, output=f.output, batch_size=f.batch_size, steps=f.steps,
-      learning_rate=f.learning_rate, lr_decay=f.lr_decay, decay_every=f.decay_every,
-      seed=f.seed)
-  return merf_lib.RunConfig(workdir=f.workdir, dataset=f.dataset, idx_dir=f.idx_dir,
-                            data_dir=f.data_dir, insecure_fixed_key=f.insecure_fixed_key,
-                            release=release, train=train)
+def config_from_flags(f) -> merf_config.RunConfig:
+  """The frozen `merf_config.RunConfig` of the flags (ValueError naming a bad one)."""
+  return merf_config.from_flags(lambda name: getattr(f, name))
 
 
 def run(cfg) -> int:

@@ -1,6 +1,7 @@
 """Tests for dp_sinkhorn_tf.train.merf_lib: the DP-MERF loss, training as post-processing of
 the release alone, and a whole run's privacy.json, key handling and export."""
 
+import dataclasses
 import gc
 import json
 import math
@@ -122,3 +123,106 @@ def test_a_second_run_reuses_the_release_and_the_key(tmp_path):
   assert open(os.path.join(tmp_path, "release.npz"), "rb").read() == release_bytes
   assert open(os.path.join(tmp_path, "privacy_key"), "rb").read() == key_bytes
   assert result["export"].endswith(os.path.join("generator", "2"))
+
+
+# ---- reuse of release.npz is checked (data, key, release flags) -----------------------------
+
+def _snapshot(workdir):
+  """{relative path: bytes} of every file under workdir."""
+  out = {}
+  for root, _, names in os.walk(workdir):
+    for name in names:
+      path = os.path.join(root, name)
+      out[os.path.relpath(path, workdir)] = open(path, "rb").read()
+  return out
+
+
+def test_the_check_file_is_private_and_apart_from_the_release(tmp_path):
+  merf_lib.run(_run_config(tmp_path))
+  check_path = os.path.join(tmp_path, merf_lib.CHECK_FILE)
+  assert oct(os.stat(check_path).st_mode & 0o777) == "0o600"
+  check = json.load(open(check_path))
+  assert check["release_flags"]["num_frequencies"] == F
+  assert check["release_flags"]["dataset"] == "digits"
+  with np.load(os.path.join(tmp_path, "release.npz")) as z:
+    assert list(z.keys()) == ["released"]       # the fingerprint is not in the release
+  assert check["data_fingerprint"] not in open(os.path.join(tmp_path, "privacy.json")).read()
+
+
+def test_reuse_with_other_training_flags_is_allowed(tmp_path):
+  merf_lib.run(_run_config(tmp_path))
+  release_bytes = open(os.path.join(tmp_path, "release.npz"), "rb").read()
+  cfg = _run_config(tmp_path)
+  longer = merf_lib.RunConfig(workdir=cfg.workdir, dataset=cfg.dataset, insecure_fixed_key=True,
+                              release=cfg.release,
+                              train=merf_lib.MerfTrainConfig(**{**TINY.__dict__, "steps": 6}))
+  result = merf_lib.run(longer)
+  assert open(os.path.join(tmp_path, "release.npz"), "rb").read() == release_bytes
+  assert result["export"].endswith(os.path.join("generator", "2"))
+
+
+def _refused(workdir, cfg, match):
+  """Runs cfg in workdir; asserts a ValueError matching `match` and that no file changed."""
+  before = _snapshot(workdir)
+  with pytest.raises(ValueError, match=match) as e:
+    merf_lib.run(cfg)
+  assert "\n" not in str(e.value)
+  assert _snapshot(workdir) == before      # nothing released, reported or exported
+
+
+@pytest.mark.parametrize("field, value", [("num_frequencies", F + 1), ("length_scale", 5.0),
+                                          ("epsilon", 3.0), ("count_weight", 0.2),
+                                          ("seed", 7)])
+def test_reuse_with_another_release_flag_is_refused(tmp_path, field, value):
+  merf_lib.run(_run_config(tmp_path))
+  cfg = _run_config(tmp_path)
+  other = dataclasses.replace(cfg, release=dataclasses.replace(cfg.release, **{field: value}))
+  _refused(tmp_path, other, f"^--{field}=.*release.npz was released with --{field}=")
+
+
+def test_reuse_with_other_data_is_refused(tmp_path, monkeypatch):
+  merf_lib.run(_run_config(tmp_path))
+  real = merf_lib.datasets.load_dataset
+
+  def neighbour(*args):          # the same set without its last record
+    d = real(*args)
+    return dataclasses.replace(d, pixels=d.pixels[:-1], labels=d.labels[:-1])
+
+  monkeypatch.setattr(merf_lib.datasets, "load_dataset", neighbour)
+  _refused(tmp_path, _run_config(tmp_path), "^--dataset / --idx_dir / --data_dir: the data")
+
+
+def test_reuse_with_another_key_is_refused(tmp_path):
+  merf_lib.run(_run_config(tmp_path))
+  keys.write_key_file(os.path.join(tmp_path, "privacy_key"), keys.insecure_fixed(99))
+  _refused(tmp_path, _run_config(tmp_path), "privacy_key: not the key")
+
+
+def test_a_release_without_its_check_file_or_key_is_refused(tmp_path):
+  merf_lib.run(_run_config(tmp_path))
+  os.remove(os.path.join(tmp_path, "privacy_key"))
+  _refused(tmp_path, _run_config(tmp_path), "privacy_key: missing")
+  keys.write_key_file(os.path.join(tmp_path, "privacy_key"), keys.insecure_fixed(0))
+  os.remove(os.path.join(tmp_path, merf_lib.CHECK_FILE))
+  _refused(tmp_path, _run_config(tmp_path), f"no {merf_lib.CHECK_FILE} beside it")
+
+
+def test_a_crash_after_the_check_file_releases_the_same_values(tmp_path):
+  merf_lib.run(_run_config(tmp_path))
+  release_bytes = open(os.path.join(tmp_path, "release.npz"), "rb").read()
+  os.remove(os.path.join(tmp_path, "release.npz"))     # as if killed before it was written
+  merf_lib.run(_run_config(tmp_path))
+  assert open(os.path.join(tmp_path, "release.npz"), "rb").read() == release_bytes
+
+
+def test_the_readme_marks_the_check_file_private_and_the_release_publishable():
+  readme = open(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                             "README.md")).read()
+  table = readme.split("## What is safe to publish")[1].split("\n## ")[0]
+  verdicts = {}
+  for line in table.splitlines():
+    cells = [c.strip() for c in line.strip().strip("|").split("|")]
+    if len(cells) == 3 and cells[0].startswith("`"):
+      verdicts[cells[0].split("`")[1]] = cells[2].split(":")[0]
+  assert verdicts[merf_lib.CHECK_FILE] == "**no**"
+  assert verdicts[merf_lib.RELEASE_FILE] == "**yes**"

@@ -13,15 +13,18 @@ constant). With labels drawn from p̃ this is, up to the batch's label noise, DP
 A run (`run`): the secret key (read from <workdir>/privacy_key, or drawn and written there,
 0600, never published), σ for the target (ε, δ) of the one release, the release itself
 (kept as <workdir>/release.npz: it is the DP output, publishable, and a re-run reuses it
-instead of spending again), privacy.json, the training, the SavedModel export.
+instead of spending again — only after checking, against the PRIVATE release_check.json
+beside it, that the data (keyed fingerprint), the key and the release's flags are the same),
+privacy.json, the training, the SavedModel export.
 
 Privacy: `train_generator` takes the released μ̃ and p̃ (and the public frequencies and seed)
 and nothing else; everything here is post-processing of the one release, whose ε
 `privacy.mean_embedding.dp_event` states. Training can run for any number of steps.
 """
 
-import dataclasses
+import hmac
 import io
+import json
 import os
 from typing import Callable, NamedTuple, Optional, Sequence
 
@@ -35,37 +38,16 @@ from dp_sinkhorn_tf.io import files, rundir
 from dp_sinkhorn_tf.models import generators
 from dp_sinkhorn_tf.privacy import accounting, keys, mean_embedding
 from dp_sinkhorn_tf.release import export_lib
+from dp_sinkhorn_tf.train import merf_config
 
 RELEASE_FILE = "release.npz"
+CHECK_FILE = "release_check.json"  # PRIVATE: the keyed data fingerprint (0600)
 MECHANISM = "mean_embedding"
 
-
-@dataclasses.dataclass(frozen=True)
-class MerfTrainConfig:
-  """The generator (`models.generators.make_generator`'s arguments) and its Adam schedule:
-  `steps` batches of `batch_size`, the learning rate decayed by `lr_decay` every
-  `decay_every` steps (DP-MERF: 0.9 per epoch)."""
-
-  architecture: str = "dcgan"
-  latent_dim: int = 16
-  embed_dim: int = 8
-  hidden: int = 64
-  depth: int = 1
-  output: str = "tanh"
-  batch_size: int = 500
-  steps: int = 3000
-  learning_rate: float = 1e-3
-  lr_decay: float = 0.9
-  decay_every: int = 300
-  seed: int = 0
-
-  def __post_init__(self):
-    for name in ("latent_dim", "embed_dim", "hidden", "depth", "batch_size", "steps",
-                 "decay_every"):
-      if getattr(self, name) < 1:
-        raise ValueError(f"{name} must be ≥ 1, got {getattr(self, name)}")
-    if not self.learning_rate > 0 or not 0 < self.lr_decay <= 1:
-      raise ValueError("learning_rate must be > 0 and lr_decay in (0, 1]")
+# The frozen configs (declared with their flags in `train.merf_config`, TF-free).
+ReleaseConfig = merf_config.ReleaseConfig
+MerfTrainConfig = merf_config.MerfTrainConfig
+RunConfig = merf_config.RunConfig
 
 
 class TrainInfo(NamedTuple):
@@ -136,44 +118,6 @@ def train_generator(released: mean_embedding.ClassEmbeddings, frequencies: np.nd
   return generator, TrainInfo(losses)
 
 
-@dataclasses.dataclass(frozen=True)
-class ReleaseConfig:
-  """The one release: target (ε, δ) under add/remove (RDP accountant), F frequencies of
-  length scale ℓ (pixels in [−1, 1]; DP-MERF's 127 = ℓ² on [0, 1] pixels is ℓ ≈ 22.5 here)
-  drawn from the public `seed`, and the count entry's weight b."""
-
-  epsilon: float = 10.0
-  delta: float = 1e-5
-  num_frequencies: int = 5000
-  length_scale: float = 22.5
-  count_weight: float = 0.1
-  seed: int = 0
-
-  def __post_init__(self):
-    if not self.epsilon > 0 or not 0 < self.delta < 1:
-      raise ValueError(f"--epsilon must be > 0 and --delta in (0, 1), got {self.epsilon}, "
-                       f"{self.delta}")
-    if self.num_frequencies < 1:
-      raise ValueError(f"--num_frequencies must be ≥ 1, got {self.num_frequencies}")
-    if not 0 < self.count_weight < 1:
-      raise ValueError(f"--count_weight must be in (0, 1), got {self.count_weight}")
-    if not self.length_scale > 0:
-      raise ValueError(f"--length_scale must be > 0, got {self.length_scale}")
-
-
-@dataclasses.dataclass(frozen=True)
-class RunConfig:
-  """A whole run: where, which data (`datasets.load_dataset`), the release, the training."""
-
-  workdir: str
-  dataset: str = "fashion_mnist"
-  idx_dir: Optional[str] = None
-  data_dir: Optional[str] = None
-  insecure_fixed_key: bool = False
-  release: ReleaseConfig = ReleaseConfig()
-  train: MerfTrainConfig = MerfTrainConfig()
-
-
 def release_epsilon(params, delta: float) -> float:
   """ε of the one release (RDP accountant, add/remove), from its dp_event."""
   acc = dp_accounting.rdp.RdpAccountant(
@@ -192,15 +136,64 @@ def plan_release(cfg: ReleaseConfig, input_dim: int):
 
 
 def open_key(workdir: str, insecure_fixed_key: bool, seed: int) -> keys.PrivacyKey:
-  """The run's key: <workdir>/privacy_key if it exists, else a fresh one written there."""
+  """The run's key: <workdir>/privacy_key if it exists, else a fresh one written there
+  (refused when a release or its check file is already there: a new key could not have
+  made it)."""
   path = os.path.join(workdir, rundir.KEY_FILE)
   if files.exists(path):
     source = keys.SOURCE_INSECURE if insecure_fixed_key else keys.SOURCE_OS
     return keys.read_key_file(path, source)
+  for name in (RELEASE_FILE, CHECK_FILE):
+    if files.exists(os.path.join(workdir, name)):
+      raise ValueError(f"{path}: missing, but {os.path.join(workdir, name)} is there: the key "
+                       "it was released with is gone; use a new --workdir")
   key = keys.insecure_fixed(seed) if insecure_fixed_key else keys.generate()
   files.makedirs(workdir)
   keys.write_key_file(path, key)
   return key
+
+
+def key_check(key: keys.PrivacyKey) -> str:
+  """HMAC-SHA256(key, a constant) as hex: names the key without revealing it."""
+  return hmac.new(keys.to_text(key).encode(), b"dp_sinkhorn_tf.merf release key",
+                  "sha256").hexdigest()
+
+
+def release_check(cfg: RunConfig, key: keys.PrivacyKey, dataset) -> dict:
+  """The contents of <workdir>/release_check.json (PRIVATE): what a reuse of release.npz must
+  match — the flags that shape the release (`merf_config.release_flags`) and their SHA-256,
+  the key (`key_check`) and the keyed data fingerprint (`keys.data_fingerprint` of the
+  float32 images in [−1, 1] the release sees, and the labels). Private because the
+  fingerprint is a function of the private data (keyed, but not covered by ε)."""
+  flags = merf_config.release_flags(cfg)
+  return {
+      "release_flags": flags, "release_flags_sha256": merf_config.flags_sha256(flags),
+      "key_check": key_check(key),
+      "data_fingerprint": keys.data_fingerprint(
+          key, dataset.pixels, dataset.labels,
+          image_chunks=datasets.unit_chunks(dataset.pixels, dataset.pixel_max)),
+  }
+
+
+def check_reuse(stored: dict, current: dict, workdir: str) -> None:
+  """Raises ValueError (one line naming the flag or the file) unless `current` (a
+  `release_check` of this run) matches the `stored` one of the release in `workdir`."""
+  release = os.path.join(workdir, RELEASE_FILE)
+  old, new = stored.get("release_flags", {}), current["release_flags"]
+  for name in sorted(set(old) | set(new)):
+    if old.get(name) != new.get(name):
+      raise ValueError(f"--{name}={new.get(name)!r}: {release} was released with "
+                       f"--{name}={old.get(name)!r}; use that value or a new --workdir")
+  if stored.get("release_flags_sha256") != current["release_flags_sha256"]:
+    raise ValueError(f"{os.path.join(workdir, CHECK_FILE)}: its flag hash does not match its "
+                     "flags (edited?); use a new --workdir")
+  if stored.get("key_check") != current["key_check"]:
+    raise ValueError(f"{os.path.join(workdir, rundir.KEY_FILE)}: not the key {release} was "
+                     "released with; use a new --workdir")
+  if stored.get("data_fingerprint") != current["data_fingerprint"]:
+    raise ValueError(f"--dataset / --idx_dir / --data_dir: the data read now are not those "
+                     f"{release} was released from (keyed fingerprint in {CHECK_FILE}); use "
+                     "the same data or a new --workdir")
 
 
 def read_release(path: str) -> np.ndarray:
@@ -235,9 +228,25 @@ def privacy_report(cfg: ReleaseConfig, params, dataset_size: int, key) -> dict:
 
 def release_once(cfg: RunConfig, dataset, key) -> tuple:
   """(S̃, frequencies, params, privacy report): S̃ read from <workdir>/release.npz when a
-  previous attempt made it, else released now (and written before anything else)."""
+  previous attempt made it from the same data, key and release flags (`check_reuse`: else a
+  ValueError, and nothing is written), else released now.
+
+  Order of writes: release_check.json (what is about to be released), release.npz,
+  privacy.json. A crash between the first two leaves a check file without a release: the
+  next attempt checks it and releases the same S̃ again (its noise is the key's, at step 0),
+  so nothing is ever released twice with different noise."""
   frequencies, params = plan_release(cfg.release, int(np.prod(dataset.image_shape)))
   path = os.path.join(cfg.workdir, RELEASE_FILE)
+  check_path = os.path.join(cfg.workdir, CHECK_FILE)
+  current = release_check(cfg, key, dataset)
+  if files.exists(check_path):
+    check_reuse(json.loads(files.read_text(check_path)), current, cfg.workdir)
+  elif files.exists(path):
+    raise ValueError(f"{path}: no {CHECK_FILE} beside it, so nothing shows it came from this "
+                     "data, key and flags; use a new --workdir")
+  else:
+    files.write_text_atomic(check_path, json.dumps(current, indent=1, sort_keys=True),
+                            mode=0o600)
   if files.exists(path):
     released = read_release(path)
   else:
