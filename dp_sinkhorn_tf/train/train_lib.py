@@ -127,9 +127,9 @@ def train(cfg: config_lib.TrainConfig, images: np.ndarray, labels: np.ndarray,
   ledger = state.ledger
   released = None
   if ledger is not None and warm_start.stage_of(plan) is not None:  # before step 0 (charged)
-    released, ledger = warm_start.ensure_release(run.workdir, plan, ledger, state.key, images, labels,
-                                          num_classes, cfg.privacy.warm_start_resolution,
-                                          pixel_max)
+    released, ledger = warm_start.ensure_release(
+        run.workdir, plan, ledger, state.key, images, labels, num_classes,
+        cfg.privacy.warm_start_resolution, pixel_max)
     state = dataclasses.replace(state, ledger=ledger)
   strategy = distribute.make_strategy(run.strategy, run.num_devices)
   distribute.check_split(cfg.num_generated, strategy.num_replicas_in_sync)

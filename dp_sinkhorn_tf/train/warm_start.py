@@ -57,7 +57,8 @@ def release_params(plan: accounting.PrivacyPlan, image_shape: Sequence[int],
 def ensure_release(workdir: str, plan: accounting.PrivacyPlan,
                    ledger: accounting.PrivacyLedger, key: keys.PrivacyKey, images: np.ndarray,
                    labels: np.ndarray, num_classes: int, resolution: int,
-                   pixel_max: Optional[int] = None) -> Tuple[np.ndarray, accounting.PrivacyLedger]:
+                   pixel_max: Optional[int] = None
+                   ) -> Tuple[np.ndarray, accounting.PrivacyLedger]:
   """(S̃ [K, r²C + 1] float64, the ledger with the stage charged): read from the workdir, or
   charged (ledger saved) and then released and written (module docstring).
 
