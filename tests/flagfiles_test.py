@@ -16,6 +16,17 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FLAGFILES = sorted(glob.glob(os.path.join(ROOT, "launch", "*.flags")))
 
 
+def _command(path: str) -> str:
+  """The command line a shipped flagfile is for: "merf" when its header says so, else "main"
+  (the training flags)."""
+  with open(path) as fh:
+    return "merf" if "python -m dp_sinkhorn_tf.merf --flagfile=" in fh.read(1500) else "main"
+
+
+TRAIN_FLAGFILES = [p for p in FLAGFILES if _command(p) == "main"]
+MERF_FLAGFILES = [p for p in FLAGFILES if _command(p) == "merf"]
+
+
 def test_a_shipped_flagfile_is_found_by_name_from_any_directory(tmp_path, monkeypatch):
   monkeypatch.chdir(tmp_path)
   args = flagfiles.expand_flagfiles(["--flagfile=digits.flags", "--steps=3"])
@@ -79,7 +90,7 @@ def test_the_expected_flagfiles_exist():
           "celeba.flags"} <= names
 
 
-@pytest.mark.parametrize("path", FLAGFILES, ids=os.path.basename)
+@pytest.mark.parametrize("path", TRAIN_FLAGFILES, ids=os.path.basename)
 def test_flagfile_parses(parse, path):
   cfg = parse(f"--flagfile={path}")
   assert cfg.privacy.dp and cfg.privacy.target_epsilon == 10.0 and cfg.privacy.delta == 1e-5
@@ -90,7 +101,7 @@ def test_flagfile_parses(parse, path):
 def test_dataset_flagfiles_open_with_their_command(path):
   with open(path) as fh:
     head = fh.read(1500)
-  assert "python -m dp_sinkhorn_tf.main --flagfile=launch/" in head
+  assert f"python -m dp_sinkhorn_tf.{_command(path)} --flagfile=launch/" in head
   assert "runtime" in head.lower() and "ε" in head
 
 
@@ -112,7 +123,7 @@ DATASET_SIZES = {"digits": 1438, "mnist": 60000, "fashion_mnist": 60000, "cifar1
                  "celeb_a": 162770}
 
 
-@pytest.mark.parametrize("path", [p for p in FLAGFILES if not p.endswith("common.flags")],
+@pytest.mark.parametrize("path", [p for p in TRAIN_FLAGFILES if not p.endswith("common.flags")],
                          ids=os.path.basename)
 def test_header_step_count_is_what_the_accountant_allows(parse, path):
   """A header that says "N steps" (or "→ N steps") quotes the planner's own number."""
@@ -133,3 +144,21 @@ def test_header_step_count_is_what_the_accountant_allows(parse, path):
   else:
     assert quoted == accounting.max_steps(cfg.privacy.target_epsilon, cfg.privacy.delta, q,
                                           cfg.privacy.noise_multiplier, cfg.privacy.accountant)
+
+
+@pytest.mark.parametrize("path", MERF_FLAGFILES, ids=os.path.basename)
+def test_merf_flagfiles_parse_with_merfs_flags(monkeypatch, path):
+  from dp_sinkhorn_tf import merf
+
+  monkeypatch.chdir(ROOT)
+  merf.FLAGS.unparse_flags()
+  merf.FLAGS(["merf", *cli.expand_flagfiles([f"--flagfile={path}", "--workdir=unused"])])
+  try:
+    cfg = merf.config_from_flags(merf.FLAGS)
+  finally:
+    merf.FLAGS.unparse_flags()
+  assert cfg.release.epsilon == 10.0 and cfg.release.delta == 1e-5
+
+
+def test_the_merf_flagfile_is_found():
+  assert [os.path.basename(p) for p in MERF_FLAGFILES] == ["fashion_mnist_merf.flags"]
