@@ -478,5 +478,10 @@ def test_plan_privacy_with_fixed_steps_and_sigma_gives_the_rest_to_the_warm_star
   plan = accounting.plan_privacy(_cfg(200, 2.0), 5000)
   assert (plan.steps, plan.noise_multiplier) == (200, 2.0)
   assert 0.99 * 4.0 < plan.epsilon <= 4.0
+  # --warm_start_share=0.1 cannot hold: the shares shown are the realised ones.
+  warm_eps, dp_eps = plan.stage_epsilons
+  assert plan.stage_shares == pytest.approx((warm_eps / (warm_eps + dp_eps),
+                                             dp_eps / (warm_eps + dp_eps)))
+  assert plan.stage_shares[0] > 0.5 and plan.ledger_stages()[0]["share"] == plan.stage_shares[0]
   with pytest.raises(ValueError, match="nothing for --warm_start"):
     accounting.plan_privacy(_cfg(100000, 0.6), 5000)

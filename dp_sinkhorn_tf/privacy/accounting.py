@@ -636,6 +636,10 @@ def _plan_with_warm_start(cfg, q: float, warning: Optional[str]) -> PrivacyPlan:
   if steps.steps < 1:
     raise ValueError(f"--noise_multiplier={p.noise_multiplier}: the DP-Sinkhorn share of "
                      f"--target_epsilon={p.target_epsilon} allows no step at q={q:.3g}")
+  # Both of the steps' parameters given: the split is not --warm_start_share but what the
+  # steps leave, so the shares shown are the realised ones, ε_i / Σ ε_j (which equal the
+  # flag's when the planner was free: ε_i = c·w_i·target).
+  shares = ((share, 1.0 - share) if not fixed else
+            tuple(e / sum(solved.stage_epsilons) for e in solved.stage_epsilons))
   return PrivacyPlan(q, steps.noise_multiplier, steps.steps, solved.epsilon, p.delta,
-                     p.accountant, warning, solved.stages, solved.stage_epsilons,
-                     (share, 1.0 - share))
+                     p.accountant, warning, solved.stages, solved.stage_epsilons, shares)

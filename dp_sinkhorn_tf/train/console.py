@@ -137,7 +137,7 @@ def run(cfg: config_lib.TrainConfig, flags_text: str, dataset: datasets.Dataset,
           f"(N={dataset.num_units} {dataset.unit}s); neighbours: "
           f"{accounting.NEIGHBOURING_RELATION}")
     for stage, alone, share in zip(plan.stages, plan.stage_epsilons, plan.stage_shares):
-      print(f"  stage {stage.name}: share {share:g} of ε, σ={stage.noise_multiplier:.4g} "
+      print(f"  stage {stage.name}: share {share:.3g} of ε, σ={stage.noise_multiplier:.4g} "
             f"q={stage.sample_rate:.4g} steps={stage.steps} → ε={alone:.3f} alone")
     noise = trainer.noise_description(cfg, plan.noise_multiplier, dataset.image_shape,
                                       dataset.num_classes)
