@@ -39,8 +39,7 @@ def test_a_new_run_writes_its_key_ledger_and_identity_and_reopens_as_itself(tmp_
     assert os.path.exists(rundir.path(cfg.run.workdir, name)), name
   ledger = json.loads(open(rundir.path(cfg.run.workdir, rundir.LEDGER_FILE)).read())
   assert ledger["run_id"] == state.identity.run_id and ledger["steps_taken"] == 0
-  assert ledger["data_fingerprint"] == provenance.fingerprint(cfg, state.key, IMAGES, LABELS,
-                                                              255)
+  assert ledger["data_fingerprint"] == provenance.fingerprint(state.key, IMAGES, LABELS, 255)
   again = _open(cfg)
   assert not again.created
   assert again.identity == state.identity and again.ledger == state.ledger

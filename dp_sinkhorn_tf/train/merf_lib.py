@@ -38,7 +38,7 @@ from dp_sinkhorn_tf.io import files, rundir
 from dp_sinkhorn_tf.models import generators
 from dp_sinkhorn_tf.privacy import accounting, keys, mean_embedding
 from dp_sinkhorn_tf.release import export_lib
-from dp_sinkhorn_tf.train import merf_config
+from dp_sinkhorn_tf.train import merf_config, provenance
 
 RELEASE_FILE = "release.npz"
 CHECK_FILE = "release_check.json"  # PRIVATE: the keyed data fingerprint (0600)
@@ -169,9 +169,8 @@ def release_check(cfg: RunConfig, key: keys.PrivacyKey, dataset) -> dict:
   return {
       "release_flags": flags, "release_flags_sha256": merf_config.flags_sha256(flags),
       "key_check": key_check(key),
-      "data_fingerprint": keys.data_fingerprint(
-          key, dataset.pixels, dataset.labels,
-          image_chunks=datasets.unit_chunks(dataset.pixels, dataset.pixel_max)),
+      "data_fingerprint": provenance.fingerprint(key, dataset.pixels, dataset.labels,
+                                                 dataset.pixel_max),
   }
 
 

@@ -126,13 +126,13 @@ def _wait_for_chief(wd: str, timeout_s: float) -> Optional[rundir.RunIdentity]:
     time.sleep(0.2)
 
 
-def fingerprint(cfg: config_lib.TrainConfig, key: keys.PrivacyKey, images: np.ndarray,
-                labels: np.ndarray, pixel_max: Optional[int] = None,
-                groups: Optional[np.ndarray] = None) -> str:
+def fingerprint(key: keys.PrivacyKey, images: np.ndarray, labels: np.ndarray,
+                pixel_max: Optional[int] = None, groups: Optional[np.ndarray] = None,
+                max_per_group: Optional[int] = None) -> str:
   """The keyed data fingerprint (`keys.data_fingerprint`) of the private set as training
-  sees it (float32 images in [−1, 1], scaled a chunk at a time) and, under
+  and the releases see it (float32 images in [−1, 1], scaled a chunk at a time) and, under
   --privacy_unit=group, of its groups and --max_per_group."""
-  unit = "" if groups is None else f"group:max_per_group={cfg.data.max_per_group}"
+  unit = "" if groups is None else f"group:max_per_group={max_per_group}"
   return keys.data_fingerprint(key, images, labels, groups, unit,
                                image_chunks=datasets.unit_chunks(images, pixel_max))
 
@@ -190,7 +190,8 @@ def open_run(cfg: config_lib.TrainConfig, plan: accounting.PrivacyPlan, images: 
     if dp:
       keys.write_key_file(key_path, key)
       ledger = _new_ledger(cfg, plan, num_units, run_id,
-                           fingerprint(cfg, key, images, labels, pixel_max, groups))
+                           fingerprint(key, images, labels, pixel_max, groups,
+                                       cfg.data.max_per_group))
       ledger.save(ledger_path)
       reason = "" if key.private else keys.INSECURE_REASON
       identity = rundir.RunIdentity(run_id, True, key.source, key.private, reason)
@@ -231,7 +232,8 @@ def open_run(cfg: config_lib.TrainConfig, plan: accounting.PrivacyPlan, images: 
   requested = _new_ledger(cfg, plan, num_units)
   accounting.check_compatible(ledger, requested)
   _check_same_flags(wd, ledger_path, ledger, requested)
-  if ledger.data_fingerprint != fingerprint(cfg, key, images, labels, pixel_max, groups):
+  if ledger.data_fingerprint != fingerprint(key, images, labels, pixel_max, groups,
+                                            cfg.data.max_per_group):
     raise ProvenanceError(f"--workdir={wd}: the private data differ from those this run "
                           f"started on (keyed fingerprint in {rundir.LEDGER_FILE}); resuming "
                           "would reuse the run's noise on other data: use a new --workdir")
