@@ -162,3 +162,19 @@ def test_merf_flagfiles_parse_with_merfs_flags(monkeypatch, path):
 
 def test_the_merf_flagfile_is_found():
   assert [os.path.basename(p) for p in MERF_FLAGFILES] == ["fashion_mnist_merf.flags"]
+
+
+def test_lattice_cost_tool_prices_every_training_flagfile_within_a_tenth_of_a_percent():
+  """tools/lattice_cost.py (quoted in docs/privacy.md) reads every training flagfile; the
+  exact noise's ε at σ_eff is at most 0.1 % above the ε charged (issue 35's bound)."""
+  import re
+  import subprocess
+  import sys
+
+  out = subprocess.run([sys.executable, os.path.join(ROOT, "tools", "lattice_cost.py")],
+                       capture_output=True, text=True, check=True, cwd=ROOT).stdout
+  names = [line.split()[0] for line in out.splitlines() if line.strip()]
+  assert sorted(names) == sorted(os.path.basename(p) for p in TRAIN_FLAGFILES
+                                 if not p.endswith("common.flags"))
+  changes = [float(m) for m in re.findall(r"\(([+-][0-9.]+) %\)", out)]
+  assert len(changes) == len(names) and max(changes) <= 0.1, out
