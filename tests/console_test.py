@@ -39,6 +39,16 @@ def test_the_progress_line_shows_each_stage_share_of_a_run_with_stages(capsys):
   assert "share" not in capsys.readouterr().out
 
 
+def test_the_warm_start_fit_has_a_progress_line_of_its_own(capsys):
+  on_pretrain = console._pretrain_printer()
+  on_pretrain(1, 3000, 0.5)
+  on_pretrain(3000, 3000, 0.125)
+  out = capsys.readouterr().out.splitlines()
+  assert out[0] == "warm start: fitting the generator to the release, step 1/3000 (0.0%) · loss 0.5000"
+  assert out[-1].startswith("warm start: fitting the generator to the release, step 3000/3000")
+  assert out[-1].endswith("loss 0.1250")
+
+
 def test_the_first_signal_asks_for_a_stop_and_a_second_ctrl_c_interrupts(capsys):
   stop = console._StopFlag()
   assert not stop

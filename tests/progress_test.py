@@ -33,6 +33,11 @@ class FormatDurationTest(absltest.TestCase):
 
 class ProgressLineTest(absltest.TestCase):
 
+  def test_a_prefix_comes_before_the_step(self):
+    line, out = _line(FakeClock(), prefix="warm start: ")
+    line.report(3, 10, {"loss": 0.5})
+    self.assertEqual(out.getvalue(), "warm start: step 3/10 (30.0%) · loss 0.5000\n")
+
   def test_speed_counts_from_the_first_report_not_from_step_zero(self):
     # Compilation before the first report (step 1000) must not enter the speed, and the
     # steps before it were already taken: 1000 steps in 12 s after it → 12 ms/step.

@@ -3,6 +3,7 @@ kept in the workdir, never charged twice; a kill between the release and the fir
 DP-Sinkhorn step, then a resume."""
 
 import dataclasses
+import math
 import os
 
 import numpy as np
@@ -11,7 +12,7 @@ import tensorflow as tf
 
 from dp_sinkhorn_tf.data import datasets
 from dp_sinkhorn_tf.io import rundir
-from dp_sinkhorn_tf.privacy import accounting, class_means
+from dp_sinkhorn_tf.privacy import accounting, class_means, mean_embedding
 from dp_sinkhorn_tf.train import config as config_lib
 from dp_sinkhorn_tf.train import merf_lib, provenance, train_lib, trainer, warm_start
 from dp_sinkhorn_tf.transport import sinkhorn
@@ -127,13 +128,13 @@ def test_a_resume_with_another_share_is_refused(tmp_path):
 DIGITS = datasets.load_dataset("digits")
 
 
-def _digits_config(workdir):
+def _digits_config(workdir, kind="class_means"):
   return config_lib.TrainConfig(
       batch_size=16, steps=6,
       model=config_lib.ModelConfig(architecture="dcgan", latent_dim=4, embed_dim=2, hidden=4),
       loss=config_lib.LossConfig(cost="l1l2", solver=sinkhorn.SinkhornConfig(
           epsilon=0.5, max_iterations=20)),
-      privacy=config_lib.PrivacyConfig(target_epsilon=3.0, warm_start="class_means",
+      privacy=config_lib.PrivacyConfig(target_epsilon=3.0, warm_start=kind,
                                        warm_start_resolution=4, warm_start_steps=20),
       run=config_lib.RunConfig(workdir=str(workdir), log_every=1, sample_every=10**6,
                                checkpoint_every=3, insecure_fixed_key=True, export=False))
@@ -177,13 +178,14 @@ def _weights(model):
   return [v.numpy() for v in model.variables]
 
 
+@pytest.mark.parametrize("kind", warm_start.KINDS)
 def test_pretraining_is_a_function_of_the_release_alone_and_is_the_step_zero_checkpoint(
-    tmp_path, monkeypatch):
+    tmp_path, monkeypatch, kind):
   """The run is killed at its first DP-Sinkhorn call; its step-0 checkpoint holds the
   pre-trained generator. Pre-training a fresh generator again from the release file and the
   public flags, with no private data anywhere in reach, gives the same weights; a resume
   restores them instead of pre-training again."""
-  cfg = _digits_config(tmp_path / "run")
+  cfg = _digits_config(tmp_path / "run", kind)
   plan = accounting.plan_privacy(cfg, len(DIGITS.images))
 
   def killed(*args, **kwargs):
@@ -200,11 +202,11 @@ def test_pretraining_is_a_function_of_the_release_alone_and_is_the_step_zero_che
 
   # No private data from here on: the release file and public flags only.
   released = merf_lib.read_release(rundir.path(cfg.run.workdir, rundir.WARM_START_FILE))
-  central = warm_start.central_images(released, DIGITS.image_shape, 4)
+  assert released.shape == (10, warm_start.num_entries(kind, DIGITS.image_shape, 4))
   tf.keras.utils.set_random_seed(cfg.run.seed)   # build_model's initialisation
   fresh = trainer.make_generator(cfg, DIGITS.image_shape, 10, build=True)
   initial = _weights(fresh)
-  losses = warm_start.pretrain(fresh, central, 20, cfg.run.seed)
+  losses = warm_start.pretrain(fresh, released, kind, 4, 20, cfg.run.seed)
   assert losses[-1] < losses[0]
   for got, want, init in zip(_weights(stored), _weights(fresh), initial):
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
@@ -228,3 +230,31 @@ def test_augmented_targets_are_shifted_noisy_upsampled_central_images():
   again = warm_start.augmented_targets(tf.constant(central), labels, (8, 8, 1),
                                        tf.constant([3, 4], tf.int64)).numpy()
   np.testing.assert_array_equal(out, again)
+
+
+def test_the_merf_release_is_dp_merfs_class_sums_plus_lattice_noise(tmp_path):
+  """--warm_start=merf releases Σ_i e_{y_i} ⊗ [a·φ(x_i), b] (`mean_embedding` (3)) with the
+  frequencies of the public --seed: the release minus the exact sums is lattice noise of the
+  planned scale (in the noise's units, mean ≈ 0 and std ≈ s·γ)."""
+  cfg = _config(tmp_path / "run", warm_start="merf")
+  plan, state = _open(cfg)
+  released, ledger = warm_start.ensure_release(cfg.run.workdir, plan, state.ledger, state.key,
+                                               IMAGES, LABELS, 2, 2, 255, "merf", seed=5)
+  assert ledger.stage_charged("warm_start")
+  params = warm_start.release_params(plan, (4, 4, 1), 2, "merf")
+  assert released.shape == (2, params.entries) == (2, 2 * 5000 + 1)
+  exact = mean_embedding.embedding_sum(datasets.scale_to_unit_interval(IMAGES, 255), LABELS,
+                                       warm_start.frequencies((4, 4, 1), 5), 2,
+                                       warm_start.MERF_RELEASE.count_weight)
+  noise = (released - exact) / params.gamma
+  # Rounding moves each entry by < 1 lattice unit; the noise has std s ≫ 1.
+  assert abs(noise.mean()) < 5 * params.scale.scale / math.sqrt(noise.size)
+  assert noise.std() == pytest.approx(params.scale.scale, rel=0.03)
+  np.testing.assert_array_equal(released / params.gamma, np.round(released / params.gamma))
+
+
+def test_merf_and_class_means_warm_starts_charge_the_same_stage():
+  cfg = _config("unused")
+  assert (accounting.plan_privacy(cfg, 60).stages
+          == accounting.plan_privacy(dataclasses.replace(
+              cfg, privacy=dataclasses.replace(cfg.privacy, warm_start="merf")), 60).stages)

@@ -79,7 +79,7 @@ ARTEFACTS = (
      "assumption), unit of privacy"),
     (IDENTITY_FILE, True, "run id, dp, key source"),
     (f"{CHECKPOINT_DIR}/", True, "weights and optimizer state of released updates"),
-    (WARM_START_FILE, True, "the warm start's one DP release (per-class mean images + noise)"),
+    (WARM_START_FILE, True, "the warm start's one DP release (per-class feature sums + noise)"),
     (f"{AUDIT_DIR}/", True, "audit lower bounds and ROC plots (synthetic canaries only)"),
     (LEDGER_FILE, False, "keep: holds a keyed fingerprint of the data"),
     (KEY_FILE, False, "SECRET: whoever has it can remove the noise"),

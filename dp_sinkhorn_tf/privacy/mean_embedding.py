@@ -235,11 +235,19 @@ def release(images: np.ndarray, labels: np.ndarray, frequencies, num_classes: in
   frequencies: [F, d]; params: `release_params(σ, 2F + 1)`; seed: [2] int64, the release's
   secret seed (`keys.step_seed(key, 0, keys.STREAM_MEAN_EMBEDDING)`).
   """
-  _check_count_weight(count_weight)
   rows = flat(images)
+  return release_chunks((rows[s:s + CHUNK] for s in range(0, len(rows), CHUNK)), labels,
+                        frequencies, num_classes, count_weight, params, seed)
+
+
+def release_chunks(chunks, labels: np.ndarray, frequencies, num_classes: int,
+                   count_weight: float, params: lattice.LatticeParams, seed) -> np.ndarray:
+  """`release` of images given a chunk at a time (each [b, ...] float in [−1, 1], ≤ CHUNK
+  rows, in record order): a large uint8 set never needs its whole float copy."""
+  _check_count_weight(count_weight)
   w = tf.constant(frequencies, tf.float64)
-  return release_class_sums((rows[s:s + CHUNK] for s in range(0, len(rows), CHUNK)),
-                            labels, lambda x: record_embeddings(x, w, count_weight),
+  return release_class_sums((flat(np.asarray(c)) for c in chunks), labels,
+                            lambda x: record_embeddings(x, w, count_weight),
                             2 * len(frequencies) + 1, num_classes, params, seed)
 
 

@@ -43,7 +43,7 @@ COSTS = transport_options.COST_NAMES
 PRODUCTS = transport_options.PRODUCTS
 STRATEGIES = ("default", "mirrored", "multi_worker")
 IF_FINISHED = ("fail", "skip")
-WARM_STARTS = ("none", "class_means")
+WARM_STARTS = ("none", "class_means", "merf")
 
 
 # ValueError("--flag=value: expected …") unless a condition holds: the one line a bad flag
@@ -390,9 +390,11 @@ class PrivacyConfig:
       "pixels before it reaches the generator: post-processing at no privacy cost that damps "
       "the white noise (std × 0.28 at 1 pixel). 0 = off.")
   warm_start: str = option(
-      "none", "class_means: before the DP-Sinkhorn steps, release the per-class mean images "
-      "pooled to --warm_start_resolution once (exact lattice Gaussian, `privacy.class_means`; "
-      "written to warm_start.npz), paid from --warm_start_share of --target_epsilon.",
+      "none", "A private release before the DP-Sinkhorn steps, paid from --warm_start_share "
+      "of --target_epsilon (exact lattice Gaussian; written to warm_start.npz), then "
+      "--warm_start_steps non-private steps fitting the generator to it. class_means: the "
+      "per-class mean images pooled to --warm_start_resolution; merf: DP-MERF's per-class "
+      "random-feature means (python -m dp_sinkhorn_tf.merf's defaults and schedule).",
       choices=WARM_STARTS)
   warm_start_share: float = option(
       0.1, "Share of --target_epsilon planned for the warm-start release (the DP-Sinkhorn "
@@ -400,8 +402,8 @@ class PrivacyConfig:
   warm_start_resolution: int = option(
       7, "r: the warm start releases r×r mean images (must divide the image height and width).")
   warm_start_steps: int = option(
-      300, "Non-private steps that fit the generator to augmented copies of the released "
-      "central images before DP-Sinkhorn step 0 (post-processing: no privacy cost).")
+      300, "Non-private steps that fit the generator to the warm start's release before "
+      "DP-Sinkhorn step 0 (post-processing: no privacy cost); DP-MERF trains 3000 (merf).")
   # They see generated data only.
   public_clip: Optional[float] = option(
       None, "Clip norm of the released gradient of the generated images that meet no private "

@@ -63,6 +63,17 @@ def _progress_printer(unit: str = "record", plan: Optional[accounting.PrivacyPla
   return on_log
 
 
+def _pretrain_printer():
+  """on_pretrain for `train_lib.train`: the warm start's fit to its release (post-processing:
+  its loss is a function of the release, publishable) as a progress line of its own."""
+  line = progress.ProgressLine(prefix="warm start: fitting the generator to the release, ")
+
+  def on_pretrain(step: int, total: int, loss: float) -> None:
+    line.report(step, total, {"loss": loss})
+
+  return on_pretrain
+
+
 class _StopFlag:
   """SIGINT / SIGTERM handler: the first signal asks the loop to stop at a step boundary."""
 
@@ -109,7 +120,8 @@ def run(cfg: config_lib.TrainConfig, flags_text: str, dataset: datasets.Dataset,
       raise ValueError(f"--workdir={cfg.run.workdir}: exists and is not a directory")
     chief = distribute.is_chief(cfg.run.strategy)
     state = provenance.open_run(cfg, plan, dataset.pixels, dataset.labels, chief,
-                     pixel_max=dataset.pixel_max, groups=dataset.groups)
+                     pixel_max=dataset.pixel_max, groups=dataset.groups,
+                   on_pretrain=_pretrain_printer())
   except (ValueError, FileNotFoundError) as e:
     _fail(str(e))
   except OSError as e:

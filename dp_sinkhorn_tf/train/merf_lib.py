@@ -87,24 +87,33 @@ def train_generator(released: mean_embedding.ClassEmbeddings, frequencies: np.nd
   d = prod(image_shape). Deterministic given its arguments (stateless latents and labels
   from cfg.seed), so a test can compare two calls bit for bit.
   """
+  generator = make_generator(cfg, image_shape, int(released.means.shape[0]))
+  return generator, fit(generator, released, frequencies, cfg, on_step)
+
+
+def fit(generator: tf.keras.Model, released: mean_embedding.ClassEmbeddings,
+        frequencies: np.ndarray, cfg: MerfTrainConfig,
+        on_step: Optional[Callable[[int, float], None]] = None) -> TrainInfo:
+  """Fits `generator` (g(z, y), latents of its `latent_dim`) in place to (1) for cfg.steps
+  Adam steps of cfg.batch_size (cfg's schedule and seed; its generator fields unused). Sees
+  the release, W and the public seed only: post-processing."""
   means = tf.constant(released.means, tf.float32)
   proportions = tf.constant(released.proportions, tf.float32)
-  num_classes = int(means.shape[0])
   w = tf.constant(frequencies, tf.float32)
-  generator = make_generator(cfg, image_shape, num_classes)
   schedule = tf.keras.optimizers.schedules.ExponentialDecay(
       cfg.learning_rate, cfg.decay_every, cfg.lr_decay, staircase=True)
   optimizer = tf.keras.optimizers.Adam(schedule)
   log_p = tf.math.log(tf.maximum(proportions, 1e-12))[None, :]
+  latent_dim = int(generator.latent_dim)
 
   @tf.function(jit_compile=False)
   def step(t):
     seed = tf.stack([tf.constant(cfg.seed, tf.int64), tf.cast(t, tf.int64)])
-    z = generators.sample_latent(cfg.batch_size, cfg.latent_dim, seed)
+    z = generators.sample_latent(cfg.batch_size, latent_dim, seed)
     labels = tf.random.stateless_categorical(log_p, cfg.batch_size, seed + [0, 2**40],
                                              dtype=tf.int32)[0]
     with tf.GradientTape() as tape:
-      images = generator([z, labels], training=True)
+      images = tf.cast(generator([z, labels], training=True), tf.float32)
       loss = merf_loss(images, labels, means, proportions, w)
     grads = tape.gradient(loss, generator.trainable_variables)
     optimizer.apply_gradients(zip(grads, generator.trainable_variables))
@@ -115,7 +124,7 @@ def train_generator(released: mean_embedding.ClassEmbeddings, frequencies: np.nd
     losses[t] = step(tf.constant(t, tf.int64)).numpy()
     if on_step is not None:
       on_step(t, float(losses[t]))
-  return generator, TrainInfo(losses)
+  return TrainInfo(losses)
 
 
 def release_epsilon(params, delta: float) -> float:

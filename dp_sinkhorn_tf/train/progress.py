@@ -39,7 +39,8 @@ class ProgressLine:
   def __init__(self, stream: Optional[TextIO] = None,
                clock: Callable[[], float] = time.monotonic,
                tty: Optional[bool] = None, tty_interval: float = 0.1,
-               file_interval: float = 10.0):
+               file_interval: float = 10.0, prefix: str = ""):
+    self._prefix = prefix  # e.g. "warm start: fit " before "step 300/3000 …"
     self._stream = stream if stream is not None else sys.stdout
     self._clock = clock
     if tty is None:
@@ -59,7 +60,8 @@ class ProgressLine:
 
   def line(self, step: int, total: int, values: Mapping[str, float], now: float) -> str:
     """The text of the report of `step` at time `now` (no line ending)."""
-    parts = [f"step {step}/{total} ({100.0 * step / total:.1f}%)" if total else f"step {step}"]
+    parts = [f"{self._prefix}step {step}/{total} ({100.0 * step / total:.1f}%)" if total
+             else f"{self._prefix}step {step}"]
     per_step = self.speed(step, now)
     if per_step is not None:
       parts.append(f"{1e3 * per_step:.1f} ms/step")

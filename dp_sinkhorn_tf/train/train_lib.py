@@ -82,7 +82,8 @@ def train(cfg: config_lib.TrainConfig, images: np.ndarray, labels: np.ndarray,
           state: Optional[provenance.RunState] = None,
           stop: Optional[Callable[[], bool]] = None,
           finish_only: bool = False, pixel_max: Optional[int] = None,
-          groups: Optional[np.ndarray] = None) -> TrainResult:
+          groups: Optional[np.ndarray] = None,
+          on_pretrain: Optional[Callable[[int, int, float], None]] = None) -> TrainResult:
   """Trains (or resumes) the run in cfg.run.workdir until the plan's steps are taken.
 
   Args:
@@ -107,6 +108,8 @@ def train(cfg: config_lib.TrainConfig, images: np.ndarray, labels: np.ndarray,
       BudgetExhaustedError.
     pixel_max: see images.
     groups: [N] int64 group ids under --privacy_unit=group (None: one record is the unit).
+    on_pretrain: called as on_pretrain(step, warm_start_steps, loss) after each step of the
+      warm start's fit to its release (post-processing; a resume past step 0 does not fit).
 
   Raises:
     BudgetExhaustedError: the run has taken and checkpointed every planned step.
@@ -129,7 +132,7 @@ def train(cfg: config_lib.TrainConfig, images: np.ndarray, labels: np.ndarray,
   if ledger is not None and warm_start.stage_of(plan) is not None:  # before step 0 (charged)
     released, ledger = warm_start.ensure_release(
         run.workdir, plan, ledger, state.key, images, labels, num_classes,
-        cfg.privacy.warm_start_resolution, pixel_max)
+        cfg.privacy.warm_start_resolution, pixel_max, cfg.privacy.warm_start, run.seed)
     state = dataclasses.replace(state, ledger=ledger)
   strategy = distribute.make_strategy(run.strategy, run.num_devices)
   distribute.check_split(cfg.num_generated, strategy.num_replicas_in_sync)
@@ -168,9 +171,11 @@ def train(cfg: config_lib.TrainConfig, images: np.ndarray, labels: np.ndarray,
     manager = _FixedTimeManager(manager)
   ledger_path = rundir.path(run.workdir, rundir.LEDGER_FILE) if chief else None
   if pretrain:  # post-processing of the release; its result is the step-0 checkpoint
-    central = warm_start.central_images(released, images.shape[1:],
-                                        cfg.privacy.warm_start_resolution)
-    warm_start.pretrain(generator, central, cfg.privacy.warm_start_steps, run.seed)
+    total = cfg.privacy.warm_start_steps
+    warm_start.pretrain(generator, released, cfg.privacy.warm_start,
+                        cfg.privacy.warm_start_resolution, total, run.seed,
+                        None if on_pretrain is None else
+                        lambda t, loss: on_pretrain(t + 1, total, loss))
     if ema_generator is not None:
       for ema_var, var in zip(ema_generator.variables, generator.variables):
         ema_var.assign(var)

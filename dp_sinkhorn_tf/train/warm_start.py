@@ -1,5 +1,16 @@
-"""The warm start of a run (--warm_start=class_means): one private release of per-class mean
-images (`privacy.class_means`), charged write-ahead and kept in the workdir.
+"""The warm start of a run: one private release, charged write-ahead and kept in the workdir,
+then a non-private fit of the generator to it. Two kinds (--warm_start):
+
+  class_means   per-class mean images pooled to r×r (`privacy.class_means`), fitted by the
+                mean squared error to augmented copies (below);
+  merf          DP-MERF's class-conditional random-Fourier-feature sums
+                (`privacy.mean_embedding`, the defaults of `python -m dp_sinkhorn_tf.merf`,
+                frequencies from the public --seed), fitted by DP-MERF's loss
+                (`merf_lib.fit`, DP-MERF's schedule: batch 100, learning rate 5e-3 × 0.9
+                every 600 steps).
+
+Both release rows of norm ≤ 1 per record once (Δ₂ = 1, one Gaussian, q = 1), so the plan's
+stage is the same for either.
 
 Order (the same guarantees as the DP-Sinkhorn steps, `train_lib`):
 
@@ -14,14 +25,14 @@ A warm-start file in a workdir whose ledger never charged the stage belongs to n
 run made: it is refused.
 
 Pre-training (`pretrain`, post-processing only): before DP-Sinkhorn step 0 the generator is
-fitted for --warm_start_steps Adam steps to augmented copies of the released central images
+fitted to the release (merf: `merf_lib.fit`; class_means: for --warm_start_steps Adam steps to augmented copies of the released central images
 (upsampled bilinearly to H × W, shifted by up to ⌈H/14⌉ pixels, plus N(0, 0.05²) pixel noise,
-clamped to [−1, 1]), by the mean squared error to G(z, y) with y ~ p̃. It sees the release,
+clamped to [−1, 1]), by the mean squared error to G(z, y) with y ~ p̃). It sees the release,
 the public config and its stateless seeds, nothing else; `train_lib` saves the result as
 the step-0 checkpoint, so a resume restores it instead of fitting again.
 """
 
-from typing import Optional, Sequence, Tuple
+from typing import Callable, Optional, Sequence, Tuple
 
 import numpy as np
 import tensorflow as tf
@@ -29,9 +40,11 @@ import tensorflow as tf
 from dp_sinkhorn_tf.data import datasets
 from dp_sinkhorn_tf.io import files, rundir
 from dp_sinkhorn_tf.privacy import accounting, class_means, keys, lattice, mean_embedding
-from dp_sinkhorn_tf.train import merf_lib
+from dp_sinkhorn_tf.train import merf_config, merf_lib
 
 STAGE = accounting.WARM_START_STAGE
+CLASS_MEANS, MERF = "class_means", "merf"
+KINDS = (CLASS_MEANS, MERF)
 # Weight b of the count entry (`class_means` (2)): the noisy class counts have std σ/b, the
 # mean images lose a factor a = √(1 − b²) ≈ 0.995 of their signal.
 COUNT_WEIGHT = 0.1
@@ -42,31 +55,56 @@ def stage_of(plan: accounting.PrivacyPlan) -> Optional[accounting.Stage]:
   return next((s for s in plan.stages if s.name == STAGE), None)
 
 
+def _check_kind(kind: str) -> None:
+  if kind not in KINDS:
+    raise ValueError(f"warm start {kind!r}: expected one of {KINDS}")
+
+
+MERF_RELEASE = merf_config.ReleaseConfig()    # F, ℓ and b of the merf warm start
+
+
+def frequencies(image_shape: Sequence[int], seed: int) -> np.ndarray:
+  """The merf warm start's public W [F, H·W·C] float64 (drawn from the public --seed)."""
+  return mean_embedding.fourier_frequencies(int(np.prod(image_shape)),
+                                            MERF_RELEASE.num_frequencies,
+                                            MERF_RELEASE.length_scale, seed)
+
+
+def num_entries(kind: str, image_shape: Sequence[int], resolution: int) -> int:
+  """Entries of one record's released row: r²C + 1 (class_means), 2F + 1 (merf)."""
+  _check_kind(kind)
+  if kind == MERF:
+    return 2 * MERF_RELEASE.num_frequencies + 1
+  return class_means.num_entries(image_shape, resolution)
+
+
 def release_params(plan: accounting.PrivacyPlan, image_shape: Sequence[int],
-                   resolution: int) -> lattice.LatticeParams:
+                   resolution: int, kind: str = CLASS_MEANS) -> lattice.LatticeParams:
   """The lattice parameters of the warm start's release at the plan's σ (ValueError when r
-  does not divide the image size)."""
-  class_means.check_resolution(image_shape, resolution)
+  does not divide the image size, for class_means)."""
+  _check_kind(kind)
+  if kind == CLASS_MEANS:
+    class_means.check_resolution(image_shape, resolution)
   stage = stage_of(plan)
   if stage is None:
     raise ValueError("the privacy plan has no warm-start stage")
   return mean_embedding.release_params(stage.noise_multiplier,
-                                       class_means.num_entries(image_shape, resolution))
+                                       num_entries(kind, image_shape, resolution))
 
 
 def ensure_release(workdir: str, plan: accounting.PrivacyPlan,
                    ledger: accounting.PrivacyLedger, key: keys.PrivacyKey, images: np.ndarray,
                    labels: np.ndarray, num_classes: int, resolution: int,
-                   pixel_max: Optional[int] = None
+                   pixel_max: Optional[int] = None, kind: str = CLASS_MEANS, seed: int = 0
                    ) -> Tuple[np.ndarray, accounting.PrivacyLedger]:
-  """(S̃ [K, r²C + 1] float64, the ledger with the stage charged): read from the workdir, or
-  charged (ledger saved) and then released and written (module docstring).
+  """(S̃ [K, `num_entries`] float64, the ledger with the stage charged): read from the
+  workdir, or charged (ledger saved) and then released and written (module docstring).
 
   images: [N, H, W, C] uint8 pixels in [0, pixel_max] (or float32 in [−1, 1], pixel_max
-  None); labels: [N] int in [0, K).
+  None); labels: [N] int in [0, K); seed: the public --seed (merf's frequencies).
   """
   image_shape = tuple(int(s) for s in images.shape[1:])
-  params = release_params(plan, image_shape, resolution)  # a bad r fails before the charge
+  params = release_params(plan, image_shape, resolution, kind)  # bad r: before the charge
   path = rundir.path(workdir, rundir.WARM_START_FILE)
   ledger_path = rundir.path(workdir, rundir.LEDGER_FILE)
   charged = ledger.stage_charged(STAGE)
@@ -79,9 +117,14 @@ def ensure_release(workdir: str, plan: accounting.PrivacyPlan,
     ledger = ledger.charged_stage(STAGE)
     ledger.save(ledger_path)  # write-ahead: spent before it is computed
   chunks = datasets.unit_chunks(images, pixel_max, mean_embedding.CHUNK)
-  released = class_means.release(chunks, labels, image_shape, num_classes, resolution,
-                                 COUNT_WEIGHT, params,
-                                 keys.step_seed(key, 0, keys.STREAM_WARM_START))
+  secret = keys.step_seed(key, 0, keys.STREAM_WARM_START)
+  if kind == MERF:
+    released = mean_embedding.release_chunks(chunks, labels, frequencies(image_shape, seed),
+                                             num_classes, MERF_RELEASE.count_weight, params,
+                                             secret)
+  else:
+    released = class_means.release(chunks, labels, image_shape, num_classes, resolution,
+                                   COUNT_WEIGHT, params, secret)
   merf_lib.write_release(path, released)
   return released, ledger
 
@@ -115,8 +158,33 @@ def augmented_targets(central: tf.Tensor, labels: tf.Tensor, image_shape: Sequen
   return tf.clip_by_value(shifted + noise, -1.0, 1.0)
 
 
-def pretrain(generator: tf.keras.Model, central: class_means.CentralImages, steps: int,
-             seed: int) -> np.ndarray:
+def pretrain(generator: tf.keras.Model, released: np.ndarray, kind: str, resolution: int,
+             steps: int, seed: int,
+             on_step: Optional[Callable[[int, float], None]] = None) -> np.ndarray:
+  """Fits `generator` in place to the release S̃ of `ensure_release` for `steps` steps
+  (`fit_central_images` or, for merf, `merf_lib.fit`); returns the losses [steps] float32.
+  Post-processing: S̃, the public config and `seed` only. on_step(t, loss) after each step."""
+  _check_kind(kind)
+  shape = tuple(int(s) for s in generator.image_shape)
+  if kind == MERF:
+    if steps == 0:
+      return np.zeros([0], np.float32)
+    cfg = merf_config.MerfTrainConfig(batch_size=MERF_BATCH, steps=steps,
+                                      learning_rate=MERF_LEARNING_RATE,
+                                      decay_every=MERF_DECAY_EVERY, seed=seed)
+    embeddings = mean_embedding.class_embeddings(released, MERF_RELEASE.count_weight)
+    return merf_lib.fit(generator, embeddings, frequencies(shape, seed), cfg, on_step).losses
+  return fit_central_images(generator, central_images(released, shape, resolution), steps,
+                            seed, on_step)
+
+
+# DP-MERF's schedule (launch/fashion_mnist_merf.flags): batch 100, 5e-3 × 0.9 every 600.
+MERF_BATCH, MERF_LEARNING_RATE, MERF_DECAY_EVERY = 100, 5e-3, 600
+
+
+def fit_central_images(generator: tf.keras.Model, central: class_means.CentralImages,
+                       steps: int, seed: int,
+                       on_step: Optional[Callable[[int, float], None]] = None) -> np.ndarray:
   """Fits `generator` in place to augmented central images (module docstring); returns the
   losses [steps] float32. Uses the release (`central`) and the public `seed` only, so two
   calls on generators of equal weights give equal weights."""
@@ -138,4 +206,9 @@ def pretrain(generator: tf.keras.Model, central: class_means.CentralImages, step
     optimizer.apply_gradients(zip(grads, generator.trainable_variables))
     return loss
 
-  return np.array([step(tf.constant(t, tf.int64)).numpy() for t in range(steps)], np.float32)
+  losses = np.zeros([steps], np.float32)
+  for t in range(steps):
+    losses[t] = step(tf.constant(t, tf.int64)).numpy()
+    if on_step is not None:
+      on_step(t, float(losses[t]))
+  return losses
