@@ -306,6 +306,22 @@ def test_progress_shows_only_publishable_values_and_summary_marks_private_files(
   assert "NOT PRIVATE" not in proc.stdout
 
 
+@pytest.mark.parametrize("kind", ["class_means", "merf"])
+def test_a_run_with_a_warm_start_shows_its_stages_and_the_fit(tmp_path, kind):
+  work = tmp_path / "run"
+  proc = run_main(f"--workdir={work}", *TINY, "--steps=3", f"--warm_start={kind}",
+                  "--warm_start_resolution=4", "--warm_start_steps=4")
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  out = proc.stdout
+  assert "stage warm_start: share" in out and "stage dp_sinkhorn: share" in out
+  assert "warm start: fitting the generator to the release, step 4/4 (100.0%)" in out
+  assert "step 3/3 (100.0%)" in out and "share warm_start" in out
+  assert (work / "warm_start.npz").exists()
+  import json
+  stages = json.loads((work / "privacy.json").read_text())["ledger"]["stages"]
+  assert [s["name"] for s in stages] == ["warm_start", "dp_sinkhorn"]
+
+
 def _clock_values(blob: bytes, low: float, high: float) -> list:
   """What in `blob` reads as a time in [low, high] (seconds since the epoch): a little-endian
   float64 at any offset (TensorBoard's wall_time) or decimal text of epoch seconds."""

@@ -120,8 +120,7 @@ def run(cfg: config_lib.TrainConfig, flags_text: str, dataset: datasets.Dataset,
       raise ValueError(f"--workdir={cfg.run.workdir}: exists and is not a directory")
     chief = distribute.is_chief(cfg.run.strategy)
     state = provenance.open_run(cfg, plan, dataset.pixels, dataset.labels, chief,
-                     pixel_max=dataset.pixel_max, groups=dataset.groups,
-                   on_pretrain=_pretrain_printer())
+                     pixel_max=dataset.pixel_max, groups=dataset.groups)
   except (ValueError, FileNotFoundError) as e:
     _fail(str(e))
   except OSError as e:
@@ -190,7 +189,8 @@ def run(cfg: config_lib.TrainConfig, flags_text: str, dataset: datasets.Dataset,
     result = train_lib.train(cfg, dataset.pixels, dataset.labels, dataset.num_classes, plan,
                    on_log=_progress_printer(dataset.unit, plan), label_names=dataset.label_names,
                    state=state, stop=lambda: bool(stop), finish_only=not complete,
-                   pixel_max=dataset.pixel_max, groups=dataset.groups)
+                   pixel_max=dataset.pixel_max, groups=dataset.groups,
+                   on_pretrain=_pretrain_printer())
   except train_lib.Interrupted as e:
     print(f"\ninterrupted: {e}", file=sys.stderr)
     return 128 + (stop.signum or signal.SIGINT)
