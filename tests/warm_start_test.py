@@ -242,6 +242,13 @@ def test_the_merf_release_is_dp_merfs_class_sums_plus_lattice_noise(tmp_path):
                                                IMAGES, LABELS, 2, 2, 255, "merf", seed=5)
   assert ledger.stage_charged("warm_start")
   params = warm_start.release_params(plan, (4, 4, 1), 2, "merf")
+  # The ledger records what the noise is beside what it is charged as (privacy.json).
+  noise = _stored_ledger(cfg).stages[0]["noise"]
+  sigma = warm_start.stage_of(plan).noise_multiplier
+  assert noise["charged_noise_multiplier"] == sigma and noise["released"] == "merf"
+  assert noise["effective_noise_multiplier"] == mean_embedding.effective_noise_multiplier(
+      params) >= sigma
+  assert noise["entries"] == 2 * params.entries
   assert released.shape == (2, params.entries) == (2, 2 * 5000 + 1)
   exact = mean_embedding.embedding_sum(datasets.scale_to_unit_interval(IMAGES, 255), LABELS,
                                        warm_start.frequencies((4, 4, 1), 5), 2,

@@ -287,8 +287,10 @@ def check_compatible(stored: PrivacyLedger, requested: PrivacyLedger) -> None:
 
 
 def _planned(stages) -> list:
-  """The plan of a ledger's extra stages (what they spend), without what is charged."""
-  return [{k: v for k, v in s.items() if k != "steps_taken"} for s in stages or ()]
+  """The plan of a ledger's extra stages (what they spend), without what is charged or the
+  description of its noise recorded at the charge (`train.warm_start.noise_record`)."""
+  return [{k: v for k, v in s.items() if k not in ("steps_taken", "noise")}
+          for s in stages or ()]
 
 
 def _same(a, b) -> bool:

@@ -32,6 +32,7 @@ the public config and its stateless seeds, nothing else; `train_lib` saves the r
 the step-0 checkpoint, so a resume restores it instead of fitting again.
 """
 
+import dataclasses
 from typing import Callable, Optional, Sequence, Tuple
 
 import numpy as np
@@ -92,6 +93,19 @@ def release_params(plan: accounting.PrivacyPlan, image_shape: Sequence[int],
                                        num_entries(kind, image_shape, resolution))
 
 
+def noise_record(params: lattice.LatticeParams, noise_multiplier: float, kind: str,
+                 num_classes: int) -> dict:
+  """What the warm start's noise is, beside what it is charged as (the ledger's stage,
+  privacy.json): the release's lattice, its noise std over the sensitivity 1 (σ_eff ≥ the
+  charged σ)."""
+  return {"distribution": "discrete Gaussian on the lattice γℤ, exact (privacy.lattice)",
+          "released": kind, "entries": num_classes * params.entries,
+          "log2_gamma": params.log2_gamma, "gamma": params.gamma,
+          "noise_stddev": params.noise_stddev,
+          "effective_noise_multiplier": mean_embedding.effective_noise_multiplier(params),
+          "charged_noise_multiplier": float(noise_multiplier), "certified_accountant": "rdp"}
+
+
 def ensure_release(workdir: str, plan: accounting.PrivacyPlan,
                    ledger: accounting.PrivacyLedger, key: keys.PrivacyKey, images: np.ndarray,
                    labels: np.ndarray, num_classes: int, resolution: int,
@@ -114,7 +128,10 @@ def ensure_release(workdir: str, plan: accounting.PrivacyPlan,
                                    "(another run's file?); use a new --workdir")
     return merf_lib.read_release(path), ledger
   if not charged:
+    record = noise_record(params, stage_of(plan).noise_multiplier, kind, num_classes)
     ledger = ledger.charged_stage(STAGE)
+    ledger = dataclasses.replace(ledger, stages=[dict(s, noise=record) if s["name"] == STAGE
+                                                 else s for s in ledger.stages])
     ledger.save(ledger_path)  # write-ahead: spent before it is computed
   chunks = datasets.unit_chunks(images, pixel_max, mean_embedding.CHUNK)
   secret = keys.step_seed(key, 0, keys.STREAM_WARM_START)
