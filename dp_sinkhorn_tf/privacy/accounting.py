@@ -212,12 +212,15 @@ class PrivacyLedger:
     """Whether stage `name` is charged in full (its release may have been made)."""
     return any(s["name"] == name and s["steps_taken"] >= s["steps"] for s in self.stages or ())
 
-  def charged_stage(self, name: str) -> "PrivacyLedger":
+  def charged_stage(self, name: str, noise: Optional[dict] = None) -> "PrivacyLedger":
     """The ledger with stage `name` charged in full (write-ahead: save it before the
-    release is computed). KeyError for a stage the ledger does not plan."""
+    release is computed), with `noise` (what the release's noise is, beside what it is
+    charged as; not part of the plan a resume compares) recorded when given. KeyError for a
+    stage the ledger does not plan."""
     if not any(s["name"] == name for s in self.stages or ()):
       raise KeyError(f"the privacy ledger plans no stage {name!r}")
-    stages = [dict(s, steps_taken=s["steps"]) if s["name"] == name else dict(s)
+    extra = {} if noise is None else {"noise": noise}
+    stages = [dict(s, steps_taken=s["steps"], **extra) if s["name"] == name else dict(s)
               for s in self.stages]
     return dataclasses.replace(self, stages=stages)
 

@@ -119,12 +119,20 @@ def fit(generator: tf.keras.Model, released: mean_embedding.ClassEmbeddings,
     optimizer.apply_gradients(zip(grads, generator.trainable_variables))
     return loss
 
-  losses = np.zeros([cfg.steps], np.float32)
-  for t in range(cfg.steps):
+  return TrainInfo(run_steps(step, cfg.steps, on_step))
+
+
+def run_steps(step: Callable[[tf.Tensor], tf.Tensor], steps: int,
+              on_step: Optional[Callable[[int, float], None]] = None) -> np.ndarray:
+  """The loop of a non-private fit (this one and `warm_start`'s): step(t) for t = 0 … steps−1
+  (t an int64 scalar tensor; it returns the loss), on_step(t, loss) after each; returns the
+  losses [steps] float32."""
+  losses = np.zeros([steps], np.float32)
+  for t in range(steps):
     losses[t] = step(tf.constant(t, tf.int64)).numpy()
     if on_step is not None:
       on_step(t, float(losses[t]))
-  return TrainInfo(losses)
+  return losses
 
 
 def release_epsilon(params, delta: float) -> float:

@@ -25,14 +25,14 @@ A warm-start file in a workdir whose ledger never charged the stage belongs to n
 run made: it is refused.
 
 Pre-training (`pretrain`, post-processing only): before DP-Sinkhorn step 0 the generator is
-fitted to the release (merf: `merf_lib.fit`; class_means: for --warm_start_steps Adam steps to augmented copies of the released central images
-(upsampled bilinearly to H × W, shifted by up to ⌈H/14⌉ pixels, plus N(0, 0.05²) pixel noise,
-clamped to [−1, 1]), by the mean squared error to G(z, y) with y ~ p̃). It sees the release,
+fitted to the release for --warm_start_steps Adam steps (merf: `merf_lib.fit`; class_means:
+to augmented copies of the released central images — upsampled bilinearly to H × W, shifted
+by up to ⌈H/14⌉ pixels, plus N(0, 0.05²) pixel noise, clamped to [−1, 1] — by the mean
+squared error to G(z, y) with y ~ p̃). It sees the release,
 the public config and its stateless seeds, nothing else; `train_lib` saves the result as
 the step-0 checkpoint, so a resume restores it instead of fitting again.
 """
 
-import dataclasses
 from typing import Callable, Optional, Sequence, Tuple
 
 import numpy as np
@@ -128,10 +128,8 @@ def ensure_release(workdir: str, plan: accounting.PrivacyPlan,
                                    "(another run's file?); use a new --workdir")
     return merf_lib.read_release(path), ledger
   if not charged:
-    record = noise_record(params, stage_of(plan).noise_multiplier, kind, num_classes)
-    ledger = ledger.charged_stage(STAGE)
-    ledger = dataclasses.replace(ledger, stages=[dict(s, noise=record) if s["name"] == STAGE
-                                                 else s for s in ledger.stages])
+    ledger = ledger.charged_stage(
+        STAGE, noise_record(params, stage_of(plan).noise_multiplier, kind, num_classes))
     ledger.save(ledger_path)  # write-ahead: spent before it is computed
   chunks = datasets.unit_chunks(images, pixel_max, mean_embedding.CHUNK)
   secret = keys.step_seed(key, 0, keys.STREAM_WARM_START)
@@ -223,9 +221,4 @@ def fit_central_images(generator: tf.keras.Model, central: class_means.CentralIm
     optimizer.apply_gradients(zip(grads, generator.trainable_variables))
     return loss
 
-  losses = np.zeros([steps], np.float32)
-  for t in range(steps):
-    losses[t] = step(tf.constant(t, tf.int64)).numpy()
-    if on_step is not None:
-      on_step(t, float(losses[t]))
-  return losses
+  return merf_lib.run_steps(step, steps, on_step)
