@@ -310,7 +310,7 @@ def test_progress_shows_only_publishable_values_and_summary_marks_private_files(
 def test_a_run_with_a_warm_start_shows_its_stages_and_the_fit(tmp_path, kind):
   work = tmp_path / "run"
   proc = run_main(f"--workdir={work}", *TINY, "--steps=3", f"--warm_start={kind}",
-                  "--warm_start_resolution=4", "--warm_start_steps=4")
+                  "--warm_start_resolution=4", "--warm_start_steps=4", "--export")
   assert proc.returncode == 0, proc.stderr[-2000:]
   out = proc.stdout
   assert "stage warm_start: share" in out and "stage dp_sinkhorn: share" in out
@@ -318,8 +318,20 @@ def test_a_run_with_a_warm_start_shows_its_stages_and_the_fit(tmp_path, kind):
   assert "step 3/3 (100.0%)" in out and "share warm_start" in out
   assert (work / "warm_start.npz").exists()
   import json
-  stages = json.loads((work / "privacy.json").read_text())["ledger"]["stages"]
+  report = json.loads((work / "privacy.json").read_text())["ledger"]
+  stages = report["stages"]
   assert [s["name"] for s in stages] == ["warm_start", "dp_sinkhorn"]
+  # The export's metadata lists the stages as privacy.json does, both from training's own
+  # export and from the export command reading the run directory back.
+  from dp_sinkhorn_tf.release import serving
+  from dp_sinkhorn_tf.train import run_export
+  exported = serving.read_metadata(str(work / "export" / "generator" / "1"))
+  again = serving.read_metadata(run_export.export_run(str(work), export_dir=str(tmp_path / "x")))
+  for meta in (exported, again):
+    assert meta["stages"] == report["stages"]
+    assert [s["name"] for s in meta["stages"]] == ["warm_start", "dp_sinkhorn"]
+    assert abs(sum(s["share"] for s in meta["stages"]) - 1) < 1e-9
+    assert meta["epsilon"] == report["epsilon"]["rdp"]
 
 
 def _clock_values(blob: bytes, low: float, high: float) -> list:

@@ -60,6 +60,7 @@ def export_metadata(cfg, plan, result, dataset, flags_text: str) -> dict:
       "dp": cfg.privacy.dp, "mechanism": cfg.privacy.mechanism,
       "noise_multiplier": plan.noise_multiplier, "l2_norm_clip": cfg.privacy.l2_norm_clip,
       "noise": ledger.noise if ledger is not None else None,
+      "stages": stages_of(ledger),
       "sample_rate": plan.sample_rate,
       "steps": ledger.steps_taken if ledger is not None else plan.steps,
       "dataset": dataset.name, "image_shape": list(dataset.image_shape),
@@ -69,6 +70,15 @@ def export_metadata(cfg, plan, result, dataset, flags_text: str) -> dict:
       # the checkpoint entry `sampling_generator` is, as the export command names it
       "weights": "ema_generator" if result.model.ema_generator is not None else "generator",
   }
+
+
+def stages_of(ledger) -> Optional[list]:
+  """The metadata's "stages": privacy.json's per-stage report (each mechanism's plan, share
+  of the target and ε alone; `accounting.stage_report`) for a run of several stages (e.g.
+  --warm_start), None for a DP-Sinkhorn-only or --nodp run."""
+  if ledger is None or not ledger.stages:
+    return None
+  return accounting.stage_report(ledger)
 
 
 @dataclasses.dataclass
@@ -228,9 +238,11 @@ def run_metadata(workdir: str, run: RestoredRun) -> dict:
     out.update(epsilon=ledger.epsilon(), delta=ledger.delta, accountant=ledger.accountant,
                neighbouring_relation=accounting.NEIGHBOURING_RELATION,
                noise_multiplier=ledger.noise_multiplier, noise=ledger.noise,
-               sample_rate=ledger.sample_rate, steps=ledger.steps_taken)
+               stages=stages_of(ledger), sample_rate=ledger.sample_rate,
+               steps=ledger.steps_taken)
   else:
     out.update(epsilon=None, delta=None, accountant=None, neighbouring_relation=None, noise=None,
+               stages=None,
                noise_multiplier=plan.get("noise_multiplier", 0.0),
                sample_rate=plan.get("sample_rate"), steps=run.step)
   return out
