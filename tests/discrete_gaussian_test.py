@@ -201,6 +201,65 @@ def test_trial_field_law_is_exact():
     assert exceed == Fraction(1, math.factorial(k)), k
 
 
+def test_below_the_last_threshold_the_trial_goes_on_with_the_exact_conditional_law():
+  """f < m_8 (f = 0: W < 2⁻¹⁶) leaves K > 8; the machine must then compare W with 1/9! GIVEN
+  W < 2⁻¹⁶, i.e. take K > 9 with probability 2¹⁶/9! (≈ 0.18), not a fresh 1/9: over all
+  fields, P[K > 9] = 1/9! and P[K > 10] = 1/10! exactly."""
+  m, k_max, _, _ = dg.trial_table(16)
+  c = dg._consts(dg.scale_parameters(300.0), 64 * 300)
+  zeros = tf.zeros([1], tf.int64)
+  st = {key: zeros for key in dg._STATE}
+  st.update(stage=zeros + dg._CHAIN, prim=zeros + dg._TRIAL, k=zeros + 2)
+  after = {key: int(v[0]) for key, v in dg._step(st, zeros, c).items()}   # the field f = 0
+  assert (after["stage"], after["prim"], after["origin"], after["k"]) == (
+      dg._CHAIN, dg._PENDING, dg._TRIAL, k_max + 1)
+  beyond = Fraction(m[-1], 2**16) * Fraction(after["num"], after["den"])  # P[f < m_8, K > 9]
+  assert beyond == Fraction(1, math.factorial(9))
+  # When the comparison says yes, the loop goes on at radix 10: one Bernoulli(1/10).
+  pending = {key: tf.constant([v], tf.int64) for key, v in after.items()}
+  yes = {key: int(v[0]) for key, v in dg._step(pending, tf.constant([0], tf.int64), c).items()}
+  assert (yes["prim"], yes["k"]) == (dg._TRIAL, 10)
+  f = tf.range(2**16, dtype=tf.int64)
+  radix = {key: tf.fill([2**16], tf.constant(v, tf.int64)) for key, v in yes.items()}
+  on = dg._step(radix, f, c)
+  goes_on = (on["prim"].numpy() == dg._TRIAL) & (on["k"].numpy() == 11)
+  left = (on["prim"].numpy() == dg._PENDING)
+  exceed = Fraction(int(goes_on.sum()), 2**16) + sum(
+      Fraction(int(n), int(d)) / 2**16 for n, d in zip(on["num"].numpy()[left],
+                                                      on["den"].numpy()[left]))
+  assert beyond * exceed == Fraction(1, math.factorial(10))
+
+
+def test_fold_and_words_use_all_128_bits_of_the_seed_with_and_without_xla():
+  """A step's noise must not be a function of fewer secret bits than the key holds: each of
+  the seed's 128 bits changes the words (XLA's stateless ops would read 64 of them), the
+  folded seeds spread over all 128 bits (stateless_fold_in keeps 32 and the public v), and
+  XLA draws what TensorFlow's kernels draw."""
+  seed = tf.constant([0x7A3B_91C4_55E2_0F17, -0x1234_5678_9ABC_DEF1], tf.int64)
+  plain = tf.function(lambda s: dg._words([4], s), jit_compile=False)
+  xla = tf.function(lambda s: dg._words([4], s), jit_compile=True)
+  base = plain(seed).numpy()
+  np.testing.assert_array_equal(xla(seed).numpy(), base)
+  for word in range(2):
+    for bit in range(64):
+      flipped = seed.numpy().copy()
+      flipped[word] ^= np.int64(1) << np.int64(bit) if bit < 63 else np.int64(-2**63)
+      for fn in (plain, xla):
+        assert not np.array_equal(fn(tf.constant(flipped)).numpy(), base), (word, bit)
+  folded = np.stack([dg.fold(seed, v).numpy() for v in range(64)])
+  assert len({tuple(row) for row in folded}) == 64
+  bits = (folded[:, :, None] >> np.arange(64)) & 1
+  assert np.all(bits.min(axis=0) == 0) and np.all(bits.max(axis=0) == 1)  # every bit varies
+  fold_xla = tf.function(lambda s: dg.fold(s, 3, 5), jit_compile=True)
+  np.testing.assert_array_equal(fold_xla(seed).numpy(), dg.fold(seed, 3, 5).numpy())
+  assert not np.array_equal(dg.fold(seed, 3, 5).numpy(), dg.fold(seed, 5, 3).numpy())
+  # A fold is never a block of the words the same seed draws (its key differs).
+  assert not set(dg._words([4096], seed).numpy()) & set(folded.reshape(-1))
+  u = tf.function(lambda s: dg.uniform_float64([1000], s), jit_compile=True)(seed).numpy()
+  np.testing.assert_array_equal(u, dg.uniform_float64([1000], seed).numpy())
+  assert 0 <= u.min() and u.max() < 1 and abs(u.mean() - 0.5) < 0.05
+
+
 @pytest.mark.parametrize("num,den", [(1, 3), (0, 7), (6, 7), (1, 2), (123456789, 2**40 - 3),
                                      (2**46 - 1, 2**46 + 5)])
 def test_lazy_comparison_is_exact(num, den):

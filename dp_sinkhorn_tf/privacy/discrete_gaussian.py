@@ -27,8 +27,8 @@ accepted Y = y has probability ∝ exp(−y²/(2tL)) = exp(−y²/(2s²)): CKS e
 from B = 0 only). Steps 1 and 3 are CKS Algorithm 2 (discrete Laplace of scale t: U accepted
 with exp(−U/t)) and CKS Algorithm 3's test exp(−(|Y| − s²/t)²/(2s²)), whose two acceptance
 probabilities multiply into exp(−E). The acceptance probability of one candidate is
-(1 − e⁻¹)/(2t) · e^{−L/(2t)} · Σ_y exp(−y²/(2s²)) (`acceptance_probability`), ≈ 0.42–0.48 for
-the t = 2^a nearest s.
+(1 − e⁻¹)/(2t) · e^{−L/(2t)} · Σ_y exp(−y²/(2s²)) (`acceptance_probability`), ≈ 0.40–0.48 for
+s ≥ 10 with the t = 2^a nearest s (lower for small s, where L's +1 weighs: 0.31 at s = 1.2).
 
 Bernoulli(exp(−γ)) for rational γ ∈ [0, 1] is CKS Algorithm 1: K ← 1; while
 Bernoulli(γ/K) = 1: K ← K + 1; return [K odd]; so P[K > k] = γᵏ/k!.
@@ -47,8 +47,11 @@ Every Bernoulli is decided exactly by integer comparisons, no floating point any
     odd. With m_k = ⌊2ᶜ/k!⌋ (k = 2 … k_max, the last k with m_k ≥ 1) a field f < m_k means
     W < 1/k! and f > m_k means W > 1/k!, so f decides K unless f = m_k for some k ≥ 3
     (then K ∈ {k, k + 1}, K = k + 1 with probability ρ_k/k!, ρ_k = 2ᶜ − m_k·k!: a pending
-    comparison, `_CELL`) or f < m_{k_max} (K > k_max: the loop goes on at radix k_max + 1,
-    one Bernoulli(1/k) per field, P[K > k | K > k − 1] = 1/k).
+    comparison, `_CELL`) or f < m_{k_max}. Then K > k_max, and W is uniform on
+    [0, m_{k_max}/2ᶜ), so P[K > k_max + 1 | f] = 2ᶜ/(m_{k_max}·(k_max + 1)!) (for c = 16:
+    2¹⁶/9!): a pending comparison of that ratio (origin `_TRIAL`, k = k_max + 1); if it
+    holds the loop goes on at radix k_max + 2, one Bernoulli(1/k) per field,
+    P[K > k | K > k − 1] = 1/k.
   * A step of Bernoulli(exp(−r/D))'s loop, A_k ~ Bernoulli(r/(D·k)), is one lazy comparison
     for k ≤ 64; beyond (probability < 1/64!), it is Bernoulli(1/k) then Bernoulli(r/D),
     two comparisons, so every product stays below 2⁶³ (D < 2⁴¹; a radix k would need 2⁴⁷
@@ -82,11 +85,17 @@ compiles a handful of shapes), decides every one of them, and appends the accept
 candidate order. The accepted candidates of an i.i.d. sequence are i.i.d. draws of the
 target, so the first `size` accepted ones are exact samples, whatever the count.
 
-Randomness. Every word is a `tf.random.stateless_uniform` (Philox) output under a seed
-derived by `stateless_fold_in` from the caller's [2] int64 `seed` (for the mechanism: the
-run's secret key, the step and a stream name, `privacy.keys`) and the position (round,
-phase, chunk, iteration): the samples are a deterministic function of the seed, never of
-process state, and different (key, step, stream) give independent draws.
+Randomness. Every word is a Philox output (`_words`) under a seed derived by `fold` from the
+caller's [2] int64 `seed` (for the mechanism: the run's secret key, the step and a stream
+name, `privacy.keys`) and the position (round, phase, chunk, iteration): the samples are a
+deterministic function of the seed, never of process state, and different (key, step,
+stream) give independent draws. All 128 bits count: a seed [s₀, s₁] is Philox's 64-bit key
+s₀ and the high half s₁ of its 128-bit counter, set explicitly (TF's V2 random ops), and
+`fold` maps (seed, v) to the 128-bit Philox block at counter (v, s₁) under key s₀ ⊕
+`_FOLD_KEY` — the same words with and without XLA. (TF's `stateless_fold_in` keeps 32 bits
+of hash plus the public v, and XLA's stateless ops read only the low 32 bits of each seed
+word: with those, a step's noise would be a function of 32 secret bits, and two steps'
+noise seeds would collide after ~2¹⁶ steps.)
 
 Range. Integers are int64. A candidate with X > max_abs is rejected (as soon as V shows
 it), so the output is N_ℤ(0, s²) conditioned on |Z| ≤ max_abs — exactly. `max_abs` must be
@@ -153,7 +162,7 @@ class Scale:
 @tf.autograph.experimental.do_not_convert
 def scale_parameters(s: float) -> Scale:
   """The Scale with s² = t·L ≥ s², t = 2^round(log₂ s) (so s/√2 ≤ t ≤ √2·s), L = ⌈s²/t⌉ (+1 against
-  float rounding): s' ≥ s with s'/s − 1 < t/s² ≤ 1/s."""
+  float rounding): s' ≥ s with s'/s − 1 < t/s² ≤ √2/s (s'² ≤ s² + 2t)."""
   if not (s >= 1 and math.isfinite(s)):
     raise ValueError(f"discrete Gaussian scale must be ≥ 1 and finite, got {s}")
   log2_t = int(round(math.log2(s)))
@@ -200,16 +209,40 @@ class SamplerInfo(NamedTuple):
   candidates: tf.Tensor
 
 
+_PHILOX = 1  # tf.random.Algorithm.PHILOX
+# XORed into a seed's key when it is folded, so a fold's blocks are never words the same
+# seed draws (`_words` uses key s₀, `fold` key s₀ ⊕ _FOLD_KEY); a fixed arbitrary constant.
+_FOLD_KEY = 0x5DEECE66D2B7E151
+
+
+def _philox(shape, key, counter_low, counter_high) -> tf.Tensor:
+  """Philox-4×32 outputs of `shape` as int64 words (every bit random) under the 64-bit key
+  and the 128-bit counter (low, high): TF's V2 op, the same words with and without XLA."""
+  key = tf.bitcast(tf.reshape(tf.cast(key, tf.int64), [1]), tf.uint64)
+  counter = tf.bitcast(tf.stack([tf.cast(counter_low, tf.int64),
+                                 tf.cast(counter_high, tf.int64)]), tf.uint64)
+  return tf.raw_ops.StatelessRandomUniformFullIntV2(shape=shape, key=key, counter=counter,
+                                                    alg=_PHILOX, dtype=tf.int64)
+
+
 def fold(seed, *values) -> tf.Tensor:
-  """The [2] int64 seed of sub-stream `values` (in order) of `seed`: stateless_fold_in, a
-  Philox hash, so distinct paths give independent streams. fold_in's int32 words are
-  zero-extended: a non-negative seed gives the same Philox key in XLA as in TensorFlow's
-  kernels (a negative one does not), so jit and non-jit runs draw the same words."""
+  """The [2] int64 seed of sub-stream `values` (in order) of `seed`: for each v, the 128-bit
+  Philox block at counter (v, s₁) under key s₀ ⊕ _FOLD_KEY (module docstring), so distinct
+  paths give independent streams and the result keeps 128 secret bits. v: integers ≥ 0."""
   seed = tf.cast(tf.convert_to_tensor(seed), tf.int64)
   for v in values:
-    seed = tf.random.experimental.stateless_fold_in(seed, tf.cast(v, tf.int32))
-    seed = tf.bitwise.bitwise_and(tf.cast(seed, tf.int64), tf.constant(2**32 - 1, tf.int64))
+    key = tf.bitwise.bitwise_xor(seed[0], tf.constant(_FOLD_KEY, tf.int64))
+    seed = _philox([2], key, tf.cast(v, tf.int64), seed[1])
   return seed
+
+
+def uniform_float64(shape, seed) -> tf.Tensor:
+  """Uniform float64 on the grid 2⁻⁵³ℤ ∩ [0, 1) of `shape` under the [2] int64 seed: the top
+  53 bits of `_words` (TF's float64 V2 op differs between XLA and its kernels; this does
+  not)."""
+  top = tf.bitwise.right_shift(_words(shape, seed), _I(11))  # arithmetic: mask the sign
+  top = tf.bitwise.bitwise_and(top, _I(2**53 - 1))
+  return tf.cast(top, tf.float64) * 2.0**-53
 
 
 def _I(value: int) -> tf.Tensor:
@@ -217,8 +250,10 @@ def _I(value: int) -> tf.Tensor:
 
 
 def _words(shape, seed) -> tf.Tensor:
-  """Uniform 64-bit words (int64, all bits random) of `shape` under a stateless seed."""
-  return tf.random.stateless_uniform(shape, seed, minval=None, maxval=None, dtype=tf.int64)
+  """Uniform 64-bit words (int64, all bits random) of `shape` under the [2] int64 seed
+  [s₀, s₁]: Philox with key s₀ and counter (position, s₁), all 128 bits of the seed used."""
+  seed = tf.cast(tf.convert_to_tensor(seed), tf.int64)
+  return _philox(shape, seed[0], 0, seed[1])
 
 
 def _field(words: tf.Tensor, shift, width: int = 16) -> tf.Tensor:
@@ -260,7 +295,7 @@ class _Consts(NamedTuple):
 
   @property
   def phase1_fields(self) -> int:
-    """Fields of a candidate's phase-1 words after U and B (ten for a ≤ 31)."""
+    """Fields of a candidate's phase-1 words after U and B (eleven for a ≤ 15, ten for 16 ≤ a ≤ 31)."""
     return _FIELDS_PER_WORD * PHASE1_WORDS - self.first_field
 
 
@@ -379,13 +414,17 @@ def _step(st: dict, f: tf.Tensor, c: _Consts) -> dict:
   kk = tf.where(frac_on & ~tf.equal(origin, _FRACK), k + 1, kk)
   to_cell = fresh & at_cell
   to_beyond = fresh & beyond
-  p = tf.where(to_cell | undecided, _I(_PENDING), tf.where(to_beyond, _I(_TRIAL), p))
+  # Below m_{k_max}: [K > k_max + 1] given W < m_{k_max}/2ᶜ (module docstring), pending.
+  p = tf.where(to_cell | undecided | to_beyond, _I(_PENDING), p)
   kk = tf.where(to_cell, cell_k, tf.where(to_beyond, _I(k_max + 1), kk))
   num = tf.where(to_cell, tf.gather(tf.constant(rho, i64), tf.minimum(cell_k, k_max)),
-                 tf.where(undecided, scaled - f * den, st["num"]))
+                 tf.where(to_beyond, _I(2**width),
+                          tf.where(undecided, scaled - f * den, st["num"])))
   den = tf.where(to_cell, tf.gather(tf.constant(fact, i64), tf.minimum(cell_k, k_max)),
-                 tf.where(undecided, den, st["den"]))
-  new_origin = tf.where(to_cell, _I(_CELL), tf.where(undecided, origin, st["origin"]))
+                 tf.where(to_beyond, _I(m[-1] * math.factorial(k_max + 1)),
+                          tf.where(undecided, den, st["den"])))
+  new_origin = tf.where(to_cell, _I(_CELL), tf.where(
+      to_beyond, _I(_TRIAL), tf.where(undecided, origin, st["origin"])))
 
   out = dict(st)
   out.update(stage=stage, prim=p, k=kk, v=v, need=need, rest=rest, num=num, den=den,

@@ -200,7 +200,7 @@ def round_to_lattice(y: tf.Tensor, norm_bound_sq: int, seed) -> tf.Tensor:
   bound = tf.constant(norm_bound_sq, tf.int64)
 
   def attempt(i):
-    u = tf.random.stateless_uniform(tf.shape(y), dg.fold(seed, i), dtype=tf.float64)
+    u = dg.uniform_float64(tf.shape(y), dg.fold(seed, i))
     return low + tf.cast(u < frac, tf.int64)
 
   def body(i, r, done):
