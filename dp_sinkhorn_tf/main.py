@@ -45,7 +45,7 @@ def run(cfg: config_lib.TrainConfig, flags_text: str, dataset=None) -> int:
                        f"{dataset.num_units} (with --privacy_unit=group, B is the expected "
                        "number of sampled groups)")
     plan = accounting.plan_privacy(cfg, dataset.num_units)
-  except (ValueError, FileNotFoundError) as e:
+  except (ValueError, OSError) as e:  # OSError: e.g. an unreadable image (names the file)
     cli.fail(cli.first_line(e))
   from dp_sinkhorn_tf.train import console  # TF loads after the flags and the plan
 

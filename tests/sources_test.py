@@ -186,6 +186,42 @@ def test_files_without_an_image_suffix_are_skipped_and_counted(tmp_path):
   assert len(loaded.notes) == 1 and "skipped 3 file(s)" in loaded.notes[0]
 
 
+def test_a_hidden_folder_is_skipped_and_counted(tmp_path):
+  write_png(str(tmp_path / "dog" / "0.png"), _pixels())
+  write_png(str(tmp_path / "dog" / ".thumbs" / "c.png"), _pixels())
+  loaded = folder(tmp_path)
+  assert len(loaded.pixels) == 1
+  assert len(loaded.notes) == 1 and "skipped 1 file(s)" in loaded.notes[0]
+  assert "dog/.thumbs/" in loaded.notes[0]
+
+
+def test_links_are_followed_but_an_image_reached_twice_is_refused(tmp_path):
+  data, elsewhere = tmp_path / "data", tmp_path / "elsewhere"
+  write_png(str(elsewhere / "cats" / "0.png"), _pixels(seed=1))
+  write_png(str(data / "dog" / "0.png"), _pixels(seed=2))
+  os.symlink(elsewhere / "cats", data / "cat")  # a class folder linked in: fine
+  loaded = folder(data)
+  assert loaded.label_names == ("cat", "dog") and len(loaded.pixels) == 2
+  # The same folder linked in twice: each of its images would be two records.
+  os.symlink(elsewhere / "cats", data / "kitten")
+  with pytest.raises(ValueError, match=r"kitten and cat are the same folder \(a link\)"):
+    folder(data)
+  os.remove(data / "kitten")
+  # A link to a folder above it: without the check, an endless walk.
+  os.symlink(data, data / "dog" / "up")
+  with pytest.raises(ValueError, match=r"dog/up and \. are the same folder"):
+    folder(data)
+  os.remove(data / "dog" / "up")
+  # One file under two names (a hard link): refused as well.
+  os.link(data / "dog" / "0.png", data / "dog" / "1.png")
+  with pytest.raises(ValueError, match=r"dog/1.png and dog/0.png are the same file"):
+    folder(data)
+  os.remove(data / "dog" / "1.png")
+  os.symlink(tmp_path / "gone.png", data / "dog" / "2.png")  # a broken link: one line
+  with pytest.raises(ValueError, match=r"dog/2.png: cannot read it \(No such file"):
+    folder(data)
+
+
 def test_mixed_sizes_need_image_size(tmp_path):
   write_png(str(tmp_path / "a.png"), _pixels(8, 8))
   write_png(str(tmp_path / "b.png"), _pixels(10, 8))
@@ -274,6 +310,13 @@ def test_groups_from_a_csv(tmp_path):
   with pytest.raises(ValueError, match=r"1 image\(s\) of folder:.* have no group, e.g. "
                      "dog/bob/1.png"):
     folder(tmp_path, group_unit=True, groups=str(csv_path))
+  # A file named twice (even with the same group), or an empty group.
+  csv_path.write_text("\n".join(rows + [rows[1]]) + "\n")
+  with pytest.raises(ValueError, match=r"row 10 names cat/ann/0.png again: one row per image"):
+    folder(tmp_path, group_unit=True, groups=str(csv_path))
+  csv_path.write_text("\n".join(rows[:-1] + [",dog/bob/1.png"]) + "\n")
+  with pytest.raises(ValueError, match=r"row 9 gives dog/bob/1.png an empty group"):
+    folder(tmp_path, group_unit=True, groups=str(csv_path))
   csv_path.write_text("path,who\nx,y\n")
   with pytest.raises(ValueError, match="first row names the columns 'file' and 'group'"):
     folder(tmp_path, group_unit=True, groups=str(csv_path))
@@ -319,6 +362,9 @@ def test_npz_with_labels_and_names(tmp_path):
   assert not unlabelled.labelled and unlabelled.pixels.shape == (5, 16, 16, 3)
   np.savez(tmp_path / "n.npz", images=images, labels=np.array([0, 3, 3, 1, 0]))
   assert sources.load_npz(str(tmp_path / "n.npz"), opts()).label_names == ("0", "1", "2", "3")
+  np.savez(tmp_path / "b.npz", images=images, labels=np.array([0, 1, 1, 2, 0]),
+           label_names=np.array([b"a", b"b", b"c"]))  # bytes names read as text
+  assert sources.load_npz(str(tmp_path / "b.npz"), opts()).label_names == ("a", "b", "c")
 
 
 NAMES = np.array(["a", "b", "c"])
@@ -332,6 +378,8 @@ NAMES = np.array(["a", "b", "c"])
     ({"labels": np.array([0, 1])}, r"labels must be integers \[5\]"),
     ({"labels": np.array([0, 1, 1, 1, 0]), "label_names": np.array([1, 2])},
      "label_names must be strings"),
+    ({"labels": np.array([0, 1, 1, 10**9, 0])},
+     r"labels: label 1000000000 makes 1000000001 classes for 5 records"),
 ])
 def test_npz_labels_out_of_range_or_malformed_are_refused(tmp_path, arrays, match):
   images = RNG.integers(0, 256, (5, 8, 8), dtype=np.uint8)
@@ -362,6 +410,24 @@ def test_npz_groups(tmp_path):
            groups=np.array(["bob", "ann", "bob", "cy"]))
   loaded = sources.load_npz(str(tmp_path / "g.npz"), opts(group_unit=True))
   np.testing.assert_array_equal(loaded.groups, [1, 0, 1, 2])
+  np.savez(tmp_path / "i.npz", images=np.zeros((3, 8, 8), np.uint8),
+           groups=np.array([7, -2, 7], np.int64))
+  loaded = sources.load_npz(str(tmp_path / "i.npz"), opts(group_unit=True))
+  np.testing.assert_array_equal(loaded.groups, [1, 0, 1])
+  # Float names could split one user (0.0 and -0.0 print apart) or merge two: refused.
+  np.savez(tmp_path / "f.npz", images=np.zeros((2, 8, 8), np.uint8),
+           groups=np.array([0.0, -0.0]))
+  with pytest.raises(ValueError, match=r"npz:.*f.npz: groups: group names must be integers "
+                     r"or strings, got dtype float64"):
+    sources.load_npz(str(tmp_path / "f.npz"), opts(group_unit=True))
+
+
+def test_group_ids_are_dense_and_sorted_and_refuse_mixed_kinds():
+  np.testing.assert_array_equal(sources.group_ids(np.array(["b", "a", "b"], dtype=object)),
+                                [1, 0, 1])
+  np.testing.assert_array_equal(sources.group_ids(np.array([b"y", b"x"])), [1, 0])
+  with pytest.raises(ValueError, match=r"got \['int', 'str'\]"):
+    sources.group_ids(np.array(["a", 1], dtype=object))
 
 
 # ---- tfrecord ---------------------------------------------------------------------------

@@ -26,17 +26,20 @@ flag; nothing is trained): an empty folder or class folder, a file with an image
 does not decode (corrupt, truncated, not an image: refused, with the count of such files),
 mixed sizes or colour without --image_size / --channels, labels out of range, a record
 without the image feature, a group CSV naming files that are not images of the folder (or an
-image without a group), a TFDS builder that is not prepared. Files WITHOUT an image suffix
-(README.txt, Thumbs.db, hidden files) are skipped and counted in a note: a folder of scans
-often holds them, and their names say they are not images; a file whose name says it is an
-image and does not decode is refused, since skipping it would silently shrink the private
-set. The manifest `sample` writes at the top of a synthetic data set
-(`spec.SYNTHETIC_MANIFEST`) is skipped without a note.
+image without a group, a file named twice, an empty group), a TFDS builder that is not
+prepared. Files WITHOUT an image suffix (README.txt, Thumbs.db, hidden files) and hidden
+folders are skipped and counted in a note: a folder of scans often holds them, and their
+names say they are not images; a file whose name says it is an image and does not decode is
+refused, since skipping it would silently shrink the private set. Links are followed, but an
+image or folder reached twice (a second link to it, a link to a folder above, a hard link) is
+refused: it would be two records. The manifest `sample` writes at the top of a synthetic
+data set (`spec.SYNTHETIC_MANIFEST`) is skipped without a note.
 
 Groups (--privacy_unit=group): folder with --groups=CSV (a header naming the columns `file`
 and `group`; `file` relative to the folder, as listed) or --groups=subfolders (the first
 sub-folder level below the class folders, or below the folder when it has no classes, names
-the group); npz with a `groups` array [N]. Group names map to ids 0…G−1 in sorted order.
+the group); npz with a `groups` array [N] of integers or strings (floats refused). Group
+names map to ids 0…G−1 in sorted order.
 """
 
 import csv
@@ -270,10 +273,14 @@ def _probe(encoded: bytes, what: str, where: str) -> Tuple[int, int, int]:
   return tuple(int(s) for s in image.shape)
 
 
+UNNAMED_CLASSES_MAX = 1000
+
+
 def _check_labels(labels: np.ndarray, num_names: Optional[int], what: str,
                   where: str) -> int:
   """K for int labels [N]: num_names, or max + 1 when unnamed; ValueError for a label
-  outside [0, K)."""
+  outside [0, K), or unnamed labels of more classes than records and than
+  UNNAMED_CLASSES_MAX (a stray huge label would make that many classes)."""
   if labels.size == 0:
     return num_names or 1
   low, high = int(labels.min()), int(labels.max())
@@ -282,6 +289,9 @@ def _check_labels(labels: np.ndarray, num_names: Optional[int], what: str,
     bad = low if low < 0 else high
     _fail(what, f"{where}: label {bad} outside [0, {k})" +
           (f" ({k} label names)" if num_names is not None else ""))
+  if num_names is None and k > max(labels.size, UNNAMED_CLASSES_MAX):
+    _fail(what, f"{where}: label {high} makes {k} classes for {labels.size} records; "
+          "number the classes 0…K−1 (or give label names)")
   return k
 
 
@@ -320,18 +330,44 @@ def _relpath(folder: str, root: str) -> str:
   return "." if folder == base else folder[len(base) + 1:]
 
 
-def _walk_images(root: str, skipped: List[str]) -> List[str]:
-  """Image files below `root` (relative, '/'-separated, sorted); others into `skipped`."""
+def _walk_images(root: str, skipped: List[str], what: str) -> List[str]:
+  """Image files below `root` (relative, '/'-separated, sorted); others, and hidden folders
+  (as 'path/.name/'), into `skipped`. Links are followed, but a folder or an image reached
+  twice (two links to one file or folder, or a link to a folder above it) is refused: that
+  image would be two records of the private set."""
   found = []
+  seen = {}  # local (st_dev, st_ino) → the first relative path it was reached by
   for folder, dirs, names in files_lib.walk(root):
-    dirs[:] = sorted(d for d in dirs if not d.startswith("."))
     rel = _relpath(folder, root)
+    prefix = "" if rel == "." else f"{rel.replace(os.sep, '/')}/"
+    _check_once(seen, root, folder, prefix.rstrip("/") or ".", what)
+    skipped.extend(f"{prefix}{d}/" for d in sorted(dirs) if d.startswith("."))
+    dirs[:] = sorted(d for d in dirs if not d.startswith("."))
     for name in sorted(names):
       if rel == "." and name == data_spec.SYNTHETIC_MANIFEST:
         continue  # `sample`'s manifest of a synthetic data set: not one of its images
-      path = name if rel == "." else f"{rel.replace(os.sep, '/')}/{name}"
-      (found if _is_image_name(name) and not name.startswith(".") else skipped).append(path)
+      path = prefix + name
+      if _is_image_name(name) and not name.startswith("."):
+        _check_once(seen, root, os.path.join(folder, name), path, what)
+        found.append(path)
+      else:
+        skipped.append(path)
   return sorted(found)
+
+
+def _check_once(seen: dict, root: str, path: str, rel: str, what: str) -> None:
+  """Refuses a local file or folder already reached by another path (links)."""
+  if files_lib.is_remote(root):
+    return  # no links on gfile's file systems
+  try:
+    st = os.stat(path)
+  except OSError as e:  # a broken link, or a file gone since it was listed
+    _fail(what, f"{rel}: cannot read it ({e.strerror})")
+  first = seen.setdefault((st.st_dev, st.st_ino), rel)
+  if first != rel:
+    _fail(what, f"{rel} and {first} are the same {'folder' if os.path.isdir(path) else 'file'} "
+          "(a link): every image must be reachable once, or it would be two records of the "
+          "private set; remove the link")
 
 
 def _folder_groups(spec: str, files: Sequence[str], classes: Optional[Sequence[str]],
@@ -369,6 +405,11 @@ def _folder_groups(spec: str, files: Sequence[str], classes: Optional[Sequence[s
     if path not in index:
       raise ValueError(f"--groups={spec}: row {number} names {row[col_file].strip()!r}, "
                        f"which is not an image of {what}")
+    if groups[index[path]] is not None:
+      raise ValueError(f"--groups={spec}: row {number} names {path} again: one row per "
+                       "image")
+    if not row[col_group].strip():
+      raise ValueError(f"--groups={spec}: row {number} gives {path} an empty group")
     groups[index[path]] = row[col_group].strip()
   missing = [files[i] for i, g in enumerate(groups) if g is None]
   if missing:
@@ -378,8 +419,21 @@ def _folder_groups(spec: str, files: Sequence[str], classes: Optional[Sequence[s
 
 
 def group_ids(names: np.ndarray) -> np.ndarray:
-  """Group names [N] (any hashable) → int64 ids 0…G−1 in sorted order of the names."""
-  _, ids = np.unique(np.asarray(names).astype(str), return_inverse=True)
+  """Group names [N] (integers or strings) → int64 ids 0…G−1 in sorted order of the names.
+
+  Raises:
+    ValueError: names of another kind (floats: 0.0 and −0.0, or 1 and 1.0000001 printed
+      alike, would split or merge users)."""
+  names = np.asarray(names)
+  if names.dtype == object:
+    kinds = {type(x) for x in names.reshape(-1)}
+    if not kinds <= {str}:
+      raise ValueError(f"group names must be integers or strings, got "
+                       f"{sorted(k.__name__ for k in kinds)}")
+    names = names.astype(str)
+  elif names.dtype.kind not in "iuUS":
+    raise ValueError(f"group names must be integers or strings, got dtype {names.dtype}")
+  _, ids = np.unique(names, return_inverse=True)
   return ids.astype(np.int64).reshape(-1)
 
 
@@ -391,7 +445,7 @@ def load_folder(path: str, opts: Options) -> Loaded:
   if not files_lib.isdir(path):
     raise DataNotFoundError(f"--data={what}: no such directory")
   skipped: List[str] = []
-  files = _walk_images(path, skipped)
+  files = _walk_images(path, skipped, what)
   if not files:
     _fail(f"--data={what}", f"no images ({', '.join(s[1:].upper() for s in IMAGE_SUFFIXES)}) "
           "in the folder or its sub-folders")
@@ -432,7 +486,8 @@ def load_folder(path: str, opts: Options) -> Loaded:
   notes = []
   if skipped:
     notes.append(f"{what}: skipped {len(skipped)} file(s) without an image suffix "
-                 f"({', '.join(IMAGE_SUFFIXES)}), e.g. {skipped[0]}")
+                 f"({', '.join(IMAGE_SUFFIXES)}) or hidden (a hidden folder counts once, "
+                 f"whole), e.g. {skipped[0]}")
   full = [os.path.join(path, f) for f in files]
   first = _probe(files_lib.read_bytes(full[0]), f"--data={what}", files[0])
   _check_target(first, opts, len(files), f"--data={what}")
@@ -518,7 +573,8 @@ def load_npz(path: str, opts: Options) -> Loaded:
     if names is not None and (names.ndim != 1 or names.dtype.kind not in "US"):
       _fail(what, f"label_names must be strings [K], got {names.dtype} {list(names.shape)}")
     k = _check_labels(labels, None if names is None else len(names), what, "labels")
-    names = tuple(str(x) for x in names) if names is not None else tuple(
+    names = tuple(x.decode() if isinstance(x, bytes) else str(x)
+                  for x in names) if names is not None else tuple(
         str(i) for i in range(k))
     labels = labels.astype(np.int32)
   else:
@@ -529,7 +585,10 @@ def load_npz(path: str, opts: Options) -> Loaded:
       _fail(what, "no `groups` array [N], which --privacy_unit=group needs")
     if groups.shape != (n,):
       _fail(what, f"groups must be [{n}], got {list(groups.shape)}")
-    ids = group_ids(groups)
+    try:
+      ids = group_ids(groups)
+    except ValueError as e:
+      _fail(what, f"groups: {e}")
   labels, names, labelled = _relabel(labels, names, labelled, opts, what, by_name=False)
   pixels = transform_array(pixels, 255, opts.size, opts.channels)
   return Loaded(np.ascontiguousarray(pixels), labels, names, labelled, ids)
