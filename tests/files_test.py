@@ -136,3 +136,24 @@ def test_fixed_times_are_a_no_op_on_a_gfile_file_system(ram):
   files.set_fixed_time(f"{ram}/run.json")
   files.set_fixed_times(ram)
   assert tf.io.gfile.stat(f"{ram}/run.json").mtime_nsec == 0
+
+
+@pytest.mark.parametrize("where", ["local", "ram"])
+def test_npz_round_trips_every_array_exactly_with_the_mode_asked(where, tmp_path, ram):
+  root = str(tmp_path) if where == "local" else ram
+  arrays = {"a": np.arange(6, dtype=np.float64).reshape(2, 3) / 7, "b": np.array([1, -2], np.int8),
+            "key": np.array("abc")}
+  for compressed in (False, True):
+    target = f"{root}/x{int(compressed)}.npz"
+    files.write_npz_atomic(target, arrays, mode=0o600 if where == "local" else None,
+                           compressed=compressed)
+    back = files.read_npz(target)
+    assert sorted(back) == ["a", "b", "key"]
+    for name, value in arrays.items():
+      assert back[name].dtype == value.dtype and np.array_equal(back[name], value), name
+  assert sorted(files.listdir(root)) == ["x0.npz", "x1.npz"]  # no temp left beside them
+  if where == "local":
+    assert os.stat(f"{root}/x0.npz").st_mode & 0o777 == 0o600
+  assert len(files.npz_bytes(arrays, compressed=True)) != len(files.npz_bytes(arrays))
+  with pytest.raises(FileNotFoundError):
+    files.read_npz(f"{root}/missing.npz")

@@ -28,7 +28,7 @@ def _config(workdir, dp=True, **run):
 
 def _open(cfg, images=IMAGES, labels=LABELS):
   return provenance.open_run(cfg, accounting.plan_privacy(cfg, len(images)), images, labels,
-                             pixel_max=255)
+                             pixel_max=255, num_classes=2)
 
 
 def test_a_new_run_writes_its_key_ledger_and_identity_and_reopens_as_itself(tmp_path):
@@ -43,6 +43,22 @@ def test_a_new_run_writes_its_key_ledger_and_identity_and_reopens_as_itself(tmp_
   again = _open(cfg)
   assert not again.created
   assert again.identity == state.identity and again.ledger == state.ledger
+
+
+def test_the_ledger_records_the_exact_noise_at_creation_and_a_resume_fills_it_in(tmp_path):
+  cfg = _config(tmp_path / "run")
+  state = _open(cfg)
+  path = rundir.path(cfg.run.workdir, rundir.LEDGER_FILE)
+  stored = json.loads(open(path).read())["noise"]
+  # the image-gradient release: num_primary (= batch size 4) rows of 4·4·1 pixels
+  assert stored["entries"] == 4 * 16 and stored["charged_noise_multiplier"] == 1.0
+  assert stored["effective_noise_multiplier"] >= 1.0 and state.ledger.noise == stored
+  without = dataclasses.replace(state.ledger, noise=None)  # as an earlier version wrote it
+  without.save(path)
+  again = _open(cfg)
+  assert again.ledger.noise == stored
+  assert json.loads(open(path).read())["noise"] == stored
+  assert _open(_config(tmp_path / "nodp", dp=False)).ledger is None
 
 
 def test_other_data_another_mode_or_a_lost_ledger_are_refused(tmp_path):

@@ -14,7 +14,7 @@ from dp_sinkhorn_tf.data import datasets
 from dp_sinkhorn_tf.io import rundir
 from dp_sinkhorn_tf.privacy import accounting, class_means, mean_embedding
 from dp_sinkhorn_tf.train import config as config_lib
-from dp_sinkhorn_tf.train import merf_lib, provenance, train_lib, trainer, warm_start
+from dp_sinkhorn_tf.train import fit_lib, provenance, train_lib, trainer, warm_start
 from dp_sinkhorn_tf.transport import sinkhorn
 
 RNG = np.random.default_rng(0)
@@ -201,7 +201,7 @@ def test_pretraining_is_a_function_of_the_release_alone_and_is_the_step_zero_che
   tf.train.Checkpoint(generator=stored).restore(latest).expect_partial()
 
   # No private data from here on: the release file and public flags only.
-  released = merf_lib.read_release(rundir.path(cfg.run.workdir, rundir.WARM_START_FILE))
+  released = fit_lib.read_release(rundir.path(cfg.run.workdir, rundir.WARM_START_FILE))
   assert released.shape == (10, warm_start.num_entries(kind, DIGITS.image_shape, 4))
   tf.keras.utils.set_random_seed(cfg.run.seed)   # build_model's initialisation
   fresh = trainer.make_generator(cfg, DIGITS.image_shape, 10, build=True)

@@ -395,15 +395,9 @@ def load_or_draw_canaries(path: str, count: int, dataset):
     return images, labels.astype(np.int32), included.astype(bool)
   images, labels, included = draw_canaries(count, dataset)
   files.makedirs(os.path.dirname(path) or ".")
-  rundir.write_bytes_atomic(path, _npz_bytes(images=images, labels=labels, included=included),
-                            mode=0o600)
+  files.write_npz_atomic(path, dict(images=images, labels=labels, included=included),
+                         mode=0o600)
   return images, labels, included
-
-
-def _npz_bytes(**arrays) -> bytes:
-  buf = io.BytesIO()
-  np.savez(buf, **arrays)
-  return buf.getvalue()
 
 
 def with_canaries(dataset, images, labels, included, copies: int = 1):

@@ -21,7 +21,6 @@ and the extractor's name, so repeated evaluations against one test split extract
 """
 
 import hashlib
-import io
 from typing import Optional, Protocol, Tuple, runtime_checkable
 
 import numpy as np
@@ -190,9 +189,7 @@ def _load_cached(cache_path: str, key: str) -> Optional[Tuple[np.ndarray, np.nda
 
 def _save_cached(cache_path: str, key: str, mu: np.ndarray, sigma: np.ndarray) -> None:
   """The cache as an .npz, written atomically (`files`: local or any tf.io.gfile path)."""
-  buf = io.BytesIO()
-  np.savez(buf, key=np.array(key), mu=mu, sigma=sigma)
-  files.write_bytes_atomic(cache_path, buf.getvalue())
+  files.write_npz_atomic(cache_path, dict(key=np.array(key), mu=mu, sigma=sigma))
 
 
 def reference_stats(real_images: np.ndarray, extractor: FeatureExtractor,

@@ -26,9 +26,10 @@ do not store it, but `tar --format=posix` does unless given
 """
 
 import errno
+import io
 import json
 import os
-from typing import Optional
+from typing import Dict, Optional
 
 # 2000-01-01T00:00:00Z in seconds since the Unix epoch: the modification time of every
 # file the project writes locally, and the origin of TensorBoard's step-derived wall times
@@ -295,6 +296,27 @@ class staged_dir:  # noqa: N801 - used as a context manager, like tempfile's
       rmtree(self.tmp)
       raise
     return False
+
+
+def npz_bytes(arrays: Dict[str, object], compressed: bool = False) -> bytes:
+  """`arrays` as the bytes of an .npz (np.savez, or np.savez_compressed)."""
+  import numpy as np  # here: the rest of the module needs no numpy
+  buf = io.BytesIO()
+  (np.savez_compressed if compressed else np.savez)(buf, **arrays)
+  return buf.getvalue()
+
+
+def write_npz_atomic(target: str, arrays: Dict[str, object], mode: Optional[int] = None,
+                     compressed: bool = False) -> None:
+  """`arrays` as an .npz at `target`, written atomically (`write_bytes_atomic`)."""
+  write_bytes_atomic(target, npz_bytes(arrays, compressed), mode)
+
+
+def read_npz(path: str) -> dict:
+  """{name: array} of the .npz at `path` (any path of this module), read whole."""
+  import numpy as np
+  with np.load(io.BytesIO(read_bytes(path))) as stored:
+    return {name: stored[name] for name in stored.files}
 
 
 def write_bytes_atomic(target: str, payload: bytes, mode: Optional[int] = None) -> None:

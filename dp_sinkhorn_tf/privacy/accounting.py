@@ -330,7 +330,8 @@ def report(ledger: PrivacyLedger, all_accountants: bool = True) -> dict:
   if ledger.noise is not None and out["epsilon"].get("pld") is not None:
     out["pld_note"] = ("pld is the continuous Gaussian's curve at σ; for the exact lattice "
                        "noise the certified figure is rdp (privacy.lattice)")
-  if not ledger.stages:
+  stages = stage_report(ledger)
+  if stages is None:
     out.pop("stages")
     out["epsilon_planned"] = compute_epsilon(ledger.sample_rate, ledger.noise_multiplier,
                                              ledger.planned_steps, ledger.delta,
@@ -338,7 +339,7 @@ def report(ledger: PrivacyLedger, all_accountants: bool = True) -> dict:
     return out
   out["epsilon_planned"] = composed_epsilon(ledger.spent_stages(planned=True), ledger.delta,
                                             ledger.accountant)
-  out["stages"] = stage_report(ledger)
+  out["stages"] = stages
   out["stages_note"] = ("each stage's epsilon_alone is its own ε at δ (spent so far); one "
                         "accountant composes them into epsilon, less than their sum")
   return out
@@ -350,9 +351,12 @@ def stage_epsilons(ledger: PrivacyLedger) -> dict:
           for s in ledger.spent_stages()}
 
 
-def stage_report(ledger: PrivacyLedger) -> list:
+def stage_report(ledger: PrivacyLedger) -> Optional[list]:
   """privacy.json's stages: each one's plan, steps taken, share of the target and ε alone;
-  the DP-Sinkhorn steps last, with the share the extra stages leave."""
+  the DP-Sinkhorn steps last, with the share the extra stages leave. None for a run of
+  DP-Sinkhorn steps alone (no extra stage)."""
+  if not ledger.stages:
+    return None
   alone = stage_epsilons(ledger)
   extra = [dict(s, epsilon_alone=alone[s["name"]]) for s in ledger.stages or ()]
   rest = 1.0 - sum(s.get("share", 0.0) for s in extra)

@@ -14,7 +14,6 @@ released generator and its metadata: nothing reads private data.
 """
 
 import dataclasses
-import io
 import json
 import math
 import os
@@ -177,17 +176,6 @@ def _title(metadata: dict, version: Optional[int], seed: int) -> str:
   return ", ".join(part for part in (head, f"seed {seed}", privacy) if part)
 
 
-def _npz_bytes(arrays: dict, compressed: bool = False) -> bytes:
-  buf = io.BytesIO()
-  (np.savez_compressed if compressed else np.savez)(buf, **arrays)
-  return buf.getvalue()
-
-
-def write_npz_atomic(path: str, arrays: dict) -> None:
-  """np.savez of `arrays`, written atomically (`files`)."""
-  files.write_bytes_atomic(path, _npz_bytes(arrays))
-
-
 def draw(version_dir: str, labels: Sequence[int], counts, seed: int,
          keep_float: bool = True) -> dict:
   """Images of labels[j] repeated counts[j] times (label-major; `counts` an int: that many
@@ -346,7 +334,7 @@ def write_data_set(cfg: SampleConfig, arrays: dict) -> Tuple[str, str]:
         payload = {"images": pixels}
         if labelled:
           payload.update(labels=labels.astype(np.int32), label_names=np.array(names))
-        files.write_bytes(os.path.join(tmp, NPZ_FILE), _npz_bytes(payload, compressed=True))
+        files.write_bytes(os.path.join(tmp, NPZ_FILE), files.npz_bytes(payload, compressed=True))
         read_back, layout = f"--data=npz:{out}/{NPZ_FILE}", NPZ_FILE
       else:
         shards = max(1, -(-len(labels) // RECORDS_PER_FILE))
@@ -386,7 +374,7 @@ def run(cfg: SampleConfig) -> int:
   labels, metadata = list(cfg.labels), cfg.metadata
   total = len(arrays["labels"])
   if cfg.format == ARRAYS:
-    write_npz_atomic(cfg.out, {k: arrays[k] for k in ("images", "images_uint8", "labels", "z",
+    files.write_npz_atomic(cfg.out, {k: arrays[k] for k in ("images", "images_uint8", "labels", "z",
                                                        "seed")})
   elif cfg.format == GRID:
     rows = np.repeat(np.arange(len(labels), dtype=np.int32), cfg.num_per_label)  # label-major

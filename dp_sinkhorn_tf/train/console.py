@@ -120,7 +120,8 @@ def run(cfg: config_lib.TrainConfig, flags_text: str, dataset: datasets.Dataset,
       raise ValueError(f"--workdir={cfg.run.workdir}: exists and is not a directory")
     chief = distribute.is_chief(cfg.run.strategy)
     state = provenance.open_run(cfg, plan, dataset.pixels, dataset.labels, chief,
-                     pixel_max=dataset.pixel_max, groups=dataset.groups)
+                                pixel_max=dataset.pixel_max, groups=dataset.groups,
+                                num_classes=dataset.num_classes)
   except (ValueError, FileNotFoundError) as e:
     _fail(str(e))
   except OSError as e:
@@ -150,8 +151,7 @@ def run(cfg: config_lib.TrainConfig, flags_text: str, dataset: datasets.Dataset,
     for stage, alone, share in zip(plan.stages, plan.stage_epsilons, plan.stage_shares):
       print(f"  stage {stage.name}: share {share:.3g} of ε, σ={stage.noise_multiplier:.4g} "
             f"q={stage.sample_rate:.4g} steps={stage.steps} → ε={alone:.3f} alone")
-    noise = trainer.noise_description(cfg, plan.noise_multiplier, dataset.image_shape,
-                                      dataset.num_classes)
+    noise = ledger.noise
     if noise is not None:
       print(f"noise: exact discrete Gaussian on γℤ, γ=2^{noise['log2_gamma']}, std "
             f"{noise['noise_stddev']:.6g} over {noise['entries']} values, effective "

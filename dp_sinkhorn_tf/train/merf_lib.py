@@ -23,7 +23,6 @@ and nothing else; everything here is post-processing of the one release, whose �
 """
 
 import hmac
-import io
 import json
 import os
 from typing import Callable, NamedTuple, Optional, Sequence
@@ -38,7 +37,7 @@ from dp_sinkhorn_tf.io import files, rundir
 from dp_sinkhorn_tf.models import generators
 from dp_sinkhorn_tf.privacy import accounting, keys, mean_embedding
 from dp_sinkhorn_tf.release import export_lib
-from dp_sinkhorn_tf.train import merf_config, provenance
+from dp_sinkhorn_tf.train import fit_lib, merf_config, provenance
 
 RELEASE_FILE = "release.npz"
 CHECK_FILE = "release_check.json"  # PRIVATE: the keyed data fingerprint (0600)
@@ -119,20 +118,7 @@ def fit(generator: tf.keras.Model, released: mean_embedding.ClassEmbeddings,
     optimizer.apply_gradients(zip(grads, generator.trainable_variables))
     return loss
 
-  return TrainInfo(run_steps(step, cfg.steps, on_step))
-
-
-def run_steps(step: Callable[[tf.Tensor], tf.Tensor], steps: int,
-              on_step: Optional[Callable[[int, float], None]] = None) -> np.ndarray:
-  """The loop of a non-private fit (this one and `warm_start`'s): step(t) for t = 0 … steps−1
-  (t an int64 scalar tensor; it returns the loss), on_step(t, loss) after each; returns the
-  losses [steps] float32."""
-  losses = np.zeros([steps], np.float32)
-  for t in range(steps):
-    losses[t] = step(tf.constant(t, tf.int64)).numpy()
-    if on_step is not None:
-      on_step(t, float(losses[t]))
-  return losses
+  return TrainInfo(fit_lib.run_steps(step, cfg.steps, on_step))
 
 
 def release_epsilon(params, delta: float) -> float:
@@ -212,19 +198,6 @@ def check_reuse(stored: dict, current: dict, workdir: str) -> None:
                      "the same data or a new --workdir")
 
 
-def read_release(path: str) -> np.ndarray:
-  """The array `write_release` wrote to `path` (any `io.files` path)."""
-  with np.load(io.BytesIO(files.read_bytes(path))) as z:
-    return z["released"]
-
-
-def write_release(path: str, released: np.ndarray) -> None:
-  """Writes a released array as .npz (key "released"), atomically (`io.files`)."""
-  buf = io.BytesIO()
-  np.savez(buf, released=released)
-  files.write_bytes_atomic(path, buf.getvalue())
-
-
 def privacy_report(cfg: ReleaseConfig, params, dataset_size: int, key) -> dict:
   """privacy.json of a run: what was released, at which noise, and its ε."""
   return {
@@ -264,13 +237,13 @@ def release_once(cfg: RunConfig, dataset, key) -> tuple:
     files.write_text_atomic(check_path, json.dumps(current, indent=1, sort_keys=True),
                             mode=0o600)
   if files.exists(path):
-    released = read_release(path)
+    released = fit_lib.read_release(path)
   else:
     seed = keys.step_seed(key, 0, keys.STREAM_MEAN_EMBEDDING)
     released = mean_embedding.release(dataset.images, dataset.labels, frequencies,
                                       dataset.num_classes, cfg.release.count_weight, params,
                                       seed)
-    write_release(path, released)
+    fit_lib.write_release(path, released)
   report = privacy_report(cfg.release, params, len(dataset), key)
   files.write_json_atomic(os.path.join(cfg.workdir, rundir.REPORT_FILE), report)
   return released, frequencies, params, report

@@ -31,7 +31,7 @@ from dp_sinkhorn_tf.io import checkpoints, errors, files, rundir
 from dp_sinkhorn_tf.privacy import accounting, keys
 from dp_sinkhorn_tf.release import export_lib, serving
 from dp_sinkhorn_tf.train import config as config_lib
-from dp_sinkhorn_tf.train import distribute
+from dp_sinkhorn_tf.train import distribute, trainer
 
 ProvenanceError = rundir.ProvenanceError
 
@@ -61,7 +61,7 @@ def _gradient_flags(cfg: config_lib.TrainConfig, plan: accounting.PrivacyPlan) -
 
 
 def _new_ledger(cfg: config_lib.TrainConfig, plan: accounting.PrivacyPlan, dataset_size: int,
-                run_id: str = "", fingerprint: str = ""):
+                run_id: str = "", fingerprint: str = "", noise: Optional[dict] = None):
   p = cfg.privacy
   flags = _gradient_flags(cfg, plan)
   return accounting.PrivacyLedger(
@@ -70,7 +70,7 @@ def _new_ledger(cfg: config_lib.TrainConfig, plan: accounting.PrivacyPlan, datas
       planned_steps=plan.steps, accountant=p.accountant, steps_taken=0,
       dataset_size=dataset_size, run_id=run_id, data_fingerprint=fingerprint,
       gradient_flags=flags, gradient_flags_sha256=config_lib.flags_sha256(flags),
-      stages=plan.ledger_stages())
+      stages=plan.ledger_stages(), noise=noise)
 
 
 def _check_same_flags(wd: str, ledger_path: str, stored: accounting.PrivacyLedger,
@@ -139,7 +139,7 @@ def fingerprint(key: keys.PrivacyKey, images: np.ndarray, labels: np.ndarray,
 
 def open_run(cfg: config_lib.TrainConfig, plan: accounting.PrivacyPlan, images: np.ndarray,
              labels: np.ndarray, chief: bool = True, pixel_max: Optional[int] = None,
-             groups: Optional[np.ndarray] = None) -> RunState:
+             groups: Optional[np.ndarray] = None, *, num_classes: int) -> RunState:
   """Creates the run in cfg.run.workdir, or checks that everything there is one run.
 
   A new run gets a random run id and (DP) a key — from the OS, --privacy_key_file or, with
@@ -158,7 +158,9 @@ def open_run(cfg: config_lib.TrainConfig, plan: accounting.PrivacyPlan, images: 
 
   images: uint8 pixels in [0, pixel_max] (or float32 in [−1, 1], pixel_max None); groups:
   the group ids under --privacy_unit=group (the ledger's dataset_size is then the number of
-  groups).
+  groups). The ledger records the exact noise of the run (`trainer.noise_description` of
+  the data's image shape and num_classes; updated on resume if it was not recorded), what
+  the console prints and privacy.json publishes beside the σ it is charged at.
   """
   num_units = len(images) if groups is None else int(np.max(groups)) + 1
   wd = cfg.run.workdir
@@ -191,7 +193,8 @@ def open_run(cfg: config_lib.TrainConfig, plan: accounting.PrivacyPlan, images: 
       keys.write_key_file(key_path, key)
       ledger = _new_ledger(cfg, plan, num_units, run_id,
                            fingerprint(key, images, labels, pixel_max, groups,
-                                       cfg.data.max_per_group))
+                                       cfg.data.max_per_group),
+                           _noise(cfg, plan, images, num_classes))
       ledger.save(ledger_path)
       reason = "" if key.private else keys.INSECURE_REASON
       identity = rundir.RunIdentity(run_id, True, key.source, key.private, reason)
@@ -237,7 +240,16 @@ def open_run(cfg: config_lib.TrainConfig, plan: accounting.PrivacyPlan, images: 
     raise ProvenanceError(f"--workdir={wd}: the private data differ from those this run "
                           f"started on (keyed fingerprint in {rundir.LEDGER_FILE}); resuming "
                           "would reuse the run's noise on other data: use a new --workdir")
+  noise = _noise(cfg, plan, images, num_classes)
+  if ledger.noise != noise:  # a ledger written before the noise was recorded
+    ledger = dataclasses.replace(ledger, noise=noise)
+    if chief:
+      ledger.save(ledger_path)
   return RunState(identity, key, ledger, created=False)
+
+
+def _noise(cfg, plan, images, num_classes: int) -> Optional[dict]:
+  return trainer.noise_description(cfg, plan.noise_multiplier, images.shape[1:], num_classes)
 
 
 def restore_checkpoint(cfg, state: RunState, ckpt, manager, step_var) -> int:

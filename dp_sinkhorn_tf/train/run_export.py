@@ -76,9 +76,7 @@ def stages_of(ledger) -> Optional[list]:
   """The metadata's "stages": privacy.json's per-stage report (each mechanism's plan, share
   of the target and ε alone; `accounting.stage_report`) for a run of several stages (e.g.
   --warm_start), None for a DP-Sinkhorn-only or --nodp run."""
-  if ledger is None or not ledger.stages:
-    return None
-  return accounting.stage_report(ledger)
+  return None if ledger is None else accounting.stage_report(ledger)
 
 
 @dataclasses.dataclass

@@ -126,7 +126,8 @@ def train(cfg: config_lib.TrainConfig, images: np.ndarray, labels: np.ndarray,
     raise ValueError(f"{len(names)} label_names for {num_classes} classes")
   chief = distribute.is_chief(run.strategy)
   if state is None:
-    state = provenance.open_run(cfg, plan, images, labels, chief, pixel_max, groups)
+    state = provenance.open_run(cfg, plan, images, labels, chief, pixel_max, groups,
+                                num_classes=num_classes)
   ledger = state.ledger
   released = None
   if ledger is not None and warm_start.stage_of(plan) is not None:  # before step 0 (charged)
@@ -140,14 +141,6 @@ def train(cfg: config_lib.TrainConfig, images: np.ndarray, labels: np.ndarray,
     model, step = trainer.build_model(cfg, images, labels, num_classes, plan, state.key,
                                       pixel_max, groups)
   generator, ema_generator = model.generator, model.ema_generator
-  if ledger is not None:  # what the noise is, beside what it is charged as (privacy.json)
-    noise = trainer.noise_description(cfg, plan.noise_multiplier, images.shape[1:],
-                                      num_classes)
-    if ledger.noise != noise:
-      ledger = dataclasses.replace(ledger, noise=noise)
-      if chief:
-        ledger.save(rundir.path(run.workdir, rundir.LEDGER_FILE))
-      state = dataclasses.replace(state, ledger=ledger)
   # Outside the scope: a plain local variable (collectives cannot broadcast strings).
   run_id = tf.Variable(state.identity.run_id, dtype=tf.string, trainable=False, name="run_id")
   tracked = {"ema_generator": ema_generator} if ema_generator is not None else {}

@@ -41,7 +41,7 @@ import tensorflow as tf
 from dp_sinkhorn_tf.data import datasets
 from dp_sinkhorn_tf.io import files, rundir
 from dp_sinkhorn_tf.privacy import accounting, class_means, keys, lattice, mean_embedding
-from dp_sinkhorn_tf.train import merf_config, merf_lib
+from dp_sinkhorn_tf.train import fit_lib, merf_config, merf_lib
 
 STAGE = accounting.WARM_START_STAGE
 CLASS_MEANS, MERF = "class_means", "merf"
@@ -126,7 +126,7 @@ def ensure_release(workdir: str, plan: accounting.PrivacyPlan,
     if not charged:
       raise rundir.ProvenanceError(f"{path}: a warm-start release the ledger never charged "
                                    "(another run's file?); use a new --workdir")
-    return merf_lib.read_release(path), ledger
+    return fit_lib.read_release(path), ledger
   if not charged:
     ledger = ledger.charged_stage(
         STAGE, noise_record(params, stage_of(plan).noise_multiplier, kind, num_classes))
@@ -140,7 +140,7 @@ def ensure_release(workdir: str, plan: accounting.PrivacyPlan,
   else:
     released = class_means.release(chunks, labels, image_shape, num_classes, resolution,
                                    COUNT_WEIGHT, params, secret)
-  merf_lib.write_release(path, released)
+  fit_lib.write_release(path, released)
   return released, ledger
 
 
@@ -184,17 +184,11 @@ def pretrain(generator: tf.keras.Model, released: np.ndarray, kind: str, resolut
   if kind == MERF:
     if steps == 0:
       return np.zeros([0], np.float32)
-    cfg = merf_config.MerfTrainConfig(batch_size=MERF_BATCH, steps=steps,
-                                      learning_rate=MERF_LEARNING_RATE,
-                                      decay_every=MERF_DECAY_EVERY, seed=seed)
+    cfg = merf_config.MerfTrainConfig(steps=steps, seed=seed)  # DP-MERF's schedule
     embeddings = mean_embedding.class_embeddings(released, MERF_RELEASE.count_weight)
     return merf_lib.fit(generator, embeddings, frequencies(shape, seed), cfg, on_step).losses
   return fit_central_images(generator, central_images(released, shape, resolution), steps,
                             seed, on_step)
-
-
-# DP-MERF's schedule (launch/fashion_mnist_merf.flags): batch 100, 5e-3 × 0.9 every 600.
-MERF_BATCH, MERF_LEARNING_RATE, MERF_DECAY_EVERY = 100, 5e-3, 600
 
 
 def fit_central_images(generator: tf.keras.Model, central: class_means.CentralImages,
@@ -221,4 +215,4 @@ def fit_central_images(generator: tf.keras.Model, central: class_means.CentralIm
     optimizer.apply_gradients(zip(grads, generator.trainable_variables))
     return loss
 
-  return merf_lib.run_steps(step, steps, on_step)
+  return fit_lib.run_steps(step, steps, on_step)
