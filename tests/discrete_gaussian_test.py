@@ -120,6 +120,15 @@ def test_range_is_kept_and_checked():
     dg.sample([4], dg.scale_parameters(1e3), SEED, 2**24)
 
 
+def test_a_scale_far_from_scale_parameters_is_refused():
+  # t = 1, L = 10¹¹: s² < 2⁴⁰, but (X − L)² would overflow int64 and e^{−L/2t} never accepts.
+  with pytest.raises(ValueError, match=r"L ≤ 16t \+ 16"):
+    dg.Scale(0, 10**11)
+  for s in (1.0, 1.2, 3.0, 6.5, 1e3, 2.35e5, 1e6):
+    scale = dg.scale_parameters(s)
+    assert scale.L <= 2 * scale.t + 2 and scale.scale >= s
+
+
 def test_the_mass_left_out_by_the_range_is_below_ten_to_the_minus_347():
   # max_abs ≥ 40·s: P[|Z| > 40s] ≤ 2e^{−800}/(1 − e^{−40/s}) (module docstring), for the
   # mechanism's scales (s ~ 2¹⁸) and a small one.

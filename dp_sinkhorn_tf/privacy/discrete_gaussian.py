@@ -28,7 +28,8 @@ from B = 0 only). Steps 1 and 3 are CKS Algorithm 2 (discrete Laplace of scale t
 with exp(−U/t)) and CKS Algorithm 3's test exp(−(|Y| − s²/t)²/(2s²)), whose two acceptance
 probabilities multiply into exp(−E). The acceptance probability of one candidate is
 (1 − e⁻¹)/(2t) · e^{−L/(2t)} · Σ_y exp(−y²/(2s²)) (`acceptance_probability`), ≈ 0.40–0.48 for
-s ≥ 10 with the t = 2^a nearest s (lower for small s, where L's +1 weighs: 0.31 at s = 1.2).
+s ≥ 10 with the t = 2^a nearest s (lower for some small s, where L's +1 weighs: 0.31 at
+s = 1.2, 0.39 at s = 5.6).
 
 Bernoulli(exp(−γ)) for rational γ ∈ [0, 1] is CKS Algorithm 1: K ← 1; while
 Bernoulli(γ/K) = 1: K ← K + 1; return [K odd]; so P[K > k] = γᵏ/k!.
@@ -133,7 +134,8 @@ _TRIAL, _FRAC, _FRACK, _FRACF, _PENDING, _CELL = 0, 1, 2, 3, 4, 5
 
 @dataclasses.dataclass(frozen=True)
 class Scale:
-  """s² = t·L: t = 2^log2_t (a power of two), L ≥ 1; both Python ints."""
+  """s² = t·L: t = 2^log2_t (a power of two), 1 ≤ L ≤ 16t + 16 (so L < 2²² under s² < 2⁴⁰,
+  and the acceptance factor e^{−L/(2t)} ≥ e^{−16}); both Python ints."""
 
   log2_t: int
   L: int
@@ -144,6 +146,9 @@ class Scale:
                        f"a={self.log2_t}, L={self.L}")
     if self.t * self.L >= 2**40:
       raise ValueError(f"discrete Gaussian scale s² = {self.t * self.L} must be < 2^40")
+    if self.L > 16 * self.t + 16:  # scale_parameters gives L ≤ 2t + 2
+      raise ValueError(f"discrete Gaussian scale needs L ≤ 16t + 16 (t near s), got t={self.t}, "
+                       f"L={self.L}: the 2⁴⁹ bound on E and the acceptance rate hold only there")
 
   @property
   def t(self) -> int:
