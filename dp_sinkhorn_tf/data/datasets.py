@@ -23,7 +23,7 @@ and label names of the data spec a model was trained on; training never reads it
   bytes, type 0x08 (unsigned byte), rank, then rank big-endian uint32 dimensions. Debian's
   dataset-fashion-mnist package installs them in /usr/share/datasets/fashion-mnist.
 * TFDS (`data_dir`, the --data_dir flag): mnist, fashion_mnist, cifar10, celeb_a. Never
-  downloads. celeb_a (218×178) is centre-cropped to 178×178 and resized to 32×32 (area-
+  downloads. celeb_a (218×178) is centre-cropped to 178×178 and resized to 32×32 (bilinear,
   antialiased, rounded to uint8); its label is attributes['Male'] (0 female, 1 male) and
   its test split is TFDS's "test".
 
@@ -270,7 +270,8 @@ def _find_idx(idx_dir: str, stem: str) -> str:
 
 
 def load_idx(idx_dir: str, split: str = "train", name: str = "fashion_mnist") -> Dataset:
-  """MNIST-format IDX files in `idx_dir` → Dataset: images [N, 28, 28, 1] in [−1, 1], labels [N].
+  """MNIST-format IDX files in `idx_dir` → Dataset: uint8 pixels [N, 28, 28, 1] in [0, 255]
+  (pixel_max 255), labels [N].
 
   split: "train" (train-*) or "test" (t10k-*); name: "mnist" or "fashion_mnist" (label names).
   """

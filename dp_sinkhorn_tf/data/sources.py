@@ -88,7 +88,7 @@ class Options:
   defaults; groups: None, a CSV path or "subfolders"; group_unit: read groups;
   like_names: map labels to these names (held-out data of a trained model: folder classes by
   name, other labels checked < len); like_labelled: False reads every image as class 0;
-  what: the source as named in errors; check_memory(N, shape, what): the memory check.
+  data_dir: TFDS's data directory (tfds:); check_memory(N, shape, what): the memory check.
   """
 
   size: Optional[Tuple[int, int]] = None

@@ -87,7 +87,7 @@ class DataSpec:
 
   source: "digits" … for a built-in set, else the --data value; image_shape: (H, W, C) of
   the training images after --image_size / --channels; label_names: the K class names
-  (K = 1, "0", for unlabelled data); labelled: False when the data have no labels (the
+  (K = 1, "all", for unlabelled data); labelled: False when the data have no labels (the
   generator is then unconditional: label always 0); image_size / channels: the flags
   applied (None: the data's own); privacy_unit: "record" or "group"; max_per_group: m
   under --privacy_unit=group (None otherwise).
