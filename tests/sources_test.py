@@ -231,6 +231,13 @@ def test_mixed_sizes_need_image_size(tmp_path):
   assert folder(tmp_path, size=(8, 8)).pixels.shape == (2, 8, 8, 3)
 
 
+def test_of_several_misfits_the_lowest_numbered_is_named_whatever_the_read_order(tmp_path):
+  for i in range(300):
+    write_png(str(tmp_path / f"{i:03d}.png"), _pixels(10 if i in (150, 290) else 8, 8, seed=i))
+  with pytest.raises(ValueError, match=r"150.png: 10×8 pixels where the first image has 8×8"):
+    folder(tmp_path)
+
+
 def test_mixed_grayscale_and_colour_need_channels(tmp_path):
   write_png(str(tmp_path / "a.png"), _pixels(c=1))
   write_png(str(tmp_path / "b.png"), _pixels(c=3))

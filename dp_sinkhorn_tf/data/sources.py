@@ -244,16 +244,23 @@ def materialize(elements, n: int, first: Tuple[int, int, int], opts: Options, wh
   out = np.empty((n,) + target, np.uint8)
   labels = np.zeros(n, np.int64)
   seen = np.zeros(n, bool)
+  misfit = None  # (index, shape) of the lowest-numbered image that does not fit
   try:
     for index, shapes, fits, images, batch_labels in pipeline.as_numpy_iterator():
+      if np.any(index >= n) or np.any(seen[index]):
+        _fail(what, f"the source yielded more than the {n} records it held when counted "
+              "(did it change while being read?)")
       if not fits.all():
-        i = int(np.argmin(fits))
-        _fail(what, f"{origin(int(index[i]))}: {_shape_problem(first, shapes[i], opts)}")
+        i = int(np.argmin(np.where(fits, n, index)))
+        if misfit is None or index[i] < misfit[0]:
+          misfit = (int(index[i]), shapes[i])
       out[index] = images
       labels[index] = batch_labels
       seen[index] = True
   except tf.errors.OpError as e:
     _fail(what, f"cannot read the data ({errors.first_line(e)})")
+  if misfit is not None:  # the lowest index, whatever order the parallel reads arrived in
+    _fail(what, f"{origin(misfit[0])}: {_shape_problem(first, misfit[1], opts)}")
   if not seen.all():
     bad = np.flatnonzero(~seen)
     _fail(what, f"{origin(int(bad[0]))}: not a decodable image (unreadable, corrupt, truncated "
