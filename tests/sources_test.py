@@ -354,6 +354,21 @@ def test_held_out_classes_are_matched_by_name(tmp_path):
   assert not one.labelled and list(one.labels) == [0, 0, 0]
 
 
+def test_a_held_out_npz_with_label_names_is_matched_by_name(tmp_path):
+  images = np.zeros((3, 8, 8), np.uint8)
+  np.savez(tmp_path / "h.npz", images=images, labels=np.array([0, 1, 1]),
+           label_names=np.array(["owl", "cat"]))  # another order than the model's
+  loaded = sources.load_npz(str(tmp_path / "h.npz"), opts(like_names=("cat", "dog", "owl")))
+  assert list(loaded.labels) == [2, 0, 0] and loaded.label_names == ("cat", "dog", "owl")
+  np.savez(tmp_path / "u.npz", images=images, labels=np.array([0, 1, 1]),
+           label_names=np.array(["owl", "emu"]))
+  with pytest.raises(ValueError, match="class 'emu' is not one of the model's classes"):
+    sources.load_npz(str(tmp_path / "u.npz"), opts(like_names=("cat", "dog", "owl")))
+  np.savez(tmp_path / "n.npz", images=images, labels=np.array([0, 2, 1]))  # no names: by index
+  assert list(sources.load_npz(str(tmp_path / "n.npz"),
+                               opts(like_names=("cat", "dog", "owl"))).labels) == [0, 2, 1]
+
+
 # ---- npz ---------------------------------------------------------------------------------
 
 def test_npz_with_labels_and_names(tmp_path):

@@ -570,6 +570,7 @@ def load_npz(path: str, opts: Options) -> Loaded:
       groups = data["groups"] if "groups" in data.files else None
   except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
     _fail(what, f"not a readable .npz file ({errors.first_line(e)})")
+  named = names is not None  # a held-out file's classes are then matched by name
   if pixels.ndim == 3:
     pixels = pixels[..., np.newaxis]
   n = len(pixels)
@@ -596,7 +597,7 @@ def load_npz(path: str, opts: Options) -> Loaded:
       ids = group_ids(groups)
     except ValueError as e:
       _fail(what, f"groups: {e}")
-  labels, names, labelled = _relabel(labels, names, labelled, opts, what, by_name=False)
+  labels, names, labelled = _relabel(labels, names, labelled, opts, what, by_name=named)
   pixels = transform_array(pixels, 255, opts.size, opts.channels)
   return Loaded(np.ascontiguousarray(pixels), labels, names, labelled, ids)
 
