@@ -274,6 +274,17 @@ def test_the_memory_check_runs_before_decoding(tmp_path):
   with pytest.raises(ValueError, match="too big"):
     folder(tmp_path, size=(16, 12), channels=1, check_memory=check)
   assert seen == [(2, (16, 12, 1))]
+  # npz: the file's own array is held beside the resized one, so both sizes are checked.
+  seen.clear()
+  np.savez(tmp_path / "big.npz", images=np.zeros((3, 64, 64), np.uint8))
+  with pytest.raises(ValueError, match="too big"):
+    sources.load_npz(str(tmp_path / "big.npz"), opts(size=(32, 32), check_memory=check))
+  assert seen == [(3, (32, 32, 1))]  # the first check raised; the next one is the original's
+  seen.clear()
+  calls = []
+  sources.load_npz(str(tmp_path / "big.npz"), opts(size=(32, 32), check_memory=lambda n, shape,
+                                                    what: calls.append(tuple(shape))))
+  assert calls == [(32, 32, 1), (64, 64, 1)]
 
 
 # ---- folder: groups ----------------------------------------------------------------------

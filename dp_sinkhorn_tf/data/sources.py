@@ -562,6 +562,11 @@ def load_npz(path: str, opts: Options) -> Loaded:
   if shape[0] == 0:
     _fail(what, "images holds no image")
   _check_target(first, opts, int(shape[0]), what)
+  target = (*(opts.size or first[:2]), opts.channels or first[2])
+  if opts.check_memory is not None and tuple(target) != first:
+    # The file's own array and the resized one are held together while it is transformed:
+    # checking twice the larger of the two covers that peak as well as the training copy.
+    opts.check_memory(int(shape[0]), first, what)
   try:
     with files_lib.open_binary(path) as fh, np.load(fh, allow_pickle=False) as data:
       pixels = data["images"]
