@@ -347,6 +347,14 @@ def test_sub_folder_groups_need_images_in_group_folders(tmp_path):
   write_png(str(tmp_path / "ann" / "0.png"), _pixels())
   with pytest.raises(ValueError, match="loose.png: directly in the folder"):
     folder(tmp_path, group_unit=True, groups=data_spec.GROUPS_SUBFOLDERS)
+  os.remove(tmp_path / "loose.png")
+  os.remove(tmp_path / "ann" / "0.png")
+  os.rmdir(tmp_path / "ann")
+  write_png(str(tmp_path / "cat" / "bob" / "0.png"), _pixels())
+  write_png(str(tmp_path / "cat" / "x.png"), _pixels())  # in a class, in no group
+  with pytest.raises(ValueError, match=r"cat/x.png: not in a group sub-folder; "
+                     r"--groups=subfolders reads PATH/<class>/<group>/<image>"):
+    folder(tmp_path, group_unit=True, groups=data_spec.GROUPS_SUBFOLDERS)
 
 
 # ---- held-out sets of a trained model (like_names) ---------------------------------------

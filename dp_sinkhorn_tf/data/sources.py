@@ -469,6 +469,9 @@ def load_folder(path: str, opts: Options) -> Loaded:
   flat = max(depths) == base or not opts.like_labelled  # held-out set of a 1-class model
   if not flat and min(depths) == base:
     example = next(f for f in files if f.count("/") == base)
+    if grouped:  # PATH/<class>/<image> beside PATH/<class>/<group>/<image>
+      _fail(where, f"{example}: not in a group sub-folder; --groups=subfolders reads "
+            "PATH/<class>/<group>/<image> (or PATH/<group>/<image> for one class)")
     _fail(where, f"{example}: an image beside the class folders; put every image in a class "
           "sub-folder, or use a folder without sub-folders (one class)")
   classes = None
