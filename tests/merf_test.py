@@ -37,8 +37,8 @@ def test_every_flag_keeps_its_name_and_default():
               "epsilon": 10.0, "delta": 1e-5, "num_frequencies": 5000, "length_scale": 22.5,
               "count_weight": 0.1, "seed": 0, "insecure_fixed_key": False,
               "architecture": "dcgan", "hidden": 32, "latent_dim": 16, "embed_dim": 8,
-              "output": "tanh", "batch_size": 500, "steps": 3000, "learning_rate": 1e-3,
-              "lr_decay": 0.9, "decay_every": 300, "depth": 1}
+              "output": "tanh", "batch_size": 100, "steps": 3000, "learning_rate": 5e-3,
+              "lr_decay": 0.9, "decay_every": 600, "depth": 1}  # DP-MERF's schedule
   assert {name: merf.FLAGS[name].default for name in expected} == expected
   assert set(merf.FLAGS.get_flags_for_module(merf.__name__)) >= {merf.FLAGS[n] for n in expected}
 

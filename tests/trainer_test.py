@@ -641,7 +641,7 @@ def test_a_resume_checks_every_flag_that_shapes_the_release_and_only_those(tmp_p
 
   def opened(run):
     return provenance.open_run(run, accounting.plan_privacy(run, 1438), DIGITS.images,
-                               DIGITS.labels)
+                               DIGITS.labels, num_classes=10)
 
   # Flags that write, save or name things differently: the same run.
   moved = dataclasses.replace(cfg, run=dataclasses.replace(

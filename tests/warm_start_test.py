@@ -37,7 +37,7 @@ def _config(workdir, **privacy):
 
 def _open(cfg, images=IMAGES, labels=LABELS):
   plan = accounting.plan_privacy(cfg, len(images))
-  return plan, provenance.open_run(cfg, plan, images, labels, pixel_max=255)
+  return plan, provenance.open_run(cfg, plan, images, labels, pixel_max=255, num_classes=2)
 
 
 def _ensure(cfg, plan, state, images=IMAGES, labels=LABELS):
