@@ -520,12 +520,15 @@ def check_image_shape(shape, what: str) -> None:
                      "to resize / convert them")
 
 
-def _check_target(first: Tuple[int, int, int], opts: Options, n: int, what: str) -> None:
-  """The shape the images will have is one the generators build, and they fit in memory."""
+def _check_target(first: Tuple[int, int, int], opts: Options, n: int,
+                  what: str) -> Tuple[int, int, int]:
+  """The shape the images will have (returned) is one the generators build, and they fit
+  in memory."""
   target = (*(opts.size or first[:2]), opts.channels or first[2])
   check_image_shape(target, what)
   if opts.check_memory is not None:
     opts.check_memory(n, target, what)
+  return tuple(int(x) for x in target)
 
 
 # ---- npz:PATH -------------------------------------------------------------------------------
@@ -564,9 +567,8 @@ def load_npz(path: str, opts: Options) -> Loaded:
   first = (int(shape[1]), int(shape[2]), int(shape[3]) if len(shape) == 4 else 1)
   if shape[0] == 0:
     _fail(what, "images holds no image")
-  _check_target(first, opts, int(shape[0]), what)
-  target = (*(opts.size or first[:2]), opts.channels or first[2])
-  if opts.check_memory is not None and tuple(target) != first:
+  target = _check_target(first, opts, int(shape[0]), what)
+  if opts.check_memory is not None and target != first:
     # The file's own array and the resized one are held together while it is transformed:
     # checking twice the larger of the two covers that peak as well as the training copy.
     opts.check_memory(int(shape[0]), first, what)
