@@ -39,6 +39,22 @@ def test_rdp_epsilon_is_pinned_and_matches_dp_accounting(args, expected):
   assert eps == pytest.approx(_direct_rdp(*args), rel=1e-12)
 
 
+def test_rdp_epsilon_from_the_kept_one_step_curve_is_dp_accountings_bit_for_bit():
+  # compute_epsilon keeps RDP(1) per (q, σ) and scales it by T (the accountant's own
+  # composition); it must give exactly what a fresh RdpAccountant gives, at every T and δ,
+  # including after other (q, σ) went through the cache.
+  rng = np.random.default_rng(0)
+  cases = [(1 / 1200, 0.9, 100_000, 1e-5), (0.02225, 1.0, 1, 1e-5), (1.0, 5.0, 3, 1e-3)]
+  cases += [(float(rng.uniform(1e-4, 0.5)), float(rng.uniform(0.4, 8)),
+             int(rng.integers(1, 10**6)), float(10 ** rng.uniform(-9, -2))) for _ in range(40)]
+  for args in cases + cases[::-1]:
+    assert accounting.compute_epsilon(*args, accountant="rdp") == _direct_rdp(*args), args
+  q, sigma = cases[0][:2]
+  for steps in (1, 2, 3, 999, 1000, 65_657):
+    assert accounting.compute_epsilon(q, sigma, steps, 1e-5) == _direct_rdp(q, sigma, steps,
+                                                                              1e-5)
+
+
 @pytest.mark.parametrize("args,expected", PINNED_PLD)
 def test_pld_epsilon_is_pinned_and_tighter_than_rdp(args, expected):
   eps = accounting.compute_epsilon(*args, accountant="pld")

@@ -21,6 +21,7 @@ rename) so a crash leaves the previous ledger, never a torn one.
 """
 
 import dataclasses
+import functools
 import json
 import math
 import warnings
@@ -73,7 +74,30 @@ def compute_epsilon(q: float, noise_multiplier: float, steps: int, delta: float,
     return 0.0
   if noise_multiplier == 0:
     return math.inf
+  if accountant == "rdp":
+    return _epsilon_rdp(q, noise_multiplier, steps, delta)
   return _epsilon_of(dp_event(q, noise_multiplier, steps), delta, accountant)
+
+
+def _epsilon_rdp(q: float, noise_multiplier: float, steps: int, delta: float) -> float:
+  """RdpAccountant's ε of `dp_event(q, σ, T)`, from the one-step RDP curve kept per (q, σ).
+
+  The accountant composes T steps as RDP(T) = 0 + T·RDP(1) at its default orders and converts
+  with `compute_epsilon(orders, RDP(T), δ)`; the same two operations on the same floats here
+  give the same ε bit for bit (tested), without recomputing RDP(1) — the slow part — on every
+  log line and every step of a bisection."""
+  orders, one_step = _one_step_rdp(q, noise_multiplier)
+  return float(dp_accounting.rdp.compute_epsilon(orders, steps * one_step, delta)[0])
+
+
+@functools.lru_cache(maxsize=256)
+def _one_step_rdp(q: float, noise_multiplier: float):
+  """(orders, RDP at each order) of one Poisson-subsampled Gaussian step, by RdpAccountant."""
+  acc = dp_accounting.rdp.RdpAccountant(neighboring_relation=_RELATION)
+  acc.compose(dp_event(q, noise_multiplier, 1))
+  one_step = np.array(acc.rdp, dtype=np.float64)
+  one_step.setflags(write=False)
+  return np.array(dp_accounting.rdp.rdp_privacy_accountant.DEFAULT_RDP_ORDERS), one_step
 
 
 def _epsilon_of(event: dp_accounting.DpEvent, delta: float, accountant: str) -> float:
