@@ -105,7 +105,7 @@ def fit(generator: tf.keras.Model, released: mean_embedding.ClassEmbeddings,
   log_p = tf.math.log(tf.maximum(proportions, 1e-12))[None, :]
   latent_dim = int(generator.latent_dim)
 
-  @tf.function(jit_compile=False)
+  @tf.function(jit_compile=False, autograph=False)
   def step(t):
     seed = tf.stack([tf.constant(cfg.seed, tf.int64), tf.cast(t, tf.int64)])
     z = generators.sample_latent(cfg.batch_size, latent_dim, seed)

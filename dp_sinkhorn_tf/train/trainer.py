@@ -587,7 +587,8 @@ def build_model(cfg: config_lib.TrainConfig, images: np.ndarray, labels: np.ndar
 
 def step_function(model: DPSinkhornModel, strategy: tf.distribute.Strategy):
   """The compiled step, entered in the strategy's scope (replicas run inside it)."""
-  compiled = tf.function(model.train_step, input_signature=[tf.TensorSpec([], tf.int64)])
+  compiled = tf.function(model.train_step, input_signature=[tf.TensorSpec([], tf.int64)],
+                         autograph=False)
 
   def run(step):
     with strategy.scope():
@@ -620,6 +621,11 @@ def multi_step_function(model: DPSinkhornModel, strategy: tf.distribute.Strategy
   over the steps and holds the last step's metrics. The loop stops after the first step
   that leaves a weight NaN or inf, and a call whose state says so runs no step: step_var
   then names that step (its index + 1), whatever num_steps the later calls asked for.
+
+  Traced with autograph=False, as `step_function` and the solvers: the step's control flow
+  is explicit (tf.while_loop, tf.cond, Python branches on Python values), so autograph would
+  only rewrite ~80 functions per trace — most of a run's start-up (docs/benchmarks.md). A
+  Python `if` on a tensor then fails at trace time instead of being converted.
   """
 
   def steps(num_steps, state):
@@ -639,7 +645,8 @@ def multi_step_function(model: DPSinkhornModel, strategy: tf.distribute.Strategy
     return tf.stack([tf.cast(finite, tf.float32)] + logs)
 
   compiled = tf.function(steps, input_signature=[
-      tf.TensorSpec([], tf.int64), tf.TensorSpec([len(LOOP_STATE)], tf.float32)])
+      tf.TensorSpec([], tf.int64), tf.TensorSpec([len(LOOP_STATE)], tf.float32)],
+      autograph=False)
 
   def run(num_steps: int, state: tf.Tensor) -> tf.Tensor:
     with strategy.scope():

@@ -202,7 +202,7 @@ def fit_central_images(generator: tf.keras.Model, central: class_means.CentralIm
   optimizer = tf.keras.optimizers.Adam(PRETRAIN_LEARNING_RATE)
   shape = tuple(int(s) for s in generator.image_shape)
 
-  @tf.function
+  @tf.function(autograph=False)
   def step(t):
     s = tf.stack([tf.constant(seed, tf.int64) + 7, tf.cast(t, tf.int64)])
     labels = tf.random.stateless_categorical(log_p, PRETRAIN_BATCH, s, dtype=tf.int32)[0]

@@ -242,7 +242,7 @@ def _safe_log(scaling: tf.Tensor) -> tf.Tensor:
 
 # A tf.function even when called eagerly: an eager tf.while_loop would dispatch every op of
 # every iteration from Python. Inside another tf.function it is inlined.
-@tf.function(reduce_retracing=True)
+@tf.function(reduce_retracing=True, autograph=False)
 def solve_potentials(cost: tf.Tensor, log_a: tf.Tensor, log_b: tf.Tensor,
                      config: SinkhornConfig):
   """Runs ε-scaled log-domain Sinkhorn on a fixed cost matrix (no gradients).
@@ -291,7 +291,7 @@ def solve_potentials(cost: tf.Tensor, log_a: tf.Tensor, log_b: tf.Tensor,
 
 # The same solver compiled by XLA (SinkhornConfig.compile_solver).
 _solve_potentials_xla = tf.function(solve_potentials.python_function, jit_compile=True,
-                                    reduce_retracing=True)
+                                    reduce_retracing=True, autograph=False)
 
 
 def ot_cost_from_matrix(cost: tf.Tensor, config: SinkhornConfig, log_a: tf.Tensor,
@@ -449,7 +449,7 @@ def loss_and_gradient_fn(cost: costs_lib.Cost, config: SinkhornConfig, num_prima
           tf.TensorSpec([None], dtype), tf.TensorSpec([num_primary], dtype),
           tf.TensorSpec([num_primary], dtype), tf.TensorSpec([num_primary], dtype)]
 
-  @tf.function(input_signature=spec, jit_compile=jit_compile)
+  @tf.function(input_signature=spec, jit_compile=jit_compile, autograph=False)
   def fn(fake, real, real_weights, fake_weights, self_primary, self_shifted):
     with tf.GradientTape() as tape:
       tape.watch(fake)
