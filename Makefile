@@ -22,8 +22,8 @@ $(VENV)/.dev-installed: $(VENV)/.installed
 	$(PIP) install --quiet -c $(CONSTRAINTS) -e ".[dev]"
 	touch $@
 
-# Two pytest workers: most of the suite waits on TensorFlow start-ups and subprocesses, so
-# two workers on 2 cores take ~12 min where one took ~28 (TEST_WORKERS=0: one process).
+# Two pytest workers: much of the suite waits on TensorFlow start-ups and subprocesses, so two
+# workers on 2 cores beat one (TEST_WORKERS=0: one process). Suite times: docs/benchmarks.md.
 TEST_WORKERS ?= 2
 
 test: dev

@@ -69,7 +69,7 @@ for strategy, n in [("default", None), ("mirrored", 2), ("mirrored", 4)]:
   weights = [v.numpy().tolist() for v in model.generator.variables
              + model.ema_generator.variables]
   # Step 3 as every replica computes it: the released norms and the parameter gradients.
-  @tf.function
+  @tf.function(autograph=False)
   def released(step):
     def replica(step):
       grads, logs = model.image_grad_gradients(step)

@@ -638,18 +638,25 @@ def test_a_full_disk_during_a_checkpoint_is_one_line_and_loses_nothing(tmp_path,
   assert json.loads((tmp_path / "privacy_ledger.json").read_text())["steps_taken"] == 15
 
 
+@pytest.fixture(scope="module")
+def finished_tiny_run(tmp_path_factory):
+  """A finished 4-step run (the TINY flags), made once for the tests that copy and damage it."""
+  base = tmp_path_factory.mktemp("finished") / "run"
+  assert run_main(f"--workdir={base}", *TINY, "--steps=4").returncode == 0
+  return base
+
+
 @pytest.mark.parametrize("name,content,match", [
     ("privacy_ledger.json", "{not json", "privacy_ledger.json: unreadable"),
     ("run.json", "[]", "run.json: not a run identity"),
     ("privacy_key", "garbage", "privacy_key: not a privacy key"),
 ])
-def test_corrupt_run_state_is_one_line_and_changes_nothing(tmp_path, name, content, match):
+def test_corrupt_run_state_is_one_line_and_changes_nothing(tmp_path, finished_tiny_run, name,
+                                                           content, match):
   import shutil
-  base = tmp_path / "base"
   args = [*TINY, "--steps=4"]
-  assert run_main(f"--workdir={base}", *args).returncode == 0
   workdir = tmp_path / "run"
-  shutil.copytree(base, workdir)
+  shutil.copytree(finished_tiny_run, workdir)
   (workdir / name).write_text(content)
   before = {p: p.read_bytes() for p in workdir.rglob("*") if p.is_file()}
   proc = run_main(f"--workdir={workdir}", *args)

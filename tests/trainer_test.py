@@ -68,7 +68,7 @@ def test_impossible_plans_are_refused(overrides, match):
 
 def test_private_steps_on_digits_are_finite_and_noised():
   model = build_model(tiny_config())
-  step = tf.function(model.train_step)
+  step = tf.function(model.train_step, autograph=False)
   for s in range(3):
     logs = {k: float(v) for k, v in step(tf.constant(s, tf.int64)).items()}
     assert math.isfinite(logs["loss"])
@@ -81,7 +81,7 @@ def test_steps_on_tfds_mock_mnist():
     ds = datasets.load_dataset("mnist", data_dir="/nonexistent")
   cfg = tiny_config(batch_size=8)
   model = build_model(cfg, ds)
-  logs = tf.function(model.train_step)(tf.constant(0, tf.int64))
+  logs = tf.function(model.train_step, autograph=False)(tf.constant(0, tf.int64))
   assert np.isfinite(float(logs["loss"]))
 
 
@@ -100,7 +100,7 @@ def test_no_leak_zero_release_leaves_weights_unmoved(precision):
       architecture="dcgan", latent_dim=4, embed_dim=2, hidden=4, precision=precision)))
   model.mechanism = _ZeroMechanism()
   before = [v.numpy().copy() for v in model.generator.trainable_variables]
-  step = tf.function(model.train_step)
+  step = tf.function(model.train_step, autograph=False)
   for s in range(3):
     step(tf.constant(s, tf.int64))
   after = [v.numpy() for v in model.generator.trainable_variables]
@@ -161,7 +161,7 @@ def test_mixed_precision_lowers_the_generator_and_never_the_mechanism(precision,
   assert all(v.dtype == tf.float32 for v in gen.variables)
   spy = _SpyMechanism(model.mechanism)
   model.mechanism = spy
-  logs = tf.function(model.train_step)(tf.constant(0, tf.int64))
+  logs = tf.function(model.train_step, autograph=False)(tf.constant(0, tf.int64))
   assert spy.dtypes and set(spy.dtypes) == {tf.float32}  # once per trace
   assert np.isfinite(float(logs["loss"])) and float(logs["noised_grad_norm"]) > 10
   assert all(np.all(np.isfinite(v.numpy())) for v in gen.variables)
@@ -235,7 +235,7 @@ def test_param_grad_step_releases_clipped_gradient_plus_keyed_two_sigma_c_noise(
   # Plain SGD with rate 1 and no momentum: the update is −released.
   variables = model.generator.trainable_variables
   before = [v.numpy().copy() for v in variables]
-  logs = tf.function(model.train_step)(tf.constant(3, tf.int64))
+  logs = tf.function(model.train_step, autograph=False)(tf.constant(3, tf.int64))
   released = [b - v.numpy() for v, b in zip(variables, before)]
   # released = γ·(R(clip_C(g)/γ) + Z) through TF Privacy's DP optimizer, the noise std
   # γs ≈ 2σC = 0.7 keyed by (key, step 3): the clipped signal (norm ≤ 0.5 over all the
@@ -248,7 +248,7 @@ def test_param_grad_step_releases_clipped_gradient_plus_keyed_two_sigma_c_noise(
   again = build_model(cfg, sigma=0.7, key=key)
   for v, b in zip(again.generator.trainable_variables, before):
     np.testing.assert_array_equal(v.numpy(), b)
-  tf.function(again.train_step)(tf.constant(3, tf.int64))
+  tf.function(again.train_step, autograph=False)(tf.constant(3, tf.int64))
   for v, w in zip(again.generator.trainable_variables, variables):
     np.testing.assert_array_equal(v.numpy(), w.numpy())  # the same key and step: replayed
 
@@ -391,7 +391,7 @@ def test_ema_update_matches_the_hand_derived_average():
   model.compile(optimizer=trainer.build_optimizer(cfg))
   assert model.sampling_generator is ema
   w0 = [v.numpy().copy() for v in gen.variables]
-  step = tf.function(model.train_step)
+  step = tf.function(model.train_step, autograph=False)
   step(tf.constant(0, tf.int64))
   w1 = [v.numpy().copy() for v in gen.variables]
   # t = 0: d_0 = min(0.999, (1 + 0) / (10 + 0)) = 0.1, so ema = 0.1·w0 + 0.9·w1.
@@ -414,7 +414,7 @@ def test_fake_batch_size_decouples_n_from_the_poisson_batch():
   assert z.shape[0] == 5 and labels.shape[0] == 5
   # q still follows B = 16, not n.
   assert accounting.plan_privacy(cfg, 1438).sample_rate == pytest.approx(16 / 1438)
-  logs = tf.function(model.train_step)(tf.constant(0, tf.int64))
+  logs = tf.function(model.train_step, autograph=False)(tf.constant(0, tf.int64))
   # noise std 2σC = 1 on the 4 × 64 private rows only: norm ≈ √256 = 16.
   assert 10 < float(logs["noised_grad_norm"]) < 22
 
@@ -447,7 +447,7 @@ def test_xla_path_with_padded_bucket_matches_the_plain_loss_and_image_gradient(
     loss, _ = plain.sinkhorn_loss(fake, fake_labels, real, real_labels)
   grad = tape.gradient(loss, fake)
   # The Poisson batch (≈16 records) is padded to 16 or 32 rows of which the extra weigh 0.
-  jit_loss, jit_grad, _ = tf.function(jit._compiled_loss_and_image_grad)(
+  jit_loss, jit_grad, _ = tf.function(jit._compiled_loss_and_image_grad, autograph=False)(
       fake, fake_labels, real, real_labels)
   np.testing.assert_allclose(float(jit_loss), float(loss), rtol=1e-4)
   # float32 reassociation under XLA: equal up to 1e-3 of the largest entry.
@@ -462,7 +462,7 @@ def test_xla_path_handles_an_empty_poisson_batch():
   z, fake_labels = model.latent_batch(tf.constant(0, tf.int64))
   fake = model.generator([z, fake_labels], training=False)
   empty = tf.zeros([0, 8, 8, 1])
-  loss, grad, _ = tf.function(model._compiled_loss_and_image_grad)(
+  loss, grad, _ = tf.function(model._compiled_loss_and_image_grad, autograph=False)(
       fake, fake_labels, empty, tf.zeros([0], tf.int32))
   # No private data: the cross term is 0, so L = −W(X[0:n], X[n′:n+n′]), finite.
   assert np.isfinite(float(loss)) and np.isfinite(grad.numpy()).all()

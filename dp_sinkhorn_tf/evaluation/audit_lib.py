@@ -199,7 +199,8 @@ def _compiled_release(mechanism, n: int) -> ReleaseFn:
   is what makes thousands of trials affordable)."""
   import tensorflow as tf
 
-  compiled = tf.function(lambda grad, seed: mechanism.privatize(grad, n, seed)[0][:n])
+  compiled = tf.function(lambda grad, seed: mechanism.privatize(grad, n, seed)[0][:n],
+                         autograph=False)
   return lambda grad, seed: compiled(tf.convert_to_tensor(grad), seed).numpy()
 
 
@@ -233,7 +234,7 @@ def _half_noise(s: StepSetting) -> ReleaseFn:
   from dp_sinkhorn_tf.privacy import gaussian
   n, half = s.num_private, s.num_private // 2
 
-  @tf.function
+  @tf.function(autograph=False)
   def release(grad, seed):
     noised = s.model.mechanism.privatize(grad, n, seed)[0][:half]
     clean = gaussian.clip_record(grad[:n], s.l2_norm_clip)  # = s.clean(grad)
