@@ -624,8 +624,9 @@ def multi_step_function(model: DPSinkhornModel, strategy: tf.distribute.Strategy
 
   Traced with autograph=False, as `step_function` and the solvers: the step's control flow
   is explicit (tf.while_loop, tf.cond, Python branches on Python values), so autograph would
-  only rewrite ~80 functions per trace — most of a run's start-up (docs/benchmarks.md). A
-  Python `if` on a tensor then fails at trace time instead of being converted.
+  only rewrite ~80 functions per trace, a third of a small run's start-up
+  (docs/benchmarks.md). A Python `if` on a tensor then fails at trace time instead of being
+  converted.
   """
 
   def steps(num_steps, state):
