@@ -292,6 +292,27 @@ def test_celeba_at_another_image_size_is_resized_once_from_the_crop():
   np.testing.assert_array_equal(ds.pixels, direct)  # not 178 → 32 → 16
 
 
+@pytest.mark.parametrize("size,crop", [((109, 89), None), ((16, 32), (89, 178))])
+def test_celeba_at_a_non_square_size_is_cropped_to_its_aspect_not_stretched(size, crop):
+  # 109×89 is the image's own aspect: the whole 218×178 image, resized, no crop (the old
+  # path cropped 178×178 and stretched it). 16×32 (1:2): the centred 89×178 band.
+  import tensorflow as tf
+
+  from dp_sinkhorn_tf.train import config
+  with tfds.testing.mock_data(num_examples=3):
+    ds = datasets.load(config.DataConfig(dataset="celeb_a", data_dir="/nonexistent",
+                                         image_size=size))
+    raw = _raw_mock_examples("celeb_a", "train", 3)
+  images = np.stack([ex["image"] for ex in raw])
+  if crop is not None:
+    top, left = (218 - crop[0]) // 2, (178 - crop[1]) // 2
+    images = images[:, top:top + crop[0], left:left + crop[1]]
+  direct = tf.cast(tf.clip_by_value(tf.round(tf.image.resize(images, size, antialias=True)),
+                                    0, 255), tf.uint8).numpy()
+  assert ds.pixels.shape == (3, *size, 3)
+  np.testing.assert_array_equal(ds.pixels, direct)
+
+
 def test_missing_tfds_data_names_data_dir(tmp_path):
   with pytest.raises(FileNotFoundError, match=f"'cifar10' .* not found under --data_dir={tmp_path}"):
     datasets.load_dataset("cifar10", data_dir=str(tmp_path))

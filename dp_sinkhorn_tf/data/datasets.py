@@ -23,8 +23,9 @@ and label names of the data spec a model was trained on; training never reads it
   bytes, type 0x08 (unsigned byte), rank, then rank big-endian uint32 dimensions. Debian's
   dataset-fashion-mnist package installs them in /usr/share/datasets/fashion-mnist.
 * TFDS (`data_dir`, the --data_dir flag): mnist, fashion_mnist, cifar10, celeb_a. Never
-  downloads. celeb_a (218×178) is centre-cropped to 178×178 and resized to 32×32 (bilinear,
-  antialiased, rounded to uint8); its label is attributes['Male'] (0 female, 1 male) and
+  downloads. celeb_a (218×178) is resized to 32×32, or to --image_size, from the largest
+  centred crop of that aspect (178×178 for a square size; bilinear, antialiased, rounded to
+  uint8); its label is attributes['Male'] (0 female, 1 male) and
   its test split is TFDS's "test".
 
 Memory: before a source is decoded, `check_fits` compares what the pixels will take (N·H·W·C
@@ -60,7 +61,6 @@ SPLITS = ("train", "test")
 DIGITS_SEED = 0
 DIGITS_TEST_FRACTION = 0.2
 DIGITS_MAX = 16
-CELEBA_CROP = 178
 CELEBA_SIZE = 32
 IDX_FILES = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
              "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}
@@ -297,18 +297,17 @@ def load_idx(idx_dir: str, split: str = "train", name: str = "fashion_mnist") ->
 # ---- TFDS ---------------------------------------------------------------------------------
 
 def _tfds_example_converter(name: str, size: Optional[Tuple[int, int]] = None):
-  """TFDS example dict → (uint8 image [H, W, C], int32 label); celeb_a's centre crop goes to
-  `size` (--image_size) at once, or to CELEBA_SIZE."""
+  """TFDS example dict → (uint8 image [H, W, C], int32 label); celeb_a goes to `size`
+  (--image_size) at once, or to CELEBA_SIZE, by `sources.transform`: the largest centred crop
+  of the target's aspect (178×178 of 218×178 for a square target), then one resize."""
   import tensorflow as tf
 
   if name != "celeb_a":
     return lambda ex: (ex["image"], tf.cast(ex["label"], tf.int32))
-  height, width = size if size is not None else (CELEBA_SIZE, CELEBA_SIZE)
+  target = tuple(size) if size is not None else (CELEBA_SIZE, CELEBA_SIZE)
 
   def convert(ex):
-    image = tf.image.resize_with_crop_or_pad(ex["image"], CELEBA_CROP, CELEBA_CROP)
-    image = tf.image.resize(image, [height, width], antialias=True)
-    image = tf.cast(tf.clip_by_value(tf.round(image), 0.0, 255.0), tf.uint8)
+    image = sources.transform(ex["image"], target, None)
     return image, tf.cast(ex["attributes"]["Male"], tf.int32)
 
   return convert
