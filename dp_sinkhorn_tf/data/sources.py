@@ -622,7 +622,7 @@ def load_tfrecord(pattern: str, opts: Options) -> Loaded:
   what = f"--data=tfrecord:{pattern}"
   image_key = opts.image_key or DEFAULT_IMAGE_KEY
   label_key = opts.label_key or DEFAULT_LABEL_KEY
-  files = sorted(tf.io.gfile.glob(pattern))
+  files = files_lib.glob(pattern)
   if not files:
     raise DataNotFoundError(f"{what}: no file matches")
   names_t = tf.constant(files)
@@ -640,24 +640,25 @@ def load_tfrecord(pattern: str, opts: Options) -> Loaded:
     return (f, r, tf.size(ex[image_key].values), tf.size(label),
             tf.concat([label, tf.constant([-1], tf.int64)], 0)[0])
 
-  where, n_images, n_labels, labels = [], [], [], []
+  file_of, record_of, n_images, n_labels, labels = [], [], [], [], []
   try:
     for f, r, ni, nl, y in records().map(counts).batch(4096).as_numpy_iterator():
-      where += list(zip(f.tolist(), r.tolist()))
+      file_of.append(f)
+      record_of.append(r)
       n_images.append(ni)
       n_labels.append(nl)
       labels.append(y)
   except tf.errors.OpError as e:
     _fail(what, f"cannot read the records ({errors.first_line(e)}); an image is a bytes feature "
           f"(--image_key={image_key}), a label an int64 feature (--label_key={label_key})")
-  if not where:
+  if not file_of:
     _fail(what, f"no record in {len(files)} file(s)")
+  file_of, record_of = np.concatenate(file_of), np.concatenate(record_of)
   n_images, n_labels = np.concatenate(n_images), np.concatenate(n_labels)
   labels = np.concatenate(labels)
 
   def origin(i):
-    f, r = where[i]
-    return f"{files[f]} record {r}"
+    return f"{files[int(file_of[i])]} record {int(record_of[i])}"
 
   bad = np.flatnonzero(n_images != 1)
   if bad.size:
@@ -673,7 +674,7 @@ def load_tfrecord(pattern: str, opts: Options) -> Loaded:
           "other records have one (--label_key)")
   if not labelled and opts.label_key is not None:
     _fail(what, f"no record has the label feature {label_key!r} (--label_key)")
-  n = len(where)
+  n = len(file_of)
   if labelled:
     k = _check_labels(labels, None, what, f"{label_key!r}")
     names = tuple(str(i) for i in range(k))
