@@ -46,7 +46,7 @@ def test_rdp_epsilon_from_the_kept_one_step_curve_is_dp_accountings_bit_for_bit(
   rng = np.random.default_rng(0)
   cases = [(1 / 1200, 0.9, 100_000, 1e-5), (0.02225, 1.0, 1, 1e-5), (1.0, 5.0, 3, 1e-3)]
   cases += [(float(rng.uniform(1e-4, 0.5)), float(rng.uniform(0.4, 8)),
-             int(rng.integers(1, 10**6)), float(10 ** rng.uniform(-9, -2))) for _ in range(40)]
+             int(rng.integers(1, 10**6)), float(10 ** rng.uniform(-9, -2))) for _ in range(12)]
   for args in cases + cases[::-1]:
     assert accounting.compute_epsilon(*args, accountant="rdp") == _direct_rdp(*args), args
   q, sigma = cases[0][:2]
