@@ -269,7 +269,7 @@ def test_sigkill_at_random_moments_then_resume_gives_the_same_generator_and_ledg
       proc.send_signal(signal.SIGKILL)
       kills += 1
     proc.wait()
-    if proc.returncode == 0:
+    if proc.returncode == 0 or kills == 3:  # three kills, then the final run finishes it
       break
   assert kills >= 2
   final = run_main(f"--workdir={workdir}", *args)  # finishes, or says the budget is spent
